@@ -1,0 +1,519 @@
+"""Fan-out load client for bench/fanout.py. One process (uvloop + picows) holds N subscribers
+and one publisher, all speaking Centrifuge protocol v2 JSON to one server.
+
+Steps, each bounded in time:
+  1. read the server's RSS (tree), connect N subscribers (connect, then subscribe to the channel);
+  2. idle for --idle-s, read RSS again  -> idle KB per connection;
+  3. connect the publisher; warm up (closed loop, --warmup-s, not recorded);
+  4. "steady": open loop, --rate deliveries/s (i.e. rate/N publications/s) for --steady-s,
+     then drain; server CPU, latency percentiles, per-subscriber delivery check;
+  5. "saturate": closed loop with W = max(2, ceil(--window-deliveries/N)) publications in
+     flight for --sat-s, then drain; max deliveries/s and server CPU per delivery.
+Each publication carries {"ts": time.time_ns(), "seq": k, "d": "xxx..."}; latency = receive
+time_ns - ts. A delivery = one publication received by one subscriber (a frame may carry
+several pushes separated by "\\n"). Prints one JSON object per line: phases idle, steady,
+saturate, then a "client" summary. Exit status 0 only if every step completed.
+
+usage: python bench/load_client.py --url ws://127.0.0.1:P/connection/websocket --n 1000 --server-pid PID
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+
+import orjson
+from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import procstat  # noqa: E402
+
+TEXT = WSMsgType.TEXT
+CONT = WSMsgType.CONTINUATION
+CLOSE = WSMsgType.CLOSE
+time_ns = time.time_ns
+TS_RE = re.compile(rb'"ts":\s*(\d+)')
+INF = 1 << 62
+
+BUCKET_NS = 50_000            # latency histogram: 0.05 ms buckets up to 30 s
+NB = 600_000
+hist = [0] * NB
+
+# ---- hot-path state (module globals) ----
+N = 1
+W = 2
+RECORD = False
+DELIVERED = 0                 # deliveries in the current phase (all subscribers)
+PUBLISHED = 0                 # publications in the current phase
+PUMP_AT = INF                 # closed loop: pump() when DELIVERED reaches this
+DONE_AT = INF                 # drain: set done_fut when DELIVERED reaches this
+STOPPED = True
+done_fut: asyncio.Future | None = None
+last_rx_ns = 0
+PUB_T = None
+CHANNEL = b"bench"
+PAD = b""
+SEQ = 0
+CMD_IDS = itertools.count(100)
+
+SUBSCRIBED = 0
+FAILED = 0
+CLOSING = False
+ST = {"slow_path_deliveries": 0, "other_pushes": 0, "pings": 0, "fragmented": 0,
+      "disconnects": 0, "close_codes": {}, "errors": [], "bad_json": 0,
+      "pub_ok": 0, "pub_err": 0, "unknown_replies": 0}
+
+
+def note_error(what: str) -> None:
+    if len(ST["errors"]) < 20:
+        ST["errors"].append(what[:300])
+
+
+def publish() -> None:
+    global PUBLISHED, SEQ
+    PUBLISHED += 1
+    SEQ += 1
+    PUB_T.send(TEXT, b'{"id":%d,"publish":{"channel":"%s","data":{"ts":%d,"seq":%d,"d":"%s"}}}'
+               % (next(CMD_IDS), CHANNEL, time_ns(), SEQ, PAD))
+
+
+def pump() -> None:
+    """Closed loop: keep W publications in flight (published - delivered//N <= W)."""
+    global PUMP_AT
+    if STOPPED:
+        PUMP_AT = INF
+        return
+    limit = DELIVERED // N + W
+    while PUBLISHED < limit:
+        publish()
+    PUMP_AT = (PUBLISHED - W + 1) * N
+
+
+def finish() -> None:
+    global DONE_AT
+    DONE_AT = INF
+    if done_fut is not None and not done_fut.done():
+        done_fut.set_result(None)
+
+
+def count(sub, k: int, now: int, stamps) -> None:
+    """Slow-path accounting (the fast path in Sub.handle inlines the same)."""
+    global DELIVERED, last_rx_ns
+    if RECORD:
+        for ts in stamps:
+            b = (now - int(ts)) // BUCKET_NS
+            hist[b if 0 <= b < NB else (NB - 1 if b >= NB else 0)] += 1
+    sub.count += k
+    DELIVERED += k
+    last_rx_ns = now
+    if DELIVERED >= PUMP_AT:
+        pump()
+    if DELIVERED >= DONE_AT:
+        finish()
+
+
+def is_ping_in(p: bytes) -> bool:
+    return p == b"{}" or (b"\n" in p and b"{}" in p.split(b"\n"))
+
+
+class Sub(WSListener):
+    def __init__(self):
+        super().__init__()
+        self.t = None
+        self.state = 0        # 0 connect sent, 1 subscribe sent, 2 subscribed, -1 failed
+        self.count = 0
+        self.frags = None
+
+    def on_ws_connected(self, transport):
+        self.t = transport
+        transport.send(TEXT, b'{"id":1,"connect":{}}')
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == TEXT and frame.fin:
+            self.handle(transport, frame.get_payload_as_bytes())
+        else:
+            on_other_frame(self, transport, frame)
+
+    def handle(self, t, p: bytes) -> None:
+        global DELIVERED, last_rx_ns
+        if self.state == 2:
+            stamps = TS_RE.findall(p)
+            if stamps:
+                now = time_ns()
+                if RECORD:
+                    for ts in stamps:
+                        b = (now - int(ts)) // BUCKET_NS
+                        hist[b if b < NB else NB - 1] += 1
+                k = len(stamps)
+                self.count += k
+                DELIVERED += k
+                last_rx_ns = now
+                if DELIVERED >= PUMP_AT:
+                    pump()
+                if DELIVERED >= DONE_AT:
+                    finish()
+                if b"\n{}" in p or p.startswith(b"{}\n"):
+                    ST["pings"] += 1
+                    t.send(TEXT, b"{}")
+                return
+        self.slow(t, p)
+
+    def slow(self, t, p: bytes) -> None:
+        global SUBSCRIBED, FAILED
+        for line in p.split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            if line == b"{}":
+                ST["pings"] += 1
+                t.send(TEXT, b"{}")
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                ST["bad_json"] += 1
+                continue
+            if msg.get("id"):
+                if "error" in msg:
+                    note_error(f"sub state {self.state}: {line[:200]!r}")
+                    if self.state in (0, 1):
+                        self.state = -1
+                        FAILED += 1
+                elif self.state == 0 and "connect" in msg:
+                    self.state = 1
+                    t.send(TEXT, b'{"id":2,"subscribe":{"channel":"%s"}}' % CHANNEL)
+                elif self.state == 1 and "subscribe" in msg:
+                    self.state = 2
+                    SUBSCRIBED += 1
+                else:
+                    ST["unknown_replies"] += 1
+                continue
+            push = msg.get("push")
+            if not isinstance(push, dict):
+                ST["other_pushes"] += 1
+                continue
+            pub = push.get("pub")
+            data = pub.get("data") if isinstance(pub, dict) else None
+            if self.state == 2 and isinstance(data, dict) and "ts" in data:
+                ST["slow_path_deliveries"] += 1
+                count(self, 1, time_ns(), (data["ts"],))
+            elif "disconnect" in push:
+                note_error(f"disconnect push: {line[:200]!r}")
+            else:
+                ST["other_pushes"] += 1
+
+    def on_ws_disconnected(self, transport):
+        if not CLOSING:
+            ST["disconnects"] += 1
+
+
+def on_other_frame(listener, t, frame) -> None:
+    mt = frame.msg_type
+    if mt == CLOSE:
+        code = int(frame.get_close_code())
+        if not CLOSING:
+            key = f"{code} {frame.get_close_reason()}"
+            ST["close_codes"][key] = ST["close_codes"].get(key, 0) + 1
+        t.send_close(frame.get_close_code())
+        t.disconnect()
+    elif mt in (TEXT, CONT):
+        ST["fragmented"] += 1
+        if listener.frags is None:
+            listener.frags = []
+        listener.frags.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            p = b"".join(listener.frags)
+            listener.frags = None
+            listener.handle(t, p)
+    # PING/PONG: picows answers pings itself; binary frames are not expected.
+
+
+class Pub(WSListener):
+    def __init__(self):
+        super().__init__()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.frags = None
+
+    def on_ws_connected(self, transport):
+        transport.send(TEXT, b'{"id":1,"connect":{}}')
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == TEXT and frame.fin:
+            self.handle(transport, frame.get_payload_as_bytes())
+        else:
+            on_other_frame(self, transport, frame)
+
+    def handle(self, t, p: bytes) -> None:
+        ok = p.count(b'"publish"')
+        if ok and b'"error"' not in p:
+            ST["pub_ok"] += ok
+            if b"\n" in p and is_ping_in(p):
+                ST["pings"] += 1
+                t.send(TEXT, b"{}")
+            return
+        for line in p.split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            if line == b"{}":
+                ST["pings"] += 1
+                t.send(TEXT, b"{}")
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                ST["bad_json"] += 1
+                continue
+            if "error" in msg:
+                ST["pub_err"] += 1
+                note_error(f"publisher: {line[:200]!r}")
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(f"publisher connect failed: {line[:200]!r}"))
+            elif "publish" in msg:
+                ST["pub_ok"] += 1
+            elif "connect" in msg and not self.ready.done():
+                self.ready.set_result(None)
+            else:
+                ST["unknown_replies"] += 1
+
+    def on_ws_disconnected(self, transport):
+        if not CLOSING:
+            ST["disconnects"] += 1
+            if not self.ready.done():
+                self.ready.set_exception(RuntimeError("publisher disconnected"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def percentile(q: float):
+    total = sum(hist)
+    if total == 0:
+        return None
+    want = math.ceil(total * q)
+    acc = 0
+    for i, c in enumerate(hist):
+        if c:
+            acc += c
+            if acc >= want:
+                return round((i + 0.5) * BUCKET_NS / 1e6, 3)  # bucket midpoint, ms
+    return None
+
+
+async def wait_until(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid: int) -> dict:
+    """kind: "steady" (open loop at a.rate deliveries/s) or "saturate" (closed-loop window)."""
+    global DELIVERED, PUBLISHED, PUMP_AT, DONE_AT, STOPPED, RECORD, done_fut, last_rx_ns
+    loop = asyncio.get_running_loop()
+    for s in subs:
+        s.count = 0
+    if record:
+        for i in range(NB):
+            hist[i] = 0
+    DELIVERED = PUBLISHED = 0
+    DONE_AT = PUMP_AT = INF
+    RECORD = record
+    last_rx_ns = 0
+    skipped = 0
+    pub_ok0, pub_err0 = ST["pub_ok"], ST["pub_err"]
+    c0, b0, cc0 = procstat.cpu(server_pid), procstat.box(), time.process_time()
+    t0 = time_ns()
+    STOPPED = False
+    if kind == "saturate":
+        PUMP_AT = 0
+        pump()
+        await asyncio.sleep(seconds)
+    else:
+        rate = a.rate / N                               # publications per second
+        cap = max(8, math.ceil(rate))                   # open loop, but at most ~1 s of backlog
+        interval = 1.0 / rate
+        t_next = loop.time()
+        end = t_next + seconds
+        while t_next < end:
+            if PUBLISHED - DELIVERED // N < cap:
+                publish()
+            else:
+                skipped += 1
+            t_next += interval
+            d = t_next - loop.time()
+            await asyncio.sleep(d if d > 0 else 0)
+    STOPPED = True
+    PUMP_AT = INF
+    t_pub_end = time_ns()
+    target = PUBLISHED * N
+    done_fut = loop.create_future()
+    complete = True
+    if DELIVERED < target:
+        DONE_AT = target
+        if DELIVERED >= DONE_AT:
+            finish()
+        try:
+            await asyncio.wait_for(asyncio.shield(done_fut), a.drain_timeout)
+        except asyncio.TimeoutError:
+            complete = False
+    DONE_AT = INF
+    c1, b1, cc1 = procstat.cpu(server_pid), procstat.box(), time.process_time()
+    RECORD = False
+    t_end = max(last_rx_ns, t_pub_end) if complete else time_ns()
+    secs = (t_end - t0) / 1e9
+    cpu = procstat.cpu_delta_s(c0, c1)
+    busy, steal = procstat.box_cores(b0, b1)
+    short = sum(1 for s in subs if s.count < PUBLISHED)
+    extra = sum(1 for s in subs if s.count > PUBLISHED)
+    out = {
+        "phase": kind, "n": N, "seconds": round(secs, 3),
+        "published": PUBLISHED, "expected": target, "delivered": DELIVERED,
+        "missing": target - DELIVERED, "complete": complete,
+        "subs_short": short, "subs_extra": extra,
+        "pub_replies_ok": ST["pub_ok"] - pub_ok0, "pub_replies_err": ST["pub_err"] - pub_err0,
+        "deliveries_per_s": round(DELIVERED / secs) if secs > 0 else None,
+        "publications_per_s": round(PUBLISHED / secs, 1) if secs > 0 else None,
+        "server_cpu_s": round(cpu["cpu_s"], 4), "server_user_s": round(cpu["user_s"], 2),
+        "server_sys_s": round(cpu["sys_s"], 2), "server_sched_s": round(cpu["sched_s"], 4),
+        "server_cpu_us_per_delivery": round(cpu["cpu_s"] * 1e6 / DELIVERED, 3) if DELIVERED else None,
+        "server_cpu_util": round(cpu["cpu_s"] / secs, 2) if secs > 0 else None,
+        "client_cpu_us_per_delivery": round((cc1 - cc0) * 1e6 / DELIVERED, 3) if DELIVERED else None,
+        "box_busy_cores": busy, "box_steal_cores": steal,
+    }
+    if kind == "saturate":
+        out["window_publications"] = W
+    else:
+        out["target_deliveries_per_s"] = a.rate
+        out["skipped_ticks"] = skipped
+    if record:
+        out.update({"p50_ms": percentile(0.50), "p90_ms": percentile(0.90),
+                    "p99_ms": percentile(0.99), "max_ms": percentile(1.0)})
+    return out
+
+
+def emit(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+
+
+async def main(a) -> int:
+    global N, W, PAD, CHANNEL, PUB_T, CLOSING
+    N = a.n
+    W = max(2, math.ceil(a.window_deliveries / N))
+    CHANNEL = a.channel.encode()
+    base = b'{"ts":%d,"seq":%d,"d":""}' % (time_ns(), 1_000_000)
+    PAD = b"x" * max(0, a.data_bytes - len(base))
+    pid = a.server_pid
+    rss_base = procstat.rss_kb(pid)
+
+    # ---- 1. connect N subscribers ----
+    subs: list[Sub] = []
+    sem = asyncio.Semaphore(a.connect_concurrency)
+    retries = 0
+
+    async def one():
+        nonlocal retries
+        err = None
+        for attempt in range(3):
+            async with sem:
+                try:
+                    _, listener = await ws_connect(Sub, a.url, websocket_handshake_timeout=20,
+                                                   read_buffer_init_size=4096)
+                    subs.append(listener)
+                    return
+                except Exception as e:  # noqa: BLE001 - reported
+                    err = e
+                    retries += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
+        raise RuntimeError(f"connect failed 3 times: {err!r}")
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(N))), a.connect_timeout)
+        await wait_until(lambda: SUBSCRIBED + FAILED >= N, a.connect_timeout, "subscribe replies")
+    except Exception as e:  # noqa: BLE001 - reported
+        emit({"phase": "client", "n": N, "error": f"connect/subscribe: {e!r}",
+              "subscribed": SUBSCRIBED, "failed": FAILED, "connected": len(subs), **ST})
+        return 2
+    connect_s = time.perf_counter() - t0
+    if FAILED:
+        emit({"phase": "client", "n": N, "error": f"{FAILED} subscribers failed", **ST})
+        return 2
+
+    # ---- 2. idle memory ----
+    c0 = procstat.cpu(pid)
+    await asyncio.sleep(a.idle_s)
+    c1 = procstat.cpu(pid)
+    rss_idle = procstat.rss_kb(pid)
+    emit({"phase": "idle", "n": N, "connect_s": round(connect_s, 2), "connect_retries": retries,
+          "rss_base_kb": rss_base, "rss_idle_kb": rss_idle,
+          "idle_kb_per_conn": round((rss_idle - rss_base) / N, 2),
+          "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3)})
+
+    # ---- 3. publisher + warm-up ----
+    loop = asyncio.get_running_loop()
+    PUB_T, pub = await ws_connect(Pub, a.url, websocket_handshake_timeout=20)
+    await asyncio.wait_for(pub.ready, 20)
+    rc = 0
+    if a.warmup_s > 0:
+        w = await run_phase(a, subs, "saturate", a.warmup_s, False, pid)
+        if not w["complete"]:
+            rc = 3
+            note_error(f"warm-up incomplete: {w['missing']} deliveries missing")
+
+    # ---- 4./5. measured phases ----
+    for kind, secs in (("steady", a.steady_s), ("saturate", a.sat_s)):
+        if secs <= 0:
+            continue
+        row = await run_phase(a, subs, kind, secs, True, pid)
+        row["rss_after_kb"] = procstat.rss_kb(pid)
+        emit(row)
+        if not row["complete"] or row["missing"]:
+            rc = 3
+
+    # ---- close, bounded ----
+    CLOSING = True
+    emit({"phase": "client", "n": N, "subscribed": SUBSCRIBED, "window_publications": W,
+          "data_bytes": len(base) + len(PAD), **ST})
+    for s in subs + [pub]:
+        t = getattr(s, "t", None) or (PUB_T if s is pub else None)
+        if t is not None:
+            try:
+                t.send_close(WSCloseCode.OK)
+                t.disconnect()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+    await asyncio.sleep(0.3)
+    del loop
+    return rc
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--n", type=int, required=True, help="subscribers")
+    ap.add_argument("--server-pid", type=int, required=True)
+    ap.add_argument("--channel", default="bench")
+    ap.add_argument("--data-bytes", type=int, default=100, help="size of the published JSON data")
+    ap.add_argument("--rate", type=float, default=20000, help="steady phase: deliveries per second")
+    ap.add_argument("--steady-s", type=float, default=5.0)
+    ap.add_argument("--sat-s", type=float, default=5.0)
+    ap.add_argument("--warmup-s", type=float, default=1.0)
+    ap.add_argument("--idle-s", type=float, default=2.0)
+    ap.add_argument("--window-deliveries", type=int, default=10000)
+    ap.add_argument("--drain-timeout", type=float, default=15.0)
+    ap.add_argument("--connect-timeout", type=float, default=60.0)
+    ap.add_argument("--connect-concurrency", type=int, default=100)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < args.n + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.n + 1000)), hard))
+    import uvloop
+    sys.exit(uvloop.run(main(args)))

@@ -1,0 +1,41 @@
+"""Channels: names, namespace options, publications and the Broker that carries them.
+
+This package is the bottom layer: it imports no other package of ours.
+
+Error tree::
+
+    ChannelError
+     +-- InvalidChannel        the name breaks the grammar (too long, empty, bad characters)
+     +-- UnknownNamespace      the name's namespace is not configured
+     +-- UnrecoverablePosition a history query asked for a position the stream no longer holds
+     +-- BrokerUnavailable     the broker cannot accept or serve a request right now
+"""
+
+from channels.errors import (
+    BrokerUnavailable,
+    ChannelError,
+    InvalidChannel,
+    UnknownNamespace,
+    UnrecoverablePosition,
+)
+from channels.names import ChannelKey, ChannelName, parse_channel
+from channels.options import NamespaceOptions, Namespaces
+from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
+
+__all__ = [
+    "BrokerUnavailable",
+    "ChannelError",
+    "ChannelKey",
+    "ChannelName",
+    "ClientInfo",
+    "HistoryResult",
+    "InvalidChannel",
+    "NamespaceOptions",
+    "Namespaces",
+    "Publication",
+    "PublishResult",
+    "StreamPosition",
+    "UnknownNamespace",
+    "UnrecoverablePosition",
+    "parse_channel",
+]

@@ -1,0 +1,85 @@
+"""The Broker interface: how publications, joins and leaves travel between nodes, and where history lives.
+
+A Broker delivers back into the node through a BrokerEventHandler that the node implements; it never
+imports the node. Implementations: ``broker_memory`` (one process), ``broker_redis`` (many nodes).
+
+Obligations of every implementation:
+
+- offsets of one channel's stream grow by exactly one per publication with history, never skip or repeat;
+- a stream gets a new epoch whenever its history is lost, so a stale position is never taken for a live one;
+- ``publish`` returns only after the publication is accepted (its history appended): an acknowledged
+  publication is never lost while the stream's epoch lasts;
+- a publish that cannot be accepted raises BrokerUnavailable, never returns a false success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from channels.names import ChannelKey
+from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
+
+IDEMPOTENCY_TTL = 300.0
+"""Seconds during which a publish with the same idempotency key is suppressed (Centrifugo: 5 minutes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    size: int
+    ttl: float
+    meta_ttl: float = 0.0
+
+
+class BrokerEventHandler(Protocol):
+    def handle_publication(self, key: ChannelKey, pub: Publication) -> None: ...
+
+    def handle_join(self, key: ChannelKey, info: ClientInfo) -> None: ...
+
+    def handle_leave(self, key: ChannelKey, info: ClientInfo) -> None: ...
+
+
+class Broker(Protocol):
+    def set_handler(self, handler: BrokerEventHandler) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, key: ChannelKey) -> None:
+        """The node has its first local subscriber of ``key``: start receiving its publications."""
+
+    async def unsubscribe(self, key: ChannelKey) -> None:
+        """The node has no local subscriber of ``key`` any more."""
+
+    async def publish(
+        self,
+        key: ChannelKey,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryPolicy | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult: ...
+
+    async def publish_join(self, key: ChannelKey, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, key: ChannelKey, info: ClientInfo) -> None: ...
+
+    async def history(
+        self,
+        key: ChannelKey,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = -1,
+        reverse: bool = False,
+        meta_ttl: float = 0.0,
+    ) -> HistoryResult:
+        """Publications of ``key`` (``limit`` < 0: all, 0: none, only the position).
+
+        With ``since``: only those after it (before it when ``reverse``); UnrecoverablePosition when
+        ``since`` is from another epoch.
+        """
+
+    async def remove_history(self, key: ChannelKey) -> None: ...

@@ -1,0 +1,183 @@
+"""In-process Broker: fan-out by direct call, history in bounded deques. The embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy
+from channels.errors import UnrecoverablePosition
+from channels.names import ChannelKey
+from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
+
+DEFAULT_META_TTL = 90 * 86400.0
+"""How long an idle stream keeps its epoch and top offset when the namespace sets no history_meta_ttl."""
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+class _Stream:
+    __slots__ = ("epoch", "top", "pubs", "touched")
+
+    def __init__(self, now: float) -> None:
+        self.epoch = new_epoch()
+        self.top = 0
+        self.pubs: deque[Publication] = deque()
+        self.touched = now
+
+    def drop_expired(self, now: float) -> None:
+        pubs = self.pubs
+        while pubs and pubs[0].expires_at <= now:
+            pubs.popleft()
+
+
+class MemoryBroker:
+    """Broker for one process. ``publish`` calls the handler synchronously: fan-out is done on return."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None, sweep_interval: float = 30.0) -> None:
+        self._handler: BrokerEventHandler | None = None
+        self._streams: dict[ChannelKey, _Stream] = {}
+        self._meta_ttl: dict[ChannelKey, float] = {}
+        self._idempotent: OrderedDict[tuple[ChannelKey, str], tuple[float, PublishResult]] = OrderedDict()
+        self._clock = clock or time.monotonic
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def set_handler(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def subscribe(self, key: ChannelKey) -> None:
+        return None
+
+    async def unsubscribe(self, key: ChannelKey) -> None:
+        return None
+
+    def _stream(self, key: ChannelKey, now: float, meta_ttl: float, create: bool) -> _Stream | None:
+        stream = self._streams.get(key)
+        ttl = meta_ttl or self._meta_ttl.get(key) or DEFAULT_META_TTL
+        if stream is not None and now - stream.touched > ttl:
+            del self._streams[key]  # the stream's meta expired: its epoch and offsets are gone
+            stream = None
+        if stream is None and create:
+            stream = self._streams[key] = _Stream(now)
+            if meta_ttl:
+                self._meta_ttl[key] = meta_ttl
+        return stream
+
+    async def publish(
+        self,
+        key: ChannelKey,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryPolicy | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        now = self._clock()
+        if idempotency_key:
+            self._expire_idempotency(now)
+            seen = self._idempotent.get((key, idempotency_key))
+            if seen is not None:
+                return PublishResult(seen[1].position, suppressed=True)
+        pub = Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000))
+        if history is not None and history.size > 0 and history.ttl > 0:
+            stream = self._stream(key, now, history.meta_ttl, create=True)
+            assert stream is not None
+            stream.top += 1
+            stream.touched = now
+            pub.offset = stream.top
+            pub.expires_at = now + history.ttl
+            stream.pubs.append(pub)
+            while len(stream.pubs) > history.size:
+                stream.pubs.popleft()
+            result = PublishResult(StreamPosition(stream.top, stream.epoch))
+        else:
+            result = PublishResult(StreamPosition())
+        if idempotency_key:
+            self._idempotent[(key, idempotency_key)] = (now + IDEMPOTENCY_TTL, result)
+        if self._handler is not None:
+            self._handler.handle_publication(key, pub)
+        return result
+
+    def _expire_idempotency(self, now: float) -> None:
+        seen = self._idempotent
+        while seen:
+            first = next(iter(seen.values()))
+            if first[0] > now:
+                break
+            seen.popitem(last=False)
+
+    async def publish_join(self, key: ChannelKey, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_join(key, info)
+
+    async def publish_leave(self, key: ChannelKey, info: ClientInfo) -> None:
+        if self._handler is not None:
+            self._handler.handle_leave(key, info)
+
+    async def history(
+        self,
+        key: ChannelKey,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = -1,
+        reverse: bool = False,
+        meta_ttl: float = 0.0,
+    ) -> HistoryResult:
+        now = self._clock()
+        stream = self._stream(key, now, meta_ttl, create=True)
+        assert stream is not None
+        stream.drop_expired(now)
+        position = StreamPosition(stream.top, stream.epoch)
+        if since is not None and since.epoch != stream.epoch:
+            raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's {stream.epoch!r}")
+        pubs = list(stream.pubs)
+        if since is not None:
+            if reverse:
+                pubs = [p for p in pubs if p.offset < since.offset]
+            else:
+                pubs = [p for p in pubs if p.offset > since.offset]
+        if reverse:
+            pubs.reverse()
+        if limit >= 0:
+            pubs = pubs[:limit]
+        return HistoryResult(pubs, position)
+
+    async def remove_history(self, key: ChannelKey) -> None:
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream.pubs.clear()
+
+    def sweep(self) -> None:
+        """Drop expired publications, idle streams and old idempotency keys."""
+        now = self._clock()
+        self._expire_idempotency(now)
+        for key in list(self._streams):
+            stream = self._stream(key, now, 0.0, create=False)
+            if stream is None:
+                self._meta_ttl.pop(key, None)
+            else:
+                stream.drop_expired(now)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()

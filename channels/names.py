@@ -1,0 +1,59 @@
+"""Channel-name grammar (sans-I/O).
+
+A channel name is ``[namespace:]rest[#user1,user2]``:
+
+- the namespace is everything before the first ``:``; a name without ``:`` is in the unnamed namespace;
+- ``#`` starts the user-limited part: only the users listed after it (comma separated) may subscribe;
+- ``$`` at the start marks a private channel: subscribing to it takes a subscription token.
+
+The channel's identity is ``(tenant, name)``: the same name in two tenants is two channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from channels.errors import InvalidChannel
+
+ChannelKey: TypeAlias = tuple[str, str]
+"""(tenant, channel name): the identity of a channel everywhere below the client session."""
+
+NAMESPACE_BOUNDARY = ":"
+USER_BOUNDARY = "#"
+USER_SEPARATOR = ","
+PRIVATE_PREFIX = "$"
+MAX_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    raw: str
+    namespace: str
+    allowed_users: tuple[str, ...] | None
+    """The users of a user-limited channel (``name#u1,u2``); None for an ordinary channel."""
+    private: bool
+
+    def user_allowed(self, user: str) -> bool:
+        return self.allowed_users is None or user in self.allowed_users
+
+
+def parse_channel(name: str, max_length: int = MAX_LENGTH) -> ChannelName:
+    """Parse a channel name; raise InvalidChannel when it breaks the grammar."""
+    if not isinstance(name, str) or not name:
+        raise InvalidChannel("empty channel name")
+    if len(name) > max_length:
+        raise InvalidChannel(f"channel name longer than {max_length}")
+    if not name.isprintable() or any(ch.isspace() for ch in name):
+        raise InvalidChannel("channel name has whitespace or control characters")
+    bare = name[1:] if name.startswith(PRIVATE_PREFIX) else name
+    namespace, sep, _ = bare.partition(NAMESPACE_BOUNDARY)
+    if not sep:
+        namespace = ""
+    elif not namespace:
+        raise InvalidChannel("empty namespace before ':'")
+    allowed: tuple[str, ...] | None = None
+    if USER_BOUNDARY in bare:
+        users = bare.rpartition(USER_BOUNDARY)[2]
+        allowed = tuple(u for u in users.split(USER_SEPARATOR) if u)
+    return ChannelName(name, namespace, allowed, name.startswith(PRIVATE_PREFIX))

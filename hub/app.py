@@ -1,0 +1,137 @@
+"""The composition root: the only place that picks concrete backends, and the embedding API.
+
+``Switchboard`` is what a program embeds: it holds the Node, takes hooks and RPC handlers as decorators,
+and is an ASGI application serving ``/connection/websocket``, ``/health`` and ``/ready``. Mount it inside
+your own Starlette or FastAPI app (``Mount("/realtime", app=sb)``) and run ``sb.lifespan`` from your app's
+lifespan, or let it start on its first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from channels.broker import Broker
+from channels.broker_memory import MemoryBroker
+from channels.publication import PublishResult
+from hub.config import Config, load_config
+from hub.hooks import Hooks
+from hub.node import Node
+from hub.transport_websocket import websocket_session
+from presence.presence import PresenceManager
+from presence.presence_memory import MemoryPresence
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+WEBSOCKET_PATH = "/connection/websocket"
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+class Switchboard:
+    """A hub node as an embeddable ASGI application."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        hooks: Hooks | None = None,
+        broker: Broker | None = None,
+        presence: PresenceManager | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.node = Node(
+            self.config,
+            broker if broker is not None else MemoryBroker(),
+            presence if presence is not None else MemoryPresence(),
+            self.hooks,
+        )
+        self._start_lock = asyncio.Lock()
+        self.http = Starlette(
+            routes=[Route("/health", self._health), Route("/ready", self._ready)],
+            lifespan=self._starlette_lifespan,
+        )
+
+    # hooks as decorators
+    def on_connecting(self, fn: F) -> F:
+        self.hooks.on_connecting = fn
+        return fn
+
+    def on_subscribe(self, fn: F) -> F:
+        self.hooks.on_subscribe = fn
+        return fn
+
+    def on_publish(self, fn: F) -> F:
+        self.hooks.on_publish = fn
+        return fn
+
+    def on_message(self, fn: F) -> F:
+        self.hooks.on_message = fn
+        return fn
+
+    def rpc(self, method: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self.hooks.rpc[method] = fn
+            return fn
+
+        return register
+
+    # lifecycle
+    async def start(self) -> None:
+        async with self._start_lock:
+            await self.node.start()
+
+    async def stop(self) -> None:
+        await self.node.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    _starlette_lifespan = lifespan
+
+    async def publish(self, channel: str, data: Any, *, tenant: str = "", idempotency_key: str | None = None) -> PublishResult:
+        await self.start()
+        return await self.node.publish(channel, data, tenant=tenant, idempotency_key=idempotency_key)
+
+    # ASGI
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "websocket" and _route_path(scope) == WEBSOCKET_PATH:
+            if not self.node.started:
+                await self.start()
+            await websocket_session(self.node, scope, receive, send)
+            return
+        if kind != "lifespan" and not self.node.started:
+            await self.start()
+        await self.http(scope, receive, send)
+
+    async def _health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def _ready(self, request: Request) -> JSONResponse:
+        if self.node.started and not self.node.stopping:
+            return JSONResponse({"status": "ready", "node": self.node.id})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:
+    return Switchboard(config, hooks=hooks)

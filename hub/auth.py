@@ -1,0 +1,184 @@
+"""JWT verification and minting for connection and subscription tokens.
+
+Algorithms: HS256/384/512 with the configured secret, RS256/384/512 with an RSA public key, ES256/384/512
+with an ECDSA public key. PyJWT does the cryptography; this module maps claims to the hub's vocabulary and
+tells an expired token (the SDKs refresh it: error 109) from an invalid one (terminal: disconnect 3500).
+
+Connection claims: sub (user id, "" for anonymous), exp, iat, info (any JSON), channels (server-side
+subscriptions), tenant. Subscription claims: sub, channel, exp, info.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+
+from hub.codes import HubError
+
+
+class TokenError(HubError):
+    """The token cannot be used."""
+
+
+class TokenInvalid(TokenError):
+    """Malformed, badly signed, wrong algorithm, wrong audience/issuer, or claims of the wrong type."""
+
+
+class TokenExpired(TokenError):
+    """Well signed but past its exp."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectClaims:
+    user: str
+    exp: int | None
+    info: bytes | None
+    channels: tuple[str, ...]
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionClaims:
+    user: str
+    channel: str
+    exp: int | None
+    info: bytes | None
+
+
+_HMAC = {"HS256", "HS384", "HS512"}
+_RSA = {"RS256", "RS384", "RS512"}
+_EC = {"ES256", "ES384", "ES512"}
+
+
+def _load_key(value: str) -> str:
+    """A PEM key given inline, or the path of a file holding one."""
+    if not value or value.lstrip().startswith("-----"):
+        return value
+    return Path(value).read_text()
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        hmac_secret: str = "",
+        rsa_public_key: str = "",
+        ecdsa_public_key: str = "",
+        audience: str = "",
+        issuer: str = "",
+    ) -> None:
+        self._hmac = hmac_secret
+        self._rsa = _load_key(rsa_public_key)
+        self._ec = _load_key(ecdsa_public_key)
+        self._audience = audience or None
+        self._issuer = issuer or None
+
+    def _key_for(self, alg: str) -> str:
+        key = ""
+        if alg in _HMAC:
+            key = self._hmac
+        elif alg in _RSA:
+            key = self._rsa
+        elif alg in _EC:
+            key = self._ec
+        if not key:
+            raise TokenInvalid(f"no key configured for algorithm {alg!r}")
+        return key
+
+    def _decode(self, token: str, now: float | None) -> dict[str, Any]:
+        if not isinstance(token, str) or not token:
+            raise TokenInvalid("empty token")
+        try:
+            alg = jwt.get_unverified_header(token).get("alg", "")
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(str(exc)) from None
+        key = self._key_for(alg)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"verify_exp": False, "verify_aud": self._audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(str(exc)) from None
+        exp = claims.get("exp")
+        if exp is not None:
+            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+                raise TokenInvalid("exp must be a number")
+            if exp <= (time.time() if now is None else now):
+                raise TokenExpired("token expired")
+        return claims
+
+    def verify_connect(self, token: str, now: float | None = None) -> ConnectClaims:
+        claims = self._decode(token, now)
+        channels = claims.get("channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise TokenInvalid("channels must be a list of strings")
+        return ConnectClaims(
+            user=_str_claim(claims, "sub"),
+            exp=_exp(claims),
+            info=_info(claims),
+            channels=tuple(channels),
+            tenant=_str_claim(claims, "tenant"),
+        )
+
+    def verify_subscription(self, token: str, now: float | None = None) -> SubscriptionClaims:
+        claims = self._decode(token, now)
+        channel = _str_claim(claims, "channel")
+        if not channel:
+            raise TokenInvalid("subscription token without channel")
+        return SubscriptionClaims(
+            user=_str_claim(claims, "sub"), channel=channel, exp=_exp(claims), info=_info(claims)
+        )
+
+
+def _str_claim(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name, "")
+    if not isinstance(value, str):
+        raise TokenInvalid(f"{name} must be a string")
+    return value
+
+
+def _exp(claims: dict[str, Any]) -> int | None:
+    exp = claims.get("exp")
+    return None if exp is None else int(exp)
+
+
+def _info(claims: dict[str, Any]) -> bytes | None:
+    return orjson.dumps(claims["info"]) if "info" in claims else None
+
+
+def mint_token(
+    secret: str,
+    user: str,
+    *,
+    ttl: float | None = None,
+    info: Any = None,
+    channels: list[str] | None = None,
+    tenant: str | None = None,
+    channel: str | None = None,
+    algorithm: str = "HS256",
+    now: float | None = None,
+) -> str:
+    """A signed connection token (or, with ``channel``, a subscription token)."""
+    issued = int(time.time() if now is None else now)
+    payload: dict[str, Any] = {"sub": user, "iat": issued}
+    if ttl is not None:
+        payload["exp"] = issued + int(ttl)
+    if info is not None:
+        payload["info"] = info
+    if channels:
+        payload["channels"] = channels
+    if tenant:
+        payload["tenant"] = tenant
+    if channel is not None:
+        payload["channel"] = channel
+    return jwt.encode(payload, secret, algorithm=algorithm)

@@ -1,0 +1,125 @@
+"""``switchboard serve`` and ``switchboard token``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from hub.auth import mint_token
+from hub.codes import ConfigError
+from hub.config import Config, load_config
+
+log = logging.getLogger("switchboard")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def uvicorn_config(app: Any, cfg: Config) -> Any:
+    import uvicorn
+
+    from hub.ws_uvicorn import SwitchboardWebSocketProtocol
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        loop = "asyncio"
+    return uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        loop=loop,
+        http="h11",
+        ws=SwitchboardWebSocketProtocol if cfg.websocket_fast_path else "websockets-sansio",
+        ws_max_size=cfg.client_max_message_size,
+        ws_ping_interval=None,
+        ws_per_message_deflate=cfg.websocket_compression,
+        lifespan="on",
+        log_level="warning" if cfg.log_level.lower() != "debug" else "debug",
+        access_log=False,
+        timeout_graceful_shutdown=cfg.shutdown_timeout,
+        backlog=4096,
+    )
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from hub.app import Switchboard
+    from hub.logs import setup_logging
+
+    cfg = _config(args)
+    if args.host:
+        cfg.host = args.host
+    if args.port:
+        cfg.port = args.port
+    setup_logging(cfg.log_level)
+    if cfg.dev_mode:
+        log.warning(
+            "development mode: anonymous clients allowed, tokens signed with the public development secret; "
+            "set token_hmac_secret_key (or pass --config) for production"
+        )
+    app = Switchboard(cfg)
+    log.info("listening on http://%s:%d", cfg.host, cfg.port)
+    uvicorn.Server(uvicorn_config(app, cfg)).run()
+
+
+def token(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    if not cfg.token_hmac_secret_key:
+        print("switchboard: token_hmac_secret_key is not configured", file=sys.stderr)
+        raise SystemExit(2)
+    info = None
+    if args.info:
+        try:
+            info = json.loads(args.info)
+        except json.JSONDecodeError as exc:
+            print(f"switchboard: --info is not JSON: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    channels = [c for c in (args.channels or "").split(",") if c]
+    print(
+        mint_token(
+            cfg.token_hmac_secret_key,
+            args.user,
+            ttl=args.ttl,
+            info=info,
+            channels=channels or None,
+            tenant=args.tenant,
+            channel=args.channel,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard realtime hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the hub")
+    p_serve.add_argument("--host", default=None)
+    p_serve.add_argument("--port", type=int, default=None)
+    p_serve.add_argument("--config", default=None, help="TOML config file")
+    p_serve.set_defaults(func=serve)
+    p_token = sub.add_parser("token", help="print a connection (or subscription) JWT")
+    p_token.add_argument("--user", required=True)
+    p_token.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
+    p_token.add_argument("--info", default=None, help="JSON info claim")
+    p_token.add_argument("--channels", default=None, help="comma-separated server-side channels")
+    p_token.add_argument("--tenant", default=None)
+    p_token.add_argument("--channel", default=None, help="make a subscription token for this channel")
+    p_token.add_argument("--config", default=None, help="TOML config file")
+    p_token.set_defaults(func=token)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

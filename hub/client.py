@@ -1,0 +1,733 @@
+"""One client session of the Centrifuge client protocol v2, whatever the transport.
+
+The session reads commands (``handle_frame``), answers through its Writer and ends with a disconnect code.
+It is transport-agnostic: a WebSocket, an SSE stream or an HTTP stream hands it frames and gives it a
+Transport to write to.
+
+States (an illegal transition raises, loudly)::
+
+    CONNECTING --connect ok--> CONNECTED --disconnect--> CLOSED
+         \\________________disconnect_________________/
+
+Before ``connect`` only ``connect`` (and pongs) are accepted: anything else ends the connection with 3501.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from channels.broker import HistoryPolicy
+from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosition
+from channels.names import ChannelKey, ChannelName, parse_channel
+from channels.options import NamespaceOptions
+from channels.publication import ClientInfo, Publication, StreamPosition
+from hub import codec_json as codec
+from hub import codes
+from hub.auth import ConnectClaims, TokenExpired, TokenInvalid
+from hub.codes import ClientError, Disconnect
+from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
+from hub.recovery import after_position, recover
+from hub.writer import Transport, Writer
+
+if TYPE_CHECKING:
+    from hub.node import Node
+
+log = logging.getLogger("switchboard.client")
+
+DEFAULT_TENANT = ""
+HISTORY_MAX_LIMIT = 300
+"""Most publications one client history call returns (Centrifugo: client_history_max_publication_limit)."""
+
+FLAG_REJECT_UNRECOVERED = 2
+"""SubscribeRequest.flag bit: reply 112 instead of ``recovered: false`` (centrifuge-python's get_state)."""
+
+_METHODS = (
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "rpc",
+    "send",
+    "refresh",
+    "sub_refresh",
+)
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    State.CONNECTING: {State.CONNECTED, State.CLOSED},
+    State.CONNECTED: {State.CLOSED},
+    State.CLOSED: set(),
+}
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: ChannelName
+    key: ChannelKey
+    options: NamespaceOptions
+    info: ClientInfo
+    recoverable: bool = False
+    positioned: bool = False
+    push_join_leave: bool = False
+    expires_at: float = 0.0
+    """Wall-clock second at which the subscription token expires (0: never)."""
+    server_side: bool = False
+    active: bool = False
+
+
+@dataclass(slots=True)
+class _Prepared:
+    sub: Subscription
+    result: dict[str, Any]
+    offset: int
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise codes.error_bad_request()
+    return value
+
+
+def _str(params: dict[str, Any], name: str, required: bool = True) -> str:
+    value = params.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise codes.error_bad_request()
+    return value
+
+
+class Client:
+    __slots__ = (
+        "node",
+        "id",
+        "transport",
+        "writer",
+        "state",
+        "user",
+        "tenant",
+        "conn_info",
+        "expires_at",
+        "subs",
+        "created",
+        "last_ping",
+        "awaiting_pong",
+        "remote",
+        "headers",
+        "name",
+        "version",
+        "_closing",
+        "__weakref__",
+    )
+
+    def __init__(self, node: Node, transport: Transport, *, remote: str = "", headers: dict[str, str] | None = None):
+        self.node = node
+        self.id = str(uuid.uuid4())
+        self.transport = transport
+        self.writer = Writer(transport, node.scheduler, node.config.client_queue_max_size, self._on_slow)
+        self.state = State.CONNECTING
+        self.user = ""
+        self.tenant = DEFAULT_TENANT
+        self.conn_info: bytes | None = None
+        self.expires_at = 0.0
+        self.subs: dict[str, Subscription] = {}
+        self.created = time.monotonic()
+        self.last_ping = 0.0
+        self.awaiting_pong = False
+        self.remote = remote
+        self.headers = headers or {}
+        self.name = ""
+        self.version = ""
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
+
+    def _log_extra(self) -> dict[str, Any]:
+        return {"client": self.id, "user": self.user, "tenant": self.tenant, "transport": self.transport.name}
+
+    def _move(self, state: State) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal client state transition {self.state.value} -> {state.value}")
+        self.state = state
+
+    # ---------------------------------------------------------------- input
+
+    async def handle_frame(self, data: str | bytes) -> None:
+        """Process one transport frame: one or more commands. Never raises for bad client input."""
+        if self.state is State.CLOSED:
+            return
+        if len(data) > self.node.config.client_max_message_size:
+            log.warning("message of %d bytes over the limit", len(data), extra=self._log_extra())
+            self.disconnect(codes.MESSAGE_TOO_BIG.error())
+            return
+        try:
+            commands = codec.decode_commands(data)
+        except codec.DecodeError as exc:
+            log.warning("bad frame: %s", exc, extra=self._log_extra())
+            self.disconnect(codes.BAD_REQUEST.error())
+            return
+        for cmd in commands:
+            if self.state is State.CLOSED:
+                return
+            try:
+                await self._handle_command(cmd)
+            except Disconnect as exc:
+                self.disconnect(exc)
+                return
+
+    async def _handle_command(self, cmd: dict[str, Any]) -> None:
+        self.awaiting_pong = False  # any command proves the client alive
+        cmd_id = cmd.get("id", 0)
+        if isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or cmd_id < 0:
+            log.warning("bad command id %r", cmd_id, extra=self._log_extra())
+            raise codes.BAD_REQUEST.error()
+        method = next((m for m in _METHODS if m in cmd), None)
+        if method is None:
+            if cmd_id == 0:
+                return  # an empty command is the pong to our ping
+            log.info("unknown method in command %d", cmd_id, extra=self._log_extra())
+            self.writer.push(codec.encode_error(cmd_id, 104, "method not found"))
+            return
+        if self.state is State.CONNECTING and method != "connect":
+            log.warning("%s before connect", method, extra=self._log_extra())
+            raise codes.BAD_REQUEST.error("command before connect")
+        if cmd_id == 0 and method != "send":
+            log.warning("%s without id", method, extra=self._log_extra())
+            raise codes.BAD_REQUEST.error()
+        params = cmd[method]
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            self.writer.push(codec.encode_error(cmd_id, 107, "bad request"))
+            return
+        self.node.metrics.command(method)
+        try:
+            result = await getattr(self, "_cmd_" + method)(cmd_id, params)
+        except ClientError as exc:
+            self.node.metrics.command_error(method, exc.code)
+            log.info("%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra())
+            if cmd_id:
+                self.writer.push(codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
+            return
+        except Disconnect:
+            raise
+        except Exception:
+            log.exception("%s crashed", method, extra=self._log_extra())
+            self.node.metrics.command_error(method, 100)
+            if cmd_id:
+                self.writer.push(codec.encode_error(cmd_id, 100, "internal server error", True))
+            return
+        if cmd_id and result is not None:
+            self.writer.push(codec.encode_reply(cmd_id, method, result))
+
+    # ---------------------------------------------------------------- connect / refresh
+
+    async def _cmd_connect(self, cmd_id: int, p: dict[str, Any]) -> None:
+        if self.state is not State.CONNECTING:
+            raise codes.BAD_REQUEST.error("already connected")
+        node = self.node
+        token = p.get("token", "")
+        if not isinstance(token, str):
+            raise codes.BAD_REQUEST.error()
+        claims: ConnectClaims | None = None
+        user, info, channels, tenant = "", None, (), DEFAULT_TENANT
+        expires_at = 0.0
+        if token:
+            claims = self._verify_connect_token(token)
+            user, info, channels, tenant = claims.user, claims.info, claims.channels, claims.tenant
+            expires_at = float(claims.exp or 0)
+        authenticated = claims is not None
+        reply_data: Any = None
+        hook = node.hooks.on_connecting
+        if hook is not None:
+            ctx = ConnectingContext(
+                client_id=self.id,
+                transport=self.transport.name,
+                claims=claims,
+                data=p.get("data"),
+                headers=self.headers,
+                remote=self.remote,
+                name=str(p.get("name", "")),
+                version=str(p.get("version", "")),
+            )
+            res = await hook(ctx)
+            if res is not None:
+                if res.user is not None:
+                    user, authenticated = res.user, True
+                if res.info is not None:
+                    info = orjson.dumps(res.info)
+                if res.channels is not None:
+                    channels = tuple(res.channels)
+                if res.tenant is not None:
+                    tenant = res.tenant
+                reply_data = res.data
+        if not authenticated and not node.config.allow_anonymous_connect_without_token:
+            raise codes.error_unauthorized()
+        self.user, self.conn_info, self.tenant, self.expires_at = user, info, tenant, expires_at
+        self.name = str(p.get("name", ""))[:64]
+        self.version = str(p.get("version", ""))[:64]
+        self._move(State.CONNECTED)
+        self.last_ping = time.monotonic()
+        node.registry.add_client(self)
+        result: dict[str, Any] = {
+            "client": self.id,
+            "version": node.version,
+            "ping": int(node.config.client_ping_interval),
+            "pong": True,
+            "node": node.id,
+        }
+        if expires_at:
+            result["expires"] = True
+            result["ttl"] = max(1, int(expires_at - time.time()))
+        if reply_data is not None:
+            result["data"] = codec.Fragment(orjson.dumps(reply_data))
+        # Server-side subscriptions (the token's channels claim): trusted, no permission checks.
+        recover_req = p.get("subs") if isinstance(p.get("subs"), dict) else {}
+        prepared: list[_Prepared] = []
+        subs_result: dict[str, Any] = {}
+        for name in channels:
+            try:
+                channel = parse_channel(name)
+                opts = node.namespaces.options_for(channel)
+            except (InvalidChannel, UnknownNamespace):
+                log.warning("token names bad channel %r", name, extra=self._log_extra())
+                continue
+            if name in self.subs:
+                continue
+            req = recover_req.get(name) if isinstance(recover_req.get(name), dict) else {}
+            prep = await self._prepare(
+                channel,
+                opts,
+                req,
+                chan_info=None,
+                expires_at=0.0,
+                server_side=True,
+                reject_unrecovered=False,
+            )
+            prepared.append(prep)
+            subs_result[name] = prep.result
+        if subs_result:
+            result["subs"] = subs_result
+        self.writer.push(codec.encode_reply(cmd_id, "connect", result))
+        for prep in prepared:
+            await self._activate(prep)
+        log.info("connected", extra=self._log_extra())
+
+    def _verify_connect_token(self, token: str) -> ConnectClaims:
+        try:
+            return self.node.verifier.verify_connect(token)
+        except TokenExpired:
+            raise codes.error_token_expired() from None
+        except TokenInvalid as exc:
+            log.warning("invalid connection token: %s", exc, extra=self._log_extra())
+            raise codes.INVALID_TOKEN.error() from None
+
+    async def _cmd_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        claims = self._verify_connect_token(_str(p, "token"))
+        if claims.user != self.user or claims.tenant != self.tenant:
+            log.warning("refresh token for another user", extra=self._log_extra())
+            raise codes.INVALID_TOKEN.error()
+        self.expires_at = float(claims.exp or 0)
+        result: dict[str, Any] = {"client": self.id, "version": self.node.version}
+        if self.expires_at:
+            result["expires"] = True
+            result["ttl"] = max(1, int(self.expires_at - time.time()))
+        return result
+
+    # ---------------------------------------------------------------- subscriptions
+
+    async def _cmd_subscribe(self, cmd_id: int, p: dict[str, Any]) -> None:
+        name = _str(p, "channel")
+        node = self.node
+        try:
+            channel = parse_channel(name)
+        except InvalidChannel:
+            raise codes.error_bad_request() from None
+        try:
+            opts = node.namespaces.options_for(channel)
+        except UnknownNamespace:
+            raise codes.error_unknown_channel() from None
+        if name in self.subs:
+            raise codes.error_already_subscribed()
+        if len(self.subs) >= node.config.client_channel_limit:
+            raise codes.error_limit_exceeded()
+        chan_info: bytes | None = None
+        expires_at = 0.0
+        reply_data: Any = None
+        token = p.get("token", "")
+        if not isinstance(token, str):
+            raise codes.error_bad_request()
+        if token:
+            try:
+                claims = node.verifier.verify_subscription(token)
+            except TokenExpired:
+                raise codes.error_token_expired() from None
+            except TokenInvalid as exc:
+                log.warning("invalid subscription token: %s", exc, extra=self._log_extra())
+                raise codes.error_permission_denied() from None
+            if claims.channel != name or claims.user != self.user:
+                raise codes.error_permission_denied()
+            chan_info = claims.info
+            expires_at = float(claims.exp or 0)
+        else:
+            allowed = self._may_subscribe(channel, opts)
+            hook = node.hooks.on_subscribe
+            if hook is not None:
+                ctx = SubscribeContext(self.id, self.user, self.tenant, name, p.get("data"), allowed)
+                res = await hook(ctx)
+                if res is not None:
+                    allowed = True
+                    chan_info = orjson.dumps(res.info) if res.info is not None else None
+                    reply_data = res.data
+            if not allowed:
+                raise codes.error_permission_denied()
+            if name in self.subs:  # subscribed meanwhile by a concurrent command
+                raise codes.error_already_subscribed()
+        flag = p.get("flag", 0)
+        prep = await self._prepare(
+            channel,
+            opts,
+            p,
+            chan_info=chan_info,
+            expires_at=expires_at,
+            server_side=False,
+            reject_unrecovered=isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED),
+        )
+        if reply_data is not None:
+            prep.result["data"] = codec.Fragment(orjson.dumps(reply_data))
+        # The reply must precede every push of the channel: write it, then join the fan-out.
+        self.writer.push(codec.encode_reply(cmd_id, "subscribe", prep.result))
+        await self._activate(prep)
+        return None
+
+    def _may_subscribe(self, channel: ChannelName, opts: NamespaceOptions) -> bool:
+        if channel.private:
+            return False
+        if channel.allowed_users is not None:
+            return opts.allow_user_limited_channels and bool(self.user) and channel.user_allowed(self.user)
+        if not self.user:
+            return opts.allow_subscribe_for_client and opts.allow_subscribe_for_anonymous
+        return opts.allow_subscribe_for_client
+
+    async def _prepare(
+        self,
+        channel: ChannelName,
+        opts: NamespaceOptions,
+        req: dict[str, Any],
+        *,
+        chan_info: bytes | None,
+        expires_at: float,
+        server_side: bool,
+        reject_unrecovered: bool,
+    ) -> _Prepared:
+        """Set a subscription up to the point where only its activation is left.
+
+        From here until ``_activate`` publications of the channel are buffered for this client, so the
+        history read here and the live stream after it join without a gap or a duplicate.
+        """
+        node = self.node
+        key = (self.tenant, channel.raw)
+        history = opts.history_enabled
+        recoverable = history and (opts.force_recovery or req.get("recoverable") is True or server_side)
+        positioned = history and (opts.force_positioning or req.get("positioned") is True or recoverable)
+        push_join_leave = opts.join_leave and (opts.force_push_join_leave or req.get("join_leave") is True)
+        info = ClientInfo(self.user, self.id, self.conn_info, chan_info)
+        sub = Subscription(
+            channel, key, opts, info, recoverable, positioned, push_join_leave, expires_at, server_side
+        )
+        self.subs[channel.raw] = sub
+        if node.registry.begin_subscribe(key, self):
+            try:
+                await node.broker.subscribe(key)
+            except BaseException:
+                self._rollback(sub)
+                raise
+        result: dict[str, Any] = {}
+        offset = 0
+        try:
+            if positioned:
+                want_recover = req.get("recover") is True
+                if want_recover:
+                    since = StreamPosition(_int(req.get("offset", 0), "offset"), _str(req, "epoch", False))
+                    rec = await self._recover(key, since, opts)
+                    result["was_recovering"] = True
+                    result["recovered"] = rec.recovered
+                    if rec.publications:
+                        result["publications"] = [codec.publication_dict(pub) for pub in rec.publications]
+                    if not rec.recovered:
+                        node.metrics.recovery(False)
+                        if reject_unrecovered:
+                            raise codes.error_unrecoverable_position()
+                    else:
+                        node.metrics.recovery(True)
+                    top = rec.position
+                else:
+                    top = (await node.broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
+                offset = top.offset
+                result["epoch"] = top.epoch
+                if top.offset:
+                    result["offset"] = top.offset
+                if recoverable:
+                    result["recoverable"] = True
+                result["positioned"] = True
+            if opts.presence:
+                await node.presence.add(key, info)
+        except BaseException:
+            await self._rollback_async(sub)
+            raise
+        if expires_at:
+            result["expires"] = True
+            result["ttl"] = max(1, int(expires_at - time.time()))
+        return _Prepared(sub, result, offset)
+
+    async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions):  # type: ignore[no-untyped-def]
+        broker = self.node.broker
+        try:
+            hist = await broker.history(key, since=since, limit=-1, meta_ttl=opts.history_meta_ttl)
+        except UnrecoverablePosition:
+            top = (await broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
+            return recover(since, None, top)
+        return recover(since, hist.publications, hist.position)
+
+    def _rollback(self, sub: Subscription) -> bool:
+        if self.subs.get(sub.channel.raw) is sub:
+            del self.subs[sub.channel.raw]
+        return self.node.registry.cancel_subscribe(sub.key, self)
+
+    async def _rollback_async(self, sub: Subscription) -> None:
+        if self._rollback(sub):
+            try:
+                await self.node.broker.unsubscribe(sub.key)
+            except Exception:
+                log.exception("broker unsubscribe failed during rollback", extra=self._log_extra())
+        if sub.options.presence:
+            try:
+                await self.node.presence.remove(sub.key, self.id)
+            except Exception:
+                log.exception("presence remove failed during rollback", extra=self._log_extra())
+
+    async def _activate(self, prep: _Prepared) -> None:
+        """Join the fan-out (synchronously, right after the reply was written) and announce the join."""
+        sub = prep.sub
+        if self.state is State.CLOSED or self.subs.get(sub.channel.raw) is not sub:
+            return
+        sub.active = True
+        buffered = self.node.registry.finish_subscribe(sub.key, self, self.writer.push)
+        for pub in after_position(buffered, prep.offset):
+            self.writer.push(codec.encode_publication_push(sub.channel.raw, pub))
+        if sub.options.join_leave:
+            await self.node.broker.publish_join(sub.key, sub.info)
+
+    async def _cmd_unsubscribe(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        name = _str(p, "channel")
+        sub = self.subs.get(name)
+        if sub is not None:
+            await self._remove_subscription(sub)
+        return {}
+
+    async def _remove_subscription(self, sub: Subscription) -> None:
+        node = self.node
+        if self.subs.get(sub.channel.raw) is sub:
+            del self.subs[sub.channel.raw]
+        if node.registry.remove_subscriber(sub.key, self):
+            await node.broker.unsubscribe(sub.key)
+        if sub.options.presence:
+            await node.presence.remove(sub.key, self.id)
+        if sub.options.join_leave and sub.active:
+            await node.broker.publish_leave(sub.key, sub.info)
+
+    async def _cmd_sub_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        name = _str(p, "channel")
+        sub = self.subs.get(name)
+        if sub is None:
+            raise codes.error_permission_denied()
+        try:
+            claims = self.node.verifier.verify_subscription(_str(p, "token"))
+        except TokenExpired:
+            raise codes.error_token_expired() from None
+        except TokenInvalid as exc:
+            log.warning("invalid subscription refresh token: %s", exc, extra=self._log_extra())
+            raise codes.error_permission_denied() from None
+        if claims.channel != name or claims.user != self.user:
+            raise codes.error_permission_denied()
+        sub.expires_at = float(claims.exp or 0)
+        result: dict[str, Any] = {}
+        if sub.expires_at:
+            result["expires"] = True
+            result["ttl"] = max(1, int(sub.expires_at - time.time()))
+        return result
+
+    # ---------------------------------------------------------------- channel operations
+
+    def _channel(self, p: dict[str, Any]) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
+        name = _str(p, "channel")
+        try:
+            channel = parse_channel(name)
+        except InvalidChannel:
+            raise codes.error_bad_request() from None
+        try:
+            opts = self.node.namespaces.options_for(channel)
+        except UnknownNamespace:
+            raise codes.error_unknown_channel() from None
+        return channel, opts, (self.tenant, name)
+
+    def _permitted(self, channel: str, for_subscriber: bool, for_client: bool, for_anonymous: bool) -> bool:
+        if for_subscriber and channel in self.subs:
+            return True
+        if not for_client:
+            return False
+        return bool(self.user) or for_anonymous
+
+    async def _cmd_publish(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts, key = self._channel(p)
+        if "data" not in p:
+            raise codes.error_bad_request()
+        if not self._permitted(
+            channel.raw, opts.allow_publish_for_subscriber, opts.allow_publish_for_client, opts.allow_publish_for_anonymous
+        ):
+            raise codes.error_permission_denied()
+        data = p["data"]
+        hook = self.node.hooks.on_publish
+        if hook is not None:
+            res = await hook(PublishContext(self.id, self.user, self.tenant, channel.raw, data))
+            if res is not None and res.replaces_data:
+                data = res.data
+        sub = self.subs.get(channel.raw)
+        info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
+        await self.node.publish_to(key, opts, codec.data_bytes(data), info=info)
+        return {}
+
+    async def _cmd_presence(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts, key = self._channel(p)
+        if not opts.presence:
+            raise codes.error_not_available()
+        if not self._permitted(
+            channel.raw,
+            opts.allow_presence_for_subscriber,
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_anonymous,
+        ):
+            raise codes.error_permission_denied()
+        members = await self.node.presence.get(key)
+        return {"presence": {cid: codec.info_dict(info) for cid, info in members.items()}}
+
+    async def _cmd_presence_stats(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts, key = self._channel(p)
+        if not opts.presence:
+            raise codes.error_not_available()
+        if not self._permitted(
+            channel.raw,
+            opts.allow_presence_for_subscriber,
+            opts.allow_presence_for_client,
+            opts.allow_presence_for_anonymous,
+        ):
+            raise codes.error_permission_denied()
+        stats = await self.node.presence.stats(key)
+        return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+
+    async def _cmd_history(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts, key = self._channel(p)
+        if not opts.history_enabled:
+            raise codes.error_not_available()
+        if not self._permitted(
+            channel.raw, opts.allow_history_for_subscriber, opts.allow_history_for_client, opts.allow_history_for_anonymous
+        ):
+            raise codes.error_permission_denied()
+        limit = _int(p.get("limit", 0), "limit")
+        limit = HISTORY_MAX_LIMIT if limit < 0 else min(limit, HISTORY_MAX_LIMIT)
+        reverse = p.get("reverse", False) is True
+        since: StreamPosition | None = None
+        raw_since = p.get("since")
+        if raw_since is not None:
+            if not isinstance(raw_since, dict):
+                raise codes.error_bad_request()
+            since = StreamPosition(_int(raw_since.get("offset", 0), "offset"), _str(raw_since, "epoch", False))
+        try:
+            hist = await self.node.broker.history(
+                key, since=since, limit=limit, reverse=reverse, meta_ttl=opts.history_meta_ttl
+            )
+        except UnrecoverablePosition:
+            raise codes.error_unrecoverable_position() from None
+        out: dict[str, Any] = {"epoch": hist.position.epoch}
+        if hist.position.offset:
+            out["offset"] = hist.position.offset
+        if hist.publications:
+            out["publications"] = [codec.publication_dict(pub) for pub in hist.publications]
+        return out
+
+    async def _cmd_rpc(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        method = p.get("method", "")
+        if not isinstance(method, str):
+            raise codes.error_bad_request()
+        handler = self.node.hooks.rpc.get(method)
+        if handler is None:
+            raise codes.error_method_not_found()
+        value = await handler(RPCContext(self.id, self.user, self.tenant, method, p.get("data")))
+        if value is None:
+            return {}
+        return {"data": codec.Fragment(orjson.dumps(value))}
+
+    async def _cmd_send(self, cmd_id: int, p: dict[str, Any]) -> None:
+        hook = self.node.hooks.on_message
+        if hook is None:
+            log.info("send without an on_message hook", extra=self._log_extra())
+            raise codes.NOT_AVAILABLE.error()
+        await hook(MessageContext(self.id, self.user, self.tenant, p.get("data")))
+        return None
+
+    # ---------------------------------------------------------------- output and end
+
+    def push_publication(self, channel: str, pub: Publication) -> None:
+        self.writer.push(codec.encode_publication_push(channel, pub))
+
+    def send_ping(self, now: float) -> None:
+        self.last_ping = now
+        self.awaiting_pong = True
+        self.writer.push(codec.PING)
+
+    def _on_slow(self) -> None:
+        log.warning("slow consumer: outbound buffer over %d bytes", self.writer.max_bytes, extra=self._log_extra())
+        self.node.metrics.slow_disconnect()
+        self.disconnect(codes.SLOW.error(), slow=True)
+
+    def disconnect(self, exc: Disconnect, *, slow: bool = False) -> None:
+        """End the connection with ``exc``'s code. Idempotent; cleanup runs in ``closed``."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("disconnect %d %s", exc.code, exc.reason, extra=self._log_extra())
+        if not slow:
+            self.writer.close()
+        self.transport.close(exc.code, exc.reason)
+
+    async def closed(self) -> None:
+        """The transport is gone: leave every channel and forget the connection."""
+        if self.state is State.CLOSED:
+            return
+        self._closing = True
+        self.writer.closed = True
+        self._move(State.CLOSED)
+        node = self.node
+        node.registry.remove_client(self)
+        for sub in list(self.subs.values()):
+            try:
+                await self._remove_subscription(sub)
+            except Exception:
+                log.exception("cleanup of %s failed", sub.channel.raw, extra=self._log_extra())
+        self.subs.clear()
+

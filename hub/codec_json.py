@@ -1,0 +1,106 @@
+"""The JSON variant of the Centrifuge client protocol v2 (sans-I/O).
+
+Frames: a client frame holds one or more commands separated by "\\n"; a server frame holds one or more
+replies/pushes separated by "\\n". An empty object ``{}`` from the server is a ping, from a client a pong.
+
+Data fields are JSON values; the hub keeps them as the bytes of their JSON text and embeds those bytes
+unchanged with ``orjson.Fragment``, so a publication is serialized once per format, not per subscriber.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from channels.publication import ClientInfo, Publication
+
+Fragment = orjson.Fragment
+PING = b"{}"
+
+
+class DecodeError(ValueError):
+    """A frame is not a sequence of JSON command objects."""
+
+
+def decode_commands(data: str | bytes) -> list[dict[str, Any]]:
+    """Split a frame into commands. Raises DecodeError on anything but JSON objects, one per line."""
+    if isinstance(data, bytes):
+        lines = data.split(b"\n")
+    else:
+        lines = data.split("\n")  # type: ignore[assignment]
+    commands: list[dict[str, Any]] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            cmd = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"malformed JSON: {exc}") from None
+        if not isinstance(cmd, dict):
+            raise DecodeError("a command must be a JSON object")
+        commands.append(cmd)
+    if not commands:
+        raise DecodeError("empty frame")
+    return commands
+
+
+def data_bytes(value: Any) -> bytes:
+    """The JSON text of a command's data field (absent data is JSON null)."""
+    return orjson.dumps(value)
+
+
+def info_dict(info: ClientInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {"user": info.user, "client": info.client}
+    if info.conn_info is not None:
+        out["conn_info"] = Fragment(info.conn_info)
+    if info.chan_info is not None:
+        out["chan_info"] = Fragment(info.chan_info)
+    return out
+
+
+def publication_dict(pub: Publication) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": Fragment(pub.data)}
+    if pub.offset:
+        out["offset"] = pub.offset
+    if pub.info is not None:
+        out["info"] = info_dict(pub.info)
+    if pub.tags:
+        out["tags"] = pub.tags
+    return out
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(message)
+
+
+def encode_reply(cmd_id: int, method: str, result: dict[str, Any]) -> bytes:
+    return orjson.dumps({"id": cmd_id, method: result})
+
+
+def encode_error(cmd_id: int, code: int, message: str, temporary: bool = False) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if temporary:
+        err["temporary"] = True
+    return orjson.dumps({"id": cmd_id, "error": err})
+
+
+def encode_push(channel: str, kind: str, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"push": {"channel": channel, kind: body}})
+
+
+def encode_publication_push(channel: str, pub: Publication) -> bytes:
+    return orjson.dumps({"push": {"channel": channel, "pub": publication_dict(pub)}})
+
+
+def encode_join_push(channel: str, info: ClientInfo) -> bytes:
+    return encode_push(channel, "join", {"info": info_dict(info)})
+
+
+def encode_leave_push(channel: str, info: ClientInfo) -> bytes:
+    return encode_push(channel, "leave", {"info": info_dict(info)})
+
+
+def join_messages(messages: list[bytes]) -> bytes:
+    """Several replies/pushes as one frame's payload."""
+    return messages[0] if len(messages) == 1 else b"\n".join(messages)

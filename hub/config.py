@@ -1,0 +1,211 @@
+"""Configuration: a TOML file, then ``SWITCHBOARD_*`` environment overrides, then command-line flags.
+
+With no file and no token key anywhere, the hub starts in development mode (see ``DEV_SECRET``): anonymous
+clients may connect, and channels without a namespace allow everything with presence, join/leave and
+history. Every key is documented in README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from channels.options import NamespaceOptions, Namespaces, parse_duration
+from hub.codes import ConfigError
+
+log = logging.getLogger("switchboard.config")
+
+ENV_PREFIX = "SWITCHBOARD_"
+DEV_SECRET = "switchboard-development-secret-do-not-use-in-production"
+
+DEV_CHANNEL_OPTIONS = NamespaceOptions(
+    presence=True,
+    join_leave=True,
+    force_push_join_leave=True,
+    history_size=100,
+    history_ttl=300.0,
+    force_recovery=True,
+    allow_subscribe_for_client=True,
+    allow_subscribe_for_anonymous=True,
+    allow_publish_for_client=True,
+    allow_publish_for_anonymous=True,
+    allow_history_for_client=True,
+    allow_history_for_anonymous=True,
+    allow_presence_for_client=True,
+    allow_presence_for_anonymous=True,
+    allow_user_limited_channels=True,
+)
+
+_DURATIONS = {
+    "client_ping_interval",
+    "client_pong_timeout",
+    "client_expired_close_delay",
+    "client_stale_close_delay",
+    "shutdown_timeout",
+}
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    data_dir: str = "data"
+    node_name: str = ""
+
+    token_hmac_secret_key: str = ""
+    token_rsa_public_key: str = ""
+    token_ecdsa_public_key: str = ""
+    token_audience: str = ""
+    token_issuer: str = ""
+    allow_anonymous_connect_without_token: bool = False
+
+    client_channel_limit: int = 128
+    client_max_message_size: int = 65536
+    client_queue_max_size: int = 1048576
+    client_ping_interval: float = 25.0
+    client_pong_timeout: float = 8.0
+    client_expired_close_delay: float = 25.0
+    client_stale_close_delay: float = 10.0
+    websocket_fast_path: bool = True
+    websocket_compression: bool = False
+    shutdown_timeout: float = 10.0
+
+    channel: NamespaceOptions = field(default_factory=NamespaceOptions)
+    namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
+
+    dev_mode: bool = False
+
+    def namespace_table(self) -> Namespaces:
+        return Namespaces(self.channel, self.namespaces)
+
+
+_SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("channel", "namespaces", "dev_mode")}
+
+
+def _coerce(name: str, raw: Any, from_env: bool) -> Any:
+    kind = _SCALARS[name].type
+    try:
+        if name in _DURATIONS:
+            return parse_duration(raw)
+        if kind == "bool":
+            if from_env:
+                lowered = raw.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                return lowered in ("1", "true", "yes", "on")
+            if not isinstance(raw, bool):
+                raise ValueError(raw)
+            return raw
+        if kind == "int":
+            value = int(raw)
+            if not from_env and isinstance(raw, bool):
+                raise ValueError(raw)
+            return value
+        if kind == "float":
+            return float(raw)
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad value for {name}: {raw!r}") from None
+
+
+def _namespaces(raw: Any) -> dict[str, NamespaceOptions]:
+    if not isinstance(raw, list):
+        raise ConfigError("namespaces must be a list of tables, each with a name")
+    out: dict[str, NamespaceOptions] = {}
+    for table in raw:
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not table["name"]:
+            raise ConfigError("every namespace needs a name")
+        name = table["name"]
+        if ":" in name or name in out:
+            raise ConfigError(f"bad or repeated namespace name {name!r}")
+        try:
+            out[name] = NamespaceOptions.from_mapping(table)
+        except ValueError as exc:
+            raise ConfigError(f"namespace {name}: {exc}") from None
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read ``path`` (TOML) if given, then apply ``SWITCHBOARD_*`` overrides from ``env`` (os.environ)."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    cfg = Config()
+    for key, value in data.items():
+        if key == "channel":
+            if not isinstance(value, dict):
+                raise ConfigError("[channel] must be a table")
+            try:
+                cfg.channel = NamespaceOptions.from_mapping(value)
+            except ValueError as exc:
+                raise ConfigError(f"[channel]: {exc}") from None
+        elif key == "namespaces":
+            cfg.namespaces = _namespaces(value)
+        elif key in _SCALARS:
+            setattr(cfg, key, _coerce(key, value, from_env=False))
+        else:
+            raise ConfigError(f"unknown config key {key!r}")
+    channel_env: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key == "config":
+            continue
+        if key in _SCALARS:
+            setattr(cfg, key, _coerce(key, raw, from_env=True))
+        elif key == "namespaces":
+            try:
+                cfg.namespaces = _namespaces(json.loads(raw))
+            except json.JSONDecodeError:
+                raise ConfigError("SWITCHBOARD_NAMESPACES must be a JSON list") from None
+        elif key.startswith("channel_"):
+            option = key[len("channel_") :]
+            lowered = raw.strip().lower()
+            if lowered in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                channel_env[option] = lowered in ("true", "1", "yes", "on")
+            elif option == "history_size":
+                channel_env[option] = int(raw)
+            else:
+                channel_env[option] = raw
+        else:
+            raise ConfigError(f"unknown environment setting {name}")
+    if channel_env:
+        merged = {f.name: getattr(cfg.channel, f.name) for f in dataclasses.fields(NamespaceOptions)}
+        merged.update(channel_env)
+        try:
+            cfg.channel = NamespaceOptions.from_mapping(merged)
+        except ValueError as exc:
+            raise ConfigError(f"SWITCHBOARD_CHANNEL_*: {exc}") from None
+    has_key = cfg.token_hmac_secret_key or cfg.token_rsa_public_key or cfg.token_ecdsa_public_key
+    if path is None and not has_key:
+        cfg.dev_mode = True
+        cfg.token_hmac_secret_key = DEV_SECRET
+        cfg.allow_anonymous_connect_without_token = True
+        if not channel_env:
+            cfg.channel = DEV_CHANNEL_OPTIONS
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    if not (0 < cfg.port < 65536):
+        raise ConfigError(f"port out of range: {cfg.port}")
+    for name in ("client_channel_limit", "client_max_message_size", "client_queue_max_size"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if cfg.log_level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(f"unknown log_level {cfg.log_level!r}")

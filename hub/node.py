@@ -1,0 +1,215 @@
+"""The Node: one hub process. It wires the registry of local connections, the broker, presence, token
+verification and hooks together, implements the broker's event handler (the fan-out), and runs the
+session clock (pings, expiry, stale connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from typing import Any
+
+from channels.broker import Broker, HistoryPolicy
+from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace
+from channels.names import ChannelKey, parse_channel
+from channels.options import NamespaceOptions
+from channels.publication import ClientInfo, Publication, PublishResult
+from hub import codec_json as codec
+from hub import codes
+from hub.auth import TokenVerifier
+from hub.client import Client, State
+from hub.config import Config
+from hub.hooks import Hooks
+from hub.metrics import Metrics
+from hub.registry import Registry
+from hub.writer import FlushScheduler, Transport
+from presence.presence import PresenceManager
+
+log = logging.getLogger("switchboard.node")
+
+VERSION = "0.1.0"
+TICK = 1.0
+"""Seconds between two passes of the session clock."""
+
+
+class Node:
+    def __init__(self, config: Config, broker: Broker, presence: PresenceManager, hooks: Hooks) -> None:
+        self.config = config
+        self.namespaces = config.namespace_table()
+        self.broker = broker
+        self.presence = presence
+        self.hooks = hooks
+        self.verifier = TokenVerifier(
+            hmac_secret=config.token_hmac_secret_key,
+            rsa_public_key=config.token_rsa_public_key,
+            ecdsa_public_key=config.token_ecdsa_public_key,
+            audience=config.token_audience,
+            issuer=config.token_issuer,
+        )
+        self.id = config.node_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.version = VERSION
+        self.registry = Registry()
+        self.scheduler = FlushScheduler()
+        self.metrics = Metrics()
+        self.sessions: set[Client] = set()
+        self.started = False
+        self.stopping = False
+        self._clock: asyncio.Task[None] | None = None
+        broker.set_handler(self)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        await self.broker.start()
+        self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+        log.info("node %s started", self.id)
+
+    async def stop(self) -> None:
+        """Disconnect every client with 3001 (reconnect), in batches, then close the backends."""
+        if not self.started or self.stopping:
+            return
+        self.stopping = True
+        sessions = list(self.sessions)
+        for i, client in enumerate(sessions):
+            client.disconnect(codes.SHUTDOWN.error())
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+        await self.broker.close()
+        await self.presence.close()
+        self.started = False
+        log.info("node %s stopped", self.id)
+
+    # ---------------------------------------------------------------- sessions
+
+    def new_session(self, transport: Transport, scope: dict[str, Any]) -> Client:
+        remote = scope.get("client")
+        headers: dict[str, str] = {}
+        if self.hooks.on_connecting is not None:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        client = Client(self, transport, remote=f"{remote[0]}:{remote[1]}" if remote else "", headers=headers)
+        self.sessions.add(client)
+        if self.stopping:
+            client.disconnect(codes.SHUTDOWN.error())
+        return client
+
+    async def end_session(self, client: Client) -> None:
+        self.sessions.discard(client)
+        await client.closed()
+
+    # ---------------------------------------------------------------- publishing
+
+    async def publish_to(
+        self,
+        key: ChannelKey,
+        opts: NamespaceOptions,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        history = HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl) if opts.history_enabled else None
+        try:
+            result = await self.broker.publish(
+                key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key
+            )
+        except BrokerUnavailable:
+            log.warning("publish to %s refused: broker unavailable", key[1], extra={"tenant": key[0]})
+            raise codes.error_internal() from None
+        self.metrics.published[key[1].partition(":")[0] if ":" in key[1] else ""] += 1
+        return result
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        tenant: str = "",
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> PublishResult:
+        """Publish from the server side (embedding programs, the server API). ``data`` is any JSON value."""
+        try:
+            opts = self.namespaces.options_for(parse_channel(channel))
+        except (InvalidChannel, UnknownNamespace) as exc:
+            raise ValueError(f"bad channel {channel!r}: {exc}") from None
+        return await self.publish_to(
+            (tenant, channel), opts, codec.data_bytes(data), tags=tags, idempotency_key=idempotency_key
+        )
+
+    # ---------------------------------------------------------------- BrokerEventHandler (the fan-out)
+
+    def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
+        subs = self.registry.channels.get(key)
+        if subs:
+            frame = codec.encode_publication_push(key[1], pub)
+            for push in subs.values():
+                push(frame)
+        pending = self.registry.pending.get(key)
+        if pending:
+            for buffered in pending.values():
+                buffered.append(pub)
+
+    def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:
+        self._push_join_leave(key, codec.encode_join_push(key[1], info))
+
+    def handle_leave(self, key: ChannelKey, info: ClientInfo) -> None:
+        self._push_join_leave(key, codec.encode_leave_push(key[1], info))
+
+    def _push_join_leave(self, key: ChannelKey, frame: bytes) -> None:
+        subs = self.registry.channels.get(key)
+        if not subs:
+            return
+        for client, push in subs.items():
+            sub = client.subs.get(key[1])
+            if sub is not None and sub.push_join_leave:
+                push(frame)
+
+    # ---------------------------------------------------------------- session clock
+
+    async def _run_clock(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.tick(time.monotonic(), time.time())
+            except Exception:
+                log.exception("session clock failed")
+
+    def tick(self, now: float, wall: float) -> None:
+        """One pass over the sessions: pings, missing pongs, expired connections and subscriptions."""
+        cfg = self.config
+        for client in list(self.sessions):
+            if client.state is State.CONNECTING:
+                if now - client.created > cfg.client_stale_close_delay:
+                    client.disconnect(codes.STALE.error())
+                continue
+            if client.state is not State.CONNECTED:
+                continue
+            if client.awaiting_pong:
+                if now - client.last_ping > cfg.client_pong_timeout:
+                    client.disconnect(codes.NO_PONG.error())
+                    continue
+            elif now - client.last_ping >= cfg.client_ping_interval:
+                client.send_ping(now)
+            grace = cfg.client_expired_close_delay
+            if client.expires_at and wall > client.expires_at + grace:
+                client.disconnect(codes.EXPIRED.error())
+                continue
+            for sub in client.subs.values():
+                if sub.expires_at and wall > sub.expires_at + grace:
+                    client.disconnect(codes.SUB_EXPIRED.error())
+                    break

@@ -1,0 +1,130 @@
+"""The bidirectional WebSocket transport of the client protocol (``/connection/websocket``).
+
+The connection handler reads ASGI events and hands frames to the client session; the Transport only
+writes and closes. Two transports: ``RawWebSocketTransport`` writes pre-built frames through the uvicorn
+extension (see ``hub.ws_uvicorn``); ``AsgiWebSocketTransport`` works under any ASGI server with one writer
+task per connection awaiting ``send()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hub.ws_frames import OP_TEXT, FrameCache
+from hub.ws_uvicorn import RAW_EXTENSION
+
+if TYPE_CHECKING:
+    from hub.node import Node
+
+log = logging.getLogger("switchboard.websocket")
+
+_frames = FrameCache()
+
+
+class RawWebSocketTransport:
+    __slots__ = ("_raw", "_opcode", "_separator")
+    name = "websocket"
+
+    def __init__(self, raw: Any, opcode: int = OP_TEXT, separator: bytes = b"\n") -> None:
+        self._raw = raw
+        self._opcode = opcode
+        self._separator = separator
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        payload = messages[0] if len(messages) == 1 else self._separator.join(messages)
+        return self._raw.write_frame(_frames.frame(payload, self._opcode))  # type: ignore[no-any-return]
+
+    def close(self, code: int, reason: str) -> None:
+        self._raw.close_with(code, reason)
+
+
+class AsgiWebSocketTransport:
+    """Portable transport: a writer task drains queued frames through ``send()``."""
+
+    __slots__ = ("_send", "_text", "_separator", "_queue", "_queued", "_wakeup", "_close", "_task")
+    name = "websocket"
+
+    def __init__(self, send: Any, text: bool = True, separator: bytes = b"\n") -> None:
+        self._send = send
+        self._text = text
+        self._separator = separator
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        if self._close is not None:
+            return 0
+        payload = messages[0] if len(messages) == 1 else self._separator.join(messages)
+        self._queue.append(payload)
+        self._queued += len(payload)
+        self._wakeup.set()
+        return self._queued
+
+    def close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        send = self._send
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    for payload in batch:
+                        if self._text:
+                            await send({"type": "websocket.send", "text": payload.decode()})
+                        else:
+                            await send({"type": "websocket.send", "bytes": payload})
+                        self._queued -= len(payload)
+                if self._close is not None:
+                    code, reason = self._close
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+        except (OSError, RuntimeError, asyncio.CancelledError) as exc:
+            # The peer went away (ASGI servers raise OSError subclasses or RuntimeError after close).
+            log.debug("websocket writer stopped: %r", exc)
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def websocket_session(node: Node, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Serve one client connection from its ``websocket.connect`` to its end."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    raw = scope.get("extensions", {}).get(RAW_EXTENSION) if node.config.websocket_fast_path else None
+    transport: RawWebSocketTransport | AsgiWebSocketTransport
+    transport = RawWebSocketTransport(raw) if raw is not None else AsgiWebSocketTransport(send)
+    client = node.new_session(transport, scope)
+    try:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await client.handle_frame(data)
+            elif kind == "websocket.disconnect":
+                break
+    finally:
+        await node.end_session(client)
+        if isinstance(transport, AsgiWebSocketTransport):
+            transport.close(3000, "connection closed")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
+            await transport.stop()

@@ -1,0 +1,106 @@
+"""The per-connection outbound buffer and the per-loop-tick flush (the hot path's last step).
+
+Policy: a push is appended to its connection's Writer (no task, future or lock per delivery); once per loop
+tick the FlushScheduler hands each dirty Writer's messages to its Transport in one call, so several pushes
+to one connection go out as one frame. A Writer whose backlog (its own plus the transport's unsent bytes)
+passes ``max_bytes`` is a slow consumer: it calls ``on_slow`` (the session then closes with 3008) and takes
+no more messages. Others are never held up by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Transport(Protocol):
+    """Writes encoded protocol messages and closes. It never reads (reading is the connection handler's)."""
+
+    name: str
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        """Send ``messages`` (framed as the transport frames a batch); return the bytes still unsent."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with a protocol code; idempotent."""
+
+
+class FlushScheduler:
+    """Collects dirty writers and flushes them once per loop tick."""
+
+    __slots__ = ("_dirty", "_scheduled", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._dirty: list[Writer] = []
+        self._scheduled = False
+        self._loop = loop
+
+    def mark(self, writer: Writer) -> None:
+        self._dirty.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        self._scheduled = False
+        for writer in dirty:
+            writer.flush()
+
+
+class Writer:
+    __slots__ = ("transport", "pending", "pending_bytes", "max_bytes", "dirty", "closed", "scheduler", "on_slow")
+
+    def __init__(
+        self,
+        transport: Transport,
+        scheduler: FlushScheduler,
+        max_bytes: int,
+        on_slow: Callable[[], None],
+    ) -> None:
+        self.transport = transport
+        self.scheduler = scheduler
+        self.max_bytes = max_bytes
+        self.on_slow = on_slow
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.dirty = False
+        self.closed = False
+
+    def push(self, message: bytes) -> None:
+        if self.closed:
+            return
+        self.pending.append(message)
+        self.pending_bytes += len(message)
+        if not self.dirty:
+            self.dirty = True
+            self.scheduler.mark(self)
+        elif self.pending_bytes > self.max_bytes:
+            self._slow()
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.closed or not self.pending:
+            return
+        messages = self.pending
+        self.pending = []
+        self.pending_bytes = 0
+        if self.transport.write_messages(messages) > self.max_bytes:
+            self._slow()
+
+    def _slow(self) -> None:
+        self.closed = True
+        self.pending = []
+        self.pending_bytes = 0
+        self.on_slow()
+
+    def close(self) -> None:
+        """Flush what is pending now and take no more."""
+        if not self.closed:
+            self.flush()
+            self.closed = True

@@ -1,0 +1,76 @@
+"""A uvicorn WebSocket protocol that lets the hub write pre-built frames straight to the socket.
+
+It is uvicorn's sans-I/O implementation (``websockets-sansio``) plus one ASGI scope extension,
+``switchboard.raw_websocket``: the protocol object itself, offering
+
+- ``write_frame(frame) -> int``: write a complete server frame now (no ``await``, no per-message ASGI
+  ``send``); returns the bytes the socket transport still holds unsent, the hub's measure of a slow reader;
+- ``close_with(code, reason)``: start the closing handshake with a protocol code, as ``websocket.close``
+  would, and abort the socket if the peer has not finished it in time (a client that does not read
+  never will).
+
+Under any other ASGI server the extension is absent and the hub falls back to plain ``send()``.
+Keepalive: uvicorn's protocol-level pings are turned off by the hub; the Centrifuge protocol pings itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+RAW_EXTENSION = "switchboard.raw_websocket"
+SLOW_ABORT_AFTER = 2.0
+"""Seconds a closing connection with a backlog of unsent bytes gets before its socket is aborted."""
+
+log = logging.getLogger("switchboard.websocket")
+
+
+class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
+    shutdown_code = 3001
+    shutdown_reason = "shutdown"
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None and not self.config.ws_per_message_deflate:
+            scope["extensions"][RAW_EXTENSION] = self
+
+    def write_frame(self, frame: bytes) -> int:
+        if self.close_sent or self.disconnected:
+            return 0
+        transport = self.transport
+        transport.write(frame)
+        return transport.get_write_buffer_size()  # type: ignore[no-any-return]
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        backlog = self.transport.get_write_buffer_size()
+        delay = SLOW_ABORT_AFTER if backlog > 65536 else self.close_timeout
+        self.close_timer = self.loop.call_later(delay, self.transport.abort)
+
+    def handle_parser_exception(self) -> None:
+        sent = self.conn.close_sent
+        log.warning(
+            "websocket protocol error from %s: %s",
+            self.client,
+            f"{sent.code} {sent.reason}" if sent is not None else self.conn.parser_exc,
+        )
+        super().handle_parser_exception()
+
+    def shutdown(self) -> None:
+        """Server shutdown: close with the Centrifuge "shutdown" code (reconnect), not uvicorn's 1012."""
+        if self.handshake_complete and not self.close_sent and not self.disconnected:
+            self.stop_keepalive()
+            self.close_with(self.shutdown_code, self.shutdown_reason)
+            return
+        super().shutdown()
