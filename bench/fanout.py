@@ -42,14 +42,23 @@ PY = sys.executable
 RESULTS = os.path.join(HERE, "results")
 WS_PATH = "/connection/websocket"
 
-# Pure fan-out: no history, presence or join/leave messages (Centrifugo channel option names).
+# Pure fan-out: no history, presence or join/leave messages (Centrifugo option names). A config
+# file switches development mode off, so anonymous connect/subscribe/publish are allowed explicitly.
 PURE_CONFIG = """\
 # written by bench/fanout.py: measure pure fan-out
+allow_anonymous_connect_without_token = true
+log_level = "warning"         # the hub logs every connect at info: 5000 lines per cell
+
 [channel]
 history_size = 0
 history_ttl = 0
 presence = false
 join_leave = false
+force_push_join_leave = false
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_client = true
+allow_publish_for_anonymous = true
 """
 
 TARGET_CPU_RATIO = 2.0        # hub CPU per delivery <= 2x baseline at N=1000

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from hub.auth import mint_token
@@ -52,8 +56,30 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
     )
 
 
-def serve(args: argparse.Namespace) -> None:
+def _server_class() -> Any:
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM/SIGINT that led to a clean shutdown ends the process with 0
+        (uvicorn re-raises the signal after shutting down, so the process would die by it)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def serve(args: argparse.Namespace) -> None:
 
     from hub.app import Switchboard
     from hub.logs import setup_logging
@@ -71,7 +97,7 @@ def serve(args: argparse.Namespace) -> None:
         )
     app = Switchboard(cfg)
     log.info("listening on http://%s:%d", cfg.host, cfg.port)
-    uvicorn.Server(uvicorn_config(app, cfg)).run()
+    _server_class()(uvicorn_config(app, cfg)).run()
 
 
 def token(args: argparse.Namespace) -> None:

@@ -1,0 +1,242 @@
+"""Shared fixtures: a real hub on a free loopback port (uvicorn in the test's loop, the same protocol
+class as production), tokens, a raw protocol client, and the official centrifuge-python SDK.
+
+Wait on events with generous timeouts; never sleep to let something happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from channels.options import NamespaceOptions
+from hub.app import Switchboard
+from hub.auth import mint_token
+from hub.cli import uvicorn_config
+from hub.config import Config
+from hub.hooks import Hooks
+
+SECRET = "test-secret-of-at-least-32-bytes-length!"
+TIMEOUT = 10.0
+"""Generous: the suite must pass on a busy 2-core machine."""
+
+OPEN = NamespaceOptions(
+    presence=True,
+    join_leave=True,
+    force_push_join_leave=True,
+    history_size=100,
+    history_ttl=300.0,
+    force_recovery=True,
+    allow_subscribe_for_client=True,
+    allow_subscribe_for_anonymous=True,
+    allow_publish_for_client=True,
+    allow_publish_for_anonymous=True,
+    allow_history_for_client=True,
+    allow_history_for_anonymous=True,
+    allow_presence_for_client=True,
+    allow_presence_for_anonymous=True,
+    allow_user_limited_channels=True,
+)
+
+
+def test_config(**overrides: Any) -> Config:
+    """The suite's configuration: an open unnamed namespace plus namespaces with specific rules.
+
+    - ``chat``: subscribers may publish, read history and presence; recovery forced; join/leave on demand.
+    - ``locked``: nothing allowed without a subscription token.
+    - ``nohist``: subscribe/publish allowed, no history, no presence.
+    - ``personal``: user-limited channels (``personal:inbox#alice``).
+    """
+    namespaces = {
+        "chat": NamespaceOptions(
+            presence=True,
+            join_leave=True,
+            history_size=100,
+            history_ttl=300.0,
+            force_recovery=True,
+            allow_subscribe_for_client=True,
+            allow_publish_for_subscriber=True,
+            allow_history_for_subscriber=True,
+            allow_presence_for_subscriber=True,
+        ),
+        "locked": NamespaceOptions(presence=True, history_size=10, history_ttl=60.0),
+        "nohist": NamespaceOptions(allow_subscribe_for_client=True, allow_publish_for_client=True),
+        "personal": NamespaceOptions(
+            allow_user_limited_channels=True, history_size=10, history_ttl=60.0, allow_publish_for_subscriber=True
+        ),
+    }
+    cfg = Config(
+        token_hmac_secret_key=SECRET,
+        allow_anonymous_connect_without_token=True,
+        channel=OPEN,
+        namespaces=namespaces,
+        client_expired_close_delay=1.0,
+        shutdown_timeout=2.0,
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def token(user: str, **kw: Any) -> str:
+    return mint_token(SECRET, user, **kw)
+
+
+@dataclasses.dataclass
+class RunningHub:
+    sb: Switchboard
+    server: uvicorn.Server
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+HubFactory = Callable[..., Awaitable[RunningHub]]
+
+
+@pytest.fixture
+async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
+    """Serve any ASGI app under uvicorn with the hub's WebSocket protocol, on a free port."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(app: Any, cfg: Config) -> tuple[uvicorn.Server, int]:
+        ucfg = uvicorn_config(app, cfg)
+        ucfg.port = 0
+        server = uvicorn.Server(ucfg)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        running.append((server, task))
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:  # uvicorn offers no start event; poll it, bounded
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        return server, server.servers[0].sockets[0].getsockname()[1]
+
+    yield start
+    for server, task in running:
+        server.should_exit = True
+    for server, task in running:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.fixture
+async def make_hub(serve_asgi: Any) -> AsyncIterator[HubFactory]:
+    async def factory(config: Config | None = None, *, hooks: Hooks | None = None, **overrides: Any) -> RunningHub:
+        cfg = config if config is not None else test_config(**overrides)
+        sb = Switchboard(cfg, hooks=hooks)
+        server, port = await serve_asgi(sb, cfg)
+        return RunningHub(sb, server, port)
+
+    yield factory
+
+
+@pytest.fixture
+async def hub(make_hub: HubFactory) -> RunningHub:
+    return await make_hub()
+
+
+class RawClient:
+    """A protocol-level client: send commands, read replies and pushes one by one."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._next_id = 0
+        self._inbox: list[dict[str, Any]] = []
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def command(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one command and return its reply (pushes meanwhile are kept for ``push()``)."""
+        self._next_id += 1
+        cmd_id = self._next_id
+        await self.ws.send(orjson.dumps({"id": cmd_id, method: params or {}}).decode())
+        return await self.reply(cmd_id)
+
+    async def reply(self, cmd_id: int) -> dict[str, Any]:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                for i, msg in enumerate(self._inbox):
+                    if msg.get("id") == cmd_id:
+                        return self._inbox.pop(i)
+                await self._read()
+
+    async def push(self, kind: str | None = None) -> dict[str, Any]:
+        """The next push (of ``kind``: pub, join, leave, ...), skipping pings."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                for i, msg in enumerate(self._inbox):
+                    if "push" in msg and (kind is None or kind in msg["push"]):
+                        return self._inbox.pop(i)["push"]  # type: ignore[no-any-return]
+                await self._read()
+
+    async def _read(self) -> None:
+        frame = await self.ws.recv()
+        for line in (frame if isinstance(frame, str) else frame.decode()).split("\n"):
+            if line.strip():
+                msg = orjson.loads(line)
+                if msg:  # {} is a ping
+                    self._inbox.append(msg)
+                else:
+                    await self.ws.send("{}")
+
+    async def closed(self) -> tuple[int, str]:
+        """Wait for the server to close; return (code, reason)."""
+        async with asyncio.timeout(TIMEOUT):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await self._read()
+        assert self.ws.close_code is not None
+        return self.ws.close_code, self.ws.close_reason or ""
+
+
+@pytest.fixture
+async def raw_client() -> AsyncIterator[Callable[..., Awaitable[RawClient]]]:
+    opened: list[ClientConnection] = []
+
+    async def connect(hub: RunningHub, *, connect: dict[str, Any] | None = None, **kw: Any) -> RawClient:
+        ws = await websockets.connect(hub.url, max_size=None, open_timeout=TIMEOUT, **kw)
+        opened.append(ws)
+        client = RawClient(ws)
+        if connect is not None:
+            reply = await client.command("connect", connect)
+            assert "connect" in reply, reply
+        return client
+
+    yield connect
+    for ws in opened:
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+@pytest.fixture
+async def sdk() -> AsyncIterator[Callable[..., Any]]:
+    """Factory of official centrifuge-python clients; all are disconnected at the end."""
+    from centrifuge import Client
+
+    clients: list[Any] = []
+
+    def make(hub: RunningHub, **kw: Any) -> Any:
+        kw.setdefault("timeout", TIMEOUT)
+        client = Client(hub.url, **kw)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
