@@ -112,6 +112,19 @@ class Switchboard:
         await self.start()
         return await self.node.publish(channel, data, tenant=tenant, idempotency_key=idempotency_key)
 
+    # server-side control of connections (see Node for the semantics)
+    async def subscribe(self, user: str, channel: str, *, tenant: str = "") -> int:
+        return await self.node.subscribe_user(user, channel, tenant=tenant)
+
+    async def unsubscribe(self, user: str, channel: str, *, tenant: str = "") -> int:
+        return await self.node.unsubscribe_user(user, channel, tenant=tenant)
+
+    def send(self, user: str, data: Any, *, tenant: str = "") -> int:
+        return self.node.send_message(user, data, tenant=tenant)
+
+    def disconnect(self, user: str, *, tenant: str = "", code: int = 3503, reason: str = "force disconnect") -> int:
+        return self.node.disconnect_user(user, tenant=tenant, code=code, reason=reason)
+
     # ASGI
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

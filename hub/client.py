@@ -695,6 +695,33 @@ class Client:
     def push_publication(self, channel: str, pub: Publication) -> None:
         self.writer.push(codec.encode_publication_push(channel, pub))
 
+    def push_message(self, data: bytes) -> None:
+        """An asynchronous message from the server (the ``message`` push)."""
+        self.writer.push(codec.encode({"push": {"message": {"data": codec.Fragment(data)}}}))
+
+    async def server_subscribe(self, name: str) -> bool:
+        """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push)."""
+        if self.state is not State.CONNECTED or name in self.subs:
+            return False
+        channel = parse_channel(name)
+        opts = self.node.namespaces.options_for(channel)
+        prep = await self._prepare(
+            channel, opts, {}, chan_info=None, expires_at=0.0, server_side=True, reject_unrecovered=False
+        )
+        self.writer.push(codec.encode_push(name, "subscribe", prep.result))
+        await self._activate(prep)
+        return True
+
+    async def server_unsubscribe(self, name: str, code: int = 2000, reason: str = "server unsubscribe") -> bool:
+        """Unsubscribe from the server side (the ``unsubscribe`` push). Codes below 2500 are final for the
+        client; 2500 and above make it resubscribe."""
+        sub = self.subs.get(name)
+        if sub is None:
+            return False
+        await self._remove_subscription(sub)
+        self.writer.push(codec.encode_push(name, "unsubscribe", {"code": code, "reason": reason}))
+        return True
+
     def send_ping(self, now: float) -> None:
         self.last_ping = now
         self.awaiting_pong = True

@@ -12,6 +12,7 @@ class Metrics:
         "published",
         "delivered",
         "slow_disconnects",
+        "deliveries",
         "recoveries",
         "recovery_failures",
     )
@@ -22,6 +23,7 @@ class Metrics:
         self.published: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
         self.slow_disconnects = 0
+        self.deliveries = 0
         self.recoveries = 0
         self.recovery_failures = 0
 

@@ -151,6 +151,50 @@ class Node:
             (tenant, channel), opts, codec.data_bytes(data), tags=tags, idempotency_key=idempotency_key
         )
 
+    # ---------------------------------------------------------------- server-side control of connections
+
+    def _targets(self, tenant: str, user: str, client_id: str | None) -> list[Client]:
+        clients = self.registry.user_clients(tenant, user)
+        return [c for c in clients if client_id is None or c.id == client_id]
+
+    async def subscribe_user(self, user: str, channel: str, *, tenant: str = "", client_id: str | None = None) -> int:
+        """Subscribe every connection of ``user`` (or one of them) to ``channel``; return how many."""
+        self.namespaces.options_for(parse_channel(channel))  # bad names fail before any connection changes
+        done = 0
+        for client in self._targets(tenant, user, client_id):
+            done += await client.server_subscribe(channel)
+        return done
+
+    async def unsubscribe_user(
+        self, user: str, channel: str, *, tenant: str = "", client_id: str | None = None
+    ) -> int:
+        done = 0
+        for client in self._targets(tenant, user, client_id):
+            done += await client.server_unsubscribe(channel)
+        return done
+
+    def send_message(self, user: str, data: Any, *, tenant: str = "", client_id: str | None = None) -> int:
+        """Send an asynchronous ``message`` push to every connection of ``user``."""
+        raw = codec.data_bytes(data)
+        targets = self._targets(tenant, user, client_id)
+        for client in targets:
+            client.push_message(raw)
+        return len(targets)
+
+    def disconnect_user(
+        self,
+        user: str,
+        *,
+        tenant: str = "",
+        client_id: str | None = None,
+        code: int = codes.FORCE_NO_RECONNECT.code,
+        reason: str = codes.FORCE_NO_RECONNECT.reason,
+    ) -> int:
+        targets = self._targets(tenant, user, client_id)
+        for client in targets:
+            client.disconnect(codes.Disconnect(code, reason))
+        return len(targets)
+
     # ---------------------------------------------------------------- BrokerEventHandler (the fan-out)
 
     def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
@@ -159,6 +203,7 @@ class Node:
             frame = codec.encode_publication_push(key[1], pub)
             for push in subs.values():
                 push(frame)
+            self.metrics.deliveries += len(subs)
         pending = self.registry.pending.get(key)
         if pending:
             for buffered in pending.values():
