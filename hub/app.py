@@ -108,7 +108,9 @@ class Switchboard:
 
     _starlette_lifespan = lifespan
 
-    async def publish(self, channel: str, data: Any, *, tenant: str = "", idempotency_key: str | None = None) -> PublishResult:
+    async def publish(
+        self, channel: str, data: Any, *, tenant: str = "", idempotency_key: str | None = None
+    ) -> PublishResult:
         await self.start()
         return await self.node.publish(channel, data, tenant=tenant, idempotency_key=idempotency_key)
 
@@ -122,7 +124,9 @@ class Switchboard:
     def send(self, user: str, data: Any, *, tenant: str = "") -> int:
         return self.node.send_message(user, data, tenant=tenant)
 
-    def disconnect(self, user: str, *, tenant: str = "", code: int = 3503, reason: str = "force disconnect") -> int:
+    def disconnect(
+        self, user: str, *, tenant: str = "", code: int = 3503, reason: str = "force disconnect"
+    ) -> int:
         return self.node.disconnect_user(user, tenant=tenant, code=code, reason=reason)
 
     # ASGI

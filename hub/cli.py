@@ -51,7 +51,7 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
         lifespan="on",
         log_level="warning" if cfg.log_level.lower() != "debug" else "debug",
         access_log=False,
-        timeout_graceful_shutdown=cfg.shutdown_timeout,
+        timeout_graceful_shutdown=max(1, round(cfg.shutdown_timeout)),
         backlog=4096,
     )
 

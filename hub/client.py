@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from channels.broker import HistoryPolicy
 from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosition
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
@@ -33,7 +32,7 @@ from hub import codes
 from hub.auth import ConnectClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
-from hub.recovery import after_position, recover
+from hub.recovery import Recovery, after_position, recover
 from hub.writer import Transport, Writer
 
 if TYPE_CHECKING:
@@ -134,7 +133,9 @@ class Client:
         "__weakref__",
     )
 
-    def __init__(self, node: Node, transport: Transport, *, remote: str = "", headers: dict[str, str] | None = None):
+    def __init__(
+        self, node: Node, transport: Transport, *, remote: str = "", headers: dict[str, str] | None = None
+    ):
         self.node = node
         self.id = str(uuid.uuid4())
         self.transport = transport
@@ -169,7 +170,7 @@ class Client:
 
     async def handle_frame(self, data: str | bytes) -> None:
         """Process one transport frame: one or more commands. Never raises for bad client input."""
-        if self.state is State.CLOSED:
+        if self._closing:
             return
         if len(data) > self.node.config.client_max_message_size:
             log.warning("message of %d bytes over the limit", len(data), extra=self._log_extra())
@@ -182,7 +183,7 @@ class Client:
             self.disconnect(codes.BAD_REQUEST.error())
             return
         for cmd in commands:
-            if self.state is State.CLOSED:
+            if self._closing:
                 return
             try:
                 await self._handle_command(cmd)
@@ -245,7 +246,8 @@ class Client:
         if not isinstance(token, str):
             raise codes.BAD_REQUEST.error()
         claims: ConnectClaims | None = None
-        user, info, channels, tenant = "", None, (), DEFAULT_TENANT
+        user, info, tenant = "", None, DEFAULT_TENANT
+        channels: tuple[str, ...] = ()
         expires_at = 0.0
         if token:
             claims = self._verify_connect_token(token)
@@ -297,7 +299,8 @@ class Client:
         if reply_data is not None:
             result["data"] = codec.Fragment(orjson.dumps(reply_data))
         # Server-side subscriptions (the token's channels claim): trusted, no permission checks.
-        recover_req = p.get("subs") if isinstance(p.get("subs"), dict) else {}
+        raw_subs = p.get("subs")
+        recover_req: dict[str, Any] = raw_subs if isinstance(raw_subs, dict) else {}
         prepared: list[_Prepared] = []
         subs_result: dict[str, Any] = {}
         for name in channels:
@@ -309,7 +312,8 @@ class Client:
                 continue
             if name in self.subs:
                 continue
-            req = recover_req.get(name) if isinstance(recover_req.get(name), dict) else {}
+            raw_req = recover_req.get(name)
+            req: dict[str, Any] = raw_req if isinstance(raw_req, dict) else {}
             prep = await self._prepare(
                 channel,
                 opts,
@@ -495,7 +499,7 @@ class Client:
             result["ttl"] = max(1, int(expires_at - time.time()))
         return _Prepared(sub, result, offset)
 
-    async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions):  # type: ignore[no-untyped-def]
+    async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
         broker = self.node.broker
         try:
             hist = await broker.history(key, since=since, limit=-1, meta_ttl=opts.history_meta_ttl)
@@ -598,7 +602,10 @@ class Client:
         if "data" not in p:
             raise codes.error_bad_request()
         if not self._permitted(
-            channel.raw, opts.allow_publish_for_subscriber, opts.allow_publish_for_client, opts.allow_publish_for_anonymous
+            channel.raw,
+            opts.allow_publish_for_subscriber,
+            opts.allow_publish_for_client,
+            opts.allow_publish_for_anonymous,
         ):
             raise codes.error_permission_denied()
         data = p["data"]
@@ -645,7 +652,10 @@ class Client:
         if not opts.history_enabled:
             raise codes.error_not_available()
         if not self._permitted(
-            channel.raw, opts.allow_history_for_subscriber, opts.allow_history_for_client, opts.allow_history_for_anonymous
+            channel.raw,
+            opts.allow_history_for_subscriber,
+            opts.allow_history_for_client,
+            opts.allow_history_for_anonymous,
         ):
             raise codes.error_permission_denied()
         limit = _int(p.get("limit", 0), "limit")
@@ -656,7 +666,9 @@ class Client:
         if raw_since is not None:
             if not isinstance(raw_since, dict):
                 raise codes.error_bad_request()
-            since = StreamPosition(_int(raw_since.get("offset", 0), "offset"), _str(raw_since, "epoch", False))
+            since = StreamPosition(
+                _int(raw_since.get("offset", 0), "offset"), _str(raw_since, "epoch", False)
+            )
         try:
             hist = await self.node.broker.history(
                 key, since=since, limit=limit, reverse=reverse, meta_ttl=opts.history_meta_ttl
@@ -712,7 +724,9 @@ class Client:
         await self._activate(prep)
         return True
 
-    async def server_unsubscribe(self, name: str, code: int = 2000, reason: str = "server unsubscribe") -> bool:
+    async def server_unsubscribe(
+        self, name: str, code: int = 2000, reason: str = "server unsubscribe"
+    ) -> bool:
         """Unsubscribe from the server side (the ``unsubscribe`` push). Codes below 2500 are final for the
         client; 2500 and above make it resubscribe."""
         sub = self.subs.get(name)
@@ -728,7 +742,9 @@ class Client:
         self.writer.push(codec.PING)
 
     def _on_slow(self) -> None:
-        log.warning("slow consumer: outbound buffer over %d bytes", self.writer.max_bytes, extra=self._log_extra())
+        log.warning(
+            "slow consumer: outbound buffer over %d bytes", self.writer.max_bytes, extra=self._log_extra()
+        )
         self.node.metrics.slow_disconnect()
         self.disconnect(codes.SLOW.error(), slow=True)
 
@@ -757,4 +773,3 @@ class Client:
             except Exception:
                 log.exception("cleanup of %s failed", sub.channel.raw, extra=self._log_extra())
         self.subs.clear()
-

@@ -86,7 +86,9 @@ class Config:
         return Namespaces(self.channel, self.namespaces)
 
 
-_SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("channel", "namespaces", "dev_mode")}
+_SCALARS = {
+    f.name: f for f in dataclasses.fields(Config) if f.name not in ("channel", "namespaces", "dev_mode")
+}
 
 
 def _coerce(name: str, raw: Any, from_env: bool) -> Any:

@@ -59,6 +59,8 @@ class Node:
         self.started = False
         self.stopping = False
         self._clock: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+        """Set when the node is stopping and its last session has ended."""
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -81,9 +83,9 @@ class Node:
             client.disconnect(codes.SHUTDOWN.error())
             if i % 500 == 499:
                 await asyncio.sleep(0)
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout)
         if self._clock is not None:
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,7 +110,11 @@ class Node:
 
     async def end_session(self, client: Client) -> None:
         self.sessions.discard(client)
-        await client.closed()
+        try:
+            await client.closed()
+        finally:
+            if self.stopping and not self.sessions:
+                self._drained.set()
 
     # ---------------------------------------------------------------- publishing
 
@@ -122,7 +128,11 @@ class Node:
         tags: dict[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> PublishResult:
-        history = HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl) if opts.history_enabled else None
+        history = (
+            HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)
+            if opts.history_enabled
+            else None
+        )
         try:
             result = await self.broker.publish(
                 key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key
@@ -157,7 +167,9 @@ class Node:
         clients = self.registry.user_clients(tenant, user)
         return [c for c in clients if client_id is None or c.id == client_id]
 
-    async def subscribe_user(self, user: str, channel: str, *, tenant: str = "", client_id: str | None = None) -> int:
+    async def subscribe_user(
+        self, user: str, channel: str, *, tenant: str = "", client_id: str | None = None
+    ) -> int:
         """Subscribe every connection of ``user`` (or one of them) to ``channel``; return how many."""
         self.namespaces.options_for(parse_channel(channel))  # bad names fail before any connection changes
         done = 0

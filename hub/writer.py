@@ -54,7 +54,16 @@ class FlushScheduler:
 
 
 class Writer:
-    __slots__ = ("transport", "pending", "pending_bytes", "max_bytes", "dirty", "closed", "scheduler", "on_slow")
+    __slots__ = (
+        "transport",
+        "pending",
+        "pending_bytes",
+        "max_bytes",
+        "dirty",
+        "closed",
+        "scheduler",
+        "on_slow",
+    )
 
     def __init__(
         self,

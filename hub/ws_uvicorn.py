@@ -42,7 +42,7 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
             return 0
         transport = self.transport
         transport.write(frame)
-        return transport.get_write_buffer_size()  # type: ignore[no-any-return]
+        return transport.get_write_buffer_size()
 
     def close_with(self, code: int, reason: str) -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():

@@ -1,0 +1,24 @@
+"""Lint and types are part of green: ruff over every package, mypy strict over the core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["hub", "channels", "presence", "sync", "workers"]
+
+
+def test_ruff_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", *PACKAGES, "examples"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_strict_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", *PACKAGES[:3]], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
