@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"not a duration: {value!r}")
         return float(value)
     if isinstance(value, str):
         text = value.strip()
@@ -31,8 +32,8 @@ def parse_duration(value: Any) -> float:
         except ValueError:
             pass
         else:
-            if number < 0:
-                raise ValueError(f"negative duration: {value!r}")
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"not a duration: {value!r}")
             return number
         pos, total = 0, 0.0
         for m in _DURATION.finditer(text):
