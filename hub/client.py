@@ -489,8 +489,12 @@ class Client:
                 if recoverable:
                     result["recoverable"] = True
                 result["positioned"] = True
+            if self._abandoned(sub):
+                raise codes.error_internal()
             if opts.presence:
                 await node.presence.add(key, info)
+                if self._abandoned(sub):
+                    raise codes.error_internal()  # the rollback takes the presence entry out again
         except BaseException:
             await self._rollback_async(sub)
             raise
@@ -507,6 +511,10 @@ class Client:
             top = (await broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
             return recover(since, None, top)
         return recover(since, hist.publications, hist.position)
+
+    def _abandoned(self, sub: Subscription) -> bool:
+        """The connection ended, or the subscription was removed, while it was being set up."""
+        return self._closing or self.subs.get(sub.channel.raw) is not sub
 
     def _rollback(self, sub: Subscription) -> bool:
         if self.subs.get(sub.channel.raw) is sub:

@@ -136,6 +136,32 @@ def _namespaces(raw: Any) -> dict[str, NamespaceOptions]:
     return out
 
 
+_CHANNEL_FIELDS = {f.name: f for f in dataclasses.fields(NamespaceOptions)}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _channel_option_from_env(name: str, raw: str) -> Any:
+    """A ``SWITCHBOARD_CHANNEL_<OPTION>`` value, converted by the option's own type."""
+    option = name[len(ENV_PREFIX) + len("channel_") :].lower()
+    field_ = _CHANNEL_FIELDS.get(option)
+    if field_ is None:
+        raise ConfigError(f"unknown environment setting {name}")
+    text = raw.strip()
+    if field_.type == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    if field_.type == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    return text  # a duration: from_mapping parses it
+
+
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
     """Read ``path`` (TOML) if given, then apply ``SWITCHBOARD_*`` overrides from ``env`` (os.environ)."""
     env = dict(os.environ if env is None else env)
@@ -175,14 +201,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
             except json.JSONDecodeError:
                 raise ConfigError("SWITCHBOARD_NAMESPACES must be a JSON list") from None
         elif key.startswith("channel_"):
-            option = key[len("channel_") :]
-            lowered = raw.strip().lower()
-            if lowered in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                channel_env[option] = lowered in ("true", "1", "yes", "on")
-            elif option == "history_size":
-                channel_env[option] = int(raw)
-            else:
-                channel_env[option] = raw
+            channel_env[key[len("channel_") :]] = _channel_option_from_env(name, raw)
         else:
             raise ConfigError(f"unknown environment setting {name}")
     if channel_env:

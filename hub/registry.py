@@ -64,7 +64,13 @@ class Registry:
         return buffered
 
     def cancel_subscribe(self, key: ChannelKey, client: Client) -> bool:
-        """Forget a subscription that failed to set up; True if the node now has no one on ``key``."""
+        """Forget a subscription that failed to set up.
+
+        True if this removed the node's last one on ``key``.
+        """
+        waiting = self.pending.get(key)
+        if waiting is None or client not in waiting:
+            return False
         self._drop_pending(key, client)
         return not self.has_local(key)
 
@@ -78,14 +84,19 @@ class Registry:
         return buffered
 
     def remove_subscriber(self, key: ChannelKey, client: Client) -> bool:
-        """Take ``client`` off ``key``; True if the node now has no one on ``key``."""
+        """Take ``client`` off ``key``; True if this removed the node's last one on ``key``."""
+        removed = False
         subs = self.channels.get(key)
-        if subs is not None:
-            subs.pop(client, None)
+        if subs is not None and client in subs:
+            removed = True
+            del subs[client]
             if not subs:
                 del self.channels[key]
-        self._drop_pending(key, client)
-        return not self.has_local(key)
+        waiting = self.pending.get(key)
+        if waiting is not None and client in waiting:
+            removed = True
+            self._drop_pending(key, client)
+        return removed and not self.has_local(key)
 
     def subscriber_count(self, key: ChannelKey) -> int:
         return len(self.channels.get(key, ()))

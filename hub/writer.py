@@ -86,11 +86,11 @@ class Writer:
             return
         self.pending.append(message)
         self.pending_bytes += len(message)
-        if not self.dirty:
+        if self.pending_bytes > self.max_bytes:
+            self._slow()
+        elif not self.dirty:
             self.dirty = True
             self.scheduler.mark(self)
-        elif self.pending_bytes > self.max_bytes:
-            self._slow()
 
     def flush(self) -> None:
         self.dirty = False

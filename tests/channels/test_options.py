@@ -1,0 +1,160 @@
+"""Namespace options and duration parsing (sans-I/O: no event loop)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channels.errors import UnknownNamespace
+from channels.names import parse_channel
+from channels.options import NamespaceOptions, Namespaces, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (5, 5.0),
+        (2.5, 2.5),
+        ("", 0.0),
+        ("0", 0.0),
+        ("  0  ", 0.0),
+        ("10", 10.0),
+        ("1.5", 1.5),
+        ("300s", 300.0),
+        ("250ms", 0.25),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1h30m", 5400.0),
+        ("1m30s500ms", 90.5),
+        ("1.5h", 5400.0),
+        (" 300s ", 300.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+    assert isinstance(parse_duration(value), float)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        -0.5,
+        "-5",
+        "-5s",
+        "abc",
+        "5x",
+        "s",
+        "5 s",
+        "1h 30m",
+        "5s5",
+        "1.5.5s",
+        "h1",
+        True,
+        False,
+        None,
+        [],
+        {},
+    ],
+)
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", float("nan")])
+def test_parse_duration_rejects_nan(value: object) -> None:
+    # NaN compares false with everything: a NaN ping interval would silently never ping.
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.sampled_from(["ms", "s", "m", "h", "d"])), min_size=1, max_size=5
+    )
+)
+def test_parse_duration_sums_components(parts: list[tuple[int, str]]) -> None:
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = "".join(f"{n}{u}" for n, u in parts)
+    assert math.isclose(parse_duration(text), sum(n * unit[u] for n, u in parts), rel_tol=1e-9, abs_tol=1e-9)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False))
+def test_parse_duration_numbers_are_seconds(value: float) -> None:
+    assert parse_duration(value) == value
+    assert parse_duration(repr(value)) == value
+
+
+def test_defaults_are_closed() -> None:
+    opts = NamespaceOptions()
+    assert not opts.history_enabled
+    assert not any(getattr(opts, f.name) for f in dataclasses.fields(opts))
+
+
+def test_from_mapping() -> None:
+    opts = NamespaceOptions.from_mapping(
+        {
+            "name": "chat",
+            "presence": True,
+            "history_size": 10,
+            "history_ttl": "300s",
+            "history_meta_ttl": "1h",
+            "allow_subscribe_for_client": True,
+        }
+    )
+    assert opts.presence and opts.allow_subscribe_for_client
+    assert (opts.history_size, opts.history_ttl, opts.history_meta_ttl) == (10, 300.0, 3600.0)
+    assert opts.history_enabled
+    assert NamespaceOptions.from_mapping({"history_size": 1, "history_ttl": 60}).history_ttl == 60.0
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"presense": True},
+        {"presence": "yes"},
+        {"presence": 1},
+        {"history_size": -1},
+        {"history_size": 1.5},
+        {"history_size": True, "history_ttl": 10},
+        {"history_size": "10", "history_ttl": 10},
+        {"history_size": 10},
+        {"history_ttl": "10s"},
+        {"history_size": 10, "history_ttl": "ten seconds"},
+        {"history_meta_ttl": -5},
+    ],
+)
+def test_from_mapping_rejects(table: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        NamespaceOptions.from_mapping(table)
+
+
+def test_namespaces_lookup() -> None:
+    default = NamespaceOptions(presence=True)
+    chat = NamespaceOptions(join_leave=True)
+    table = Namespaces(default, {"chat": chat, "alpha": NamespaceOptions()})
+    assert table.options_for(parse_channel("news")) is default
+    assert table.options_for(parse_channel("$private")) is default
+    assert table.options_for(parse_channel("chat:room")) is chat
+    assert table.options_for(parse_channel("$chat:room#bob")) is chat
+    with pytest.raises(UnknownNamespace):
+        table.options_for(parse_channel("nope:room"))
+    assert table.names() == ["alpha", "chat"]
+    assert Namespaces(default).names() == []
+
+
+def test_namespaces_copies_its_input() -> None:
+    named = {"chat": NamespaceOptions()}
+    table = Namespaces(NamespaceOptions(), named)
+    named["other"] = NamespaceOptions()
+    with pytest.raises(UnknownNamespace):
+        table.options_for(parse_channel("other:x"))

@@ -1,0 +1,258 @@
+"""Configuration: TOML file, SWITCHBOARD_* environment overrides, development mode. No event loop.
+
+Every call passes ``env`` explicitly, so the process environment never leaks into a test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from channels.options import NamespaceOptions
+from hub.codes import ConfigError, HubError
+from hub.config import DEV_CHANNEL_OPTIONS, DEV_SECRET, Config, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "switchboard.toml"
+    path.write_text(text)
+    return path
+
+
+FULL = """
+host = "0.0.0.0"
+port = 9000
+log_level = "debug"
+data_dir = "/var/lib/switchboard"
+node_name = "n1"
+token_hmac_secret_key = "file-secret"
+token_audience = "hub"
+allow_anonymous_connect_without_token = true
+client_channel_limit = 16
+client_queue_max_size = 2048
+client_ping_interval = "30s"
+client_pong_timeout = 5
+client_expired_close_delay = "1m"
+client_stale_close_delay = "1.5s"
+shutdown_timeout = "250ms"
+websocket_compression = true
+
+[channel]
+presence = true
+history_size = 10
+history_ttl = "300s"
+history_meta_ttl = "24h"
+allow_subscribe_for_client = true
+
+[[namespaces]]
+name = "chat"
+join_leave = true
+history_size = 50
+history_ttl = "5m"
+
+[[namespaces]]
+name = "feed"
+allow_publish_for_client = true
+"""
+
+
+def test_toml_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL), env={})
+    assert (cfg.host, cfg.port, cfg.log_level, cfg.data_dir, cfg.node_name) == (
+        "0.0.0.0",
+        9000,
+        "debug",
+        "/var/lib/switchboard",
+        "n1",
+    )
+    assert cfg.token_hmac_secret_key == "file-secret" and cfg.token_audience == "hub"
+    assert cfg.allow_anonymous_connect_without_token and cfg.websocket_compression
+    assert (cfg.client_channel_limit, cfg.client_queue_max_size) == (16, 2048)
+    assert cfg.client_ping_interval == 30.0
+    assert cfg.client_pong_timeout == 5.0
+    assert cfg.client_expired_close_delay == 60.0
+    assert cfg.client_stale_close_delay == 1.5
+    assert cfg.shutdown_timeout == 0.25
+    assert cfg.channel == NamespaceOptions(
+        presence=True,
+        history_size=10,
+        history_ttl=300.0,
+        history_meta_ttl=86400.0,
+        allow_subscribe_for_client=True,
+    )
+    assert sorted(cfg.namespaces) == ["chat", "feed"]
+    assert cfg.namespaces["chat"] == NamespaceOptions(join_leave=True, history_size=50, history_ttl=300.0)
+    assert cfg.namespaces["feed"].allow_publish_for_client
+    assert not cfg.dev_mode
+    assert cfg.namespace_table().names() == ["chat", "feed"]
+
+
+def test_a_file_without_a_key_is_not_dev_mode(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "port = 8001\n"), env={})
+    assert not cfg.dev_mode
+    assert cfg.token_hmac_secret_key == ""
+    assert not cfg.allow_anonymous_connect_without_token
+    assert cfg.channel == NamespaceOptions()
+
+
+def test_dev_mode_when_nothing_is_given() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.dev_mode
+    assert cfg.token_hmac_secret_key == DEV_SECRET
+    assert cfg.allow_anonymous_connect_without_token
+    assert cfg.channel == DEV_CHANNEL_OPTIONS
+    assert cfg.channel.history_enabled and cfg.channel.allow_publish_for_anonymous
+    assert (cfg.host, cfg.port) == (Config.host, Config.port)
+
+
+def test_no_dev_mode_when_the_environment_gives_a_key() -> None:
+    cfg = load_config(None, env={"SWITCHBOARD_TOKEN_HMAC_SECRET_KEY": "env-secret"})
+    assert not cfg.dev_mode and cfg.token_hmac_secret_key == "env-secret"
+    assert not cfg.allow_anonymous_connect_without_token
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    cfg = load_config(None, env={"PATH": "/bin", "SWITCHBOARD": "x", "switchboard_port": "1"})
+    assert cfg.port == 8000
+
+
+def test_env_overrides_the_file(tmp_path: Path) -> None:
+    env = {
+        "SWITCHBOARD_PORT": "9100",
+        "SWITCHBOARD_HOST": "::1",
+        "SWITCHBOARD_CLIENT_PING_INTERVAL": "45s",
+        "SWITCHBOARD_WEBSOCKET_COMPRESSION": "off",
+        "SWITCHBOARD_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN": "no",
+        "SWITCHBOARD_CONFIG": "ignored: the CLI reads it",
+    }
+    cfg = load_config(write(tmp_path, FULL), env=env)
+    assert cfg.port == 9100 and cfg.host == "::1"
+    assert cfg.client_ping_interval == 45.0
+    assert not cfg.websocket_compression
+    assert not cfg.allow_anonymous_connect_without_token
+    assert cfg.token_hmac_secret_key == "file-secret"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("true", True), ("YES", True), (" on ", True), ("0", False), ("False", False)],
+)
+def test_env_booleans(raw: str, value: bool) -> None:
+    cfg = load_config(None, env={"SWITCHBOARD_WEBSOCKET_FAST_PATH": raw})
+    assert cfg.websocket_fast_path is value
+
+
+def test_env_channel_options_override_the_file(tmp_path: Path) -> None:
+    env = {"SWITCHBOARD_CHANNEL_PRESENCE": "false", "SWITCHBOARD_CHANNEL_JOIN_LEAVE": "true"}
+    cfg = load_config(write(tmp_path, FULL), env=env)
+    assert not cfg.channel.presence and cfg.channel.join_leave
+    assert cfg.channel.history_size == 10 and cfg.channel.allow_subscribe_for_client  # the file's, kept
+
+
+def test_env_channel_presence_in_dev_mode() -> None:
+    cfg = load_config(None, env={"SWITCHBOARD_CHANNEL_PRESENCE": "true"})
+    assert cfg.dev_mode and cfg.channel.presence
+
+
+def test_env_channel_history() -> None:
+    env = {"SWITCHBOARD_CHANNEL_HISTORY_SIZE": "50", "SWITCHBOARD_CHANNEL_HISTORY_TTL": "300s"}
+    cfg = load_config(None, env=env)
+    assert (cfg.channel.history_size, cfg.channel.history_ttl) == (50, 300.0)
+
+
+@pytest.mark.parametrize(("size", "ttl"), [("1", "60s"), ("10", "1"), ("0", "0")])
+def test_env_channel_history_numbers_that_look_boolean(size: str, ttl: str) -> None:
+    # "1" and "0" are numbers here, not booleans.
+    env = {"SWITCHBOARD_CHANNEL_HISTORY_SIZE": size, "SWITCHBOARD_CHANNEL_HISTORY_TTL": ttl}
+    cfg = load_config(None, env=env)
+    assert cfg.channel.history_size == int(size)
+    assert cfg.channel.history_ttl == float(ttl.rstrip("s"))
+
+
+def test_env_namespaces_json() -> None:
+    namespaces = [
+        {"name": "chat", "presence": True, "history_size": 20, "history_ttl": "300s"},
+        {"name": "feed", "allow_subscribe_for_client": True},
+    ]
+    cfg = load_config(None, env={"SWITCHBOARD_NAMESPACES": json.dumps(namespaces)})
+    assert sorted(cfg.namespaces) == ["chat", "feed"]
+    assert cfg.namespaces["chat"] == NamespaceOptions(presence=True, history_size=20, history_ttl=300.0)
+
+
+def test_env_namespaces_replace_the_files(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL), env={"SWITCHBOARD_NAMESPACES": '[{"name": "only"}]'})
+    assert list(cfg.namespaces) == ["only"]
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        "prot = 8000\n",
+        "port = 8000\nbogus = 1\n",
+        "[channel]\npresense = true\n",
+        "[channel]\nhistory_size = 10\n",
+        "[[namespaces]]\nname = 'chat'\nunknown_option = true\n",
+        "[[namespaces]]\npresence = true\n",
+        "[[namespaces]]\nname = 'a:b'\n",
+        "[[namespaces]]\nname = 'x'\n[[namespaces]]\nname = 'x'\n",
+        "namespaces = 'chat'\n",
+        "channel = 1\n",
+        "port = 'http'\n",
+        "port = true\n",
+        "port = 0\n",
+        "port = 70000\n",
+        "host = 5\n",
+        "websocket_compression = 'yes'\n",
+        "client_ping_interval = '30 seconds'\n",
+        "client_pong_timeout = -1\n",
+        "client_channel_limit = 0\n",
+        "client_queue_max_size = -5\n",
+        "log_level = 'chatty'\n",
+        "dev_mode = true\n",
+        "this is not toml",
+    ],
+)
+def test_bad_files_are_config_errors(tmp_path: Path, toml: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, toml), env={})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "absent.toml", env={})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SWITCHBOARD_PROT": "8000"},
+        {"SWITCHBOARD_DEV_MODE": "1"},
+        {"SWITCHBOARD_PORT": "eighty"},
+        {"SWITCHBOARD_PORT": "0"},
+        {"SWITCHBOARD_WEBSOCKET_COMPRESSION": "maybe"},
+        {"SWITCHBOARD_CLIENT_PING_INTERVAL": "soon"},
+        {"SWITCHBOARD_CHANNEL_PRESENSE": "true"},
+        {"SWITCHBOARD_CHANNEL_PRESENCE": "maybe"},
+        {"SWITCHBOARD_CHANNEL_HISTORY_SIZE": "10"},
+        {"SWITCHBOARD_CHANNEL_HISTORY_SIZE": "ten", "SWITCHBOARD_CHANNEL_HISTORY_TTL": "60s"},
+        {"SWITCHBOARD_NAMESPACES": "chat"},
+        {"SWITCHBOARD_NAMESPACES": '{"name": "chat"}'},
+        {"SWITCHBOARD_NAMESPACES": '[{"name": "chat", "presence": "yes"}]'},
+    ],
+)
+def test_bad_environment_is_a_config_error(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_config(None, env=env)
+
+
+def test_config_error_belongs_to_the_hub_tree() -> None:
+    assert issubclass(ConfigError, HubError)
+
+
+def test_defaults() -> None:
+    cfg = Config()
+    assert cfg.client_queue_max_size == 1048576 and cfg.client_max_message_size == 65536
+    assert not cfg.websocket_compression and cfg.websocket_fast_path
+    assert cfg.namespace_table().default == NamespaceOptions()
