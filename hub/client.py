@@ -62,6 +62,10 @@ _METHODS = (
 )
 
 
+class _StopFrame(Exception):
+    """Drop the rest of the frame being handled (after a failed connect)."""
+
+
 class State(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
@@ -130,6 +134,7 @@ class Client:
         "name",
         "version",
         "_closing",
+        "_unusable",
         "__weakref__",
     )
 
@@ -154,6 +159,7 @@ class Client:
         self.name = ""
         self.version = ""
         self._closing = False
+        self._unusable = False
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
@@ -190,6 +196,8 @@ class Client:
             except Disconnect as exc:
                 self.disconnect(exc)
                 return
+            except _StopFrame:
+                return
 
     async def _handle_command(self, cmd: dict[str, Any]) -> None:
         self.awaiting_pong = False  # any command proves the client alive
@@ -198,32 +206,40 @@ class Client:
             log.warning("bad command id %r", cmd_id, extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
         method = next((m for m in _METHODS if m in cmd), None)
+        if method is None and cmd_id == 0:
+            return  # an empty command is the pong to our ping
+        if method != "connect" and self.state is State.CONNECTING:
+            log.warning("%s before connect", method or "unknown command", extra=self._log_extra())
+            raise codes.BAD_REQUEST.error()
         if method is None:
-            if cmd_id == 0:
-                return  # an empty command is the pong to our ping
             log.info("unknown method in command %d", cmd_id, extra=self._log_extra())
+            self.node.metrics.command_error("unknown", 104)
             self.writer.push(codec.encode_error(cmd_id, 104, "method not found"))
             return
-        if self.state is State.CONNECTING and method != "connect":
-            log.warning("%s before connect", method, extra=self._log_extra())
-            raise codes.BAD_REQUEST.error("command before connect")
         if cmd_id == 0 and method != "send":
             log.warning("%s without id", method, extra=self._log_extra())
+            raise codes.BAD_REQUEST.error()
+        if self._unusable:
+            log.warning("connect after a failed connect", extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
         params = cmd[method]
         if params is None:
             params = {}
-        if not isinstance(params, dict):
-            self.writer.push(codec.encode_error(cmd_id, 107, "bad request"))
-            return
         self.node.metrics.command(method)
         try:
+            if not isinstance(params, dict):
+                raise codes.error_bad_request()
             result = await getattr(self, "_cmd_" + method)(cmd_id, params)
         except ClientError as exc:
             self.node.metrics.command_error(method, exc.code)
             log.info("%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra())
             if cmd_id:
                 self.writer.push(codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
+            if method == "connect":
+                # As Centrifuge: a connection whose connect failed takes no more commands; the SDKs open
+                # a new one (after getting a new token, for 109).
+                self._unusable = True
+                raise _StopFrame from None
             return
         except Disconnect:
             raise
