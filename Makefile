@@ -22,4 +22,5 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -r bench/requirements.txt
 	$(BIN)/python bench/fanout.py $(ARGS)

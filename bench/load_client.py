@@ -329,7 +329,7 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
     last_rx_ns = 0
     skipped = 0
     pub_ok0, pub_err0 = ST["pub_ok"], ST["pub_err"]
-    c0, b0, cc0 = procstat.cpu(server_pid), procstat.box(), time.process_time()
+    c0, b0, cc0, w0 = procstat.cpu(server_pid), procstat.box(), time.process_time(), time.monotonic()
     t0 = time_ns()
     STOPPED = False
     if kind == "saturate":
@@ -365,7 +365,7 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         except asyncio.TimeoutError:
             complete = False
     DONE_AT = INF
-    c1, b1, cc1 = procstat.cpu(server_pid), procstat.box(), time.process_time()
+    c1, b1, cc1, w1 = procstat.cpu(server_pid), procstat.box(), time.process_time(), time.monotonic()
     RECORD = False
     t_end = max(last_rx_ns, t_pub_end) if complete else time_ns()
     secs = (t_end - t0) / 1e9
@@ -387,6 +387,8 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         "server_cpu_util": round(cpu["cpu_s"] / secs, 2) if secs > 0 else None,
         "client_cpu_us_per_delivery": round((cc1 - cc0) * 1e6 / DELIVERED, 3) if DELIVERED else None,
         "box_busy_cores": busy, "box_steal_cores": steal,
+        # busy cores not used by the server or this client: other load on the box (noise)
+        "other_cores": round(busy - (cpu["cpu_s"] + cc1 - cc0) / max(1e-9, w1 - w0), 2),
     }
     if kind == "saturate":
         out["window_publications"] = W

@@ -622,16 +622,9 @@ class Client:
         return bool(self.user) or for_anonymous
 
     async def _cmd_publish(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
-        channel, opts, key = self._channel(p)
         if "data" not in p:
             raise codes.error_bad_request()
-        if not self._permitted(
-            channel.raw,
-            opts.allow_publish_for_subscriber,
-            opts.allow_publish_for_client,
-            opts.allow_publish_for_anonymous,
-        ):
-            raise codes.error_permission_denied()
+        channel, opts, key = self._guarded(p, "publish")
         data = p["data"]
         hook = self.node.hooks.on_publish
         if hook is not None:
@@ -643,45 +636,36 @@ class Client:
         await self.node.publish_to(key, opts, codec.data_bytes(data), info=info)
         return {}
 
-    async def _cmd_presence(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+    def _guarded(self, p: dict[str, Any], feature: str) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
+        """The channel of a publish/presence/history command, checked against its namespace: the feature is
+        on (108 if not) and Centrifugo's ``allow_<feature>_for_{subscriber,client,anonymous}`` let this
+        connection use it (103 if not)."""
         channel, opts, key = self._channel(p)
-        if not opts.presence:
+        if (feature == "presence" and not opts.presence) or (
+            feature == "history" and not opts.history_enabled
+        ):
             raise codes.error_not_available()
         if not self._permitted(
             channel.raw,
-            opts.allow_presence_for_subscriber,
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_anonymous,
+            getattr(opts, f"allow_{feature}_for_subscriber"),
+            getattr(opts, f"allow_{feature}_for_client"),
+            getattr(opts, f"allow_{feature}_for_anonymous"),
         ):
             raise codes.error_permission_denied()
+        return channel, opts, key
+
+    async def _cmd_presence(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        _, _, key = self._guarded(p, "presence")
         members = await self.node.presence.get(key)
         return {"presence": {cid: codec.info_dict(info) for cid, info in members.items()}}
 
     async def _cmd_presence_stats(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
-        channel, opts, key = self._channel(p)
-        if not opts.presence:
-            raise codes.error_not_available()
-        if not self._permitted(
-            channel.raw,
-            opts.allow_presence_for_subscriber,
-            opts.allow_presence_for_client,
-            opts.allow_presence_for_anonymous,
-        ):
-            raise codes.error_permission_denied()
+        _, _, key = self._guarded(p, "presence")
         stats = await self.node.presence.stats(key)
         return {"num_clients": stats.num_clients, "num_users": stats.num_users}
 
     async def _cmd_history(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
-        channel, opts, key = self._channel(p)
-        if not opts.history_enabled:
-            raise codes.error_not_available()
-        if not self._permitted(
-            channel.raw,
-            opts.allow_history_for_subscriber,
-            opts.allow_history_for_client,
-            opts.allow_history_for_anonymous,
-        ):
-            raise codes.error_permission_denied()
+        _, opts, key = self._guarded(p, "history")
         limit = _int(p.get("limit", 0), "limit")
         limit = HISTORY_MAX_LIMIT if limit < 0 else min(limit, HISTORY_MAX_LIMIT)
         reverse = p.get("reverse", False) is True

@@ -22,30 +22,15 @@ from channels.options import NamespaceOptions
 from hub.app import Switchboard
 from hub.auth import mint_token
 from hub.cli import uvicorn_config
-from hub.config import Config
+from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 TIMEOUT = 10.0
 """Generous: the suite must pass on a busy 2-core machine."""
 
-OPEN = NamespaceOptions(
-    presence=True,
-    join_leave=True,
-    force_push_join_leave=True,
-    history_size=100,
-    history_ttl=300.0,
-    force_recovery=True,
-    allow_subscribe_for_client=True,
-    allow_subscribe_for_anonymous=True,
-    allow_publish_for_client=True,
-    allow_publish_for_anonymous=True,
-    allow_history_for_client=True,
-    allow_history_for_anonymous=True,
-    allow_presence_for_client=True,
-    allow_presence_for_anonymous=True,
-    allow_user_limited_channels=True,
-)
+OPEN = DEV_CHANNEL_OPTIONS
+"""Everything allowed to everyone, with presence, forced join/leave, history and recovery."""
 
 
 def test_config(**overrides: Any) -> Config:

@@ -25,25 +25,19 @@ from channels.names import ChannelKey
 from channels.options import NamespaceOptions
 from hub.auth import mint_token
 from hub.client import Client, State
-from hub.config import Config
+from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
 from hub.node import Node
 from presence.presence_memory import MemoryPresence
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 
-OPEN = NamespaceOptions(
-    presence=True,
-    history_size=100,
-    history_ttl=300.0,
-    allow_subscribe_for_client=True,
-    allow_subscribe_for_anonymous=True,
-    allow_publish_for_client=True,
-    allow_publish_for_anonymous=True,
-    allow_history_for_client=True,
-    allow_history_for_anonymous=True,
-    allow_presence_for_client=True,
-    allow_presence_for_anonymous=True,
+OPEN = dataclasses.replace(
+    DEV_CHANNEL_OPTIONS,
+    join_leave=False,
+    force_push_join_leave=False,
+    force_recovery=False,
+    allow_user_limited_channels=False,
 )
 
 
