@@ -52,6 +52,7 @@ class Switchboard:
         broker: Broker | None = None,
         presence: PresenceManager | None = None,
     ) -> None:
+        # No config: SWITCHBOARD_* settings over closed defaults, never development mode.
         self.config = config if config is not None else load_config()
         self.hooks = hooks if hooks is not None else Hooks()
         self.node = Node(

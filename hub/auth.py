@@ -5,7 +5,7 @@ with an ECDSA public key. PyJWT does the cryptography; this module maps claims t
 tells an expired token (the SDKs refresh it: error 109) from an invalid one (terminal: disconnect 3500).
 
 Connection claims: sub (user id, "" for anonymous), exp, iat, info (any JSON), channels (server-side
-subscriptions), tenant. Subscription claims: sub, channel, exp, info.
+subscriptions), tenant. Subscription claims: sub, channel, exp, info, tenant (must match the connection's).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class SubscriptionClaims:
     channel: str
     exp: int | None
     info: bytes | None
+    tenant: str = ""
 
 
 _HMAC = {"HS256", "HS384", "HS512"}
@@ -121,6 +122,10 @@ class TokenVerifier:
 
     def verify_connect(self, token: str, now: float | None = None) -> ConnectClaims:
         claims = self._decode(token, now)
+        if "channel" in claims:
+            # A subscription token must never open a connection (Centrifugo refuses it too): it would
+            # log its user in, and into the default tenant when it carries none.
+            raise TokenInvalid("a subscription token (channel claim) is not a connection token")
         channels = claims.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise TokenInvalid("channels must be a list of strings")
@@ -138,7 +143,11 @@ class TokenVerifier:
         if not channel:
             raise TokenInvalid("subscription token without channel")
         return SubscriptionClaims(
-            user=_str_claim(claims, "sub"), channel=channel, exp=_exp(claims), info=_info(claims)
+            user=_str_claim(claims, "sub"),
+            channel=channel,
+            exp=_exp(claims),
+            info=_info(claims),
+            tenant=_str_claim(claims, "tenant"),
         )
 
 

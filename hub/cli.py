@@ -21,7 +21,7 @@ log = logging.getLogger("switchboard")
 
 def _config(args: argparse.Namespace) -> Config:
     try:
-        return load_config(args.config)
+        return load_config(args.config, allow_dev_mode=True)
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

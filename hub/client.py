@@ -29,7 +29,7 @@ from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
 from hub import codec_json as codec
 from hub import codes
-from hub.auth import ConnectClaims, TokenExpired, TokenInvalid
+from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.recovery import Recovery, after_position, recover
@@ -101,6 +101,16 @@ class _Prepared:
     offset: int
 
 
+def _recovery_request(raw: Any) -> dict[str, Any]:
+    """The recovery part of a connect's ``subs`` entry; anything malformed means "no recovery"."""
+    if not isinstance(raw, dict) or raw.get("recover") is not True:
+        return {}
+    offset, epoch = raw.get("offset", 0), raw.get("epoch", "")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
+        return {}
+    return {"recover": True, "offset": offset, "epoch": epoch}
+
+
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise codes.error_bad_request()
@@ -135,6 +145,8 @@ class Client:
         "version",
         "_closing",
         "_unusable",
+        "_identity",
+        "busy",
         "__weakref__",
     )
 
@@ -144,7 +156,9 @@ class Client:
         self.node = node
         self.id = str(uuid.uuid4())
         self.transport = transport
-        self.writer = Writer(transport, node.scheduler, node.config.client_queue_max_size, self._on_slow)
+        self.writer = Writer(
+            transport, node.scheduler, node.config.client_queue_max_size, self._on_slow, self._on_write_error
+        )
         self.state = State.CONNECTING
         self.user = ""
         self.tenant = DEFAULT_TENANT
@@ -160,6 +174,9 @@ class Client:
         self.version = ""
         self._closing = False
         self._unusable = False
+        self._identity = ("", DEFAULT_TENANT)
+        self.busy = False
+        """A frame's commands are being handled (pongs wait behind them)."""
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
@@ -188,16 +205,23 @@ class Client:
             log.warning("bad frame: %s", exc, extra=self._log_extra())
             self.disconnect(codes.BAD_REQUEST.error())
             return
-        for cmd in commands:
-            if self._closing:
-                return
-            try:
-                await self._handle_command(cmd)
-            except Disconnect as exc:
-                self.disconnect(exc)
-                return
-            except _StopFrame:
-                return
+        self.busy = True
+        try:
+            for cmd in commands:
+                if self._closing:
+                    return
+                try:
+                    await self._handle_command(cmd)
+                except Disconnect as exc:
+                    self.disconnect(exc)
+                    return
+                except _StopFrame:
+                    return
+        finally:
+            self.busy = False
+            if self.awaiting_pong:
+                # A slow command kept the client's pong waiting behind it: the pong timeout starts now.
+                self.last_ping = time.monotonic()
 
     async def _handle_command(self, cmd: dict[str, Any]) -> None:
         self.awaiting_pong = False  # any command proves the client alive
@@ -297,8 +321,39 @@ class Client:
         if not authenticated and not node.config.allow_anonymous_connect_without_token:
             raise codes.error_unauthorized()
         self.user, self.conn_info, self.tenant, self.expires_at = user, info, tenant, expires_at
+        # Refresh tokens must name whom the connection token named (a hook may have changed user/tenant).
+        self._identity = (claims.user, claims.tenant) if claims is not None else (user, tenant)
         self.name = str(p.get("name", ""))[:64]
         self.version = str(p.get("version", ""))[:64]
+        # Server-side subscriptions (the token's channels claim) are trusted: no permission checks. They are
+        # all prepared before the connection goes live; if one fails, every one is undone.
+        raw_subs = p.get("subs")
+        recover_req: dict[str, Any] = raw_subs if isinstance(raw_subs, dict) else {}
+        prepared: list[_Prepared] = []
+        try:
+            for name in channels:
+                try:
+                    channel = parse_channel(name)
+                    opts = node.namespaces.options_for(channel)
+                except (InvalidChannel, UnknownNamespace):
+                    log.warning("token names bad channel %r", name, extra=self._log_extra())
+                    continue
+                if name in self.subs:
+                    continue
+                prep = await self._prepare(
+                    channel,
+                    opts,
+                    _recovery_request(recover_req.get(name)),
+                    chan_info=None,
+                    expires_at=0.0,
+                    server_side=True,
+                    reject_unrecovered=False,
+                )
+                prepared.append(prep)
+        except BaseException:
+            for prep in prepared:
+                await self._rollback_async(prep.sub)
+            raise
         self._move(State.CONNECTED)
         self.last_ping = time.monotonic()
         node.registry.add_client(self)
@@ -314,35 +369,8 @@ class Client:
             result["ttl"] = max(1, int(expires_at - time.time()))
         if reply_data is not None:
             result["data"] = codec.Fragment(orjson.dumps(reply_data))
-        # Server-side subscriptions (the token's channels claim): trusted, no permission checks.
-        raw_subs = p.get("subs")
-        recover_req: dict[str, Any] = raw_subs if isinstance(raw_subs, dict) else {}
-        prepared: list[_Prepared] = []
-        subs_result: dict[str, Any] = {}
-        for name in channels:
-            try:
-                channel = parse_channel(name)
-                opts = node.namespaces.options_for(channel)
-            except (InvalidChannel, UnknownNamespace):
-                log.warning("token names bad channel %r", name, extra=self._log_extra())
-                continue
-            if name in self.subs:
-                continue
-            raw_req = recover_req.get(name)
-            req: dict[str, Any] = raw_req if isinstance(raw_req, dict) else {}
-            prep = await self._prepare(
-                channel,
-                opts,
-                req,
-                chan_info=None,
-                expires_at=0.0,
-                server_side=True,
-                reject_unrecovered=False,
-            )
-            prepared.append(prep)
-            subs_result[name] = prep.result
-        if subs_result:
-            result["subs"] = subs_result
+        if prepared:
+            result["subs"] = {prep.sub.channel.raw: prep.result for prep in prepared}
         self.writer.push(codec.encode_reply(cmd_id, "connect", result))
         for prep in prepared:
             await self._activate(prep)
@@ -359,7 +387,7 @@ class Client:
 
     async def _cmd_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         claims = self._verify_connect_token(_str(p, "token"))
-        if claims.user != self.user or claims.tenant != self.tenant:
+        if (claims.user, claims.tenant) != self._identity:
             log.warning("refresh token for another user", extra=self._log_extra())
             raise codes.INVALID_TOKEN.error()
         self.expires_at = float(claims.exp or 0)
@@ -393,15 +421,7 @@ class Client:
         if not isinstance(token, str):
             raise codes.error_bad_request()
         if token:
-            try:
-                claims = node.verifier.verify_subscription(token)
-            except TokenExpired:
-                raise codes.error_token_expired() from None
-            except TokenInvalid as exc:
-                log.warning("invalid subscription token: %s", exc, extra=self._log_extra())
-                raise codes.error_permission_denied() from None
-            if claims.channel != name or claims.user != self.user:
-                raise codes.error_permission_denied()
+            claims = self._verify_subscription_token(token, name)
             chan_info = claims.info
             expires_at = float(claims.exp or 0)
         else:
@@ -434,6 +454,20 @@ class Client:
         self.writer.push(codec.encode_reply(cmd_id, "subscribe", prep.result))
         await self._activate(prep)
         return None
+
+    def _verify_subscription_token(self, token: str, channel: str) -> SubscriptionClaims:
+        """A subscription token good for this channel, this user and this tenant, or 109/103."""
+        try:
+            claims = self.node.verifier.verify_subscription(token)
+        except TokenExpired:
+            raise codes.error_token_expired() from None
+        except TokenInvalid as exc:
+            log.warning("invalid subscription token: %s", exc, extra=self._log_extra())
+            raise codes.error_permission_denied() from None
+        if (claims.channel, claims.user, claims.tenant) != (channel, self.user, self.tenant):
+            log.warning("subscription token for another channel, user or tenant", extra=self._log_extra())
+            raise codes.error_permission_denied()
+        return claims
 
     def _may_subscribe(self, channel: ChannelName, opts: NamespaceOptions) -> bool:
         if channel.private:
@@ -521,8 +555,11 @@ class Client:
 
     async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
         broker = self.node.broker
+        # At most client_recovery_max_publication_limit publications: a longer gap is not recovered (the
+        # reply would be too large for the client's queue, and it would retry the same recovery forever).
+        limit = self.node.config.client_recovery_max_publication_limit
         try:
-            hist = await broker.history(key, since=since, limit=-1, meta_ttl=opts.history_meta_ttl)
+            hist = await broker.history(key, since=since, limit=limit, meta_ttl=opts.history_meta_ttl)
         except UnrecoverablePosition:
             top = (await broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
             return recover(since, None, top)
@@ -569,9 +606,11 @@ class Client:
         return {}
 
     async def _remove_subscription(self, sub: Subscription) -> None:
+        """Leave a channel. Only the caller that takes ``sub`` out of ``subs`` does the rest, once."""
         node = self.node
-        if self.subs.get(sub.channel.raw) is sub:
-            del self.subs[sub.channel.raw]
+        if self.subs.get(sub.channel.raw) is not sub:
+            return
+        del self.subs[sub.channel.raw]
         if node.registry.remove_subscriber(sub.key, self):
             await node.broker.unsubscribe(sub.key)
         if sub.options.presence:
@@ -584,15 +623,7 @@ class Client:
         sub = self.subs.get(name)
         if sub is None:
             raise codes.error_permission_denied()
-        try:
-            claims = self.node.verifier.verify_subscription(_str(p, "token"))
-        except TokenExpired:
-            raise codes.error_token_expired() from None
-        except TokenInvalid as exc:
-            log.warning("invalid subscription refresh token: %s", exc, extra=self._log_extra())
-            raise codes.error_permission_denied() from None
-        if claims.channel != name or claims.user != self.user:
-            raise codes.error_permission_denied()
+        claims = self._verify_subscription_token(_str(p, "token"), name)
         sub.expires_at = float(claims.exp or 0)
         result: dict[str, Any] = {}
         if sub.expires_at:
@@ -633,7 +664,11 @@ class Client:
                 data = res.data
         sub = self.subs.get(channel.raw)
         info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
-        await self.node.publish_to(key, opts, codec.data_bytes(data), info=info)
+        try:
+            encoded = codec.data_bytes(data)
+        except codec.DecodeError:
+            raise codes.error_bad_request() from None
+        await self.node.publish_to(key, opts, encoded, info=info)
         return {}
 
     def _guarded(self, p: dict[str, Any], feature: str) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
@@ -721,7 +756,7 @@ class Client:
 
     async def server_subscribe(self, name: str) -> bool:
         """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push)."""
-        if self.state is not State.CONNECTED or name in self.subs:
+        if self.state is not State.CONNECTED or self._closing or name in self.subs:
             return False
         channel = parse_channel(name)
         opts = self.node.namespaces.options_for(channel)
@@ -748,6 +783,9 @@ class Client:
         self.last_ping = now
         self.awaiting_pong = True
         self.writer.push(codec.PING)
+
+    def _on_write_error(self) -> None:
+        self.disconnect(codes.WRITE_ERROR.error(), slow=True)
 
     def _on_slow(self) -> None:
         log.warning(

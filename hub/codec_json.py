@@ -46,8 +46,14 @@ def decode_commands(data: str | bytes) -> list[dict[str, Any]]:
 
 
 def data_bytes(value: Any) -> bytes:
-    """The JSON text of a command's data field (absent data is JSON null)."""
-    return orjson.dumps(value)
+    """The JSON text of a command's data field (absent data is JSON null).
+
+    DecodeError when it cannot be written back (orjson nests at most 254 levels deep when writing).
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise DecodeError(f"data cannot be encoded: {exc}") from None
 
 
 def info_dict(info: ClientInfo) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Config:
     client_pong_timeout: float = 8.0
     client_expired_close_delay: float = 25.0
     client_stale_close_delay: float = 10.0
+    client_recovery_max_publication_limit: int = 300
     websocket_fast_path: bool = True
     websocket_compression: bool = False
     shutdown_timeout: float = 10.0
@@ -162,8 +163,17 @@ def _channel_option_from_env(name: str, raw: str) -> Any:
     return text  # a duration: from_mapping parses it
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read ``path`` (TOML) if given, then apply ``SWITCHBOARD_*`` overrides from ``env`` (os.environ)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    allow_dev_mode: bool = False,
+) -> Config:
+    """Read ``path`` (TOML) if given, then apply ``SWITCHBOARD_*`` overrides from ``env`` (os.environ).
+
+    Development mode is entered only when ``allow_dev_mode`` (``switchboard serve`` passes it) and neither
+    a file nor a token key is given; otherwise a missing setting means Centrifugo's closed default.
+    """
     env = dict(os.environ if env is None else env)
     data: dict[str, Any] = {}
     if path is not None:
@@ -212,7 +222,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         except ValueError as exc:
             raise ConfigError(f"SWITCHBOARD_CHANNEL_*: {exc}") from None
     has_key = cfg.token_hmac_secret_key or cfg.token_rsa_public_key or cfg.token_ecdsa_public_key
-    if path is None and not has_key:
+    if allow_dev_mode and path is None and not has_key:
         cfg.dev_mode = True
         cfg.token_hmac_secret_key = DEV_SECRET
         cfg.allow_anonymous_connect_without_token = True
@@ -225,7 +235,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
 def _validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
-    for name in ("client_channel_limit", "client_max_message_size", "client_queue_max_size"):
+    for name in (
+        "client_channel_limit",
+        "client_max_message_size",
+        "client_queue_max_size",
+        "client_recovery_max_publication_limit",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():

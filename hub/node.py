@@ -69,6 +69,10 @@ class Node:
         if self.started:
             return
         self.started = True
+        self.stopping = False
+        self._drained.clear()
+        if self.config.dev_mode:
+            log.warning("node %s runs in development mode: anonymous access, public token secret", self.id)
         await self.broker.start()
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         log.info("node %s started", self.id)
@@ -174,7 +178,10 @@ class Node:
         self.namespaces.options_for(parse_channel(channel))  # bad names fail before any connection changes
         done = 0
         for client in self._targets(tenant, user, client_id):
-            done += await client.server_subscribe(channel)
+            try:
+                done += await client.server_subscribe(channel)
+            except Exception:  # one connection's failure must not spare the others
+                log.exception("server-side subscribe of %s to %s failed", client.id, channel)
         return done
 
     async def unsubscribe_user(
@@ -182,7 +189,10 @@ class Node:
     ) -> int:
         done = 0
         for client in self._targets(tenant, user, client_id):
-            done += await client.server_unsubscribe(channel)
+            try:
+                done += await client.server_unsubscribe(channel)
+            except Exception:
+                log.exception("server-side unsubscribe of %s from %s failed", client.id, channel)
         return done
 
     def send_message(self, user: str, data: Any, *, tenant: str = "", client_id: str | None = None) -> int:
@@ -257,7 +267,7 @@ class Node:
             if client.state is not State.CONNECTED:
                 continue
             if client.awaiting_pong:
-                if now - client.last_ping > cfg.client_pong_timeout:
+                if not client.busy and now - client.last_ping > cfg.client_pong_timeout:
                     client.disconnect(codes.NO_PONG.error())
                     continue
             elif now - client.last_ping >= cfg.client_ping_interval:

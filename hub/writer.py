@@ -10,8 +10,11 @@ no more messages. Others are never held up by it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger("switchboard.writer")
 
 
 class Transport(Protocol):
@@ -50,7 +53,11 @@ class FlushScheduler:
         self._dirty = []
         self._scheduled = False
         for writer in dirty:
-            writer.flush()
+            try:
+                writer.flush()
+            except Exception:  # one broken transport must not silence the writers after it
+                log.exception("flush failed; closing that connection")
+                writer.fail()
 
 
 class Writer:
@@ -63,6 +70,7 @@ class Writer:
         "closed",
         "scheduler",
         "on_slow",
+        "on_write_error",
     )
 
     def __init__(
@@ -71,11 +79,13 @@ class Writer:
         scheduler: FlushScheduler,
         max_bytes: int,
         on_slow: Callable[[], None],
+        on_write_error: Callable[[], None] | None = None,
     ) -> None:
         self.transport = transport
         self.scheduler = scheduler
         self.max_bytes = max_bytes
         self.on_slow = on_slow
+        self.on_write_error = on_write_error or on_slow
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.dirty = False
@@ -101,6 +111,14 @@ class Writer:
         self.pending_bytes = 0
         if self.transport.write_messages(messages) > self.max_bytes:
             self._slow()
+
+    def fail(self) -> None:
+        """The transport broke while writing: take no more and end the connection (3009 write error)."""
+        if not self.closed:
+            self.closed = True
+            self.pending = []
+            self.pending_bytes = 0
+            self.on_write_error()
 
     def _slow(self) -> None:
         self.closed = True

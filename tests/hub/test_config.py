@@ -98,7 +98,7 @@ def test_a_file_without_a_key_is_not_dev_mode(tmp_path: Path) -> None:
 
 
 def test_dev_mode_when_nothing_is_given() -> None:
-    cfg = load_config(None, env={})
+    cfg = load_config(None, env={}, allow_dev_mode=True)
     assert cfg.dev_mode
     assert cfg.token_hmac_secret_key == DEV_SECRET
     assert cfg.allow_anonymous_connect_without_token
@@ -152,8 +152,17 @@ def test_env_channel_options_override_the_file(tmp_path: Path) -> None:
 
 
 def test_env_channel_presence_in_dev_mode() -> None:
-    cfg = load_config(None, env={"SWITCHBOARD_CHANNEL_PRESENCE": "true"})
+    cfg = load_config(None, env={"SWITCHBOARD_CHANNEL_PRESENCE": "true"}, allow_dev_mode=True)
     assert cfg.dev_mode and cfg.channel.presence
+
+
+def test_no_dev_mode_unless_asked() -> None:
+    """Embedding programs (Switchboard() without a config) get closed defaults, never development mode."""
+    cfg = load_config(None, env={})
+    assert not cfg.dev_mode
+    assert not cfg.allow_anonymous_connect_without_token
+    assert cfg.token_hmac_secret_key == ""
+    assert not cfg.channel.allow_subscribe_for_client
 
 
 def test_env_channel_history() -> None:

@@ -118,7 +118,9 @@ async def test_server_side_subscription_recovers_on_reconnect(hub, sdk):
 async def test_recovery_while_publications_never_stop(make_hub, sdk):
     """A publisher publishes without pause while the subscriber loses its connection twice (once closed
     by the hub, once cut on the client side) and recovers: in the end it has every publication once."""
-    hub = await make_hub(channel=dataclasses.replace(OPEN, history_size=100_000))
+    hub = await make_hub(
+        channel=dataclasses.replace(OPEN, history_size=100_000), client_recovery_max_publication_limit=100_000
+    )
     publisher, _ = await connected(sdk, hub)
     client, rec = await connected(sdk, hub, token=token("sub"))
     _, sub_rec = await subscribed(client, "live")
