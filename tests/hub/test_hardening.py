@@ -169,7 +169,9 @@ def test_a_broken_transport_does_not_silence_the_others() -> None:
     try:
         scheduler = FlushScheduler(loop)
         errors: list[str] = []
-        broken = Writer(Broken(), scheduler, 1 << 20, lambda: errors.append("slow"), lambda: errors.append("write"))
+        broken = Writer(
+            Broken(), scheduler, 1 << 20, lambda: errors.append("slow"), lambda: errors.append("write")
+        )
         healthy_transport = FakeTransport()
         healthy = Writer(healthy_transport, scheduler, 1 << 20, lambda: None)
         broken.push(b"1")
