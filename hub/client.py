@@ -26,7 +26,7 @@ import orjson
 from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosition
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
-from channels.publication import ClientInfo, Publication, StreamPosition
+from channels.publication import ClientInfo, StreamPosition
 from hub import codec_json as codec
 from hub import codes
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
@@ -746,9 +746,6 @@ class Client:
         return None
 
     # ---------------------------------------------------------------- output and end
-
-    def push_publication(self, channel: str, pub: Publication) -> None:
-        self.writer.push(codec.encode_publication_push(channel, pub))
 
     def push_message(self, data: bytes) -> None:
         """An asynchronous message from the server (the ``message`` push)."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hub import codec_json
 from hub.ws_frames import OP_TEXT, FrameCache
 from hub.ws_uvicorn import RAW_EXTENSION
 
@@ -24,18 +26,21 @@ log = logging.getLogger("switchboard.websocket")
 _frames = FrameCache()
 
 
+Join = Callable[[list[bytes]], bytes]
+"""How the connection's codec puts a batch of messages into one frame's payload."""
+
+
 class RawWebSocketTransport:
-    __slots__ = ("_raw", "_opcode", "_separator")
+    __slots__ = ("_raw", "_opcode", "_join")
     name = "websocket"
 
-    def __init__(self, raw: Any, opcode: int = OP_TEXT, separator: bytes = b"\n") -> None:
+    def __init__(self, raw: Any, opcode: int = OP_TEXT, join: Join = codec_json.join_messages) -> None:
         self._raw = raw
         self._opcode = opcode
-        self._separator = separator
+        self._join = join
 
     def write_messages(self, messages: list[bytes]) -> int:
-        payload = messages[0] if len(messages) == 1 else self._separator.join(messages)
-        return self._raw.write_frame(_frames.frame(payload, self._opcode))  # type: ignore[no-any-return]
+        return self._raw.write_frame(_frames.frame(self._join(messages), self._opcode))  # type: ignore[no-any-return]
 
     def close(self, code: int, reason: str) -> None:
         self._raw.close_with(code, reason)
@@ -44,13 +49,13 @@ class RawWebSocketTransport:
 class AsgiWebSocketTransport:
     """Portable transport: a writer task drains queued frames through ``send()``."""
 
-    __slots__ = ("_send", "_text", "_separator", "_queue", "_queued", "_wakeup", "_close", "_task")
+    __slots__ = ("_send", "_text", "_join", "_queue", "_queued", "_wakeup", "_close", "_task")
     name = "websocket"
 
-    def __init__(self, send: Any, text: bool = True, separator: bytes = b"\n") -> None:
+    def __init__(self, send: Any, text: bool = True, join: Join = codec_json.join_messages) -> None:
         self._send = send
         self._text = text
-        self._separator = separator
+        self._join = join
         self._queue: list[bytes] = []
         self._queued = 0
         self._wakeup = asyncio.Event()
@@ -60,7 +65,7 @@ class AsgiWebSocketTransport:
     def write_messages(self, messages: list[bytes]) -> int:
         if self._close is not None:
             return 0
-        payload = messages[0] if len(messages) == 1 else self._separator.join(messages)
+        payload = self._join(messages)
         self._queue.append(payload)
         self._queued += len(payload)
         self._wakeup.set()
