@@ -64,7 +64,7 @@ class Switchboard:
         self._start_lock = asyncio.Lock()
         self.http = Starlette(
             routes=[Route("/health", self._health), Route("/ready", self._ready)],
-            lifespan=self._starlette_lifespan,
+            lifespan=self.lifespan,
         )
 
     # hooks as decorators
@@ -107,8 +107,6 @@ class Switchboard:
         finally:
             await self.stop()
 
-    _starlette_lifespan = lifespan
-
     async def publish(
         self, channel: str, data: Any, *, tenant: str = "", idempotency_key: str | None = None
     ) -> PublishResult:
@@ -133,13 +131,11 @@ class Switchboard:
     # ASGI
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
+        if kind != "lifespan" and not self.node.started:
+            await self.start()  # mounted in a host app whose lifespan does not start us
         if kind == "websocket" and _route_path(scope) == WEBSOCKET_PATH:
-            if not self.node.started:
-                await self.start()
             await websocket_session(self.node, scope, receive, send)
             return
-        if kind != "lifespan" and not self.node.started:
-            await self.start()
         await self.http(scope, receive, send)
 
     async def _health(self, request: Request) -> JSONResponse:

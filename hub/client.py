@@ -655,7 +655,7 @@ class Client:
     async def _cmd_publish(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         if "data" not in p:
             raise codes.error_bad_request()
-        channel, opts, key = self._guarded(p, "publish")
+        channel, opts, _ = self._guarded(p, "publish")
         data = p["data"]
         hook = self.node.hooks.on_publish
         if hook is not None:
@@ -668,7 +668,7 @@ class Client:
             encoded = codec.data_bytes(data)
         except codec.DecodeError:
             raise codes.error_bad_request() from None
-        await self.node.publish_to(key, opts, encoded, info=info)
+        await self.node.publish_to(self.tenant, channel, opts, encoded, info=info)
         return {}
 
     def _guarded(self, p: dict[str, Any], feature: str) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
@@ -782,22 +782,22 @@ class Client:
         self.writer.push(codec.PING)
 
     def _on_write_error(self) -> None:
-        self.disconnect(codes.WRITE_ERROR.error(), slow=True)
+        self.disconnect(codes.WRITE_ERROR.error(), flush=False)
 
     def _on_slow(self) -> None:
         log.warning(
             "slow consumer: outbound buffer over %d bytes", self.writer.max_bytes, extra=self._log_extra()
         )
         self.node.metrics.slow_disconnect()
-        self.disconnect(codes.SLOW.error(), slow=True)
+        self.disconnect(codes.SLOW.error(), flush=False)
 
-    def disconnect(self, exc: Disconnect, *, slow: bool = False) -> None:
+    def disconnect(self, exc: Disconnect, *, flush: bool = True) -> None:
         """End the connection with ``exc``'s code. Idempotent; cleanup runs in ``closed``."""
         if self._closing:
             return
         self._closing = True
         log.info("disconnect %d %s", exc.code, exc.reason, extra=self._log_extra())
-        if not slow:
+        if flush:
             self.writer.close()
         self.transport.close(exc.code, exc.reason)
 

@@ -87,6 +87,19 @@ class Config:
         return Namespaces(self.channel, self.namespaces)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_bool(name: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 _SCALARS = {
     f.name: f for f in dataclasses.fields(Config) if f.name not in ("channel", "namespaces", "dev_mode")
 }
@@ -99,10 +112,7 @@ def _coerce(name: str, raw: Any, from_env: bool) -> Any:
             return parse_duration(raw)
         if kind == "bool":
             if from_env:
-                lowered = raw.strip().lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(raw)
-                return lowered in ("1", "true", "yes", "on")
+                return _env_bool(ENV_PREFIX + name.upper(), raw)
             if not isinstance(raw, bool):
                 raise ValueError(raw)
             return raw
@@ -138,8 +148,6 @@ def _namespaces(raw: Any) -> dict[str, NamespaceOptions]:
 
 
 _CHANNEL_FIELDS = {f.name: f for f in dataclasses.fields(NamespaceOptions)}
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def _channel_option_from_env(name: str, raw: str) -> Any:
@@ -150,11 +158,7 @@ def _channel_option_from_env(name: str, raw: str) -> Any:
         raise ConfigError(f"unknown environment setting {name}")
     text = raw.strip()
     if field_.type == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return _env_bool(name, text)
     if field_.type == "int":
         try:
             return int(text)

@@ -10,7 +10,6 @@ class Metrics:
         "commands",
         "command_errors",
         "published",
-        "delivered",
         "slow_disconnects",
         "deliveries",
         "recoveries",
@@ -21,7 +20,6 @@ class Metrics:
         self.commands: Counter[str] = Counter()
         self.command_errors: Counter[tuple[str, int]] = Counter()
         self.published: Counter[str] = Counter()
-        self.delivered: Counter[str] = Counter()
         self.slow_disconnects = 0
         self.deliveries = 0
         self.recoveries = 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace
-from channels.names import ChannelKey, parse_channel
+from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, PublishResult
 from hub import codec_json as codec
@@ -124,7 +124,8 @@ class Node:
 
     async def publish_to(
         self,
-        key: ChannelKey,
+        tenant: str,
+        channel: ChannelName,
         opts: NamespaceOptions,
         data: bytes,
         *,
@@ -137,6 +138,7 @@ class Node:
             if opts.history_enabled
             else None
         )
+        key = (tenant, channel.raw)
         try:
             result = await self.broker.publish(
                 key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key
@@ -144,7 +146,7 @@ class Node:
         except BrokerUnavailable:
             log.warning("publish to %s refused: broker unavailable", key[1], extra={"tenant": key[0]})
             raise codes.error_internal() from None
-        self.metrics.published[key[1].partition(":")[0] if ":" in key[1] else ""] += 1
+        self.metrics.published[channel.namespace] += 1
         return result
 
     async def publish(
@@ -158,11 +160,12 @@ class Node:
     ) -> PublishResult:
         """Publish from the server side (embedding programs, the server API). ``data`` is any JSON value."""
         try:
-            opts = self.namespaces.options_for(parse_channel(channel))
+            name = parse_channel(channel)
+            opts = self.namespaces.options_for(name)
         except (InvalidChannel, UnknownNamespace) as exc:
             raise ValueError(f"bad channel {channel!r}: {exc}") from None
         return await self.publish_to(
-            (tenant, channel), opts, codec.data_bytes(data), tags=tags, idempotency_key=idempotency_key
+            tenant, name, opts, codec.data_bytes(data), tags=tags, idempotency_key=idempotency_key
         )
 
     # ---------------------------------------------------------------- server-side control of connections

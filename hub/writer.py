@@ -115,16 +115,17 @@ class Writer:
     def fail(self) -> None:
         """The transport broke while writing: take no more and end the connection (3009 write error)."""
         if not self.closed:
-            self.closed = True
-            self.pending = []
-            self.pending_bytes = 0
-            self.on_write_error()
+            self._stop(self.on_write_error)
 
     def _slow(self) -> None:
+        self._stop(self.on_slow)
+
+    def _stop(self, reason: Callable[[], None]) -> None:
+        """Drop what is pending, take nothing more, and tell the session why."""
         self.closed = True
         self.pending = []
         self.pending_bytes = 0
-        self.on_slow()
+        reason()
 
     def close(self) -> None:
         """Flush what is pending now and take no more."""
