@@ -18,7 +18,8 @@ import enum
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,14 +27,14 @@ import orjson
 from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosition
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
-from channels.publication import ClientInfo, StreamPosition
-from hub import codec_json as codec
+from channels.publication import ClientInfo, Publication, StreamPosition
 from hub import codes
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.recovery import Recovery, after_position, recover
-from hub.writer import Transport, Writer
+from hub.wire import CODECS, JSON, JSON_EVENTS
+from hub.writer import EventWriter, Transport, Writer
 
 if TYPE_CHECKING:
     from hub.node import Node
@@ -60,6 +61,16 @@ _METHODS = (
     "refresh",
     "sub_refresh",
 )
+
+
+_UNI_DISCONNECTS = {
+    109: codes.EXPIRED,
+    110: codes.EXPIRED,
+    111: codes.TOO_MANY_REQUESTS,
+    103: codes.PERMISSION_DENIED,
+    101: codes.INVALID_TOKEN,
+}
+"""How a refused unidirectional connect ends (Centrifuge's defaults, plus 101 -> 3500 invalid token)."""
 
 
 class _StopFrame(Exception):
@@ -99,6 +110,8 @@ class _Prepared:
     sub: Subscription
     result: dict[str, Any]
     offset: int
+    recovered: list[Publication] = field(default_factory=list)
+    """Recovered publications to push as publications (``resume_as_events``), not inside the result."""
 
 
 def _recovery_request(raw: Any) -> dict[str, Any]:
@@ -147,6 +160,13 @@ class Client:
         "_unusable",
         "_identity",
         "busy",
+        "codec",
+        "fmt",
+        "unidirectional",
+        "emulation",
+        "session",
+        "events",
+        "resume_as_events",
         "__weakref__",
     )
 
@@ -156,9 +176,22 @@ class Client:
         self.node = node
         self.id = str(uuid.uuid4())
         self.transport = transport
-        self.writer = Writer(
+        self.fmt: int = getattr(transport, "fmt", JSON)
+        self.codec = CODECS[self.fmt]
+        self.unidirectional: bool = getattr(transport, "unidirectional", False)
+        """The client only reads: no commands after connect, no pongs, pushes only."""
+        self.emulation: bool = getattr(transport, "emulation", False)
+        """Commands arrive out of band (``/emulation``), addressed by ``session``."""
+        self.session = uuid.uuid4().hex if self.unidirectional or self.emulation else ""
+        writer_class: type[Writer] = getattr(transport, "writer_class", Writer)
+        self.writer = writer_class(
             transport, node.scheduler, node.config.client_queue_max_size, self._on_slow, self._on_write_error
         )
+        self.events = self.writer if isinstance(self.writer, EventWriter) else None
+        """The writer of an SSE stream whose every event carries the resume point (stream positions of the
+        recoverable subscriptions); None on other transports."""
+        self.resume_as_events = False
+        """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.state = State.CONNECTING
         self.user = ""
         self.tenant = DEFAULT_TENANT
@@ -200,8 +233,8 @@ class Client:
             self.disconnect(codes.MESSAGE_TOO_BIG.error())
             return
         try:
-            commands = codec.decode_commands(data)
-        except codec.DecodeError as exc:
+            commands = self.codec.decode_commands(data)
+        except self.codec.DecodeError as exc:
             log.warning("bad frame: %s", exc, extra=self._log_extra())
             self.disconnect(codes.BAD_REQUEST.error())
             return
@@ -238,7 +271,7 @@ class Client:
         if method is None:
             log.info("unknown method in command %d", cmd_id, extra=self._log_extra())
             self.node.metrics.command_error("unknown", 104)
-            self.writer.push(codec.encode_error(cmd_id, 104, "method not found"))
+            self.writer.push(self.codec.encode_error(cmd_id, 104, "method not found"))
             return
         if cmd_id == 0 and method != "send":
             log.warning("%s without id", method, extra=self._log_extra())
@@ -258,7 +291,7 @@ class Client:
             self.node.metrics.command_error(method, exc.code)
             log.info("%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra())
             if cmd_id:
-                self.writer.push(codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
+                self.writer.push(self.codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
             if method == "connect":
                 # As Centrifuge: a connection whose connect failed takes no more commands; the SDKs open
                 # a new one (after getting a new token, for 109).
@@ -271,10 +304,10 @@ class Client:
             log.exception("%s crashed", method, extra=self._log_extra())
             self.node.metrics.command_error(method, 100)
             if cmd_id:
-                self.writer.push(codec.encode_error(cmd_id, 100, "internal server error", True))
+                self.writer.push(self.codec.encode_error(cmd_id, 100, "internal server error", True))
             return
         if cmd_id and result is not None:
-            self.writer.push(codec.encode_reply(cmd_id, method, result))
+            self.writer.push(self.codec.encode_reply(cmd_id, method, result))
 
     # ---------------------------------------------------------------- connect / refresh
 
@@ -361,20 +394,41 @@ class Client:
             "client": self.id,
             "version": node.version,
             "ping": int(node.config.client_ping_interval),
-            "pong": True,
             "node": node.id,
         }
+        if not self.unidirectional:
+            result["pong"] = True
+        if self.session:
+            result["session"] = self.session
         if expires_at:
             result["expires"] = True
             result["ttl"] = max(1, int(expires_at - time.time()))
         if reply_data is not None:
-            result["data"] = codec.Fragment(orjson.dumps(reply_data))
+            result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
         if prepared:
             result["subs"] = {prep.sub.channel.raw: prep.result for prep in prepared}
-        self.writer.push(codec.encode_reply(cmd_id, "connect", result))
+        self.writer.push(self.codec.encode_reply(cmd_id, "connect", result))
         for prep in prepared:
             await self._activate(prep)
         log.info("connected", extra=self._log_extra())
+
+    async def connect_unidirectional(self, params: dict[str, Any]) -> None:
+        """The one command of a unidirectional client (its connect request, from the URL or the body).
+
+        The client cannot read replies: the result goes out as a ``connect`` push, and a refusal as a
+        disconnect (Centrifuge's mapping: 109/110 -> 3005, 111 -> 3013, 103 -> 3507, others -> 3004)."""
+        self.node.metrics.command("connect")
+        try:
+            await self._cmd_connect(0, params)
+        except ClientError as exc:
+            self.node.metrics.command_error("connect", exc.code)
+            log.info("connect failed: %d %s", exc.code, exc.message, extra=self._log_extra())
+            self.disconnect(_UNI_DISCONNECTS.get(exc.code, codes.SERVER_ERROR).error())
+        except Disconnect as exc:
+            self.disconnect(exc)
+        except Exception:
+            log.exception("connect crashed", extra=self._log_extra())
+            self.disconnect(codes.SERVER_ERROR.error())
 
     def _verify_connect_token(self, token: str) -> ConnectClaims:
         try:
@@ -449,9 +503,9 @@ class Client:
             reject_unrecovered=isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED),
         )
         if reply_data is not None:
-            prep.result["data"] = codec.Fragment(orjson.dumps(reply_data))
+            prep.result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
         # The reply must precede every push of the channel: write it, then join the fan-out.
-        self.writer.push(codec.encode_reply(cmd_id, "subscribe", prep.result))
+        self.writer.push(self.codec.encode_reply(cmd_id, "subscribe", prep.result))
         await self._activate(prep)
         return None
 
@@ -513,6 +567,7 @@ class Client:
                 raise
         result: dict[str, Any] = {}
         offset = 0
+        recovered: list[Publication] = []
         try:
             if positioned:
                 want_recover = req.get("recover") is True
@@ -521,8 +576,11 @@ class Client:
                     rec = await self._recover(key, since, opts)
                     result["was_recovering"] = True
                     result["recovered"] = rec.recovered
-                    if rec.publications:
-                        result["publications"] = [codec.publication_dict(pub) for pub in rec.publications]
+                    if rec.publications and self.resume_as_events:
+                        recovered = rec.publications
+                    elif rec.publications:
+                        encoded = [self.codec.publication_dict(pub) for pub in rec.publications]
+                        result["publications"] = encoded
                     if not rec.recovered:
                         node.metrics.recovery(False)
                         if reject_unrecovered:
@@ -534,6 +592,9 @@ class Client:
                     top = (await node.broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
                 offset = top.offset
                 result["epoch"] = top.epoch
+                if self.events is not None and recoverable:
+                    start = since.offset if recovered else top.offset
+                    self.events.set_position(channel.raw, start, top.epoch)
                 if top.offset:
                     result["offset"] = top.offset
                 if recoverable:
@@ -551,7 +612,7 @@ class Client:
         if expires_at:
             result["expires"] = True
             result["ttl"] = max(1, int(expires_at - time.time()))
-        return _Prepared(sub, result, offset)
+        return _Prepared(sub, result, offset, recovered)
 
     async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
         broker = self.node.broker
@@ -592,9 +653,14 @@ class Client:
         if self.state is State.CLOSED or self.subs.get(sub.channel.raw) is not sub:
             return
         sub.active = True
-        buffered = self.node.registry.finish_subscribe(sub.key, self, self.writer.push)
-        for pub in after_position(buffered, prep.offset):
-            self.writer.push(codec.encode_publication_push(sub.channel.raw, pub))
+        name = sub.channel.raw
+        push: Any = self.writer.push if self.fmt != JSON_EVENTS else partial(self.deliver_event, name)
+        buffered = self.node.registry.finish_subscribe(sub.key, self, push)
+        for pub in [*prep.recovered, *after_position(buffered, prep.offset)]:
+            self.push_publication(name, pub)
+        if self.events is not None and prep.result.get("recovered") is False:
+            notice = {"channel": name, "epoch": prep.result["epoch"]}
+            self.events.push_event(b"unrecovered", orjson.dumps(notice))
         if sub.options.join_leave:
             await self.node.broker.publish_join(sub.key, sub.info)
 
@@ -611,6 +677,8 @@ class Client:
         if self.subs.get(sub.channel.raw) is not sub:
             return
         del self.subs[sub.channel.raw]
+        if self.events is not None:
+            self.events.forget(sub.channel.raw)
         if node.registry.remove_subscriber(sub.key, self):
             await node.broker.unsubscribe(sub.key)
         if sub.options.presence:
@@ -665,8 +733,8 @@ class Client:
         sub = self.subs.get(channel.raw)
         info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
         try:
-            encoded = codec.data_bytes(data)
-        except codec.DecodeError:
+            encoded = self.codec.data_bytes(data)
+        except self.codec.DecodeError:
             raise codes.error_bad_request() from None
         await self.node.publish_to(self.tenant, channel, opts, encoded, info=info)
         return {}
@@ -692,7 +760,7 @@ class Client:
     async def _cmd_presence(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         _, _, key = self._guarded(p, "presence")
         members = await self.node.presence.get(key)
-        return {"presence": {cid: codec.info_dict(info) for cid, info in members.items()}}
+        return {"presence": {cid: self.codec.info_dict(info) for cid, info in members.items()}}
 
     async def _cmd_presence_stats(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         _, _, key = self._guarded(p, "presence")
@@ -722,7 +790,7 @@ class Client:
         if hist.position.offset:
             out["offset"] = hist.position.offset
         if hist.publications:
-            out["publications"] = [codec.publication_dict(pub) for pub in hist.publications]
+            out["publications"] = [self.codec.publication_dict(pub) for pub in hist.publications]
         return out
 
     async def _cmd_rpc(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -735,7 +803,7 @@ class Client:
         value = await handler(RPCContext(self.id, self.user, self.tenant, method, p.get("data")))
         if value is None:
             return {}
-        return {"data": codec.Fragment(orjson.dumps(value))}
+        return {"data": self.codec.Fragment(orjson.dumps(value))}
 
     async def _cmd_send(self, cmd_id: int, p: dict[str, Any]) -> None:
         hook = self.node.hooks.on_message
@@ -747,9 +815,25 @@ class Client:
 
     # ---------------------------------------------------------------- output and end
 
+    def push_publication(self, channel: str, pub: Publication) -> None:
+        """One publication outside the fan-out (recovery, the subscription's buffer)."""
+        frame = self.codec.encode_publication_push(channel, pub)
+        if self.events is not None:
+            self.deliver_event(channel, frame, pub)
+        else:
+            self.writer.push(frame)
+
+    def deliver_event(self, channel: str, frame: bytes, pub: Publication | None = None) -> None:
+        """The fan-out's push for an SSE stream: the publication moves the resume point first."""
+        events = self.events
+        assert events is not None
+        if pub is not None and pub.offset:
+            events.advance(channel, pub.offset)
+        events.push(frame)
+
     def push_message(self, data: bytes) -> None:
         """An asynchronous message from the server (the ``message`` push)."""
-        self.writer.push(codec.encode({"push": {"message": {"data": codec.Fragment(data)}}}))
+        self.writer.push(self.codec.encode({"push": {"message": {"data": self.codec.Fragment(data)}}}))
 
     async def server_subscribe(self, name: str) -> bool:
         """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push)."""
@@ -760,7 +844,7 @@ class Client:
         prep = await self._prepare(
             channel, opts, {}, chan_info=None, expires_at=0.0, server_side=True, reject_unrecovered=False
         )
-        self.writer.push(codec.encode_push(name, "subscribe", prep.result))
+        self.writer.push(self.codec.encode_push(name, "subscribe", prep.result))
         await self._activate(prep)
         return True
 
@@ -773,13 +857,13 @@ class Client:
         if sub is None:
             return False
         await self._remove_subscription(sub)
-        self.writer.push(codec.encode_push(name, "unsubscribe", {"code": code, "reason": reason}))
+        self.writer.push(self.codec.encode_push(name, "unsubscribe", {"code": code, "reason": reason}))
         return True
 
     def send_ping(self, now: float) -> None:
         self.last_ping = now
-        self.awaiting_pong = True
-        self.writer.push(codec.PING)
+        self.awaiting_pong = not self.unidirectional  # a unidirectional client cannot answer
+        self.writer.push(self.codec.PING)
 
     def _on_write_error(self) -> None:
         self.disconnect(codes.WRITE_ERROR.error(), flush=False)
@@ -798,6 +882,10 @@ class Client:
         self._closing = True
         log.info("disconnect %d %s", exc.code, exc.reason, extra=self._log_extra())
         if flush:
+            if (self.unidirectional or self.emulation) and exc.code != codes.CONNECTION_CLOSED.code:
+                # A stream has no close frame: the code travels as a disconnect push (as Centrifuge does).
+                disconnect = {"code": exc.code, "reason": exc.reason}
+                self.writer.push(self.codec.encode({"push": {"disconnect": disconnect}}))
             self.writer.close()
         self.transport.close(exc.code, exc.reason)
 

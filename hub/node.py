@@ -26,6 +26,7 @@ from hub.config import Config
 from hub.hooks import Hooks
 from hub.metrics import Metrics
 from hub.registry import Registry
+from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
 from hub.writer import FlushScheduler, Transport
 from presence.presence import PresenceManager
 
@@ -52,7 +53,9 @@ class Node:
         )
         self.id = config.node_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.version = VERSION
-        self.registry = Registry()
+        self.registry = Registry(len(CODECS))
+        self.streams: dict[str, Client] = {}
+        """Emulation sessions by session id (their commands arrive on ``/emulation``)."""
         self.scheduler = FlushScheduler()
         self.metrics = Metrics()
         self.sessions: set[Client] = set()
@@ -108,12 +111,15 @@ class Node:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         client = Client(self, transport, remote=f"{remote[0]}:{remote[1]}" if remote else "", headers=headers)
         self.sessions.add(client)
+        if client.emulation:
+            self.streams[client.session] = client
         if self.stopping:
             client.disconnect(codes.SHUTDOWN.error())
         return client
 
     async def end_session(self, client: Client) -> None:
         self.sessions.discard(client)
+        self.streams.pop(client.session, None)
         try:
             await client.closed()
         finally:
@@ -223,31 +229,48 @@ class Node:
     # ---------------------------------------------------------------- BrokerEventHandler (the fan-out)
 
     def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
-        subs = self.registry.channels.get(key)
-        if subs:
-            frame = codec.encode_publication_push(key[1], pub)
-            for push in subs.values():
-                push(frame)
-            self.metrics.deliveries += len(subs)
+        tables = self.registry.fanout.get(key)
+        if tables is not None:
+            # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes.
+            delivered = 0
+            uni_frame = b""
+            for fmt, subs in enumerate(tables):
+                if not subs:
+                    continue
+                delivered += len(subs)
+                if fmt == JSON_EVENTS:
+                    frame = uni_frame or CODECS[fmt].encode_publication_push(key[1], pub)
+                    for push in subs.values():
+                        push(frame, pub)
+                    continue
+                frame = CODECS[fmt].encode_publication_push(key[1], pub)
+                if fmt == JSON_UNI:
+                    uni_frame = frame
+                for push in subs.values():
+                    push(frame)
+            self.metrics.deliveries += delivered
         pending = self.registry.pending.get(key)
         if pending:
             for buffered in pending.values():
                 buffered.append(pub)
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:
-        self._push_join_leave(key, codec.encode_join_push(key[1], info))
+        self._push_join_leave(key, "encode_join_push", info)
 
     def handle_leave(self, key: ChannelKey, info: ClientInfo) -> None:
-        self._push_join_leave(key, codec.encode_leave_push(key[1], info))
+        self._push_join_leave(key, "encode_leave_push", info)
 
-    def _push_join_leave(self, key: ChannelKey, frame: bytes) -> None:
-        subs = self.registry.channels.get(key)
-        if not subs:
+    def _push_join_leave(self, key: ChannelKey, encoder: str, info: ClientInfo) -> None:
+        tables = self.registry.fanout.get(key)
+        if tables is None:
             return
-        for client, push in subs.items():
-            sub = client.subs.get(key[1])
-            if sub is not None and sub.push_join_leave:
-                push(frame)
+        for fmt, subs in enumerate(tables):
+            frame = b""
+            for client in subs:
+                sub = client.subs.get(key[1])
+                if sub is not None and sub.push_join_leave:
+                    frame = frame or getattr(CODECS[fmt], encoder)(key[1], info)
+                    client.writer.push(frame)
 
     # ---------------------------------------------------------------- session clock
 

@@ -1,7 +1,9 @@
 """Local connections of one node: by client id, by user, and each channel's subscribers (centrifuge's Hub).
 
-The fan-out table maps a channel to ``{client: push}`` where ``push`` is the bound ``Writer.push`` of the
-client's connection, so a delivery is one dict iteration and one call. A subscription being set up sits in
+The fan-out table maps a channel to one ``{client: push}`` per wire format (``hub.wire``): a publication is
+encoded once per format that has subscribers, and a delivery is one dict iteration and one call of the
+client's ``push`` (its bound ``Writer.push``; for the streaming formats, a method that also takes the
+publication, to track resume positions). A subscription being set up sits in
 ``pending`` with a buffer: publications that arrive meanwhile are kept for it and handed over when it
 becomes active, so none is lost between reading history and joining the fan-out.
 """
@@ -17,17 +19,31 @@ from channels.publication import Publication
 if TYPE_CHECKING:
     from hub.client import Client
 
-Push = Callable[[bytes], None]
+Push = Callable[..., None]
+"""``push(frame)``; in the streaming format's table ``push(frame, publication_or_None)``."""
 
 
 class Registry:
-    __slots__ = ("clients", "users", "channels", "pending")
+    __slots__ = ("clients", "users", "fanout", "pending", "formats")
 
-    def __init__(self) -> None:
+    def __init__(self, formats: int = 1) -> None:
+        self.formats = formats
         self.clients: dict[str, Client] = {}
         self.users: dict[tuple[str, str], set[Client]] = {}
-        self.channels: dict[ChannelKey, dict[Client, Push]] = {}
+        self.fanout: dict[ChannelKey, list[dict[Client, Push]]] = {}
+        """Each channel's subscribers, one table per wire format (index: ``Client.fmt``)."""
         self.pending: dict[ChannelKey, dict[Client, list[Publication]]] = {}
+
+    @property
+    def channels(self) -> dict[ChannelKey, dict[Client, Push]]:
+        """Each channel's subscribers of every format (a copy: for inspection, not the hot path)."""
+        out: dict[ChannelKey, dict[Client, Push]] = {}
+        for key, tables in self.fanout.items():
+            merged: dict[Client, Push] = {}
+            for table in tables:
+                merged.update(table)
+            out[key] = merged
+        return out
 
     # connections
     def add_client(self, client: Client) -> None:
@@ -49,7 +65,7 @@ class Registry:
 
     # subscriptions
     def has_local(self, key: ChannelKey) -> bool:
-        return key in self.channels or key in self.pending
+        return key in self.fanout or key in self.pending
 
     def begin_subscribe(self, key: ChannelKey, client: Client) -> bool:
         """Start buffering ``key``'s publications for ``client``; True if the node had no one on ``key``."""
@@ -60,7 +76,10 @@ class Registry:
     def finish_subscribe(self, key: ChannelKey, client: Client, push: Push) -> list[Publication]:
         """Move ``client`` into the fan-out of ``key``; return what was buffered meanwhile."""
         buffered = self._drop_pending(key, client)
-        self.channels.setdefault(key, {})[client] = push
+        tables = self.fanout.get(key)
+        if tables is None:
+            tables = self.fanout[key] = [{} for _ in range(self.formats)]
+        tables[client.fmt][client] = push
         return buffered
 
     def cancel_subscribe(self, key: ChannelKey, client: Client) -> bool:
@@ -86,12 +105,12 @@ class Registry:
     def remove_subscriber(self, key: ChannelKey, client: Client) -> bool:
         """Take ``client`` off ``key``; True if this removed the node's last one on ``key``."""
         removed = False
-        subs = self.channels.get(key)
-        if subs is not None and client in subs:
+        tables = self.fanout.get(key)
+        if tables is not None and client in tables[client.fmt]:
             removed = True
-            del subs[client]
-            if not subs:
-                del self.channels[key]
+            del tables[client.fmt][client]
+            if not any(tables):
+                del self.fanout[key]
         waiting = self.pending.get(key)
         if waiting is not None and client in waiting:
             removed = True
@@ -99,4 +118,8 @@ class Registry:
         return removed and not self.has_local(key)
 
     def subscriber_count(self, key: ChannelKey) -> int:
-        return len(self.channels.get(key, ()))
+        return sum(map(len, self.fanout.get(key, ())))
+
+    def channel_keys(self) -> list[ChannelKey]:
+        """Channels with at least one active subscriber on this node."""
+        return list(self.fanout)

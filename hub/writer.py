@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from hub import sse
+
 log = logging.getLogger("switchboard.writer")
 
 
@@ -132,3 +134,42 @@ class Writer:
         if not self.closed:
             self.flush()
             self.closed = True
+
+
+class EventWriter(Writer):
+    """A Writer for Server-Sent Events: it frames every message as an event whose id is the connection's
+    resume point after it (``hub.sse``), so a dropped ``EventSource`` resumes exactly where it stopped."""
+
+    __slots__ = ("positions", "event_id")
+
+    def __init__(
+        self,
+        transport: Transport,
+        scheduler: FlushScheduler,
+        max_bytes: int,
+        on_slow: Callable[[], None],
+        on_write_error: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(transport, scheduler, max_bytes, on_slow, on_write_error)
+        self.positions: dict[str, tuple[int, str]] = {}
+        self.event_id = sse.encode_resume_id(self.positions)
+
+    def push(self, message: bytes) -> None:
+        Writer.push(self, sse.event(message, self.event_id))
+
+    def push_event(self, name: bytes, message: bytes) -> None:
+        """A named event (``EventSource.onmessage`` does not see it; ``addEventListener(name)`` does)."""
+        Writer.push(self, sse.event(message, self.event_id, name))
+
+    def set_position(self, channel: str, offset: int, epoch: str) -> None:
+        self.positions[channel] = (offset, epoch)
+        self.event_id = sse.encode_resume_id(self.positions)
+
+    def advance(self, channel: str, offset: int) -> None:
+        position = self.positions.get(channel)
+        if position is not None and offset > position[0]:
+            self.set_position(channel, offset, position[1])
+
+    def forget(self, channel: str) -> None:
+        if self.positions.pop(channel, None) is not None:
+            self.event_id = sse.encode_resume_id(self.positions)
