@@ -24,6 +24,7 @@ from channels.publication import PublishResult
 from hub.config import Config, load_config
 from hub.hooks import Hooks
 from hub.node import Node
+from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
 from presence.presence import PresenceManager
 from presence.presence_memory import MemoryPresence
@@ -136,6 +137,15 @@ class Switchboard:
         if kind == "websocket" and _route_path(scope) == WEBSOCKET_PATH:
             await websocket_session(self.node, scope, receive, send)
             return
+        if kind == "http":
+            path = _route_path(scope)
+            stream = STREAM_PATHS.get(path)
+            if stream is not None:
+                await stream_session(self.node, stream, scope, receive, send)
+                return
+            if path == EMULATION_PATH:
+                await emulation(self.node, scope, receive, send)
+                return
         await self.http(scope, receive, send)
 
     async def _health(self, request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ Before ``connect`` only ``connect`` (and pongs) are accepted: anything else ends
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -167,6 +168,7 @@ class Client:
         "session",
         "events",
         "resume_as_events",
+        "_emulated",
         "__weakref__",
     )
 
@@ -190,6 +192,7 @@ class Client:
         self.events = self.writer if isinstance(self.writer, EventWriter) else None
         """The writer of an SSE stream whose every event carries the resume point (stream positions of the
         recoverable subscriptions); None on other transports."""
+        self._emulated = asyncio.Lock() if self.emulation else None
         self.resume_as_events = False
         """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.state = State.CONNECTING
@@ -255,6 +258,13 @@ class Client:
             if self.awaiting_pong:
                 # A slow command kept the client's pong waiting behind it: the pong timeout starts now.
                 self.last_ping = time.monotonic()
+
+    async def handle_emulated(self, data: str | bytes) -> None:
+        """Commands of an emulation session, POSTed beside its stream: handled one request at a time, in
+        the order they arrive."""
+        assert self._emulated is not None
+        async with self._emulated:
+            await self.handle_frame(data)
 
     async def _handle_command(self, cmd: dict[str, Any]) -> None:
         self.awaiting_pong = False  # any command proves the client alive

@@ -48,6 +48,7 @@ _DURATIONS = {
     "client_expired_close_delay",
     "client_stale_close_delay",
     "shutdown_timeout",
+    "sse_heartbeat_interval",
 }
 
 
@@ -76,6 +77,8 @@ class Config:
     client_recovery_max_publication_limit: int = 300
     websocket_fast_path: bool = True
     websocket_compression: bool = False
+    sse_heartbeat_interval: float = 15.0
+    sse_retry_ms: int = 2000
     shutdown_timeout: float = 10.0
 
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
@@ -244,6 +247,8 @@ def _validate(cfg: Config) -> None:
         "client_max_message_size",
         "client_queue_max_size",
         "client_recovery_max_publication_limit",
+        "sse_heartbeat_interval",
+        "sse_retry_ms",
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")

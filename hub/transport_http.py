@@ -1,0 +1,370 @@
+"""HTTP streaming transports of the client protocol, for clients that cannot hold a WebSocket.
+
+Unidirectional (as Centrifugo serves them; the client only reads, pushes are bare ``Push`` objects):
+
+- ``/connection/uni_http_stream``: POST a connect request (JSON); the response streams one JSON push per line.
+- ``/connection/uni_sse``: GET with the connect request in the ``cf_connect`` query parameter (or POST it);
+  the response is Server-Sent Events. Every event's ``id`` is the connection's resume point (``hub.sse``): a
+  reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and gets exactly the publications it
+  missed, as events, or an ``unrecovered`` event for a channel whose gap is gone from history. The stream
+  opens with ``retry:`` and carries heartbeat comments while idle.
+
+Bidirectional emulation (the ``http_stream`` and ``sse`` transports of the official JS SDK): the stream
+request carries the first commands (connect), replies and pushes come down the stream, and later commands
+are POSTed to ``/emulation`` as ``{"session": ..., "node": ..., "data": "<commands>"}``, addressed by the
+session id of the connect result.
+
+A ``StreamTransport`` only writes and closes (a writer task drains queued chunks through ASGI ``send()``);
+the handlers here read the request and feed the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from hub import codes, sse, wire
+from hub.writer import EventWriter, Writer
+
+if TYPE_CHECKING:
+    from hub.client import Client
+    from hub.node import Node
+
+log = logging.getLogger("switchboard.stream")
+
+Frame = Callable[[list[bytes]], bytes]
+"""How a batch of encoded messages becomes one chunk of the response body."""
+
+
+def lines(messages: list[bytes]) -> bytes:
+    return b"\n".join(messages) + b"\n"
+
+
+def concat(messages: list[bytes]) -> bytes:
+    return b"".join(messages)
+
+
+def data_events(messages: list[bytes]) -> bytes:
+    return b"".join(sse.event(m) for m in messages)
+
+
+class StreamTransport:
+    """A streaming HTTP response body. Chunks queue up here; ``run`` sends them and ends the response."""
+
+    __slots__ = (
+        "name",
+        "fmt",
+        "unidirectional",
+        "emulation",
+        "writer_class",
+        "_send",
+        "_frame",
+        "_queue",
+        "_queued",
+        "_wakeup",
+        "_closed",
+        "_heartbeat",
+    )
+
+    def __init__(
+        self,
+        send: Any,
+        *,
+        name: str,
+        fmt: int,
+        frame: Frame,
+        unidirectional: bool = False,
+        emulation: bool = False,
+        writer_class: type[Writer] = Writer,
+        heartbeat: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.fmt = fmt
+        self.unidirectional = unidirectional
+        self.emulation = emulation
+        self.writer_class = writer_class
+        self._send = send
+        self._frame = frame
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._heartbeat = heartbeat
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        if self._closed:
+            return 0
+        chunk = self._frame(messages)
+        self._queue.append(chunk)
+        self._queued += len(chunk)
+        self._wakeup.set()
+        return self._queued
+
+    def close(self, code: int, reason: str) -> None:
+        # The code went out as a disconnect push (the session writes it before closing); a stream just ends.
+        if not self._closed:
+            self._closed = True
+            self._wakeup.set()
+
+    async def run(self, preamble: bytes = b"") -> None:
+        """Send the queued chunks until closed, then end the response. Returns early if the peer is gone."""
+        send = self._send
+        try:
+            if preamble:
+                await send({"type": "http.response.body", "body": preamble, "more_body": True})
+            while True:
+                if self._heartbeat and not self._queue and not self._closed:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
+                    except TimeoutError:
+                        await send({"type": "http.response.body", "body": sse.HEARTBEAT, "more_body": True})
+                        continue
+                else:
+                    await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    for chunk in batch:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        self._queued -= len(chunk)
+                if self._closed:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+        except (OSError, RuntimeError) as exc:
+            log.debug("stream writer stopped: %r", exc)
+
+
+# ---------------------------------------------------------------- request reading
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _BadRequest(499, "client went away")
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise _BadRequest(413, f"body over {limit} bytes")
+        parts.append(body)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+async def _request_data(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
+    """The connect request (or first commands): the ``cf_connect`` query parameter of a GET, a POST body."""
+    method = scope.get("method", "GET")
+    if method == "GET":
+        query: bytes = scope.get("query_string", b"")
+        values = parse_qs(query.decode("latin-1")).get("cf_connect")
+        if not values:
+            raise _BadRequest(400, "no cf_connect parameter")
+        data: bytes = values[0].encode()
+        if len(data) > limit:
+            raise _BadRequest(413, f"cf_connect over {limit} bytes")
+        return data
+    if method == "POST":
+        return await _read_body(receive, limit)
+    raise _BadRequest(405, f"method {method} not allowed")
+
+
+async def _respond(send: Any, status: int, body: bytes = b"", content_type: bytes = b"text/plain") -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_NO_CACHE = [
+    (b"cache-control", b"private, no-cache, no-store, must-revalidate, max-age=0"),
+    (b"pragma", b"no-cache"),
+    (b"expires", b"0"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+# ---------------------------------------------------------------- the endpoints
+
+
+STREAM_PATHS = {
+    "/connection/uni_http_stream": "uni_http_stream",
+    "/connection/uni_sse": "uni_sse",
+    "/connection/http_stream": "http_stream",
+    "/connection/sse": "sse",
+}
+EMULATION_PATH = "/emulation"
+
+
+async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Serve one streaming connection of ``kind`` (a value of ``STREAM_PATHS``) from request to end."""
+    if scope.get("method") == "OPTIONS":
+        await _respond(send, 204)
+        return
+    limit = node.config.client_max_message_size
+    try:
+        data = await _request_data(scope, receive, limit)
+    except _BadRequest as exc:
+        log.info("%s request refused: %s", kind, exc, extra={"transport": kind})
+        if exc.status != 499:
+            await _respond(send, exc.status, str(exc).encode())
+        return
+    protobuf = kind == "http_stream" and _header(scope, b"content-type") == "application/octet-stream"
+    params: dict[str, Any] = {}
+    last_event_id = ""
+    if kind.startswith("uni_"):
+        try:
+            parsed = orjson.loads(data) if data.strip() else {}
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            log.info("%s: connect request is not a JSON object", kind, extra={"transport": kind})
+            await _respond(send, 400, b"connect request must be a JSON object")
+            return
+        params = parsed
+        if kind == "uni_sse":
+            last_event_id = _header(scope, b"last-event-id")
+    transport = _transport(node, kind, send, protobuf)
+    if kind in ("uni_sse", "sse"):
+        content_type = b"text/event-stream; charset=utf-8"
+    elif protobuf:
+        content_type = b"application/octet-stream"
+    else:
+        content_type = b"application/json"
+    headers = [(b"content-type", content_type), *_NO_CACHE]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    client = node.new_session(transport, scope)
+    preamble = sse.retry(node.config.sse_retry_ms) if kind == "uni_sse" else b""
+    writing = asyncio.get_running_loop().create_task(transport.run(preamble))
+    watching = asyncio.get_running_loop().create_task(_wait_disconnect(receive))
+    try:
+        if kind.startswith("uni_"):
+            if last_event_id:
+                _resume_from(client, params, last_event_id)
+            await client.connect_unidirectional(params)
+        else:
+            await client.handle_frame(data)
+        await asyncio.wait({writing, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await node.end_session(client)
+        transport.close(codes.CONNECTION_CLOSED.code, codes.CONNECTION_CLOSED.reason)
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(writing, 1.0)
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+
+
+def _transport(node: Node, kind: str, send: Any, protobuf: bool) -> StreamTransport:
+    heartbeat = node.config.sse_heartbeat_interval
+    if kind == "uni_http_stream":
+        return StreamTransport(send, name=kind, fmt=wire.JSON_UNI, frame=lines, unidirectional=True)
+    if kind == "uni_sse":
+        return StreamTransport(
+            send,
+            name=kind,
+            fmt=wire.JSON_EVENTS,
+            frame=concat,  # the EventWriter frames every message as an event with its resume id
+            unidirectional=True,
+            writer_class=EventWriter,
+            heartbeat=heartbeat,
+        )
+    if kind == "sse":
+        return StreamTransport(
+            send, name=kind, fmt=wire.JSON, frame=data_events, emulation=True, heartbeat=heartbeat
+        )
+    if protobuf:
+        return StreamTransport(send, name=kind, fmt=wire.PROTOBUF, frame=concat, emulation=True)
+    return StreamTransport(send, name=kind, fmt=wire.JSON, frame=lines, emulation=True)
+
+
+def _resume_from(client: Client, params: dict[str, Any], last_event_id: str) -> None:
+    """Recover the server-side subscriptions from an EventSource's ``Last-Event-ID``; the recovered
+    publications go out as events (the client resumes an event stream, it does not parse a connect result)."""
+    try:
+        positions = sse.decode_resume_id(last_event_id)
+    except sse.BadResumeId as exc:
+        log.warning("ignoring a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra())
+        return
+    subs = params.get("subs")
+    if not isinstance(subs, dict):
+        subs = params["subs"] = {}
+    for channel, (offset, epoch) in positions.items():
+        subs[channel] = {"recover": True, "offset": offset, "epoch": epoch}
+    client.resume_as_events = True
+
+
+async def _wait_disconnect(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``POST /emulation``: commands of a bidirectional-emulation session. 204 once handled; 404 for an
+    unknown node or session; 400 for a body that is not an emulation request."""
+    if scope.get("method") == "OPTIONS":
+        await _respond(send, 204)
+        return
+    if scope.get("method") != "POST":
+        await _respond(send, 405)
+        return
+    try:
+        body = await _read_body(receive, node.config.client_max_message_size)
+    except _BadRequest as exc:
+        log.info("emulation request refused: %s", exc)
+        if exc.status != 499:
+            await _respond(send, exc.status, str(exc).encode())
+        return
+    try:
+        if _header(scope, b"content-type") == "application/octet-stream":
+            target, session, data = wire.codec_protobuf.decode_emulation_request(body)  # type: ignore[attr-defined]
+        else:
+            target, session, data = _json_emulation_request(body)
+    except ValueError as exc:
+        log.info("bad emulation request: %s", exc)
+        await _respond(send, 400, b"bad emulation request")
+        return
+    if target != node.id:
+        await _respond(send, 404, b"unknown node")
+        return
+    client = node.streams.get(session)
+    if client is None:
+        await _respond(send, 404, b"unknown session")
+        return
+    await client.handle_emulated(data)
+    await _respond(send, 204)
+
+
+def _json_emulation_request(body: bytes) -> tuple[str, str, bytes]:
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(req, dict):
+        raise ValueError("not an object")
+    target, session, data = req.get("node", ""), req.get("session", ""), req.get("data", "")
+    if not isinstance(target, str) or not isinstance(session, str) or not isinstance(data, str):
+        raise ValueError("node, session and data must be strings")
+    return target, session, data.encode()
