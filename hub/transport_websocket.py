@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
-from hub import codec_json
-from hub.ws_frames import OP_TEXT, FrameCache
+from hub import wire
+from hub.ws_frames import OP_BINARY, OP_TEXT, FrameCache
 from hub.ws_uvicorn import RAW_EXTENSION
 
 if TYPE_CHECKING:
@@ -26,18 +26,15 @@ log = logging.getLogger("switchboard.websocket")
 _frames = FrameCache()
 
 
-Join = Callable[[list[bytes]], bytes]
-"""How the connection's codec puts a batch of messages into one frame's payload."""
-
-
 class RawWebSocketTransport:
-    __slots__ = ("_raw", "_opcode", "_join")
+    __slots__ = ("_raw", "_opcode", "_join", "fmt")
     name = "websocket"
 
-    def __init__(self, raw: Any, opcode: int = OP_TEXT, join: Join = codec_json.join_messages) -> None:
+    def __init__(self, raw: Any, fmt: int = wire.JSON) -> None:
         self._raw = raw
-        self._opcode = opcode
-        self._join = join
+        self.fmt = fmt
+        self._opcode = OP_BINARY if fmt == wire.PROTOBUF else OP_TEXT
+        self._join = wire.CODECS[fmt].join_messages
 
     def write_messages(self, messages: list[bytes]) -> int:
         return self._raw.write_frame(_frames.frame(self._join(messages), self._opcode))  # type: ignore[no-any-return]
@@ -49,13 +46,14 @@ class RawWebSocketTransport:
 class AsgiWebSocketTransport:
     """Portable transport: a writer task drains queued frames through ``send()``."""
 
-    __slots__ = ("_send", "_text", "_join", "_queue", "_queued", "_wakeup", "_close", "_task")
+    __slots__ = ("_send", "_text", "_join", "_queue", "_queued", "_wakeup", "_close", "_task", "fmt")
     name = "websocket"
 
-    def __init__(self, send: Any, text: bool = True, join: Join = codec_json.join_messages) -> None:
+    def __init__(self, send: Any, fmt: int = wire.JSON) -> None:
         self._send = send
-        self._text = text
-        self._join = join
+        self.fmt = fmt
+        self._text = fmt != wire.PROTOBUF
+        self._join = wire.CODECS[fmt].join_messages
         self._queue: list[bytes] = []
         self._queued = 0
         self._wakeup = asyncio.Event()
@@ -110,10 +108,17 @@ async def websocket_session(node: Node, scope: dict[str, Any], receive: Any, sen
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    await send({"type": "websocket.accept"})
+    # Protobuf as the SDKs ask for it: the subprotocol (Swift, Kotlin, Dart, Python, JS), or ?format=protobuf.
+    if wire.PROTOBUF_SUBPROTOCOL in scope.get("subprotocols", ()):
+        fmt = wire.PROTOBUF
+        await send({"type": "websocket.accept", "subprotocol": wire.PROTOBUF_SUBPROTOCOL})
+    else:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        fmt = wire.PROTOBUF if query.get("format") == ["protobuf"] else wire.JSON
+        await send({"type": "websocket.accept"})
     raw = scope.get("extensions", {}).get(RAW_EXTENSION) if node.config.websocket_fast_path else None
     transport: RawWebSocketTransport | AsgiWebSocketTransport
-    transport = RawWebSocketTransport(raw) if raw is not None else AsgiWebSocketTransport(send)
+    transport = RawWebSocketTransport(raw, fmt) if raw is not None else AsgiWebSocketTransport(send, fmt)
     client = node.new_session(transport, scope)
     try:
         while True:
