@@ -29,12 +29,12 @@ from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosit
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
-from hub import codes
+from hub import codec_json, codes
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.recovery import Recovery, after_position, recover
-from hub.wire import CODECS, JSON, JSON_EVENTS
+from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
 from hub.writer import EventWriter, Transport, Writer
 
 if TYPE_CHECKING:
@@ -217,6 +217,18 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
 
+    def _data(self, p: dict[str, Any]) -> Any:
+        """A command's ``data`` as a JSON value. Protobuf carries it as bytes, which must hold JSON: hooks
+        see the same values whatever the protocol, and JSON subscribers of the channel can read it (a
+        binary payload would break their frames), so anything else is refused with 107."""
+        raw = p.get("data")
+        if self.fmt != PROTOBUF or raw is None:
+            return raw
+        try:
+            return orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError):
+            raise codes.error_bad_request() from None
+
     def _log_extra(self) -> dict[str, Any]:
         return {"client": self.id, "user": self.user, "tenant": self.tenant, "transport": self.transport.name}
 
@@ -344,7 +356,7 @@ class Client:
                 client_id=self.id,
                 transport=self.transport.name,
                 claims=claims,
-                data=p.get("data"),
+                data=self._data(p),
                 headers=self.headers,
                 remote=self.remote,
                 name=str(p.get("name", "")),
@@ -492,7 +504,7 @@ class Client:
             allowed = self._may_subscribe(channel, opts)
             hook = node.hooks.on_subscribe
             if hook is not None:
-                ctx = SubscribeContext(self.id, self.user, self.tenant, name, p.get("data"), allowed)
+                ctx = SubscribeContext(self.id, self.user, self.tenant, name, self._data(p), allowed)
                 res = await hook(ctx)
                 if res is not None:
                     allowed = True
@@ -734,7 +746,7 @@ class Client:
         if "data" not in p:
             raise codes.error_bad_request()
         channel, opts, _ = self._guarded(p, "publish")
-        data = p["data"]
+        data = self._data(p)
         hook = self.node.hooks.on_publish
         if hook is not None:
             res = await hook(PublishContext(self.id, self.user, self.tenant, channel.raw, data))
@@ -743,8 +755,8 @@ class Client:
         sub = self.subs.get(channel.raw)
         info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
         try:
-            encoded = self.codec.data_bytes(data)
-        except self.codec.DecodeError:
+            encoded = codec_json.data_bytes(data)
+        except codec_json.DecodeError:
             raise codes.error_bad_request() from None
         await self.node.publish_to(self.tenant, channel, opts, encoded, info=info)
         return {}
@@ -810,7 +822,7 @@ class Client:
         handler = self.node.hooks.rpc.get(method)
         if handler is None:
             raise codes.error_method_not_found()
-        value = await handler(RPCContext(self.id, self.user, self.tenant, method, p.get("data")))
+        value = await handler(RPCContext(self.id, self.user, self.tenant, method, self._data(p)))
         if value is None:
             return {}
         return {"data": self.codec.Fragment(orjson.dumps(value))}
@@ -820,7 +832,7 @@ class Client:
         if hook is None:
             log.info("send without an on_message hook", extra=self._log_extra())
             raise codes.NOT_AVAILABLE.error()
-        await hook(MessageContext(self.id, self.user, self.tenant, p.get("data")))
+        await hook(MessageContext(self.id, self.user, self.tenant, self._data(p)))
         return None
 
     # ---------------------------------------------------------------- output and end
