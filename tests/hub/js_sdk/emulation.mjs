@@ -1,0 +1,58 @@
+// Drive the official centrifuge-js SDK over one transport against a running hub; print what happened as
+// JSON lines. Usage: node emulation.mjs <http base> <transport: http_stream|sse|websocket> <token>
+import { Centrifuge } from 'centrifuge';
+import { EventSource } from 'eventsource';
+import WebSocket from 'ws';
+
+const [base, transport, token] = process.argv.slice(2);
+const ws = base.replace(/^http/, 'ws');
+const endpoints = {
+  http_stream: base + '/connection/http_stream',
+  sse: base + '/connection/sse',
+  websocket: ws + '/connection/websocket',
+};
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const fail = (why) => { out({ error: String(why) }); process.exit(1); };
+setTimeout(() => fail('timeout'), 20000).unref();
+
+const client = new Centrifuge([{ transport, endpoint: endpoints[transport] }], {
+  token,
+  emulationEndpoint: base + '/emulation',
+  websocket: WebSocket,
+  eventsource: EventSource,
+  fetch: globalThis.fetch,
+  readableStream: globalThis.ReadableStream,
+});
+client.on('error', (ctx) => out({ event: 'error', ctx: String(ctx.error && ctx.error.message) }));
+
+const connected = new Promise((resolve) => client.on('connected', resolve));
+client.connect();
+const ctx = await connected;
+out({ event: 'connected', transport: ctx.transport, client: ctx.client });
+
+const sub = client.newSubscription('chat:js');
+const pubs = [];
+let gotPub;
+const firstPub = new Promise((resolve) => { gotPub = resolve; });
+sub.on('publication', (p) => { pubs.push(p.data); gotPub(); });
+const subscribed = new Promise((resolve) => sub.on('subscribed', resolve));
+sub.subscribe();
+await subscribed;
+out({ event: 'subscribed' });
+
+await sub.publish({ from: transport });
+await firstPub;
+out({ event: 'publication', data: pubs[0] });
+
+const rpc = await client.rpc('add', { a: 2, b: 40 });
+out({ event: 'rpc', data: rpc.data });
+
+const presence = await sub.presence();
+out({ event: 'presence', users: Object.values(presence.clients).map((c) => c.user) });
+
+const history = await sub.history({ limit: 10 });
+out({ event: 'history', data: history.publications.map((p) => p.data) });
+
+client.disconnect();
+out({ event: 'done' });
+process.exit(0);
