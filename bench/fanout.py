@@ -1,8 +1,17 @@
 """Fan-out benchmark: the Switchboard hub vs a minimal `websockets.broadcast()` server.
 
-For each N (default 100, 1000, 5000) and each variant (hub, baseline) this starts the server,
-then runs bench/load_client.py in a separate process (N picows subscribers on one channel
-plus one publisher, all over 127.0.0.1), then stops the server. It measures:
+For each N (default 100, 1000, 5000) and each variant this starts the server, then runs
+bench/load_client.py in a separate process (N subscribers on one channel plus one WebSocket
+JSON publisher, all over 127.0.0.1), then stops the server. Variants:
+
+* baseline: `websockets.broadcast()` (bench/baseline_broadcast.py), WebSocket JSON subscribers;
+* hub: the hub, WebSocket JSON subscribers;
+* hub-protobuf: the hub, WebSocket subscribers on the `centrifuge-protobuf` subprotocol;
+* hub-sse: the hub, Server-Sent Events subscribers (GET /connection/uni_sse, server-side
+  subscription from the token's `channels` claim).
+
+`--transports` picks the hub's (json,protobuf,sse); Protobuf and SSE run at the Ns of
+`--transport-n` (default 1000), JSON at every N. It measures:
 
 * server CPU microseconds per delivery (CPU of the server's process tree from /proc, over the
   phase; a delivery = one publication received by one subscriber), in two phases:
@@ -16,6 +25,7 @@ bench/results/fanout-<time>.jsonl. Every process is started here and stopped by 
 every step is bounded in time.
 
 usage: .venv/bin/python bench/fanout.py [--n 100,1000,5000] [--quick] [--variants hub,baseline]
+       [--transports json,protobuf,sse] [--transport-n 1000|all]
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,12 +52,16 @@ import procstat  # noqa: E402
 PY = sys.executable
 RESULTS = os.path.join(HERE, "results")
 WS_PATH = "/connection/websocket"
+CHANNEL = "bench"             # the load client's default --channel
 
 # Pure fan-out: no history, presence or join/leave messages (Centrifugo option names). A config
 # file switches development mode off, so anonymous connect/subscribe/publish are allowed explicitly.
-PURE_CONFIG = """\
+# The token key is for the SSE subscribers: their token's channels claim subscribes them.
+BENCH_SECRET = "bench-fanout-secret-of-at-least-32-bytes"
+PURE_CONFIG = f"""\
 # written by bench/fanout.py: measure pure fan-out
 allow_anonymous_connect_without_token = true
+token_hmac_secret_key = "{BENCH_SECRET}"   # SSE subscribers: a token whose channels claim is the channel
 log_level = "warning"         # the hub logs every connect at info: 5000 lines per cell
 
 [channel]
@@ -60,6 +75,10 @@ allow_subscribe_for_anonymous = true
 allow_publish_for_client = true
 allow_publish_for_anonymous = true
 """
+
+TRANSPORTS = ("json", "protobuf", "sse")
+HUB_VARIANT = {"json": "hub", "protobuf": "hub-protobuf", "sse": "hub-sse"}
+PROTOBUF_CODEC = os.path.join(ROOT, "hub", "codec_protobuf.py")
 
 TARGET_CPU_RATIO = 2.0        # hub CPU per delivery <= 2x baseline at N=1000
 TARGET_CPU_N = 1000
@@ -112,8 +131,39 @@ def stop_server(proc: subprocess.Popen) -> None:
                 pass
 
 
+def transport_of(variant: str) -> str:
+    """What the subscribers of a variant speak."""
+    for t, v in HUB_VARIANT.items():
+        if variant == v:
+            return t
+    return "json"
+
+
+def cell_variants(n: int, a) -> list[str]:
+    """The variants run at N: the baselines and hub (JSON) at every N, the other transports at --transport-n."""
+    out = []
+    for v in a.variant_list:
+        if v != "hub":
+            out.append(v)
+            continue
+        for t in a.transport_list:
+            if t == "json" or a.transport_ns is None or n in a.transport_ns:
+                out.append(HUB_VARIANT[t])
+    return out
+
+
+def hub_token_secret(a) -> str:
+    if a.hub_config == "pure":
+        return BENCH_SECRET
+    if a.hub_config_path is None:
+        from hub.config import DEV_SECRET
+        return DEV_SECRET
+    with open(a.hub_config_path, "rb") as f:
+        return str(tomllib.load(f).get("token_hmac_secret_key") or "")
+
+
 def server_argv(variant: str, port: int, a) -> list[str]:
-    if variant == "hub":
+    if variant.startswith("hub"):
         argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
         if a.hub_config_path:
             argv += ["--config", a.hub_config_path]
@@ -177,7 +227,9 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
                    "--warmup-s", str(a.warmup_s), "--idle-s", str(a.idle_s),
                    "--window-deliveries", str(a.window_deliveries),
                    "--drain-timeout", str(a.drain_timeout), "--connect-timeout", str(a.connect_timeout),
-                   "--data-bytes", str(a.data_bytes)]
+                   "--data-bytes", str(a.data_bytes), "--transport", transport_of(variant)]
+            if transport_of(variant) == "sse":
+                cmd += ["--token", a.sse_token]
             limit = a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s + 3 * a.drain_timeout + 30
             try:
                 r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
@@ -199,6 +251,8 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
                 cell["client_stderr"] = r.stderr[-800:]
             if proc.poll() is not None:
                 cell.setdefault("error", f"server died during the run (status {proc.returncode})")
+            if "error" in cell and transport_of(variant) == "protobuf" and not os.path.exists(PROTOBUF_CODEC):
+                cell["error"] += " [hub/codec_protobuf.py is not in this checkout: the hub has no Protobuf codec]"
         finally:
             stop_server(proc)
             cell["cell_seconds"] = round(time.monotonic() - t_start, 1)
@@ -271,10 +325,20 @@ def verdict(ok) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def report(all_cells: list[dict], ns: list[int], variants: list[str], a) -> tuple[str, dict]:
+VW = 23    # width of the variant column
+
+
+def ratio_row(label: str, n: int, h: dict, b: dict) -> str:
+    """CPU per delivery (steady, saturate) and idle memory of h over b."""
+    return (f"{label:<{VW}} {n:>5} | {'':>9} {fmt(ratio(h['steady_us'], b['steady_us']), '.2f') + 'x':>7} "
+            f"{'':>15} | {'':>9} {fmt(ratio(h['sat_us'], b['sat_us']), '.2f') + 'x':>7} {'':>5} | "
+            f"{fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f') + 'x':>7} |")
+
+
+def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
     agg = {}
-    for v in variants:
-        for n in ns:
+    for n in ns:
+        for v in cell_variants(n, a):
             cells = [c for c in all_cells if c["variant"] == v and c["n"] == n]
             if cells:
                 agg[(v, n)] = aggregate(cells, a)
@@ -283,14 +347,16 @@ def report(all_cells: list[dict], ns: list[int], variants: list[str], a) -> tupl
                f"steady: open loop {a.rate:,.0f} deliveries/s for {a.steady_s:g}s; "
                f"saturate: closed loop, ceil({a.window_deliveries}/N) publications in flight for {a.sat_s:g}s; "
                f"data {a.data_bytes} B; hub config: {a.hub_config_label}. "
-               f"Median of {a.repeats} run(s) per cell.")
-    hdr = (f"{'variant':<17} {'N':>5} | {'steady':>9} {'CPU':>7} {'p50 / p99':>15} | "
+               f"Median of {a.repeats} run(s) per cell. The publisher speaks WebSocket JSON; "
+               f"subscribers: hub/baseline WebSocket JSON, hub-protobuf centrifuge-protobuf, "
+               f"hub-sse uni_sse.")
+    hdr = (f"{'variant':<{VW}} {'N':>5} | {'steady':>9} {'CPU':>7} {'p50 / p99':>15} | "
            f"{'saturate':>9} {'CPU':>7} {'srv':>5} | {'idle':>7} | {'lost':>5} {'note':<10}")
-    sub = (f"{'':<17} {'':>5} | {'deliv/s':>9} {'us/dlv':>7} {'ms':>15} | "
+    sub = (f"{'':<{VW}} {'':>5} | {'deliv/s':>9} {'us/dlv':>7} {'ms':>15} | "
            f"{'deliv/s':>9} {'us/dlv':>7} {'cores':>5} | {'KB/conn':>7} | {'dlv':>5} {'':<10}")
     out += [hdr, sub, "-" * len(hdr)]
     for n in ns:
-        for v in variants:
+        for v in cell_variants(n, a):
             s = agg.get((v, n))
             if s is None:
                 continue
@@ -307,15 +373,15 @@ def report(all_cells: list[dict], ns: list[int], variants: list[str], a) -> tupl
                 note.append("log-err")
             lat = (f"{fmt(s['p50'], '.2f')} / {fmt(s['p99'], '.2f')}"
                    if s["p50"] is not None else "-")
-            out.append(f"{v:<17} {n:>5} | {fmt(s['steady_dps']):>9} {fmt(s['steady_us'], '.2f'):>7} "
+            out.append(f"{v:<{VW}} {n:>5} | {fmt(s['steady_dps']):>9} {fmt(s['steady_us'], '.2f'):>7} "
                        f"{lat:>15} | {fmt(s['sat_dps']):>9} {fmt(s['sat_us'], '.2f'):>7} "
                        f"{fmt(s['sat_util'], '.2f'):>5} | {fmt(s['idle_kb'], '.1f'):>7} | "
                        f"{s['lost']:>5} {' '.join(note)}")
-        h, b = agg.get(("hub", n)), agg.get(("baseline", n))
-        if h and b:
-            out.append(f"{'  hub/baseline':<17} {n:>5} | {'':>9} {fmt(ratio(h['steady_us'], b['steady_us']), '.2f') + 'x':>7} "
-                       f"{'':>15} | {'':>9} {fmt(ratio(h['sat_us'], b['sat_us']), '.2f') + 'x':>7} {'':>5} | "
-                       f"{fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f') + 'x':>7} |")
+        for v in cell_variants(n, a):
+            for ref in ("baseline", "hub"):
+                h, b = agg.get((v, n)), agg.get((ref, n))
+                if h and b and v.startswith("hub") and v != ref:
+                    out.append(ratio_row(f"  {v}/{ref}", n, h, b))
     out.append("")
 
     summary = {"kind": "summary"}
@@ -333,6 +399,31 @@ def report(all_cells: list[dict], ns: list[int], variants: list[str], a) -> tupl
     else:
         out.append(f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
                    f"not measured in this run")
+    for n in ns:
+        parts = []
+        b, j = agg.get(("baseline", n)), agg.get(("hub", n))
+        for t in TRANSPORTS:
+            s = agg.get((HUB_VARIANT[t], n))
+            if s is None or (t == "json" and len([x for x in TRANSPORTS if (HUB_VARIANT[x], n) in agg]) < 2):
+                continue
+            rel = []
+            if b:
+                rel.append(f"{fmt(ratio(s['steady_us'], b['steady_us']), '.2f')}x/"
+                           f"{fmt(ratio(s['sat_us'], b['sat_us']), '.2f')}x baseline")
+            if j and t != "json":
+                rel.append(f"{fmt(ratio(s['steady_us'], j['steady_us']), '.2f')}x/"
+                           f"{fmt(ratio(s['sat_us'], j['sat_us']), '.2f')}x hub json")
+            parts.append(f"{t} {fmt(s['steady_us'], '.2f')}/{fmt(s['sat_us'], '.2f')}"
+                         + (f" ({', '.join(rel)})" if rel else ""))
+            summary.setdefault("transports", {}).setdefault(str(n), {})[t] = {
+                "steady_us": s["steady_us"], "sat_us": s["sat_us"], "idle_kb": s["idle_kb"],
+                "steady_vs_baseline": ratio(s["steady_us"], b["steady_us"]) if b else None,
+                "sat_vs_baseline": ratio(s["sat_us"], b["sat_us"]) if b else None,
+                "steady_vs_hub_json": ratio(s["steady_us"], j["steady_us"]) if j else None,
+                "sat_vs_hub_json": ratio(s["sat_us"], j["sat_us"]) if j else None}
+        if parts:
+            base = f"; baseline {fmt(b['steady_us'], '.2f')}/{fmt(b['sat_us'], '.2f')}" if b else ""
+            out.append(f"Transports at N={n}, hub CPU us/delivery steady/saturate: " + "; ".join(parts) + base)
     h, b = agg.get(("hub", TARGET_IDLE_N)), agg.get(("baseline", TARGET_IDLE_N))
     if h and h["idle_kb"] is not None:
         ok = h["idle_kb"] <= TARGET_IDLE_KB
@@ -396,6 +487,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short smoke run (about 1 min)")
     ap.add_argument("--variants", default="baseline,hub",
                     help="comma list of: hub, baseline, baseline-coalesce (self-test)")
+    ap.add_argument("--transports", default="json,protobuf,sse",
+                    help="what the hub's subscribers speak, comma list of: json (WebSocket JSON), protobuf "
+                         "(WebSocket centrifuge-protobuf), sse (uni_sse); each is a variant hub, hub-protobuf, "
+                         "hub-sse")
+    ap.add_argument("--transport-n", default="1000",
+                    help="Ns at which protobuf and sse run (comma list, or 'all'); json runs at every N")
     ap.add_argument("--hub-config", default="pure",
                     help="'pure' (history/presence/join-leave off, written to bench/results/), "
                          "'dev' (no --config) or a path to a TOML file")
@@ -427,7 +524,14 @@ def main() -> int:
     a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else (0.0 if quick else 15.0)
     a.retry_noisy = a.retry_noisy if a.retry_noisy is not None else (0 if quick else 1)
     ns = [int(x) for x in a.n.split(",") if x.strip()]
-    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    a.variant_list = [v.strip() for v in a.variants.split(",") if v.strip()]
+    a.transport_list = [t.strip() for t in a.transports.split(",") if t.strip()]
+    for t in a.transport_list:
+        if t not in TRANSPORTS:
+            ap.error(f"unknown transport {t!r}: choose among {','.join(TRANSPORTS)}")
+    a.transport_ns = None if a.transport_n == "all" else [int(x) for x in a.transport_n.split(",") if x.strip()]
+    variants = sorted({v for n in ns for v in cell_variants(n, a)}, key=[
+        *a.variant_list, *HUB_VARIANT.values()].index)
 
     os.makedirs(RESULTS, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -444,6 +548,10 @@ def main() -> int:
     else:
         a.hub_config_path = os.path.abspath(a.hub_config)
         a.hub_config_label = a.hub_config_path
+    a.sse_token = ""
+    if "hub-sse" in variants:
+        from hub.auth import mint_token
+        a.sse_token = mint_token(hub_token_secret(a), "bench-sse", channels=[CHANNEL])
 
     # 5000 subscribers + 1 publisher: server and client each need N+ descriptors (inherited).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -460,6 +568,8 @@ def main() -> int:
             "rate": a.rate, "steady_s": a.steady_s, "sat_s": a.sat_s, "warmup_s": a.warmup_s,
             "idle_s": a.idle_s, "window_deliveries": a.window_deliveries, "data_bytes": a.data_bytes,
             "hub_config": a.hub_config_label, "baseline_loop": a.baseline_loop,
+            "transports": a.transport_list, "transport_n": a.transport_ns,
+            "protobuf_codec_present": os.path.exists(PROTOBUF_CODEC),
             "cpus": os.cpu_count(), "nofile": soft, **versions()}
     cells = []
     t0 = time.monotonic()
@@ -467,7 +577,8 @@ def main() -> int:
         out.write(json.dumps(meta) + "\n")
         for rep in range(a.repeats):
             for n in ns:
-                order = variants if rep % 2 == 0 else variants[::-1]   # alternate to spread drift
+                here = cell_variants(n, a)
+                order = here if rep % 2 == 0 else here[::-1]   # alternate to spread drift
                 for v in order:
                     c = run_cell(v, n, rep, a, logdir)
                     c["kind"] = "cell"
@@ -476,7 +587,7 @@ def main() -> int:
                     out.write(json.dumps(c) + "\n")
                     out.flush()
                     st, sa, idle = c.get("steady") or {}, c.get("saturate") or {}, c.get("idle") or {}
-                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<17} N={n:<5} r{rep} "
+                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
                           f"steady {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
                           f"p50/p99 {fmt(st.get('p50_ms'), '.2f')}/{fmt(st.get('p99_ms'), '.2f')} ms | "
                           f"sat {fmt(sa.get('deliveries_per_s'))}/s {fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
@@ -485,8 +596,8 @@ def main() -> int:
                           + (f" | ERROR {c['error'][:200]}" if "error" in c else ""), flush=True)
         # cells whose every run was noisy get extra runs (bounded), after the main pass
         for n in ns:
-            for v in variants:
-                for extra in range(a.retry_noisy):
+            for v in cell_variants(n, a):
+                for _ in range(a.retry_noisy):
                     mine = [c for c in cells if c["variant"] == v and c["n"] == n]
                     if not mine or any(not c["noisy"] for c in mine) or any("error" in c for c in mine):
                         break
@@ -498,9 +609,9 @@ def main() -> int:
                     cells.append(c)
                     out.write(json.dumps(c) + "\n")
                     out.flush()
-                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<17} N={n:<5} r{rep} (rerun, all runs were noisy) "
+                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} (rerun, all runs were noisy) "
                           + ("noisy again" if c["noisy"] else "clean"), flush=True)
-        table, summary = report(cells, ns, variants, a)
+        table, summary = report(cells, ns, a)
         out.write(json.dumps(summary) + "\n")
     print()
     print(table)

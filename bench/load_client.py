@@ -1,5 +1,15 @@
 """Fan-out load client for bench/fanout.py. One process (uvloop + picows) holds N subscribers
-and one publisher, all speaking Centrifuge protocol v2 JSON to one server.
+and one publisher. The publisher always speaks Centrifuge protocol v2 JSON over a WebSocket; the
+subscribers speak what --transport names:
+
+  json      WebSocket, JSON text frames (replies/pushes separated by "\\n"; `{}` ping, `{}` pong);
+  protobuf  WebSocket with subprotocol `centrifuge-protobuf`: binary frames, each a sequence of
+            varint-length-delimited Reply messages (client.proto); an empty Reply is a ping,
+            answered with an empty Command. Commands are built with centrifuge-python's
+            generated client_pb2; pushes are walked by hand (see PbSub.handle);
+  sse       GET /connection/uni_sse?cf_connect={"token": ...}: plain HTTP/1.1 over an asyncio
+            socket, Server-Sent Events in a chunked body. The token's `channels` claim makes the
+            server subscribe the connection (--token, minted by fanout.py).
 
 Steps, each bounded in time:
   1. read the server's RSS (tree), connect N subscribers (connect, then subscribe to the channel);
@@ -10,11 +20,16 @@ Steps, each bounded in time:
   5. "saturate": closed loop with W = max(2, ceil(--window-deliveries/N)) publications in
      flight for --sat-s, then drain; max deliveries/s and server CPU per delivery.
 Each publication carries {"ts": time.time_ns(), "seq": k, "d": "xxx..."}; latency = receive
-time_ns - ts. A delivery = one publication received by one subscriber (a frame may carry
-several pushes separated by "\\n"). Prints one JSON object per line: phases idle, steady,
-saturate, then a "client" summary. Exit status 0 only if every step completed.
+time_ns - ts. A delivery = one publication received by one subscriber (a frame or chunk may
+carry several). Prints one JSON object per line: phases idle, steady, saturate, then a "client"
+summary. Exit status 0 only if every step completed.
+
+A server that does not speak the transport asked for (a hub without its Protobuf codec answers
+a `centrifuge-protobuf` client in JSON, or closes it when it cannot read the binary connect)
+is a failure, reported in the "client" row's "error" before anything is measured.
 
 usage: python bench/load_client.py --url ws://127.0.0.1:P/connection/websocket --n 1000 --server-pid PID
+       [--transport json|protobuf|sse] [--token JWT]
 """
 from __future__ import annotations
 
@@ -28,6 +43,7 @@ import re
 import resource
 import sys
 import time
+import urllib.parse
 
 import orjson
 from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
@@ -36,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procstat  # noqa: E402
 
 TEXT = WSMsgType.TEXT
+BINARY = WSMsgType.BINARY
 CONT = WSMsgType.CONTINUATION
 CLOSE = WSMsgType.CLOSE
 time_ns = time.time_ns
@@ -66,6 +83,7 @@ CMD_IDS = itertools.count(100)
 SUBSCRIBED = 0
 FAILED = 0
 CLOSING = False
+MISMATCH: str | None = None   # the server does not speak the subscribers' transport: why
 ST = {"slow_path_deliveries": 0, "other_pushes": 0, "pings": 0, "fragmented": 0,
       "disconnects": 0, "close_codes": {}, "errors": [], "bad_json": 0,
       "pub_ok": 0, "pub_err": 0, "unknown_replies": 0}
@@ -210,8 +228,33 @@ class Sub(WSListener):
                 ST["other_pushes"] += 1
 
     def on_ws_disconnected(self, transport):
-        if not CLOSING:
-            ST["disconnects"] += 1
+        sub_lost(self)
+
+    def close(self) -> None:
+        ws_close(self.t)
+
+
+def sub_lost(sub) -> None:
+    """A subscriber's connection ended. Before it was subscribed, that is a failure of the cell."""
+    global FAILED
+    if CLOSING:
+        return
+    ST["disconnects"] += 1
+    if sub.state in (0, 1):
+        if MISMATCH is None:
+            note_error(f"subscriber closed by the server before it was subscribed "
+                       f"({'connect' if sub.state == 0 else 'subscribe'} sent)")
+        sub.state = -1
+        FAILED += 1
+
+
+def ws_close(t) -> None:
+    if t is not None:
+        try:
+            t.send_close(WSCloseCode.OK)
+            t.disconnect()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
 
 
 def on_other_frame(listener, t, frame) -> None:
@@ -223,7 +266,7 @@ def on_other_frame(listener, t, frame) -> None:
             ST["close_codes"][key] = ST["close_codes"].get(key, 0) + 1
         t.send_close(frame.get_close_code())
         t.disconnect()
-    elif mt in (TEXT, CONT):
+    elif mt in (TEXT, BINARY, CONT):
         ST["fragmented"] += 1
         if listener.frags is None:
             listener.frags = []
@@ -232,7 +275,397 @@ def on_other_frame(listener, t, frame) -> None:
             p = b"".join(listener.frags)
             listener.frags = None
             listener.handle(t, p)
-    # PING/PONG: picows answers pings itself; binary frames are not expected.
+    # PING/PONG: picows answers pings itself.
+
+
+# ---------------------------------------------------------------- Protobuf subscribers
+
+PB_SUBPROTOCOL = "centrifuge-protobuf"
+PB_PONG = b"\x00"              # an empty Command, length-delimited
+PB_PUSH_TAG = 0x22             # Reply field 4 (push), wire type 2: the first byte of a push reply
+PB_CONNECT = PB_SUBSCRIBE = b""
+pb = None                      # centrifuge.protocol.client_pb2, imported for --transport protobuf
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def delimited(message: bytes) -> bytes:
+    return varint(len(message)) + message
+
+
+def split_delimited(p: bytes) -> list[bytes]:
+    """The messages of one frame (client.proto: each prefixed by its length as a varint)."""
+    out, i, n = [], 0, len(p)
+    while i < n:
+        size = shift = 0
+        while True:
+            if i >= n:
+                raise ValueError("truncated length prefix")
+            b = p[i]
+            i += 1
+            size |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise ValueError("length prefix over 10 bytes")
+        if i + size > n:
+            raise ValueError(f"message of {size} bytes runs past the frame ({n - i} left)")
+        out.append(p[i:i + size])
+        i += size
+    return out
+
+
+def pb_setup(channel: str) -> None:
+    """Build the two commands a subscriber sends (connect, subscribe) with the generated classes."""
+    global pb, PB_CONNECT, PB_SUBSCRIBE
+    from centrifuge.protocol import client_pb2
+    pb = client_pb2
+    cmd = pb.Command(id=1)
+    cmd.connect.SetInParent()                       # an empty ConnectRequest: anonymous connect
+    PB_CONNECT = delimited(cmd.SerializeToString())
+    cmd = pb.Command(id=2)
+    cmd.subscribe.channel = channel
+    PB_SUBSCRIBE = delimited(cmd.SerializeToString())
+
+
+def pb_mismatch(sub, why: str) -> None:
+    """The server does not speak Protobuf to us: fail the subscriber (and so the cell), say why."""
+    global MISMATCH, FAILED
+    if MISMATCH is None:
+        MISMATCH = why
+        note_error(why)
+    if sub.state in (0, 1):
+        sub.state = -1
+        FAILED += 1
+
+
+class PbSub(WSListener):
+    """A subscriber on the Protobuf variant of the protocol."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = None
+        self.state = 0
+        self.count = 0
+        self.frags = None
+        self.replies = 0
+
+    def on_ws_connected(self, transport):
+        self.t = transport
+        proto = transport.response.headers.get("sec-websocket-protocol")
+        if proto != PB_SUBPROTOCOL:
+            pb_mismatch(self, f"protobuf: the server did not accept subprotocol {PB_SUBPROTOCOL!r} "
+                              f"(Sec-WebSocket-Protocol: {proto!r})")
+            return
+        transport.send(BINARY, PB_CONNECT)
+
+    def on_ws_frame(self, transport, frame):
+        mt = frame.msg_type
+        if mt == BINARY and frame.fin:
+            self.handle(transport, frame.get_payload_as_bytes())
+        elif mt == TEXT:
+            pb_mismatch(self, "protobuf: the server sent a text frame to a centrifuge-protobuf client: "
+                              f"{frame.get_payload_as_bytes()[:120]!r}")
+        else:
+            on_other_frame(self, transport, frame)
+
+    def handle(self, t, p: bytes) -> None:
+        """Fast path: walk the length prefixes of the frame's replies (no decoding); every non-empty
+        one must start with the push tag, and the frame must hold as many embedded `"ts":` stamps
+        as pushes. Empty replies are pings. Anything else goes to the slow path, which decodes."""
+        global DELIVERED, last_rx_ns
+        if self.state == 2:
+            i, n, pushes, pings = 0, len(p), 0, 0
+            try:
+                while i < n:
+                    size = p[i]
+                    i += 1
+                    if size >= 0x80:
+                        size &= 0x7F
+                        shift = 7
+                        while True:
+                            b = p[i]
+                            i += 1
+                            size |= (b & 0x7F) << shift
+                            if b < 0x80:
+                                break
+                            shift += 7
+                    if size == 0:
+                        pings += 1
+                    elif p[i] == PB_PUSH_TAG:
+                        pushes += 1
+                    else:
+                        break
+                    i += size
+            except IndexError:
+                pass
+            if i == n:
+                stamps = TS_RE.findall(p) if pushes else ()
+                k = len(stamps)
+                if k == pushes:
+                    if k:
+                        now = time_ns()
+                        if RECORD:
+                            for ts in stamps:
+                                b = (now - int(ts)) // BUCKET_NS
+                                hist[b if b < NB else NB - 1] += 1
+                        self.count += k
+                        DELIVERED += k
+                        last_rx_ns = now
+                        if DELIVERED >= PUMP_AT:
+                            pump()
+                        if DELIVERED >= DONE_AT:
+                            finish()
+                    if pings:
+                        ST["pings"] += pings
+                        t.send(BINARY, PB_PONG * pings)
+                    return
+        self.slow(t, p)
+
+    def slow(self, t, p: bytes) -> None:
+        global SUBSCRIBED, FAILED
+        if p[:1] in (b"{", b"["):
+            pb_mismatch(self, "protobuf: the server answered a centrifuge-protobuf client in JSON "
+                              f"({p[:120]!r}): it has no Protobuf codec")
+            return
+        try:
+            messages = [pb.Reply.FromString(m) if m else None for m in split_delimited(p)]
+        except Exception as e:  # noqa: BLE001 - DecodeError or bad framing: not our protocol
+            pb_mismatch(self, f"protobuf: frame is not length-delimited Reply messages ({e}): {p[:120]!r}")
+            return
+        for r in messages:
+            if r is None:
+                ST["pings"] += 1
+                t.send(BINARY, PB_PONG)
+                continue
+            self.replies += 1
+            if r.id:
+                if r.HasField("error"):
+                    note_error(f"sub state {self.state}: error {r.error.code} {r.error.message}")
+                    if self.state in (0, 1):
+                        self.state = -1
+                        FAILED += 1
+                elif self.state == 0 and r.HasField("connect"):
+                    self.state = 1
+                    t.send(BINARY, PB_SUBSCRIBE)
+                elif self.state == 1 and r.HasField("subscribe"):
+                    self.state = 2
+                    SUBSCRIBED += 1
+                else:
+                    ST["unknown_replies"] += 1
+                continue
+            if not r.HasField("push"):
+                # a Reply with neither id nor push nor an empty body: the bytes were not a Reply
+                pb_mismatch(self, f"protobuf: a reply without id or push: {p[:120]!r}")
+                return
+            push = r.push
+            if push.HasField("pub") and self.state == 2:
+                try:
+                    ts = orjson.loads(push.pub.data)["ts"]
+                except Exception:  # noqa: BLE001 - counted, not fatal
+                    ST["bad_json"] += 1
+                    continue
+                ST["slow_path_deliveries"] += 1
+                count(self, 1, time_ns(), (ts,))
+            elif push.HasField("disconnect"):
+                note_error(f"disconnect push: {push.disconnect.code} {push.disconnect.reason}")
+            else:
+                ST["other_pushes"] += 1
+
+    def on_ws_disconnected(self, transport):
+        if self.state in (0, 1) and not CLOSING and MISMATCH is None and self.replies == 0:
+            # A hub that cannot read a binary command closes with 3501 before any reply.
+            pb_mismatch(self, "protobuf: the server closed the connection before answering the "
+                              f"Protobuf connect command (close codes so far: {ST['close_codes']})")
+        sub_lost(self)
+
+    def close(self) -> None:
+        ws_close(self.t)
+
+
+# ---------------------------------------------------------------- SSE subscribers
+
+SSE_REQUEST = b""              # the GET request every SSE subscriber sends (built in main)
+
+
+class SseSub(asyncio.Protocol):
+    """A unidirectional Server-Sent Events subscriber on a raw socket: HTTP/1.1 response head, then
+    a chunked (or, if the server chose so, plain) body of events `id: ...\\ndata: <push>\\n\\n`.
+    The connection's server-side subscription comes from the token's `channels` claim; the first
+    event is the connect push, whose `subs` must name the channel."""
+
+    def __init__(self):
+        self.t = None
+        self.state = 0          # 0 head pending, 1 connect push pending, 2 subscribed, -1 failed
+        self.count = 0
+        self.replies = 0
+        self.head = b""
+        self.chunked = False
+        self.raw = b""          # chunk-framed bytes not yet decoded (an incomplete size line)
+        self.chunk_left = 0     # bytes of chunk data still to come
+        self.crlf_left = 0      # bytes of the CRLF after a chunk's data still to skip
+        self.body = b""         # decoded bytes after the last complete event
+
+    def connection_made(self, transport):
+        self.t = transport
+        transport.write(SSE_REQUEST)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.head) > 16384:
+                    self.fail(f"sse: no end of the response head in {len(self.head)} bytes")
+                return
+            head, data = self.head[:end].decode("latin-1"), self.head[end + 4:]
+            self.head = None
+            status = head.split("\r\n", 1)[0]
+            if status.split(" ")[1:2] != ["200"]:
+                self.fail(f"sse: {status!r}")
+                return
+            lower = head.lower()
+            if "text/event-stream" not in lower:
+                self.fail(f"sse: not an event stream: {head[:200]!r}")
+                return
+            self.chunked = "transfer-encoding: chunked" in lower
+            self.state = 1
+        if self.chunked:
+            data = self.dechunk(data)
+        if not data:
+            return
+        body = self.body + data if self.body else data
+        end = body.rfind(b"\n\n")
+        if end < 0:
+            self.body = body
+            return
+        self.body = body[end + 2:]
+        self.events(body[:end + 2])
+
+    def dechunk(self, data: bytes) -> bytes:
+        """RFC 9112 7.1: chunk = chunk-size [ext] CRLF chunk-data CRLF; last-chunk = "0" CRLF."""
+        buf = self.raw + data if self.raw else data
+        out = []
+        i, n = 0, len(buf)
+        while i < n:
+            if self.chunk_left:
+                take = min(self.chunk_left, n - i)
+                out.append(buf[i:i + take])
+                i += take
+                self.chunk_left -= take
+                continue
+            if self.crlf_left:
+                take = min(self.crlf_left, n - i)
+                i += take
+                self.crlf_left -= take
+                continue
+            eol = buf.find(b"\r\n", i)
+            if eol < 0:
+                break
+            try:
+                size = int(buf[i:eol].split(b";", 1)[0], 16)
+            except ValueError:
+                self.fail(f"sse: bad chunk size line {buf[i:eol][:40]!r}")
+                return b""
+            i = eol + 2
+            if size == 0:
+                self.gone("sse: the server ended the stream")
+                return b"".join(out)
+            self.chunk_left, self.crlf_left = size, 2
+        self.raw = buf[i:]
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def events(self, p: bytes) -> None:
+        global DELIVERED, last_rx_ns
+        if self.state == 2 and b'"disconnect"' not in p:
+            stamps = TS_RE.findall(p)
+            if stamps:
+                now = time_ns()
+                if RECORD:
+                    for ts in stamps:
+                        b = (now - int(ts)) // BUCKET_NS
+                        hist[b if b < NB else NB - 1] += 1
+                k = len(stamps)
+                self.count += k
+                DELIVERED += k
+                last_rx_ns = now
+                if DELIVERED >= PUMP_AT:
+                    pump()
+                if DELIVERED >= DONE_AT:
+                    finish()
+            return
+        self.slow(p)
+
+    def slow(self, p: bytes) -> None:
+        global SUBSCRIBED
+        for ev in p.split(b"\n\n"):
+            data = [ln[5:].lstrip(b" ") for ln in ev.split(b"\n") if ln.startswith(b"data:")]
+            if not data:
+                continue                      # a comment (heartbeat), retry: or id: only
+            line = b"\n".join(data)
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                ST["bad_json"] += 1
+                continue
+            if not isinstance(msg, dict) or not msg:
+                ST["pings"] += not msg        # `{}`: a ping, no pong on a unidirectional stream
+                continue
+            self.replies += 1
+            if "disconnect" in msg:
+                d = msg["disconnect"]
+                self.fail(f"sse: disconnect push {d}" if self.state != 2 else None, d)
+                return
+            if self.state == 1 and "connect" in msg:
+                subs = (msg["connect"] or {}).get("subs") or {}
+                if CHANNEL.decode() not in subs:
+                    self.fail(f"sse: the connect push has no subscription to {CHANNEL.decode()!r} "
+                              f"(is the token's channels claim honoured?): {line[:200]!r}")
+                    return
+                self.state = 2
+                SUBSCRIBED += 1
+                continue
+            pub = msg.get("pub")
+            data_ = pub.get("data") if isinstance(pub, dict) else None
+            if self.state == 2 and isinstance(data_, dict) and "ts" in data_:
+                ST["slow_path_deliveries"] += 1
+                count(self, 1, time_ns(), (data_["ts"],))
+            else:
+                ST["other_pushes"] += 1
+
+    def fail(self, why: str | None, disconnect=None) -> None:
+        global FAILED
+        if why:
+            note_error(why)
+        if disconnect is not None:
+            key = f"{disconnect.get('code')} {disconnect.get('reason')}"
+            ST["close_codes"][key] = ST["close_codes"].get(key, 0) + 1
+        if self.state in (0, 1):
+            self.state = -1
+            FAILED += 1
+        if self.t is not None:
+            self.t.close()
+
+    def gone(self, why: str) -> None:
+        if self.state in (0, 1):
+            self.fail(why)
+        elif self.t is not None:
+            self.t.close()
+
+    def connection_lost(self, exc):
+        sub_lost(self)
+
+    def close(self) -> None:
+        if self.t is not None:
+            self.t.close()
 
 
 class Pub(WSListener):
@@ -406,7 +839,7 @@ def emit(row: dict) -> None:
 
 
 async def main(a) -> int:
-    global N, W, PAD, CHANNEL, PUB_T, CLOSING
+    global N, W, PAD, CHANNEL, PUB_T, CLOSING, SSE_REQUEST
     N = a.n
     W = max(2, math.ceil(a.window_deliveries / N))
     CHANNEL = a.channel.encode()
@@ -416,19 +849,43 @@ async def main(a) -> int:
     rss_base = procstat.rss_kb(pid)
 
     # ---- 1. connect N subscribers ----
-    subs: list[Sub] = []
+    loop = asyncio.get_running_loop()
+    subs: list = []
     sem = asyncio.Semaphore(a.connect_concurrency)
     retries = 0
+    url = urllib.parse.urlsplit(a.url)
+    if a.transport == "protobuf":
+        pb_setup(a.channel)
+    elif a.transport == "sse":
+        if not a.token:
+            emit({"phase": "client", "n": N, "error": "--transport sse needs --token (channels claim)"})
+            return 2
+        query = urllib.parse.urlencode({"cf_connect": json.dumps({"token": a.token})})
+        SSE_REQUEST = (f"GET {a.sse_path}?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                       f"Accept: text/event-stream\r\n\r\n").encode()
+
+    async def connect_one():
+        if a.transport == "sse":
+            _, listener = await asyncio.wait_for(
+                loop.create_connection(SseSub, url.hostname, url.port), 20)
+        elif a.transport == "protobuf":
+            _, listener = await ws_connect(PbSub, a.url, websocket_handshake_timeout=20,
+                                           read_buffer_init_size=4096,
+                                           extra_headers={"Sec-WebSocket-Protocol": PB_SUBPROTOCOL})
+        else:
+            _, listener = await ws_connect(Sub, a.url, websocket_handshake_timeout=20,
+                                           read_buffer_init_size=4096)
+        return listener
 
     async def one():
         nonlocal retries
         err = None
         for attempt in range(3):
             async with sem:
+                if MISMATCH is not None:
+                    return                  # the server does not speak this transport: stop here
                 try:
-                    _, listener = await ws_connect(Sub, a.url, websocket_handshake_timeout=20,
-                                                   read_buffer_init_size=4096)
-                    subs.append(listener)
+                    subs.append(await connect_one())
                     return
                 except Exception as e:  # noqa: BLE001 - reported
                     err = e
@@ -439,12 +896,19 @@ async def main(a) -> int:
     t0 = time.perf_counter()
     try:
         await asyncio.wait_for(asyncio.gather(*(one() for _ in range(N))), a.connect_timeout)
-        await wait_until(lambda: SUBSCRIBED + FAILED >= N, a.connect_timeout, "subscribe replies")
+        await wait_until(lambda: MISMATCH is not None or SUBSCRIBED + FAILED >= N, a.connect_timeout,
+                         "subscribe replies")
     except Exception as e:  # noqa: BLE001 - reported
         emit({"phase": "client", "n": N, "error": f"connect/subscribe: {e!r}",
               "subscribed": SUBSCRIBED, "failed": FAILED, "connected": len(subs), **ST})
         return 2
     connect_s = time.perf_counter() - t0
+    if MISMATCH is not None:
+        emit({"phase": "client", "n": N, "error": f"{MISMATCH} -- nothing measured",
+              "subscribed": SUBSCRIBED, "failed": FAILED, **ST})
+        for s in subs:
+            s.close()
+        return 2
     if FAILED:
         emit({"phase": "client", "n": N, "error": f"{FAILED} subscribers failed", **ST})
         return 2
@@ -460,7 +924,6 @@ async def main(a) -> int:
           "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3)})
 
     # ---- 3. publisher + warm-up ----
-    loop = asyncio.get_running_loop()
     PUB_T, pub = await ws_connect(Pub, a.url, websocket_handshake_timeout=20)
     await asyncio.wait_for(pub.ready, 20)
     rc = 0
@@ -482,18 +945,12 @@ async def main(a) -> int:
 
     # ---- close, bounded ----
     CLOSING = True
-    emit({"phase": "client", "n": N, "subscribed": SUBSCRIBED, "window_publications": W,
-          "data_bytes": len(base) + len(PAD), **ST})
-    for s in subs + [pub]:
-        t = getattr(s, "t", None) or (PUB_T if s is pub else None)
-        if t is not None:
-            try:
-                t.send_close(WSCloseCode.OK)
-                t.disconnect()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
+    emit({"phase": "client", "n": N, "transport": a.transport, "subscribed": SUBSCRIBED,
+          "window_publications": W, "data_bytes": len(base) + len(PAD), **ST})
+    for s in subs:
+        s.close()
+    ws_close(PUB_T)
     await asyncio.sleep(0.3)
-    del loop
     return rc
 
 
@@ -503,6 +960,10 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, required=True, help="subscribers")
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--channel", default="bench")
+    ap.add_argument("--transport", choices=["json", "protobuf", "sse"], default="json",
+                    help="what the subscribers speak (the publisher always speaks WebSocket JSON)")
+    ap.add_argument("--token", default="", help="sse: connection token whose channels claim names --channel")
+    ap.add_argument("--sse-path", default="/connection/uni_sse")
     ap.add_argument("--data-bytes", type=int, default=100, help="size of the published JSON data")
     ap.add_argument("--rate", type=float, default=20000, help="steady phase: deliveries per second")
     ap.add_argument("--steady-s", type=float, default=5.0)
