@@ -1,9 +1,9 @@
 """The composition root: the only place that picks concrete backends, and the embedding API.
 
 ``Switchboard`` is what a program embeds: it holds the Node, takes hooks and RPC handlers as decorators,
-and is an ASGI application serving ``/connection/websocket``, ``/health`` and ``/ready``. Mount it inside
-your own Starlette or FastAPI app (``Mount("/realtime", app=sb)``) and run ``sb.lifespan`` from your app's
-lifespan, or let it start on its first request.
+and is an ASGI application serving ``/connection/websocket``, ``/health``, ``/ready`` and ``/metrics``.
+Mount it inside your own Starlette or FastAPI app (``Mount("/realtime", app=sb)``) and run ``sb.lifespan``
+from your app's lifespan, or let it start on its first request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from channels.broker import Broker
@@ -23,6 +23,7 @@ from channels.broker_memory import MemoryBroker
 from channels.publication import PublishResult
 from hub.config import Config, load_config
 from hub.hooks import Hooks
+from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
 from hub.node import Node
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
@@ -63,8 +64,17 @@ class Switchboard:
             self.hooks,
         )
         self._start_lock = asyncio.Lock()
+        node = self.node
+        self.metrics_registry = build_registry(
+            HubCollector(node.metrics, lambda: node.sessions, lambda: len(node.registry.fanout))
+        )
+        self.metrics_server: MetricsServer | None = None
         self.http = Starlette(
-            routes=[Route("/health", self._health), Route("/ready", self._ready)],
+            routes=[
+                Route("/health", self._health),
+                Route("/ready", self._ready),
+                Route("/metrics", self._metrics),
+            ],
             lifespan=self.lifespan,
         )
 
@@ -96,9 +106,17 @@ class Switchboard:
     async def start(self) -> None:
         async with self._start_lock:
             await self.node.start()
+            if self.config.metrics_port and self.metrics_server is None:
+                self.metrics_server = MetricsServer(
+                    self.metrics_registry, self.config.host, self.config.metrics_port
+                )
+                await self.metrics_server.start()
 
     async def stop(self) -> None:
         await self.node.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -150,6 +168,10 @@ class Switchboard:
 
     async def _health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request) -> Response:
+        body, content_type = exposition(self.metrics_registry)
+        return Response(body, headers={"Content-Type": content_type})
 
     async def _ready(self, request: Request) -> JSONResponse:
         if self.node.started and not self.node.stopping:

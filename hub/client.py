@@ -320,7 +320,8 @@ class Client:
                 self._unusable = True
                 raise _StopFrame from None
             return
-        except Disconnect:
+        except Disconnect as exc:
+            self.node.metrics.command_error(method, exc.code)
             raise
         except Exception:
             log.exception("%s crashed", method, extra=self._log_extra())
@@ -432,6 +433,7 @@ class Client:
         self.writer.push(self.codec.encode_reply(cmd_id, "connect", result))
         for prep in prepared:
             await self._activate(prep)
+        node.metrics.connect(self.transport.name)
         log.info("connected", extra=self._log_extra())
 
     async def connect_unidirectional(self, params: dict[str, Any]) -> None:
@@ -447,6 +449,7 @@ class Client:
             log.info("connect failed: %d %s", exc.code, exc.message, extra=self._log_extra())
             self.disconnect(_UNI_DISCONNECTS.get(exc.code, codes.SERVER_ERROR).error())
         except Disconnect as exc:
+            self.node.metrics.command_error("connect", exc.code)
             self.disconnect(exc)
         except Exception:
             log.exception("connect crashed", extra=self._log_extra())
@@ -902,6 +905,7 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        self.node.metrics.disconnect(exc.code)
         log.info("disconnect %d %s", exc.code, exc.reason, extra=self._log_extra())
         if flush:
             if (self.unidirectional or self.emulation) and exc.code != codes.CONNECTION_CLOSED.code:

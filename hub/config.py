@@ -48,6 +48,7 @@ _DURATIONS = {
     "client_expired_close_delay",
     "client_stale_close_delay",
     "shutdown_timeout",
+    "shutdown_batch_pause",
     "sse_heartbeat_interval",
 }
 
@@ -57,6 +58,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_port: int = 0
     data_dir: str = "data"
     node_name: str = ""
 
@@ -75,10 +78,15 @@ class Config:
     client_expired_close_delay: float = 25.0
     client_stale_close_delay: float = 10.0
     client_recovery_max_publication_limit: int = 300
+    client_command_rate_limit: float = 100.0
+    client_command_rate_burst: int = 200
+    client_user_connection_limit: int = 0
     websocket_fast_path: bool = True
     websocket_compression: bool = False
     sse_heartbeat_interval: float = 15.0
     sse_retry_ms: int = 2000
+    shutdown_batch_size: int = 500
+    shutdown_batch_pause: float = 0.2
     shutdown_timeout: float = 10.0
 
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
@@ -254,3 +262,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be positive")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(f"unknown log_level {cfg.log_level!r}")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {cfg.log_format!r}")
+    if not (0 <= cfg.metrics_port < 65536):
+        raise ConfigError(f"metrics_port out of range: {cfg.metrics_port}")
+    for name in ("client_command_rate_limit", "client_user_connection_limit", "shutdown_batch_pause"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must not be negative (0 turns it off)")
+    if cfg.client_command_rate_limit and cfg.client_command_rate_burst < 1:
+        raise ConfigError("client_command_rate_burst must be at least 1")
+    if cfg.shutdown_batch_size < 1:
+        raise ConfigError("shutdown_batch_size must be positive")

@@ -1,8 +1,66 @@
-"""Counters of one node. Cheap enough for the hot path: plain ints and dicts, no locks."""
+"""Counters of one node, and their Prometheus exposition.
+
+The hot path only touches ``Metrics``: plain ints, ``Counter`` dicts and a fixed-bucket histogram, no locks,
+no label lookups in a metrics library. ``HubCollector`` turns them into Prometheus metric families when
+``/metrics`` is scraped (``prometheus_client`` calls it then, in the event loop's thread), and reads the
+gauges (connections by transport, subscriptions, channels) from the node's sessions at that moment.
+
+Labels are bounded: ``namespace`` (configured namespaces only; anything else is counted as ``other``),
+``method`` (the protocol's command names, or ``unknown``), ``transport`` (the session transports' names) and
+``code`` (protocol codes). Never channel names, users or client ids.
+
+A separate port for scrapes (``metrics_port``) is a tiny asyncio HTTP server (``MetricsServer``) in the
+same loop, so a scrape never reads the counters from another thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sized
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("switchboard.metrics")
+
+PREFIX = "switchboard"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds. Publication times are milliseconds, so the lowest buckets mostly tell "same millisecond"."""
+OTHER_NAMESPACE = "other"
+
+
+class Histogram:
+    """A fixed-bucket histogram: one ``bisect`` and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        """Per bucket, not cumulative; the last one is +Inf."""
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": a value equal to a bound belongs to that bound.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
 
 class Metrics:
@@ -10,20 +68,48 @@ class Metrics:
         "commands",
         "command_errors",
         "published",
+        "delivered",
+        "latency",
         "slow_disconnects",
-        "deliveries",
+        "disconnects",
+        "connects",
         "recoveries",
         "recovery_failures",
+        "rate_limited",
+        "namespaces",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, namespaces: Collection[str] = ()) -> None:
+        self.namespaces = frozenset(namespaces) | {""}
+        """The label values ``namespace`` may take (the configured ones and the unnamed one)."""
         self.commands: Counter[str] = Counter()
         self.command_errors: Counter[tuple[str, int]] = Counter()
         self.published: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+        """Publications pushed to one subscriber each, by namespace."""
+        self.latency = Histogram(LATENCY_BUCKETS)
+        """Seconds from a publication's creation to its fan-out on this node, once per publication."""
         self.slow_disconnects = 0
-        self.deliveries = 0
+        self.disconnects: Counter[int] = Counter()
+        """Disconnects the hub made, by code."""
+        self.connects: Counter[str] = Counter()
+        """Successful connects, by transport."""
         self.recoveries = 0
         self.recovery_failures = 0
+        self.rate_limited = 0
+        """Commands refused with 111 (too many requests)."""
+
+    @property
+    def deliveries(self) -> int:
+        return sum(self.delivered.values())
+
+    def namespace_of(self, channel: str) -> str:
+        """The ``namespace`` label of a channel name: its namespace if configured, else ``other``."""
+        bare = channel[1:] if channel.startswith("$") else channel
+        namespace, sep, _ = bare.partition(":")
+        if not sep:
+            return ""
+        return namespace if namespace in self.namespaces else OTHER_NAMESPACE
 
     def command(self, method: str) -> None:
         self.commands[method] += 1
@@ -34,8 +120,193 @@ class Metrics:
     def slow_disconnect(self) -> None:
         self.slow_disconnects += 1
 
+    def disconnect(self, code: int) -> None:
+        self.disconnects[code] += 1
+
+    def connect(self, transport: str) -> None:
+        self.connects[transport] += 1
+
     def recovery(self, ok: bool) -> None:
         if ok:
             self.recoveries += 1
         else:
             self.recovery_failures += 1
+
+
+class _Transport(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class SessionView(Protocol):
+    """What the collector reads of a session at scrape time."""
+
+    @property
+    def transport(self) -> _Transport: ...
+
+    @property
+    def subs(self) -> Sized: ...
+
+
+class HubCollector(Collector):
+    """Metric families from a node's ``Metrics`` and its live sessions, built at scrape time."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        sessions: Callable[[], Iterable[SessionView]],
+        channels: Callable[[], int],
+    ) -> None:
+        self.metrics = metrics
+        self.sessions = sessions
+        self.channels = channels
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        by_transport: Counter[str] = Counter()
+        subscriptions = 0
+        for session in self.sessions():
+            by_transport[session.transport.name] += 1
+            subscriptions += len(session.subs)
+
+        g = GaugeMetricFamily(
+            f"{PREFIX}_connections", "Open client connections, by transport.", labels=["transport"]
+        )
+        for transport, n in sorted(by_transport.items()):
+            g.add_metric([transport], n)
+        yield g
+        yield GaugeMetricFamily(
+            f"{PREFIX}_subscriptions", "Channel subscriptions of the open connections.", value=subscriptions
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_channels", "Channels with at least one local subscriber.", value=self.channels()
+        )
+        yield _counter("connects", "Successful connects, by transport.", ["transport"], m.connects)
+        connect_errors: Counter[str] = Counter()
+        for (method, code), n in m.command_errors.items():
+            if method == "connect":
+                connect_errors[str(code)] += n
+        yield _counter(
+            "connect_errors", "Refused connects, by error or disconnect code.", ["code"], connect_errors
+        )
+        yield _counter("commands", "Commands received, by method.", ["method"], m.commands)
+        errors = CounterMetricFamily(
+            f"{PREFIX}_command_errors", "Commands that failed, by method and code.", labels=["method", "code"]
+        )
+        for (method, code), n in sorted(m.command_errors.items()):
+            errors.add_metric([method, str(code)], n)
+        yield errors
+        yield _counter(
+            "messages_published",
+            "Publications accepted from this node, by namespace.",
+            ["namespace"],
+            m.published,
+        )
+        yield _counter(
+            "messages_delivered",
+            "Publications pushed to one local subscriber each, by namespace.",
+            ["namespace"],
+            m.delivered,
+        )
+        h = HistogramMetricFamily(
+            f"{PREFIX}_publication_fanout_latency_seconds",
+            "Time from a publication's creation to its fan-out on this node (once per publication).",
+        )
+        h.add_metric([], m.latency.cumulative(), m.latency.total)
+        yield h
+        yield _counter(
+            "disconnects", "Connections the hub closed, by disconnect code.", ["code"], m.disconnects
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_slow_consumer_disconnects",
+            "Connections closed because their outbound buffer overflowed (3008).",
+            value=m.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_rate_limited_commands",
+            "Commands refused with 111 (too many requests).",
+            value=m.rate_limited,
+        )
+        rec = CounterMetricFamily(
+            f"{PREFIX}_recoveries", "Subscription recoveries, by result.", labels=["result"]
+        )
+        rec.add_metric(["recovered"], m.recoveries)
+        rec.add_metric(["unrecovered"], m.recovery_failures)
+        yield rec
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], values: Counter[str] | Counter[int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+    for value, n in sorted(values.items()):
+        family.add_metric([str(value)], n)
+    return family
+
+
+def build_registry(collector: Collector) -> CollectorRegistry:
+    """A registry of its own per hub (several hubs in one process must not share one), with the hub's
+    collector and the usual process, platform and garbage-collector metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry in Prometheus text format, and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class MetricsServer:
+    """``GET /metrics`` on a port of its own: a minimal HTTP/1.1 server in the event loop (one request per
+    connection). Anything but ``GET /metrics`` gets 404; a malformed request 400."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10.0):
+                head = await reader.readuntil(b"\r\n\r\n")
+            parts = head.split(b"\r\n", 1)[0].split()
+            if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+                status, body, ctype = b"400 Bad Request", b"bad request\n", "text/plain"
+            elif parts[0] != b"GET" or parts[1].split(b"?", 1)[0] != b"/metrics":
+                status, body, ctype = b"404 Not Found", b"not found\n", "text/plain"
+            else:
+                body, ctype = exposition(self.registry)
+                status = b"200 OK"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + ctype.encode()
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+            log.info("metrics request dropped: %r", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

@@ -57,7 +57,7 @@ class Node:
         self.streams: dict[str, Client] = {}
         """Emulation sessions by session id (their commands arrive on ``/emulation``)."""
         self.scheduler = FlushScheduler()
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.namespaces)
         self.sessions: set[Client] = set()
         self.started = False
         self.stopping = False
@@ -248,7 +248,10 @@ class Node:
                     uni_frame = frame
                 for push in subs.values():
                     push(frame)
-            self.metrics.deliveries += delivered
+            metrics = self.metrics
+            metrics.delivered[metrics.namespace_of(key[1])] += delivered
+            if pub.time:  # once per publication fanned out, not per subscriber
+                metrics.latency.observe(max(0.0, time.time() - pub.time / 1000))
         pending = self.registry.pending.get(key)
         if pending:
             for buffered in pending.values():
