@@ -1,0 +1,114 @@
+"""Awareness bookkeeping, without an event loop: the y-protocols acceptance rule, ownership by
+connection, removals on close and on timeout."""
+
+from __future__ import annotations
+
+import orjson
+import pycrdt
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sync import protocol as p
+from sync.awareness import OUTDATED_TIMEOUT, AwarenessStates
+from sync.protocol import NULL_STATE, AwarenessEntry
+
+A, B = object(), object()  # two connections
+
+
+def entry(cid: int, clock: int, state: bytes = b'{"u":1}') -> AwarenessEntry:
+    return AwarenessEntry(cid, clock, state)
+
+
+def test_newer_clock_is_accepted_older_and_equal_are_stale() -> None:
+    aw = AwarenessStates()
+    assert aw.apply([entry(1, 1)], A, 0.0) == [entry(1, 1)]
+    assert aw.apply([entry(1, 1, b'{"u":2}')], A, 0.0) == []
+    assert aw.apply([entry(1, 0)], A, 0.0) == []
+    assert aw.apply([entry(1, 2, b'{"u":3}')], A, 0.0) == [entry(1, 2, b'{"u":3}')]
+    assert aw.state(1) == b'{"u":3}'
+
+
+def test_leaving_with_the_current_clock_removes() -> None:
+    """The provider's disconnect sends its current clock with null."""
+    aw = AwarenessStates()
+    aw.apply([entry(1, 4)], A, 0.0)
+    assert aw.apply([entry(1, 4, NULL_STATE)], A, 0.0) == [entry(1, 4, NULL_STATE)]
+    assert len(aw) == 0
+    assert aw.apply([entry(1, 4, NULL_STATE)], A, 0.0) == []  # already gone: stale
+    assert aw.apply([entry(1, 4)], A, 0.0) == []  # a late copy of the old state stays stale
+
+
+def test_closing_a_connection_removes_what_it_announced_with_clock_plus_one() -> None:
+    aw = AwarenessStates()
+    aw.apply([entry(1, 3), entry(2, 1)], A, 0.0)
+    aw.apply([entry(9, 1)], B, 0.0)
+    removed = aw.remove_owner(A, 1.0)
+    assert removed == [entry(1, 4, NULL_STATE), entry(2, 2, NULL_STATE)]
+    assert [e.client_id for e in aw.snapshot()] == [9]
+    assert aw.remove_owner(A, 1.0) == []
+
+
+def test_an_id_announced_again_over_a_new_connection_survives_the_old_close() -> None:
+    aw = AwarenessStates()
+    aw.apply([entry(1, 1)], A, 0.0)
+    aw.apply([entry(1, 2)], B, 0.0)  # reconnected before the old socket's close was seen
+    assert aw.remove_owner(A, 1.0) == []
+    assert aw.state(1) is not None
+    assert aw.owned_by(B) == {1}
+
+
+def test_expiry_removes_only_states_not_renewed() -> None:
+    aw = AwarenessStates()
+    aw.apply([entry(1, 1)], A, 0.0)
+    aw.apply([entry(2, 1)], A, 20.0)
+    assert aw.expire(OUTDATED_TIMEOUT + 1.0) == [entry(1, 2, NULL_STATE)]
+    assert aw.owned_by(A) == {2}
+
+
+def test_matches_pycrdt_awareness_on_the_same_updates() -> None:
+    """Our bookkeeping and pycrdt's port of awareness.js hold the same states after the same updates."""
+    ours = AwarenessStates()
+    theirs = pycrdt.Awareness(pycrdt.Doc())
+    steps = [
+        [entry(5, 1), entry(6, 1)],
+        [entry(5, 1, b'{"x":1}')],
+        [entry(5, 2, b'{"x":2}'), entry(6, 1, NULL_STATE)],
+        [entry(6, 1)],
+        [entry(7, 3, NULL_STATE)],
+    ]
+    for update in steps:
+        ours.apply(update, A, 0.0)
+        theirs.apply_awareness_update(p.encode_awareness(update), "test")
+    mine = {e.client_id: orjson.loads(e.state) for e in ours.snapshot()}
+    assert mine == {k: v for k, v in theirs.states.items() if k != theirs.client_id}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, B]),
+            st.integers(1, 4),
+            st.integers(0, 5),
+            st.sampled_from([b'{"a":1}', b'{"a":2}', NULL_STATE]),
+        ),
+        max_size=30,
+    )
+)
+def test_a_follower_of_the_relays_holds_our_states(
+    ops: list[tuple[object, int, int, bytes]],
+) -> None:
+    """A client that applies only what we relay ends with exactly our states (awareness.js rule)."""
+    server = AwarenessStates()
+    follower = AwarenessStates()
+
+    def same() -> bool:
+        return sorted(server.snapshot(), key=str) == sorted(follower.snapshot(), key=str)
+
+    for owner, cid, clock, state in ops:
+        relayed = server.apply([AwarenessEntry(cid, clock, state)], owner, 0.0)
+        follower.apply(relayed, A, 0.0)
+        assert same()
+    follower.apply(server.remove_owner(A, 1.0), A, 1.0)
+    assert same()
+    follower.apply(server.remove_owner(B, 1.0), A, 1.0)
+    assert same() and server.snapshot() == []
