@@ -50,6 +50,7 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
         ws_per_message_deflate=cfg.websocket_compression,
         lifespan="on",
         log_level="warning" if cfg.log_level.lower() != "debug" else "debug",
+        log_config=None,  # uvicorn's lines go through our handler (hub.logs), in our format
         access_log=False,
         timeout_graceful_shutdown=max(1, round(cfg.shutdown_timeout)),
         backlog=4096,
@@ -89,7 +90,7 @@ def serve(args: argparse.Namespace) -> None:
         cfg.host = args.host
     if args.port:
         cfg.port = args.port
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     if cfg.dev_mode:
         log.warning(
             "development mode: anonymous clients allowed, tokens signed with the public development secret; "

@@ -33,6 +33,7 @@ from hub import codec_json, codes
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
+from hub.logs import bind_session, unbind_session
 from hub.recovery import Recovery, after_position, recover
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
 from hub.writer import EventWriter, Transport, Writer
@@ -232,6 +233,9 @@ class Client:
     def _log_extra(self) -> dict[str, Any]:
         return {"client": self.id, "user": self.user, "tenant": self.tenant, "transport": self.transport.name}
 
+    log_fields = _log_extra
+    """The session's fields for log lines (``hub.logs``)."""
+
     def _move(self, state: State) -> None:
         if state not in _TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal client state transition {self.state.value} -> {state.value}")
@@ -275,8 +279,12 @@ class Client:
         """Commands of an emulation session, POSTed beside its stream: handled one request at a time, in
         the order they arrive."""
         assert self._emulated is not None
-        async with self._emulated:
-            await self.handle_frame(data)
+        bound = bind_session(self.log_fields)  # this POST's task logs as the session
+        try:
+            async with self._emulated:
+                await self.handle_frame(data)
+        finally:
+            unbind_session(bound)
 
     async def _handle_command(self, cmd: dict[str, Any]) -> None:
         self.awaiting_pong = False  # any command proves the client alive

@@ -1,23 +1,122 @@
-"""Log set-up: one line per event, with the session's fields (client, user, tenant, transport) appended."""
+"""Log set-up: one line per event, as text or as one JSON object, with the session's fields on every line.
+
+Session fields (``client``, ``user``, ``tenant``, ``transport``) reach a record in two ways:
+
+- explicitly, ``extra=client._log_extra()`` (the session's own log calls);
+- implicitly: the connection's task binds its session (``bind_session``), and ``SessionFilter`` adds the
+  fields to any record logged from that task without them (other modules, user hooks, the transports).
+  Only the task that bound the session gets them: a task spawned from it (and anything scheduled with
+  ``call_soon`` from it) would otherwise carry that one client's fields for lines about others.
+
+``setup_logging`` installs the handler with the filter on the ``switchboard`` and ``uvicorn`` loggers.
+An embedding program with its own logging can add ``SessionFilter()`` and ``JsonFormatter()`` to its handlers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import datetime
 import logging
+from collections.abc import Callable
+from typing import Any
 
-_FIELDS = ("client", "user", "tenant", "transport")
+import orjson
+
+FIELDS = ("client", "user", "tenant", "transport")
+
+SessionFields = Callable[[], dict[str, Any]]
+"""Returns the session's current fields (the user and tenant change at connect)."""
+
+_Bound = tuple[SessionFields, "asyncio.Task[Any] | None"]
+_session: contextvars.ContextVar[_Bound | None] = contextvars.ContextVar("switchboard_session", default=None)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def bind_session(fields: SessionFields) -> contextvars.Token[Any]:
+    """From now on, records logged by the current task carry ``fields()``; ``unbind_session`` undoes it."""
+    return _session.set((fields, _current_task()))
+
+
+def unbind_session(token: contextvars.Token[Any]) -> None:
+    _session.reset(token)
+
+
+class SessionFilter(logging.Filter):
+    """Adds the bound session's fields to records that do not carry them already. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "client"):
+            bound = _session.get()
+            if bound is not None and bound[1] is not None and bound[1] is _current_task():
+                for name, value in bound[0]().items():
+                    if not hasattr(record, name):
+                        setattr(record, name, value)
+        return True
 
 
 class SessionFormatter(logging.Formatter):
+    """Text: the usual line, then ``name='value'`` for each session field present."""
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [f"{name}={getattr(record, name)!r}" for name in _FIELDS if hasattr(record, name)]
+        extras = [f"{name}={getattr(record, name)!r}" for name in FIELDS if hasattr(record, name)]
         return f"{line} {' '.join(extras)}" if extras else line
 
 
-def setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, the session
+    fields present, and ``exception`` (the formatted traceback) when the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        out: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            if hasattr(record, name):
+                out[name] = getattr(record, name)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def make_handler(fmt: str = "text") -> logging.Handler:
     handler = logging.StreamHandler()
-    handler.setFormatter(SessionFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = SessionFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    handler.addFilter(SessionFilter())
+    return handler
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log ``switchboard.*`` and uvicorn's own lines through one handler, as ``fmt`` (``text``/``json``)."""
+    handler = make_handler(fmt)
     root = logging.getLogger("switchboard")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    server = logging.getLogger("uvicorn")
+    server.handlers[:] = [handler]
+    server.propagate = False
+    for name in ("uvicorn.error", "uvicorn.access"):
+        child = logging.getLogger(name)
+        child.handlers[:] = []
+        child.propagate = True

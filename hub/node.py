@@ -24,6 +24,7 @@ from hub.auth import TokenVerifier
 from hub.client import Client, State
 from hub.config import Config
 from hub.hooks import Hooks
+from hub.logs import bind_session
 from hub.metrics import Metrics
 from hub.registry import Registry
 from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
@@ -110,6 +111,7 @@ class Node:
         if self.hooks.on_connecting is not None:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         client = Client(self, transport, remote=f"{remote[0]}:{remote[1]}" if remote else "", headers=headers)
+        bind_session(client.log_fields)  # the connection's task logs with this session's fields from here on
         self.sessions.add(client)
         if client.emulation:
             self.streams[client.session] = client
