@@ -76,6 +76,24 @@ allow_publish_for_client = true
 allow_publish_for_anonymous = true
 """
 
+# Limits that would throttle the benchmark itself: the publisher sends hundreds of publish commands
+# a second, and every SSE subscriber is the same user. Written only if this hub has the key (a
+# config file with an unknown key is refused).
+UNLIMITED = {"client_command_rate_limit": "0", "client_user_connection_limit": "0"}
+
+
+def pure_config() -> str:
+    """PURE_CONFIG, plus 0 (off) for each limit of UNLIMITED this checkout's hub knows."""
+    import dataclasses
+
+    from hub.config import Config
+    known = {f.name for f in dataclasses.fields(Config)}
+    extra = [f"{k} = {v}   # off: the bench's own load must not be throttled\n"
+             for k, v in UNLIMITED.items() if k in known]
+    top, sep, tables = PURE_CONFIG.partition("\n[channel]")
+    return top + "".join(extra) + sep + tables
+
+
 TRANSPORTS = ("json", "protobuf", "sse")
 HUB_VARIANT = {"json": "hub", "protobuf": "hub-protobuf", "sse": "hub-sse"}
 PROTOBUF_CODEC = os.path.join(ROOT, "hub", "codec_protobuf.py")
@@ -140,7 +158,7 @@ def transport_of(variant: str) -> str:
 
 
 def cell_variants(n: int, a) -> list[str]:
-    """The variants run at N: the baselines and hub (JSON) at every N, the other transports at --transport-n."""
+    """The variants run at N: baselines and hub (JSON) at every N, other transports at --transport-n."""
     out = []
     for v in a.variant_list:
         if v != "hub":
@@ -230,7 +248,8 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
                    "--data-bytes", str(a.data_bytes), "--transport", transport_of(variant)]
             if transport_of(variant) == "sse":
                 cmd += ["--token", a.sse_token]
-            limit = a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s + 3 * a.drain_timeout + 30
+            limit = (a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s
+                     + 3 * a.drain_timeout + 30)
             try:
                 r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
             except subprocess.TimeoutExpired:
@@ -252,7 +271,7 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
             if proc.poll() is not None:
                 cell.setdefault("error", f"server died during the run (status {proc.returncode})")
             if "error" in cell and transport_of(variant) == "protobuf" and not os.path.exists(PROTOBUF_CODEC):
-                cell["error"] += " [hub/codec_protobuf.py is not in this checkout: the hub has no Protobuf codec]"
+                cell["error"] += " [hub/codec_protobuf.py is not in this checkout: no Protobuf codec]"
         finally:
             stop_server(proc)
             cell["cell_seconds"] = round(time.monotonic() - t_start, 1)
@@ -345,7 +364,8 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
     out = []
     out.append(f"Fan-out, 127.0.0.1, {os.cpu_count()} CPUs shared by server and load client. "
                f"steady: open loop {a.rate:,.0f} deliveries/s for {a.steady_s:g}s; "
-               f"saturate: closed loop, ceil({a.window_deliveries}/N) publications in flight for {a.sat_s:g}s; "
+               f"saturate: closed loop, ceil({a.window_deliveries}/N) publications in flight "
+               f"for {a.sat_s:g}s; "
                f"data {a.data_bytes} B; hub config: {a.hub_config_label}. "
                f"Median of {a.repeats} run(s) per cell. The publisher speaks WebSocket JSON; "
                f"subscribers: hub/baseline WebSocket JSON, hub-protobuf centrifuge-protobuf, "
@@ -391,7 +411,8 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
         ok_s = None if rs is None else rs <= TARGET_CPU_RATIO
         ok_sat = None if rsat is None else rsat <= TARGET_CPU_RATIO
         out.append(f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
-                   f"steady {fmt(rs, '.2f')}x ({fmt(h['steady_us'], '.2f')} vs {fmt(b['steady_us'], '.2f')} us) "
+                   f"steady {fmt(rs, '.2f')}x "
+                   f"({fmt(h['steady_us'], '.2f')} vs {fmt(b['steady_us'], '.2f')} us) "
                    f"{verdict(ok_s)}; saturate {fmt(rsat, '.2f')}x "
                    f"({fmt(h['sat_us'], '.2f')} vs {fmt(b['sat_us'], '.2f')} us) {verdict(ok_sat)}")
         summary.update({"cpu_ratio_steady_n1000": rs, "cpu_ratio_saturate_n1000": rsat,
@@ -423,11 +444,13 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
                 "sat_vs_hub_json": ratio(s["sat_us"], j["sat_us"]) if j else None}
         if parts:
             base = f"; baseline {fmt(b['steady_us'], '.2f')}/{fmt(b['sat_us'], '.2f')}" if b else ""
-            out.append(f"Transports at N={n}, hub CPU us/delivery steady/saturate: " + "; ".join(parts) + base)
+            out.append(f"Transports at N={n}, hub CPU us/delivery steady/saturate: "
+                       + "; ".join(parts) + base)
     h, b = agg.get(("hub", TARGET_IDLE_N)), agg.get(("baseline", TARGET_IDLE_N))
     if h and h["idle_kb"] is not None:
         ok = h["idle_kb"] <= TARGET_IDLE_KB
-        base = f", baseline {fmt(b['idle_kb'], '.1f')} KB/conn, ratio {fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f')}x" if b else ""
+        base = (f", baseline {fmt(b['idle_kb'], '.1f')} KB/conn, "
+                f"ratio {fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f')}x" if b else "")
         out.append(f"Target: hub idle memory <= {TARGET_IDLE_KB:g} KB/conn at N={TARGET_IDLE_N}: "
                    f"{h['idle_kb']:.1f} KB/conn {verdict(ok)}{base}")
         summary.update({"idle_kb_n5000": h["idle_kb"], "idle_target": verdict(ok)})
@@ -453,7 +476,8 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
     out.append("Columns: CPU us/dlv = server process-tree CPU / deliveries; srv cores = server CPU "
                "utilisation while saturating (1.0 = one core); lost = deliveries missing; "
                f"clean = runs without noise; noisy = no clean run: steal > 0.1 cores, other load > "
-               f"{a.quiet_threshold:g} cores before the cell or > {a.noise_threshold:g} cores during a phase. "
+               f"{a.quiet_threshold:g} cores before the cell or > {a.noise_threshold:g} cores "
+               f"during a phase. "
                f"Medians use clean runs only.")
     summary["table"] = out
     return "\n".join(out), summary
@@ -488,9 +512,9 @@ def main() -> int:
     ap.add_argument("--variants", default="baseline,hub",
                     help="comma list of: hub, baseline, baseline-coalesce (self-test)")
     ap.add_argument("--transports", default="json,protobuf,sse",
-                    help="what the hub's subscribers speak, comma list of: json (WebSocket JSON), protobuf "
-                         "(WebSocket centrifuge-protobuf), sse (uni_sse); each is a variant hub, hub-protobuf, "
-                         "hub-sse")
+                    help="what the hub's subscribers speak, comma list of: json (WebSocket JSON), "
+                         "protobuf (WebSocket centrifuge-protobuf), sse (uni_sse); the variants are hub, "
+                         "hub-protobuf, hub-sse")
     ap.add_argument("--transport-n", default="1000",
                     help="Ns at which protobuf and sse run (comma list, or 'all'); json runs at every N")
     ap.add_argument("--hub-config", default="pure",
@@ -529,7 +553,8 @@ def main() -> int:
     for t in a.transport_list:
         if t not in TRANSPORTS:
             ap.error(f"unknown transport {t!r}: choose among {','.join(TRANSPORTS)}")
-    a.transport_ns = None if a.transport_n == "all" else [int(x) for x in a.transport_n.split(",") if x.strip()]
+    a.transport_ns = (None if a.transport_n == "all"
+                      else [int(x) for x in a.transport_n.split(",") if x.strip()])
     variants = sorted({v for n in ns for v in cell_variants(n, a)}, key=[
         *a.variant_list, *HUB_VARIANT.values()].index)
 
@@ -540,7 +565,7 @@ def main() -> int:
     if a.hub_config == "pure":
         a.hub_config_path = os.path.join(RESULTS, "hub-fanout.toml")
         with open(a.hub_config_path, "w") as f:
-            f.write(PURE_CONFIG)
+            f.write(pure_config())
         a.hub_config_label = "pure fan-out (history, presence, join/leave off)"
     elif a.hub_config == "dev":
         a.hub_config_path = None
@@ -561,7 +586,8 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         soft = new
     if soft < max(ns) + 100:
-        print(f"warning: RLIMIT_NOFILE {soft} < N={max(ns)}; raise the hard limit (ulimit -Hn)", file=sys.stderr)
+        print(f"warning: RLIMIT_NOFILE {soft} < N={max(ns)}; raise the hard limit (ulimit -Hn)",
+              file=sys.stderr)
 
     out_path = a.out or os.path.join(RESULTS, f"fanout-{stamp}.jsonl")
     meta = {"kind": "meta", "time": stamp, "argv": sys.argv[1:], "ns": ns, "variants": variants,
@@ -590,7 +616,8 @@ def main() -> int:
                     print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
                           f"steady {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
                           f"p50/p99 {fmt(st.get('p50_ms'), '.2f')}/{fmt(st.get('p99_ms'), '.2f')} ms | "
-                          f"sat {fmt(sa.get('deliveries_per_s'))}/s {fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
+                          f"sat {fmt(sa.get('deliveries_per_s'))}/s "
+                          f"{fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
                           f"idle {fmt(idle.get('idle_kb_per_conn'), '.1f')} KB/conn | {c['cell_seconds']}s"
                           + (" | noisy" if c["noisy"] else "")
                           + (f" | ERROR {c['error'][:200]}" if "error" in c else ""), flush=True)
@@ -609,13 +636,15 @@ def main() -> int:
                     cells.append(c)
                     out.write(json.dumps(c) + "\n")
                     out.flush()
-                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} (rerun, all runs were noisy) "
+                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
+                          "(rerun, all runs were noisy) "
                           + ("noisy again" if c["noisy"] else "clean"), flush=True)
         table, summary = report(cells, ns, a)
         out.write(json.dumps(summary) + "\n")
     print()
     print(table)
-    print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}  server logs: {os.path.relpath(logdir, os.getcwd())}")
+    print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}  "
+          f"server logs: {os.path.relpath(logdir, os.getcwd())}")
     return 1 if any("error" in c for c in cells) else 0
 
 

@@ -739,7 +739,7 @@ def percentile(q: float):
     return None
 
 
-async def wait_until(cond, timeout: float, what: str) -> None:
+async def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ASYNC109 - a poll, bounded
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:
@@ -795,7 +795,7 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
             finish()
         try:
             await asyncio.wait_for(asyncio.shield(done_fut), a.drain_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             complete = False
     DONE_AT = INF
     c1, b1, cc1, w1 = procstat.cpu(server_pid), procstat.box(), time.process_time(), time.monotonic()
