@@ -33,6 +33,7 @@ from hub import codec_json, codes
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
+from hub.limits import CommandLimiter, Verdict
 from hub.logs import bind_session, unbind_session
 from hub.recovery import Recovery, after_position, recover
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
@@ -170,6 +171,7 @@ class Client:
         "events",
         "resume_as_events",
         "_emulated",
+        "limiter",
         "__weakref__",
     )
 
@@ -194,6 +196,9 @@ class Client:
         """The writer of an SSE stream whose every event carries the resume point (stream positions of the
         recoverable subscriptions); None on other transports."""
         self._emulated = asyncio.Lock() if self.emulation else None
+        rate, burst = node.config.client_command_rate_limit, node.config.client_command_rate_burst
+        self.limiter = CommandLimiter(rate, burst, time.monotonic()) if rate > 0 else None
+        """The command rate limit (``hub.limits``); None when it is off."""
         self.resume_as_events = False
         """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.state = State.CONNECTING
@@ -295,6 +300,8 @@ class Client:
         method = next((m for m in _METHODS if m in cmd), None)
         if method is None and cmd_id == 0:
             return  # an empty command is the pong to our ping
+        if self.limiter is not None and self._over_rate(cmd_id, method or "unknown"):
+            return
         if method != "connect" and self.state is State.CONNECTING:
             log.warning("%s before connect", method or "unknown command", extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
@@ -339,6 +346,25 @@ class Client:
             return
         if cmd_id and result is not None:
             self.writer.push(self.codec.encode_reply(cmd_id, method, result))
+
+    def _over_rate(self, cmd_id: int, method: str) -> bool:
+        """Spend a token on this command (``hub.limits``): False to go on; True when it was refused (111);
+        raises 3013 when the connection keeps flooding."""
+        assert self.limiter is not None
+        verdict = self.limiter.admit(time.monotonic())
+        if verdict is Verdict.ADMIT:
+            return False
+        self.node.metrics.rate_limited += 1
+        self.node.metrics.command_error(method, 111)
+        if verdict is Verdict.FLOOD:
+            refused = self.limiter.refused
+            log.warning("command flood: %d commands refused in a row", refused, extra=self._log_extra())
+            raise codes.TOO_MANY_REQUESTS.error()
+        if self.limiter.refused == 1:  # one line per streak, not one per refused command
+            log.info("command rate limit exceeded", extra=self._log_extra())
+        if cmd_id:
+            self.writer.push(self.codec.encode_error(cmd_id, 111, "too many requests", True))
+        return True
 
     # ---------------------------------------------------------------- connect / refresh
 
@@ -414,6 +440,12 @@ class Client:
                     reject_unrecovered=False,
                 )
                 prepared.append(prep)
+            # Checked last, with no await before the registry takes this connection: two connects of
+            # one user cannot both slip under the limit. Anonymous connections are not counted.
+            limit = node.config.client_user_connection_limit
+            if limit and user and len(node.registry.user_clients(tenant, user)) >= limit:
+                log.info("user connection limit %d reached", limit, extra=self._log_extra())
+                raise codes.CONNECTION_LIMIT.error()
         except BaseException:
             for prep in prepared:
                 await self._rollback_async(prep.sub)

@@ -78,7 +78,7 @@ class Config:
     client_expired_close_delay: float = 25.0
     client_stale_close_delay: float = 10.0
     client_recovery_max_publication_limit: int = 300
-    client_command_rate_limit: float = 100.0
+    client_command_rate_limit: float = 0.0
     client_command_rate_burst: int = 200
     client_user_connection_limit: int = 0
     websocket_fast_path: bool = True
