@@ -499,6 +499,10 @@ def versions() -> dict:
     try:
         out["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True, timeout=5).stdout.strip() or None
+        # the hub measured is the working tree: say which of its files differ from HEAD
+        out["git_uncommitted"] = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "hub", "channels", "presence"],
+            capture_output=True, text=True, timeout=5).stdout.splitlines()
     except Exception:  # noqa: BLE001
         pass
     return out
