@@ -112,6 +112,11 @@ class Switchboard:
                 )
                 await self.metrics_server.start()
 
+    async def drain(self) -> None:
+        """Disconnect every client with 3001 (reconnect) in batches (``Node.drain``). Call it from your
+        server's shutdown before the server closes connections; ``stop`` runs it if nobody did."""
+        await self.node.drain()
+
     async def stop(self) -> None:
         await self.node.stop()
         if self.metrics_server is not None:

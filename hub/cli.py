@@ -7,9 +7,11 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from hub.auth import mint_token
@@ -61,8 +63,30 @@ def _server_class() -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn's server, but a SIGTERM/SIGINT that led to a clean shutdown ends the process with 0
-        (uvicorn re-raises the signal after shutting down, so the process would die by it)."""
+        """uvicorn's server, with two changes for a graceful shutdown:
+
+        - before uvicorn closes every connection at once, it stops accepting new ones and lets ``drain``
+          (the node's batched disconnect of every session, of every transport) run; uvicorn then finishes
+          what is left within what remains of ``shutdown_timeout``;
+        - a SIGTERM/SIGINT that led to a clean shutdown ends the process with 0 (uvicorn re-raises the
+          signal after shutting down, so the process would die by it).
+        """
+
+        drain: Callable[[], Awaitable[None]] | None = None
+        shutdown_timeout = 10.0
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.drain is not None:
+                started = time.monotonic()
+                for server in self.servers:
+                    server.close()  # stop accepting first: no new connection joins during the batches
+                try:
+                    await self.drain()
+                except Exception:
+                    log.exception("draining the node failed; closing connections at once")
+                left = self.shutdown_timeout - (time.monotonic() - started)
+                self.config.timeout_graceful_shutdown = max(1, int(left))
+            await super().shutdown(sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -98,7 +122,10 @@ def serve(args: argparse.Namespace) -> None:
         )
     app = Switchboard(cfg)
     log.info("listening on http://%s:%d", cfg.host, cfg.port)
-    _server_class()(uvicorn_config(app, cfg)).run()
+    server = _server_class()(uvicorn_config(app, cfg))
+    server.drain = app.drain
+    server.shutdown_timeout = cfg.shutdown_timeout
+    server.run()
 
 
 def token(args: argparse.Namespace) -> None:

@@ -172,6 +172,7 @@ class Client:
         "resume_as_events",
         "_emulated",
         "limiter",
+        "_graceful",
         "__weakref__",
     )
 
@@ -199,6 +200,8 @@ class Client:
         rate, burst = node.config.client_command_rate_limit, node.config.client_command_rate_burst
         self.limiter = CommandLimiter(rate, burst, time.monotonic()) if rate > 0 else None
         """The command rate limit (``hub.limits``); None when it is off."""
+        self._graceful: Disconnect | None = None
+        """A disconnect waiting for the command in progress to finish (``disconnect_gracefully``)."""
         self.resume_as_events = False
         """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.state = State.CONNECTING
@@ -265,7 +268,7 @@ class Client:
         self.busy = True
         try:
             for cmd in commands:
-                if self._closing:
+                if self._closing or self._graceful is not None:
                     return
                 try:
                     await self._handle_command(cmd)
@@ -276,6 +279,8 @@ class Client:
                     return
         finally:
             self.busy = False
+            if self._graceful is not None:
+                self.disconnect(self._graceful)
             if self.awaiting_pong:
                 # A slow command kept the client's pong waiting behind it: the pong timeout starts now.
                 self.last_ping = time.monotonic()
@@ -939,6 +944,14 @@ class Client:
         )
         self.node.metrics.slow_disconnect()
         self.disconnect(codes.SLOW.error(), flush=False)
+
+    def disconnect_gracefully(self, exc: Disconnect) -> None:
+        """Disconnect now, or, while a frame is being handled, as soon as its command in progress has
+        finished and written its reply (the frame's remaining commands are dropped)."""
+        if self.busy and not self._closing:
+            self._graceful = exc
+        else:
+            self.disconnect(exc)
 
     def disconnect(self, exc: Disconnect, *, flush: bool = True) -> None:
         """End the connection with ``exc``'s code. Idempotent; cleanup runs in ``closed``."""

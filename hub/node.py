@@ -81,26 +81,61 @@ class Node:
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         log.info("node %s started", self.id)
 
-    async def stop(self) -> None:
-        """Disconnect every client with 3001 (reconnect), in batches, then close the backends."""
-        if not self.started or self.stopping:
+    async def drain(self) -> None:
+        """The first half of a graceful shutdown: refuse new sessions, and disconnect every session of every
+        transport with 3001 (reconnect) in batches, so a whole fleet of clients does not reconnect at once.
+
+        Policy: batches of ``shutdown_batch_size``, ``shutdown_batch_pause`` apart, spread over at most half
+        of ``shutdown_timeout``. A session in the middle of a frame finishes the command in progress (its
+        reply is written) and is closed right after; every session's buffered writes are flushed before its
+        close. Sessions still open at three quarters of ``shutdown_timeout`` are closed at once. Returns
+        when every session has ended, or then. Idempotent; ``stop`` runs it if nobody did.
+        """
+        if not self.started:
             return
-        self.stopping = True
+        if self.stopping:
+            await self._drained.wait()
+            return
+        self.stopping = True  # from here new sessions are closed with 3001 at once, /ready answers 503
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.shutdown_timeout * 0.75
         sessions = list(self.sessions)
-        for i, client in enumerate(sessions):
-            client.disconnect(codes.SHUTDOWN.error())
-            if i % 500 == 499:
-                await asyncio.sleep(0)
+        size = cfg.shutdown_batch_size
+        batches = [sessions[i : i + size] for i in range(0, len(sessions), size)]
+        pause = cfg.shutdown_batch_pause
+        if len(batches) > 1:
+            pause = min(pause, cfg.shutdown_timeout / 2 / (len(batches) - 1))
+        log.info("shutdown: %d sessions in %d batches, %.3fs apart", len(sessions), len(batches), pause)
+        for number, batch in enumerate(batches, 1):
+            if number > 1 and pause > 0:
+                await asyncio.sleep(pause)
+            for client in batch:
+                client.disconnect_gracefully(codes.SHUTDOWN.error())
+            log.info("shutdown: batch %d of %d: %d sessions disconnected", number, len(batches), len(batch))
         if self.sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout)
+                await asyncio.wait_for(self._drained.wait(), max(0.0, deadline - loop.time()))
+        if self.sessions:
+            log.warning("shutdown: %d sessions still open; closing them now", len(self.sessions))
+            for client in list(self.sessions):
+                client.disconnect(codes.SHUTDOWN.error())
+        self._drained.set()
+
+    async def stop(self) -> None:
+        """Drain (if nobody did), then close the backends."""
+        if not self.started:
+            return
+        await self.drain()
+        if not self.started:
+            return  # a concurrent stop finished meanwhile
+        self.started = False
         if self._clock is not None:
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
         await self.broker.close()
         await self.presence.close()
-        self.started = False
         log.info("node %s stopped", self.id)
 
     # ---------------------------------------------------------------- sessions

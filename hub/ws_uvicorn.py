@@ -68,7 +68,11 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_parser_exception()
 
     def shutdown(self) -> None:
-        """Server shutdown: close with the Centrifuge "shutdown" code (reconnect), not uvicorn's 1012."""
+        """Server shutdown: close with the Centrifuge "shutdown" code (reconnect), not uvicorn's 1012.
+
+        Under ``switchboard serve`` the node has already disconnected its sessions in batches
+        (``Node.drain``) by the time uvicorn calls this; it closes only what is left (a connection still in
+        its handshake), or every connection at once under a plain ``uvicorn`` run."""
         if self.handshake_complete and not self.close_sent and not self.disconnected:
             self.stop_keepalive()
             self.close_with(self.shutdown_code, self.shutdown_reason)

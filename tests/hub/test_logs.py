@@ -100,9 +100,7 @@ async def test_every_line_of_a_websocket_session_carries_its_fields(
             assert rec.get("client") == client_id, rec
 
 
-async def test_emulation_commands_log_as_their_session(
-    make_hub: HubFactory, captured: io.StringIO
-) -> None:
+async def test_emulation_commands_log_as_their_session(make_hub: HubFactory, captured: io.StringIO) -> None:
     hub = await make_hub(hooks=hooks_that_log())
     connect = orjson.dumps({"id": 1, "connect": {"token": token("carol")}})
     async with (
@@ -114,7 +112,9 @@ async def test_emulation_commands_log_as_their_session(
             first = json.loads(await anext(lines))
         session, node, client_id = (first["connect"][k] for k in ("session", "node", "client"))
         data = orjson.dumps({"id": 2, "rpc": {"method": "echo", "data": 5}}).decode()
-        posted = await http.post(hub.http + "/emulation", json={"session": session, "node": node, "data": data})
+        posted = await http.post(
+            hub.http + "/emulation", json={"session": session, "node": node, "data": data}
+        )
         assert posted.status_code == 204
         async with asyncio.timeout(TIMEOUT):
             while True:
@@ -152,7 +152,8 @@ async def test_serve_writes_json_lines(server_process: Any) -> None:  # noqa: F8
     assert any(r["logger"].startswith("uvicorn") for r in recs)
     assert any("development mode" in r["message"] for r in recs)
     mine = [r for r in recs if r.get("client") == client_id]
-    assert {"connected", "subscribe failed: 107 bad request"} <= {r["message"] for r in mine}
+    expected = {"connected", "subscribe failed: 107 bad request", "disconnect 3001 shutdown"}
+    assert expected <= {r["message"] for r in mine}
     for rec in mine:
         assert (rec["user"], rec["tenant"], rec["transport"]) == ("", "", "websocket")
 
