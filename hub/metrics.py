@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sized
@@ -34,6 +35,7 @@ PREFIX = "switchboard"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds. Publication times are milliseconds, so the lowest buckets mostly tell "same millisecond"."""
 OTHER_NAMESPACE = "other"
+LABEL_CACHE_SIZE = 65536
 
 
 class Histogram:
@@ -77,6 +79,7 @@ class Metrics:
         "recovery_failures",
         "rate_limited",
         "namespaces",
+        "_labels",
     )
 
     def __init__(self, namespaces: Collection[str] = ()) -> None:
@@ -98,6 +101,8 @@ class Metrics:
         self.recovery_failures = 0
         self.rate_limited = 0
         """Commands refused with 111 (too many requests)."""
+        self._labels: dict[str, str] = {}
+        """Channel name -> namespace label, for the fan-out (cleared when full)."""
 
     @property
     def deliveries(self) -> int:
@@ -105,11 +110,23 @@ class Metrics:
 
     def namespace_of(self, channel: str) -> str:
         """The ``namespace`` label of a channel name: its namespace if configured, else ``other``."""
-        bare = channel[1:] if channel.startswith("$") else channel
-        namespace, sep, _ = bare.partition(":")
-        if not sep:
-            return ""
-        return namespace if namespace in self.namespaces else OTHER_NAMESPACE
+        label = self._labels.get(channel)
+        if label is None:
+            bare = channel[1:] if channel.startswith("$") else channel
+            namespace, sep, _ = bare.partition(":")
+            label = "" if not sep else namespace if namespace in self.namespaces else OTHER_NAMESPACE
+            if len(self._labels) >= LABEL_CACHE_SIZE:
+                self._labels.clear()
+            self._labels[channel] = label
+        return label
+
+    def fanout(self, channel: str, delivered: int, created_ms: int) -> None:
+        """One publication fanned out to ``delivered`` local subscribers: count them, and observe the
+        latency since its creation (``created_ms``, 0 if unknown) once."""
+        self.delivered[self.namespace_of(channel)] += delivered
+        if created_ms:
+            latency = time.time() - created_ms / 1000
+            self.latency.observe(latency if latency > 0.0 else 0.0)
 
     def command(self, method: str) -> None:
         self.commands[method] += 1

@@ -285,10 +285,7 @@ class Node:
                     uni_frame = frame
                 for push in subs.values():
                     push(frame)
-            metrics = self.metrics
-            metrics.delivered[metrics.namespace_of(key[1])] += delivered
-            if pub.time:  # once per publication fanned out, not per subscriber
-                metrics.latency.observe(max(0.0, time.time() - pub.time / 1000))
+            self.metrics.fanout(key[1], delivered, pub.time)  # once per publication, not per subscriber
         pending = self.registry.pending.get(key)
         if pending:
             for buffered in pending.values():

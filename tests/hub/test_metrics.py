@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.metrics import LATENCY_BUCKETS, OTHER_NAMESPACE, Histogram, Metrics
+from hub.metrics import LABEL_CACHE_SIZE, LATENCY_BUCKETS, OTHER_NAMESPACE, Histogram, Metrics
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -147,3 +147,10 @@ def test_namespace_label_examples() -> None:
     assert m.namespace_of("$chat:secret") == "chat"
     assert m.namespace_of("lobby") == ""
     assert m.namespace_of("spam-123:x") == OTHER_NAMESPACE
+
+
+def test_namespace_label_cache_stays_bounded() -> None:
+    m = Metrics(["chat"])
+    for i in range(LABEL_CACHE_SIZE + 10):
+        assert m.namespace_of(f"chat:room-{i}") == "chat"
+    assert len(m._labels) <= LABEL_CACHE_SIZE
