@@ -1,0 +1,144 @@
+"""Group commit in front of a DocumentStore, and the "relay only what is durable" rule.
+
+Rooms queue operations (``append``, ``compact``) and ask to be called back once everything they queued so
+far is durable (``after_durable``). One writer task drains the queue: every operation queued while the
+previous batch was being written goes into the next batch, in one store transaction. Under load a batch
+grows to whatever arrived during one commit; when idle a lone update is written on the next loop tick
+(or after ``delay`` seconds, to gather more per commit).
+
+Callbacks run in the order they were registered, after the batch holding everything queued before them
+has committed. A room relays an update from such a callback, so no client ever receives an update the
+store would lose in a crash.
+
+A batch that fails is not retried: its callbacks are dropped (nothing in it is relayed) and ``on_failure``
+is told which documents it touched, so their rooms can be closed and reloaded from what is stored; their
+clients resend what the store lacks when they sync again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from sync.store import Append, Compact, DocKey, DocumentStore, StoreError, StoreOp
+
+log = logging.getLogger("switchboard.sync.journal")
+
+Callback = Callable[[], None]
+
+
+class Journal:
+    def __init__(
+        self,
+        store: DocumentStore,
+        *,
+        on_failure: Callable[[set[DocKey], StoreError], None] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.on_failure = on_failure
+        self.delay = delay
+        self._ops: list[StoreOp] = []
+        self._callbacks: list[Callback] = []
+        self._inflight: list[Callback] | None = None
+        """Callbacks waiting on the batch being written (None: nothing is being written)."""
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Event()
+        """Set (and replaced) each time a batch finishes."""
+        self._started = 0
+        self._finished = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches = 0
+        self.ops_written = 0
+
+    # ---------------------------------------------------------------- queueing (synchronous, no awaits)
+
+    def append(self, key: DocKey, update: bytes) -> None:
+        self._queue(Append(key, update))
+
+    def compact(self, key: DocKey, snapshot: bytes) -> None:
+        self._queue(Compact(key, snapshot))
+
+    def _queue(self, op: StoreOp) -> None:
+        if self._closed:
+            raise StoreError("document journal is closed")
+        self._ops.append(op)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wakeup.set()
+
+    def after_durable(self, callback: Callback) -> None:
+        """Call ``callback`` once everything queued so far is durable (now, if it already is)."""
+        if self._ops:
+            self._callbacks.append(callback)
+        elif self._inflight is not None:
+            self._inflight.append(callback)
+        else:
+            callback()
+
+    @property
+    def idle(self) -> bool:
+        return not self._ops and self._inflight is None
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written (durable, or its batch failed)."""
+        target = self._started + (1 if self._ops else 0)
+        while self._finished < target:
+            await self._progress.wait()
+
+    # ---------------------------------------------------------------- the writer
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self.delay > 0:
+                await asyncio.sleep(self.delay)
+            while self._ops:
+                ops, self._ops = self._ops, []
+                callbacks, self._callbacks = self._callbacks, []
+                self._inflight = callbacks
+                self._started += 1
+                try:
+                    await self.store.write(ops)
+                except Exception as exc:
+                    self._fail(ops, exc)
+                else:
+                    self.batches += 1
+                    self.ops_written += len(ops)
+                    self._inflight = None
+                    for callback in callbacks:  # including those added while the batch was written
+                        try:
+                            callback()
+                        except Exception:
+                            log.exception("callback after a durable write failed")
+                self._inflight = None
+                self._finished += 1
+                progress, self._progress = self._progress, asyncio.Event()
+                progress.set()
+
+    def _fail(self, ops: list[StoreOp], exc: Exception) -> None:
+        """Drop the batch's callbacks (nothing in it is relayed) and report the documents it touched."""
+        error = exc if isinstance(exc, StoreError) else StoreError(f"store failure: {exc!r}")
+        if not isinstance(exc, StoreError):  # a store bug must not stop every later write
+            log.error("document store write raised", exc_info=exc)
+        keys = {op.key for op in ops}
+        log.error("document write failed for %d document(s): %s", len(keys), error.reason)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(keys, error)
+            except Exception:
+                log.exception("on_failure handler failed")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop. Later operations raise ``StoreError``."""
+        await self.flush()
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,299 @@
+"""DocRoom: one open document on a node, its connections (peers) and their awareness.
+
+The y-sync session of one connection, as y-websocket's server runs it:
+
+- on join the room sends its sync step 1 (its state vector) and every known awareness state;
+- a peer's step 1 is answered with step 2 (what the peer lacks);
+- a peer's step 2 and update messages are applied to the room's pycrdt ``Doc`` ONCE; what the document
+  actually integrated (pycrdt's after-transaction update: nothing for a duplicate, the released
+  dependents for a gap that closed) is appended to the journal and relayed as ONE pre-built message to
+  every other peer, after the journal made it durable;
+- awareness is applied by the y-protocols rule and every accepted entry is relayed to ALL peers, the
+  sender included; query-awareness is answered with every state;
+- when a peer leaves, the awareness states it announced are removed and the others are told.
+
+Policies:
+
+- Durability before relay: a peer receives an update (as a relay or inside a step 2) only after the
+  journal wrote it, so a crash never loses an update that any client was sent. The sender keeps its own
+  edit meanwhile, and a Yjs client always resends what the server lacks when it syncs again.
+- Read-only peers get sync and awareness; updates from them are never applied or relayed.
+  ``receive`` raises ``WriteRefused`` (the connection stays open) when such an update carried content the
+  document lacks; the step 2 a read-only client sends in answer to our step 1 is dropped silently when it
+  holds nothing new.
+- Bad input raises (``ProtocolError``, ``UpdateRejected``, ``LimitExceeded``) before anything is applied:
+  the caller closes that connection, the document and the other peers are unaffected.
+- Compaction: once the log since the snapshot passes ``compact_after_updates`` rows or
+  ``max(compact_after_bytes, snapshot size)`` bytes, the room queues a snapshot of its document
+  (``Doc.get_update()``) behind the appends it covers. The byte bound grows with the snapshot, so a large
+  document is re-encoded at most once per its own size of new updates.
+- Size: ``max_document_size`` is checked before applying, against the stored size (snapshot plus log
+  since, an upper bound of the encoded document) plus the bytes of updates still waiting for missing
+  dependencies; only when that bound would pass the limit is the exact size computed. Server-side edits
+  (``DocumentRooms.open``) are trusted and not size-checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pycrdt import Doc, TransactionEvent
+
+from sync import protocol
+from sync.awareness import AwarenessStates
+from sync.journal import Journal
+from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, SyncError, UpdateRejected
+from sync.store import DocKey, StoredDocument, StoreError
+from sync.update import client_ranges
+
+log = logging.getLogger("switchboard.sync.room")
+
+T = TypeVar("T")
+
+EMPTY_UPDATE = b"\x00\x00"
+"""A Yjs update with no structs and an empty delete set."""
+
+KEEPALIVE = protocol.awareness(protocol.encode_awareness([]))
+"""An awareness update with no entries: a no-op for every client, and a message the provider counts as
+a sign of life (it reconnects after 30 s without one)."""
+
+
+class WriteRefused(SyncError):
+    """A read-only peer sent an update with new content; it was dropped (the connection may stay)."""
+
+
+class Peer(Protocol):
+    """One connection of a room, as the room sees it. Implementations must not call back into the room
+    from these methods."""
+
+    def send(self, message: bytes) -> None:
+        """Queue one y-websocket message (without awaiting)."""
+
+    def terminate(self, error: SyncError) -> None:
+        """End the connection because of ``error`` (the room is closing or failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLimits:
+    max_update_size: int = 4 * 1024 * 1024
+    max_document_size: int = 32 * 1024 * 1024
+    compact_after_updates: int = 1000
+    compact_after_bytes: int = 1024 * 1024
+
+
+def decode_state_vector(raw: bytes) -> dict[int, int]:
+    """A Yjs state vector: ``varUint(n)`` then n pairs of ``varUint(client) varUint(clock)``."""
+    reader = protocol.Reader(raw)
+    return {reader.var_uint(): reader.var_uint() for _ in range(reader.var_uint())}
+
+
+class DocRoom:
+    def __init__(
+        self,
+        key: DocKey,
+        journal: Journal,
+        limits: RoomLimits,
+        stored: StoredDocument | None = None,
+    ) -> None:
+        self.key = key
+        self.journal = journal
+        self.limits = limits
+        self.doc: Doc[Any] = Doc()
+        stored = stored if stored is not None else StoredDocument()
+        for update in stored.updates:
+            try:
+                self.doc.apply_update(update)
+            except ValueError as exc:
+                raise StoreError(f"stored document {key[1]!r} does not decode: {exc}") from None
+        self.snapshot_bytes = stored.snapshot_bytes
+        self.log_rows = stored.log_rows
+        self.log_bytes = stored.log_bytes
+        self.size = stored.snapshot_bytes + stored.log_bytes
+        """An upper bound of the encoded document's size."""
+        self._clocks = decode_state_vector(self.doc.get_state())
+        """The document's state vector, kept up to date from its own updates."""
+        self.unintegrated = 0
+        """Bytes of updates that could not be integrated yet (missing dependencies)."""
+        self.awareness = AwarenessStates()
+        self.peers: dict[Peer, bool] = {}
+        """Connected peers and whether each may write."""
+        self.users = 0
+        """Peers plus server-side holders (``DocumentRooms.acquire``); unloaded when it drops to 0."""
+        self.closed = False
+        self.relayed = 0
+        self._sender: Peer | None = None
+        self._compact_due = False
+        self._subscription = self.doc.observe(self._on_change)
+
+    # ---------------------------------------------------------------- peers
+
+    def join(self, peer: Peer, can_write: bool) -> None:
+        self.peers[peer] = can_write
+        peer.send(protocol.sync_step1(self.doc.get_state()))
+        states = self.awareness.snapshot()
+        if states:
+            peer.send(protocol.awareness(protocol.encode_awareness(states)))
+
+    def leave(self, peer: Peer, now: float | None = None) -> None:
+        if self.peers.pop(peer, None) is None:
+            return
+        removed = self.awareness.remove_owner(peer, time.monotonic() if now is None else now)
+        if removed:
+            self._broadcast(protocol.awareness(protocol.encode_awareness(removed)))
+
+    def receive(self, peer: Peer, data: bytes, now: float | None = None) -> None:
+        """Handle one message from ``peer``. Raises ``SyncError`` subclasses (see the module policies)."""
+        message = protocol.decode(data)
+        if isinstance(message, protocol.SyncUpdate | protocol.SyncStep2):
+            self._apply(peer, message.update)
+        elif isinstance(message, protocol.SyncStep1):
+            self._answer_step1(peer, message.state_vector)
+        elif isinstance(message, protocol.AwarenessMessage):
+            entries = protocol.decode_awareness(message.update)
+            accepted = self.awareness.apply(entries, peer, time.monotonic() if now is None else now)
+            if accepted:
+                # All accepted (the usual case): the incoming bytes are already the message to relay.
+                relay = data if len(accepted) == len(entries) else self._awareness_message(accepted)
+                self._broadcast(relay)
+        elif isinstance(message, protocol.QueryAwareness):
+            peer.send(self._awareness_message(self.awareness.snapshot()))
+        else:  # an auth message: servers send those, clients do not
+            log.debug("auth message from a client ignored")
+
+    def _answer_step1(self, peer: Peer, state_vector: bytes) -> None:
+        try:
+            missing = self.doc.get_update(state_vector)
+        except ValueError:
+            raise ProtocolError("sync step 1 holds no valid state vector") from None
+        reply = protocol.sync_step2(missing)
+        # Computed now (covers everything applied so far), sent once all of that is durable.
+        self.journal.after_durable(lambda: peer.send(reply))
+
+    def _apply(self, peer: Peer, update: bytes) -> None:
+        limits = self.limits
+        if len(update) > limits.max_update_size:
+            raise LimitExceeded(f"update too large ({len(update)} > {limits.max_update_size} bytes)")
+        if not self.peers.get(peer, False):
+            if self._brings_content(update):
+                raise WriteRefused("read-only: update not applied")
+            return
+        if self.size + self.unintegrated + len(update) > limits.max_document_size:
+            self.size = len(self.doc.get_update())
+            if self.size + self.unintegrated + len(update) > limits.max_document_size:
+                raise LimitExceeded(f"document too large (limit {limits.max_document_size} bytes)")
+        self._sender = peer
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            raise UpdateRejected(f"invalid update: {exc}") from None
+        finally:
+            self._sender = None
+        if self._brings_content(update):
+            # Parts wait for updates they depend on (held by pycrdt, not yet in the document): count
+            # them against the size limit until the room is reloaded, so gaps cannot grow unbounded.
+            self.unintegrated += len(update)
+
+    def _brings_content(self, update: bytes) -> bool:
+        """Whether ``update`` holds structs the document does not have (deletions are not counted)."""
+        try:
+            ends = client_ranges(update)
+        except ProtocolError:  # pycrdt is the judge of validity; our reader only looks
+            return False
+        clocks = self._clocks
+        return any(end > clocks.get(client, 0) for client, end in ends.items())
+
+    # ---------------------------------------------------------------- document changes (any origin)
+
+    def _on_change(self, event: TransactionEvent) -> None:
+        """After every transaction that changed the document: log it, relay it once durable."""
+        update: bytes = event.update
+        if update == EMPTY_UPDATE or self.closed:
+            return
+        self.journal.append(self.key, update)
+        try:
+            ends = client_ranges(update)
+        except ProtocolError:  # pycrdt's own encoding: should not happen; re-read the state vector
+            ends = decode_state_vector(self.doc.get_state())
+        clocks = self._clocks
+        for client, end in ends.items():
+            if end > clocks.get(client, 0):
+                clocks[client] = end
+        self.log_rows += 1
+        self.log_bytes += len(update)
+        self.size += len(update)
+        message = protocol.update(update)
+        sender = self._sender
+        self.journal.after_durable(lambda: self._relay(message, sender))
+        if not self._compact_due and self._compaction_due():
+            self._compact_due = True
+            asyncio.get_running_loop().call_soon(self._compact_if_due)
+
+    def _relay(self, message: bytes, sender: Peer | None) -> None:
+        if self.closed:
+            return
+        count = 0
+        for peer in self.peers:
+            if peer is not sender:
+                peer.send(message)
+                count += 1
+        self.relayed += count
+
+    def transact(self, fn: Callable[[Doc[Any]], T], origin: str = "server") -> T:
+        """Run ``fn`` on the document in one transaction; its changes are logged and relayed."""
+        with self.doc.transaction(origin=origin):
+            return fn(self.doc)
+
+    # ---------------------------------------------------------------- compaction
+
+    def _compaction_due(self) -> bool:
+        limits = self.limits
+        return self.log_rows >= limits.compact_after_updates or self.log_bytes >= max(
+            limits.compact_after_bytes, self.snapshot_bytes
+        )
+
+    def _compact_if_due(self) -> None:
+        self._compact_due = False
+        if not self.closed and self._compaction_due():
+            self.compact()
+
+    def compact(self) -> None:
+        """Queue a snapshot that replaces the stored log (behind the appends it covers)."""
+        snapshot = self.doc.get_update()
+        self.journal.compact(self.key, snapshot)
+        self.snapshot_bytes = len(snapshot)
+        self.size = len(snapshot)
+        self.log_rows = 0
+        self.log_bytes = 0
+
+    # ---------------------------------------------------------------- upkeep
+
+    def expire_awareness(self, now: float) -> None:
+        removed = self.awareness.expire(now)
+        if removed:
+            self._broadcast(self._awareness_message(removed))
+
+    def keepalive(self) -> None:
+        self._broadcast(KEEPALIVE)
+
+    def close(self, error: SyncError | None = None) -> None:
+        """Stop relaying; with ``error``, end every peer's connection with it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.doc.unobserve(self._subscription)
+        if error is not None:
+            for peer in list(self.peers):
+                peer.terminate(error)
+
+    def _broadcast(self, message: bytes) -> None:
+        for peer in self.peers:
+            peer.send(message)
+
+    @staticmethod
+    def _awareness_message(entries: list[AwarenessEntry]) -> bytes:
+        return protocol.awareness(protocol.encode_awareness(entries))

@@ -1,0 +1,241 @@
+"""DocumentRooms: the open documents of one node, their loading, unloading and upkeep.
+
+- ``acquire(key)`` returns the document's room, loading it from the store on first use (concurrent
+  acquirers of one document share one load); ``release(room)`` gives it back. A room nobody holds is
+  kept for ``unload_delay`` seconds (a reconnecting client finds it warm), then compacted if its log is
+  not empty, flushed, and dropped. An acquire during that unload waits for it and loads afresh.
+- ``max_open`` bounds the rooms of a node: past it, idle rooms are unloaded early, and if every room is
+  in use ``acquire`` raises ``LimitExceeded`` (nothing is loaded).
+- One clock task every ``TICK`` seconds expires stale awareness states and, every ``keepalive_interval``,
+  sends each peer an empty awareness update (see ``sync.room.KEEPALIVE``).
+- The store is opened on the first acquire, so a node that never serves documents creates no file.
+- A failed store write closes the rooms it touched (their peers get the ``StoreError`` and reconnect);
+  the next acquire reloads what the store holds.
+- ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
+  connected peers and the store like any client's, and they return once the edits are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from pycrdt import Doc
+
+from sync.journal import Journal
+from sync.protocol import LimitExceeded
+from sync.room import DocRoom, RoomLimits
+from sync.store import DocKey, DocumentStore, StoreError
+
+log = logging.getLogger("switchboard.sync.rooms")
+
+T = TypeVar("T")
+
+TICK = 3.0
+"""Seconds between awareness expiry passes (y-protocols checks every outdatedTimeout / 10)."""
+
+
+class DocumentRooms:
+    def __init__(
+        self,
+        store: DocumentStore,
+        *,
+        limits: RoomLimits | None = None,
+        unload_delay: float = 5.0,
+        max_open: int = 10000,
+        keepalive_interval: float = 15.0,
+        commit_delay: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.limits = limits if limits is not None else RoomLimits()
+        self.unload_delay = unload_delay
+        self.max_open = max_open
+        self.keepalive_interval = keepalive_interval
+        self.journal = Journal(store, on_failure=self._on_store_failure, delay=commit_delay)
+        self.rooms: dict[DocKey, DocRoom] = {}
+        self._loading: dict[DocKey, asyncio.Task[DocRoom]] = {}
+        self._unloading: dict[DocKey, asyncio.Task[None]] = {}
+        self._timers: dict[DocKey, asyncio.TimerHandle] = {}
+        self._store_open = False
+        self._open_lock = asyncio.Lock()
+        self._clock: asyncio.Task[None] | None = None
+        self._closing = False
+        self.loads = 0
+        self.unloads = 0
+        self.on_unload: Callable[[DocKey], None] | None = None
+        """Called after a document was unloaded (metrics, tests)."""
+
+    # ---------------------------------------------------------------- acquire / release
+
+    async def acquire(self, key: DocKey) -> DocRoom:
+        if self._closing:
+            raise StoreError("documents are shutting down")
+        while True:
+            unloading = self._unloading.get(key)
+            if unloading is not None:
+                await asyncio.shield(unloading)
+                continue
+            room = self.rooms.get(key)
+            if room is not None:
+                room.users += 1
+                timer = self._timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+                return room
+            loading = self._loading.get(key)
+            if loading is None:
+                self._make_room_for_one()
+                loading = asyncio.get_running_loop().create_task(self._load(key))
+                self._loading[key] = loading
+            await asyncio.shield(loading)  # raises what the load raised; the next loop takes the room
+
+    def release(self, room: DocRoom) -> None:
+        room.users -= 1
+        if room.users > 0 or room.closed or self.rooms.get(room.key) is not room:
+            return
+        if self.unload_delay <= 0:
+            self._begin_unload(room.key)
+        else:
+            loop = asyncio.get_running_loop()
+            self._timers[room.key] = loop.call_later(self.unload_delay, self._begin_unload, room.key)
+
+    @property
+    def open_count(self) -> int:
+        """Rooms loaded or loading, not counting those being unloaded."""
+        return len(self.rooms) + len(self._loading) - len(self._unloading)
+
+    def _make_room_for_one(self) -> None:
+        if self.open_count < self.max_open:
+            return
+        for key, room in list(self.rooms.items()):
+            if room.users == 0 and key not in self._unloading:
+                timer = self._timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+                self._begin_unload(key)
+                if self.open_count < self.max_open:
+                    return
+        raise LimitExceeded(f"too many open documents on this node (limit {self.max_open})")
+
+    async def _load(self, key: DocKey) -> DocRoom:
+        try:
+            await self._open_store()
+            stored = await self.store.load(key)
+            room = DocRoom(key, self.journal, self.limits, stored)
+            self.rooms[key] = room
+            self.loads += 1
+            log.debug("document %r loaded (%d stored updates)", key[1], len(stored.updates))
+            return room
+        finally:
+            self._loading.pop(key, None)
+
+    async def _open_store(self) -> None:
+        if self._store_open:
+            return
+        async with self._open_lock:
+            if not self._store_open:
+                await self.store.open()
+                self._store_open = True
+                self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+
+    # ---------------------------------------------------------------- unloading
+
+    def _begin_unload(self, key: DocKey) -> None:
+        self._timers.pop(key, None)
+        room = self.rooms.get(key)
+        if room is None or room.users > 0 or key in self._unloading:
+            return
+        self._unloading[key] = asyncio.get_running_loop().create_task(self._unload(key, room))
+
+    async def _unload(self, key: DocKey, room: DocRoom) -> None:
+        try:
+            if room.log_rows and not room.closed:
+                room.compact()
+            await self.journal.flush()
+        except Exception:
+            log.exception("unloading document %r failed", key[1])
+        finally:
+            if self.rooms.get(key) is room:
+                del self.rooms[key]
+            room.close()
+            self._unloading.pop(key, None)
+            self.unloads += 1
+            if self.on_unload is not None:
+                self.on_unload(key)
+
+    def _on_store_failure(self, keys: set[DocKey], error: StoreError) -> None:
+        for key in keys:
+            room = self.rooms.pop(key, None)
+            if room is not None:
+                log.error("document %r closed after a failed write; clients will resync", key[1])
+                room.close(error)
+
+    # ---------------------------------------------------------------- upkeep
+
+    async def _run_clock(self) -> None:
+        last_keepalive = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            keepalive = now - last_keepalive >= self.keepalive_interval
+            if keepalive:
+                last_keepalive = now
+            for room in list(self.rooms.values()):
+                try:
+                    room.expire_awareness(now)
+                    if keepalive:
+                        room.keepalive()
+                except Exception:
+                    log.exception("upkeep of document %r failed", room.key[1])
+
+    async def close(self) -> None:
+        """Compact and flush every open document, then close the store."""
+        self._closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+            self._clock = None
+        if self._unloading:
+            await asyncio.gather(*self._unloading.values(), return_exceptions=True)
+        for room in list(self.rooms.values()):
+            if room.log_rows and not room.closed:
+                room.compact()
+        await self.journal.close()
+        for room in self.rooms.values():
+            room.close()
+        self.rooms.clear()
+        if self._store_open:
+            await self.store.close()
+            self._store_open = False
+        self._closing = False
+
+    # ---------------------------------------------------------------- server-side API
+
+    @contextlib.asynccontextmanager
+    async def open(self, key: DocKey) -> AsyncIterator[Doc[Any]]:
+        """The live document of ``key``: edit it in transactions; each reaches the peers and the store.
+        On exit, waits until the edits are durable."""
+        room = await self.acquire(key)
+        try:
+            yield room.doc
+            await self.journal.flush()
+        finally:
+            self.release(room)
+
+    async def transact(self, key: DocKey, fn: Callable[[Doc[Any]], T]) -> T:
+        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable."""
+        room = await self.acquire(key)
+        try:
+            result = room.transact(fn)
+            await self.journal.flush()
+            return result
+        finally:
+            self.release(room)

@@ -1,0 +1,118 @@
+"""Group commit: callbacks only after durability, in order; batches gather what arrives during a commit;
+a failed batch relays nothing and is reported."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from sync.journal import Journal
+from sync.store import DocKey, StoreError, StoreOp
+from sync.store_sqlite import SqliteDocumentStore
+
+A: DocKey = ("", "a")
+B: DocKey = ("t", "b")
+
+
+class GatedStore(SqliteDocumentStore):
+    """The real SQLite store, but each write waits for ``gate`` (so a test can hold a commit open)
+    and records the batch sizes; ``fail_next`` makes the next write fail."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+        self.batches: list[int] = []
+        self.fail_next = False
+
+    async def write(self, ops: Sequence[StoreOp]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreError("disk on fire")
+        self.batches.append(len(ops))
+        await super().write(ops)
+
+
+async def test_callbacks_run_after_the_commit_in_order(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    journal = Journal(store)
+    seen: list[str] = []
+    journal.after_durable(lambda: seen.append("idle"))  # nothing pending: runs now
+    assert seen == ["idle"]
+    store.gate.clear()
+    journal.append(A, b"1")
+    journal.after_durable(lambda: seen.append("first"))
+    await store.entered.wait()
+    # While the first batch is being written: these wait for the next batch.
+    journal.append(A, b"2")
+    journal.append(B, b"3")
+    journal.after_durable(lambda: seen.append("second"))
+    assert seen == ["idle"]
+    assert (await store.load(A)).updates == []
+    store.gate.set()
+    await journal.flush()
+    assert seen == ["idle", "first", "second"]
+    assert store.batches == [1, 2]
+    assert (await store.load(A)).updates == [b"1", b"2"]
+    assert (await store.load(B)).updates == [b"3"]
+    await journal.close()
+    await store.close()
+
+
+async def test_a_callback_registered_during_a_commit_with_nothing_queued_waits_for_it(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    journal = Journal(store)
+    store.gate.clear()
+    journal.append(A, b"1")
+    await store.entered.wait()
+    seen: list[str] = []
+    journal.after_durable(lambda: seen.append("x"))
+    assert seen == []
+    store.gate.set()
+    await journal.flush()
+    assert seen == ["x"]
+    await journal.close()
+    await store.close()
+
+
+async def test_a_failed_batch_drops_its_callbacks_and_reports_its_documents(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    failures: list[set[DocKey]] = []
+    journal = Journal(store, on_failure=lambda keys, exc: failures.append(keys))
+    store.fail_next = True
+    seen: list[str] = []
+    journal.append(A, b"1")
+    journal.append(B, b"2")
+    journal.after_durable(lambda: seen.append("lost"))
+    await journal.flush()
+    assert seen == [] and failures == [{A, B}]
+    journal.append(A, b"3")
+    journal.after_durable(lambda: seen.append("kept"))
+    await journal.flush()
+    assert seen == ["kept"]
+    assert (await store.load(A)).updates == [b"3"]
+    await journal.close()
+    await store.close()
+
+
+async def test_close_writes_what_is_queued_then_refuses(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    journal = Journal(store)
+    journal.append(A, b"1")
+    await journal.close()
+    assert (await store.load(A)).updates == [b"1"]
+    try:
+        journal.append(A, b"2")
+    except StoreError:
+        pass
+    else:
+        raise AssertionError("a closed journal accepted an append")
+    await store.close()

@@ -1,0 +1,358 @@
+"""DocRoom and DocumentRooms with in-memory links to YClients and the real SQLite store: sync, relay
+after durability, awareness, read-only, bad input, limits, compaction, unloading, and the convergence
+property under random edits, disconnects and reconnects (and after a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Text
+
+from sync import protocol
+from sync.protocol import LimitExceeded, ProtocolError, UpdateRejected
+from sync.room import RoomLimits, WriteRefused
+from sync.rooms import DocumentRooms
+from sync.store import DocKey
+from sync.store_sqlite import SqliteDocumentStore
+from tests.sync.links import Link, connect, pump
+from tests.sync.yclient import YClient
+
+KEY: DocKey = ("", "notes")
+
+
+@contextlib.asynccontextmanager
+async def rooms_at(path: Path, **kw: object) -> AsyncIterator[DocumentRooms]:
+    kw.setdefault("unload_delay", 60.0)
+    rooms = DocumentRooms(SqliteDocumentStore(path), **kw)  # type: ignore[arg-type]
+    try:
+        yield rooms
+    finally:
+        await rooms.close()
+
+
+async def test_two_clients_sync_and_edits_are_relayed(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob = YClient(1), YClient(2)
+        alice.text.insert(0, "hello")  # offline edit, sent in alice's step 2
+        links = [connect(room, alice), connect(room, bob)]
+        await pump(room, links)
+        assert alice.synced and bob.synced
+        assert str(bob.text) == "hello"
+        bob.text.insert(5, " world")
+        await pump(room, links)
+        assert str(alice.text) == str(bob.text) == str(room.doc.get("text", type=Text)) == "hello world"
+
+
+async def test_a_relay_waits_for_the_commit(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob = YClient(1), YClient(2)
+        la, lb = connect(room, alice), connect(room, bob)
+        await pump(room, [la, lb])
+        alice.text.insert(0, "x")
+        for message in alice.take():
+            room.receive(la, message)
+        assert lb.inbox == []  # not durable yet: nothing relayed
+        await room.journal.flush()
+        assert lb.inbox == [protocol.update(bytes(protocol.decode(lb.inbox[0]).update))]  # type: ignore[union-attr]
+        assert la.inbox == []  # the sender is not sent its own update
+        stored = await rooms.store.load(KEY)
+        assert stored.log_rows == 1
+
+
+async def test_duplicate_updates_are_neither_stored_nor_relayed(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob = YClient(1), YClient(2)
+        la, lb = connect(room, alice), connect(room, bob)
+        await pump(room, [la, lb])
+        alice.text.insert(0, "once")
+        (message,) = alice.take()
+        room.receive(la, message)
+        room.receive(la, message)
+        await room.journal.flush()
+        assert len(lb.inbox) == 1
+        assert (await rooms.store.load(KEY)).log_rows == 1
+
+
+async def test_awareness_reaches_everyone_including_the_sender_and_leaves_with_the_connection(
+    tmp_path: Path,
+) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob = YClient(1), YClient(2)
+        la, lb = connect(room, alice), connect(room, bob)
+        alice.set_awareness({"user": "alice"})
+        await pump(room, [la, lb])
+        assert alice.states() == bob.states() == {1: {"user": "alice"}}
+        carol = YClient(3)
+        lc = connect(room, carol)  # a newcomer is sent every state on join
+        await pump(room, [la, lb, lc])
+        assert carol.states() == {1: {"user": "alice"}}
+        room.leave(la)
+        await pump(room, [lb, lc])
+        assert bob.states() == carol.states() == {}
+
+
+async def test_query_awareness_is_answered(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob = YClient(1), YClient(2)
+        la, lb = connect(room, alice), connect(room, bob)
+        alice.set_awareness({"n": 1})
+        await pump(room, [la, lb])
+        lb.inbox.clear()
+        room.receive(lb, protocol.query_awareness())
+        (reply,) = lb.inbox
+        message = protocol.decode(reply)
+        assert isinstance(message, protocol.AwarenessMessage)
+        assert [e.client_id for e in protocol.decode_awareness(message.update)] == [1]
+
+
+async def test_read_only_peers_read_but_never_write(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        writer, reader = YClient(1), YClient(2)
+        lw, lr = connect(room, writer), connect(room, reader, can_write=False)
+        writer.text.insert(0, "shared")
+        await pump(room, [lw, lr])  # the reader's (empty) step 2 is dropped silently
+        assert str(reader.text) == "shared"
+        reader.text.insert(0, "mine ")
+        (message,) = reader.take()
+        with pytest.raises(WriteRefused):
+            room.receive(lr, message)
+        await room.journal.flush()
+        assert str(room.doc.get("text", type=Text)) == "shared"
+        assert lw.inbox == []
+        reader.set_awareness({"viewer": True})  # awareness is allowed
+        await pump(room, [lw, lr])
+        assert writer.states() == {2: {"viewer": True}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"\x00\x02\x05\x01\x02", ProtocolError),  # length past the end
+        (b"\x09", ProtocolError),  # unknown message type
+        (b"\x00\x02\xff", ProtocolError),  # truncated varint
+        (protocol.update(b"\x07\x07\x07\x07"), UpdateRejected),
+        (protocol.sync_step1(b"\xff\xff"), ProtocolError),
+        (protocol.awareness(b"\x01\x01\x01\x03{x}"), ProtocolError),
+    ],
+)
+async def test_bad_input_raises_and_changes_nothing(
+    tmp_path: Path, raw: bytes, error: type[Exception]
+) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice, mallory = YClient(1), YClient(2)
+        la, lm = connect(room, alice), connect(room, mallory)
+        alice.text.insert(0, "safe")
+        await pump(room, [la, lm])
+        before = room.doc.get_update()
+        la.inbox.clear()
+        with pytest.raises(error):
+            room.receive(lm, raw)
+        await room.journal.flush()
+        assert room.doc.get_update() == before
+        assert la.inbox == []
+
+
+async def test_limits(tmp_path: Path) -> None:
+    limits = RoomLimits(max_update_size=200, max_document_size=1000)
+    async with rooms_at(tmp_path / "d.sqlite3", limits=limits) as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        await pump(room, [la])
+        alice.text.insert(0, "x" * 300)
+        (big,) = alice.take()
+        with pytest.raises(LimitExceeded, match="update too large"):
+            room.receive(la, big)
+        assert str(room.doc.get("text", type=Text)) == ""
+        bob = YClient(2)  # alice's later updates depend on the refused one: they would wait forever
+        lb = connect(room, bob)
+        await pump(room, [lb])
+        for _ in range(30):
+            bob.text.insert(0, "y" * 100)
+            (message,) = bob.take()
+            try:
+                room.receive(lb, message)
+            except LimitExceeded as exc:
+                assert "document too large" in exc.reason
+                break
+        else:
+            raise AssertionError("the document limit never triggered")
+        assert 800 <= len(room.doc.get_update()) <= 1000
+        await room.journal.flush()
+
+
+async def test_updates_waiting_for_missing_dependencies_count_against_the_size_limit(tmp_path: Path) -> None:
+    limits = RoomLimits(max_document_size=2000)
+    async with rooms_at(tmp_path / "d.sqlite3", limits=limits) as rooms:
+        room = await rooms.acquire(KEY)
+        source = Doc()
+        updates: list[bytes] = []
+        source.observe(lambda e: updates.append(e.update))
+        text = source.get("text", type=Text)
+        for _ in range(40):
+            text.insert(0, "z" * 90)
+        peer = Link(YClient(9))
+        room.join(peer, True)
+        with pytest.raises(LimitExceeded, match="document too large"):
+            for update in updates[1:]:  # never the first: every later one waits for it
+                room.receive(peer, protocol.update(update))
+        assert room.unintegrated <= 2000
+        assert str(room.doc.get("text", type=Text)) == ""
+
+
+async def test_compaction_keeps_content_and_an_old_client_gets_no_duplicates(tmp_path: Path) -> None:
+    limits = RoomLimits(compact_after_updates=10)
+    async with rooms_at(tmp_path / "d.sqlite3", limits=limits) as rooms:
+        room = await rooms.acquire(KEY)
+        alice, old = YClient(1), YClient(2)
+        la, lo = connect(room, alice), connect(room, old)
+        alice.text.insert(0, "base.")
+        await pump(room, [la, lo])
+        room.leave(lo)  # old goes offline holding "base."
+        for i in range(35):
+            alice.text.insert(len(alice.text), f"{i},")
+            await pump(room, [la])
+        await asyncio.sleep(0)  # the compaction is queued on the next tick
+        await room.journal.flush()
+        stored = await rooms.store.load(KEY)
+        assert stored.snapshot_bytes > 0 and stored.log_rows < 10
+        old.text.insert(0, "offline:")
+        lo = connect(room, old)
+        await pump(room, [la, lo])
+        expected = "offline:base." + "".join(f"{i}," for i in range(35))
+        assert str(old.text) == str(alice.text) == expected
+
+
+async def test_unload_after_the_grace_period_and_reload(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3", unload_delay=0.05) as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        alice.text.insert(0, "persisted")
+        await pump(room, [la])
+        unloaded = asyncio.Event()
+        rooms.on_unload = lambda key: unloaded.set()
+        room.leave(la)
+        rooms.release(room)
+        assert KEY in rooms.rooms  # kept warm for the grace period
+        await asyncio.wait_for(unloaded.wait(), 10)
+        assert KEY not in rooms.rooms
+        stored = await rooms.store.load(KEY)
+        assert stored.log_rows == 0 and stored.snapshot_bytes > 0  # compacted on unload
+        again = await rooms.acquire(KEY)
+        assert again is not room
+        assert str(again.doc.get("text", type=Text)) == "persisted"
+        rooms.release(again)
+
+
+async def test_node_limit_unloads_idle_rooms_and_refuses_when_all_are_busy(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3", max_open=2) as rooms:
+        a = await rooms.acquire(("", "a"))
+        b = await rooms.acquire(("", "b"))
+        with pytest.raises(LimitExceeded, match="too many open documents"):
+            await rooms.acquire(("", "c"))
+        rooms.release(b)  # idle (in its grace period): may be evicted
+        c = await rooms.acquire(("", "c"))
+        assert ("", "b") not in rooms.rooms
+        rooms.release(a)
+        rooms.release(c)
+
+
+async def test_server_side_edits_reach_peers_and_storage(tmp_path: Path) -> None:
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        await pump(room, [la])
+        await rooms.transact(KEY, lambda doc: doc.get("text", type=Text).insert(0, "from a bot"))
+        async with rooms.open(KEY) as doc:
+            doc.get("text", type=Text).insert(0, ">> ")
+        await pump(room, [la])
+        assert str(alice.text) == ">> from a bot"
+        assert (await rooms.store.load(KEY)).log_rows == 2
+
+
+# ---------------------------------------------------------------- the convergence property
+
+edits = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("insert"),
+            st.integers(0, 2),
+            st.integers(0, 50),
+            st.text("abcxyz", min_size=1, max_size=4),
+        ),
+        st.tuples(st.just("delete"), st.integers(0, 2), st.integers(0, 50), st.integers(1, 3)),
+        st.tuples(st.just("drop"), st.integers(0, 2)),
+        st.tuples(st.just("join"), st.integers(0, 2)),
+        st.tuples(
+            st.just("pump"),
+        ),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits, st.integers(1, 12))
+def test_random_concurrent_edits_converge_and_survive_a_restart(ops: list[tuple], compact_after: int) -> None:
+    asyncio.run(_converge(ops, compact_after))
+
+
+async def _converge(ops: list[tuple], compact_after: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.sqlite3"
+        limits = RoomLimits(compact_after_updates=compact_after)
+        async with rooms_at(path, limits=limits) as rooms:
+            room = await rooms.acquire(KEY)
+            clients = [YClient(i + 1) for i in range(3)]
+            links: list[Link | None] = [connect(room, c) for c in clients]
+            await pump(room, [lk for lk in links if lk])
+            for op in ops:
+                kind = op[0]
+                if kind == "insert" or kind == "delete":
+                    client = clients[op[1]]
+                    text = client.text
+                    pos = min(op[2], len(text))
+                    if kind == "insert":
+                        text.insert(pos, op[3])
+                    elif pos < len(text):
+                        del text[pos : min(len(text), pos + op[3])]
+                    if links[op[1]] is None:
+                        client.take()  # offline: the provider would not send; step 2 carries it later
+                elif kind == "drop" and links[op[1]] is not None:
+                    room.leave(links[op[1]])  # type: ignore[arg-type]
+                    links[op[1]] = None
+                elif kind == "join" and links[op[1]] is None:
+                    links[op[1]] = connect(room, clients[op[1]])
+                elif kind == "pump":
+                    await pump(room, [lk for lk in links if lk])
+            for i, link in enumerate(links):
+                if link is None:
+                    links[i] = connect(room, clients[i])
+            await pump(room, [lk for lk in links if lk])
+            live = str(room.doc.get("text", type=Text))
+            assert [str(c.text) for c in clients] == [live] * 3
+        # close() compacted and flushed; a fresh node serves the same document.
+        async with rooms_at(path) as again:
+            reloaded = await again.acquire(KEY)
+            assert str(reloaded.doc.get("text", type=Text)) == live
+            fresh = Doc()
+            for update in (await again.store.load(KEY)).updates:
+                fresh.apply_update(update)
+            assert str(fresh.get("text", type=Text)) == live
+            again.release(reloaded)
