@@ -19,7 +19,7 @@ Owners are any hashable objects (the hub passes its connection objects).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 
 from sync.protocol import NULL_STATE, AwarenessEntry
 
@@ -34,8 +34,8 @@ class AwarenessStates:
         self._states: dict[int, bytes] = {}
         self._clocks: dict[int, int] = {}
         self._updated: dict[int, float] = {}
-        self._owner: dict[int, Hashable] = {}
-        self._owned: dict[Hashable, set[int]] = {}
+        self._owner: dict[int, object] = {}
+        self._owned: dict[object, set[int]] = {}
 
     def __len__(self) -> int:
         return len(self._states)
@@ -46,10 +46,10 @@ class AwarenessStates:
     def clock(self, client_id: int) -> int:
         return self._clocks.get(client_id, 0)
 
-    def owned_by(self, owner: Hashable) -> frozenset[int]:
+    def owned_by(self, owner: object) -> frozenset[int]:
         return frozenset(self._owned.get(owner, ()))
 
-    def apply(self, entries: Iterable[AwarenessEntry], owner: Hashable, now: float) -> list[AwarenessEntry]:
+    def apply(self, entries: Iterable[AwarenessEntry], owner: object, now: float) -> list[AwarenessEntry]:
         """Apply an update announced over ``owner``; return the accepted entries (to relay)."""
         accepted: list[AwarenessEntry] = []
         states = self._states
@@ -74,7 +74,7 @@ class AwarenessStates:
             accepted.append(entry)
         return accepted
 
-    def remove_owner(self, owner: Hashable, now: float) -> list[AwarenessEntry]:
+    def remove_owner(self, owner: object, now: float) -> list[AwarenessEntry]:
         """``owner`` is gone: remove the states of the ids it owns; return the removals (to relay)."""
         ids = self._owned.pop(owner, None)
         if not ids:
