@@ -341,14 +341,20 @@ _VARINTS = [bytes((i,)) for i in range(0x80)] + [bytes((i & 0x7F | 0x80, i >> 7)
 class _Message:
     """One message type: its fields by number (for reading) and by name (for writing)."""
 
-    __slots__ = ("name", "by_number", "by_name")
+    __slots__ = ("name", "by_number", "numbered", "by_name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         # number -> (name, kind, value message)
         self.by_number: dict[int, tuple[str, int, _Message | None]] = {}
+        self.numbered: tuple[tuple[str, int, _Message | None] | None, ...] = ()
+        """``by_number`` as a tuple indexed by number (None for the numbers not used)."""
         # name -> (key bytes, kind, value message)
         self.by_name: dict[str, tuple[bytes, int, _Message | None]] = {}
+
+    def index(self) -> None:
+        top = max(self.by_number, default=0)
+        self.numbered = tuple(self.by_number.get(n) for n in range(top + 1))
 
 
 def _build_schema() -> dict[str, _Message]:
@@ -360,6 +366,7 @@ def _build_schema() -> dict[str, _Message]:
             wire_type = 0 if kind <= _BOOL else 2
             msg.by_number[number] = (field, kind, sub)
             msg.by_name[field] = (_uvarint(number << 3 | wire_type), kind, sub)
+        msg.index()
     return messages
 
 
@@ -422,18 +429,19 @@ def _parse(buf: bytes, pos: int, end: int, msg: _Message, out: dict[str, Any], d
     scalar wins, repeated fields and map entries accumulate, a message given twice is merged)."""
     if depth > _MAX_DEPTH:
         raise DecodeError(f"{msg.name}: messages nested deeper than {_MAX_DEPTH}")
-    fields = msg.by_number
+    fields = msg.numbered
+    known = len(fields)
     while pos < end:
         key = buf[pos]
-        if key < 0x80:
+        if 8 <= key < 0x80:
             pos += 1
         else:
             key, pos = _varint(buf, pos, end)
+            if key < 8 or key > _MASK32:
+                raise DecodeError(f"{msg.name}: invalid field number")
         number = key >> 3
         wire_type = key & 7
-        if number == 0 or key > _MASK32:
-            raise DecodeError(f"{msg.name}: invalid field number")
-        field = fields.get(number)
+        field = fields[number] if number < known else None
         if field is None:
             pos = _skip(buf, pos, end, wire_type, number)
             continue
@@ -480,7 +488,10 @@ def _parse(buf: bytes, pos: int, end: int, msg: _Message, out: dict[str, Any], d
             raise DecodeError(f"{msg.name}.{name}: length past the end")
         if kind == _STR:
             if size:
-                out[name] = _string(buf, pos, stop, name)
+                try:
+                    out[name] = buf[pos:stop].decode()
+                except UnicodeDecodeError:
+                    raise DecodeError(f"{msg.name}.{name}: string is not UTF-8") from None
             else:
                 out.pop(name, None)
         elif kind == _BYTES:
@@ -519,6 +530,7 @@ def _parse(buf: bytes, pos: int, end: int, msg: _Message, out: dict[str, Any], d
 # A map entry is read as a message of a string key and a value kept as raw bytes until its type is known.
 _MAP_ENTRY = _Message("MapEntry")
 _MAP_ENTRY.by_number = {1: ("key", _STR, None), 2: ("value", _BYTES, None)}
+_MAP_ENTRY.index()
 
 
 def _as_bytes(data: str | bytes) -> bytes:
