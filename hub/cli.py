@@ -45,7 +45,7 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
         host=cfg.host,
         port=cfg.port,
         loop=loop,
-        http="h11",
+        http="httptools",
         ws=SwitchboardWebSocketProtocol if cfg.websocket_fast_path else "websockets-sansio",
         ws_max_size=cfg.client_max_message_size,
         ws_ping_interval=None,

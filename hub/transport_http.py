@@ -55,7 +55,13 @@ def data_events(messages: list[bytes]) -> bytes:
 
 
 class StreamTransport:
-    """A streaming HTTP response body. Chunks queue up here; ``run`` sends them and ends the response."""
+    """A streaming HTTP response body.
+
+    A chunk goes out at once: the server's ``send()`` is driven synchronously, and it normally completes
+    without waiting (the socket takes the bytes), so a delivery costs no task switch. When a send must wait
+    (the peer reads slowly and the server applies flow control), one task finishes it and then every chunk
+    queued behind it, in order; those bytes count as unsent for the Writer's slow-consumer bound.
+    """
 
     __slots__ = (
         "name",
@@ -67,9 +73,11 @@ class StreamTransport:
         "_frame",
         "_queue",
         "_queued",
-        "_wakeup",
+        "_pending",
         "_closed",
+        "_ended",
         "_heartbeat",
+        "_wrote",
     )
 
     def __init__(
@@ -91,53 +99,104 @@ class StreamTransport:
         self.writer_class = writer_class
         self._send = send
         self._frame = frame
-        self._queue: list[bytes] = []
+        self._queue: list[tuple[bytes, bool]] = []
         self._queued = 0
-        self._wakeup = asyncio.Event()
+        self._pending: asyncio.Task[None] | None = None
         self._closed = False
+        self._ended = asyncio.Event()
+        """Set once the response has ended (the last chunk went out) or the peer is gone."""
         self._heartbeat = heartbeat
+        self._wrote = False
 
     def write_messages(self, messages: list[bytes]) -> int:
         if self._closed:
             return 0
-        chunk = self._frame(messages)
-        self._queue.append(chunk)
-        self._queued += len(chunk)
-        self._wakeup.set()
+        self._write(self._frame(messages))
         return self._queued
 
     def close(self, code: int, reason: str) -> None:
         # The code went out as a disconnect push (the session writes it before closing); a stream just ends.
         if not self._closed:
             self._closed = True
-            self._wakeup.set()
+            self._write(b"", more=False)
+
+    def _write(self, chunk: bytes, more: bool = True) -> None:
+        self._wrote = True
+        if self._ended.is_set():
+            return
+        if self._pending is not None:
+            self._queue.append((chunk, more))
+            self._queued += len(chunk)
+            return
+        coro = self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            if not more:
+                self._ended.set()
+            return
+        except (OSError, RuntimeError) as exc:
+            self._broken(exc)
+            return
+        self._queued += len(chunk)
+        self._pending = asyncio.get_running_loop().create_task(self._finish(coro, waiting, len(chunk), more))
+
+    async def _finish(self, coro: Any, waiting: Any, size: int, more: bool) -> None:
+        """Complete a send that had to wait, then send what queued up behind it."""
+        try:
+            while True:
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)  # a bare yield
+                    else:
+                        await waiting
+                except asyncio.CancelledError:
+                    coro.close()
+                    raise
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    break
+            self._queued -= size
+            while more and self._queue:
+                chunk, more = self._queue.pop(0)
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+                self._queued -= len(chunk)
+            if not more:
+                self._ended.set()
+        except (OSError, RuntimeError) as exc:
+            self._broken(exc)
+        finally:
+            self._pending = None
+
+    def _broken(self, exc: BaseException) -> None:
+        log.debug("stream writer stopped: %r", exc)
+        self._closed = True
+        self._queue.clear()
+        self._ended.set()
 
     async def run(self, preamble: bytes = b"") -> None:
-        """Send the queued chunks until closed, then end the response. Returns early if the peer is gone."""
-        send = self._send
-        try:
-            if preamble:
-                await send({"type": "http.response.body", "body": preamble, "more_body": True})
-            while True:
-                if self._heartbeat and not self._queue and not self._closed:
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), self._heartbeat)
-                    except TimeoutError:
-                        await send({"type": "http.response.body", "body": sse.HEARTBEAT, "more_body": True})
-                        continue
-                else:
-                    await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue:
-                    batch, self._queue = self._queue, []
-                    for chunk in batch:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        self._queued -= len(chunk)
-                if self._closed:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-        except (OSError, RuntimeError) as exc:
-            log.debug("stream writer stopped: %r", exc)
+        """Send ``preamble``, then keep the stream (with heartbeat comments while idle) until it ends."""
+        if preamble:
+            self._write(preamble)
+        while not self._ended.is_set():
+            if not self._heartbeat:
+                await self._ended.wait()
+                return
+            self._wrote = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), self._heartbeat)
+            if not self._wrote and not self._closed:
+                self._write(sse.HEARTBEAT)
+
+    async def stop(self) -> None:
+        """Abandon a send still waiting (the peer is gone)."""
+        self._ended.set()
+        task = self._pending
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # ---------------------------------------------------------------- request reading
@@ -269,7 +328,8 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
         transport.close(codes.CONNECTION_CLOSED.code, codes.CONNECTION_CLOSED.reason)
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(writing, 1.0)
+            await asyncio.wait_for(asyncio.shield(writing), 1.0)
+        await transport.stop()
         writing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writing
