@@ -22,6 +22,7 @@ from channels.broker import Broker
 from channels.broker_memory import MemoryBroker
 from channels.publication import PublishResult
 from hub.config import Config, load_config
+from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
 from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
 from hub.node import Node
@@ -29,6 +30,7 @@ from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_s
 from hub.transport_websocket import websocket_session
 from presence.presence import PresenceManager
 from presence.presence_memory import MemoryPresence
+from sync.store_sqlite import SqliteDocumentStore
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -64,6 +66,13 @@ class Switchboard:
             self.hooks,
         )
         self._start_lock = asyncio.Lock()
+        # Documents: the embedded SQLite store under data_dir (opened on first use).
+        self.documents = Documents(
+            self.config,
+            self.node.verifier,
+            self.node.scheduler,
+            SqliteDocumentStore(Documents.default_store_path(self.config), fsync=self.config.doc_fsync),
+        )
         node = self.node
         self.metrics_registry = build_registry(
             HubCollector(node.metrics, lambda: node.sessions, lambda: len(node.registry.fanout))
@@ -119,6 +128,7 @@ class Switchboard:
 
     async def stop(self) -> None:
         await self.node.stop()
+        await self.documents.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
@@ -157,11 +167,17 @@ class Switchboard:
         kind = scope["type"]
         if kind != "lifespan" and not self.node.started:
             await self.start()  # mounted in a host app whose lifespan does not start us
+        if kind == "websocket" and _route_path(scope).startswith(DOC_PREFIX):
+            await self.documents.websocket(scope, _route_path(scope), receive, send)
+            return
         if kind == "websocket" and _route_path(scope) == WEBSOCKET_PATH:
             await websocket_session(self.node, scope, receive, send)
             return
         if kind == "http":
             path = _route_path(scope)
+            if path.startswith(DOC_PREFIX) and path.endswith(CONTENT_SUFFIX):
+                await self.documents.content_endpoint(scope, path, receive, send)
+                return
             stream = STREAM_PATHS.get(path)
             if stream is not None:
                 await stream_session(self.node, stream, scope, receive, send)

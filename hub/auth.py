@@ -6,6 +6,8 @@ tells an expired token (the SDKs refresh it: error 109) from an invalid one (ter
 
 Connection claims: sub (user id, "" for anonymous), exp, iat, info (any JSON), channels (server-side
 subscriptions), tenant. Subscription claims: sub, channel, exp, info, tenant (must match the connection's).
+Document claims (``/doc/{name}``, a connection token): sub, exp, tenant, and ``docs``: ``{"read": [...],
+"write": [...]}``, lists of document names or prefixes ending in ``*`` (see ``hub.docs``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ class SubscriptionClaims:
     exp: int | None
     info: bytes | None
     tenant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentClaims:
+    user: str
+    exp: int | None
+    tenant: str
+    read: tuple[str, ...] | None
+    """Name patterns the token may read; None when the token has no ``docs`` claim."""
+    write: tuple[str, ...] | None
 
 
 _HMAC = {"HS256", "HS384", "HS512"}
@@ -151,6 +163,34 @@ class TokenVerifier:
         )
 
 
+    def verify_document(self, token: str, now: float | None = None) -> DocumentClaims:
+        """A connection token used on a document endpoint, with its ``docs`` claim."""
+        claims = self._decode(token, now)
+        if "channel" in claims:
+            raise TokenInvalid("a subscription token (channel claim) is not a connection token")
+        read: tuple[str, ...] | None = None
+        write: tuple[str, ...] | None = None
+        if "docs" in claims:
+            docs = claims["docs"]
+            if not isinstance(docs, dict):
+                raise TokenInvalid("docs must be an object")
+            read, write = _patterns(docs, "read"), _patterns(docs, "write")
+        return DocumentClaims(
+            user=_str_claim(claims, "sub"),
+            exp=_exp(claims),
+            tenant=_str_claim(claims, "tenant"),
+            read=read,
+            write=write,
+        )
+
+
+def _patterns(docs: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = docs.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise TokenInvalid(f"docs.{name} must be a list of strings")
+    return tuple(value)
+
+
 def _str_claim(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name, "")
     if not isinstance(value, str):
@@ -176,6 +216,7 @@ def mint_token(
     channels: list[str] | None = None,
     tenant: str | None = None,
     channel: str | None = None,
+    docs: dict[str, list[str]] | None = None,
     algorithm: str = "HS256",
     now: float | None = None,
 ) -> str:
@@ -192,4 +233,6 @@ def mint_token(
         payload["tenant"] = tenant
     if channel is not None:
         payload["channel"] = channel
+    if docs is not None:
+        payload["docs"] = docs
     return jwt.encode(payload, secret, algorithm=algorithm)

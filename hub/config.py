@@ -50,6 +50,8 @@ _DURATIONS = {
     "shutdown_timeout",
     "shutdown_batch_pause",
     "sse_heartbeat_interval",
+    "doc_unload_delay",
+    "doc_ping_interval",
 }
 
 
@@ -83,6 +85,17 @@ class Config:
     client_user_connection_limit: int = 0
     websocket_fast_path: bool = True
     websocket_compression: bool = False
+    doc_anonymous_access: str = "none"
+    doc_token_access: str = "none"
+    doc_max_update_size: int = 4194304
+    doc_max_document_size: int = 33554432
+    doc_max_open_documents: int = 10000
+    doc_user_connection_limit: int = 100
+    doc_unload_delay: float = 5.0
+    doc_compact_after_updates: int = 1000
+    doc_compact_after_bytes: int = 1048576
+    doc_ping_interval: float = 15.0
+    doc_fsync: bool = False
     sse_heartbeat_interval: float = 15.0
     sse_retry_ms: int = 2000
     shutdown_batch_size: int = 500
@@ -241,15 +254,39 @@ def load_config(
         cfg.dev_mode = True
         cfg.token_hmac_secret_key = DEV_SECRET
         cfg.allow_anonymous_connect_without_token = True
+        cfg.doc_anonymous_access = cfg.doc_token_access = "write"
         if not channel_env:
             cfg.channel = DEV_CHANNEL_OPTIONS
     _validate(cfg)
     return cfg
 
 
+DOC_ACCESS = ("none", "read", "write")
+
+
+def _validate_docs(cfg: Config) -> None:
+    for name in ("doc_anonymous_access", "doc_token_access"):
+        if getattr(cfg, name) not in DOC_ACCESS:
+            raise ConfigError(f"{name} must be one of none, read, write")
+    for name in (
+        "doc_max_update_size",
+        "doc_max_document_size",
+        "doc_max_open_documents",
+        "doc_user_connection_limit",
+        "doc_compact_after_updates",
+        "doc_compact_after_bytes",
+        "doc_ping_interval",
+    ):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if cfg.doc_unload_delay < 0:
+        raise ConfigError("doc_unload_delay must not be negative")
+
+
 def _validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
+    _validate_docs(cfg)
     for name in (
         "client_channel_limit",
         "client_max_message_size",

@@ -1,0 +1,489 @@
+"""Collaborative documents over the y-websocket protocol: ``/doc/{name}`` (WebSocket) and
+``GET /doc/{name}/content`` (HTTP), plus the server-side API (``Switchboard.documents``).
+
+A connection is one document (the provider's URL is ``<server url>/<room name>?<params>``). The session:
+
+- authorizes before anything else: the ``token`` query parameter is a connection JWT (the hub's keys,
+  ``hub.auth``); its ``tenant`` claim is the document's tenant, its ``docs`` claim says what it may open:
+  ``{"read": ["notes/*", "faq"], "write": ["notes/alice/*"]}`` (a name, or a prefix ending in ``*``;
+  write implies read). A token without a ``docs`` claim gets ``doc_token_access``, a connection without a
+  token ``doc_anonymous_access`` (``none``, ``read`` or ``write``; development mode: ``write``).
+- refuses with the auth message (permission denied, with the reason) and a close: 4401 for a missing,
+  invalid or expired token, 4403 for a document the token may not read. A token's ``exp`` also ends the
+  connection later (4401 "token expired", after ``client_expired_close_delay``).
+- then hands the connection to the document's ``sync.room.DocRoom``, which speaks the protocol.
+
+Close codes (y-websocket 3 stops reconnecting on 4400-4499 and retries on anything else):
+4400 bad message (garbage, unknown type, truncated varint, text frame, bad name), 4401 unauthorized,
+4403 forbidden, 4413 update or document too large, 4422 update the CRDT rejected, 4500 storage error,
+4529 too many document connections for the user or too many open documents on the node (try later),
+3001 shutdown, 3008 slow (the per-connection buffer passed ``client_queue_max_size``), 1009 frame larger
+than ``doc_max_update_size`` (plus a little room for framing).
+
+Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
+no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
+and the connection stays open (closing would make the provider reconnect and resend the same update).
+
+Fast path: with uvicorn and the hub's protocol class, each outgoing message is framed once
+(``ws_frames.FrameCache``: a relay's consecutive pushes of one message share its frame) into a byte-bounded
+``Writer`` that writes once per loop tick straight to the socket; uvicorn's keepalive sends WebSocket pings
+every ``doc_ping_interval`` and closes a connection that does not answer within as long. The rooms also
+send an empty awareness update every ``doc_ping_interval``, the sign of life the provider waits for.
+Under another ASGI server the session falls back to ``send()`` (no pings; frame limit the server's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from pycrdt import Doc
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from hub import wire
+from hub.auth import TokenExpired, TokenInvalid, TokenVerifier
+from hub.config import Config
+from hub.logs import bind_session, unbind_session
+from hub.transport_websocket import AsgiWebSocketTransport
+from hub.writer import FlushScheduler, Writer
+from hub.ws_frames import OP_BINARY, FrameCache
+from hub.ws_uvicorn import RAW_EXTENSION
+from sync import protocol
+from sync.content import document_json
+from sync.protocol import LimitExceeded, SyncError, UpdateRejected
+from sync.room import DocRoom, RoomLimits, WriteRefused
+from sync.rooms import DocumentRooms
+from sync.store import DocKey, DocumentStore, StoreError
+
+log = logging.getLogger("switchboard.docs")
+
+T = TypeVar("T")
+
+DOC_PREFIX = "/doc/"
+CONTENT_SUFFIX = "/content"
+MAX_NAME_LENGTH = 255
+FRAME_SLACK = 1024
+"""Bytes a frame may exceed ``doc_max_update_size`` by (message type, lengths): larger ones get 1009."""
+
+BAD_MESSAGE = 4400
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
+TOO_LARGE = 4413
+REJECTED = 4422
+STORAGE = 4500
+TRY_LATER = 4529
+SHUTDOWN = 3001
+SLOW = 3008
+
+
+def close_code(error: SyncError) -> int:
+    if isinstance(error, LimitExceeded):
+        return TOO_LARGE
+    if isinstance(error, UpdateRejected):
+        return REJECTED
+    if isinstance(error, StoreError):
+        return STORAGE
+    return BAD_MESSAGE
+
+
+class Denied(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    tenant: str
+    user: str
+    write: bool
+    exp: int | None = None
+
+
+def matches(patterns: tuple[str, ...], name: str) -> bool:
+    """A name, or a prefix ending in ``*`` (``*`` alone: every document)."""
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if name.startswith(pattern[:-1]):
+                return True
+        elif pattern == name:
+            return True
+    return False
+
+
+def valid_name(name: str) -> bool:
+    return (
+        0 < len(name) <= MAX_NAME_LENGTH
+        and not name.startswith("/")
+        and all(unicodedata.category(ch)[0] != "C" for ch in name)
+    )
+
+
+def authorize(config: Config, verifier: TokenVerifier, token: str, name: str) -> Access:
+    """Who opens ``name`` and whether it may write. Raises ``Denied``."""
+    if not token:
+        level = config.doc_anonymous_access
+        if level == "none":
+            raise Denied(UNAUTHORIZED, "token required")
+        return Access("", "", level == "write")
+    try:
+        claims = verifier.verify_document(token)
+    except TokenExpired:
+        raise Denied(UNAUTHORIZED, "token expired") from None
+    except TokenInvalid as exc:
+        raise Denied(UNAUTHORIZED, f"invalid token: {exc}") from None
+    if claims.read is None or claims.write is None:
+        level = config.doc_token_access
+        read, write = level != "none", level == "write"
+    else:
+        write = matches(claims.write, name)
+        read = write or matches(claims.read, name)
+    if not read:
+        raise Denied(FORBIDDEN, f"permission denied for document {name!r}")
+    return Access(claims.tenant, claims.user, write, claims.exp)
+
+
+class RawDocTransport:
+    """Writes pre-built frames (one per message) in one socket write per flush."""
+
+    __slots__ = ("_raw",)
+    name = "doc"
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        frames = messages[0] if len(messages) == 1 else b"".join(messages)
+        return self._raw.write_frame(frames)  # type: ignore[no-any-return]
+
+    def close(self, code: int, reason: str) -> None:
+        self._raw.close_with(code, reason)
+
+
+class AsgiDocTransport(AsgiWebSocketTransport):
+    """The portable transport, one binary WebSocket message per y-websocket message (never joined)."""
+
+    __slots__ = ()
+    name = "doc"
+
+    def __init__(self, send: Any) -> None:
+        super().__init__(send, wire.PROTOBUF)  # binary frames
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        if self._close is not None:
+            return 0
+        for message in messages:
+            self._queue.append(message)
+            self._queued += len(message)
+        self._wakeup.set()
+        return self._queued
+
+
+_frames = FrameCache()
+_ids = itertools.count(1)
+
+
+class DocPeer:
+    """One document connection: the room's ``Peer``."""
+
+    __slots__ = (
+        "id",
+        "access",
+        "remote",
+        "writer",
+        "transport",
+        "framed",
+        "closed",
+        "refused",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        access: Access,
+        remote: str,
+        transport: RawDocTransport | AsgiDocTransport,
+        scheduler: FlushScheduler,
+        max_bytes: int,
+    ) -> None:
+        self.id = f"doc-{next(_ids)}"
+        self.access = access
+        self.remote = remote
+        self.transport = transport
+        self.framed = isinstance(transport, RawDocTransport)
+        self.closed = False
+        self.refused = 0
+        self.writer = Writer(transport, scheduler, max_bytes, self._slow, self._write_error)
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"client": self.id, "user": self.access.user, "tenant": self.access.tenant, "transport": "doc"}
+
+    def send(self, message: bytes) -> None:
+        self.writer.push(_frames.frame(message, OP_BINARY) if self.framed else message)
+
+    def terminate(self, error: SyncError) -> None:
+        self.close(close_code(error), error.reason)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.close()  # flush what is queued (e.g. the auth message), take no more
+        self.transport.close(code, reason)
+
+    def _slow(self) -> None:
+        log.warning("document connection too slow, closing", extra=self.log_fields())
+        self.closed = True
+        self.transport.close(SLOW, "slow")
+
+    def _write_error(self) -> None:
+        self.closed = True
+        self.transport.close(STORAGE, "write error")
+
+
+def doc_name(path: str) -> str:
+    return path[len(DOC_PREFIX) :]
+
+
+class Documents:
+    """The hub's document service: endpoint sessions, the content endpoint, and the server-side API."""
+
+    def __init__(
+        self,
+        config: Config,
+        verifier: TokenVerifier,
+        scheduler: FlushScheduler,
+        store: DocumentStore,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.scheduler = scheduler
+        self.rooms = DocumentRooms(
+            store,
+            limits=RoomLimits(
+                max_update_size=config.doc_max_update_size,
+                max_document_size=config.doc_max_document_size,
+                compact_after_updates=config.doc_compact_after_updates,
+                compact_after_bytes=config.doc_compact_after_bytes,
+            ),
+            unload_delay=config.doc_unload_delay,
+            max_open=config.doc_max_open_documents,
+            keepalive_interval=config.doc_ping_interval,
+        )
+        self.peers: set[DocPeer] = set()
+        self._per_user: Counter[tuple[str, str]] = Counter()
+        self._stopping = False
+        self._drained = asyncio.Event()
+
+    @staticmethod
+    def default_store_path(config: Config) -> Path:
+        return Path(config.data_dir) / "documents.sqlite3"
+
+    # ---------------------------------------------------------------- the WebSocket endpoint
+
+    async def websocket(self, scope: dict[str, Any], path: str, receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        raw = scope.get("extensions", {}).get(RAW_EXTENSION) if self.config.websocket_fast_path else None
+        transport: RawDocTransport | AsgiDocTransport
+        transport = RawDocTransport(raw) if raw is not None else AsgiDocTransport(send)
+        remote = scope.get("client")
+        remote_host = remote[0] if remote else ""
+        name = doc_name(path)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = (query.get("token") or [""])[0]
+        try:
+            if not valid_name(name):
+                raise Denied(BAD_MESSAGE, "bad document name")
+            access = authorize(self.config, self.verifier, token, name)
+        except Denied as denied:
+            log.info("document %r refused: %s", name[:MAX_NAME_LENGTH], denied.reason)
+            transport.write_messages([self._wire(transport, protocol.permission_denied(denied.reason))])
+            await self._close_and_drain(transport, denied.code, denied.reason)
+            return
+        if raw is not None:
+            self._tune(raw)
+        peer = DocPeer(access, remote_host, transport, self.scheduler, self.config.client_queue_max_size)
+        bound = bind_session(peer.log_fields)
+        try:
+            await self._serve(peer, name, receive)
+        finally:
+            unbind_session(bound)
+            if isinstance(transport, AsgiDocTransport):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
+                await transport.stop()
+
+    def _tune(self, raw: Any) -> None:
+        """Per connection: the frame limit of documents (not of channels), and WebSocket pings."""
+        conn = getattr(raw, "conn", None)
+        if conn is not None and hasattr(conn, "max_message_size"):
+            conn.max_message_size = self.config.doc_max_update_size + FRAME_SLACK
+        if hasattr(raw, "start_keepalive"):
+            raw.ping_interval = self.config.doc_ping_interval
+            raw.ping_timeout = self.config.doc_ping_interval
+            raw.start_keepalive()
+
+    @staticmethod
+    def _wire(transport: RawDocTransport | AsgiDocTransport, message: bytes) -> bytes:
+        return _frames.frame(message, OP_BINARY) if isinstance(transport, RawDocTransport) else message
+
+    @staticmethod
+    async def _close_and_drain(transport: RawDocTransport | AsgiDocTransport, code: int, reason: str) -> None:
+        transport.close(code, reason)
+        if isinstance(transport, AsgiDocTransport):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
+            await transport.stop()
+
+    async def _serve(self, peer: DocPeer, name: str, receive: Any) -> None:
+        access = peer.access
+        key: DocKey = (access.tenant, name)
+        user_key = (access.tenant, access.user) if access.user else ("\x00anonymous", peer.remote)
+        if self._stopping:
+            peer.close(SHUTDOWN, "shutdown")
+            return
+        if self._per_user[user_key] >= self.config.doc_user_connection_limit:
+            limit = self.config.doc_user_connection_limit
+            log.warning("too many document connections for one user (limit %d)", limit)
+            peer.close(TRY_LATER, "too many document connections")
+            return
+        self._per_user[user_key] += 1
+        self.peers.add(peer)
+        expiry: asyncio.TimerHandle | None = None
+        try:
+            try:
+                room = await self.rooms.acquire(key)
+            except SyncError as exc:
+                code = TRY_LATER if isinstance(exc, LimitExceeded) else STORAGE
+                log.warning("document %r not opened: %s", name, exc.reason)
+                peer.close(code, exc.reason)
+                return
+            if access.exp is not None:
+                delay = max(0.0, access.exp - time.time()) + self.config.client_expired_close_delay
+                expiry = asyncio.get_running_loop().call_later(
+                    delay, peer.close, UNAUTHORIZED, "token expired"
+                )
+            try:
+                room.join(peer, access.write)
+                await self._read(peer, room, receive)
+            finally:
+                room.leave(peer)
+                self.rooms.release(room)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            self.peers.discard(peer)
+            self._per_user[user_key] -= 1
+            if self._per_user[user_key] <= 0:
+                del self._per_user[user_key]
+            peer.writer.close()
+            if self._stopping and not self.peers:
+                self._drained.set()
+
+    async def _read(self, peer: DocPeer, room: DocRoom, receive: Any) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive" or peer.closed:
+                continue
+            data = message.get("bytes")
+            if data is None:
+                log.warning("text frame on a document connection")
+                peer.close(BAD_MESSAGE, "text frames are not y-websocket messages")
+                continue
+            try:
+                room.receive(peer, data)
+            except WriteRefused as refused:
+                peer.refused += 1
+                if peer.refused == 1:
+                    log.warning("update from a read-only connection dropped (document %r)", room.key[1])
+                    peer.send(protocol.permission_denied(refused.reason))
+            except SyncError as exc:
+                log.warning("document %r: closing a connection: %s", room.key[1], exc.reason)
+                peer.close(close_code(exc), exc.reason)
+            except Exception:
+                log.exception("document %r: unexpected error handling a message", room.key[1])
+                peer.close(STORAGE, "internal error")
+
+    # ---------------------------------------------------------------- the HTTP content endpoint
+
+    async def content_endpoint(self, scope: dict[str, Any], path: str, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        name = path[len(DOC_PREFIX) : -len(CONTENT_SUFFIX)]
+        response = await self._content_response(request, name)
+        await response(scope, receive, send)
+
+    async def _content_response(self, request: Request, name: str) -> JSONResponse:
+        if request.method not in ("GET", "HEAD"):
+            return JSONResponse({"error": "method not allowed"}, status_code=405)
+        if not valid_name(name):
+            return JSONResponse({"error": "bad document name"}, status_code=400)
+        token = request.query_params.get("token", "")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if not token and scheme.lower() == "bearer":
+            token = value.strip()
+        try:
+            access = authorize(self.config, self.verifier, token, name)
+        except Denied as denied:
+            status = 401 if denied.code == UNAUTHORIZED else 403
+            return JSONResponse({"error": denied.reason}, status_code=status)
+        try:
+            content = await self.content(name, tenant=access.tenant)
+        except SyncError as exc:
+            log.warning("content of document %r not served: %s", name, exc.reason)
+            return JSONResponse({"error": exc.reason}, status_code=503)
+        return JSONResponse(content)
+
+    # ---------------------------------------------------------------- server-side API
+
+    @contextlib.asynccontextmanager
+    async def open(self, name: str, *, tenant: str = "") -> AsyncIterator[Doc[Any]]:
+        """The live pycrdt document ``name`` of ``tenant``. Edit it in transactions (``with
+        doc.transaction(): ...``): every transaction reaches the connected clients (after it is stored)
+        and the store. Leaving the block waits until the edits are durable."""
+        async with self.rooms.open((tenant, name)) as doc:
+            yield doc
+
+    async def transact(self, name: str, fn: Callable[[Doc[Any]], T], *, tenant: str = "") -> T:
+        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable."""
+        return await self.rooms.transact((tenant, name), fn)
+
+    async def content(self, name: str, *, tenant: str = "") -> dict[str, Any]:
+        """The document's current content as JSON (``sync.content``)."""
+        room = await self.rooms.acquire((tenant, name))
+        try:
+            return document_json(room.doc)
+        finally:
+            self.rooms.release(room)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        """Close every document connection (3001), wait up to ``shutdown_timeout`` for them to end, then
+        compact, flush and close the store."""
+        self._stopping = True
+        self._drained.clear()
+        for peer in list(self.peers):
+            peer.close(SHUTDOWN, "shutdown")
+        if self.peers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout)
+        await self.rooms.close()
+        self._stopping = False
