@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from hub import codes, sse, wire
+from hub import codec_protobuf, codes, sse, wire
 from hub.writer import EventWriter, Writer
 
 if TYPE_CHECKING:
@@ -399,7 +399,7 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
         return
     try:
         if _header(scope, b"content-type") == "application/octet-stream":
-            target, session, data = wire.codec_protobuf.decode_emulation_request(body)  # type: ignore[attr-defined]
+            target, session, data = codec_protobuf.decode_emulation_request(body)
         else:
             target, session, data = _json_emulation_request(body)
     except ValueError as exc:

@@ -12,10 +12,10 @@ publication once per format that has subscribers, never once per subscriber.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from channels.publication import ClientInfo, Publication
-from hub import codec_json, codec_json_uni
+from hub import codec_json, codec_json_uni, codec_protobuf
 
 
 class Codec(Protocol):
@@ -53,17 +53,6 @@ class Codec(Protocol):
 
     def join_messages(self, messages: list[bytes]) -> bytes: ...
 
-
-def _protobuf() -> Codec:  # TEMPORARY while hub/codec_protobuf.py is being written
-    import importlib
-
-    try:
-        return cast(Codec, importlib.import_module("hub.codec_protobuf"))
-    except ImportError:
-        return codec_json
-
-
-codec_protobuf = _protobuf()
 
 JSON, JSON_UNI, PROTOBUF, JSON_EVENTS = 0, 1, 2, 3
 CODECS: tuple[Codec, ...] = (codec_json, codec_json_uni, codec_protobuf, codec_json_uni)

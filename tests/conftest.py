@@ -208,16 +208,36 @@ async def raw_client() -> AsyncIterator[Callable[..., Awaitable[RawClient]]]:
             await ws.close()
 
 
-@pytest.fixture
-async def sdk() -> AsyncIterator[Callable[..., Any]]:
-    """Factory of official centrifuge-python clients; all are disconnected at the end."""
+def _json_payloads_over_protobuf() -> Any:
+    """centrifuge-python in Protobuf mode, with the application's JSON payloads encoded to bytes and back
+    (what an app using the Protobuf SDKs does itself), so every SDK test runs unchanged over both protocols:
+    the wire between SDK and hub is Protobuf throughout."""
     from centrifuge import Client
 
+    class ProtobufClient(Client):  # type: ignore[misc]
+        def _encode_data(self, data: Any) -> Any:
+            return super()._encode_data(orjson.dumps(data))
+
+        def _decode_data(self, data: Any) -> Any:
+            raw = super()._decode_data(data)
+            return None if raw is None else orjson.loads(raw)
+
+    return ProtobufClient
+
+
+@pytest.fixture(params=["json", "protobuf"])
+async def sdk(request: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of official centrifuge-python clients, once per protocol (JSON, Protobuf); all are
+    disconnected at the end."""
+    from centrifuge import Client
+
+    protobuf = request.param == "protobuf"
+    cls = _json_payloads_over_protobuf() if protobuf else Client
     clients: list[Any] = []
 
     def make(hub: RunningHub, **kw: Any) -> Any:
         kw.setdefault("timeout", TIMEOUT)
-        client = Client(hub.url, **kw)
+        client = cls(hub.url, use_protobuf=protobuf, **kw)
         clients.append(client)
         return client
 

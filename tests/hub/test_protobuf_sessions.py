@@ -1,0 +1,88 @@
+"""Protobuf beside JSON on one hub: negotiation, cross-protocol fan-out (encoded once per format), and
+the JSON-payload rule. The whole SDK suite also runs over Protobuf (the ``sdk`` fixture's params)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from centrifuge import ReplyError
+
+from hub import wire
+from tests.conftest import RunningHub, token
+from tests.hub.test_sdk_channels import connected, subscribed
+
+
+@pytest.fixture
+def proto_sdk(sdk: Any, request: Any) -> Any:
+    if request.node.callspec.params["sdk"] != "protobuf":
+        pytest.skip("Protobuf only")
+    return sdk
+
+
+async def test_sdk_protobuf_session_speaks_protobuf(hub: RunningHub, proto_sdk: Any) -> None:
+    client, _ = await connected(proto_sdk, hub, token=token("alice"))
+    (session,) = [c for c in hub.sb.node.sessions if c.id == client.client_id]
+    assert session.fmt == wire.PROTOBUF
+
+
+async def test_protobuf_and_json_subscribers_get_the_same_publication(
+    hub: RunningHub, proto_sdk: Any, raw_client: Any
+) -> None:
+    pb, _ = await connected(proto_sdk, hub, token=token("alice"))
+    sub, rec = await subscribed(pb, "chat:mixed")
+    pb2, _ = await connected(proto_sdk, hub, token=token("carol"))
+    _, rec2 = await subscribed(pb2, "chat:mixed")
+    js = await raw_client(hub, connect={"token": token("bob")})
+    js2 = await raw_client(hub, connect={"token": token("dave")})
+    for raw in (js, js2):
+        assert "subscribe" in await raw.command("subscribe", {"channel": "chat:mixed"})
+
+    encoded: dict[int, int] = {}
+    real = wire.CODECS
+
+    class Counting:
+        def __init__(self, fmt: int) -> None:
+            self.fmt = fmt
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(real[self.fmt], name)
+            if name != "encode_publication_push":
+                return attr
+
+            def counted(*a: Any) -> bytes:
+                encoded[self.fmt] = encoded.get(self.fmt, 0) + 1
+                return attr(*a)  # type: ignore[no-any-return]
+
+            return counted
+
+    import hub.node as node_module
+
+    node_module.CODECS = tuple(Counting(i) for i in range(len(real)))  # type: ignore[assignment]
+    try:
+        await sub.publish({"text": "from protobuf"})
+        for r in (rec, rec2):
+            assert (await r.pub()).data == {"text": "from protobuf"}
+        for raw in (js, js2):
+            push = await raw.push("pub")
+            assert push["pub"]["data"] == {"text": "from protobuf"}
+            assert push["pub"]["info"]["user"] == "alice"
+    finally:
+        node_module.CODECS = real
+    assert encoded == {wire.JSON: 1, wire.PROTOBUF: 1}  # once per format, not per subscriber
+
+
+async def test_protobuf_publish_of_non_json_bytes_is_refused(hub: RunningHub, proto_sdk: Any) -> None:
+    from centrifuge import Client
+
+    client = Client(hub.url, use_protobuf=True, token=token("alice"), timeout=10.0)
+    try:
+        await client.connect()
+        sub = client.new_subscription("chat:bin")
+        await sub.subscribe()
+        with pytest.raises(ReplyError) as err:
+            await sub.publish(b"\xff\x00 not json")
+        assert err.value.code == 107
+        await sub.publish(b'{"ok": true}')  # JSON bytes are fine, and the connection is still usable
+    finally:
+        await client.disconnect()
