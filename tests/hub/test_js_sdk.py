@@ -38,9 +38,18 @@ def centrifuge_js() -> Path:
     return JS / "emulation.mjs"
 
 
-@pytest.mark.parametrize("transport", ["http_stream", "sse", "websocket"])
+@pytest.mark.parametrize(
+    ("transport", "protocol"),
+    [
+        ("http_stream", "json"),
+        ("sse", "json"),
+        ("websocket", "json"),
+        ("http_stream", "protobuf"),  # the Protobuf build: binary stream and octet-stream /emulation requests
+        ("websocket", "protobuf"),
+    ],
+)
 async def test_js_sdk_subscribes_publishes_calls_rpc(
-    make_hub: Any, centrifuge_js: Path, transport: str
+    make_hub: Any, centrifuge_js: Path, transport: str, protocol: str
 ) -> None:
     hub: RunningHub = await make_hub()
 
@@ -54,6 +63,7 @@ async def test_js_sdk_subscribes_publishes_calls_rpc(
         hub.http,
         transport,
         token("jsuser"),
+        protocol,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NODE_NO_WARNINGS": "1"},

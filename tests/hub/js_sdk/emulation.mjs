@@ -1,10 +1,13 @@
 // Drive the official centrifuge-js SDK over one transport against a running hub; print what happened as
-// JSON lines. Usage: node emulation.mjs <http base> <transport: http_stream|sse|websocket> <token>
-import { Centrifuge } from 'centrifuge';
+// JSON lines. Usage: node emulation.mjs <http base> <transport: http_stream|sse|websocket> <token> [json|protobuf]
+// With protobuf the SDK's Protobuf build is used; payloads are JSON encoded to bytes (the hub requires JSON).
 import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 
-const [base, transport, token] = process.argv.slice(2);
+const [base, transport, token, protocol = 'json'] = process.argv.slice(2);
+const { Centrifuge } = protocol === 'protobuf' ? await import('centrifuge/build/protobuf') : await import('centrifuge');
+const enc = (v) => (protocol === 'protobuf' ? new TextEncoder().encode(JSON.stringify(v)) : v);
+const dec = (v) => (protocol === 'protobuf' ? JSON.parse(new TextDecoder().decode(v)) : v);
 const ws = base.replace(/^http/, 'ws');
 const endpoints = {
   http_stream: base + '/connection/http_stream',
@@ -34,24 +37,24 @@ const sub = client.newSubscription('chat:js');
 const pubs = [];
 let gotPub;
 const firstPub = new Promise((resolve) => { gotPub = resolve; });
-sub.on('publication', (p) => { pubs.push(p.data); gotPub(); });
+sub.on('publication', (p) => { pubs.push(dec(p.data)); gotPub(); });
 const subscribed = new Promise((resolve) => sub.on('subscribed', resolve));
 sub.subscribe();
 await subscribed;
 out({ event: 'subscribed' });
 
-await sub.publish({ from: transport });
+await sub.publish(enc({ from: transport }));
 await firstPub;
 out({ event: 'publication', data: pubs[0] });
 
-const rpc = await client.rpc('add', { a: 2, b: 40 });
-out({ event: 'rpc', data: rpc.data });
+const rpc = await client.rpc('add', enc({ a: 2, b: 40 }));
+out({ event: 'rpc', data: dec(rpc.data) });
 
 const presence = await sub.presence();
 out({ event: 'presence', users: Object.values(presence.clients).map((c) => c.user) });
 
 const history = await sub.history({ limit: 10 });
-out({ event: 'history', data: history.publications.map((p) => p.data) });
+out({ event: 'history', data: history.publications.map((p) => dec(p.data)) });
 
 client.disconnect();
 out({ event: 'done' });
