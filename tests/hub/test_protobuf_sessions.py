@@ -3,6 +3,7 @@ the JSON-payload rule. The whole SDK suite also runs over Protobuf (the ``sdk`` 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -86,3 +87,33 @@ async def test_protobuf_publish_of_non_json_bytes_is_refused(hub: RunningHub, pr
         await sub.publish(b'{"ok": true}')  # JSON bytes are fine, and the connection is still usable
     finally:
         await client.disconnect()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  # a varint longer than 10 bytes
+        b"\x05\x08",  # a length past the end of the frame
+        b"\x02\x0a\xff",  # a string field whose length runs past its message
+        b"\x03\x08\x01\x22",  # a truncated field
+    ],
+)
+async def test_protobuf_garbage_closes_only_that_connection(
+    hub: RunningHub, proto_sdk: Any, garbage: bytes, caplog: Any
+) -> None:
+    import logging
+
+    import websockets
+
+    caplog.set_level(logging.INFO)
+    healthy, _ = await connected(proto_sdk, hub, token=token("alice"))
+    sub, rec = await subscribed(healthy, "chat:calm")
+    async with websockets.connect(hub.url, subprotocols=["centrifuge-protobuf"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "centrifuge-protobuf"
+        await ws.send(garbage)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 3501
+    assert any("bad frame" in r.getMessage() for r in caplog.records)
+    await sub.publish({"still": "fine"})
+    assert (await rec.pub()).data == {"still": "fine"}
