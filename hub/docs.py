@@ -87,6 +87,12 @@ SHUTDOWN = 3001
 SLOW = 3008
 
 
+def short_reason(reason: str) -> str:
+    """RFC 6455 5.5: a control frame's payload is at most 125 bytes, 2 of them the code."""
+    raw = reason.encode()
+    return reason if len(raw) <= 123 else raw[:123].decode(errors="ignore")
+
+
 def close_code(error: SyncError) -> int:
     if isinstance(error, LimitExceeded):
         return TOO_LARGE
@@ -241,7 +247,7 @@ class DocPeer:
             return
         self.closed = True
         self.writer.close()  # flush what is queued (e.g. the auth message), take no more
-        self.transport.close(code, reason)
+        self.transport.close(code, short_reason(reason))
 
     def _slow(self) -> None:
         log.warning("document connection too slow, closing", extra=self.log_fields())
@@ -344,7 +350,7 @@ class Documents:
 
     @staticmethod
     async def _close_and_drain(transport: RawDocTransport | AsgiDocTransport, code: int, reason: str) -> None:
-        transport.close(code, reason)
+        transport.close(code, short_reason(reason))
         if isinstance(transport, AsgiDocTransport):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(transport._task), 1.0)

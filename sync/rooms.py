@@ -178,8 +178,9 @@ class DocumentRooms:
 
     async def _run_clock(self) -> None:
         last_keepalive = time.monotonic()
+        tick = min(TICK, self.keepalive_interval)
         while True:
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(tick)
             now = time.monotonic()
             keepalive = now - last_keepalive >= self.keepalive_interval
             if keepalive:

@@ -48,8 +48,10 @@ class WsYClient:
         self._changed.set()
 
     async def flush(self) -> None:
-        for message in self.y.take():
-            await self.ws.send(message)
+        """Send what the client owes (nothing happens once the server closed the connection)."""
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for message in self.y.take():
+                await self.ws.send(message)
 
     async def until(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         async with asyncio.timeout(timeout):
