@@ -9,7 +9,7 @@ from pycrdt import Map, Text
 
 from sync import protocol
 from tests.conftest import HubFactory, RunningHub, token
-from tests.hub.ydocs import YConnect, docs_hub, yconnect  # noqa: F401 (fixtures)
+from tests.hub.ydocs import YConnect
 from tests.sync.yclient import YClient
 
 

@@ -13,7 +13,7 @@ from pycrdt import Text
 
 from sync import protocol
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
-from tests.hub.ydocs import YConnect, doc_url, yconnect  # noqa: F401 (fixtures)
+from tests.hub.ydocs import YConnect, doc_url
 
 
 @pytest.fixture

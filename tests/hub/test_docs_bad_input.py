@@ -11,7 +11,7 @@ import websockets
 
 from sync import protocol
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
-from tests.hub.ydocs import YConnect, doc_url, docs_hub, yconnect  # noqa: F401 (fixtures)
+from tests.hub.ydocs import YConnect, doc_url
 
 
 async def offend(hub: RunningHub, name: str, payload: bytes | str) -> tuple[int, str]:

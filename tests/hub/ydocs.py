@@ -53,8 +53,8 @@ class WsYClient:
             for message in self.y.take():
                 await self.ws.send(message)
 
-    async def until(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        async with asyncio.timeout(timeout):
+    async def until(self, predicate: Callable[[], bool], within: float = TIMEOUT) -> None:
+        async with asyncio.timeout(within):
             while not predicate():
                 self._changed.clear()
                 if self._task.done() and not predicate():
