@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pycrdt import Text
 
 from tests.conftest import TIMEOUT, RunningHub
 from tests.hub.ydocs import WsYClient, YConnect
@@ -170,7 +171,5 @@ async def test_node_client_sees_python_edits_and_server_side_edits(
     py.text.insert(0, "from python")
     await py.flush()
     await watcher.event("text", lambda e: e["text"] == "from python")
-    await docs_hub.sb.documents.transact(
-        "mixed", lambda doc: doc.get("text", type=type(py.text)).insert(0, "bot: ")
-    )
+    await docs_hub.sb.documents.transact("mixed", lambda doc: doc.get("text", type=Text).insert(0, "bot: "))
     await watcher.event("text", lambda e: e["text"] == "bot: from python")
