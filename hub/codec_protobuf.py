@@ -709,8 +709,16 @@ def encode_push(channel: str, kind: str, body: dict[str, Any]) -> bytes:
 # Publication.data = 4, .info = 5, .offset = 6, .tags = 7, ClientInfo fields 1-4, map entry key 1, value 2.
 
 
+_last_info: tuple[ClientInfo | None, bytes] = (None, b"")
+"""The last ClientInfo encoded and its bytes: a publisher's every publication carries the same object."""
+
+
 def _client_info(info: ClientInfo) -> bytes:
     # Inlined field by field: this runs once per publication with publisher info and per join/leave.
+    global _last_info
+    last = _last_info
+    if last[0] is info:
+        return last[1]
     out = b""
     value = info.user.encode()
     size = len(value)
@@ -728,6 +736,7 @@ def _client_info(info: ClientInfo) -> bytes:
     if raw:
         size = len(raw)
         out += b"\x22" + (_VARINTS[size] if size < _NV else _uvarint(size)) + raw
+    _last_info = (info, out)
     return out
 
 
@@ -737,8 +746,15 @@ def _tags(tags: dict[str, str]) -> bytes:
     for tag, value in tags.items():
         key = tag.encode()
         val = value.encode()
-        entry = b"\x0a" + _uvarint(len(key)) + key + b"\x12" + _uvarint(len(val)) + val
-        out += b"\x3a" + _uvarint(len(entry)) + entry
+        k = len(key)
+        v = len(val)
+        if k < 0x80 and v < 0x80:  # key and value lengths of one byte each: the usual short tag
+            out += b"".join(
+                (b"\x3a", _VARINTS[k + v + 4], b"\x0a", _VARINTS[k], key, b"\x12", _VARINTS[v], val)
+            )
+        else:
+            entry = b"\x0a" + _uvarint(k) + key + b"\x12" + _uvarint(v) + val
+            out += b"\x3a" + _uvarint(len(entry)) + entry
     return out
 
 

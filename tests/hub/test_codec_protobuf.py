@@ -299,7 +299,7 @@ _publications = st.builds(
     st.binary(max_size=300),
     st.integers(0, 2**64 - 1),
     st.none() | _infos,
-    st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    st.none() | st.dictionaries(st.text(max_size=70), st.text(max_size=70), max_size=3),
 )
 
 
