@@ -77,6 +77,24 @@ class WsYClient:
         self.ws.transport.abort()
 
 
+async def settle(conns: list[WsYClient], predicate: Callable[[], bool], *events: asyncio.Event) -> None:
+    """Wait until ``predicate()`` holds, re-checking whenever any of the clients receives something or
+    any of ``events`` is set (e.g. by an observer of the server's document)."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            waiters = [c._changed for c in conns] + list(events)
+            for event in waiters:
+                event.clear()
+            if predicate():
+                return
+            tasks = [asyncio.ensure_future(event.wait()) for event in waiters]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+
 YConnect = Callable[..., Awaitable[WsYClient]]
 
 
