@@ -25,6 +25,19 @@ def root(conn: WsYClient, k: int) -> Text:
     return conn.y.doc.get(f"t{k}", type=Text)
 
 
+async def stream(writer: WsYClient, k: int) -> None:
+    text = root(writer, k)
+    for i in range(EDITS):
+        text.insert(len(text), f"{i},")
+        await writer.flush()
+        if i % 5 == 4:
+            await asyncio.sleep(0)  # let the others read and write while the edits stream
+
+
+def seen(observer: WsYClient, at_least: list[int]) -> bool:
+    return all(str(root(observer, k)).count(",") >= at_least[k] for k in range(WRITERS))
+
+
 async def test_kill_9_loses_nothing_that_was_relayed(
     server_process: Any, yconnect: YConnect, tmp_path: Path
 ) -> None:
@@ -40,20 +53,8 @@ async def test_kill_9_loses_nothing_that_was_relayed(
         writers = [await yconnect(hub, "crash") for _ in range(WRITERS)]
         start = [str(root(observer, k)).count(",") for k in range(WRITERS)]
 
-        async def write(k: int) -> None:
-            text = root(writers[k], k)
-            for i in range(EDITS):
-                text.insert(len(text), f"{i},")
-                await writers[k].flush()
-                if i % 5 == 4:
-                    await asyncio.sleep(0)  # let the others read and write while the edits stream
-
-        tasks = [asyncio.get_running_loop().create_task(write(k)) for k in range(WRITERS)]
-        await observer.until(
-            lambda: all(
-                str(root(observer, k)).count(",") >= start[k] + SEEN_BEFORE_KILL for k in range(WRITERS)
-            )
-        )
+        tasks = [asyncio.get_running_loop().create_task(stream(writers[k], k)) for k in range(WRITERS)]
+        await observer.until(lambda: seen(observer, [n + SEEN_BEFORE_KILL for n in start]))  # noqa: B023
         os.kill(proc.pid, signal.SIGKILL)
         await proc.wait()
         await observer.closed()  # everything the server sent before it died has been read
