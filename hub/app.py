@@ -21,6 +21,7 @@ from starlette.routing import Route
 from channels.broker import Broker
 from channels.broker_memory import MemoryBroker
 from channels.publication import PublishResult
+from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
@@ -78,11 +79,14 @@ class Switchboard:
             HubCollector(node.metrics, lambda: node.sessions, lambda: len(node.registry.fanout))
         )
         self.metrics_server: MetricsServer | None = None
+        self.api = ServerAPI(node)
         self.http = Starlette(
             routes=[
                 Route("/health", self._health),
                 Route("/ready", self._ready),
                 Route("/metrics", self._metrics),
+                Route("/api", self.api.root_endpoint, methods=["POST"]),
+                Route("/api/{method}", self.api.method_endpoint, methods=["POST"]),
             ],
             lifespan=self.lifespan,
         )

@@ -55,6 +55,15 @@ _DURATIONS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A server API key. ``tenant`` None: the key acts on any tenant (each call names one, default "");
+    a string: every call is confined to that tenant."""
+
+    key: str
+    tenant: str | None = None
+
+
 @dataclass
 class Config:
     host: str = "127.0.0.1"
@@ -101,7 +110,10 @@ class Config:
     shutdown_batch_size: int = 500
     shutdown_batch_pause: float = 0.2
     shutdown_timeout: float = 10.0
+    api_key: str = ""
+    api_max_body_size: int = 1048576
 
+    api_keys: list[ApiKey] = field(default_factory=list)
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -109,6 +121,11 @@ class Config:
 
     def namespace_table(self) -> Namespaces:
         return Namespaces(self.channel, self.namespaces)
+
+    def server_api_keys(self) -> list[ApiKey]:
+        """Every server API key: ``api_key`` (unbound) first, then the ``[[api_keys]]`` tables."""
+        keys = [ApiKey(self.api_key)] if self.api_key else []
+        return keys + self.api_keys
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -124,9 +141,8 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_SCALARS = {
-    f.name: f for f in dataclasses.fields(Config) if f.name not in ("channel", "namespaces", "dev_mode")
-}
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys")
+_SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
 def _coerce(name: str, raw: Any, from_env: bool) -> Any:
@@ -168,6 +184,24 @@ def _namespaces(raw: Any) -> dict[str, NamespaceOptions]:
             out[name] = NamespaceOptions.from_mapping(table)
         except ValueError as exc:
             raise ConfigError(f"namespace {name}: {exc}") from None
+    return out
+
+
+def _api_keys(raw: Any) -> list[ApiKey]:
+    """``[[api_keys]]`` tables: ``key`` (required) and ``tenant`` (absent: the key is not bound)."""
+    if not isinstance(raw, list):
+        raise ConfigError("api_keys must be a list of tables, each with a key")
+    out: list[ApiKey] = []
+    for table in raw:
+        if not isinstance(table, dict) or not isinstance(table.get("key"), str) or not table["key"]:
+            raise ConfigError("every api_keys entry needs a non-empty key")
+        unknown = set(table) - {"key", "tenant"}
+        if unknown:
+            raise ConfigError(f"unknown api_keys field(s): {', '.join(sorted(unknown))}")
+        tenant = table.get("tenant")
+        if tenant is not None and not isinstance(tenant, str):
+            raise ConfigError("api_keys tenant must be a string")
+        out.append(ApiKey(table["key"], tenant))
     return out
 
 
@@ -220,6 +254,8 @@ def load_config(
                 raise ConfigError(f"[channel]: {exc}") from None
         elif key == "namespaces":
             cfg.namespaces = _namespaces(value)
+        elif key == "api_keys":
+            cfg.api_keys = _api_keys(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -238,6 +274,11 @@ def load_config(
                 cfg.namespaces = _namespaces(json.loads(raw))
             except json.JSONDecodeError:
                 raise ConfigError("SWITCHBOARD_NAMESPACES must be a JSON list") from None
+        elif key == "api_keys":
+            try:
+                cfg.api_keys = _api_keys(json.loads(raw))
+            except json.JSONDecodeError:
+                raise ConfigError("SWITCHBOARD_API_KEYS must be a JSON list") from None
         elif key.startswith("channel_"):
             channel_env[key[len("channel_") :]] = _channel_option_from_env(name, raw)
         else:
@@ -294,6 +335,7 @@ def _validate(cfg: Config) -> None:
         "client_recovery_max_publication_limit",
         "sse_heartbeat_interval",
         "sse_retry_ms",
+        "api_max_body_size",
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
@@ -310,3 +352,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("client_command_rate_burst must be at least 1")
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
+    keys = [k.key for k in cfg.server_api_keys()]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("an API key is configured twice")

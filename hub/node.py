@@ -11,6 +11,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from channels.broker import Broker, HistoryPolicy
@@ -61,6 +62,7 @@ class Node:
         self.metrics = Metrics(config.namespaces)
         self.sessions: set[Client] = set()
         self.started = False
+        self.started_at = 0.0
         self.stopping = False
         self._clock: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
@@ -73,6 +75,7 @@ class Node:
         if self.started:
             return
         self.started = True
+        self.started_at = time.monotonic()
         self.stopping = False
         self._drained.clear()
         if self.config.dev_mode:
@@ -175,10 +178,11 @@ class Node:
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        skip_history: bool = False,
     ) -> PublishResult:
         history = (
             HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)
-            if opts.history_enabled
+            if opts.history_enabled and not skip_history
             else None
         )
         key = (tenant, channel.raw)
@@ -343,3 +347,63 @@ class Node:
                 if sub.expires_at and wall > sub.expires_at + grace:
                     client.disconnect(codes.SUB_EXPIRED.error())
                     break
+
+    # -- server API --
+
+    async def remove_history(self, key: ChannelKey) -> None:
+        """Drop a channel's publications; its stream position (offset, epoch) stays, as Centrifugo's
+        ``history_remove`` does, so subscribers are not forced to reload."""
+        await self.broker.remove_history(key)
+
+    def refresh_user(
+        self,
+        user: str,
+        *,
+        tenant: str = "",
+        client_id: str | None = None,
+        expired: bool = False,
+        expire_at: float = 0.0,
+    ) -> int:
+        """Set when the connections of ``user`` (or one of them) expire: at ``expire_at`` (unix seconds;
+        0: never), or now with 3005 when ``expired``. A unidirectional client, which cannot refresh by
+        itself, is told with a ``refresh`` push."""
+        targets = self._targets(tenant, user, client_id)
+        for client in targets:
+            if expired:
+                client.disconnect(codes.EXPIRED.error())
+                continue
+            client.expires_at = expire_at
+            if client.unidirectional:
+                body: dict[str, Any] = {"expires": bool(expire_at)}
+                if expire_at:
+                    body["ttl"] = max(1, int(expire_at - time.time()))
+                client.writer.push(client.codec.encode({"push": {"refresh": body}}))
+        return len(targets)
+
+    def channel_counts(self, tenant: str, match: Callable[[str], bool] | None = None) -> dict[str, int]:
+        """Channels of ``tenant`` with subscribers on this node (those whose name ``match`` accepts), each
+        with its number of subscribed connections."""
+        registry = self.registry
+        return {
+            key[1]: registry.subscriber_count(key)
+            for key in registry.channel_keys()
+            if key[0] == tenant and (match is None or match(key[1]))
+        }
+
+    def info(self, tenant: str | None = None) -> dict[str, Any]:
+        """This node's figures as Centrifugo's ``info`` reports a node; with ``tenant``, only that
+        tenant's connections, users, channels and subscriptions are counted."""
+        registry = self.registry
+        clients = [c for c in registry.clients.values() if tenant is None or c.tenant == tenant]
+        users = [k for k in registry.users if tenant is None or k[0] == tenant]
+        channels = [k for k in registry.fanout if tenant is None or k[0] == tenant]
+        return {
+            "uid": self.id,
+            "name": self.id,
+            "version": self.version,
+            "num_clients": len(clients),
+            "num_users": len(users),
+            "num_channels": len(channels),
+            "num_subs": sum(registry.subscriber_count(k) for k in channels),
+            "uptime": int(time.monotonic() - self.started_at) if self.started else 0,
+        }

@@ -1,0 +1,594 @@
+"""The server API: backends, bots and agents act on the hub over HTTP, as with Centrifugo's HTTP API.
+
+Endpoints (all ``POST``, JSON bodies)::
+
+    /api/<method>  the method's params -> {"result": {...}} | {"error": {...}}
+    /api/batch     {"commands": [{"<method>": {params}}, ...], "parallel"?: bool}
+                   -> {"replies": [{"<method>": {...}} | {"error": {...}}, ...]}
+    /api           the /api/batch body, or Centrifugo's older form: {"method": ..., "params": {...}}
+                   objects, one per line -> one {"result": ...} | {"error": ...} per line, in order
+
+Methods: publish, broadcast, subscribe, unsubscribe, disconnect, refresh, presence, presence_stats, history,
+history_remove, channels, info (and batch).
+
+Policy, as Centrifugo's:
+
+- a call that fails answers HTTP 200 with ``{"error": {"code", "message"}}``: 100 internal, 102 unknown
+  channel (namespace), 103 permission denied (another tenant), 104 method not found, 107 bad request
+  (missing or mistyped field, bad channel name), 108 not available (no history/presence in the namespace),
+  112 unrecoverable position;
+- a body that is not JSON (or not an object) is HTTP 400 with error 107; a body over ``api_max_body_size``
+  is HTTP 413; a missing or wrong key is HTTP 401; with no key configured (outside development mode) the
+  API does not exist: HTTP 404. None of them touches the node; each is logged.
+
+Keys (``X-API-Key: <key>`` or ``Authorization: apikey <key>``) are compared in constant time. An unbound key
+acts on the tenant a call names in its ``tenant`` field (default ``""``); a key bound to a tenant confines
+every call to that tenant: naming another is 103, and ``channels``/``info`` count only its share.
+
+The request handling is sans-I/O (``authenticate``, ``decode_*``, the params readers); ``ServerAPI`` runs
+the calls against the Node, with the same Node methods the embedding API uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace, UnrecoverablePosition
+from channels.names import ChannelName, parse_channel
+from channels.options import NamespaceOptions
+from channels.pattern import BadPattern, compile_pattern
+from channels.publication import PublishResult, StreamPosition
+from hub import codec_json, codes
+from hub.codes import ClientError
+from hub.config import ApiKey
+from hub.node import Node
+from presence.presence import PresenceUnavailable
+
+log = logging.getLogger("switchboard.api")
+
+METHODS = (
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+)
+"""Methods a batch may hold; ``batch`` itself only at the top."""
+
+NO_CLIENT = ""
+"""A client id no connection has: the target of a ``session`` that matches none."""
+
+DEV_KEY = ApiKey("", None)
+"""The principal of every call in development mode with no key configured: unbound."""
+
+# ---------------------------------------------------------------- sans-I/O: authentication
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents: ``X-API-Key``, else ``Authorization: apikey <key>``."""
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "apikey" and value.strip():
+        return value.strip()
+    return None
+
+
+def authenticate(presented: str | None, keys: Sequence[ApiKey]) -> ApiKey | None:
+    """The configured key equal to ``presented``, compared in constant time against every key (no early
+    exit: the time taken does not tell which key, or how much of one, matched)."""
+    if presented is None:
+        return None
+    candidate = presented.encode()
+    found: ApiKey | None = None
+    for key in keys:
+        if hmac.compare_digest(candidate, key.key.encode()):
+            found = key
+    return found
+
+
+# ---------------------------------------------------------------- sans-I/O: bodies
+
+
+class BadBody(ValueError):
+    """The body cannot be read as the endpoint's JSON (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    method: str
+    params: Any
+    id: Any = None
+    """The ``id`` of an old-style command, echoed in its reply."""
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBody(f"malformed JSON: {exc}") from None
+
+
+def decode_params(body: bytes) -> dict[str, Any]:
+    """The body of ``/api/<method>``: one JSON object (an empty body is ``{}``, as for ``info``)."""
+    if not body.strip():
+        return {}
+    value = _load(body)
+    if not isinstance(value, dict):
+        raise BadBody("the body must be a JSON object")
+    return value
+
+
+def decode_root(body: bytes) -> tuple[bool, list[dict[str, Any]]]:
+    """The body of ``/api``: (True, [batch body]) for ``{"commands": ...}``, else (False, commands) for
+    old-style ``{"method", "params"}`` objects, one per line (or one object spread over several lines)."""
+    if not body.strip():
+        raise BadBody("empty body")
+    try:
+        whole = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        objects = [_load(line) for line in body.split(b"\n") if line.strip()]
+    else:
+        objects = [whole]
+    if not all(isinstance(obj, dict) for obj in objects):
+        raise BadBody("every command must be a JSON object")
+    if len(objects) == 1 and "commands" in objects[0]:
+        return True, objects
+    return False, objects
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+# ---------------------------------------------------------------- sans-I/O: params
+
+
+def _str(p: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    value = p.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise codes.error_bad_request()
+    return value
+
+
+def _bool(p: Mapping[str, Any], name: str) -> bool:
+    value = p.get(name, False)
+    if not isinstance(value, bool):
+        raise codes.error_bad_request()
+    return value
+
+
+def _int(p: Mapping[str, Any], name: str, default: int = 0) -> int:
+    value = p.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise codes.error_bad_request()
+    return value
+
+
+def _optional_str(p: Mapping[str, Any], name: str) -> str | None:
+    value = p.get(name)
+    if value is not None and not isinstance(value, str):
+        raise codes.error_bad_request()
+    return value or None
+
+
+def _tags(p: Mapping[str, Any]) -> dict[str, str] | None:
+    tags = p.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise codes.error_bad_request()
+    return tags or None
+
+
+def _payload(p: Mapping[str, Any]) -> bytes:
+    """``data`` (any JSON) or ``b64data``: the hub carries JSON documents only (JSON subscribers must be
+    able to read every publication), so ``b64data`` must decode to JSON text."""
+    if "b64data" in p and p["b64data"] not in (None, ""):
+        raw = p["b64data"]
+        if not isinstance(raw, str):
+            raise codes.error_bad_request()
+        try:
+            data = base64.b64decode(raw, validate=True)
+            orjson.loads(data)
+        except (binascii.Error, ValueError):
+            raise codes.error_bad_request() from None
+        return data
+    if "data" not in p:
+        raise codes.error_bad_request()
+    try:
+        return codec_json.data_bytes(p["data"])
+    except codec_json.DecodeError:
+        raise codes.error_bad_request() from None
+
+
+def _position(raw: Any) -> StreamPosition | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise codes.error_bad_request()
+    offset = _int(raw, "offset")
+    if offset < 0:
+        raise codes.error_bad_request()
+    return StreamPosition(offset, _str(raw, "epoch", required=False))
+
+
+def _result_of_publish(res: PublishResult) -> dict[str, Any]:
+    pos = res.position
+    return {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
+
+
+# ---------------------------------------------------------------- running calls
+
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ServerAPI:
+    """The server API of one node: Starlette endpoints and the calls they run."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.keys = node.config.server_api_keys()
+        self._handlers: dict[str, Handler] = {m: getattr(self, "_" + m) for m in METHODS}
+
+    # ------------------------------------------------------------ one call
+
+    def _tenant(self, principal: ApiKey, p: Mapping[str, Any]) -> str:
+        """The tenant a call acts on: the key's, or for an unbound key the call's ``tenant`` field."""
+        named = p.get("tenant")
+        if named is not None and not isinstance(named, str):
+            raise codes.error_bad_request()
+        if principal.tenant is not None:
+            if named is not None and named != principal.tenant:
+                raise codes.error_permission_denied()
+            return principal.tenant
+        return named or ""
+
+    def _channel(self, p: Mapping[str, Any], name: str | None = None) -> tuple[ChannelName, NamespaceOptions]:
+        try:
+            channel = parse_channel(name if name is not None else _str(p, "channel"))
+        except InvalidChannel:
+            raise codes.error_bad_request() from None
+        return channel, self.node.namespaces.options_for(channel)
+
+    async def call(self, principal: ApiKey, method: str, params: Any) -> dict[str, Any]:
+        """Run one call; its result, or ClientError (every other failure becomes 100, logged)."""
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise codes.error_method_not_found()
+        if not isinstance(params, dict):
+            raise codes.error_bad_request()
+        tenant = self._tenant(principal, params)
+        if method == "info":
+            # An unbound key that names no tenant sees the whole node; otherwise one tenant's share.
+            whole = principal.tenant is None and "tenant" not in params
+            return {"nodes": [self.node.info(None if whole else tenant)]}
+        try:
+            return await handler(tenant, params)
+        except UnknownNamespace:
+            raise codes.error_unknown_channel() from None
+        except InvalidChannel:
+            raise codes.error_bad_request() from None
+        except UnrecoverablePosition:
+            raise codes.error_unrecoverable_position() from None
+        except (BrokerUnavailable, PresenceUnavailable):
+            log.warning("server API %s: backend unavailable", method, extra={"tenant": tenant})
+            raise codes.error_internal() from None
+
+    async def reply(
+        self, principal: ApiKey, method: str, params: Any
+    ) -> tuple[dict[str, Any] | None, ClientError | None]:
+        """``call``, with every failure turned into its error and a log line."""
+        try:
+            return await self.call(principal, method, params), None
+        except ClientError as exc:
+            extra = {"tenant": principal.tenant}
+            log.info("server API %s failed: %d %s", method, exc.code, exc.message, extra=extra)
+            return None, exc
+        except Exception:
+            log.exception("server API %s crashed", method)
+            return None, codes.error_internal()
+
+    # ------------------------------------------------------------ methods
+
+    async def _publish(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts = self._channel(p)
+        res = await self.node.publish_to(
+            tenant,
+            channel,
+            opts,
+            _payload(p),
+            tags=_tags(p),
+            idempotency_key=_optional_str(p, "idempotency_key"),
+            skip_history=_bool(p, "skip_history"),
+        )
+        return _result_of_publish(res)
+
+    async def _broadcast(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        names = p.get("channels")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise codes.error_bad_request()
+        data, tags = _payload(p), _tags(p)
+        key, skip = _optional_str(p, "idempotency_key"), _bool(p, "skip_history")
+        responses: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                try:
+                    channel, opts = self._channel(p, name)
+                except UnknownNamespace:
+                    raise codes.error_unknown_channel() from None
+                res = await self.node.publish_to(
+                    tenant, channel, opts, data, tags=tags, idempotency_key=key, skip_history=skip
+                )
+                responses.append({"result": _result_of_publish(res)})
+            except ClientError as exc:
+                log.info("server API broadcast to %s failed: %d", name, exc.code, extra={"tenant": tenant})
+                responses.append(error_body(exc.code, exc.message))
+        return {"responses": responses}
+
+    def _client_id(self, tenant: str, user: str, p: Mapping[str, Any]) -> str | None:
+        """The one connection a call targets (``client`` or ``session``), or None for all of ``user``'s.
+        A ``session`` no connection of the user has targets nothing."""
+        client = _optional_str(p, "client")
+        session = _optional_str(p, "session")
+        if session is None:
+            return client
+        for c in self.node.registry.user_clients(tenant, user):
+            if c.session == session and (client is None or c.id == client):
+                return c.id
+        return NO_CLIENT
+
+    async def _subscribe(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        user = _str(p, "user")
+        channel, _ = self._channel(p)
+        for unsupported in ("info", "b64info", "data", "b64data", "recover_since", "override"):
+            if p.get(unsupported) is not None:
+                log.info("server API subscribe: %s is not supported", unsupported, extra={"tenant": tenant})
+                raise codes.error_not_available()
+        client_id = self._client_id(tenant, user, p)
+        await self.node.subscribe_user(user, channel.raw, tenant=tenant, client_id=client_id)
+        return {}
+
+    async def _unsubscribe(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        user = _str(p, "user")
+        channel, _ = self._channel(p)
+        client_id = self._client_id(tenant, user, p)
+        await self.node.unsubscribe_user(user, channel.raw, tenant=tenant, client_id=client_id)
+        return {}
+
+    async def _disconnect(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        user = _str(p, "user")
+        client_id = self._client_id(tenant, user, p)
+        whitelist = p.get("whitelist") or []
+        if not isinstance(whitelist, list) or not all(isinstance(c, str) for c in whitelist):
+            raise codes.error_bad_request()
+        code, reason = codes.FORCE_NO_RECONNECT
+        raw = p.get("disconnect")
+        if raw is not None:
+            if not isinstance(raw, dict):
+                raise codes.error_bad_request()
+            code, reason = _int(raw, "code"), _str(raw, "reason", required=False)
+            # Close codes an application may send: 3000-4999; a close reason holds at most 123 bytes.
+            if not 3000 <= code <= 4999 or len(reason.encode()) > 123:
+                raise codes.error_bad_request()
+        targets = [
+            c.id
+            for c in self.node.registry.user_clients(tenant, user)
+            if (client_id is None or c.id == client_id) and c.id not in whitelist
+        ]
+        for cid in targets:
+            self.node.disconnect_user(user, tenant=tenant, client_id=cid, code=code, reason=reason)
+        return {}
+
+    async def _refresh(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        user = _str(p, "user")
+        expire_at = _int(p, "expire_at")
+        if expire_at < 0:
+            raise codes.error_bad_request()
+        self.node.refresh_user(
+            user,
+            tenant=tenant,
+            client_id=self._client_id(tenant, user, p),
+            expired=_bool(p, "expired"),
+            expire_at=float(expire_at),
+        )
+        return {}
+
+    def _presence_key(self, tenant: str, p: Mapping[str, Any]) -> tuple[str, str]:
+        channel, opts = self._channel(p)
+        if not opts.presence:
+            raise codes.error_not_available()
+        return tenant, channel.raw
+
+    async def _presence(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        members = await self.node.presence.get(self._presence_key(tenant, p))
+        return {"presence": {cid: codec_json.info_dict(info) for cid, info in members.items()}}
+
+    async def _presence_stats(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        stats = await self.node.presence.stats(self._presence_key(tenant, p))
+        return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+
+    async def _history(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts = self._channel(p)
+        if not opts.history_enabled:
+            raise codes.error_not_available()
+        # As Centrifugo: no limit means only the stream position; a negative one, every publication kept.
+        limit = _int(p, "limit")
+        hist = await self.node.broker.history(
+            (tenant, channel.raw),
+            since=_position(p.get("since")),
+            limit=limit,
+            reverse=_bool(p, "reverse"),
+            meta_ttl=opts.history_meta_ttl,
+        )
+        out: dict[str, Any] = {"epoch": hist.position.epoch, "offset": hist.position.offset}
+        out["publications"] = [codec_json.publication_dict(pub) for pub in hist.publications]
+        return out
+
+    async def _history_remove(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        channel, opts = self._channel(p)
+        if not opts.history_enabled:
+            raise codes.error_not_available()
+        await self.node.remove_history((tenant, channel.raw))
+        return {}
+
+    async def _channels(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        pattern = _str(p, "pattern", required=False)
+        try:
+            match = compile_pattern(pattern) if pattern else None
+        except BadPattern:
+            raise codes.error_bad_request() from None
+        counts = self.node.channel_counts(tenant, match)
+        return {"channels": {name: {"num_clients": n} for name, n in counts.items()}}
+
+    async def _info(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
+        return {"nodes": [self.node.info(tenant)]}  # ``call`` answers for the whole node itself
+
+    # ------------------------------------------------------------ batch
+
+    async def batch(self, principal: ApiKey, body: Any) -> dict[str, Any]:
+        """``{"commands": [...], "parallel"?}`` -> ``{"replies": [...]}`` in the commands' order."""
+        if not isinstance(body, dict):
+            raise codes.error_bad_request()
+        commands = body.get("commands")
+        parallel = body.get("parallel", False)
+        if not isinstance(commands, list) or not isinstance(parallel, bool):
+            raise codes.error_bad_request()
+
+        async def one(command: Any) -> dict[str, Any]:
+            if not isinstance(command, dict) or len(command) != 1:
+                log.info("server API batch: malformed command", extra={"tenant": principal.tenant})
+                return error_body(107, "bad request")
+            ((method, params),) = command.items()
+            result, err = await self.reply(principal, method, params)
+            if err is not None:
+                return error_body(err.code, err.message)
+            return {method: result}
+
+        if parallel:
+            return {"replies": list(await asyncio.gather(*(one(c) for c in commands)))}
+        return {"replies": [await one(c) for c in commands]}
+
+    # ------------------------------------------------------------ HTTP
+
+    async def _admit(self, request: Request) -> tuple[ApiKey | None, Response | None]:
+        """The caller's key, or the response that refuses the request (nothing else happens then)."""
+        remote = request.client.host if request.client else ""
+        if self.node.stopping:
+            return None, Response(status_code=503)
+        if not self.keys:
+            if self.node.config.dev_mode:
+                return DEV_KEY, None
+            log.warning("server API request from %s refused: no API key configured", remote)
+            return None, Response(status_code=404)
+        presented = presented_key(request.headers)
+        principal = authenticate(presented, self.keys)
+        if principal is None:
+            log.warning(
+                "server API request from %s refused: %s API key",
+                remote,
+                "missing" if presented is None else "wrong",
+            )
+            return None, _json(error_body(101, "unauthorized"), 401)
+        return principal, None
+
+    async def _body(self, request: Request) -> bytes | None:
+        """The body, or None when it is over ``api_max_body_size`` (read no further than the limit)."""
+        limit = self.node.config.api_max_body_size
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read(self, request: Request) -> tuple[ApiKey | None, bytes, Response | None]:
+        principal, refused = await self._admit(request)
+        if refused is not None or principal is None:
+            return None, b"", refused
+        body = await self._body(request)
+        if body is None:
+            log.warning("server API request over %d bytes refused", self.node.config.api_max_body_size)
+            return None, b"", _json(error_body(107, "request body too large"), 413)
+        return principal, body, None
+
+    async def method_endpoint(self, request: Request) -> Response:
+        """``POST /api/<method>``."""
+        principal, body, refused = await self._read(request)
+        if refused is not None or principal is None:
+            return refused or Response(status_code=500)
+        method = request.path_params["method"]
+        try:
+            params = decode_params(body)
+        except BadBody as exc:
+            log.info("server API %s: %s", method, exc, extra={"tenant": principal.tenant})
+            return _json(error_body(107, "bad request"), 400)
+        if method == "batch":
+            try:
+                return _json(await self.batch(principal, params))
+            except ClientError as exc:
+                log.info("server API batch failed: %d", exc.code, extra={"tenant": principal.tenant})
+                return _json(error_body(exc.code, exc.message))
+        result, err = await self.reply(principal, method, params)
+        if err is not None:
+            return _json(error_body(err.code, err.message))
+        return _json({"result": result})
+
+    async def root_endpoint(self, request: Request) -> Response:
+        """``POST /api``: a batch body, or old-style commands one per line."""
+        principal, body, refused = await self._read(request)
+        if refused is not None or principal is None:
+            return refused or Response(status_code=500)
+        try:
+            is_batch, objects = decode_root(body)
+        except BadBody as exc:
+            log.info("server API: %s", exc, extra={"tenant": principal.tenant})
+            return _json(error_body(107, "bad request"), 400)
+        if is_batch:
+            try:
+                return _json(await self.batch(principal, objects[0]))
+            except ClientError as exc:
+                return _json(error_body(exc.code, exc.message))
+        lines: list[bytes] = []
+        for command in objects:
+            method = command.get("method")
+            reply: dict[str, Any] = {}
+            if "id" in command:
+                reply["id"] = command["id"]
+            if not isinstance(method, str):
+                log.info("server API: command without a method", extra={"tenant": principal.tenant})
+                reply.update(error_body(107, "bad request"))
+            else:
+                result, err = await self.reply(principal, method, command.get("params") or {})
+                reply.update(error_body(err.code, err.message) if err is not None else {"result": result})
+            lines.append(orjson.dumps(reply))
+        return Response(b"\n".join(lines), media_type="application/json")
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
