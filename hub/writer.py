@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from hub import sse
 
@@ -142,15 +142,8 @@ class EventWriter(Writer):
 
     __slots__ = ("positions", "event_id")
 
-    def __init__(
-        self,
-        transport: Transport,
-        scheduler: FlushScheduler,
-        max_bytes: int,
-        on_slow: Callable[[], None],
-        on_write_error: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(transport, scheduler, max_bytes, on_slow, on_write_error)
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self.positions: dict[str, tuple[int, str]] = {}
         self.event_id = sse.encode_resume_id(self.positions)
 
