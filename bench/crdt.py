@@ -70,6 +70,11 @@ data_dir = "{data_dir}"
 doc_anonymous_access = "write"
 # every simulated client comes from 127.0.0.1: no per-address cap on document connections
 doc_user_connection_limit = 1000000
+{queue}"""
+QUEUE_NOTE = """\
+# the late joiner's sync step 2 is one 1.8 MB message; under the default 1 MiB bound the hub closes
+# that connection as slow (3008) before writing anything, and the provider reconnects forever
+client_queue_max_size = {size}
 """
 
 
@@ -108,7 +113,8 @@ def run_phase(
     data_dir = folder / "hub-data"
     shutil.rmtree(data_dir, ignore_errors=True)
     config = folder / "hub.toml"
-    config.write_text(HUB_CONFIG.format(data_dir=data_dir))
+    queue = QUEUE_NOTE.format(size=args.hub_queue_bytes) if args.hub_queue_bytes else ""
+    config.write_text(HUB_CONFIG.format(data_dir=data_dir, queue=queue))
     env = dict(os.environ)
     env.update(
         PEERS=" ".join(peers),
@@ -335,6 +341,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/crdt-<time>")
     parser.add_argument("--peers", default=" ".join(PEERS), help="subset of: " + " ".join(PEERS))
     parser.add_argument("--base-port", type=int, default=12400)
+    parser.add_argument(
+        "--hub-queue-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="the hub's client_queue_max_size (0: the hub's default, under which late joins never sync)",
+    )
     parser.add_argument("--probe-cap-rate", type=float, default=20.0, help="edits/s per client in the probe")
     parser.add_argument("--no-probe", action="store_true")
     parser.add_argument("--quick", action="store_true", help="10 rooms x 5 clients, small docs: a smoke run")
