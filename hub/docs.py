@@ -52,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from hub import wire
+from hub.api import authenticate, presented_key
 from hub.auth import TokenExpired, TokenInvalid, TokenVerifier
 from hub.config import Config
 from hub.logs import bind_session, unbind_session
@@ -445,13 +446,23 @@ class Documents:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if not token and scheme.lower() == "bearer":
             token = value.strip()
+        tenant: str
+        key = authenticate(presented_key(request.headers), self.config.server_api_keys())
+        if not token and key is not None:
+            # The server API key reads any document of its tenant (an unbound key: ?tenant=, default "").
+            named = request.query_params.get("tenant")
+            if key.tenant is not None and named is not None and named != key.tenant:
+                return JSONResponse({"error": "the API key is bound to another tenant"}, status_code=403)
+            tenant = key.tenant if key.tenant is not None else (named or "")
+        else:
+            try:
+                tenant = authorize(self.config, self.verifier, token, name).tenant
+            except Denied as denied:
+                log.info("content of document %r refused: %s", name, denied.reason)
+                status = 401 if denied.code == UNAUTHORIZED else 403
+                return JSONResponse({"error": denied.reason}, status_code=status)
         try:
-            access = authorize(self.config, self.verifier, token, name)
-        except Denied as denied:
-            status = 401 if denied.code == UNAUTHORIZED else 403
-            return JSONResponse({"error": denied.reason}, status_code=status)
-        try:
-            content = await self.content(name, tenant=access.tenant)
+            content = await self.content(name, tenant=tenant)
         except SyncError as exc:
             log.warning("content of document %r not served: %s", name, exc.reason)
             return JSONResponse({"error": exc.reason}, status_code=503)

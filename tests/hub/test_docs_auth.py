@@ -11,6 +11,7 @@ import pytest
 import websockets
 from pycrdt import Text
 
+from hub.config import ApiKey
 from sync import protocol
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.hub.ydocs import YConnect, doc_url
@@ -114,3 +115,22 @@ async def test_content_endpoint_authorization(closed_hub: RunningHub) -> None:
         bearer = await http.get("/doc/memo/content", headers={"Authorization": f"Bearer {reader}"})
         assert bearer.json() == {"text": "hi"}
         assert (await http.post("/doc/memo/content", params={"token": reader})).status_code == 405
+
+
+async def test_content_endpoint_with_the_server_api_key(make_hub: HubFactory, tmp_path: Path) -> None:
+    hub = await make_hub(
+        data_dir=str(tmp_path), api_keys=[ApiKey("any-tenant-key"), ApiKey("acme-key", "acme")]
+    )
+    docs = hub.sb.documents
+    await docs.transact("memo", lambda doc: doc.get("text", type=Text).insert(0, "acme memo"), tenant="acme")
+    await docs.transact("memo", lambda doc: doc.get("text", type=Text).insert(0, "default memo"))
+    async with httpx.AsyncClient(base_url=hub.http) as http:
+        unbound = {"X-API-Key": "any-tenant-key"}
+        assert (await http.get("/doc/memo/content", headers=unbound)).json() == {"text": "default memo"}
+        in_acme = await http.get("/doc/memo/content", headers=unbound, params={"tenant": "acme"})
+        assert in_acme.json() == {"text": "acme memo"}
+        bound = {"Authorization": "apikey acme-key"}
+        assert (await http.get("/doc/memo/content", headers=bound)).json() == {"text": "acme memo"}
+        other = await http.get("/doc/memo/content", headers=bound, params={"tenant": "globex"})
+        assert other.status_code == 403
+        assert (await http.get("/doc/memo/content", headers={"X-API-Key": "wrong"})).status_code == 401
