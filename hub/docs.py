@@ -360,16 +360,19 @@ class Documents:
     async def _serve(self, peer: DocPeer, name: str, receive: Any) -> None:
         access = peer.access
         key: DocKey = (access.tenant, name)
-        user_key = (access.tenant, access.user) if access.user else ("\x00anonymous", peer.remote)
+        # Per user and tenant, as client_user_connection_limit; anonymous connections are not counted
+        # (behind one address there may be a whole office, or a benchmark).
+        user_key = (access.tenant, access.user) if access.user else None
         if self._stopping:
             peer.close(SHUTDOWN, "shutdown")
             return
-        if self._per_user[user_key] >= self.config.doc_user_connection_limit:
-            limit = self.config.doc_user_connection_limit
+        limit = self.config.doc_user_connection_limit
+        if user_key is not None and self._per_user[user_key] >= limit:
             log.warning("too many document connections for one user (limit %d)", limit)
             peer.close(TRY_LATER, "too many document connections")
             return
-        self._per_user[user_key] += 1
+        if user_key is not None:
+            self._per_user[user_key] += 1
         self.peers.add(peer)
         expiry: asyncio.TimerHandle | None = None
         try:
@@ -395,9 +398,10 @@ class Documents:
             if expiry is not None:
                 expiry.cancel()
             self.peers.discard(peer)
-            self._per_user[user_key] -= 1
-            if self._per_user[user_key] <= 0:
-                del self._per_user[user_key]
+            if user_key is not None:
+                self._per_user[user_key] -= 1
+                if self._per_user[user_key] <= 0:
+                    del self._per_user[user_key]
             peer.writer.close()
             if self._stopping and not self.peers:
                 self._drained.set()
