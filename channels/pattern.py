@@ -44,41 +44,96 @@ def _char_class(pattern: str, start: int) -> tuple[str, int]:
     return ("[^" if negate else "[") + "".join(items) + "]", i + 1
 
 
-def compile_pattern(pattern: str) -> Callable[[str], bool]:
-    """A predicate: does a channel name match ``pattern``? BadPattern when the syntax is broken."""
-    out: list[str] = []
-    depth = 0
-    i = 0
+MAX_ALTERNATIVES = 256
+"""Most whole-pattern alternatives ``{...}`` may expand to (BadPattern beyond)."""
+
+
+def _alternatives(pattern: str, i: int, depth: int) -> tuple[list[list[str]], int]:
+    """Expand braces from ``pattern[i]`` on: each alternative as a list of tokens (regex pieces of one
+    character each, or ``"*"``). Returns at the end of the pattern, or at the ``,``/``}`` that ends the
+    current brace level (``depth`` > 0), with the index of that character."""
+    results: list[list[str]] = [[]]
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\":
             if i + 1 >= len(pattern):
                 raise BadPattern("trailing '\\'")
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if ch == "*":
+            token, i = re.escape(pattern[i + 1]), i + 2
+        elif ch == "*":
             while i + 1 < len(pattern) and pattern[i + 1] == "*":
                 i += 1
-            out.append(".*")
+            token, i = "*", i + 1
         elif ch == "?":
-            out.append(".")
+            token, i = ".", i + 1
         elif ch == "[":
-            regex, i = _char_class(pattern, i)
-            out.append(regex)
-            continue
+            token, i = _char_class(pattern, i)
         elif ch == "{":
-            depth += 1
-            out.append("(?:")
-        elif ch == "," and depth:
-            out.append("|")
-        elif ch == "}" and depth:
-            depth -= 1
-            out.append(")")
+            options: list[list[str]] = []
+            i += 1
+            while True:
+                inner, i = _alternatives(pattern, i, depth + 1)
+                options += inner
+                if i >= len(pattern):
+                    raise BadPattern("unclosed '{'")
+                if pattern[i] == "}":
+                    i += 1
+                    break
+                i += 1  # past ","
+            results = [r + o for r in results for o in options]
+            if len(results) > MAX_ALTERNATIVES:
+                raise BadPattern(f"more than {MAX_ALTERNATIVES} alternatives")
+            continue
+        elif depth and ch in ",}":
+            return results, i
         else:
-            out.append(re.escape(ch))
-        i += 1
-    if depth:
-        raise BadPattern("unclosed '{'")
-    compiled = re.compile("".join(out), re.DOTALL)
-    return lambda name: compiled.fullmatch(name) is not None
+            token, i = re.escape(ch), i + 1
+        for r in results:
+            r.append(token)
+    return results, i
+
+
+def _glob_matcher(tokens: list[str]) -> Callable[[str], bool]:
+    """Match one brace-free glob in linear time: the pieces between stars are fixed-length regexes (no
+    quantifier, so no backtracking); the first must match at the start, the last at the end, and each one
+    between takes its leftmost place after the previous (leftmost is always as good as any later place)."""
+    pieces: list[list[str]] = [[]]
+    for token in tokens:
+        if token == "*":
+            pieces.append([])
+        else:
+            pieces[-1].append(token)
+    compiled = [re.compile("".join(p), re.DOTALL) for p in pieces]
+    lengths = [len(p) for p in pieces]
+    if len(compiled) == 1:
+        whole = compiled[0]
+        return lambda name: len(name) == lengths[0] and whole.fullmatch(name) is not None
+    head, middle, tail = compiled[0], compiled[1:-1], compiled[-1]
+    head_len, tail_len = lengths[0], lengths[-1]
+
+    def match(name: str) -> bool:
+        if len(name) < head_len + tail_len or head.match(name) is None:
+            return False
+        end = len(name) - tail_len
+        if tail.fullmatch(name, end) is None:
+            return False
+        pos = head_len
+        for piece, size in zip(middle, lengths[1:-1], strict=True):
+            found = piece.search(name, pos, end)
+            if found is None:
+                return False
+            pos = found.start() + size
+        return True
+
+    return match
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """A predicate: does a channel name match ``pattern``? BadPattern when the syntax is broken.
+
+    Matching takes time linear in the name for each alternative (a client-chosen pattern must not be able
+    to stall the node, as a backtracking regex of many stars would)."""
+    alternatives, _ = _alternatives(pattern, 0, 0)
+    matchers = [_glob_matcher(tokens) for tokens in alternatives]
+    if len(matchers) == 1:
+        return matchers[0]
+    return lambda name: any(m(name) for m in matchers)
