@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -54,6 +55,13 @@ def data_events(messages: list[bytes]) -> bytes:
     return b"".join(sse.event(m) for m in messages)
 
 
+@types.coroutine
+def _suspend(waiting: Any) -> Generator[Any, None, None]:
+    """Hand what a started coroutine yielded (the future it waits on, already marked as awaited, or None
+    for a bare yield) to the running task, exactly as if that coroutine were being awaited by it."""
+    yield waiting
+
+
 class StreamTransport:
     """A streaming HTTP response body.
 
@@ -75,6 +83,7 @@ class StreamTransport:
         "_queued",
         "_pending",
         "_closed",
+        "closing",
         "_ended",
         "_heartbeat",
         "_wrote",
@@ -103,6 +112,8 @@ class StreamTransport:
         self._queued = 0
         self._pending: asyncio.Task[None] | None = None
         self._closed = False
+        self.closing = asyncio.Event()
+        """Set when the session closed the stream (its last chunks may still be on their way)."""
         self._ended = asyncio.Event()
         """Set once the response has ended (the last chunk went out) or the peer is gone."""
         self._heartbeat = heartbeat
@@ -118,6 +129,7 @@ class StreamTransport:
         # The code went out as a disconnect push (the session writes it before closing); a stream just ends.
         if not self._closed:
             self._closed = True
+            self.closing.set()
             self._write(b"", more=False)
 
     def _write(self, chunk: bytes, more: bool = True) -> None:
@@ -146,10 +158,7 @@ class StreamTransport:
         try:
             while True:
                 try:
-                    if waiting is None:
-                        await asyncio.sleep(0)  # a bare yield
-                    else:
-                        await waiting
+                    await _suspend(waiting)
                 except asyncio.CancelledError:
                     coro.close()
                     raise
@@ -170,8 +179,9 @@ class StreamTransport:
             self._pending = None
 
     def _broken(self, exc: BaseException) -> None:
-        log.debug("stream writer stopped: %r", exc)
+        log.info("stream write failed: %r", exc)
         self._closed = True
+        self.closing.set()
         self._queue.clear()
         self._ended.set()
 
@@ -321,8 +331,14 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
                 _resume_from(client, params, last_event_id)
             await client.connect_unidirectional(params)
         else:
-            await client.handle_frame(data)
-        await asyncio.wait({writing, watching}, return_when=asyncio.FIRST_COMPLETED)
+            await client.handle_emulated(data)  # in order with the /emulation requests that follow
+        # Until the stream ends, the peer goes away, or the session closes it: then the last chunks get a
+        # second to go out, and a peer that does not read them (a slow consumer) is let go.
+        closing = asyncio.get_running_loop().create_task(transport.closing.wait())
+        try:
+            await asyncio.wait({writing, watching, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
     finally:
         await node.end_session(client)
         transport.close(codes.CONNECTION_CLOSED.code, codes.CONNECTION_CLOSED.reason)

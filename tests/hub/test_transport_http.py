@@ -365,3 +365,66 @@ async def _emulate_raw(http: httpx.AsyncClient, hub: RunningHub, session: str, n
         hub.http + "/emulation", content=orjson.dumps({"session": session, "node": node, "data": data})
     )
     return response.status_code
+
+
+# ---------------------------------------------------------------- backpressure on a real socket
+
+
+async def _raw_stream(hub: RunningHub, channel: str) -> tuple[Any, Any]:
+    """A uni_http_stream over a raw socket with a tiny receive buffer, so the server's sends must wait as
+    soon as the test stops reading."""
+    import socket
+
+    body = orjson.dumps({"token": token("alice", channels=[channel])})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+    head = b"POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    await loop.sock_sendall(sock, head + body)
+    node = hub.sb.node
+    async with asyncio.timeout(TIMEOUT):
+        while not node.registry.fanout:
+            await asyncio.sleep(0.01)  # polling the server's table, not timing the protocol
+    return sock, next(iter(node.sessions))
+
+
+async def test_a_reader_that_pauses_gets_everything_when_it_reads_again(hub: RunningHub) -> None:
+    node = hub.sb.node
+    sock, client = await _raw_stream(hub, "news")
+    loop = asyncio.get_running_loop()
+    n = 0
+    while n < 1000 and client.transport._pending is None:  # until a send has to wait for the reader
+        await node.publish("news", {"n": n, "pad": "y" * 8000})
+        n += 1
+        await asyncio.sleep(0)
+    assert client.transport._pending is not None
+    for _ in range(10):  # ~80 KB more, far under the 1 MiB slow-consumer bound
+        await node.publish("news", {"n": n, "pad": "y" * 8000})
+        n += 1
+    data = b""
+    async with asyncio.timeout(TIMEOUT):
+        while data.count(b'"pub"') < n:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "the stream ended"
+            data += chunk
+    sock.close()
+    assert data.count(b'"pub"') == n and client in node.sessions
+
+
+async def test_a_stream_reader_that_stops_is_closed_as_slow_and_let_go(make_hub: Any) -> None:
+    hub = await make_hub(client_queue_max_size=64 * 1024)
+    node = hub.sb.node
+    sock, client = await _raw_stream(hub, "news")
+    for _ in range(400):
+        await node.publish("news", {"x": "y" * 8000})
+        await asyncio.sleep(0)
+        if client._closing:
+            break
+    assert client._closing and node.metrics.slow_disconnects == 1
+    async with asyncio.timeout(TIMEOUT):  # the peer holds the TCP connection open and never reads
+        while client in node.sessions or node.registry.fanout:
+            await asyncio.sleep(0.01)
+    assert client.id not in node.registry.clients
+    sock.close()
