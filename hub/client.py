@@ -170,6 +170,7 @@ class Client:
         "session",
         "events",
         "resume_as_events",
+        "resume_lost",
         "_emulated",
         "limiter",
         "_graceful",
@@ -203,6 +204,8 @@ class Client:
         self._graceful: Disconnect | None = None
         """A disconnect waiting for the command in progress to finish (``disconnect_gracefully``)."""
         self.resume_as_events = False
+        self.resume_lost = False
+        """The client asked to resume from a point the hub cannot read (a foreign or damaged event id)."""
         """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.state = State.CONNECTING
         self.user = ""
@@ -438,7 +441,7 @@ class Client:
                 prep = await self._prepare(
                     channel,
                     opts,
-                    _recovery_request(recover_req.get(name)),
+                    _recovery_request(recover_req.get(name)) or self._lost_position(),
                     chan_info=None,
                     expires_at=0.0,
                     server_side=True,
@@ -499,6 +502,11 @@ class Client:
         except Exception:
             log.exception("connect crashed", extra=self._log_extra())
             self.disconnect(codes.SERVER_ERROR.error())
+
+    def _lost_position(self) -> dict[str, Any]:
+        """For a stream that asked to resume from a point the hub cannot read: recover from a position no
+        stream has, so each recoverable channel answers ``recovered: false`` instead of a silent gap."""
+        return {"recover": True, "offset": 0, "epoch": ""} if self.resume_lost else {}
 
     def _verify_connect_token(self, token: str) -> ConnectClaims:
         try:

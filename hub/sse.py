@@ -15,8 +15,10 @@ import binascii
 import orjson
 
 HEARTBEAT = b":\n\n"
-MAX_RESUME_ID = 16_384
-"""Longest Last-Event-ID accepted (bytes); a longer one is ignored."""
+MAX_RESUME_ID = 131_072
+"""Longest Last-Event-ID accepted (bytes). Ids grow with the channels of a stream (each: its name, offset
+and epoch); this bound holds the longest the hub emits (128 channels of 255-character names), so the hub
+never gives out an id it would refuse."""
 
 
 class BadResumeId(ValueError):

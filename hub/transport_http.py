@@ -377,17 +377,19 @@ def _transport(node: Node, kind: str, send: Any, protobuf: bool) -> StreamTransp
 def _resume_from(client: Client, params: dict[str, Any], last_event_id: str) -> None:
     """Recover the server-side subscriptions from an EventSource's ``Last-Event-ID``; the recovered
     publications go out as events (the client resumes an event stream, it does not parse a connect result)."""
+    client.resume_as_events = True
     try:
         positions = sse.decode_resume_id(last_event_id)
     except sse.BadResumeId as exc:
-        log.warning("ignoring a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra())
+        # Not silently fresh: every recoverable channel is reported unrecovered.
+        log.warning("a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra())
+        client.resume_lost = True
         return
     subs = params.get("subs")
     if not isinstance(subs, dict):
         subs = params["subs"] = {}
     for channel, (offset, epoch) in positions.items():
         subs[channel] = {"recover": True, "offset": offset, "epoch": epoch}
-    client.resume_as_events = True
 
 
 async def _wait_disconnect(receive: Any) -> None:

@@ -238,7 +238,7 @@ async def test_uni_sse_unrecoverable_resume_is_explicit(hub: RunningHub, http: h
         assert live is not None and live.json()["pub"]["data"] == {"i": 1}
 
 
-async def test_uni_sse_bad_last_event_id_is_ignored(
+async def test_uni_sse_bad_last_event_id_reports_unrecovered(
     hub: RunningHub, http: httpx.AsyncClient, caplog: Any
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -248,8 +248,26 @@ async def test_uni_sse_bad_last_event_id_is_ignored(
         http, "GET", hub.http + "/connection/uni_sse", params=params, headers=headers
     ) as s:
         connect = await s.event()
-        assert connect is not None and "connect" in connect.json()
+        assert connect is not None and connect.json()["connect"]["subs"]["chat:x"]["recovered"] is False
+        notice = await s.event()  # not a silent fresh start: the client is told its gap is unknown
+        assert notice is not None and notice.event == "unrecovered" and notice.json()["channel"] == "chat:x"
     assert any("Last-Event-ID" in r.getMessage() for r in caplog.records)
+
+
+async def test_uni_sse_resume_with_many_long_channel_names(hub: RunningHub, http: httpx.AsyncClient) -> None:
+    channels = [f"chat:{i:03d}" + "x" * 240 for i in range(70)]
+    params = cf_connect({"token": token("alice", channels=channels)})
+    url = hub.http + "/connection/uni_sse"
+    async with open_stream(http, "GET", url, params=params) as stream:
+        assert await stream.event() is not None
+        await hub.sb.publish(channels[0], "before")
+        before = await stream.event()
+        assert before is not None and before.id and len(before.id) > 16_384
+    await hub.sb.publish(channels[0], "missed")
+    async with open_stream(http, "GET", url, params=params, headers={"Last-Event-ID": before.id}) as stream:
+        assert await stream.event() is not None
+        missed = await stream.event()
+        assert missed is not None and missed.json()["pub"]["data"] == "missed"
 
 
 async def test_uni_sse_heartbeat_comments(make_hub: Any, http: httpx.AsyncClient) -> None:
