@@ -127,6 +127,12 @@ def _recovery_request(raw: Any) -> dict[str, Any]:
     return {"recover": True, "offset": offset, "epoch": epoch}
 
 
+def _ttl(expires_at: float) -> int:
+    """Seconds until ``expires_at``, at least 1 and at most what the protocol's uint32 holds (a token that
+    expires "never", e.g. exp 9999999999, must still encode)."""
+    return min(max(1, int(expires_at - time.time())), 2**32 - 1)
+
+
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise codes.error_bad_request()
@@ -450,6 +456,26 @@ class Client:
                 prepared.append(prep)
             # Checked last, with no await before the registry takes this connection: two connects of
             # one user cannot both slip under the limit. Anonymous connections are not counted.
+            # The reply is encoded before the connection goes live: if it cannot be (a hook's data that
+            # is not JSON), nothing is left half set up.
+            result: dict[str, Any] = {
+                "client": self.id,
+                "version": node.version,
+                "ping": int(node.config.client_ping_interval),
+                "node": node.id,
+            }
+            if not self.unidirectional:
+                result["pong"] = True
+            if self.session:
+                result["session"] = self.session
+            if expires_at:
+                result["expires"] = True
+                result["ttl"] = _ttl(expires_at)
+            if reply_data is not None:
+                result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
+            if prepared:
+                result["subs"] = {prep.sub.channel.raw: prep.result for prep in prepared}
+            reply = self.codec.encode_reply(cmd_id, "connect", result)
             limit = node.config.client_user_connection_limit
             if limit and user and len(node.registry.user_clients(tenant, user)) >= limit:
                 log.info("user connection limit %d reached", limit, extra=self._log_extra())
@@ -461,24 +487,7 @@ class Client:
         self._move(State.CONNECTED)
         self.last_ping = time.monotonic()
         node.registry.add_client(self)
-        result: dict[str, Any] = {
-            "client": self.id,
-            "version": node.version,
-            "ping": int(node.config.client_ping_interval),
-            "node": node.id,
-        }
-        if not self.unidirectional:
-            result["pong"] = True
-        if self.session:
-            result["session"] = self.session
-        if expires_at:
-            result["expires"] = True
-            result["ttl"] = max(1, int(expires_at - time.time()))
-        if reply_data is not None:
-            result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
-        if prepared:
-            result["subs"] = {prep.sub.channel.raw: prep.result for prep in prepared}
-        self.writer.push(self.codec.encode_reply(cmd_id, "connect", result))
+        self.writer.push(reply)
         for prep in prepared:
             await self._activate(prep)
         node.metrics.connect(self.transport.name)
@@ -526,7 +535,7 @@ class Client:
         result: dict[str, Any] = {"client": self.id, "version": self.node.version}
         if self.expires_at:
             result["expires"] = True
-            result["ttl"] = max(1, int(self.expires_at - time.time()))
+            result["ttl"] = _ttl(self.expires_at)
         return result
 
     # ---------------------------------------------------------------- subscriptions
@@ -580,10 +589,15 @@ class Client:
             server_side=False,
             reject_unrecovered=isinstance(flag, int) and bool(flag & FLAG_REJECT_UNRECOVERED),
         )
-        if reply_data is not None:
-            prep.result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
+        try:
+            if reply_data is not None:
+                prep.result["data"] = self.codec.Fragment(orjson.dumps(reply_data))
+            reply = self.codec.encode_reply(cmd_id, "subscribe", prep.result)
+        except BaseException:
+            await self._rollback_async(prep.sub)  # nothing stays half set up (the buffer in pending)
+            raise
         # The reply must precede every push of the channel: write it, then join the fan-out.
-        self.writer.push(self.codec.encode_reply(cmd_id, "subscribe", prep.result))
+        self.writer.push(reply)
         await self._activate(prep)
         return None
 
@@ -689,7 +703,7 @@ class Client:
             raise
         if expires_at:
             result["expires"] = True
-            result["ttl"] = max(1, int(expires_at - time.time()))
+            result["ttl"] = _ttl(expires_at)
         return _Prepared(sub, result, offset, recovered)
 
     async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
@@ -774,7 +788,7 @@ class Client:
         result: dict[str, Any] = {}
         if sub.expires_at:
             result["expires"] = True
-            result["ttl"] = max(1, int(sub.expires_at - time.time()))
+            result["ttl"] = _ttl(sub.expires_at)
         return result
 
     # ---------------------------------------------------------------- channel operations

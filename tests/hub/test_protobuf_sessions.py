@@ -117,3 +117,39 @@ async def test_protobuf_garbage_closes_only_that_connection(
     assert any("bad frame" in r.getMessage() for r in caplog.records)
     await sub.publish({"still": "fine"})
     assert (await rec.pub()).data == {"still": "fine"}
+
+
+async def test_a_token_that_never_expires_encodes_over_protobuf(hub: RunningHub, proto_sdk: Any) -> None:
+    """ttl is a uint32: exp 9999999999 (the usual "never") is clamped, not an encoding failure that would
+    leave the connection or a subscription half set up."""
+    import time
+
+    from hub.auth import mint_token
+    from tests.conftest import SECRET
+
+    never = 9999999999 - time.time()
+    client, _ = await connected(
+        proto_sdk, hub, token=mint_token(SECRET, "alice", ttl=never, channels=["news"])
+    )
+    sub_token = mint_token(SECRET, "alice", channel="locked:x", ttl=never)
+    sub, rec = await subscribed(client, "locked:x", token=sub_token)
+    await hub.sb.publish("locked:x", {"n": 1})
+    assert (await rec.pub()).data == {"n": 1}
+    assert hub.sb.node.registry.pending == {}
+
+
+async def test_a_subscribe_reply_that_cannot_be_encoded_leaves_nothing_behind(
+    make_hub: Any, raw_client: Any
+) -> None:
+    from hub.hooks import Hooks, SubscribeResult
+
+    async def on_subscribe(ctx: Any) -> SubscribeResult:
+        return SubscribeResult(data=object())  # not JSON: the reply cannot be written
+
+    hub = await make_hub(hooks=Hooks(on_subscribe=on_subscribe))
+    client = await raw_client(hub, connect={"token": token("alice")})
+    reply = await client.command("subscribe", {"channel": "chat:h"})
+    assert reply["error"]["code"] == 100
+    assert hub.sb.node.registry.pending == {} and hub.sb.node.registry.fanout == {}
+    again = await client.command("subscribe", {"channel": "chat:h"})
+    assert again["error"]["code"] == 100  # not 105: the failed one did not stay subscribed
