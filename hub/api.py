@@ -208,11 +208,11 @@ def _payload(p: Mapping[str, Any]) -> bytes:
         if not isinstance(raw, str):
             raise codes.error_bad_request()
         try:
-            data = base64.b64decode(raw, validate=True)
-            orjson.loads(data)
+            # Re-encoded compact: the JSON's own line breaks would split SSE events and the line-delimited
+            # frames of every other transport.
+            return orjson.dumps(orjson.loads(base64.b64decode(raw, validate=True)))
         except (binascii.Error, ValueError):
             raise codes.error_bad_request() from None
-        return data
     if "data" not in p:
         raise codes.error_bad_request()
     try:

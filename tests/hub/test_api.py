@@ -107,6 +107,11 @@ async def test_publish_b64data_skip_history_and_idempotency(hub, http, raw_clien
     # b64data must carry JSON: the hub's subscribers all read JSON.
     binary = base64.b64encode(b"\xff\x00").decode()
     assert (await call(http, "publish", {"channel": "news", "b64data": binary}))["error"]["code"] == 107
+    # Pretty-printed JSON is carried compact: its line breaks must not split line-delimited frames.
+    pretty = base64.b64encode(b'{\n  "text": "multi\\nline"\n}').decode()
+    await result(http, "publish", {"channel": "news", "b64data": pretty})
+    assert (await client.push("pub"))["pub"]["data"] == 3
+    assert (await client.push("pub"))["pub"]["data"] == {"text": "multi\nline"}  # one parseable line
 
 
 async def test_broadcast_publishes_into_each_channel_and_answers_each(hub, http, raw_client) -> None:
