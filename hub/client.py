@@ -725,6 +725,8 @@ class Client:
     def _rollback(self, sub: Subscription) -> bool:
         if self.subs.get(sub.channel.raw) is sub:
             del self.subs[sub.channel.raw]
+            if self.events is not None:
+                self.events.forget(sub.channel.raw)
         return self.node.registry.cancel_subscribe(sub.key, self)
 
     async def _rollback_async(self, sub: Subscription) -> None:

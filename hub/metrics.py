@@ -29,6 +29,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from hub import codes
+
+_KNOWN_CODES = frozenset(
+    value.code for value in vars(codes).values() if isinstance(value, codes.DisconnectCode)
+) | {1000, 1001, 1006, 1009, 1011, 1012}
+"""Disconnect codes counted by number; any other code is one "other" series."""
+
 log = logging.getLogger("switchboard.metrics")
 
 PREFIX = "switchboard"
@@ -93,7 +100,7 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         """Seconds from a publication's creation to its fan-out on this node, once per publication."""
         self.slow_disconnects = 0
-        self.disconnects: Counter[int] = Counter()
+        self.disconnects: Counter[str] = Counter()
         """Disconnects the hub made, by code."""
         self.connects: Counter[str] = Counter()
         """Successful connects, by transport."""
@@ -138,7 +145,9 @@ class Metrics:
         self.slow_disconnects += 1
 
     def disconnect(self, code: int) -> None:
-        self.disconnects[code] += 1
+        # Bounded labels: the protocol's codes by number, any other (an application's, via the server API
+        # or a hook) as one "other" series.
+        self.disconnects[str(code) if code in _KNOWN_CODES else "other"] += 1
 
     def connect(self, transport: str) -> None:
         self.connects[transport] += 1

@@ -59,7 +59,10 @@ class FlushScheduler:
                 writer.flush()
             except Exception:  # one broken transport must not silence the writers after it
                 log.exception("flush failed; closing that connection")
-                writer.fail()
+                try:
+                    writer.fail()
+                except Exception:
+                    log.exception("closing a failed connection failed too")
 
 
 class Writer:
