@@ -55,6 +55,13 @@ def data_events(messages: list[bytes]) -> bytes:
     return b"".join(sse.event(m) for m in messages)
 
 
+def _drives_synchronously(send: Any) -> bool:
+    """Whether ``send`` may be driven outside a task: uvicorn's own (it only writes to the socket and waits
+    on flow control). A send wrapped by other middleware (anyio streams, task-bound state) gets a task."""
+    owner = getattr(send, "__self__", None)
+    return owner is not None and type(owner).__module__.startswith("uvicorn.")
+
+
 @types.coroutine
 def _suspend(waiting: Any) -> Generator[Any, None, None]:
     """Hand what a started coroutine yielded (the future it waits on, already marked as awaited, or None
@@ -65,8 +72,9 @@ def _suspend(waiting: Any) -> Generator[Any, None, None]:
 class StreamTransport:
     """A streaming HTTP response body.
 
-    A chunk goes out at once: the server's ``send()`` is driven synchronously, and it normally completes
-    without waiting (the socket takes the bytes), so a delivery costs no task switch. When a send must wait
+    A chunk goes out at once: uvicorn's ``send()`` is driven synchronously, and it normally completes
+    without waiting (the socket takes the bytes), so a delivery costs no task switch (under another server,
+    or behind middleware that wraps ``send``, every chunk goes through a task instead). When a send must wait
     (the peer reads slowly and the server applies flow control), one task finishes it and then every chunk
     queued behind it, in order; those bytes count as unsent for the Writer's slow-consumer bound.
     """
@@ -78,6 +86,7 @@ class StreamTransport:
         "emulation",
         "writer_class",
         "_send",
+        "_eager",
         "_frame",
         "_queue",
         "_queued",
@@ -107,6 +116,7 @@ class StreamTransport:
         self.emulation = emulation
         self.writer_class = writer_class
         self._send = send
+        self._eager = _drives_synchronously(send)
         self._frame = frame
         self._queue: list[tuple[bytes, bool]] = []
         self._queued = 0
@@ -136,9 +146,11 @@ class StreamTransport:
         self._wrote = True
         if self._ended.is_set():
             return
-        if self._pending is not None:
+        if self._pending is not None or not self._eager:
             self._queue.append((chunk, more))
             self._queued += len(chunk)
+            if self._pending is None:
+                self._pending = asyncio.get_running_loop().create_task(self._finish(None, None, 0, True))
             return
         coro = self._send({"type": "http.response.body", "body": chunk, "more_body": more})
         try:
@@ -156,7 +168,7 @@ class StreamTransport:
     async def _finish(self, coro: Any, waiting: Any, size: int, more: bool) -> None:
         """Complete a send that had to wait, then send what queued up behind it."""
         try:
-            while True:
+            while coro is not None:
                 try:
                     await _suspend(waiting)
                 except asyncio.CancelledError:

@@ -34,7 +34,9 @@ async def embedded(serve_asgi):
 async def _client(port: int, user: str | None) -> RawClient:
     headers = {"X-User": user} if user else {}
     ws = await websockets.connect(
-        f"ws://127.0.0.1:{port}/realtime/connection/websocket", additional_headers=headers, open_timeout=TIMEOUT
+        f"ws://127.0.0.1:{port}/realtime/connection/websocket",
+        additional_headers=headers,
+        open_timeout=TIMEOUT,
     )
     return RawClient(ws)
 
@@ -75,9 +77,35 @@ async def test_host_endpoint_publishes_into_the_hub(embedded):
     await bob.command("connect", {})
     await bob.command("subscribe", {"channel": "team:red"})
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-        resp = await http.post(f"http://127.0.0.1:{embedded}/announce", json={"team": "red", "text": "standup"})
+        resp = await http.post(
+            f"http://127.0.0.1:{embedded}/announce", json={"team": "red", "text": "standup"}
+        )
         assert resp.status_code == 200 and resp.json()["offset"] == 1
         pub = await asyncio.wait_for(bob.push("pub"), TIMEOUT)
         assert pub["pub"]["data"] == {"text": "standup", "by": "server"}
         health = await http.get(f"http://127.0.0.1:{embedded}/realtime/health")
         assert health.json() == {"status": "ok"}
+
+
+async def test_streams_work_behind_the_host_apps_middleware(embedded):
+    """Mounted in a host app, ``send`` is the host's wrapper: the stream transport sends from a task
+    instead of driving it synchronously, and the emulation endpoints work under the mount path."""
+    import json
+
+    connect = json.dumps({"id": 1, "connect": {}}).encode()
+    base = f"http://127.0.0.1:{embedded}/realtime"
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http.stream(
+            "POST", base + "/connection/http_stream", content=connect, headers={"X-User": "bob"}
+        ) as stream:
+            lines = stream.aiter_lines()
+            result = json.loads(await asyncio.wait_for(anext(lines), TIMEOUT))["connect"]
+            session = [c for c in embed_starlette.sb.node.sessions if c.user == "bob"][0]
+            assert session.transport._eager is False
+            command = json.dumps({"id": 2, "subscribe": {"channel": "team:red"}})
+            body = {"session": result["session"], "node": result["node"], "data": command}
+            assert (await http.post(base + "/emulation", json=body)).status_code == 204
+            assert json.loads(await asyncio.wait_for(anext(lines), TIMEOUT))["id"] == 2
+            await http.post(f"http://127.0.0.1:{embedded}/announce", json={"team": "red", "text": "hi"})
+            pub = json.loads(await asyncio.wait_for(anext(lines), TIMEOUT))
+            assert pub["push"]["pub"]["data"] == {"text": "hi", "by": "server"}
