@@ -324,7 +324,10 @@ class Documents:
             return
         if raw is not None:
             self._tune(raw)
-        peer = DocPeer(access, remote_host, transport, self.scheduler, self.config.client_queue_max_size)
+        # The bound is for a backlog of relays; the full state (sync step 2, up to the largest document) goes
+        # out in one message on top of it, or no document larger than the buffer could reach a new client.
+        max_bytes = self.config.client_queue_max_size + self.config.doc_max_document_size
+        peer = DocPeer(access, remote_host, transport, self.scheduler, max_bytes)
         bound = bind_session(peer.log_fields)
         try:
             await self._serve(peer, name, receive)
