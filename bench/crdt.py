@@ -72,8 +72,8 @@ doc_anonymous_access = "write"
 doc_user_connection_limit = 1000000
 {queue}"""
 QUEUE_NOTE = """\
-# the late joiner's sync step 2 is one 1.8 MB message; under the default 1 MiB bound the hub closes
-# that connection as slow (3008) before writing anything, and the provider reconnects forever
+# --hub-queue-bytes (before 634d62f a late joiner's 1.8 MB sync step 2 passed the default 1 MiB bound,
+# so the hub closed it as slow (3008) and the provider reconnected forever)
 client_queue_max_size = {size}
 """
 
@@ -344,8 +344,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hub-queue-bytes",
         type=int,
-        default=64 * 1024 * 1024,
-        help="the hub's client_queue_max_size (0: the hub's default, under which late joins never sync)",
+        default=0,
+        help="the hub's client_queue_max_size (default 0: the hub's own default)",
     )
     parser.add_argument("--probe-cap-rate", type=float, default=20.0, help="edits/s per client in the probe")
     parser.add_argument("--no-probe", action="store_true")
