@@ -115,8 +115,6 @@ class DocRoom:
         self.log_bytes = stored.log_bytes
         self.size = stored.snapshot_bytes + stored.log_bytes
         """An upper bound of the encoded document's size."""
-        self._clocks = decode_state_vector(self.doc.get_state())
-        """The document's state vector, kept up to date from its own updates."""
         self.unintegrated = 0
         """Bytes of updates that could not be integrated yet (missing dependencies)."""
         self.awareness = AwarenessStates()
@@ -127,6 +125,8 @@ class DocRoom:
         self.closed = False
         self.relayed = 0
         self._sender: Peer | None = None
+        self._integrated: bytes | None = None
+        """The update the last transaction emitted (see ``_apply``)."""
         self._compact_due = False
         self._subscription = self.doc.observe(self._on_change)
 
@@ -187,13 +187,16 @@ class DocRoom:
             if self.size + self.unintegrated + len(update) > limits.max_document_size:
                 raise LimitExceeded(f"document too large (limit {limits.max_document_size} bytes)")
         self._sender = peer
+        self._integrated = None
         try:
             self.doc.apply_update(update)
         except ValueError as exc:
             raise UpdateRejected(f"invalid update: {exc}") from None
         finally:
             self._sender = None
-        if self._brings_content(update):
+        # The common case: pycrdt integrated exactly what arrived (same bytes out as in). Otherwise look
+        # inside: a duplicate, or structs waiting for what they depend on.
+        if self._integrated != update and self._brings_content(update):
             # Parts wait for updates they depend on (held by pycrdt, not yet in the document): count
             # them against the size limit until the room is reloaded, so gaps cannot grow unbounded.
             self.unintegrated += len(update)
@@ -204,7 +207,9 @@ class DocRoom:
             ends = client_ranges(update)
         except ProtocolError:  # pycrdt is the judge of validity; our reader only looks
             return False
-        clocks = self._clocks
+        if not ends:
+            return False
+        clocks = decode_state_vector(self.doc.get_state())
         return any(end > clocks.get(client, 0) for client, end in ends.items())
 
     # ---------------------------------------------------------------- document changes (any origin)
@@ -215,14 +220,7 @@ class DocRoom:
         if update == EMPTY_UPDATE or self.closed:
             return
         self.journal.append(self.key, update)
-        try:
-            ends = client_ranges(update)
-        except ProtocolError:  # pycrdt's own encoding: should not happen; re-read the state vector
-            ends = decode_state_vector(self.doc.get_state())
-        clocks = self._clocks
-        for client, end in ends.items():
-            if end > clocks.get(client, 0):
-                clocks[client] = end
+        self._integrated = update
         self.log_rows += 1
         self.log_bytes += len(update)
         self.size += len(update)

@@ -91,8 +91,12 @@ def _id(reader: Reader) -> ID:
 
 
 def _utf16_length(raw: bytes) -> int:
-    text = raw.decode("utf-8", "surrogatepass")
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    if raw.isascii():
+        return len(raw)
+    try:
+        return len(raw.decode("utf-8").encode("utf-16-le")) // 2
+    except UnicodeError:
+        raise ProtocolError("string is not UTF-8") from None
 
 
 def read_items(update: bytes) -> list[Item]:
