@@ -599,8 +599,8 @@ async def _bound_key_scenario(calls: list[tuple[str, dict[str, Any]]]) -> None:
     node = Node(cfg, MemoryBroker(), MemoryPresence(), Hooks())
     api = ServerAPI(node)
     await node.start()
+    sessions: dict[tuple[str, str], tuple[Any, Sink]] = {}
     try:
-        sessions = {}
         for tenant in ("", "acme"):
             for user in ("ann", "bob"):
                 sink = Sink()
@@ -644,4 +644,6 @@ async def _bound_key_scenario(calls: list[tuple[str, dict[str, Any]]]) -> None:
         assert snapshot() == before
         assert await streams() == before_streams
     finally:
+        for client, _ in sessions.values():  # ended here, or stop() would wait out shutdown_timeout
+            await node.end_session(client)
         await node.stop()
