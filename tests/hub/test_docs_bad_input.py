@@ -129,3 +129,65 @@ async def test_bad_document_name(docs_hub: RunningHub) -> None:
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
         assert ws.close_code == 4400
+
+
+# From review: updates that make pycrdt panic or raise RuntimeError (found by mutating real updates), and a
+# read-only peer's maximal update that must be refused without reading it struct by struct.
+_PANIC = bytes.fromhex(
+    "0100010004010474657874026865814d010b840103076f20776f726c642701036d6170016b000800010b037c3f80"
+    "00007c400000007701780101010202"
+)
+_RUNTIME = bytes.fromhex("0102020013ae040105025a5a88010e017c406e00000101010202")
+
+
+def _seed_update() -> bytes:
+    from pycrdt import Array, Doc, Map, Text
+
+    base = Doc(client_id=1)
+    text = base.get("text", type=Text)
+    base.get("map", type=Map)["k"] = Array([1, 2, "x"])
+    text.insert(0, "hello world")
+    del text[2:4]
+    return base.get_update()
+
+
+@pytest.mark.parametrize("payload", [_PANIC, _RUNTIME], ids=["panic", "runtime-error"])
+async def test_updates_that_break_pycrdt_close_with_4422(docs_hub: RunningHub, payload: bytes) -> None:
+    import websockets
+
+    from tests.conftest import TIMEOUT
+    from tests.hub.ydocs import doc_url
+
+    async with websockets.connect(doc_url(docs_hub, "breaks"), open_timeout=TIMEOUT, max_size=None) as ws:
+        await ws.send(protocol.update(_seed_update()))
+        await ws.send(protocol.update(payload))
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    await ws.recv()
+        assert (ws.close_code, (ws.close_reason or "")[:14]) == (4422, "invalid update")
+
+
+async def test_a_read_only_peers_huge_update_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    from sync.room import RoomLimits, WriteRefused
+    from sync.rooms import DocumentRooms
+    from sync.store_sqlite import SqliteDocumentStore
+    from tests.sync.links import connect, pump
+    from tests.sync.yclient import YClient
+
+    rooms = DocumentRooms(SqliteDocumentStore(tmp_path / "d.sqlite3"), unload_delay=60)
+    try:
+        room = await rooms.acquire(("", "ro"))
+        link = connect(room, YClient(3), can_write=False)
+        await pump(room, [link])
+        n = 2_000_000  # 2 million GC structs in 4 MiB: within the default doc_max_update_size
+        update = b"\x01" + protocol.var_uint(n) + b"\x07\x00" + b"\x00\x01" * n + b"\x00"
+        assert len(update) <= RoomLimits().max_update_size
+        started = time.perf_counter()
+        with pytest.raises(WriteRefused):
+            room.receive(link, protocol.update(update))
+        assert time.perf_counter() - started < 0.5
+    finally:
+        await rooms.close()
