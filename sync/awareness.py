@@ -23,6 +23,9 @@ from collections.abc import Iterable
 
 from sync.protocol import NULL_STATE, AwarenessEntry
 
+MAX_IDS_PER_OWNER = 32
+"""Most client ids one connection may announce states for (a browser tab announces one)."""
+
 OUTDATED_TIMEOUT = 30.0
 """Seconds after which a state that was not renewed is removed (y-protocols ``outdatedTimeout``)."""
 
@@ -56,8 +59,15 @@ class AwarenessStates:
         clocks = self._clocks
         for entry in entries:
             client_id = entry.client_id
+            owned = self._owned.get(owner, ())
             known = clocks.get(client_id, 0)
             removal = entry.state == NULL_STATE
+            if removal and client_id not in states and client_id not in clocks:
+                continue  # nothing to remove: remembering the id would only cost memory
+            if not removal and client_id not in owned and len(owned) >= MAX_IDS_PER_OWNER:
+                continue  # one connection speaks for a few clients, not for unbounded state
+            # Equal clocks are stale, even for an identical state: the stock provider echoes every
+            # client's changes back, so "same again" from another connection does not mean it owns the id.
             if not (known < entry.clock or (known == entry.clock and removal and client_id in states)):
                 continue
             clocks[client_id] = entry.clock
@@ -88,7 +98,16 @@ class AwarenessStates:
         stale = [cid for cid in self._states if now - self._updated.get(cid, now) >= timeout]
         for client_id in stale:
             self._disown(client_id)
-        return self._remove(stale, now)
+        removed = self._remove(stale, now)
+        # Clocks of ids removed long ago are forgotten (y-protocols keeps them only for outdatedTimeout),
+        # so a room's bookkeeping stays proportional to its live clients.
+        gone = [
+            c for c in self._clocks if c not in self._states and now - self._updated.get(c, now) >= timeout
+        ]
+        for client_id in gone:
+            del self._clocks[client_id]
+            self._updated.pop(client_id, None)
+        return removed
 
     def snapshot(self) -> list[AwarenessEntry]:
         """Every present state (what a new connection is sent)."""

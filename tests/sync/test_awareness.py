@@ -112,3 +112,18 @@ def test_a_follower_of_the_relays_holds_our_states(
     assert same()
     follower.apply(server.remove_owner(B, 1.0), A, 1.0)
     assert same() and server.snapshot() == []
+
+
+def test_one_connection_cannot_grow_the_bookkeeping_without_bound() -> None:
+    """From review: a peer announcing 100,000 fresh ids and 200,000 removals of unknown ids."""
+    from sync.awareness import MAX_IDS_PER_OWNER, OUTDATED_TIMEOUT, AwarenessStates
+    from sync.protocol import NULL_STATE, AwarenessEntry
+
+    states = AwarenessStates()
+    flood = [AwarenessEntry(i, 1, b'{"x":1}') for i in range(100_000)]
+    flood += [AwarenessEntry(i, 1, NULL_STATE) for i in range(100_000, 300_000)]
+    accepted = states.apply(flood, owner="peer", now=0.0)
+    assert len(accepted) == MAX_IDS_PER_OWNER and len(states) == MAX_IDS_PER_OWNER
+    states.remove_owner("peer", now=1.0)
+    states.expire(now=1.0 + OUTDATED_TIMEOUT)
+    assert states.clock(5) == 0 and len(states) == 0  # removed long ago: forgotten
