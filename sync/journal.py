@@ -27,6 +27,8 @@ from sync.store import Append, Compact, DocKey, DocumentStore, StoreError, Store
 log = logging.getLogger("switchboard.sync.journal")
 
 Callback = Callable[[], None]
+Waiter = tuple["DocKey | None", Callback]
+"""A callback and the document it belongs to (None: it must wait for the whole batch)."""
 
 
 class Journal:
@@ -41,8 +43,8 @@ class Journal:
         self.on_failure = on_failure
         self.delay = delay
         self._ops: list[StoreOp] = []
-        self._callbacks: list[Callback] = []
-        self._inflight: list[Callback] | None = None
+        self._callbacks: list[Waiter] = []
+        self._inflight: list[Waiter] | None = None
         """Callbacks waiting on the batch being written (None: nothing is being written)."""
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
@@ -70,12 +72,15 @@ class Journal:
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._wakeup.set()
 
-    def after_durable(self, callback: Callback) -> None:
-        """Call ``callback`` once everything queued so far is durable (now, if it already is)."""
+    def after_durable(self, callback: Callback, key: DocKey | None = None) -> None:
+        """Call ``callback`` once everything queued so far is durable (now, if it already is).
+
+        With ``key``, a batch that fails without touching that document still runs the callback: all of
+        the document's own operations were durable before it was registered."""
         if self._ops:
-            self._callbacks.append(callback)
+            self._callbacks.append((key, callback))
         elif self._inflight is not None:
-            self._inflight.append(callback)
+            self._inflight.append((key, callback))
         else:
             callback()
 
@@ -105,23 +110,30 @@ class Journal:
                 try:
                     await self.store.write(ops)
                 except Exception as exc:
-                    self._fail(ops, exc)
+                    failed = self._fail(ops, exc)
+                    self._inflight = None
+                    self._call([cb for cb in callbacks if cb[0] is not None and cb[0] not in failed])
                 else:
                     self.batches += 1
                     self.ops_written += len(ops)
                     self._inflight = None
-                    for callback in callbacks:  # including those added while the batch was written
-                        try:
-                            callback()
-                        except Exception:
-                            log.exception("callback after a durable write failed")
+                    self._call(callbacks)  # including those added while the batch was written
                 self._inflight = None
                 self._finished += 1
                 progress, self._progress = self._progress, asyncio.Event()
                 progress.set()
 
-    def _fail(self, ops: list[StoreOp], exc: Exception) -> None:
-        """Drop the batch's callbacks (nothing in it is relayed) and report the documents it touched."""
+    @staticmethod
+    def _call(callbacks: list[Waiter]) -> None:
+        for _, callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("callback after a durable write failed")
+
+    def _fail(self, ops: list[StoreOp], exc: Exception) -> set[DocKey]:
+        """Report the documents a failed batch touched (their callbacks are dropped: nothing of theirs is
+        relayed); return them."""
         error = exc if isinstance(exc, StoreError) else StoreError(f"store failure: {exc!r}")
         if not isinstance(exc, StoreError):  # a store bug must not stop every later write
             log.error("document store write raised", exc_info=exc)
@@ -132,6 +144,7 @@ class Journal:
                 self.on_failure(keys, error)
             except Exception:
                 log.exception("on_failure handler failed")
+        return keys
 
     async def close(self) -> None:
         """Write what is queued, then stop. Later operations raise ``StoreError``."""

@@ -172,7 +172,7 @@ class DocRoom:
             raise ProtocolError("sync step 1 holds no valid state vector") from None
         reply = protocol.sync_step2(missing)
         # Computed now (covers everything applied so far), sent once all of that is durable.
-        self.journal.after_durable(lambda: peer.send(reply))
+        self.journal.after_durable(lambda: peer.send(reply), self.key)
 
     def _apply(self, peer: Peer, update: bytes) -> None:
         limits = self.limits
@@ -233,7 +233,7 @@ class DocRoom:
         self.size += len(update)
         message = protocol.update(update)
         sender = self._sender
-        self.journal.after_durable(lambda: self._relay(message, sender))
+        self.journal.after_durable(lambda: self._relay(message, sender), self.key)
         if not self._compact_due and self._compaction_due():
             self._compact_due = True
             asyncio.get_running_loop().call_soon(self._compact_if_due)

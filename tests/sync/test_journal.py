@@ -116,3 +116,38 @@ async def test_close_writes_what_is_queued_then_refuses(tmp_path: Path) -> None:
     else:
         raise AssertionError("a closed journal accepted an append")
     await store.close()
+
+
+async def test_a_failed_batch_of_one_document_does_not_starve_another(tmp_path: Path) -> None:
+    """From review: bob's sync step 2 for document b was registered while document a's batch (which
+    fails) was being written; b had nothing in that batch, so bob must still get it."""
+    from sync.rooms import DocumentRooms
+    from tests.sync.links import connect, pump
+    from tests.sync.yclient import YClient
+
+    store = GatedStore(tmp_path / "d.sqlite3")
+    rooms = DocumentRooms(store, unload_delay=60)
+    try:
+        room_a = await rooms.acquire(("", "a"))
+        room_b = await rooms.acquire(("", "b"))
+        alice = YClient(1)
+        link_a = connect(room_a, alice)
+        await pump(room_a, [link_a])
+        store.gate.clear()
+        store.entered.clear()
+        store.fail_next = True
+        alice.text.insert(0, "x")
+        for message in alice.take():
+            room_a.receive(link_a, message)
+        await store.entered.wait()  # document a's batch is being written, and will fail
+        bob = YClient(2)
+        link_b = connect(room_b, bob)
+        for message in bob.take():
+            room_b.receive(link_b, message)  # bob's step 1
+        store.gate.set()
+        await rooms.journal.flush()
+        assert not room_b.closed and link_b.terminated is None
+        assert any(m.startswith(b"\x00\x01") for m in link_b.inbox), "bob never got sync step 2"
+        assert room_a.closed  # the failed document is reloaded from what is stored
+    finally:
+        await rooms.close()
