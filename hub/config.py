@@ -305,11 +305,18 @@ def load_config(
 DOC_ACCESS = ("none", "read", "write")
 
 
+def _require_positive(cfg: Config, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+
+
 def _validate_docs(cfg: Config) -> None:
     for name in ("doc_anonymous_access", "doc_token_access"):
         if getattr(cfg, name) not in DOC_ACCESS:
             raise ConfigError(f"{name} must be one of none, read, write")
-    for name in (
+    _require_positive(
+        cfg,
         "doc_max_update_size",
         "doc_max_document_size",
         "doc_max_open_documents",
@@ -317,9 +324,7 @@ def _validate_docs(cfg: Config) -> None:
         "doc_compact_after_updates",
         "doc_compact_after_bytes",
         "doc_ping_interval",
-    ):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
+    )
     if cfg.doc_unload_delay < 0:
         raise ConfigError("doc_unload_delay must not be negative")
 
@@ -328,7 +333,8 @@ def _validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
     _validate_docs(cfg)
-    for name in (
+    _require_positive(
+        cfg,
         "client_channel_limit",
         "client_max_message_size",
         "client_queue_max_size",
@@ -336,9 +342,7 @@ def _validate(cfg: Config) -> None:
         "sse_heartbeat_interval",
         "sse_retry_ms",
         "api_max_body_size",
-    ):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
+    )
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(f"unknown log_level {cfg.log_level!r}")
     if cfg.log_format not in ("text", "json"):

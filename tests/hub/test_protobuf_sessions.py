@@ -15,18 +15,22 @@ from tests.hub.test_sdk_channels import connected, subscribed
 
 
 @pytest.fixture
-def proto_sdk(sdk: Any, request: Any) -> Any:
-    if request.node.callspec.params["sdk"] != "protobuf":
-        pytest.skip("Protobuf only")
+def proto_sdk(sdk: Any) -> Any:
+    """The SDK factory in Protobuf mode only (see ``protobuf_only``)."""
     return sdk
 
 
+protobuf_only = pytest.mark.parametrize("sdk", ["protobuf"], indirect=True)
+
+
+@protobuf_only
 async def test_sdk_protobuf_session_speaks_protobuf(hub: RunningHub, proto_sdk: Any) -> None:
     client, _ = await connected(proto_sdk, hub, token=token("alice"))
     (session,) = [c for c in hub.sb.node.sessions if c.id == client.client_id]
     assert session.fmt == wire.PROTOBUF
 
 
+@protobuf_only
 async def test_protobuf_and_json_subscribers_get_the_same_publication(
     hub: RunningHub, proto_sdk: Any, raw_client: Any
 ) -> None:
@@ -73,6 +77,7 @@ async def test_protobuf_and_json_subscribers_get_the_same_publication(
     assert encoded == {wire.JSON: 1, wire.PROTOBUF: 1}  # once per format, not per subscriber
 
 
+@protobuf_only
 async def test_protobuf_publish_of_non_json_bytes_is_refused(hub: RunningHub, proto_sdk: Any) -> None:
     from centrifuge import Client
 
@@ -89,6 +94,7 @@ async def test_protobuf_publish_of_non_json_bytes_is_refused(hub: RunningHub, pr
         await client.disconnect()
 
 
+@protobuf_only
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -119,6 +125,7 @@ async def test_protobuf_garbage_closes_only_that_connection(
     assert (await rec.pub()).data == {"still": "fine"}
 
 
+@protobuf_only
 async def test_a_token_that_never_expires_encodes_over_protobuf(hub: RunningHub, proto_sdk: Any) -> None:
     """ttl is a uint32: exp 9999999999 (the usual "never") is clamped, not an encoding failure that would
     leave the connection or a subscription half set up."""
