@@ -117,6 +117,8 @@ class DocRoom:
         """An upper bound of the encoded document's size."""
         self.unintegrated = 0
         """Bytes of updates that could not be integrated yet (missing dependencies)."""
+        self._waiting: list[tuple[int, dict[int, int]]] = []
+        """Those updates: size and the clock each of their clients reaches, until the document has it."""
         self.awareness = AwarenessStates()
         self.peers: dict[Peer, bool] = {}
         """Connected peers and whether each may write."""
@@ -203,21 +205,37 @@ class DocRoom:
             self._sender = None
         # The common case: pycrdt integrated exactly what arrived (same bytes out as in). Otherwise look
         # inside: a duplicate, or structs waiting for what they depend on.
-        if self._integrated != update and self._brings_content(update):
-            # Parts wait for updates they depend on (held by pycrdt, not yet in the document): count
-            # them against the size limit until the room is reloaded, so gaps cannot grow unbounded.
-            self.unintegrated += len(update)
+        if self._integrated is not None and self._waiting:
+            self._release_waiting()
+        if self._integrated != update:
+            ends = self._missing_ends(update)
+            if ends:
+                # Parts wait for updates they depend on (held by pycrdt, not yet in the document): count
+                # them against the size limit until they are integrated, so gaps cannot grow unbounded.
+                self._waiting.append((len(update), ends))
+                self.unintegrated += len(update)
 
-    def _brings_content(self, update: bytes) -> bool:
-        """Whether ``update`` holds structs the document does not have (deletions are not counted)."""
+    def _missing_ends(self, update: bytes) -> dict[int, int]:
+        """The clients whose structs in ``update`` the document does not have yet, with the clock each
+        reaches (deletions are not counted); empty when the document has them all."""
         try:
             ends = client_ranges(update)
         except ProtocolError:  # pycrdt is the judge of validity; our reader only looks
-            return False
+            return {}
         if not ends:
-            return False
+            return {}
         clocks = decode_state_vector(self.doc.get_state())
-        return any(end > clocks.get(client, 0) for client, end in ends.items())
+        return {client: end for client, end in ends.items() if end > clocks.get(client, 0)}
+
+    def _release_waiting(self) -> None:
+        """Stop counting the waiting updates the document has now integrated."""
+        clocks = decode_state_vector(self.doc.get_state())
+        self._waiting = [
+            (size, ends)
+            for size, ends in self._waiting
+            if any(end > clocks.get(client, 0) for client, end in ends.items())
+        ]
+        self.unintegrated = sum(size for size, _ in self._waiting)
 
     # ---------------------------------------------------------------- document changes (any origin)
 

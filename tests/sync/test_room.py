@@ -356,3 +356,33 @@ async def _converge(ops: list[tuple], compact_after: int) -> None:
                 fresh.apply_update(update)
             assert str(fresh.get("text", type=Text)) == live
             again.release(reloaded)
+
+
+async def test_waiting_updates_stop_counting_once_integrated(tmp_path: Path) -> None:
+    """From review: an update that arrived before the one it depends on counted against the size limit
+    for the rest of the room's life, so later honest writes were refused."""
+    limit = 20_000
+    async with rooms_at(tmp_path / "d.sqlite3", limits=RoomLimits(max_document_size=limit)) as rooms:
+        room = await rooms.acquire(("", "gap"))
+        source = Doc(client_id=7)
+        text = source.get("text", type=Text)
+        text.insert(0, "x")
+        first = source.get_update()
+        state = source.get_state()
+        text.insert(1, "y" * 9_000)
+        second = source.get_update(state)
+        writer = YClient(8)
+        link = connect(room, writer)
+        await pump(room, [link])
+        room.receive(link, protocol.update(second))  # waits for the first
+        assert room.unintegrated == len(second)
+        room.receive(link, protocol.update(first))  # the gap closes: both integrated
+        assert room.unintegrated == 0
+        await rooms.journal.flush()
+        other = Doc(client_id=9)
+        other.apply_update(room.doc.get_update())
+        before = other.get_state()
+        other.get("text", type=Text).insert(0, "z" * 8_000)
+        third = other.get_update(before)
+        room.receive(link, protocol.update(third))  # ~17 KB in all: under the limit, accepted
+        assert len(str(room.doc.get("text", type=Text))) == 17_001
