@@ -381,7 +381,6 @@ class PbSub(WSListener):
         """Fast path: walk the length prefixes of the frame's replies (no decoding); every non-empty
         one must start with the push tag, and the frame must hold as many embedded `"ts":` stamps
         as pushes. Empty replies are pings. Anything else goes to the slow path, which decodes."""
-        global DELIVERED, last_rx_ns
         if self.state == 2:
             i, n, pushes, pings = 0, len(p), 0, 0
             try:
@@ -412,18 +411,7 @@ class PbSub(WSListener):
                 k = len(stamps)
                 if k == pushes:
                     if k:
-                        now = time_ns()
-                        if RECORD:
-                            for ts in stamps:
-                                b = (now - int(ts)) // BUCKET_NS
-                                hist[b if b < NB else NB - 1] += 1
-                        self.count += k
-                        DELIVERED += k
-                        last_rx_ns = now
-                        if DELIVERED >= PUMP_AT:
-                            pump()
-                        if DELIVERED >= DONE_AT:
-                            finish()
+                        count(self, k, time_ns(), stamps)
                     if pings:
                         ST["pings"] += pings
                         t.send(BINARY, PB_PONG * pings)
@@ -584,23 +572,10 @@ class SseSub(asyncio.Protocol):
         return b"".join(out) if len(out) != 1 else out[0]
 
     def events(self, p: bytes) -> None:
-        global DELIVERED, last_rx_ns
         if self.state == 2 and b'"disconnect"' not in p:
             stamps = TS_RE.findall(p)
             if stamps:
-                now = time_ns()
-                if RECORD:
-                    for ts in stamps:
-                        b = (now - int(ts)) // BUCKET_NS
-                        hist[b if b < NB else NB - 1] += 1
-                k = len(stamps)
-                self.count += k
-                DELIVERED += k
-                last_rx_ns = now
-                if DELIVERED >= PUMP_AT:
-                    pump()
-                if DELIVERED >= DONE_AT:
-                    finish()
+                count(self, len(stamps), time_ns(), stamps)
             return
         self.slow(p)
 
