@@ -16,7 +16,7 @@ from typing import Any
 
 from hub.auth import mint_token
 from hub.codes import ConfigError
-from hub.config import Config, load_config
+from hub.config import Config, load_config, redis_urls, validate
 
 log = logging.getLogger("switchboard")
 
@@ -114,6 +114,21 @@ def serve(args: argparse.Namespace) -> None:
         cfg.host = args.host
     if args.port:
         cfg.port = args.port
+    try:
+        if args.redis:
+            cfg.redis_urls = redis_urls(args.redis)
+        if args.redis_cluster:
+            cfg.redis_cluster = True
+        if args.node_name:
+            cfg.node_name = args.node_name
+        if args.data_dir:
+            cfg.data_dir = args.data_dir
+        if args.doc_store:
+            cfg.doc_store = args.doc_store
+        validate(cfg)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     setup_logging(cfg.log_level, cfg.log_format)
     if cfg.dev_mode:
         log.warning(
@@ -161,6 +176,19 @@ def main(argv: list[str] | None = None) -> None:
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
     p_serve.add_argument("--config", default=None, help="TOML config file")
+    p_serve.add_argument(
+        "--redis",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a Redis server shared by the nodes (repeat it to shard channels over several servers)",
+    )
+    p_serve.add_argument(
+        "--redis-cluster", action="store_true", help="the --redis URLs are seed nodes of one Redis Cluster"
+    )
+    p_serve.add_argument("--node-name", default=None, help="this node's name (default: host and a random id)")
+    p_serve.add_argument("--data-dir", default=None)
+    p_serve.add_argument("--doc-store", choices=("sqlite", "redis"), default=None)
     p_serve.set_defaults(func=serve)
     p_token = sub.add_parser("token", help="print a connection (or subscription) JWT")
     p_token.add_argument("--user", required=True)

@@ -52,6 +52,10 @@ _DURATIONS = {
     "sse_heartbeat_interval",
     "doc_unload_delay",
     "doc_ping_interval",
+    "presence_ttl",
+    "presence_update_interval",
+    "node_info_interval",
+    "redis_connect_timeout",
 }
 
 
@@ -113,6 +117,20 @@ class Config:
     api_key: str = ""
     api_max_body_size: int = 1048576
 
+    redis_urls: list[str] = field(default_factory=list)
+    """Several standalone servers (channels spread by consistent hashing), or a cluster's seed nodes."""
+    redis_cluster: bool = False
+    redis_prefix: str = "sb"
+    redis_connect_timeout: float = 5.0
+    presence_ttl: float = 60.0
+    """Seconds a presence entry lives in Redis unless its node refreshes it (a dead node leaves no ghosts)."""
+    presence_update_interval: float = 25.0
+    node_info_interval: float = 3.0
+    """Seconds between two announcements of a node on the control channel; a node silent for three of them
+    is taken for dead."""
+    doc_store: str = "sqlite"
+    """Where documents are stored: ``sqlite`` (under data_dir) or ``redis`` (needs redis_urls)."""
+
     api_keys: list[ApiKey] = field(default_factory=list)
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
@@ -141,7 +159,7 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys")
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls")
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
@@ -205,6 +223,21 @@ def _api_keys(raw: Any) -> list[ApiKey]:
     return out
 
 
+def redis_urls(raw: Any) -> list[str]:
+    """``redis_urls``: a list of ``redis://`` / ``rediss://`` URLs (the environment takes them separated by
+    commas or spaces)."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(u, str) for u in raw):
+        raise ConfigError("redis_urls must be a list of redis:// URLs")
+    for url in raw:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"not a Redis URL: {url!r}")
+    if len(set(raw)) != len(raw):
+        raise ConfigError("a Redis URL is configured twice")
+    return list(raw)
+
+
 _CHANNEL_FIELDS = {f.name: f for f in dataclasses.fields(NamespaceOptions)}
 
 
@@ -256,6 +289,8 @@ def load_config(
             cfg.namespaces = _namespaces(value)
         elif key == "api_keys":
             cfg.api_keys = _api_keys(value)
+        elif key == "redis_urls":
+            cfg.redis_urls = redis_urls(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -279,6 +314,8 @@ def load_config(
                 cfg.api_keys = _api_keys(json.loads(raw))
             except json.JSONDecodeError:
                 raise ConfigError("SWITCHBOARD_API_KEYS must be a JSON list") from None
+        elif key == "redis_urls":
+            cfg.redis_urls = redis_urls([u for u in raw.replace(",", " ").split() if u])
         elif key.startswith("channel_"):
             channel_env[key[len("channel_") :]] = _channel_option_from_env(name, raw)
         else:
@@ -298,7 +335,7 @@ def load_config(
         cfg.doc_anonymous_access = cfg.doc_token_access = "write"
         if not channel_env:
             cfg.channel = DEV_CHANNEL_OPTIONS
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -329,7 +366,7 @@ def _validate_docs(cfg: Config) -> None:
         raise ConfigError("doc_unload_delay must not be negative")
 
 
-def _validate(cfg: Config) -> None:
+def validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
     _validate_docs(cfg)
@@ -354,6 +391,19 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must not be negative (0 turns it off)")
     if cfg.client_command_rate_limit and cfg.client_command_rate_burst < 1:
         raise ConfigError("client_command_rate_burst must be at least 1")
+    _require_positive(
+        cfg, "presence_ttl", "presence_update_interval", "node_info_interval", "redis_connect_timeout"
+    )
+    if cfg.presence_update_interval >= cfg.presence_ttl:
+        raise ConfigError("presence_update_interval must be shorter than presence_ttl")
+    if cfg.redis_cluster and not cfg.redis_urls:
+        raise ConfigError("redis_cluster needs at least one URL in redis_urls")
+    if cfg.doc_store not in ("sqlite", "redis"):
+        raise ConfigError("doc_store must be sqlite or redis")
+    if cfg.doc_store == "redis" and not cfg.redis_urls:
+        raise ConfigError("doc_store = redis needs redis_urls")
+    if not cfg.redis_prefix or any(c in cfg.redis_prefix for c in "{} "):
+        raise ConfigError("redis_prefix must be non-empty, without braces or spaces")
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
     keys = [k.key for k in cfg.server_api_keys()]
