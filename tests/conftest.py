@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ from hub.auth import mint_token
 from hub.cli import uvicorn_config
 from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
+from tests.redis_servers import RedisCluster, RedisServer
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 TIMEOUT = 10.0
@@ -245,3 +246,48 @@ async def sdk(request: Any) -> AsyncIterator[Callable[..., Any]]:
     for client in clients:
         with contextlib.suppress(Exception):
             await client.disconnect()
+
+
+# --- Redis: real redis-server processes on free loopback ports (tests/redis_servers.py) ---------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """One fresh, empty standalone server per test (no persistence); always cleaned up."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_two() -> Iterator[list[RedisServer]]:
+    """Two fresh standalone servers per test."""
+    servers = [RedisServer(), RedisServer()]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster_session() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
+    """A 3-master Redis Cluster shared by the session, FLUSHALLed on every master before each test;
+    ``.urls`` are its seed URLs. Tests must not stop its servers (use ``redis_server`` for that)."""
+    _redis_cluster_session.flushall()
+    return _redis_cluster_session
