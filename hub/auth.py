@@ -162,7 +162,6 @@ class TokenVerifier:
             tenant=_str_claim(claims, "tenant"),
         )
 
-
     def verify_document(self, token: str, now: float | None = None) -> DocumentClaims:
         """A connection token used on a document endpoint, with its ``docs`` claim."""
         claims = self._decode(token, now)

@@ -651,12 +651,13 @@ class Client:
             channel, key, opts, info, recoverable, positioned, push_join_leave, expires_at, server_side
         )
         self.subs[channel.raw] = sub
-        if node.registry.begin_subscribe(key, self):
-            try:
-                await node.broker.subscribe(key)
-            except BaseException:
-                self._rollback(sub)
-                raise
+        node.registry.begin_subscribe(key, self)
+        try:
+            await node.acquire_channel(key)
+        except BaseException:
+            if self._rollback(sub):
+                await node.release_channel(key)
+            raise
         result: dict[str, Any] = {}
         offset = 0
         recovered: list[Publication] = []
@@ -682,6 +683,7 @@ class Client:
                     top = rec.position
                 else:
                     top = (await node.broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
+                node.positions.track(key, top)
                 offset = top.offset
                 result["epoch"] = top.epoch
                 if self.events is not None and recoverable:
@@ -732,7 +734,7 @@ class Client:
     async def _rollback_async(self, sub: Subscription) -> None:
         if self._rollback(sub):
             try:
-                await self.node.broker.unsubscribe(sub.key)
+                await self.node.release_channel(sub.key)
             except Exception:
                 log.exception("broker unsubscribe failed during rollback", extra=self._log_extra())
         if sub.options.presence:
@@ -767,14 +769,22 @@ class Client:
 
     async def _remove_subscription(self, sub: Subscription) -> None:
         """Leave a channel. Only the caller that takes ``sub`` out of ``subs`` does the rest, once."""
-        node = self.node
+        if self._detach(sub):
+            await self._after_detach(sub)
+
+    def _detach(self, sub: Subscription) -> bool:
+        """The synchronous half of leaving: out of ``subs`` and the fan-out. False if someone else did."""
         if self.subs.get(sub.channel.raw) is not sub:
-            return
+            return False
         del self.subs[sub.channel.raw]
         if self.events is not None:
             self.events.forget(sub.channel.raw)
-        if node.registry.remove_subscriber(sub.key, self):
-            await node.broker.unsubscribe(sub.key)
+        self.node.registry.remove_subscriber(sub.key, self)
+        return True
+
+    async def _after_detach(self, sub: Subscription) -> None:
+        node = self.node
+        await node.release_channel(sub.key)
         if sub.options.presence:
             await node.presence.remove(sub.key, self.id)
         if sub.options.join_leave and sub.active:
@@ -953,6 +963,22 @@ class Client:
         await self._remove_subscription(sub)
         self.writer.push(self.codec.encode_push(name, "unsubscribe", {"code": code, "reason": reason}))
         return True
+
+    def insufficient_state(self, name: str) -> None:
+        """The node missed publications of ``name``: a positioned subscription must resubscribe and
+        recover (unsubscribe push 2500, as Centrifuge sends); a client that cannot resubscribe by itself
+        (unidirectional) is disconnected with 3010 and recovers on reconnect. Synchronous: the client is
+        out of the fan-out before the next publication is delivered."""
+        sub = self.subs.get(name)
+        if sub is None or not sub.positioned:
+            return
+        if self.unidirectional:
+            self.disconnect(codes.INSUFFICIENT_STATE.error())
+            return
+        if self._detach(sub):
+            body = {"code": codes.UNSUBSCRIBE_INSUFFICIENT, "reason": "insufficient state"}
+            self.writer.push(self.codec.encode_push(name, "unsubscribe", body))
+            self.node.spawn(self._after_detach(sub), f"leaving {name}")
 
     def send_ping(self, now: float) -> None:
         self.last_ping = now

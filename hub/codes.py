@@ -137,3 +137,8 @@ NOT_AVAILABLE = DisconnectCode(3508, "not available")
 TOO_MANY_ERRORS = DisconnectCode(3509, "too many errors")
 MESSAGE_TOO_BIG = DisconnectCode(1009, "message too big")
 """RFC 6455 7.4.1: 1009, a message too big to process. The WebSocket layer's own close code."""
+
+# Unsubscribe codes (the ``unsubscribe`` push): below 2500 final for the client, from 2500 it resubscribes.
+UNSUBSCRIBE_SERVER = 2000
+UNSUBSCRIBE_INSUFFICIENT = 2500
+"""The node missed publications of the channel: the client resubscribes and recovers from history."""

@@ -27,6 +27,7 @@ from hub.config import Config
 from hub.hooks import Hooks
 from hub.logs import bind_session
 from hub.metrics import Metrics
+from hub.positions import ChannelPositions
 from hub.registry import Registry
 from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
 from hub.writer import FlushScheduler, Transport
@@ -67,6 +68,14 @@ class Node:
         self._clock: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         """Set when the node is stopping and its last session has ended."""
+        self.positions = ChannelPositions()
+        self._broker_keys: set[ChannelKey] = set()
+        """Channels the broker delivers to this node."""
+        self._channel_locks: dict[ChannelKey, tuple[asyncio.Lock, list[int]]] = {}
+        """Per channel while a broker (un)subscription is in flight: the lock and its number of users."""
+        self._background: set[asyncio.Task[None]] = set()
+        self._presence_refresh: asyncio.Task[None] | None = None
+        self._next_presence_refresh = 0.0
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -133,10 +142,11 @@ class Node:
         if not self.started:
             return  # a concurrent stop finished meanwhile
         self.started = False
-        if self._clock is not None:
-            self._clock.cancel()
+        tasks = [t for t in (self._clock, self._presence_refresh) if t is not None]
+        for task in tasks + list(self._background):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._clock
+                await task
         await self.broker.close()
         await self.presence.close()
         log.info("node %s stopped", self.id)
@@ -165,6 +175,61 @@ class Node:
         finally:
             if self.stopping and not self.sessions:
                 self._drained.set()
+
+    # ---------------------------------------------------------------- broker subscriptions
+
+    @contextlib.asynccontextmanager
+    async def _channel_lock(self, key: ChannelKey) -> Any:
+        entry = self._channel_locks.get(key)
+        if entry is None:
+            entry = self._channel_locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._channel_locks[key]
+
+    async def acquire_channel(self, key: ChannelKey) -> None:
+        """Make sure the broker delivers ``key`` to this node; return once it does.
+
+        Subscribing and unsubscribing one channel are serialized: a subscriber that arrives while the node's
+        broker subscription is being set up (or torn down) waits for it, so it never reads history and
+        joins the fan-out before the node receives the channel's publications.
+        """
+        if key in self._broker_keys and key not in self._channel_locks:
+            return  # the common case: already delivered, nothing in flight
+        async with self._channel_lock(key):
+            if key not in self._broker_keys:
+                await self.broker.subscribe(key)
+                self._broker_keys.add(key)
+                self.positions.begin(key)
+
+    async def release_channel(self, key: ChannelKey) -> None:
+        """Stop the broker's delivery of ``key`` if no local subscriber (active or being set up) is left."""
+        if key not in self._broker_keys:
+            return
+        async with self._channel_lock(key):
+            if key in self._broker_keys and not self.registry.has_local(key):
+                self._broker_keys.discard(key)
+                self.positions.forget(key)
+                await self.broker.unsubscribe(key)
+
+    def spawn(self, coro: Any, what: str) -> None:
+        """Run ``coro`` in the background, kept referenced, its failure logged."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ---------------------------------------------------------------- publishing
 
@@ -270,6 +335,9 @@ class Node:
     # ---------------------------------------------------------------- BrokerEventHandler (the fan-out)
 
     def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
+        if pub.offset and self.positions.observe(key, pub.offset):
+            log.warning("publications of %s were missed (offset %d)", key[1], pub.offset)
+            self._insufficient_state(key)  # before the delivery: a positioned client must not skip
         tables = self.registry.fanout.get(key)
         if tables is not None:
             # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes.
@@ -294,6 +362,28 @@ class Node:
         if pending:
             for buffered in pending.values():
                 buffered.append(pub)
+
+    def handle_resubscribed(self, keys: list[ChannelKey]) -> None:
+        """The broker's connection came back and ``keys`` are delivered again: whatever was published
+        meanwhile was missed, so each channel with positioned subscribers has its stream top checked."""
+        for key in keys:
+            if self.positions.known(key):
+                self.spawn(self._check_position(key), f"position check of {key[1]}")
+
+    async def _check_position(self, key: ChannelKey) -> None:
+        top = (await self.broker.history(key, limit=0)).position
+        if self.positions.check(key, top):
+            log.warning("publications of %s were missed (stream top %d %s)", key[1], top.offset, top.epoch)
+            self._insufficient_state(key)
+
+    def _insufficient_state(self, key: ChannelKey) -> None:
+        """Every positioned subscriber of ``key`` on this node is told to resubscribe and recover."""
+        tables = self.registry.fanout.get(key)
+        if tables is None:
+            return
+        for table in tables:
+            for client in list(table):
+                client.insufficient_state(key[1])
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:
         self._push_join_leave(key, "encode_join_push", info)
@@ -326,6 +416,9 @@ class Node:
     def tick(self, now: float, wall: float) -> None:
         """One pass over the sessions: pings, missing pongs, expired connections and subscriptions."""
         cfg = self.config
+        if now >= self._next_presence_refresh:
+            self._next_presence_refresh = now + cfg.presence_update_interval
+            self._refresh_presence()
         for client in list(self.sessions):
             if client.state is State.CONNECTING:
                 if now - client.created > cfg.client_stale_close_delay:
@@ -347,6 +440,28 @@ class Node:
                 if sub.expires_at and wall > sub.expires_at + grace:
                     client.disconnect(codes.SUB_EXPIRED.error())
                     break
+
+    def _refresh_presence(self) -> None:
+        """Re-add every presence entry of this node's connections, so that a shared presence backend keeps
+        them past its ttl while they live (and drops them within it when this node dies)."""
+        if self._presence_refresh is not None and not self._presence_refresh.done():
+            return  # the last refresh is still running: never two at once
+        entries = [
+            (sub.key, sub.info)
+            for client in self.sessions
+            for sub in client.subs.values()
+            if sub.active and sub.options.presence
+        ]
+        if not entries:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self.presence.refresh(entries)
+            except Exception:
+                log.exception("presence refresh of %d entries failed", len(entries))
+
+        self._presence_refresh = asyncio.get_running_loop().create_task(refresh())
 
     # -- server API --
 

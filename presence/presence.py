@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,5 +34,9 @@ class PresenceManager(Protocol):
         """Every present client of ``key``, by client id."""
 
     async def stats(self, key: ChannelKey) -> PresenceStats: ...
+
+    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        """Re-add many entries at once: the owning node calls it every ``presence_update_interval`` so
+        that live entries never expire, while a dead node's entries do."""
 
     async def close(self) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from channels.names import ChannelKey
 from channels.publication import ClientInfo
 from presence.presence import PresenceStats
@@ -27,6 +29,9 @@ class MemoryPresence:
     async def stats(self, key: ChannelKey) -> PresenceStats:
         members = self._channels.get(key, {})
         return PresenceStats(len(members), len({info.user for info in members.values()}))
+
+    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        """Nothing to do: entries of one process never expire, its removals are certain."""
 
     async def close(self) -> None:
         self._channels.clear()

@@ -1,0 +1,229 @@
+"""How a node notices missed publications (hub.positions), and what its clients see then; and the
+per-channel serialization of broker subscriptions (a subscriber never joins before the node receives)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from channels.broker_memory import MemoryBroker
+from channels.names import ChannelKey
+from channels.publication import Publication, StreamPosition
+from hub.app import Switchboard
+from hub.positions import ChannelPositions
+from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import test_config as hub_config
+
+KEY = ("", "chat:room")
+
+
+# ---------------------------------------------------------------- sans-I/O
+
+
+def test_untracked_channel_is_never_insufficient() -> None:
+    positions = ChannelPositions()
+    assert not positions.observe(KEY, 7)
+    assert not positions.observe(KEY, 3)
+    assert KEY not in positions
+
+
+@given(st.integers(0, 50), st.lists(st.integers(1, 80), max_size=30))
+def test_observe_flags_exactly_the_breaks_in_the_sequence(start: int, offsets: list[int]) -> None:
+    positions = ChannelPositions()
+    positions.track(KEY, StreamPosition(start, "e1"))
+    last = start
+    for offset in offsets:
+        assert positions.observe(KEY, offset) is (offset != last + 1)
+        last = offset
+
+
+def test_track_keeps_what_the_node_received_since() -> None:
+    positions = ChannelPositions()
+    positions.track(KEY, StreamPosition(5, "e1"))
+    assert not positions.observe(KEY, 6)
+    positions.track(KEY, StreamPosition(5, "e1"))  # a later subscriber read an older top: ignored
+    assert not positions.observe(KEY, 7)
+
+
+def test_a_publication_between_the_broker_subscription_and_the_read_is_no_gap() -> None:
+    positions = ChannelPositions()
+    positions.begin(KEY)
+    assert not positions.known(KEY)
+    assert not positions.observe(KEY, 6)  # arrived before the subscriber's read returned top 5
+    positions.track(KEY, StreamPosition(5, "e1"))
+    assert not positions.observe(KEY, 7)
+    assert positions.known(KEY)
+    assert positions.check(KEY, StreamPosition(9, "e1"))
+
+
+def test_check_finds_missed_publications_and_new_epochs() -> None:
+    positions = ChannelPositions()
+    positions.track(KEY, StreamPosition(5, "e1"))
+    assert not positions.check(KEY, StreamPosition(5, "e1"))
+    assert positions.check(KEY, StreamPosition(8, "e1"))  # three published while the node was away
+    assert not positions.observe(KEY, 9)  # tracking continues from the checked top
+    assert positions.check(KEY, StreamPosition(0, "e2"))  # Redis lost the stream
+    assert not positions.check(KEY, StreamPosition(0, "e2"))
+
+
+def test_restarted_offsets_learn_their_epoch_at_the_next_check() -> None:
+    positions = ChannelPositions()
+    positions.track(KEY, StreamPosition(5, "e1"))
+    assert positions.observe(KEY, 1)  # offsets restarted: a new stream
+    assert not positions.check(KEY, StreamPosition(1, "e2"))  # already reported; e2 is now known
+    assert positions.check(KEY, StreamPosition(1, "e3"))
+
+
+# ---------------------------------------------------------------- a node's clients
+
+
+async def _subscribe(raw: Any, channel: str) -> dict[str, Any]:
+    reply = await raw.command("subscribe", {"channel": channel})
+    assert "error" not in reply, reply
+    return reply["subscribe"]
+
+
+async def test_a_gap_makes_positioned_subscribers_resubscribe_and_spares_the_others(
+    hub: RunningHub, raw_client: Any
+) -> None:
+    positioned = await raw_client(hub, connect={"token": token("alice")})
+    plain = await raw_client(hub, connect={"token": token("alice")})
+    await _subscribe(positioned, "chat:room")  # chat forces recovery: positioned
+    await _subscribe(plain, "nohist:room")
+    node = hub.sb.node
+    top = (await node.broker.history(KEY, limit=0)).position
+    # The broker hands the node a publication two past the top: the one in between was missed.
+    node.handle_publication(KEY, Publication(b'{"n":2}', offset=top.offset + 2))
+    push = await positioned.push("unsubscribe")
+    assert push["channel"] == "chat:room"
+    assert push["unsubscribe"]["code"] == 2500
+    assert (
+        node.registry.subscriber_count(KEY) == 0
+    )  # out of the fan-out: the gapped publication did not go out
+    # It resubscribes with recovery and is told the truth about what it can get back.
+    again = await positioned.command(
+        "subscribe", {"channel": "chat:room", "recover": True, "offset": top.offset, "epoch": top.epoch}
+    )
+    assert again["subscribe"]["recovered"] is True
+    # The plain subscriber of another channel went on unaffected.
+    await node.publish("nohist:room", {"still": "here"})
+    assert (await plain.push("pub"))["pub"]["data"] == {"still": "here"}
+
+
+async def test_a_unidirectional_client_is_disconnected_with_3010(hub: RunningHub) -> None:
+    import httpx
+
+    node = hub.sb.node
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT) as http,
+        http.stream("POST", f"{hub.http}/connection/uni_http_stream", json={}) as resp,
+    ):
+        lines = resp.aiter_lines()
+        assert "connect" in await anext(lines)
+        await node.subscribe_user("", "chat:room")  # anonymous user ""
+        assert "subscribe" in await anext(lines)
+        top = (await node.broker.history(KEY, limit=0)).position
+        node.handle_publication(KEY, Publication(b"{}", offset=top.offset + 5))
+        rest = [line async for line in lines]
+    assert any('"code":3010' in line for line in rest), rest
+
+
+async def test_the_resubscribed_check_finds_what_was_published_meanwhile(
+    hub: RunningHub, raw_client: Any
+) -> None:
+    client = await raw_client(hub, connect={"token": token("alice")})
+    await _subscribe(client, "chat:room")
+    node = hub.sb.node
+    node.handle_resubscribed([KEY])  # nothing was missed: nothing happens
+    await node.publish("chat:room", {"n": 1})
+    assert (await client.push("pub"))["pub"]["data"] == {"n": 1}
+    # Published while this node's broker connection was down: the node never received it.
+    broker: Any = node.broker
+    handler, broker._handler = broker._handler, None
+    try:
+        await node.publish("chat:room", {"n": 2})
+    finally:
+        broker._handler = handler
+    node.handle_resubscribed([KEY])
+    push = await client.push("unsubscribe")
+    assert push["unsubscribe"]["code"] == 2500
+
+
+# ---------------------------------------------------------------- broker subscriptions
+
+
+class SlowBroker(MemoryBroker):
+    """Subscribing takes until the test says so; counts the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.calls: list[tuple[str, ChannelKey]] = []
+        self.called = asyncio.Condition()
+
+    async def _record(self, what: str, key: ChannelKey) -> None:
+        async with self.called:
+            self.calls.append((what, key))
+            self.called.notify_all()
+        await self.gate.wait()
+
+    async def calls_made(self, n: int) -> None:
+        async with asyncio.timeout(TIMEOUT), self.called:
+            await self.called.wait_for(lambda: len(self.calls) >= n)
+
+    async def subscribe(self, key: ChannelKey) -> None:
+        await self._record("subscribe", key)
+
+    async def unsubscribe(self, key: ChannelKey) -> None:
+        await self._record("unsubscribe", key)
+
+
+async def test_a_second_subscriber_waits_for_the_broker_subscription(
+    serve_asgi: Any, raw_client: Any
+) -> None:
+    cfg = hub_config()
+    broker = SlowBroker()
+    sb = Switchboard(cfg, broker=broker)
+    server, port = await serve_asgi(sb, cfg)
+    hub = RunningHub(sb, server, port)
+    first, second = (
+        await raw_client(hub, connect={"token": token("alice")}),
+        await raw_client(hub, connect={"token": token("alice")}),
+    )
+    one = asyncio.ensure_future(first.command("subscribe", {"channel": "nohist:x"}))
+    await broker.calls_made(1)
+    two = asyncio.ensure_future(second.command("subscribe", {"channel": "nohist:x"}))
+    done, _ = await asyncio.wait([two], timeout=0.3)
+    assert not done, "the second subscriber was answered before the node received the channel"
+    broker.gate.set()
+    assert "error" not in await asyncio.wait_for(one, TIMEOUT)
+    assert "error" not in await asyncio.wait_for(two, TIMEOUT)
+    assert broker.calls == [("subscribe", ("", "nohist:x"))]
+
+
+async def test_a_subscribe_during_the_last_unsubscribe_resubscribes(serve_asgi: Any, raw_client: Any) -> None:
+    cfg = hub_config()
+    broker = SlowBroker()
+    broker.gate.set()
+    sb = Switchboard(cfg, broker=broker)
+    server, port = await serve_asgi(sb, cfg)
+    hub = RunningHub(sb, server, port)
+    first, second = (
+        await raw_client(hub, connect={"token": token("alice")}),
+        await raw_client(hub, connect={"token": token("alice")}),
+    )
+    assert "error" not in await first.command("subscribe", {"channel": "nohist:x"})
+    broker.gate.clear()
+    leaving = asyncio.ensure_future(first.command("unsubscribe", {"channel": "nohist:x"}))
+    await broker.calls_made(2)
+    joining = asyncio.ensure_future(second.command("subscribe", {"channel": "nohist:x"}))
+    broker.gate.set()
+    await asyncio.wait_for(leaving, TIMEOUT)
+    assert "error" not in await asyncio.wait_for(joining, TIMEOUT)
+    key = ("", "nohist:x")
+    assert broker.calls == [("subscribe", key), ("unsubscribe", key), ("subscribe", key)]
+    await sb.node.publish("nohist:x", {"after": 1})
+    assert (await second.push("pub"))["pub"]["data"] == {"after": 1}
