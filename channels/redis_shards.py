@@ -1,0 +1,532 @@
+"""The shared Redis connection layer: every part of the hub that talks to Redis goes through here.
+
+Three deployment shapes, one interface:
+
+- one standalone Redis: ``RedisShards(["redis://host:6379"])``, one ``Shard``;
+- several standalone Redis servers: one ``Shard`` per URL; a channel (or document) lives on the shard its
+  *route* hashes to on a consistent-hash ring with virtual nodes (adding a server moves ~1/n of routes);
+- a Redis Cluster: ``RedisShards(seeds, cluster=True)``, exactly one ``Shard`` whose ``redis`` is a
+  ``RedisCluster``; every key of one route shares a hash slot through its ``{route}`` hash tag, and pub/sub is
+  sharded (SSUBSCRIBE / SPUBLISH on the node owning the channel's slot).
+
+Pub/sub policy: one connection per Redis server (per cluster primary that owns a subscribed channel), one
+reader task per connection, every message handed synchronously, in order, to its channel's handler (no task
+per message). A lost connection is re-established with exponential backoff plus jitter (0.05 s doubling to
+2 s); every channel is resubscribed, then the shard's ``on_reconnect`` callbacks fire, because anything
+published meanwhile was missed. Subscribing and unsubscribing one channel concurrently is deterministic: the
+last call wins, and a channel whose ``subscribe`` returned stays subscribed until a later ``unsubscribe``.
+
+Commands (scripts, history, presence) use ``Shard.redis`` directly (bytes in and out, no retries: a command
+whose reply was lost must be reported, not silently run twice). ``DOWN_ERRORS`` lists what "Redis cannot be
+reached now" looks like from redis-py; callers map it to their own unavailable error.
+
+Error tree::
+
+    ConnectionError (builtin)
+     +-- ShardUnavailable    the shard's Redis cannot be reached now (publish/subscribe)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+
+log = logging.getLogger(__name__)
+
+VIRTUAL_NODES = 160
+"""Points per server on the hash ring: enough that servers get near-equal shares of routes."""
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+class ShardUnavailable(ConnectionError):
+    """The shard's Redis cannot be reached now."""
+
+
+DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,  # includes BusyLoadingError
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.RedisClusterException,  # "cannot connect to any seed", slot not covered
+    OSError,  # includes the builtin ConnectionError and ShardUnavailable
+    asyncio.TimeoutError,
+)
+"""Exceptions meaning "Redis cannot be reached now" (as opposed to a bad command or a script error)."""
+
+
+def _escape(text: str, *, colon: bool) -> str:
+    text = text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return text.replace(":", "%3A") if colon else text
+
+
+def route_of(tenant: str, name: str) -> str:
+    """An unambiguous, hash-tag-safe routing string for (tenant, name).
+
+    The consistent-hash input in standalone mode and the text inside ``{...}`` of every Redis key of that
+    channel/document in cluster mode. ``%``, ``{`` and ``}`` are percent-escaped (so a name holding ``}``
+    keeps all its keys on one slot), and ``:`` in the tenant, so the first ``:`` always ends the tenant.
+    """
+    return f"{_escape(tenant, colon=True)}:{_escape(name, colon=False)}"
+
+
+def _ring_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _server_identity(url: str) -> str:
+    """What places a server on the ring: host, port and db, not credentials nor query options."""
+    p = urlparse(url)
+    db = (p.path or "/0").lstrip("/") or "0"
+    return f"{p.hostname or 'localhost'}:{p.port or 6379}/{db}"
+
+
+class _PubSubConnection:
+    """One pub/sub connection to one Redis server: a reader task, reconnect with backoff, resubscribe.
+
+    ``prefix`` is "" (SUBSCRIBE/message) or "s" (SSUBSCRIBE/smessage, cluster). Confirmations come back in
+    command order, so a waiter is matched by (kind, channel), oldest first; an error reply answers the
+    oldest waiter. Sends go through a FIFO lock so Redis sees commands in call order (last call wins).
+    """
+
+    def __init__(
+        self, shard: Shard, make: Callable[[], AbstractConnection], *, sharded: bool, label: str
+    ) -> None:
+        self.shard = shard
+        self._make = make
+        self._sub = b"ssubscribe" if sharded else b"subscribe"
+        self._unsub = b"sunsubscribe" if sharded else b"unsubscribe"
+        self._msg = b"smessage" if sharded else b"message"
+        self.label = label
+        self.handlers: dict[bytes, Callable[[bytes], None]] = {}
+        """The desired state: channel -> handler. Resubscribed after every reconnect."""
+        self._waiters: list[tuple[bytes, bytes, asyncio.Future[None]]] = []
+        self._send_lock = asyncio.Lock()
+        self._conn: AbstractConnection | None = None
+        self.connected = False
+        self.first_attempt = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"redis-pubsub {self.label}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_waiters()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+
+    # -- commands ---------------------------------------------------------------------------------------
+
+    async def command(self, kind: bytes, channel: bytes, wait: float) -> None:
+        """Send (S)SUBSCRIBE/(S)UNSUBSCRIBE for one channel and wait for Redis to confirm it."""
+        async with self._send_lock:
+            conn = self._conn
+            if conn is None or not self.connected:
+                raise ShardUnavailable(f"redis {self.label} is not connected")
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((kind, channel, fut))
+            try:
+                await conn.send_command(kind.decode(), channel)
+            except DOWN_ERRORS as exc:
+                self._drop_waiter(fut)
+                raise ShardUnavailable(f"redis {self.label}: {exc}") from exc
+        try:
+            async with asyncio.timeout(wait):
+                await fut
+        except TimeoutError as exc:
+            self._drop_waiter(fut)
+            raise ShardUnavailable(f"redis {self.label} did not confirm {kind.decode()} in {wait} s") from exc
+
+    def _drop_waiter(self, fut: asyncio.Future[None]) -> None:
+        self._waiters = [w for w in self._waiters if w[2] is not fut]
+
+    def _fail_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(ShardUnavailable(f"redis {self.label}: connection lost"))
+
+    # -- the reader -------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        ever_connected = False
+        while not self._closed:
+            conn = self._make()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn = conn
+                channels = list(self.handlers)
+                resubscribed: list[asyncio.Future[None]] = []
+                if channels:
+                    loop = asyncio.get_running_loop()
+                    for ch in channels:
+                        fut: asyncio.Future[None] = loop.create_future()
+                        self._waiters.append((self._sub, ch, fut))
+                        resubscribed.append(fut)
+                    await conn.send_command(self._sub.decode(), *channels)
+                if not resubscribed:
+                    self._up(ever_connected)
+                else:
+                    asyncio.ensure_future(self._when_resubscribed(resubscribed, ever_connected))
+                ever_connected = True
+                attempt = 0
+                await self._read(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure of the connection: log, back off, reconnect
+                if self.connected or attempt == 0:
+                    log.warning("redis pub/sub %s lost: %s", self.label, exc)
+            finally:
+                self.connected = False
+                self.shard._state_changed()
+                self._conn = None
+                self._fail_waiters()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+            self.first_attempt.set()
+            delay = min(BACKOFF_MAX, BACKOFF_MIN * 2**attempt)
+            attempt = min(attempt + 1, 16)
+            await asyncio.sleep(
+                delay * random.uniform(0.5, 1.0)
+            )  # backoff with jitter, not a wait for an effect
+
+    async def _when_resubscribed(self, futs: list[asyncio.Future[None]], reconnect: bool) -> None:
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        if all(r is None for r in results) and self._conn is not None:
+            self._up(reconnect)
+
+    def _up(self, reconnect: bool) -> None:
+        self.connected = True
+        self.first_attempt.set()
+        self.shard._state_changed()
+        if reconnect:
+            log.info("redis pub/sub %s reconnected; %d channels resubscribed", self.label, len(self.handlers))
+            self.shard._fire_reconnect()
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        msg_kind, sub, unsub, handlers = self._msg, self._sub, self._unsub, self.handlers
+        while True:
+            try:
+                reply: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
+            except rexc.ResponseError as exc:
+                # an error reply answers the oldest command (MOVED for an SSUBSCRIBE on the wrong node, ...)
+                if self._waiters:
+                    _, _, fut = self._waiters.pop(0)
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue
+            kind = reply[0]
+            if kind == msg_kind:
+                handler = handlers.get(reply[1])
+                if handler is not None:
+                    try:
+                        handler(reply[2])
+                    except Exception:  # a handler's bug must not stop the reader for every other channel
+                        log.exception("redis pub/sub handler failed for %r", reply[1])
+            elif kind == sub or kind == unsub:
+                self._confirm(kind, reply[1])
+
+    def _confirm(self, kind: bytes, channel: bytes) -> None:
+        for i, (k, ch, fut) in enumerate(self._waiters):
+            if k == kind and ch == channel:
+                del self._waiters[i]
+                if not fut.done():
+                    fut.set_result(None)
+                return
+        if kind == self._unsub and channel in self.handlers:
+            # unsolicited: in a cluster, the channel's slot moved to another node
+            self.shard._moved(channel)
+
+
+class Shard:
+    """One Redis server (standalone) or the whole cluster (cluster mode): commands and pub/sub.
+
+    ``connected`` is true while every pub/sub connection is up and every channel is (re)subscribed.
+    """
+
+    def __init__(
+        self, index: int, url: str, *, seeds: Sequence[str], cluster: bool, connect_timeout: float
+    ) -> None:
+        self.index = index
+        self.url = url
+        self.name = "cluster" if cluster else _server_identity(url)
+        """For logs and errors: host:port/db, never the URL's credentials."""
+        self.cluster = cluster
+        self.connect_timeout = connect_timeout
+        self._callbacks: list[Callable[[], None]] = []
+        self._conns: dict[str, _PubSubConnection] = {}
+        self._owner: dict[bytes, str] = {}
+        """cluster: channel -> the node name its subscription lives on."""
+        self._conn_kwargs: dict[str, Any] = dict(parse_url(url))
+        self._conn_kwargs.pop("connection_class", None)
+        self._conn_class: type[AbstractConnection] = parse_url(url).get("connection_class") or (
+            aioredis.Connection
+        )
+        common: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": connect_timeout,
+            "socket_keepalive": True,
+            "decode_responses": False,
+            "protocol": 2,  # RESP2: plain replies; pub/sub messages as arrays, not RESP3 push frames
+        }
+        self.redis: aioredis.Redis | aioredis.RedisCluster
+        if cluster:
+            auth = {k: v for k, v in self._conn_kwargs.items() if k in ("username", "password", "ssl")}
+            nodes = [
+                ClusterNode(urlparse(u).hostname or "localhost", urlparse(u).port or 6379) for u in seeds
+            ]
+            self.redis = aioredis.RedisCluster(
+                startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **auth, **common
+            )
+        else:
+            self.redis = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
+        self._generation: dict[bytes, int] = {}
+        self._state = asyncio.Event()
+
+    async def wait_connected(self, connected: bool = True) -> None:
+        """Wait until ``connected`` has this value (operations and tests; wrap it in a timeout)."""
+        while self.connected != connected:
+            await self._state.wait()
+
+    def _state_changed(self) -> None:
+        self._state.set()
+        self._state = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        if not self.cluster:
+            return all(c.connected for c in self._conns.values())
+        return all(c.connected for c in self._conns.values() if c.handlers)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the pub/sub loops and wait (up to connect_timeout) for their first attempt; never fails."""
+        if self.cluster:
+            with contextlib.suppress(*DOWN_ERRORS):
+                async with asyncio.timeout(self.connect_timeout):
+                    await self.redis.initialize()
+            return
+        conn = self._connection("main", self._conn_kwargs)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.connect_timeout):
+                await conn.first_attempt.wait()
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            await conn.close()
+        self._conns.clear()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    def _connection(self, name: str, kwargs: dict[str, Any]) -> _PubSubConnection:
+        conn = self._conns.get(name)
+        if conn is None:
+            cls, timeout = self._conn_class, self.connect_timeout
+
+            def make() -> AbstractConnection:
+                extra: dict[str, Any] = (
+                    {"socket_keepalive": True} if issubclass(cls, aioredis.Connection) else {}
+                )
+                return cls(**kwargs, **extra, socket_connect_timeout=timeout, protocol=2)
+
+            conn = _PubSubConnection(self, make, sharded=self.cluster, label=f"{self.name} {name}")
+            self._conns[name] = conn
+            conn.start()
+        return conn
+
+    async def _node_connection(self, channel: bytes) -> _PubSubConnection:
+        """cluster: the pub/sub connection of the primary owning ``channel``'s slot (created on demand)."""
+        rc = self.redis
+        assert isinstance(rc, aioredis.RedisCluster)
+        try:
+            if not rc.nodes_manager.slots_cache:
+                await rc.initialize()
+            node = rc.nodes_manager.get_node_from_slot(key_slot(channel))
+        except DOWN_ERRORS as exc:
+            raise ShardUnavailable(f"redis cluster: {exc}") from exc
+        conn = self._connection(node.name, {**self._conn_kwargs, "host": node.host, "port": node.port})
+        if not conn.first_attempt.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.connect_timeout):
+                    await conn.first_attempt.wait()
+        return conn
+
+    async def _conn_for(self, channel: bytes) -> _PubSubConnection:
+        if not self.cluster:
+            return (
+                self._conns["main"] if "main" in self._conns else self._connection("main", self._conn_kwargs)
+            )
+        return await self._node_connection(channel)
+
+    # -- pub/sub -----------------------------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        """PUBLISH (SPUBLISH in cluster mode). Raises ShardUnavailable if Redis cannot be reached."""
+        try:
+            if isinstance(self.redis, aioredis.RedisCluster):
+                rc = self.redis
+                if not rc.nodes_manager.slots_cache:
+                    await rc.initialize()
+                node = rc.nodes_manager.get_node_from_slot(key_slot(channel.encode()))
+                await rc.execute_command("SPUBLISH", channel, data, target_nodes=node)
+            else:
+                await self.redis.execute_command("PUBLISH", channel, data)  # type: ignore[no-untyped-call]
+        except DOWN_ERRORS as exc:
+            raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+
+    async def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe ``channel``; returns once Redis confirmed. ``handler`` gets every message, synchronously
+        and in order; the subscription survives reconnects. Raises ShardUnavailable if Redis is down (the
+        channel is then not subscribed, unless a later call subscribed it again)."""
+        ch = channel.encode()
+        gen = self._generation[ch] = self._generation.get(ch, 0) + 1
+        for attempt in range(3):
+            conn = await self._conn_for(ch)
+            self._owner[ch] = conn.label
+            conn.handlers[ch] = handler
+            try:
+                await conn.command(conn._sub, ch, self.connect_timeout)
+                return
+            except rexc.ResponseError as exc:
+                # MOVED / ASK / CLUSTERDOWN: the slot table is stale; refresh and try the new owner
+                self._forget(ch, conn, gen)
+                if attempt == 2 or not self.cluster:
+                    raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+                await self._refresh_slots()
+            except ShardUnavailable:
+                self._forget(ch, conn, gen)
+                raise
+
+    def _forget(self, ch: bytes, conn: _PubSubConnection, gen: int) -> None:
+        # only if no later subscribe/unsubscribe of this channel took over (last call wins)
+        if self._generation.get(ch) == gen:
+            conn.handlers.pop(ch, None)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``. Never raises for a down Redis (a lost connection forgets it anyway)."""
+        ch = channel.encode()
+        self._generation[ch] = self._generation.get(ch, 0) + 1
+        for conn in list(self._conns.values()):
+            if conn.handlers.pop(ch, None) is not None and conn.connected:
+                with contextlib.suppress(ShardUnavailable, rexc.ResponseError):
+                    await conn.command(conn._unsub, ch, self.connect_timeout)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs after a lost pub/sub connection is back and every channel was resubscribed:
+        anything published meanwhile was missed, so listeners re-check what they hold."""
+        self._callbacks.append(callback)
+
+    def _fire_reconnect(self) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb()
+            except Exception:
+                log.exception("on_reconnect callback failed")
+
+    async def _refresh_slots(self) -> None:
+        rc = self.redis
+        assert isinstance(rc, aioredis.RedisCluster)
+        with contextlib.suppress(*DOWN_ERRORS):
+            await rc.nodes_manager.initialize()
+
+    def _moved(self, channel: bytes) -> None:
+        """cluster: Redis dropped ``channel`` by itself (its slot moved): subscribe it on the new owner."""
+        for conn in self._conns.values():
+            handler = conn.handlers.pop(channel, None)
+            if handler is not None:
+                asyncio.ensure_future(self._resubscribe_moved(channel, handler))
+                return
+
+    async def _resubscribe_moved(self, channel: bytes, handler: Callable[[bytes], None]) -> None:
+        gen = self._generation.get(channel)
+        await self._refresh_slots()
+        if self._generation.get(channel) != gen:
+            return  # someone subscribed/unsubscribed meanwhile: their call wins
+        try:
+            await self.subscribe(channel.decode(), handler)
+        except ShardUnavailable:
+            log.warning("redis cluster: channel %r moved and could not be resubscribed", channel)
+            return
+        self._fire_reconnect()
+
+
+class RedisShards:
+    """Every Redis the hub uses: standalone servers on a hash ring, or one cluster."""
+
+    def __init__(
+        self, urls: Sequence[str], *, cluster: bool = False, prefix: str = "sb", connect_timeout: float = 5.0
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one Redis URL is needed")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the Redis key prefix must not hold braces: they would take over the hash tag")
+        self.prefix = prefix
+        self.cluster = cluster
+        self.connect_timeout = connect_timeout
+        if cluster:
+            self.shards = [Shard(0, urls[0], seeds=urls, cluster=True, connect_timeout=connect_timeout)]
+        else:
+            ids = [_server_identity(u) for u in urls]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"the same Redis server is listed twice: {list(urls)}")
+            self.shards = [
+                Shard(i, u, seeds=[u], cluster=False, connect_timeout=connect_timeout)
+                for i, u in enumerate(urls)
+            ]
+        points = sorted(
+            (_ring_hash(f"{_server_identity(s.url)}#{v}"), s.index)
+            for s in self.shards
+            for v in range(VIRTUAL_NODES)
+        )
+        self._ring_keys = [p for p, _ in points]
+        self._ring_shards = [self.shards[i] for _, i in points]
+
+    def shard_for(self, route: str) -> Shard:
+        """The shard holding ``route`` (consistent hashing; the only shard in cluster mode)."""
+        if len(self.shards) == 1:
+            return self.shards[0]
+        i = bisect.bisect(self._ring_keys, _ring_hash(route))
+        return self._ring_shards[i % len(self._ring_shards)]
+
+    def key(self, kind: str, route: str) -> str:
+        """A Redis key of ``route``: ``prefix:kind:{route}`` (one hash slot per route in a cluster)."""
+        return f"{self.prefix}:{kind}:{{{route}}}"
+
+    def channel(self, kind: str, route: str) -> str:
+        """A pub/sub channel name of ``route``, same shape as ``key``."""
+        return f"{self.prefix}:{kind}:{{{route}}}"
+
+    async def start(self) -> None:
+        """Connect every shard. Never fails on a down Redis: the reconnect loops keep trying."""
+        await asyncio.gather(*(s.start() for s in self.shards))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.shards))

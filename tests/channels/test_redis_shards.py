@@ -1,0 +1,271 @@
+"""channels.redis_shards against real redis-server processes: the ring, routes, pub/sub, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from channels.redis_shards import RedisShards, ShardUnavailable, route_of
+from tests.redis_servers import RedisCluster, RedisServer
+
+TIMEOUT = 10.0
+
+
+def _urls(n: int) -> list[str]:
+    return [f"redis://10.0.0.{i}:6379/0" for i in range(1, n + 1)]
+
+
+# -- the ring (no Redis needed: clients connect lazily) ----------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 6), seed=st.integers(0, 2**32))
+def test_ring_spreads_routes_evenly(n: int, seed: int) -> None:
+    shards = RedisShards(_urls(n))
+    rnd = random.Random(seed)
+    counts = [0] * n
+    total = 4000
+    for _ in range(total):
+        counts[shards.shard_for(route_of("t", f"ch{rnd.getrandbits(64)}")).index] += 1
+    for c in counts:
+        assert 0.6 / n < c / total < 1.5 / n, counts
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 6), seed=st.integers(0, 2**32))
+def test_adding_a_server_moves_only_its_share_and_only_to_it(n: int, seed: int) -> None:
+    before = RedisShards(_urls(n))
+    after = RedisShards(_urls(n + 1))
+    rnd = random.Random(seed)
+    routes = [route_of(f"t{rnd.randrange(5)}", f"ch{rnd.getrandbits(64)}") for _ in range(3000)]
+    moved = 0
+    for r in routes:
+        old, new = before.shard_for(r), after.shard_for(r)
+        if old.url != new.url:
+            moved += 1
+            assert new.index == n, "a route moved between two old servers"
+    assert moved / len(routes) < 1.6 / (n + 1)
+    assert moved > 0
+
+
+def test_the_same_server_twice_is_refused() -> None:
+    with pytest.raises(ValueError):
+        RedisShards(["redis://a:6379/0", "redis://user:pw@a:6379"])
+
+
+def test_a_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError):
+        RedisShards(["redis://a:6379"], prefix="p{x}")
+
+
+@given(tenant=st.text(), name=st.text(), kind=st.sampled_from(["hist", "meta", "pub", "idem", "pres"]))
+def test_every_key_of_a_route_is_on_the_route_slot(tenant: str, name: str, kind: str) -> None:
+    shards = RedisShards(["redis://a:6379"], prefix="tenant-x:sb")
+    route = route_of(tenant, name)
+    assert "{" not in route and "}" not in route
+    slot = key_slot(route.encode())
+    assert key_slot(shards.key(kind, route).encode()) == slot
+    assert key_slot(shards.channel(kind, route).encode()) == slot
+
+
+@given(
+    a=st.tuples(st.text(max_size=6), st.text(max_size=6)),
+    b=st.tuples(st.text(max_size=6), st.text(max_size=6)),
+)
+def test_routes_are_unambiguous(a: tuple[str, str], b: tuple[str, str]) -> None:
+    assert (route_of(*a) == route_of(*b)) == (a == b)
+
+
+def test_route_escapes_braces_percent_and_tenant_colons() -> None:
+    assert route_of("acme", "chat:{x}") == "acme:chat:%7Bx%7D"
+    assert route_of("a:b", "c") == "a%3Ab:c"
+    assert route_of("a", "b:c") != route_of("a:b", "c")
+    assert route_of("", "%7B") == ":%257B"
+
+
+# -- pub/sub against real servers ----------------------------------------------------------------------
+
+
+class Inbox:
+    """Collects messages; ``wait(n)`` returns once n arrived (event-driven, generous timeout)."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, data: bytes) -> None:
+        self.items.append(data)
+        self._changed.set()
+
+    async def wait(self, n: int) -> list[bytes]:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.items) < n:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.items
+
+
+@pytest.fixture
+async def make_shards() -> AsyncIterator[Callable[..., Any]]:
+    opened: list[RedisShards] = []
+
+    async def make(urls: list[str], **kw: Any) -> RedisShards:
+        shards = RedisShards(urls, **kw)
+        opened.append(shards)
+        await shards.start()
+        return shards
+
+    yield make
+    for s in opened:
+        await s.close()
+
+
+async def test_standalone_pubsub_in_order(redis_server: RedisServer, make_shards: Any) -> None:
+    shards = await make_shards([redis_server.url])
+    shard = shards.shards[0]
+    assert shard.connected
+    inbox, other = Inbox(), Inbox()
+    await shard.subscribe("a", inbox)
+    await shard.subscribe("b", other)
+    for i in range(200):
+        await shard.publish("a", b"%d" % i)
+    await shard.publish("b", b"b")
+    assert await inbox.wait(200) == [b"%d" % i for i in range(200)]
+    assert await other.wait(1) == [b"b"]
+    await shard.unsubscribe("a")
+    await shard.publish("a", b"late")
+    await shard.publish("b", b"b2")
+    await other.wait(2)  # b2 was published after 'late' on the same connection: 'late' would be here by now
+    assert len(inbox.items) == 200
+
+
+async def test_cluster_spublish_reaches_ssubscribe_on_every_node(
+    redis_cluster: RedisCluster, make_shards: Any
+) -> None:
+    shards = await make_shards(redis_cluster.urls, cluster=True)
+    assert len(shards.shards) == 1
+    shard = shards.shards[0]
+    inboxes = {}
+    for i in range(30):
+        ch = shards.channel("pub", route_of("t", f"room{i}"))
+        inboxes[ch] = Inbox()
+        await shard.subscribe(ch, inboxes[ch])
+    assert shard.connected
+    assert len(shard._conns) == 3, "channels spread over the three primaries"
+    for ch in inboxes:
+        await shard.publish(ch, ch.encode())
+    for ch, inbox in inboxes.items():
+        assert await inbox.wait(1) == [ch.encode()]
+    # the subscriptions are sharded ones, on the owner of the slot
+    for s in redis_cluster.servers:
+        assert s.command("PUBSUB", "NUMSUB", "x").startswith(b"*2")
+    assert (
+        sum(int(s.command("PUBSUB", "SHARDNUMSUB", *inboxes).count(b":1")) for s in redis_cluster.servers)
+        == 30
+    )
+
+
+async def test_resubscribes_after_restart_and_fires_on_reconnect(
+    redis_server: RedisServer, make_shards: Any
+) -> None:
+    shards = await make_shards([redis_server.url])
+    shard = shards.shards[0]
+    inbox = Inbox()
+    await shard.subscribe("a", inbox)
+    reconnected = asyncio.Event()
+    shard.on_reconnect(reconnected.set)
+    redis_server.kill()
+    redis_server.start()
+    async with asyncio.timeout(TIMEOUT):
+        await reconnected.wait()
+    assert shard.connected
+    await shard.publish("a", b"after")
+    assert await inbox.wait(1) == [b"after"]
+
+
+async def test_down_shard_raises_shard_unavailable(redis_server: RedisServer, make_shards: Any) -> None:
+    shards = await make_shards([redis_server.url], connect_timeout=2.0)
+    shard = shards.shards[0]
+    redis_server.stop()
+    with pytest.raises(ShardUnavailable):
+        await shard.publish("a", b"x")
+    assert issubclass(ShardUnavailable, ConnectionError)
+    async with asyncio.timeout(TIMEOUT):
+        await shard.wait_connected(False)  # the reader notices the closed socket on its own
+    with pytest.raises(ShardUnavailable):
+        await shard.subscribe("a", Inbox())
+    # and nothing is left subscribed: the server comes back, the channel was never confirmed
+    reconnected = asyncio.Event()
+    shard.on_reconnect(reconnected.set)
+    redis_server.start()
+    async with asyncio.timeout(TIMEOUT):
+        await reconnected.wait()
+    assert redis_server.command("PUBSUB", "NUMSUB", "a").endswith(b":0\r\n")
+
+
+async def test_start_on_a_down_server_does_not_fail_and_connects_later(make_shards: Any) -> None:
+    server = RedisServer()
+    try:
+        shards = await make_shards([server.url], connect_timeout=1.0)
+        shard = shards.shards[0]
+        assert not shard.connected
+        with pytest.raises(ShardUnavailable):
+            await shard.publish("a", b"x")
+        server.start()
+        async with asyncio.timeout(TIMEOUT):
+            await shard.wait_connected()
+        inbox = Inbox()
+        await shard.subscribe("a", inbox)
+        await shard.publish("a", b"x")
+        assert await inbox.wait(1) == [b"x"]
+    finally:
+        server.cleanup()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.booleans(), min_size=1, max_size=8))
+async def test_concurrent_subscribe_unsubscribe_last_call_wins(
+    redis_server: RedisServer, ops: list[bool]
+) -> None:
+    shards = RedisShards([redis_server.url])
+    await shards.start()
+    try:
+        shard = shards.shards[0]
+        inbox = Inbox()
+        calls = [shard.subscribe("c", inbox) if sub else shard.unsubscribe("c") for sub in ops]
+        await asyncio.gather(*calls)
+        numsub = redis_server.command("PUBSUB", "NUMSUB", "c")
+        await shard.publish("c", b"m")
+        await shard.subscribe("probe", (probe := Inbox()))
+        await shard.publish("probe", b"p")
+        await probe.wait(1)  # published after "m" on one connection: "m" has arrived if it ever will
+        if ops[-1]:
+            assert numsub.endswith(b":1\r\n")
+            assert inbox.items == [b"m"]
+        else:
+            assert numsub.endswith(b":0\r\n")
+            assert inbox.items == []
+    finally:
+        await shards.close()
+
+
+async def test_sharded_standalone_routes_to_the_ring_shard(
+    redis_two: list[RedisServer], make_shards: Any
+) -> None:
+    shards = await make_shards([s.url for s in redis_two])
+    seen = {0: 0, 1: 0}
+    for i in range(40):
+        route = route_of("t", f"ch{i}")
+        shard = shards.shard_for(route)
+        seen[shard.index] += 1
+        await shard.redis.set(shards.key("k", route), b"1")
+    assert seen[0] and seen[1]
+    for i, server in enumerate(redis_two):
+        assert server.command("DBSIZE") == b":%d\r\n" % seen[i]
