@@ -38,6 +38,11 @@ class BrokerEventHandler(Protocol):
 
     def handle_leave(self, key: ChannelKey, info: ClientInfo) -> None: ...
 
+    def handle_resubscribed(self, keys: list[ChannelKey]) -> None:
+        """The broker lost its subscriptions of ``keys`` for a while and has them again (a Redis shard
+        reconnected): anything published meanwhile was missed. The node re-checks each channel's position
+        and makes subscribers that missed something recover. ``broker_memory`` never calls it."""
+
 
 class Broker(Protocol):
     def set_handler(self, handler: BrokerEventHandler) -> None: ...

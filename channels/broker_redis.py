@@ -1,0 +1,337 @@
+"""Redis Broker: many nodes share publications, joins/leaves and history through Redis.
+
+Layout of one channel ``(tenant, name)``, with ``route = route_of(tenant, name)`` (every key carries the
+tenant and the prefix, and shares one hash slot in a cluster):
+
+- ``{prefix}:hist:{route}``  a stream; entry id ``<offset>-0`` (so ranges are by offset), fields
+  ``d`` (the msgpack'ed publication body) and ``x`` (Redis-clock expiry in ms); MAXLEN = history size,
+  the whole key expires history ttl after the last publish;
+- ``{prefix}:meta:{route}``  a hash: ``e`` epoch, ``s`` top offset; expires meta_ttl (default 90 days, as
+  broker_memory) after the last publish. When it is missing the stream is started over with a new epoch;
+- ``{prefix}:idem:{route}:<key>``  the result of a publish with that idempotency key, for IDEMPOTENCY_TTL;
+- ``{prefix}:ch:{route}``  the pub/sub channel (sharded pub/sub in a cluster). Every message is one type
+  byte and a payload: ``P<offset>:<body>`` a publication, ``J<info>`` a join, ``L<info>`` a leave; one channel
+  for all three, so a node sees them in the order Redis accepted them.
+
+One Lua script publishes atomically: idempotency check, epoch creation, offset increment, XADD + trim,
+expiries, PUBLISH/SPUBLISH with the offset and the idempotency record. The epoch for a new stream is a
+random token passed in by the caller, so the script stays deterministic.
+
+Failure policy: Redis unreachable -> ``BrokerUnavailable`` (never a false success). A publish whose script
+may have run but whose reply was lost is reported as unavailable too: the client may retry with its
+idempotency key. After a shard's pub/sub connection comes back, the handler's ``handle_resubscribed`` gets
+that shard's channels, because publications sent meanwhile were missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy
+from channels.broker_memory import DEFAULT_META_TTL
+from channels.errors import BrokerUnavailable, UnrecoverablePosition
+from channels.names import ChannelKey
+from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
+from channels.redis_shards import DOWN_ERRORS, RedisShards, Shard, route_of
+
+log = logging.getLogger(__name__)
+
+PUBLISH_LUA = """
+-- KEYS: stream, meta, idempotency
+-- ARGV: body, size, ttl_ms, meta_ttl_ms, new_epoch, channel, publish command, use_idem, idem_ttl_ms
+if ARGV[8] == '1' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {1, seen} end
+end
+local offset = 0
+local epoch = ''
+local size = tonumber(ARGV[2])
+if size > 0 then
+  epoch = redis.call('HGET', KEYS[2], 'e')
+  if not epoch then
+    -- a new stream (or its meta expired): whatever history is left belongs to no epoch any more
+    epoch = ARGV[5]
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
+  end
+  offset = redis.call('HINCRBY', KEYS[2], 's', 1)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local deadline = string.format('%d', now + tonumber(ARGV[3]))
+  redis.call('XADD', KEYS[1], 'MAXLEN', size, offset .. '-0', 'd', ARGV[1], 'x', deadline)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. ARGV[1])
+local result = offset .. ':' .. epoch
+if ARGV[8] == '1' then redis.call('SET', KEYS[3], result, 'PX', ARGV[9]) end
+return {0, result}
+"""
+
+HISTORY_LUA = """
+-- KEYS: stream, meta
+-- ARGV: new_epoch, meta_ttl_ms, since_offset ('' = none), since_epoch, limit, reverse ('1'/'0')
+local epoch = redis.call('HGET', KEYS[2], 'e')
+local top = 0
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+else
+  top = tonumber(redis.call('HGET', KEYS[2], 's'))
+end
+if ARGV[3] ~= '' and ARGV[4] ~= epoch then return {epoch, top, 0} end
+local limit = tonumber(ARGV[5])
+local out = {}
+if limit == 0 then return {epoch, top, out} end
+local entries
+if ARGV[6] == '1' then
+  local upper = '+'
+  if ARGV[3] ~= '' then
+    local since = tonumber(ARGV[3])
+    if since <= 1 then return {epoch, top, out} end
+    upper = string.format('%d', since - 1) .. '-0'
+  end
+  entries = redis.call('XREVRANGE', KEYS[1], upper, '-')
+else
+  local lower = '-'
+  if ARGV[3] ~= '' then lower = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0' end
+  entries = redis.call('XRANGE', KEYS[1], lower, '+')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, e in ipairs(entries) do
+  local f = e[2]
+  local d, x
+  for i = 1, #f, 2 do
+    if f[i] == 'd' then d = f[i + 1] elseif f[i] == 'x' then x = tonumber(f[i + 1]) end
+  end
+  if x > now then
+    out[#out + 1] = e[1]
+    out[#out + 1] = d
+    if limit > 0 and #out >= 2 * limit then break end
+  end
+end
+return {epoch, top, out}
+"""
+
+
+def _info_row(info: ClientInfo | None) -> list[Any] | None:
+    return None if info is None else [info.user, info.client, info.conn_info, info.chan_info]
+
+
+def _info_of(row: list[Any] | None) -> ClientInfo | None:
+    return None if row is None else ClientInfo(row[0], row[1], row[2], row[3])
+
+
+def encode_body(pub: Publication) -> bytes:
+    return msgpack.packb([pub.data, _info_row(pub.info), pub.tags, pub.time], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_body(body: bytes, offset: int) -> Publication:
+    data, info, tags, ms = msgpack.unpackb(body, raw=False)
+    return Publication(data=data, offset=offset, info=_info_of(info), tags=tags, time=ms)
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisBroker:
+    """Broker over Redis shards (standalone, consistent-hashed standalone servers, or a cluster).
+
+    ``node_id`` names this node in logs. ``publish`` returns once the script ran on Redis; delivery to
+    this node's own handler comes back through pub/sub like everyone else's, in Redis order.
+    """
+
+    def __init__(self, shards: RedisShards, *, node_id: str) -> None:
+        self.shards = shards
+        self.node_id = node_id
+        self._handler: BrokerEventHandler | None = None
+        self._subscribed: dict[ChannelKey, Shard] = {}
+        self._hooked: set[int] = set()
+        self._publish_scripts: dict[int, Any] = {}
+        self._history_scripts: dict[int, Any] = {}
+
+    def set_handler(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+
+    async def start(self) -> None:
+        for shard in self.shards.shards:
+            if shard.index not in self._hooked:
+                self._hooked.add(shard.index)
+                shard.on_reconnect(self._reconnected_callback(shard))
+        await self.shards.start()
+
+    async def close(self) -> None:
+        # the shards are shared (presence, control channel): their owner closes them
+        self._subscribed.clear()
+
+    def _reconnected_callback(self, shard: Shard) -> Callable[[], None]:
+        def reconnected() -> None:
+            keys = [k for k, s in self._subscribed.items() if s is shard]
+            handler = self._handler
+            if keys and handler is not None:
+                handler.handle_resubscribed(keys)
+
+        return reconnected
+
+    def _where(self, key: ChannelKey) -> tuple[str, Shard]:
+        route = route_of(key[0], key[1])
+        return route, self.shards.shard_for(route)
+
+    def _scripts(self, shard: Shard) -> tuple[Any, Any]:
+        pub = self._publish_scripts.get(shard.index)
+        if pub is None:
+            pub = self._publish_scripts[shard.index] = shard.redis.register_script(PUBLISH_LUA)
+            self._history_scripts[shard.index] = shard.redis.register_script(HISTORY_LUA)
+        return pub, self._history_scripts[shard.index]
+
+    # -- pub/sub -----------------------------------------------------------------------------------------
+
+    async def subscribe(self, key: ChannelKey) -> None:
+        route, shard = self._where(key)
+        try:
+            await shard.subscribe(self.shards.channel("ch", route), self._dispatcher(key))
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+        self._subscribed[key] = shard
+
+    async def unsubscribe(self, key: ChannelKey) -> None:
+        route, shard = self._where(key)
+        self._subscribed.pop(key, None)
+        await shard.unsubscribe(self.shards.channel("ch", route))
+
+    def _dispatcher(self, key: ChannelKey) -> Callable[[bytes], None]:
+        def dispatch(msg: bytes) -> None:
+            handler = self._handler
+            if handler is None:
+                return
+            kind = msg[0]
+            if kind == 0x50:  # P
+                colon = msg.index(b":", 1)
+                handler.handle_publication(key, decode_body(msg[colon + 1 :], int(msg[1:colon])))
+            elif kind == 0x4A:  # J
+                info = _info_of(msgpack.unpackb(msg[1:], raw=False))
+                assert info is not None
+                handler.handle_join(key, info)
+            elif kind == 0x4C:  # L
+                info = _info_of(msgpack.unpackb(msg[1:], raw=False))
+                assert info is not None
+                handler.handle_leave(key, info)
+
+        return dispatch
+
+    # -- publish -----------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        key: ChannelKey,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryPolicy | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        route, shard = self._where(key)
+        body = encode_body(Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000)))
+        channel = self.shards.channel("ch", route)
+        with_history = history is not None and history.size > 0 and history.ttl > 0
+        if not with_history and not idempotency_key:
+            try:
+                await shard.publish(channel, b"P0:" + body)
+            except DOWN_ERRORS as exc:
+                raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+            return PublishResult(StreamPosition())
+        script, _ = self._scripts(shard)
+        keys = [
+            self.shards.key("hist", route),
+            self.shards.key("meta", route),
+            f"{self.shards.key('idem', route)}:{idempotency_key or ''}",
+        ]
+        args = [
+            body,
+            history.size if history is not None and with_history else 0,
+            _ms(history.ttl) if history is not None and with_history else 0,
+            _ms(history.meta_ttl or DEFAULT_META_TTL) if history is not None else 0,
+            _new_epoch(),
+            channel,
+            "SPUBLISH" if self.shards.cluster else "PUBLISH",
+            "1" if idempotency_key else "0",
+            _ms(IDEMPOTENCY_TTL),
+        ]
+        try:
+            suppressed, result = await script(keys=keys, args=args)
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+        offset, _, epoch = result.partition(b":")
+        return PublishResult(StreamPosition(int(offset), epoch.decode()), suppressed=bool(suppressed))
+
+    async def _publish_event(self, key: ChannelKey, kind: bytes, info: ClientInfo) -> None:
+        route, shard = self._where(key)
+        payload = kind + msgpack.packb(_info_row(info), use_bin_type=True)
+        try:
+            await shard.publish(self.shards.channel("ch", route), payload)
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+
+    async def publish_join(self, key: ChannelKey, info: ClientInfo) -> None:
+        await self._publish_event(key, b"J", info)
+
+    async def publish_leave(self, key: ChannelKey, info: ClientInfo) -> None:
+        await self._publish_event(key, b"L", info)
+
+    # -- history -----------------------------------------------------------------------------------------
+
+    async def history(
+        self,
+        key: ChannelKey,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = -1,
+        reverse: bool = False,
+        meta_ttl: float = 0.0,
+    ) -> HistoryResult:
+        route, shard = self._where(key)
+        _, script = self._scripts(shard)
+        keys = [self.shards.key("hist", route), self.shards.key("meta", route)]
+        args = [
+            _new_epoch(),
+            _ms(meta_ttl or DEFAULT_META_TTL),
+            "" if since is None else since.offset,
+            "" if since is None else since.epoch,
+            max(limit, -1),
+            "1" if reverse else "0",
+        ]
+        try:
+            epoch_b, top, entries = await script(keys=keys, args=args)
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+        epoch = epoch_b.decode()
+        position = StreamPosition(int(top), epoch)
+        if since is not None and since.epoch != epoch:
+            raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's {epoch!r}")
+        pubs = [
+            decode_body(entries[i + 1], int(entries[i].partition(b"-")[0])) for i in range(0, len(entries), 2)
+        ]
+        return HistoryResult(pubs, position)
+
+    async def remove_history(self, key: ChannelKey) -> None:
+        """Drop the publications, keep the position (epoch and top offset), as broker_memory does."""
+        route, shard = self._where(key)
+        try:
+            await shard.redis.delete(self.shards.key("hist", route))
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
