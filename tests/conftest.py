@@ -291,3 +291,18 @@ def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
     ``.urls`` are its seed URLs. Tests must not stop its servers (use ``redis_server`` for that)."""
     _redis_cluster_session.flushall()
     return _redis_cluster_session
+
+
+# --- Many nodes (tests/nodes.py): a failed test's report carries the logs of the hub processes it used -----
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        from tests.nodes import node_logs_section
+
+        logs = node_logs_section(item)
+        if logs:
+            report.sections.append(("hub node logs", logs))
+    return report
