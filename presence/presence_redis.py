@@ -1,0 +1,271 @@
+"""Presence in Redis, shared by every node of one hub.
+
+Per channel, on the shard its route hashes to (one hash slot per channel in a cluster):
+
+- a hash ``<prefix>:presence:{route}``: client id -> msgpack ``user`` followed by msgpack
+  ``[conn_info, chan_info]`` (two objects: the stats script reads the first alone, with Redis's built-in
+  cmsgpack, which cannot decode the msgpack bin type the info bytes are packed as);
+- a sorted set ``<prefix>:presence_exp:{route}``: client id -> the time (seconds) at which the entry expires.
+
+Expiry policy: an entry lives ``ttl`` seconds after its last add; the owning node re-adds its live entries
+every ``presence_update_interval`` (``refresh``), so only a dead node's entries run out. Expired entries are
+dropped lazily, inside the scripts that read (``get``, ``stats``) and that write (``add``, ``refresh``), so
+a channel nobody reads does not pile up a dead node's entries either. Every add also sets both keys to expire
+``ttl`` after it, so the keys of an abandoned channel vanish without anyone touching them again.
+
+Clock: the expire-at times are Redis's own (``TIME`` inside the scripts), never a node's. Every entry of a
+channel lives on one Redis server, so they are all measured on one clock: nodes whose clocks differ cannot
+expire each other's entries early, and the keys' own EXPIRE runs on that same clock.
+
+``num_users`` is counted inside the stats script from the hash (the user is the value's first msgpack
+object), not kept in a per-user counter: stats are rare (server API, admin
+console) while adds and removes are on every subscribe and unsubscribe, so the counting cost goes where it
+is rare, and a count read from the very hash it counts can never drift from it (a counter would have to be
+corrected by every expiry, with the user of each expired entry read back anyway).
+
+Error tree (what callers see)::
+
+    presence.presence.PresenceError
+     +-- PresenceUnavailable    the channel's Redis cannot be reached now (any of DOWN_ERRORS)
+
+A script error (a bug) propagates as ``redis.exceptions.ResponseError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import redis.exceptions as rexc
+
+from channels.names import ChannelKey
+from channels.publication import ClientInfo
+from channels.redis_shards import DOWN_ERRORS, RedisShards, Shard, route_of
+from presence.presence import PresenceStats, PresenceUnavailable
+
+_CLEAN = """
+local function now()
+  local t = redis.call('time')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function clean(hkey, zkey, t)
+  local expired = redis.call('zrangebyscore', zkey, '-inf', t)
+  if #expired > 0 then
+    for i = 1, #expired, 1000 do
+      redis.call('hdel', hkey, unpack(expired, i, math.min(i + 999, #expired)))
+    end
+    redis.call('zremrangebyscore', zkey, '-inf', t)
+  end
+end
+"""
+
+_ADD = (
+    _CLEAN
+    + """
+-- KEYS: hash, zset. ARGV: ttl seconds, ttl milliseconds, then client id, info pairs.
+local t = now()
+clean(KEYS[1], KEYS[2], t)
+local expire_at = t + tonumber(ARGV[1])
+for i = 3, #ARGV, 2 do
+  redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('zadd', KEYS[2], expire_at, ARGV[i])
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+redis.call('pexpire', KEYS[2], ARGV[2])
+return 1
+"""
+)
+
+_REMOVE = """
+-- KEYS: hash, zset. ARGV: client id. An emptied hash/zset is deleted by Redis itself.
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+return 1
+"""
+
+_GET = (
+    _CLEAN
+    + """
+-- KEYS: hash, zset. Returns the live entries as a flat client id, info list.
+clean(KEYS[1], KEYS[2], now())
+return redis.call('hgetall', KEYS[1])
+"""
+)
+
+_STATS = (
+    _CLEAN
+    + """
+-- KEYS: hash, zset. Returns {number of clients, number of distinct users}.
+clean(KEYS[1], KEYS[2], now())
+local users, n = {}, 0
+for _, v in ipairs(redis.call('hvals', KEYS[1])) do
+  local _, user = cmsgpack.unpack_one(v)
+  if users[user] == nil then
+    users[user] = true
+    n = n + 1
+  end
+end
+return {redis.call('hlen', KEYS[1]), n}
+"""
+)
+
+REFRESH_BATCH = 1000
+"""At most this many entries per script call, so one huge channel does not hold Redis in one long script."""
+
+
+class _Script:
+    """A Lua script run with EVALSHA, falling back to EVAL (which caches it) after a Redis restart."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, shard: Shard, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        r: Any = shard.redis
+        try:
+            return await r.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            return await r.execute_command("EVAL", self.text, len(keys), *keys, *args)
+
+
+_add = _Script(_ADD)
+_remove = _Script(_REMOVE)
+_get = _Script(_GET)
+_stats = _Script(_STATS)
+
+
+def _pack(info: ClientInfo) -> bytes:
+    user: bytes = msgpack.packb(info.user)
+    rest: bytes = msgpack.packb([info.conn_info, info.chan_info], use_bin_type=True)
+    return user + rest
+
+
+def _unpack(client: bytes, raw: bytes) -> ClientInfo:
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    user = unpacker.unpack()
+    conn_info, chan_info = unpacker.unpack()
+    return ClientInfo(user, client.decode(), conn_info, chan_info)
+
+
+class RedisPresence:
+    """The PresenceManager over ``shards``; entries expire ``ttl`` seconds after their last add/refresh.
+
+    ``shards`` is shared with the rest of the hub and owned by whoever built it: ``close()`` leaves it open.
+    Every method raises PresenceUnavailable when the channel's Redis cannot be reached; nothing is retried
+    (an add whose reply was lost may or may not have happened; the next refresh settles it).
+    """
+
+    def __init__(self, shards: RedisShards, *, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError("presence ttl must be positive")
+        self.shards = shards
+        self.ttl = ttl
+        self._ttl_ms = max(1, math.ceil(ttl * 1000))
+        self._removed_during_refresh: dict[int, set[tuple[ChannelKey, str]]] = {}
+        """One set per refresh in flight: the entries removed meanwhile (see refresh)."""
+        self._refresh_ids = itertools.count()
+
+    def _where(self, key: ChannelKey) -> tuple[Shard, list[str]]:
+        route = route_of(*key)
+        return self.shards.shard_for(route), [
+            self.shards.key("presence", route),
+            self.shards.key("presence_exp", route),
+        ]
+
+    async def _run(self, script: _Script, key: ChannelKey, args: Sequence[Any]) -> Any:
+        shard, keys = self._where(key)
+        try:
+            return await script(shard, keys, args)
+        except DOWN_ERRORS as exc:
+            raise PresenceUnavailable(f"presence of {key!r}: redis {shard.name}: {exc}") from exc
+
+    async def add(self, key: ChannelKey, info: ClientInfo) -> None:
+        await self._run(_add, key, [self.ttl, self._ttl_ms, info.client, _pack(info)])
+
+    async def remove(self, key: ChannelKey, client_id: str) -> None:
+        for removed in self._removed_during_refresh.values():
+            removed.add((key, client_id))
+        await self._run(_remove, key, [client_id])
+
+    async def get(self, key: ChannelKey) -> dict[str, ClientInfo]:
+        flat: list[bytes] = await self._run(_get, key, [])
+        return {c.decode(): _unpack(c, v) for c, v in zip(flat[::2], flat[1::2], strict=True)}
+
+    async def stats(self, key: ChannelKey) -> PresenceStats:
+        clients, users = await self._run(_stats, key, [])
+        return PresenceStats(int(clients), int(users))
+
+    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        """Re-add every entry: one pipeline (one round trip) per shard, one script call per channel.
+
+        Every shard is attempted; if any could not be reached, PresenceUnavailable is raised afterwards
+        (the reachable shards were refreshed).
+
+        A refresh can race a removal of this node: the caller snapshots its entries, a client leaves and is
+        removed, then the refresh's re-add lands and brings the entry back for a whole ttl. So an entry of
+        this batch removed (through this instance) while the refresh was in flight is removed once more
+        after it: a removal always wins over a concurrent refresh.
+        """
+        removed: set[tuple[ChannelKey, str]] = set()
+        token = next(self._refresh_ids)
+        self._removed_during_refresh[token] = removed
+        try:
+            await self._refresh(entries)
+        finally:
+            del self._removed_during_refresh[token]
+        for key, client_id in removed & {(key, info.client) for key, info in entries}:
+            await self.remove(key, client_id)
+
+    async def _refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        by_shard: dict[int, tuple[Shard, dict[ChannelKey, list[ClientInfo]]]] = {}
+        for key, info in entries:
+            shard, _ = self._where(key)
+            by_shard.setdefault(shard.index, (shard, {}))[1].setdefault(key, []).append(info)
+        results = await asyncio.gather(
+            *(self._refresh_shard(shard, channels) for shard, channels in by_shard.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _refresh_shard(self, shard: Shard, channels: dict[ChannelKey, list[ClientInfo]]) -> None:
+        calls: list[tuple[list[str], list[Any]]] = []
+        for key, infos in channels.items():
+            _, keys = self._where(key)
+            for start in range(0, len(infos), REFRESH_BATCH):
+                args: list[Any] = [self.ttl, self._ttl_ms]
+                for info in infos[start : start + REFRESH_BATCH]:
+                    args += (info.client, _pack(info))
+                calls.append((keys, args))
+        try:
+            results = await self._pipeline(shard, [("EVALSHA", _add.sha, k, a) for k, a in calls])
+            # NOSCRIPT only after Redis lost its script cache (a restart): resend those with the text
+            missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, rexc.NoScriptError)]
+            if missing:
+                results = await self._pipeline(shard, [("EVAL", _add.text, k, a) for k, a in missing])
+        except DOWN_ERRORS as exc:
+            raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {exc}") from exc
+        for result in results:
+            if isinstance(result, DOWN_ERRORS):
+                raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {result}") from result
+            if isinstance(result, Exception) and not isinstance(result, rexc.NoScriptError):
+                raise result
+
+    @staticmethod
+    async def _pipeline(shard: Shard, commands: list[tuple[str, str, list[str], list[Any]]]) -> list[Any]:
+        r: Any = shard.redis
+        pipe = r.pipeline(transaction=False) if not shard.cluster else r.pipeline()
+        for command, script, keys, args in commands:
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def close(self) -> None:
+        """Nothing to release: the shards belong to whoever built them."""

@@ -1,0 +1,332 @@
+"""Presence in Redis over real redis-server processes: one server, two sharded servers, a 3-master cluster.
+
+"Two nodes" are two RedisPresence instances, each over its own RedisShards (its own connections), as two
+hub processes would be. Expiry is waited for on a condition with a deadline, never slept for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+
+from channels.names import ChannelKey
+from channels.publication import ClientInfo
+from channels.redis_shards import RedisShards, route_of
+from presence.presence import PresenceStats, PresenceUnavailable
+from presence.presence_redis import RedisPresence
+from tests.conftest import TIMEOUT
+from tests.presence.cases import CASES, ROOM, ROOM_B, Case, Op, check_against_model, ops_strategy
+from tests.redis_servers import RedisCluster, RedisServer
+
+LONG_TTL = 60.0
+"""Nothing expires during a test that is not about expiry."""
+
+
+@dataclass
+class Deployment:
+    urls: list[str]
+    cluster: bool
+    flush: Callable[[], None]
+
+
+@pytest.fixture(params=["standalone", "sharded", "cluster"])
+def deployment(request: Any) -> Deployment:
+    """The three shapes: one server (redis_server), two on the hash ring (redis_two), a cluster."""
+    if request.param == "standalone":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return Deployment([server.url], False, lambda: _flush([server]))
+    if request.param == "sharded":
+        two: list[RedisServer] = request.getfixturevalue("redis_two")
+        return Deployment([s.url for s in two], False, lambda: _flush(two))
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return Deployment(cluster.urls, True, cluster.flushall)
+
+
+def _flush(servers: Sequence[RedisServer]) -> None:
+    for s in servers:
+        assert s.command("FLUSHALL").startswith(b"+OK")
+
+
+NodeFactory = Callable[..., Awaitable[RedisPresence]]
+
+
+@pytest.fixture
+async def make_node() -> AsyncIterator[NodeFactory]:
+    """``await make_node(urls, cluster=..., ttl=...)``: a RedisPresence over its own, started RedisShards."""
+    opened: list[RedisShards] = []
+
+    async def make(urls: Sequence[str], *, cluster: bool = False, ttl: float = LONG_TTL) -> RedisPresence:
+        shards = RedisShards(urls, cluster=cluster, connect_timeout=2.0)
+        opened.append(shards)
+        await shards.start()
+        return RedisPresence(shards, ttl=ttl)
+
+    yield make
+    for shards in opened:
+        await shards.close()
+
+
+async def two_nodes(make_node: NodeFactory, d: Deployment, ttl: float = LONG_TTL) -> list[RedisPresence]:
+    return [await make_node(d.urls, cluster=d.cluster, ttl=ttl) for _ in range(2)]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` is true (polled: expiry is Redis's clock, there is no event to wait on)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {TIMEOUT} s: {what}"
+        await asyncio.sleep(0.05)  # polling interval, not a wait for the effect
+
+
+# -- the shared behaviour, on every deployment, written by one node and read by the other -----------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+async def test_shared_behaviour(case: Case, deployment: Deployment, make_node: NodeFactory) -> None:
+    writer, reader = await two_nodes(make_node, deployment)
+    await case(writer, reader)
+
+
+@settings(
+    derandomize=True,
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=ops_strategy)
+async def test_matches_a_model(ops: list[Op], deployment: Deployment, make_node: NodeFactory) -> None:
+    """Random add/remove/refresh from two nodes, read through both: always exactly the model."""
+    deployment.flush()
+    nodes = await two_nodes(make_node, deployment)
+    await check_against_model(nodes, ops)
+
+
+# -- across nodes ------------------------------------------------------------------------------------------
+
+
+async def test_stats_exact_across_nodes(redis_server: RedisServer, make_node: NodeFactory) -> None:
+    a, b = await two_nodes(make_node, Deployment([redis_server.url], False, lambda: None))
+    await a.add(ROOM, ClientInfo("alice", "a1"))
+    await a.add(ROOM, ClientInfo("alice", "a2"))
+    await b.add(ROOM, ClientInfo("alice", "b1"))
+    await b.add(ROOM, ClientInfo("bob", "b2"))
+    await b.add(ROOM, ClientInfo("bob", "b3"))
+    await a.add(ROOM, ClientInfo("carol", "a3"))
+    for node in (a, b):
+        assert await node.stats(ROOM) == PresenceStats(num_clients=6, num_users=3)
+        assert set(await node.get(ROOM)) == {"a1", "a2", "a3", "b1", "b2", "b3"}
+    await a.remove(ROOM, "a3")
+    await b.remove(ROOM, "b1")
+    for node in (a, b):
+        assert await node.stats(ROOM) == PresenceStats(num_clients=4, num_users=2)
+
+
+# -- expiry ------------------------------------------------------------------------------------------------
+
+
+async def test_unrefreshed_entry_expires_refreshed_one_stays(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    p = await make_node([redis_server.url], ttl=1.0)
+    kept, dropped = ClientInfo("alice", "kept"), ClientInfo("bob", "dropped")
+    # "kept" is added first: had refresh done nothing, it would expire no later than "dropped"
+    await p.add(ROOM, kept)
+    await p.add(ROOM, dropped)
+
+    async def refresh_forever() -> None:
+        while True:
+            await p.refresh([(ROOM, kept)])
+            await asyncio.sleep(0.1)  # the node's refresh interval, well under the ttl
+
+    refresher = asyncio.create_task(refresh_forever())
+    try:
+
+        async def dropped_gone() -> bool:
+            return "dropped" not in await p.get(ROOM)
+
+        await eventually(dropped_gone, "the unrefreshed entry expires")
+        assert await p.get(ROOM) == {"kept": kept}
+        assert await p.stats(ROOM) == PresenceStats(1, 1)
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+
+async def test_dead_nodes_entries_expire_for_the_living(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    """Node A adds and then never refreshes (it died); node B, with its own long ttl, stops seeing them."""
+    dead = await make_node([redis_server.url], ttl=1.0)
+    alive = await make_node([redis_server.url], ttl=LONG_TTL)
+    await dead.add(ROOM, ClientInfo("alice", "a1"))
+    await dead.add(ROOM, ClientInfo("bob", "a2"))
+    await alive.add(ROOM, ClientInfo("alice", "b1"))
+    assert await alive.stats(ROOM) == PresenceStats(3, 2)
+
+    async def only_the_living() -> bool:
+        return await alive.stats(ROOM) == PresenceStats(1, 1)
+
+    await eventually(only_the_living, "the dead node's entries expire")
+    assert list(await alive.get(ROOM)) == ["b1"]
+    route = route_of(*ROOM)
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:  # the expired entries left both structures, not only what get() shows
+        assert await r.hlen(alive.shards.key("presence", route)) == 1
+        assert await r.zcard(alive.shards.key("presence_exp", route)) == 1
+    finally:
+        await r.aclose()
+
+
+async def test_abandoned_channel_keys_vanish(redis_server: RedisServer, make_node: NodeFactory) -> None:
+    """Nobody reads the channel again: its keys expire by themselves (no lazy cleanup involved)."""
+    p = await make_node([redis_server.url], ttl=1.0)
+    await p.add(ROOM, ClientInfo("alice", "c1"))
+    route = route_of(*ROOM)
+    keys = [p.shards.key("presence", route), p.shards.key("presence_exp", route)]
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await r.exists(*keys) == 2
+        assert 0 < await r.pttl(keys[0]) <= 1000
+
+        async def gone() -> bool:
+            return await r.exists(*keys) == 0
+
+        await eventually(gone, "the abandoned channel's keys expire")
+    finally:
+        await r.aclose()
+
+
+# -- refresh -----------------------------------------------------------------------------------------------
+
+
+async def test_refresh_re_adds_and_replaces(redis_server: RedisServer, make_node: NodeFactory) -> None:
+    p = await make_node([redis_server.url])
+    await p.add(ROOM, ClientInfo("alice", "c1"))
+    many = [(ROOM_B, ClientInfo(f"user{i % 7}", f"m{i}")) for i in range(2500)]  # > one script batch
+    await p.refresh([(ROOM, ClientInfo("alice", "c1", None, b"new")), (ROOM, ClientInfo("bob", "c2")), *many])
+    assert await p.get(ROOM) == {"c1": ClientInfo("alice", "c1", None, b"new"), "c2": ClientInfo("bob", "c2")}
+    assert await p.stats(ROOM_B) == PresenceStats(2500, 7)
+
+
+async def test_refresh_after_redis_lost_its_scripts(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    """NOSCRIPT in the refresh pipeline (Redis restarted or SCRIPT FLUSH): the scripts are sent again."""
+    p = await make_node([redis_server.url])
+    await p.add(ROOM, ClientInfo("alice", "c1"))
+    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+    await p.refresh([(ROOM, ClientInfo("alice", "c1", b"v2")), (ROOM_B, ClientInfo("bob", "c2"))])
+    assert await p.get(ROOM) == {"c1": ClientInfo("alice", "c1", b"v2")}
+    assert list(await p.get(ROOM_B)) == ["c2"]
+    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+    await p.add(ROOM, ClientInfo("alice", "c3"))  # the single-call path too
+    assert set(await p.get(ROOM)) == {"c1", "c3"}
+
+
+async def test_removal_during_refresh_wins(redis_server: RedisServer, make_node: NodeFactory) -> None:
+    """The node snapshots its entries, a client leaves while the refresh is in flight: it stays removed."""
+    p = await make_node([redis_server.url])
+    c1, c2 = ClientInfo("alice", "c1"), ClientInfo("bob", "c2")
+    await p.add(ROOM, c1)
+    await p.add(ROOM, c2)
+    started, proceed = asyncio.Event(), asyncio.Event()
+    real_refresh = p._refresh  # noqa: SLF001 - hold the refresh's Redis calls until the removal is done
+
+    async def held(entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        started.set()
+        await proceed.wait()
+        await real_refresh(entries)
+
+    p._refresh = held  # type: ignore[method-assign]  # noqa: SLF001
+    refresh = asyncio.create_task(p.refresh([(ROOM, c1), (ROOM, c2)]))
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+        await p.remove(ROOM, "c1")
+        proceed.set()
+        await refresh
+    assert await p.get(ROOM) == {"c2": c2}
+
+
+# -- placement ---------------------------------------------------------------------------------------------
+
+
+async def test_sharded_keys_land_on_the_ring_shard(
+    redis_two: list[RedisServer], make_node: NodeFactory
+) -> None:
+    p = await make_node([s.url for s in redis_two])
+    keys: list[ChannelKey] = [("", f"room{i}") for i in range(40)]
+    for key in keys:
+        await p.add(key, ClientInfo("alice", "c1"))
+    clients = [aioredis.Redis.from_url(s.url) for s in redis_two]
+    try:
+        per_shard = [0, 0]
+        for key in keys:
+            route = route_of(*key)
+            home = p.shards.shard_for(route).index
+            per_shard[home] += 1
+            for i, r in enumerate(clients):
+                want = 2 if i == home else 0
+                assert (
+                    await r.exists(p.shards.key("presence", route), p.shards.key("presence_exp", route))
+                    == want
+                )
+        assert min(per_shard) > 0, per_shard  # the ring spreads 40 channels over both servers
+    finally:
+        for r in clients:
+            await r.aclose()
+
+
+async def test_cluster_keys_of_a_channel_share_a_slot(
+    redis_cluster: RedisCluster, make_node: NodeFactory
+) -> None:
+    p = await make_node(redis_cluster.urls, cluster=True)
+    key: ChannelKey = ("x}", "{a}b")
+    await p.add(key, ClientInfo("alice", "c1"))
+    route = route_of(*key)
+    slots = {
+        redis_cluster.servers[0].command("CLUSTER", "KEYSLOT", p.shards.key(kind, route))
+        for kind in ("presence", "presence_exp")
+    }
+    assert len(slots) == 1, slots
+    assert list(await p.get(key)) == ["c1"]
+
+
+# -- Redis down --------------------------------------------------------------------------------------------
+
+
+async def test_redis_down_raises_unavailable_then_recovers(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    p = await make_node([redis_server.url])
+    await p.add(ROOM, ClientInfo("alice", "c1"))
+    redis_server.stop()
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: p.add(ROOM, ClientInfo("bob", "c2")),
+        lambda: p.remove(ROOM, "c1"),
+        lambda: p.get(ROOM),
+        lambda: p.stats(ROOM),
+        lambda: p.refresh([(ROOM, ClientInfo("alice", "c1"))]),
+    ]
+    for call in calls:
+        with pytest.raises(PresenceUnavailable):
+            await call()
+    redis_server.start()  # empty: Redis lost its data and its script cache
+
+    async def works_again() -> bool:
+        with contextlib.suppress(PresenceUnavailable):
+            await p.add(ROOM, ClientInfo("bob", "c2"))
+            return True
+        return False
+
+    await eventually(works_again, "presence works once Redis is back")
+    await p.refresh([(ROOM, ClientInfo("alice", "c1"))])
+    assert set(await p.get(ROOM)) == {"c1", "c2"}
