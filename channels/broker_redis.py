@@ -38,11 +38,11 @@ from channels.broker_memory import DEFAULT_META_TTL
 from channels.errors import BrokerUnavailable, UnrecoverablePosition
 from channels.names import ChannelKey
 from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
-from channels.redis_shards import DOWN_ERRORS, RedisShards, Shard, route_of
+from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, route_of
 
 log = logging.getLogger(__name__)
 
-PUBLISH_LUA = """
+PUBLISH_SCRIPT = Script("""
 -- KEYS: stream, meta, idempotency
 -- ARGV: body, size, ttl_ms, meta_ttl_ms, new_epoch, channel, publish command, use_idem, idem_ttl_ms
 if ARGV[8] == '1' then
@@ -72,9 +72,9 @@ redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. ARGV[1])
 local result = offset .. ':' .. epoch
 if ARGV[8] == '1' then redis.call('SET', KEYS[3], result, 'PX', ARGV[9]) end
 return {0, result}
-"""
+""")
 
-HISTORY_LUA = """
+HISTORY_SCRIPT = Script("""
 -- KEYS: stream, meta
 -- ARGV: new_epoch, meta_ttl_ms, since_offset ('' = none), since_epoch, limit, reverse ('1'/'0')
 local epoch = redis.call('HGET', KEYS[2], 'e')
@@ -120,7 +120,7 @@ for _, e in ipairs(entries) do
   end
 end
 return {epoch, top, out}
-"""
+""")
 
 
 def _info_row(info: ClientInfo | None) -> list[Any] | None:
@@ -161,8 +161,6 @@ class RedisBroker:
         self._handler: BrokerEventHandler | None = None
         self._subscribed: dict[ChannelKey, Shard] = {}
         self._hooked: set[int] = set()
-        self._publish_scripts: dict[int, Any] = {}
-        self._history_scripts: dict[int, Any] = {}
 
     def set_handler(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -190,13 +188,6 @@ class RedisBroker:
     def _where(self, key: ChannelKey) -> tuple[str, Shard]:
         route = route_of(key[0], key[1])
         return route, self.shards.shard_for(route)
-
-    def _scripts(self, shard: Shard) -> tuple[Any, Any]:
-        pub = self._publish_scripts.get(shard.index)
-        if pub is None:
-            pub = self._publish_scripts[shard.index] = shard.redis.register_script(PUBLISH_LUA)
-            self._history_scripts[shard.index] = shard.redis.register_script(HISTORY_LUA)
-        return pub, self._history_scripts[shard.index]
 
     # -- pub/sub -----------------------------------------------------------------------------------------
 
@@ -255,7 +246,6 @@ class RedisBroker:
             except DOWN_ERRORS as exc:
                 raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
             return PublishResult(StreamPosition())
-        script, _ = self._scripts(shard)
         keys = [
             self.shards.key("hist", route),
             self.shards.key("meta", route),
@@ -273,7 +263,7 @@ class RedisBroker:
             _ms(IDEMPOTENCY_TTL),
         ]
         try:
-            suppressed, result = await script(keys=keys, args=args)
+            suppressed, result = await shard.eval(PUBLISH_SCRIPT, keys, args)
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
         offset, _, epoch = result.partition(b":")
@@ -305,7 +295,6 @@ class RedisBroker:
         meta_ttl: float = 0.0,
     ) -> HistoryResult:
         route, shard = self._where(key)
-        _, script = self._scripts(shard)
         keys = [self.shards.key("hist", route), self.shards.key("meta", route)]
         args = [
             _new_epoch(),
@@ -316,7 +305,7 @@ class RedisBroker:
             "1" if reverse else "0",
         ]
         try:
-            epoch_b, top, entries = await script(keys=keys, args=args)
+            epoch_b, top, entries = await shard.eval(HISTORY_SCRIPT, keys, args)
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
         epoch = epoch_b.decode()
@@ -332,6 +321,6 @@ class RedisBroker:
         """Drop the publications, keep the position (epoch and top offset), as broker_memory does."""
         route, shard = self._where(key)
         try:
-            await shard.redis.delete(self.shards.key("hist", route))
+            await shard.execute("DEL", self.shards.key("hist", route))
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc

@@ -141,7 +141,9 @@ class RedisServer:
                 self.proc = None
                 raise RuntimeError(f"redis-server on {self.port} exited: {err} {log}")
             with contextlib.suppress(OSError):
-                if _command(self.port, "PING").startswith(b"+PONG"):
+                if _command(self.port, "PING").startswith(
+                    (b"+PONG", b"-NOAUTH")
+                ):  # alive, maybe with a password
                     return
             if time.monotonic() > deadline:
                 self.kill()

@@ -269,3 +269,58 @@ async def test_sharded_standalone_routes_to_the_ring_shard(
     assert seen[0] and seen[1]
     for i, server in enumerate(redis_two):
         assert server.command("DBSIZE") == b":%d\r\n" % seen[i]
+
+
+async def test_a_server_that_stops_answering_is_unavailable_then_recovers(
+    redis_server: RedisServer, make_shards: Any
+) -> None:
+    """SIGSTOP: the socket stays open but nothing answers (a hung Redis, or a reply lost on the way): the
+    command fails with ShardUnavailable after connect_timeout instead of hanging, and works again later."""
+    import os
+    import signal
+
+    shards = await make_shards([redis_server.url], connect_timeout=0.5)
+    shard = shards.shards[0]
+    assert await shard.execute("SET", "k", "v") == b"OK"
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ShardUnavailable):
+            await shard.execute("GET", "k")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    assert await shard.execute("GET", "k") == b"v"
+
+
+async def test_password_and_db_from_the_url(make_shards: Any) -> None:
+    server = RedisServer(extra_args=["--requirepass", "s3cret"])
+    try:
+        server.start()
+        shards = await make_shards([f"redis://:s3cret@127.0.0.1:{server.port}/3"])
+        shard = shards.shards[0]
+        assert shard.connected and "s3cret" not in shard.name
+        await shard.execute("SET", "k", "v")
+        assert await shard.redis.get("k") == b"v"  # the same db 3 through redis-py
+        assert await shard.execute("DBSIZE") == 1
+        assert b" db=3 " in await shard.execute("CLIENT", "INFO")
+        inbox = Inbox()
+        await shard.subscribe("c", inbox)
+        await shard.publish("c", b"m")
+        assert await inbox.wait(1) == [b"m"]
+        wrong = await make_shards([f"redis://:wrong@127.0.0.1:{server.port}/3"], connect_timeout=1.0)
+        with pytest.raises(ShardUnavailable):
+            await wrong.shards[0].execute("GET", "k")
+        assert server.command("AUTH", "s3cret").startswith(b"+OK")
+    finally:
+        server.cleanup()
+
+
+async def test_script_is_loaded_on_first_use(redis_server: RedisServer, make_shards: Any) -> None:
+    from channels.redis_shards import Script
+
+    shards = await make_shards([redis_server.url])
+    shard = shards.shards[0]
+    script = Script("return {KEYS[1], ARGV[1]}")
+    assert await shard.eval(script, ["k"], ["a"]) == [b"k", b"a"]
+    redis_server.command("SCRIPT", "FLUSH")
+    assert await shard.eval(script, ["k"], [b"b"]) == [b"k", b"b"]
