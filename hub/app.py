@@ -21,12 +21,13 @@ from starlette.routing import Route
 from channels.broker import Broker
 from channels.broker_memory import MemoryBroker
 from channels.publication import PublishResult
+from channels.redis_shards import RedisShards
 from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
 from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
-from hub.node import Node
+from hub.node import Node, new_node_id
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
 from presence.presence import PresenceManager
@@ -60,11 +61,23 @@ class Switchboard:
         # No config: SWITCHBOARD_* settings over closed defaults, never development mode.
         self.config = config if config is not None else load_config()
         self.hooks = hooks if hooks is not None else Hooks()
+        node_id = new_node_id(self.config)
+        self.redis = _redis_shards(self.config)
+        """The Redis deployment the nodes share (None: one process, the embedded backends)."""
+        if self.redis is not None:
+            from channels.broker_redis import RedisBroker
+            from presence.presence_redis import RedisPresence
+
+            broker = broker if broker is not None else RedisBroker(self.redis, node_id=node_id)
+            presence = (
+                presence if presence is not None else RedisPresence(self.redis, ttl=self.config.presence_ttl)
+            )
         self.node = Node(
             self.config,
             broker if broker is not None else MemoryBroker(),
             presence if presence is not None else MemoryPresence(),
             self.hooks,
+            node_id=node_id,
         )
         self._start_lock = asyncio.Lock()
         # Documents: the embedded SQLite store under data_dir (opened on first use).
@@ -118,6 +131,8 @@ class Switchboard:
     # lifecycle
     async def start(self) -> None:
         async with self._start_lock:
+            if self.redis is not None and not self.node.started:
+                await self.redis.start()
             await self.node.start()
             if self.config.metrics_port and self.metrics_server is None:
                 self.metrics_server = MetricsServer(
@@ -133,6 +148,8 @@ class Switchboard:
     async def stop(self) -> None:
         await self.node.stop()
         await self.documents.close()
+        if self.redis is not None:
+            await self.redis.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
@@ -202,6 +219,17 @@ class Switchboard:
         if self.node.started and not self.node.stopping:
             return JSONResponse({"status": "ready", "node": self.node.id})
         return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+def _redis_shards(config: Config) -> RedisShards | None:
+    if not config.redis_urls:
+        return None
+    return RedisShards(
+        config.redis_urls,
+        cluster=config.redis_cluster,
+        prefix=config.redis_prefix,
+        connect_timeout=config.redis_connect_timeout,
+    )
 
 
 def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from channels.errors import InvalidChannel, UnknownNamespace, UnrecoverablePosition
+from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace, UnrecoverablePosition
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
@@ -38,6 +38,7 @@ from hub.logs import bind_session, unbind_session
 from hub.recovery import Recovery, after_position, recover
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
 from hub.writer import EventWriter, Transport, Writer
+from presence.presence import PresenceUnavailable
 
 if TYPE_CHECKING:
     from hub.node import Node
@@ -352,6 +353,13 @@ class Client:
         except Disconnect as exc:
             self.node.metrics.command_error(method, exc.code)
             raise
+        except (BrokerUnavailable, PresenceUnavailable) as exc:
+            # Redis is away: the command fails, temporarily (the SDKs retry), and nothing claims success.
+            log.warning("%s failed: %s", method, exc or type(exc).__name__, extra=self._log_extra())
+            self.node.metrics.command_error(method, 100)
+            if cmd_id:
+                self.writer.push(self.codec.encode_error(cmd_id, 100, "internal server error", True))
+            return
         except Exception:
             log.exception("%s crashed", method, extra=self._log_extra())
             self.node.metrics.command_error(method, 100)

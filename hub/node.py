@@ -40,8 +40,21 @@ TICK = 1.0
 """Seconds between two passes of the session clock."""
 
 
+def new_node_id(config: Config) -> str:
+    """``node_name``, or the host name and a random suffix: unique among the nodes sharing a Redis."""
+    return config.node_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 class Node:
-    def __init__(self, config: Config, broker: Broker, presence: PresenceManager, hooks: Hooks) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        presence: PresenceManager,
+        hooks: Hooks,
+        *,
+        node_id: str | None = None,
+    ) -> None:
         self.config = config
         self.namespaces = config.namespace_table()
         self.broker = broker
@@ -54,7 +67,7 @@ class Node:
             audience=config.token_audience,
             issuer=config.token_issuer,
         )
-        self.id = config.node_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.id = node_id or new_node_id(config)
         self.version = VERSION
         self.registry = Registry(len(CODECS))
         self.streams: dict[str, Client] = {}
