@@ -5,7 +5,9 @@ Starts its own redis-server on a free loopback port (tests/redis_servers.py; nev
 1. round trip: sequential ``await broker.publish(...)``, one at a time, with history (the Lua script) and
    without (plain PUBLISH); p50/p99 in microseconds and publishes/s;
 2. concurrent publish throughput: ``--window`` publishes in flight at once (one node);
-3. delivery: a child *process* pipelines pre-encoded publications into the channel (the broker's wire format)
+3. dispatch floor: 20,000 messages as Redis sends them, fed from memory straight into the pub/sub protocol
+   (hiredis parse + decode + handler, no socket): the CPU per message that the node cannot avoid;
+4. delivery: a child *process* pipelines pre-encoded publications into the channel (the broker's wire format)
    while this process's RedisBroker is subscribed; CPU microseconds of this process per delivered message
    (read from the socket, parsed by hiredis, decoded, handed to a handler that only counts), and msgs/s.
 
@@ -21,6 +23,8 @@ import os
 import statistics
 import sys
 import time
+
+import hiredis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -114,9 +118,23 @@ async def main() -> None:
         )
 
         await broker.subscribe(KEY)
+        channel = shards.channel("ch", route_of(*KEY))
+        conn = next(iter(shards.shards[0]._conns.values()))
+        body = encode_body(Publication(data=data, info=ClientInfo("u", "c"), time=int(time.time() * 1000)))
+        wire = b"".join(
+            hiredis.pack_command((b"message", channel, b"P%d:" % (i + 1) + body)) for i in range(20000)
+        )
+        counter.n, counter.target = 0, 20000
+        c0 = time.process_time()
+        for i in range(0, len(wire), 262144):  # what one read of asyncio's selector transport hands over
+            conn.data_received(wire[i : i + 262144])
+        cpu = time.process_time() - c0
+        assert counter.n == 20000, counter.n
+        per = cpu / 20000 * 1e6
+        print(f"dispatch    20000 msgs from memory (no socket)         subscriber CPU {per:6.2f} us/msg")
+
         counter.n, counter.target = 0, args.n
         counter.done.clear()
-        channel = shards.channel("ch", route_of(*KEY))
         proc = multiprocessing.get_context("spawn").Process(
             target=_publisher, args=(server.url, channel, args.n, args.size)
         )
