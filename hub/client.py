@@ -19,6 +19,7 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -766,7 +767,8 @@ class Client:
             notice = {"channel": name, "epoch": prep.result["epoch"]}
             self.events.push_event(b"unrecovered", orjson.dumps(notice))
         if sub.options.join_leave:
-            await self.node.broker.publish_join(sub.key, sub.info)
+            # after the reply: a join that cannot be announced does not undo the subscription
+            await self._best_effort(self.node.broker.publish_join(sub.key, sub.info), "join")
 
     async def _cmd_unsubscribe(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         name = _str(p, "channel")
@@ -791,12 +793,20 @@ class Client:
         return True
 
     async def _after_detach(self, sub: Subscription) -> None:
+        """What leaving tells the backends. Each step is attempted even if one before failed: with Redis
+        away the client has left all the same (its presence entry expires, its leave is not announced)."""
         node = self.node
-        await node.release_channel(sub.key)
+        await self._best_effort(node.release_channel(sub.key), "broker unsubscribe")
         if sub.options.presence:
-            await node.presence.remove(sub.key, self.id)
+            await self._best_effort(node.presence.remove(sub.key, self.id), "presence remove")
         if sub.options.join_leave and sub.active:
-            await node.broker.publish_leave(sub.key, sub.info)
+            await self._best_effort(node.broker.publish_leave(sub.key, sub.info), "leave")
+
+    async def _best_effort(self, step: Awaitable[None], what: str) -> None:
+        try:
+            await step
+        except (BrokerUnavailable, PresenceUnavailable) as exc:
+            log.warning("%s skipped: %s", what, exc or type(exc).__name__, extra=self._log_extra())
 
     async def _cmd_sub_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         name = _str(p, "channel")

@@ -1,0 +1,74 @@
+"""One node on Redis (in-process, real redis-server): what its clients get while Redis is away and after it
+comes back. Many-node behaviour is in test_many_nodes*.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.redis_servers import RedisServer
+
+
+async def _hub(make_hub: HubFactory, redis: RedisServer) -> RunningHub:
+    return await make_hub(redis_urls=[redis.url], node_name="solo", redis_connect_timeout=1.0)
+
+
+async def test_with_redis_away_commands_fail_honestly_and_the_node_stays_up(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    hub = await _hub(make_hub, redis_server)
+    alice = await raw_client(hub, connect={"token": token("alice")})
+    assert "error" not in await alice.command("subscribe", {"channel": "chat:room"})
+    ok = await alice.command("publish", {"channel": "chat:room", "data": {"n": 1}})
+    assert ok["publish"] == {}, ok
+    assert (await alice.push("pub"))["pub"]["data"] == {"n": 1}
+
+    redis_server.stop()
+    refused = await alice.command("publish", {"channel": "chat:room", "data": {"n": 2}})
+    assert refused["error"]["code"] == 100 and refused["error"].get("temporary") is True, refused
+    history = await alice.command("history", {"channel": "chat:room", "limit": 10})
+    assert history["error"]["code"] == 100, history
+    presence = await alice.command("presence", {"channel": "chat:room"})
+    assert presence["error"]["code"] == 100, presence
+    # Leaving works locally even so (the presence entry expires by itself).
+    assert (await alice.command("unsubscribe", {"channel": "chat:room"}))["unsubscribe"] == {}
+    # Other clients of the node are not affected: a new connection still connects.
+    bob = await raw_client(hub, connect={"token": token("bob")})
+    assert (await bob.command("rpc", {"method": "none"}))["error"]["code"] in (104, 108)
+
+    redis_server.start()  # empty: Redis lost everything
+    async with asyncio.timeout(TIMEOUT * 2):
+        while True:  # the node reconnects with backoff; poll the client-visible outcome
+            again = await alice.command("subscribe", {"channel": "chat:room"})
+            if "error" not in again:
+                break
+            assert again["error"]["code"] == 100
+            await asyncio.sleep(0.1)
+    ok = await alice.command("publish", {"channel": "chat:room", "data": {"n": 3}})
+    assert "error" not in ok, ok
+    pub = await alice.push("pub")
+    assert pub["pub"]["data"] == {"n": 3} and pub["pub"]["offset"] == 1  # a new stream
+
+
+async def test_a_subscriber_whose_history_was_lost_is_told_recovered_false(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    hub = await _hub(make_hub, redis_server)
+    alice = await raw_client(hub, connect={"token": token("alice")})
+    sub = (await alice.command("subscribe", {"channel": "chat:room"}))["subscribe"]
+    for n in range(3):
+        assert "error" not in await alice.command("publish", {"channel": "chat:room", "data": {"n": n}})
+    offsets = [(await alice.push("pub"))["pub"]["offset"] for _ in range(3)]
+    assert offsets == [1, 2, 3]
+    redis_server.stop()
+    redis_server.start()
+    # The node's pub/sub comes back; its check finds another epoch: the positioned subscriber must
+    # resubscribe (2500) and then learns that what it missed cannot be recovered.
+    push = await alice.push("unsubscribe")
+    assert push["unsubscribe"]["code"] == 2500
+    again = await alice.command(
+        "subscribe", {"channel": "chat:room", "recover": True, "offset": 3, "epoch": sub["epoch"]}
+    )
+    assert again["subscribe"]["recovered"] is False
+    assert again["subscribe"]["epoch"] != sub["epoch"]
