@@ -28,8 +28,18 @@ A server that does not speak the transport asked for (a hub without its Protobuf
 a `centrifuge-protobuf` client in JSON, or closes it when it cannot read the binary connect)
 is a failure, reported in the "client" row's "error" before anything is measured.
 
+Several nodes (bench/cluster.py; JSON subscribers only): --sub-urls spreads the subscribers round-robin
+over several nodes (the publisher stays on --url), --server-pid takes a comma list of process trees whose
+CPU and RSS are summed (the nodes), --redis-pid a comma list of Redis servers whose CPU is reported
+beside it (redis_cpu_*), and --channels C spreads the subscribers over C channels (--channel + "0".."C-1",
+subscriber i on channel (i // len(sub-urls)) % C, so every channel has subscribers on every node; N must be a
+multiple of C) and the publisher over them round-robin. Then a publication reaches N/C subscribers, and
+"N" in the steps above means N/C: --rate deliveries/s is rate/(N/C) publications/s, W counts
+--window-deliveries/(N/C) publications. Without these options nothing changes.
+
 usage: python bench/load_client.py --url ws://127.0.0.1:P/connection/websocket --n 1000 --server-pid PID
        [--transport json|protobuf|sse] [--token JWT]
+       [--sub-urls URL,URL,...] [--server-pid PID,PID,...] [--redis-pid PID,...] [--channels C]
 """
 from __future__ import annotations
 
@@ -65,6 +75,7 @@ hist = [0] * NB
 
 # ---- hot-path state (module globals) ----
 N = 1
+FANOUT = 1                    # subscribers per channel (N // --channels): deliveries per publication
 W = 2
 RECORD = False
 DELIVERED = 0                 # deliveries in the current phase (all subscribers)
@@ -76,6 +87,8 @@ done_fut: asyncio.Future | None = None
 last_rx_ns = 0
 PUB_T = None
 CHANNEL = b"bench"
+CHANNELS = [CHANNEL]          # --channels > 1: the publisher goes round-robin over these
+PUB_COUNTS = [0]              # publications per channel in the current phase
 PAD = b""
 SEQ = 0
 CMD_IDS = itertools.count(100)
@@ -98,20 +111,22 @@ def publish() -> None:
     global PUBLISHED, SEQ
     PUBLISHED += 1
     SEQ += 1
+    i = SEQ % len(CHANNELS)
+    PUB_COUNTS[i] += 1
     PUB_T.send(TEXT, b'{"id":%d,"publish":{"channel":"%s","data":{"ts":%d,"seq":%d,"d":"%s"}}}'
-               % (next(CMD_IDS), CHANNEL, time_ns(), SEQ, PAD))
+               % (next(CMD_IDS), CHANNELS[i], time_ns(), SEQ, PAD))
 
 
 def pump() -> None:
-    """Closed loop: keep W publications in flight (published - delivered//N <= W)."""
+    """Closed loop: keep W publications in flight (published - delivered//FANOUT <= W)."""
     global PUMP_AT
     if STOPPED:
         PUMP_AT = INF
         return
-    limit = DELIVERED // N + W
+    limit = DELIVERED // FANOUT + W
     while PUBLISHED < limit:
         publish()
-    PUMP_AT = (PUBLISHED - W + 1) * N
+    PUMP_AT = (PUBLISHED - W + 1) * FANOUT
 
 
 def finish() -> None:
@@ -142,8 +157,9 @@ def is_ping_in(p: bytes) -> bool:
 
 
 class Sub(WSListener):
-    def __init__(self):
+    def __init__(self, ch: int = 0):
         super().__init__()
+        self.ch = ch          # index into CHANNELS
         self.t = None
         self.state = 0        # 0 connect sent, 1 subscribe sent, 2 subscribed, -1 failed
         self.count = 0
@@ -206,7 +222,7 @@ class Sub(WSListener):
                         FAILED += 1
                 elif self.state == 0 and "connect" in msg:
                     self.state = 1
-                    t.send(TEXT, b'{"id":2,"subscribe":{"channel":"%s"}}' % CHANNEL)
+                    t.send(TEXT, b'{"id":2,"subscribe":{"channel":"%s"}}' % CHANNELS[self.ch])
                 elif self.state == 1 and "subscribe" in msg:
                     self.state = 2
                     SUBSCRIBED += 1
@@ -722,8 +738,22 @@ async def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ASYNC109
         await asyncio.sleep(0.02)
 
 
-async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid: int) -> dict:
-    """kind: "steady" (open loop at a.rate deliveries/s) or "saturate" (closed-loop window)."""
+def cpu_sum(pids: list[int]) -> dict:
+    """procstat.cpu summed over several process trees (the nodes of a many-node hub)."""
+    out = {"sched_ns": 0, "user_s": 0.0, "sys_s": 0.0}
+    for pid in pids:
+        for k, v in procstat.cpu(pid).items():
+            out[k] += v
+    return out
+
+
+def rss_sum(pids: list[int]) -> int:
+    return sum(procstat.rss_kb(pid) for pid in pids)
+
+
+async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pids: list[int]) -> dict:
+    """kind: "steady" (open loop at a.rate deliveries/s) or "saturate" (closed-loop window).
+    Server CPU is summed over server_pids; each of a.redis_pids is reported beside it."""
     global DELIVERED, PUBLISHED, PUMP_AT, DONE_AT, STOPPED, RECORD, done_fut, last_rx_ns
     loop = asyncio.get_running_loop()
     for s in subs:
@@ -732,12 +762,15 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         for i in range(NB):
             hist[i] = 0
     DELIVERED = PUBLISHED = 0
+    for i in range(len(PUB_COUNTS)):
+        PUB_COUNTS[i] = 0
     DONE_AT = PUMP_AT = INF
     RECORD = record
     last_rx_ns = 0
     skipped = 0
     pub_ok0, pub_err0 = ST["pub_ok"], ST["pub_err"]
-    c0, b0, cc0, w0 = procstat.cpu(server_pid), procstat.box(), time.process_time(), time.monotonic()
+    r0 = [procstat.cpu(pid) for pid in a.redis_pids]
+    c0, b0, cc0, w0 = cpu_sum(server_pids), procstat.box(), time.process_time(), time.monotonic()
     t0 = time_ns()
     STOPPED = False
     if kind == "saturate":
@@ -745,13 +778,13 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         pump()
         await asyncio.sleep(seconds)
     else:
-        rate = a.rate / N                               # publications per second
+        rate = a.rate / FANOUT                          # publications per second
         cap = max(8, math.ceil(rate))                   # open loop, but at most ~1 s of backlog
         interval = 1.0 / rate
         t_next = loop.time()
         end = t_next + seconds
         while t_next < end:
-            if PUBLISHED - DELIVERED // N < cap:
+            if PUBLISHED - DELIVERED // FANOUT < cap:
                 publish()
             else:
                 skipped += 1
@@ -761,7 +794,7 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
     STOPPED = True
     PUMP_AT = INF
     t_pub_end = time_ns()
-    target = PUBLISHED * N
+    target = PUBLISHED * FANOUT
     done_fut = loop.create_future()
     complete = True
     if DELIVERED < target:
@@ -773,14 +806,17 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         except TimeoutError:
             complete = False
     DONE_AT = INF
-    c1, b1, cc1, w1 = procstat.cpu(server_pid), procstat.box(), time.process_time(), time.monotonic()
+    c1, b1, cc1, w1 = cpu_sum(server_pids), procstat.box(), time.process_time(), time.monotonic()
+    r1 = [procstat.cpu(pid) for pid in a.redis_pids]
     RECORD = False
     t_end = max(last_rx_ns, t_pub_end) if complete else time_ns()
     secs = (t_end - t0) / 1e9
     cpu = procstat.cpu_delta_s(c0, c1)
     busy, steal = procstat.box_cores(b0, b1)
-    short = sum(1 for s in subs if s.count < PUBLISHED)
-    extra = sum(1 for s in subs if s.count > PUBLISHED)
+    short = sum(1 for s in subs if s.count < PUB_COUNTS[getattr(s, "ch", 0)])
+    extra = sum(1 for s in subs if s.count > PUB_COUNTS[getattr(s, "ch", 0)])
+    redis_each = [procstat.cpu_delta_s(x0, x1)["cpu_s"] for x0, x1 in zip(r0, r1, strict=True)]
+    redis_cpu = sum(redis_each)
     out = {
         "phase": kind, "n": N, "seconds": round(secs, 3),
         "published": PUBLISHED, "expected": target, "delivered": DELIVERED,
@@ -796,8 +832,19 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         "client_cpu_us_per_delivery": round((cc1 - cc0) * 1e6 / DELIVERED, 3) if DELIVERED else None,
         "box_busy_cores": busy, "box_steal_cores": steal,
         # busy cores not used by the server or this client: other load on the box (noise)
-        "other_cores": round(busy - (cpu["cpu_s"] + cc1 - cc0) / max(1e-9, w1 - w0), 2),
+        "other_cores": round(busy - (cpu["cpu_s"] + redis_cpu + cc1 - cc0) / max(1e-9, w1 - w0), 2),
     }
+    if a.redis_pids:
+        out.update({
+            "redis_cpu_s": round(redis_cpu, 4), "redis_cpu_s_each": [round(x, 4) for x in redis_each],
+            "redis_wall_s": round(w1 - w0, 3),
+            "redis_cpu_us_per_delivery": round(redis_cpu * 1e6 / DELIVERED, 3) if DELIVERED else None,
+            "redis_cpu_us_per_publication": round(redis_cpu * 1e6 / PUBLISHED, 2) if PUBLISHED else None,
+            "redis_cpu_util": round(redis_cpu / secs, 2) if secs > 0 else None,
+        })
+    if len(CHANNELS) > 1:
+        out["channels"] = len(CHANNELS)
+        out["publications_per_channel"] = list(PUB_COUNTS)
     if kind == "saturate":
         out["window_publications"] = W
     else:
@@ -814,14 +861,24 @@ def emit(row: dict) -> None:
 
 
 async def main(a) -> int:
-    global N, W, PAD, CHANNEL, PUB_T, CLOSING, SSE_REQUEST
+    global N, FANOUT, W, PAD, CHANNEL, CHANNELS, PUB_COUNTS, PUB_T, CLOSING, SSE_REQUEST
     N = a.n
-    W = max(2, math.ceil(a.window_deliveries / N))
     CHANNEL = a.channel.encode()
+    sub_urls = [u for u in a.sub_urls.split(",") if u] or [a.url]
+    if a.channels > 1:
+        if a.transport != "json" or N % a.channels:
+            emit({"phase": "client", "n": N,
+                  "error": "--channels > 1 needs --transport json and N a multiple of it"})
+            return 2
+        CHANNELS = [CHANNEL + b"%d" % i for i in range(a.channels)]
+        PUB_COUNTS = [0] * a.channels
+    FANOUT = N // len(CHANNELS)
+    W = max(2, math.ceil(a.window_deliveries / FANOUT))
     base = b'{"ts":%d,"seq":%d,"d":""}' % (time_ns(), 1_000_000)
     PAD = b"x" * max(0, a.data_bytes - len(base))
-    pid = a.server_pid
-    rss_base = procstat.rss_kb(pid)
+    pids = [int(x) for x in str(a.server_pid).split(",") if x.strip()]
+    a.redis_pids = [int(x) for x in a.redis_pid.split(",") if x.strip()]
+    rss_base = rss_sum(pids)
 
     # ---- 1. connect N subscribers ----
     loop = asyncio.get_running_loop()
@@ -839,7 +896,7 @@ async def main(a) -> int:
         SSE_REQUEST = (f"GET {a.sse_path}?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
                        f"Accept: text/event-stream\r\n\r\n").encode()
 
-    async def connect_one():
+    async def connect_one(i: int):
         if a.transport == "sse":
             _, listener = await asyncio.wait_for(
                 loop.create_connection(SseSub, url.hostname, url.port), 20)
@@ -848,11 +905,12 @@ async def main(a) -> int:
                                            read_buffer_init_size=4096,
                                            extra_headers={"Sec-WebSocket-Protocol": PB_SUBPROTOCOL})
         else:
-            _, listener = await ws_connect(Sub, a.url, websocket_handshake_timeout=20,
+            node, ch = i % len(sub_urls), (i // len(sub_urls)) % len(CHANNELS)
+            _, listener = await ws_connect(lambda: Sub(ch), sub_urls[node], websocket_handshake_timeout=20,
                                            read_buffer_init_size=4096)
         return listener
 
-    async def one():
+    async def one(i: int):
         nonlocal retries
         err = None
         for attempt in range(3):
@@ -860,7 +918,7 @@ async def main(a) -> int:
                 if MISMATCH is not None:
                     return                  # the server does not speak this transport: stop here
                 try:
-                    subs.append(await connect_one())
+                    subs.append(await connect_one(i))
                     return
                 except Exception as e:  # noqa: BLE001 - reported
                     err = e
@@ -870,7 +928,7 @@ async def main(a) -> int:
 
     t0 = time.perf_counter()
     try:
-        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(N))), a.connect_timeout)
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(N))), a.connect_timeout)
         await wait_until(lambda: MISMATCH is not None or SUBSCRIBED + FAILED >= N, a.connect_timeout,
                          "subscribe replies")
     except Exception as e:  # noqa: BLE001 - reported
@@ -889,21 +947,24 @@ async def main(a) -> int:
         return 2
 
     # ---- 2. idle memory ----
-    c0 = procstat.cpu(pid)
+    c0, r0 = cpu_sum(pids), [procstat.cpu(p) for p in a.redis_pids]
     await asyncio.sleep(a.idle_s)
-    c1 = procstat.cpu(pid)
-    rss_idle = procstat.rss_kb(pid)
+    c1, r1 = cpu_sum(pids), [procstat.cpu(p) for p in a.redis_pids]
+    rss_idle = rss_sum(pids)
+    redis_idle = {"redis_idle_cpu_util": round(sum(procstat.cpu_delta_s(x0, x1)["cpu_s"] for x0, x1
+                                                   in zip(r0, r1, strict=True)) / a.idle_s, 5)
+                  } if a.redis_pids else {}
     emit({"phase": "idle", "n": N, "connect_s": round(connect_s, 2), "connect_retries": retries,
           "rss_base_kb": rss_base, "rss_idle_kb": rss_idle,
           "idle_kb_per_conn": round((rss_idle - rss_base) / N, 2),
-          "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3)})
+          "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3), **redis_idle})
 
     # ---- 3. publisher + warm-up ----
     PUB_T, pub = await ws_connect(Pub, a.url, websocket_handshake_timeout=20)
     await asyncio.wait_for(pub.ready, 20)
     rc = 0
     if a.warmup_s > 0:
-        w = await run_phase(a, subs, "saturate", a.warmup_s, False, pid)
+        w = await run_phase(a, subs, "saturate", a.warmup_s, False, pids)
         if not w["complete"]:
             rc = 3
             note_error(f"warm-up incomplete: {w['missing']} deliveries missing")
@@ -912,8 +973,8 @@ async def main(a) -> int:
     for kind, secs in (("steady", a.steady_s), ("saturate", a.sat_s)):
         if secs <= 0:
             continue
-        row = await run_phase(a, subs, kind, secs, True, pid)
-        row["rss_after_kb"] = procstat.rss_kb(pid)
+        row = await run_phase(a, subs, kind, secs, True, pids)
+        row["rss_after_kb"] = rss_sum(pids)
         emit(row)
         if not row["complete"] or row["missing"]:
             rc = 3
@@ -933,8 +994,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True)
     ap.add_argument("--n", type=int, required=True, help="subscribers")
-    ap.add_argument("--server-pid", type=int, required=True)
+    ap.add_argument("--server-pid", required=True,
+                    help="the server's pid, or a comma list of them (several nodes: CPU and RSS summed)")
+    ap.add_argument("--sub-urls", default="",
+                    help="comma list of URLs the subscribers are spread over round-robin (default: --url); "
+                         "the publisher always uses --url")
+    ap.add_argument("--redis-pid", default="", help="comma list of redis-server pids: their CPU per phase")
     ap.add_argument("--channel", default="bench")
+    ap.add_argument("--channels", type=int, default=1,
+                    help="spread the subscribers over this many channels (--channel + index; json only)")
     ap.add_argument("--transport", choices=["json", "protobuf", "sse"], default="json",
                     help="what the subscribers speak (the publisher always speaks WebSocket JSON)")
     ap.add_argument("--token", default="", help="sse: connection token whose channels claim names --channel")
