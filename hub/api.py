@@ -25,8 +25,13 @@ Keys (``X-API-Key: <key>`` or ``Authorization: apikey <key>``) are compared in c
 acts on the tenant a call names in its ``tenant`` field (default ``""``); a key bound to a tenant confines
 every call to that tenant: naming another is 103, and ``channels``/``info`` count only its share.
 
+Across nodes (``hub.control``): subscribe, unsubscribe, disconnect and refresh act on the user's connections
+on every node; ``info`` lists every live node and ``channels`` sums every node's subscribers. When the other
+nodes cannot be reached (the control channel's Redis is down, a node does not answer in time), such a call
+answers 100, never a success it cannot vouch for.
+
 The request handling is sans-I/O (``authenticate``, ``decode_*``, the params readers); ``ServerAPI`` runs
-the calls against the Node, with the same Node methods the embedding API uses.
+the calls against the Node and its control channel (``node.control``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from channels.publication import PublishResult, StreamPosition
 from hub import codec_json, codes
 from hub.codes import ClientError
 from hub.config import ApiKey
+from hub.control import ControlUnavailable, Target
 from hub.node import Node
 from presence.presence import PresenceUnavailable
 
@@ -72,9 +78,6 @@ METHODS = (
     "info",
 )
 """Methods a batch may hold; ``batch`` itself only at the top."""
-
-NO_CLIENT = ""
-"""A client id no connection has: the target of a ``session`` that matches none."""
 
 DEV_KEY = ApiKey("", None)
 """The principal of every call in development mode with no key configured: unbound."""
@@ -279,11 +282,11 @@ class ServerAPI:
         if not isinstance(params, dict):
             raise codes.error_bad_request()
         tenant = self._tenant(principal, params)
-        if method == "info":
-            # An unbound key that names no tenant sees the whole node; otherwise one tenant's share.
-            whole = principal.tenant is None and "tenant" not in params
-            return {"nodes": [self.node.info(None if whole else tenant)]}
         try:
+            if method == "info":
+                # An unbound key that names no tenant sees whole nodes; otherwise one tenant's share.
+                whole = principal.tenant is None and "tenant" not in params
+                return {"nodes": await self.node.control.nodes(None if whole else tenant)}
             return await handler(tenant, params)
         except UnknownNamespace:
             raise codes.error_unknown_channel() from None
@@ -291,7 +294,7 @@ class ServerAPI:
             raise codes.error_bad_request() from None
         except UnrecoverablePosition:
             raise codes.error_unrecoverable_position() from None
-        except (BrokerUnavailable, PresenceUnavailable):
+        except (BrokerUnavailable, PresenceUnavailable, ControlUnavailable):
             log.warning("server API %s: backend unavailable", method, extra={"tenant": tenant})
             raise codes.error_internal() from None
 
@@ -346,39 +349,29 @@ class ServerAPI:
                 responses.append(error_body(exc.code, exc.message))
         return {"responses": responses}
 
-    def _client_id(self, tenant: str, user: str, p: Mapping[str, Any]) -> str | None:
-        """The one connection a call targets (``client`` or ``session``), or None for all of ``user``'s.
-        A ``session`` no connection of the user has targets nothing."""
-        client = _optional_str(p, "client")
-        session = _optional_str(p, "session")
-        if session is None:
-            return client
-        for c in self.node.registry.user_clients(tenant, user):
-            if c.session == session and (client is None or c.id == client):
-                return c.id
-        return NO_CLIENT
+    def _target(self, tenant: str, p: Mapping[str, Any]) -> Target:
+        """Whose connections a call acts on: every one of ``user``'s, or the one named by ``client`` and/or
+        ``session`` (each node looks for it among its own)."""
+        return Target(tenant, _str(p, "user"), _optional_str(p, "client"), _optional_str(p, "session"))
 
     async def _subscribe(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        user = _str(p, "user")
+        target = self._target(tenant, p)
         channel, _ = self._channel(p)
         for unsupported in ("info", "b64info", "data", "b64data", "recover_since", "override"):
             if p.get(unsupported) is not None:
                 log.info("server API subscribe: %s is not supported", unsupported, extra={"tenant": tenant})
                 raise codes.error_not_available()
-        client_id = self._client_id(tenant, user, p)
-        await self.node.subscribe_user(user, channel.raw, tenant=tenant, client_id=client_id)
+        await self.node.control.subscribe_user(target, channel.raw)
         return {}
 
     async def _unsubscribe(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        user = _str(p, "user")
+        target = self._target(tenant, p)
         channel, _ = self._channel(p)
-        client_id = self._client_id(tenant, user, p)
-        await self.node.unsubscribe_user(user, channel.raw, tenant=tenant, client_id=client_id)
+        await self.node.control.unsubscribe_user(target, channel.raw)
         return {}
 
     async def _disconnect(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        user = _str(p, "user")
-        client_id = self._client_id(tenant, user, p)
+        target = self._target(tenant, p)
         whitelist = p.get("whitelist") or []
         if not isinstance(whitelist, list) or not all(isinstance(c, str) for c in whitelist):
             raise codes.error_bad_request()
@@ -391,27 +384,15 @@ class ServerAPI:
             # Close codes an application may send: 3000-4999; a close reason holds at most 123 bytes.
             if not 3000 <= code <= 4999 or len(reason.encode()) > 123:
                 raise codes.error_bad_request()
-        targets = [
-            c.id
-            for c in self.node.registry.user_clients(tenant, user)
-            if (client_id is None or c.id == client_id) and c.id not in whitelist
-        ]
-        for cid in targets:
-            self.node.disconnect_user(user, tenant=tenant, client_id=cid, code=code, reason=reason)
+        await self.node.control.disconnect_user(target, code, reason, whitelist)
         return {}
 
     async def _refresh(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        user = _str(p, "user")
+        target = self._target(tenant, p)
         expire_at = _int(p, "expire_at")
         if expire_at < 0:
             raise codes.error_bad_request()
-        self.node.refresh_user(
-            user,
-            tenant=tenant,
-            client_id=self._client_id(tenant, user, p),
-            expired=_bool(p, "expired"),
-            expire_at=float(expire_at),
-        )
+        await self.node.control.refresh_user(target, expired=_bool(p, "expired"), expire_at=float(expire_at))
         return {}
 
     def _presence_key(self, tenant: str, p: Mapping[str, Any]) -> tuple[str, str]:
@@ -455,14 +436,15 @@ class ServerAPI:
     async def _channels(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
         pattern = _str(p, "pattern", required=False)
         try:
-            match = compile_pattern(pattern) if pattern else None
+            if pattern:
+                compile_pattern(pattern)  # a bad glob is the caller's error, found before asking any node
         except BadPattern:
             raise codes.error_bad_request() from None
-        counts = self.node.channel_counts(tenant, match)
+        counts = await self.node.control.channels(tenant, pattern)
         return {"channels": {name: {"num_clients": n} for name, n in counts.items()}}
 
     async def _info(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        return {"nodes": [self.node.info(tenant)]}  # ``call`` answers for the whole node itself
+        return {"nodes": await self.node.control.nodes(tenant)}  # ``call`` answers for whole nodes itself
 
     # ------------------------------------------------------------ batch
 

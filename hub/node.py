@@ -24,6 +24,7 @@ from hub import codes
 from hub.auth import TokenVerifier
 from hub.client import Client, State
 from hub.config import Config
+from hub.control import Control, LocalControl
 from hub.hooks import Hooks
 from hub.logs import bind_session
 from hub.metrics import Metrics
@@ -89,6 +90,9 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self._presence_refresh: asyncio.Task[None] | None = None
         self._next_presence_refresh = 0.0
+        self.control: Control = LocalControl(self)
+        """Operations on every node of the hub (``hub.control``): this node alone unless the app sets a
+        shared control channel before ``start``."""
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -103,6 +107,7 @@ class Node:
         if self.config.dev_mode:
             log.warning("node %s runs in development mode: anonymous access, public token secret", self.id)
         await self.broker.start()
+        await self.control.start()
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         log.info("node %s started", self.id)
 
@@ -160,6 +165,7 @@ class Node:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.control.close()
         await self.broker.close()
         await self.presence.close()
         log.info("node %s stopped", self.id)

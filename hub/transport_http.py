@@ -12,7 +12,7 @@ Unidirectional (as Centrifugo serves them; the client only reads, pushes are bar
 Bidirectional emulation (the ``http_stream`` and ``sse`` transports of the official JS SDK): the stream
 request carries the first commands (connect), replies and pushes come down the stream, and later commands
 are POSTed to ``/emulation`` as ``{"session": ..., "node": ..., "data": "<commands>"}``, addressed by the
-session id of the connect result.
+node and session ids of the connect result; any node accepts them and forwards them to the named node.
 
 A ``StreamTransport`` only writes and closes (a writer task drains queued chunks through ASGI ``send()``);
 the handlers here read the request and feed the session.
@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from hub import codec_protobuf, codes, sse, wire
+from hub.control import ControlUnavailable
 from hub.writer import EventWriter, Writer
 
 if TYPE_CHECKING:
@@ -413,7 +414,10 @@ async def _wait_disconnect(receive: Any) -> None:
 
 async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``POST /emulation``: commands of a bidirectional-emulation session. 204 once handled; 404 for an
-    unknown node or session; 400 for a body that is not an emulation request."""
+    unknown node or session; 400 for a body that is not an emulation request.
+
+    A request naming another node (behind a load balancer without sticky sessions) goes to that node over
+    the control channel and is answered once that node handled it; 503 when it cannot be reached."""
     if scope.get("method") == "OPTIONS":
         await _respond(send, 204)
         return
@@ -436,15 +440,25 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
         log.info("bad emulation request: %s", exc)
         await _respond(send, 400, b"bad emulation request")
         return
-    if target != node.id:
-        await _respond(send, 404, b"unknown node")
+    client = node.streams.get(session) if target == node.id else None
+    if client is not None:
+        await client.handle_emulated(data)
+        await _respond(send, 204)
         return
-    client = node.streams.get(session)
-    if client is None:
+    if target == node.id:
         await _respond(send, 404, b"unknown session")
         return
-    await client.handle_emulated(data)
-    await _respond(send, 204)
+    # Another node holds the session (a load balancer sent this request here): hand it over.
+    try:
+        found = await node.control.emulate(target, session, data)
+    except ControlUnavailable as exc:
+        log.warning("emulation request for node %s not delivered: %s", target, exc)
+        await _respond(send, 503, b"node not reachable")
+        return
+    if found:
+        await _respond(send, 204)
+    else:
+        await _respond(send, 404, b"unknown node or session")
 
 
 def _json_emulation_request(body: bytes) -> tuple[str, str, bytes]:
