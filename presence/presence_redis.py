@@ -38,10 +38,12 @@ import hashlib
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import redis.exceptions as rexc
+from redis.crc import key_slot
 
 from channels.names import ChannelKey
 from channels.publication import ClientInfo
@@ -67,16 +69,26 @@ end
 _ADD = (
     _CLEAN
     + """
--- KEYS: hash, zset. ARGV: ttl seconds, ttl milliseconds, then client id, info pairs.
+-- KEYS: hash, zset of each channel. ARGV: ttl seconds, ttl milliseconds, then for each channel
+-- n followed by n client id, info pairs.
 local t = now()
-clean(KEYS[1], KEYS[2], t)
 local expire_at = t + tonumber(ARGV[1])
-for i = 3, #ARGV, 2 do
-  redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('zadd', KEYS[2], expire_at, ARGV[i])
+local a = 3
+for k = 1, #KEYS, 2 do
+  local h, z = KEYS[k], KEYS[k + 1]
+  clean(h, z, t)
+  local n = tonumber(ARGV[a])
+  redis.call('hset', h, unpack(ARGV, a + 1, a + 2 * n))
+  local scores = {}
+  for i = a + 1, a + 2 * n, 2 do
+    scores[#scores + 1] = expire_at
+    scores[#scores + 1] = ARGV[i]
+  end
+  redis.call('zadd', z, unpack(scores))
+  redis.call('pexpire', h, ARGV[2])
+  redis.call('pexpire', z, ARGV[2])
+  a = a + 1 + 2 * n
 end
-redis.call('pexpire', KEYS[1], ARGV[2])
-redis.call('pexpire', KEYS[2], ARGV[2])
 return 1
 """
 )
@@ -114,8 +126,14 @@ return {redis.call('hlen', KEYS[1]), n}
 """
 )
 
-REFRESH_BATCH = 1000
-"""At most this many entries per script call, so one huge channel does not hold Redis in one long script."""
+CALL_ENTRIES = 500
+"""At most this many entries per script call (a few ms of Redis time): one call never holds Redis long."""
+CALL_CHANNELS = 100
+"""At most this many channels per script call."""
+PIPELINE_CALLS = 20
+PIPELINE_ENTRIES = 2000
+"""At most this many script calls / entries per round trip: encoding and parsing a pipeline runs on the
+event loop without a break, so a node refreshing 10,000 entries must not stall its clients for all of it."""
 
 
 class _Script:
@@ -137,6 +155,16 @@ _add = _Script(_ADD)
 _remove = _Script(_REMOVE)
 _get = _Script(_GET)
 _stats = _Script(_STATS)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call of the add script: the keys and arguments of up to CALL_CHANNELS channels."""
+
+    keys: list[str]
+    args: list[Any]
+    channels: int = 0
+    entries: int = 0
 
 
 def _pack(info: ClientInfo) -> bytes:
@@ -186,7 +214,7 @@ class RedisPresence:
             raise PresenceUnavailable(f"presence of {key!r}: redis {shard.name}: {exc}") from exc
 
     async def add(self, key: ChannelKey, info: ClientInfo) -> None:
-        await self._run(_add, key, [self.ttl, self._ttl_ms, info.client, _pack(info)])
+        await self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)])
 
     async def remove(self, key: ChannelKey, client_id: str) -> None:
         for removed in self._removed_during_refresh.values():
@@ -202,7 +230,9 @@ class RedisPresence:
         return PresenceStats(int(clients), int(users))
 
     async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
-        """Re-add every entry: one pipeline (one round trip) per shard, one script call per channel.
+        """Re-add every entry: per shard, one script call per up to CALL_CHANNELS channels (standalone) or
+        per hash slot (cluster), pipelined up to PIPELINE_CALLS calls / PIPELINE_ENTRIES entries to a round
+        trip (10,000 entries of one shard: 5 round trips, not 10,000).
 
         Every shard is attempted; if any could not be reached, PresenceUnavailable is raised afterwards
         (the reachable shards were refreshed).
@@ -223,10 +253,13 @@ class RedisPresence:
             await self.remove(key, client_id)
 
     async def _refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
-        by_shard: dict[int, tuple[Shard, dict[ChannelKey, list[ClientInfo]]]] = {}
+        by_channel: dict[ChannelKey, list[ClientInfo]] = {}
         for key, info in entries:
-            shard, _ = self._where(key)
-            by_shard.setdefault(shard.index, (shard, {}))[1].setdefault(key, []).append(info)
+            by_channel.setdefault(key, []).append(info)
+        by_shard: dict[int, tuple[Shard, list[tuple[list[str], list[ClientInfo]]]]] = {}
+        for key, infos in by_channel.items():
+            shard, keys = self._where(key)
+            by_shard.setdefault(shard.index, (shard, []))[1].append((keys, infos))
         results = await asyncio.gather(
             *(self._refresh_shard(shard, channels) for shard, channels in by_shard.values()),
             return_exceptions=True,
@@ -235,35 +268,60 @@ class RedisPresence:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _refresh_shard(self, shard: Shard, channels: dict[ChannelKey, list[ClientInfo]]) -> None:
-        calls: list[tuple[list[str], list[Any]]] = []
-        for key, infos in channels.items():
-            _, keys = self._where(key)
-            for start in range(0, len(infos), REFRESH_BATCH):
-                args: list[Any] = [self.ttl, self._ttl_ms]
-                for info in infos[start : start + REFRESH_BATCH]:
-                    args += (info.client, _pack(info))
-                calls.append((keys, args))
+    async def _refresh_shard(self, shard: Shard, channels: list[tuple[list[str], list[ClientInfo]]]) -> None:
+        """Channels batched into script calls (standalone: any channels of the shard together; cluster: only
+        channels sharing a hash slot), the calls sent as soon as a pipeline's worth is ready, so encoding
+        the next batch overlaps Redis working on this one and the loop is never held for the whole refresh."""
+        open_calls: dict[int, _Call] = {}
+        """The call still filling, per group: the one shard in standalone mode, the slot in a cluster."""
+        pending: list[_Call] = []
+        pending_entries = 0
+        for keys, infos in channels:
+            group = key_slot(keys[0].encode()) if shard.cluster else 0
+            for start in range(0, len(infos), CALL_ENTRIES):
+                chunk = infos[start : start + CALL_ENTRIES]
+                call = open_calls.get(group)
+                if call is None or call.channels >= CALL_CHANNELS or call.entries + len(chunk) > CALL_ENTRIES:
+                    call = open_calls[group] = _Call([], [self.ttl, self._ttl_ms])
+                    pending.append(call)
+                call.keys += keys
+                call.args.append(len(chunk))
+                for info in chunk:
+                    call.args += (info.client, _pack(info))
+                call.channels += 1
+                call.entries += len(chunk)
+                pending_entries += len(chunk)
+                if len(pending) >= PIPELINE_CALLS or pending_entries >= PIPELINE_ENTRIES:
+                    await self._send(shard, pending)
+                    pending, pending_entries = [], 0
+                    open_calls.clear()
+        if pending:
+            await self._send(shard, pending)
+
+    async def _send(self, shard: Shard, calls: list[_Call]) -> None:
         try:
-            results = await self._pipeline(shard, [("EVALSHA", _add.sha, k, a) for k, a in calls])
+            results = await self._pipeline(shard, _add.sha, calls)
             # NOSCRIPT only after Redis lost its script cache (a restart): resend those with the text
             missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, rexc.NoScriptError)]
             if missing:
-                results = await self._pipeline(shard, [("EVAL", _add.text, k, a) for k, a in missing])
+                results = [r for r in results if not isinstance(r, rexc.NoScriptError)]
+                results += await self._pipeline(shard, _add.text, missing)
         except DOWN_ERRORS as exc:
             raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {exc}") from exc
         for result in results:
             if isinstance(result, DOWN_ERRORS):
                 raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {result}") from result
-            if isinstance(result, Exception) and not isinstance(result, rexc.NoScriptError):
+            if isinstance(result, Exception):
                 raise result
 
     @staticmethod
-    async def _pipeline(shard: Shard, commands: list[tuple[str, str, list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(shard: Shard, script: str, calls: list[_Call]) -> list[Any]:
+        """EVALSHA (``script`` is a sha) or EVAL (``script`` is the text) of the add script, for each call."""
+        command = "EVAL" if script == _add.text else "EVALSHA"
         r: Any = shard.redis
         pipe = r.pipeline(transaction=False) if not shard.cluster else r.pipeline()
-        for command, script, keys, args in commands:
-            pipe.execute_command(command, script, len(keys), *keys, *args)
+        for call in calls:
+            pipe.execute_command(command, script, len(call.keys), *call.keys, *call.args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 

@@ -217,6 +217,21 @@ async def test_refresh_re_adds_and_replaces(redis_server: RedisServer, make_node
     assert await p.stats(ROOM_B) == PresenceStats(2500, 7)
 
 
+async def test_refresh_many_channels(deployment: Deployment, make_node: NodeFactory) -> None:
+    """More channels than one script call and more entries than one pipeline take, over every shape."""
+    writer, reader = await two_nodes(make_node, deployment)
+    keys: list[ChannelKey] = [(f"t{i % 3}", f"room{i}") for i in range(700)]
+    per_channel = 7  # a call holds 71 channels (497 entries): pipelines (2000) go out with a call half full
+    members = {
+        key: {f"{key[1]}-c{j}": ClientInfo(f"user{j}", f"{key[1]}-c{j}", b"x") for j in range(per_channel)}
+        for key in keys
+    }
+    await writer.refresh([(key, info) for key in keys for info in members[key].values()])
+    for key in keys:
+        assert await reader.get(key) == members[key]
+    assert await reader.stats(keys[-1]) == PresenceStats(per_channel, per_channel)
+
+
 async def test_refresh_after_redis_lost_its_scripts(
     redis_server: RedisServer, make_node: NodeFactory
 ) -> None:
