@@ -18,10 +18,10 @@ channel lives on one Redis server, so they are all measured on one clock: nodes 
 expire each other's entries early, and the keys' own EXPIRE runs on that same clock.
 
 ``num_users`` is counted inside the stats script from the hash (the user is the value's first msgpack
-object), not kept in a per-user counter: stats are rare (server API, admin
-console) while adds and removes are on every subscribe and unsubscribe, so the counting cost goes where it
-is rare, and a count read from the very hash it counts can never drift from it (a counter would have to be
-corrected by every expiry, with the user of each expired entry read back anyway).
+object), not kept in a per-user counter: stats are rare (server API, admin console) while adds and removes
+come with every subscribe and unsubscribe, so the counting cost goes where it is rare, and a count read from
+the very hash it counts can never drift from it (a counter would have to be corrected by every expiry, with
+the user of each expired entry read back anyway).
 
 Error tree (what callers see)::
 
@@ -214,6 +214,8 @@ class RedisPresence:
             raise PresenceUnavailable(f"presence of {key!r}: redis {shard.name}: {exc}") from exc
 
     async def add(self, key: ChannelKey, info: ClientInfo) -> None:
+        for removed in self._removed_during_refresh.values():
+            removed.discard((key, info.client))  # back again: a refresh in flight must not remove it after
         await self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)])
 
     async def remove(self, key: ChannelKey, client_id: str) -> None:
@@ -239,8 +241,9 @@ class RedisPresence:
 
         A refresh can race a removal of this node: the caller snapshots its entries, a client leaves and is
         removed, then the refresh's re-add lands and brings the entry back for a whole ttl. So an entry of
-        this batch removed (through this instance) while the refresh was in flight is removed once more
-        after it: a removal always wins over a concurrent refresh.
+        this batch removed (through this instance) while the refresh was in flight, and not added again
+        since, is removed once more after it: a removal always wins over a concurrent refresh. For that the
+        caller takes its snapshot of ``entries`` and calls ``refresh`` in one step, with no await between.
         """
         removed: set[tuple[ChannelKey, str]] = set()
         token = next(self._refresh_ids)

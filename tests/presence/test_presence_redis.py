@@ -262,13 +262,17 @@ async def test_removal_during_refresh_wins(redis_server: RedisServer, make_node:
         await real_refresh(entries)
 
     p._refresh = held  # type: ignore[method-assign]  # noqa: SLF001
-    refresh = asyncio.create_task(p.refresh([(ROOM, c1), (ROOM, c2)]))
+    c3 = ClientInfo("carol", "c3")
+    await p.add(ROOM, c3)
+    refresh = asyncio.create_task(p.refresh([(ROOM, c1), (ROOM, c2), (ROOM, c3)]))
     async with asyncio.timeout(TIMEOUT):
         await started.wait()
         await p.remove(ROOM, "c1")
+        await p.remove(ROOM, "c3")  # c3 leaves and comes back meanwhile: present in the end
+        await p.add(ROOM, c3)
         proceed.set()
         await refresh
-    assert await p.get(ROOM) == {"c2": c2}
+    assert await p.get(ROOM) == {"c2": c2, "c3": c3}
 
 
 # -- placement ---------------------------------------------------------------------------------------------
