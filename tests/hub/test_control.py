@@ -439,3 +439,34 @@ async def _tenants_scenario(url: str, ops: list[tuple[str, str, str | None]]) ->
             ]
             expected = [any(user == u and t in (None, "acme") for _, user, t in ops) for u in ("ann", "bob")]
             assert changed == expected, (i, ops)
+
+
+# ---------------------------------------------------------------- Redis Cluster
+
+
+async def test_operations_and_surveys_over_a_redis_cluster(
+    make_hub: Any, redis_cluster: Any, http: httpx.AsyncClient, raw_client: Any
+) -> None:
+    """Sharded pub/sub: the shared channel and each node's inbox live on different slots (and nodes)."""
+    hubs = [await make_hub(api_config()), await make_hub(api_config())]
+    controls: list[RedisControl] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for hub in hubs:
+            shards = RedisShards(redis_cluster.urls, cluster=True, prefix="ctl")
+            await shards.start()
+            stack.push_async_callback(shards.close)
+            control = RedisControl(
+                hub.sb.node, shards, node_info_interval=INTERVAL, survey_timeout=TIMEOUT / 2
+            )
+            hub.sb.node.control = control
+            await control.start()
+            stack.push_async_callback(control.close)
+            controls.append(control)
+        await nodes_of(controls)
+        one, other = hubs
+        await subscriber(raw_client, other, "chat:a", user="bob")
+        got = (await result(api(one, http), "channels"))["channels"]
+        assert got == {"chat:a": {"num_clients": 1}}
+        there: RawClient = await raw_client(other, connect={"token": token("ann")})
+        assert await result(api(one, http), "disconnect", {"user": "ann"}) == {}
+        assert (await there.closed())[0] == 3503
