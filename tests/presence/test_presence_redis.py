@@ -349,3 +349,21 @@ async def test_redis_down_raises_unavailable_then_recovers(
     await eventually(works_again, "presence works once Redis is back")
     await p.refresh([(ROOM, ClientInfo("alice", "c1"))])
     assert set(await p.get(ROOM)) == {"c1", "c2"}
+
+
+async def test_one_shard_down_the_others_still_refreshed(
+    redis_two: list[RedisServer], make_node: NodeFactory
+) -> None:
+    p = await make_node([s.url for s in redis_two])
+    keys: list[ChannelKey] = [("", f"room{i}") for i in range(40)]
+    down = redis_two[1]
+    down.stop()
+    entries = [(key, ClientInfo("alice", f"c-{key[1]}")) for key in keys]
+    with pytest.raises(PresenceUnavailable):
+        await p.refresh(entries)
+    alive = [key for key in keys if p.shards.shard_for(route_of(*key)).index == 0]
+    assert 0 < len(alive) < len(keys)
+    for key in alive:
+        assert list(await p.get(key)) == [f"c-{key[1]}"]
+    with pytest.raises(PresenceUnavailable):
+        await p.get(next(key for key in keys if key not in alive))
