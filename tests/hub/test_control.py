@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +33,7 @@ from hub.node import Node
 from presence.presence_memory import MemoryPresence
 from tests.conftest import TIMEOUT, RawClient, RunningHub, token
 from tests.hub.test_api import ACME_KEY, Sink, api_config, call, result, subscriber
+from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 (a fixture)
 from tests.hub.test_transport_http import open_stream
 from tests.redis_servers import RedisServer
 
@@ -286,6 +289,44 @@ async def test_emulation_request_sent_to_another_node_reaches_the_session(
         assert [m["id"] for m in got if "id" in m] == list(range(3, 9))
         assert await emulate(one, {}, session="nope") == 404
         assert await emulate(one, {}, node="no-such-node") == 404
+
+
+@pytest.mark.parametrize(
+    ("transport", "protocol"), [("http_stream", "json"), ("sse", "json"), ("http_stream", "protobuf")]
+)
+async def test_js_sdk_emulation_with_its_requests_on_another_node(
+    two: tuple[RunningHub, RunningHub],
+    centrifuge_js: Path,  # noqa: F811 (the fixture imported above)
+    transport: str,
+    protocol: str,
+) -> None:
+    """The official centrifuge-js SDK: its stream on one node, every /emulation request on the other."""
+    one, other = two
+
+    @other.sb.rpc("add")
+    async def add(ctx: Any) -> Any:
+        return {"sum": ctx.data["a"] + ctx.data["b"]}
+
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(centrifuge_js),
+        other.http,
+        transport,
+        token("jsuser"),
+        protocol,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NODE_NO_WARNINGS": "1", "EMULATION_BASE": one.http},
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    events = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    assert proc.returncode == 0, (events, stderr.decode()[-2000:])
+    by_kind = {e.get("event"): e for e in events}
+    assert by_kind["connected"]["transport"] == transport
+    assert by_kind["publication"]["data"] == {"from": transport}
+    assert by_kind["rpc"]["data"] == {"sum": 42}
+    assert by_kind["presence"]["users"] == ["jsuser"]
+    assert "done" in by_kind
 
 
 # ---------------------------------------------------------------- Redis down

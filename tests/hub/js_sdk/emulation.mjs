@@ -1,6 +1,7 @@
 // Drive the official centrifuge-js SDK over one transport against a running hub; print what happened as
 // JSON lines. Usage: node emulation.mjs <http base> <transport: http_stream|sse|websocket> <token> [json|protobuf]
 // With protobuf the SDK's Protobuf build is used; payloads are JSON encoded to bytes (the hub requires JSON).
+// EMULATION_BASE (environment): POST the emulation requests to this base instead (another node of the hub).
 import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 
@@ -20,7 +21,7 @@ setTimeout(() => fail('timeout'), 20000).unref();
 
 const client = new Centrifuge([{ transport, endpoint: endpoints[transport] }], {
   token,
-  emulationEndpoint: base + '/emulation',
+  emulationEndpoint: (process.env.EMULATION_BASE || base) + '/emulation',  // another node: no sticky sessions
   websocket: WebSocket,
   eventsource: EventSource,
   fetch: globalThis.fetch,
