@@ -305,6 +305,7 @@ def aggregate(cells: list[dict]) -> dict:
             ("sat_redis_us_pub", "saturate", "redis_net_us_per_publication"),
             ("sat_redis_us_dlv", "saturate", "redis_net_us_per_delivery"),
             ("redis_idle_cores", "idle", "redis_idle_cpu_util"),
+            ("steady_other", "steady", "other_cores"), ("sat_other", "saturate", "other_cores"),
             ("sat_hub_cores", "saturate", "server_cpu_util"),
             ("sat_redis_cores", "saturate", "redis_cpu_util"),
             ("sat_busy", "saturate", "box_busy_cores"), ("idle_kb", "idle", "idle_kb_per_conn")):
@@ -328,8 +329,10 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
     out = [f"Many nodes, one hub: N={a.n} WebSocket JSON subscribers spread round-robin over the nodes, "
            f"1 publisher on node 1, {a.data_bytes} B data; steady {a.rate:,.0f} deliveries/s "
            f"for {a.steady_s:g} s, "
-           f"saturate {a.sat_s:g} s ({a.window_deliveries} deliveries in flight); hub config: pure fan-out "
-           f"(history, presence, join/leave off); {os.cpu_count()} vCPUs."]
+           f"saturate {a.sat_s:g} s ({a.window_deliveries} deliveries in flight); hub config: "
+           + (f"history {a.history_size} / {a.history_ttl} s, presence and join/leave off"
+              if a.history_size else "pure fan-out (history, presence, join/leave off)")
+           + f"; {os.cpu_count()} vCPUs."]
     summary = {"kind": "summary", "groups": {}}
     head = (f"{'layout':<15} {'steady dlv/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'hub us/dlv':>10} "
             f"{'redis us/pub':>12} {'redis us/dlv':>12} | {'sat dlv/s':>9} {'hub us/dlv':>10} "
@@ -352,7 +355,8 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
             if m["errors"]:
                 notes.append(f"ERROR x{len(m['errors'])}")
             if m["noisy"]:
-                notes.append("noisy")
+                other = f"{fmt(m['steady_other'], '.2f')}/{fmt(m['sat_other'], '.2f')}"
+                notes.append(f"noisy (others used {other} cores)")
             if m.get("redis_idle_cores") is not None:
                 notes.append(f"redis idle {m['redis_idle_cores'] * 1000:.1f} ms/s")
             if m.get("shard_scripts") and len(m["shard_scripts"]) > 1:
@@ -431,6 +435,9 @@ def main() -> int:
     ap.add_argument("--quiet-threshold", type=float, default=0.3)
     ap.add_argument("--quiet-wait", type=float, default=None, help="max s to wait for a quiet box per cell")
     ap.add_argument("--noise-threshold", type=float, default=0.25)
+    ap.add_argument("--history-size", type=int, default=0,
+                    help="keep history (default 0: pure fan-out, as bench/fanout.py)")
+    ap.add_argument("--history-ttl", type=int, default=300, help="seconds, with --history-size")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     q = a.quick
@@ -455,8 +462,14 @@ def main() -> int:
     logdir = os.path.join(RESULTS, "logs", f"cluster-{stamp}")
     os.makedirs(logdir, exist_ok=True)
     a.hub_config_path = os.path.join(RESULTS, "hub-cluster.toml")
+    config = fanout.pure_config().replace("bench/fanout.py", "bench/cluster.py")
+    if a.history_size:
+        # publications also go into each channel's stream (XADD + trim in the publish script)
+        config = config.replace("history_size = 0", f"history_size = {a.history_size}").replace(
+            "history_ttl = 0", f"history_ttl = {a.history_ttl}")
+        assert f"history_size = {a.history_size}" in config, "pure_config() changed: update bench/cluster.py"
     with open(a.hub_config_path, "w") as f:
-        f.write(fanout.pure_config().replace("bench/fanout.py", "bench/cluster.py"))
+        f.write(config)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < a.n + 1000:
         resource.setrlimit(resource.RLIMIT_NOFILE,
@@ -483,6 +496,7 @@ def main() -> int:
                 "layouts": a.layout_list, "rate": a.rate, "steady_s": a.steady_s, "sat_s": a.sat_s,
                 "warmup_s": a.warmup_s, "window_deliveries": a.window_deliveries, "data_bytes": a.data_bytes,
                 "redis_ports": [r.port for r in redis], "redis_version": redis_version,
+                "history_size": a.history_size, "history_ttl": a.history_ttl,
                 "channel_prefixes": prefixes, "cpus": os.cpu_count(), **fanout.versions()}
         with open(out_path, "a") as out:
             out.write(json.dumps(meta) + "\n")
