@@ -31,6 +31,16 @@ Policies:
   since, an upper bound of the encoded document) plus the bytes of updates still waiting for missing
   dependencies; only when that bound would pass the limit is the exact size computed. Server-side edits
   (``DocumentRooms.open``) are trusted and not size-checked.
+
+Across nodes (``link`` set, see ``sync.relay``): every change integrated from this node's peers or the
+server-side API is also published to the other nodes holding the document, and changes from them
+(``apply_remote``) are applied and relayed to this node's peers, never published again. Awareness from local
+peers (and the removals when they leave) is published per connection; remote states are owned by
+``("node", node id, connection)`` and expire like local ones when they are not renewed.
+Only the document's writer (``writer``; always true on a single node) appends to the journal, and relays
+to its peers after the commit. A room that is not the writer relays at once and marks itself ``unstored``;
+when it becomes the writer (``take_over``) it merges what the store holds and appends its whole state once.
+Remote updates are trusted (the node that took them from its peer checked them).
 """
 
 from __future__ import annotations
@@ -38,9 +48,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pycrdt import Doc, TransactionEvent
 
@@ -50,6 +60,9 @@ from sync.journal import Journal
 from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, SyncError, UpdateRejected
 from sync.store import DocKey, StoredDocument, StoreError
 from sync.update import client_ranges
+
+if TYPE_CHECKING:
+    from sync.relay import DocLink
 
 log = logging.getLogger("switchboard.sync.room")
 
@@ -130,6 +143,14 @@ class DocRoom:
         self._integrated: bytes | None = None
         """The update the last transaction emitted (see ``_apply``)."""
         self._compact_due = False
+        self.link: DocLink | None = None
+        """The link to the other nodes holding this document (None: this node is alone)."""
+        self.writer = True
+        """Whether this node writes the document to the store (the writer lease, when ``link`` is set)."""
+        self.unstored = False
+        """Changes were applied that this node did not journal (it was not the writer then)."""
+        self._remote = False
+        """The change being applied came from another node (not to be published again)."""
         self._subscription = self.doc.observe(self._on_change)
 
     # ---------------------------------------------------------------- peers
@@ -146,7 +167,10 @@ class DocRoom:
             return
         removed = self.awareness.remove_owner(peer, time.monotonic() if now is None else now)
         if removed:
-            self._broadcast(protocol.awareness(protocol.encode_awareness(removed)))
+            encoded = protocol.encode_awareness(removed)
+            self._broadcast(protocol.awareness(encoded))
+            if self.link is not None:
+                self.link.publish_awareness(id(peer), encoded)
 
     def receive(self, peer: Peer, data: bytes, now: float | None = None) -> None:
         """Handle one message from ``peer``. Raises ``SyncError`` subclasses (see the module policies)."""
@@ -160,8 +184,12 @@ class DocRoom:
             accepted = self.awareness.apply(entries, peer, time.monotonic() if now is None else now)
             if accepted:
                 # All accepted (the usual case): the incoming bytes are already the message to relay.
-                relay = data if len(accepted) == len(entries) else self._awareness_message(accepted)
+                every = len(accepted) == len(entries)
+                relay = data if every else self._awareness_message(accepted)
                 self._broadcast(relay)
+                if self.link is not None:
+                    encoded = message.update if every else protocol.encode_awareness(accepted)
+                    self.link.publish_awareness(id(peer), encoded)
         elif isinstance(message, protocol.QueryAwareness):
             peer.send(self._awareness_message(self.awareness.snapshot()))
         else:  # an auth message: servers send those, clients do not
@@ -173,6 +201,9 @@ class DocRoom:
         except ValueError:
             raise ProtocolError("sync step 1 holds no valid state vector") from None
         reply = protocol.sync_step2(missing)
+        if not self.writer:  # nothing here waits for this node's journal (see the module policies)
+            peer.send(reply)
+            return
         # Computed now (covers everything applied so far), sent once all of that is durable.
         self.journal.after_durable(lambda: peer.send(reply), self.key)
 
@@ -240,21 +271,28 @@ class DocRoom:
     # ---------------------------------------------------------------- document changes (any origin)
 
     def _on_change(self, event: TransactionEvent) -> None:
-        """After every transaction that changed the document: log it, relay it once durable."""
+        """After every transaction that changed the document: log it, relay it once durable (on the
+        writer; at once elsewhere), publish it to the other nodes unless it came from one."""
         update: bytes = event.update
         if update == EMPTY_UPDATE or self.closed:
             return
-        self.journal.append(self.key, update)
         self._integrated = update
-        self.log_rows += 1
-        self.log_bytes += len(update)
         self.size += len(update)
         message = protocol.update(update)
         sender = self._sender
-        self.journal.after_durable(lambda: self._relay(message, sender), self.key)
-        if not self._compact_due and self._compaction_due():
-            self._compact_due = True
-            asyncio.get_running_loop().call_soon(self._compact_if_due)
+        if self.writer:
+            self.journal.append(self.key, update)
+            self.log_rows += 1
+            self.log_bytes += len(update)
+            self.journal.after_durable(lambda: self._relay(message, sender), self.key)
+            if not self._compact_due and self._compaction_due():
+                self._compact_due = True
+                asyncio.get_running_loop().call_soon(self._compact_if_due)
+        else:
+            self.unstored = True
+            self._relay(message, sender)
+        if self.link is not None and not self._remote:
+            self.link.publish_update(update)
 
     def _relay(self, message: bytes, sender: Peer | None) -> None:
         if self.closed:
@@ -265,6 +303,75 @@ class DocRoom:
                 peer.send(message)
                 count += 1
         self.relayed += count
+
+    # ---------------------------------------------------------------- other nodes (sync.relay.RelayedRoom)
+
+    def apply_remote(self, update: bytes) -> None:
+        """Apply an update another node integrated: relay it here, store it if writer, never publish it."""
+        if self.closed:
+            return
+        self._remote = True
+        try:
+            self.doc.apply_update(update)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("document %r: an update from another node was rejected: %s", self.key[1], exc)
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException":
+                raise
+            log.warning("document %r: an update from another node made the CRDT panic", self.key[1])
+        finally:
+            self._remote = False
+
+    def apply_remote_awareness(self, owner: Hashable, update: bytes) -> None:
+        """Apply awareness announced by ``owner``, a connection on another node; relay what is accepted."""
+        if self.closed:
+            return
+        entries = protocol.decode_awareness(update)
+        accepted = self.awareness.apply(entries, owner, time.monotonic())
+        if accepted:
+            self._broadcast(self._awareness_message(accepted))
+
+    def local_awareness(self) -> list[tuple[int, bytes]]:
+        """The states this node's own peers announced, per connection (for another node's sync)."""
+        out: list[tuple[int, bytes]] = []
+        awareness = self.awareness
+        for peer in self.peers:
+            ids = awareness.owned_by(peer)
+            entries = [
+                AwarenessEntry(cid, awareness.clock(cid), state)
+                for cid in sorted(ids)
+                if (state := awareness.state(cid)) is not None
+            ]
+            if entries:
+                out.append((id(peer), protocol.encode_awareness(entries)))
+        return out
+
+    def take_over(self, stored: StoredDocument | None) -> None:
+        """This node became the writer: merge what the store holds (``stored``, None if it could not be
+        read), then append the whole state once if this node applied changes it did not journal."""
+        if self.closed:
+            return
+        self.writer = True
+        if stored is not None:
+            self.snapshot_bytes = stored.snapshot_bytes
+            self.log_rows = stored.log_rows
+            self.log_bytes = stored.log_bytes
+            for update in stored.updates:  # what the store has and this node lacks goes to everyone
+                try:
+                    self.doc.apply_update(update)
+                except ValueError as exc:
+                    log.error("stored document %r does not decode: %s", self.key[1], exc)
+        if self.unstored or stored is None:
+            state = self.doc.get_update()
+            self.journal.append(self.key, state)
+            self.log_rows += 1
+            self.log_bytes += len(state)
+            self.unstored = False
+
+    def stop_writing(self) -> None:
+        """Another node writes the document now (or this one cannot tell that it still may)."""
+        self.writer = False
+        self.unstored = True  # what this node holds may not be in the store any more (a Redis restart)
 
     def transact(self, fn: Callable[[Doc[Any]], T], origin: str = "server") -> T:
         """Run ``fn`` on the document in one transaction; its changes are logged and relayed."""
@@ -281,7 +388,7 @@ class DocRoom:
 
     def _compact_if_due(self) -> None:
         self._compact_due = False
-        if not self.closed and self._compaction_due():
+        if not self.closed and self.writer and self._compaction_due():
             self.compact()
 
     def compact(self) -> None:

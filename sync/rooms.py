@@ -13,6 +13,14 @@
   the next acquire reloads what the store holds.
 - ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
   connected peers and the store like any client's, and they return once the edits are durable.
+
+With a ``relay`` (``sync.relay``; several nodes share the documents) a load is: attach (subscribe to the
+document's messages, buffered), load from the store, bind the room, run the sync exchange with the other
+holders (bounded wait), then try to take the writer lease; peers join only after that, so a late joiner's
+first sync step 2 holds the full state. A room starts as a non-writer; on gaining the lease it reloads
+the store and merges it (``DocRoom.take_over``); an unload compacts only on the writer, flushes, then
+closes the link (which hands the lease to another holder). Without a relay nothing changes: every room is
+its document's writer.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from pycrdt import Doc
 
 from sync.journal import Journal
 from sync.protocol import LimitExceeded
+from sync.relay import DocLink, DocumentRelay
 from sync.room import DocRoom, RoomLimits
-from sync.store import DocKey, DocumentStore, StoreError
+from sync.store import DocKey, DocumentStore, StoredDocument, StoreError
 
 log = logging.getLogger("switchboard.sync.rooms")
 
@@ -49,8 +58,10 @@ class DocumentRooms:
         max_open: int = 10000,
         keepalive_interval: float = 15.0,
         commit_delay: float = 0.0,
+        relay: DocumentRelay | None = None,
     ) -> None:
         self.store = store
+        self.relay = relay
         self.limits = limits if limits is not None else RoomLimits()
         self.unload_delay = unload_delay
         self.max_open = max_open
@@ -64,6 +75,7 @@ class DocumentRooms:
         self._open_lock = asyncio.Lock()
         self._clock: asyncio.Task[None] | None = None
         self._closing = False
+        self._takeovers: dict[DocKey, asyncio.Task[None]] = {}
         self.loads = 0
         self.unloads = 0
         self.on_unload: Callable[[DocKey], None] | None = None
@@ -124,14 +136,72 @@ class DocumentRooms:
     async def _load(self, key: DocKey) -> DocRoom:
         try:
             await self._open_store()
-            stored = await self.store.load(key)
-            room = DocRoom(key, self.journal, self.limits, stored)
+            if self.relay is None:
+                room = DocRoom(key, self.journal, self.limits, await self.store.load(key))
+            else:
+                room = await self._load_shared(key, self.relay)
             self.rooms[key] = room
             self.loads += 1
-            log.debug("document %r loaded (%d stored updates)", key[1], len(stored.updates))
+            log.debug("document %r loaded", key[1])
             return room
         finally:
             self._loading.pop(key, None)
+
+    async def _load_shared(self, key: DocKey, relay: DocumentRelay) -> DocRoom:
+        link = await relay.attach(key)  # first: nothing published from now on is missed
+        room: DocRoom | None = None
+        try:
+            room = DocRoom(key, self.journal, self.limits, await self.store.load(key))
+            room.writer = False
+            room.link = link
+            bound = room
+            link.bind(room, lambda gained: self._lease_changed(bound, gained))
+            await link.catch_up(wait=True)
+            await link.claim()
+            takeover = self._takeovers.get(key)
+            if takeover is not None:
+                await asyncio.shield(takeover)
+            return room
+        except BaseException:
+            if room is not None:
+                room.close()
+            with contextlib.suppress(Exception):
+                await link.close()
+            raise
+
+    def _lease_changed(self, room: DocRoom, gained: bool) -> None:
+        if room.closed:
+            return
+        if not gained:
+            room.stop_writing()
+            log.info("document %r: this node no longer writes it", room.key[1])
+            return
+        room.writer = True  # from now on every change is journaled; the store is merged in the background
+        key = room.key
+        task = asyncio.get_running_loop().create_task(self._take_over(room))
+        self._takeovers[key] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._takeovers.get(key) is finished:
+                del self._takeovers[key]
+
+        task.add_done_callback(done)
+
+    async def _take_over(self, room: DocRoom) -> None:
+        try:
+            stored: StoredDocument | None = await self.store.load(room.key)
+        except StoreError as exc:
+            log.warning("document %r: store not readable when taking over: %s", room.key[1], exc.reason)
+            stored = None
+        if room.writer:  # still (the lease may have been lost while the store was read)
+            room.take_over(stored)
+
+    async def _close_link(self, link: DocLink | None) -> None:
+        if link is not None:
+            try:
+                await link.close()
+            except Exception:
+                log.exception("closing a document's link to the other nodes failed")
 
     async def _open_store(self) -> None:
         if self._store_open:
@@ -139,6 +209,8 @@ class DocumentRooms:
         async with self._open_lock:
             if not self._store_open:
                 await self.store.open()
+                if self.relay is not None:
+                    await self.relay.start()
                 self._store_open = True
                 self._clock = asyncio.get_running_loop().create_task(self._run_clock())
 
@@ -153,12 +225,13 @@ class DocumentRooms:
 
     async def _unload(self, key: DocKey, room: DocRoom) -> None:
         try:
-            if room.log_rows and not room.closed:
+            if room.writer and room.log_rows and not room.closed:
                 room.compact()
             await self.journal.flush()
         except Exception:
             log.exception("unloading document %r failed", key[1])
         finally:
+            await self._close_link(room.link)  # after the flush: the next writer finds it all stored
             if self.rooms.get(key) is room:
                 del self.rooms[key]
             room.close()
@@ -173,6 +246,8 @@ class DocumentRooms:
             if room is not None:
                 log.error("document %r closed after a failed write; clients will resync", key[1])
                 room.close(error)
+                if room.link is not None:
+                    asyncio.get_running_loop().create_task(self._close_link(room.link))
 
     # ---------------------------------------------------------------- upkeep
 
@@ -206,14 +281,19 @@ class DocumentRooms:
             self._clock = None
         if self._unloading:
             await asyncio.gather(*self._unloading.values(), return_exceptions=True)
+        if self._takeovers:
+            await asyncio.gather(*self._takeovers.values(), return_exceptions=True)
         for room in list(self.rooms.values()):
-            if room.log_rows and not room.closed:
+            if room.writer and room.log_rows and not room.closed:
                 room.compact()
         await self.journal.close()
         for room in self.rooms.values():
             room.close()
+            await self._close_link(room.link)
         self.rooms.clear()
         if self._store_open:
+            if self.relay is not None:
+                await self.relay.close()
             await self.store.close()
             self._store_open = False
         self._closing = False
