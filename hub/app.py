@@ -80,12 +80,22 @@ class Switchboard:
             node_id=node_id,
         )
         self._start_lock = asyncio.Lock()
-        # Documents: the embedded SQLite store under data_dir (opened on first use).
+        # Documents: the embedded SQLite store under data_dir (opened on first use), or Redis (doc_store);
+        # with Redis configured, documents' updates, awareness and writer lease travel between nodes over it.
+        doc_relay = None
+        if self.redis is not None:
+            from sync.relay_redis import RedisDocumentRelay
+            from sync.store_redis import RedisDocumentStore
+
+            doc_relay = RedisDocumentRelay(self.redis, node_id=node_id)
         self.documents = Documents(
             self.config,
             self.node.verifier,
             self.node.scheduler,
-            SqliteDocumentStore(Documents.default_store_path(self.config), fsync=self.config.doc_fsync),
+            RedisDocumentStore(self.redis)
+            if self.redis is not None and self.config.doc_store == "redis"
+            else SqliteDocumentStore(Documents.default_store_path(self.config), fsync=self.config.doc_fsync),
+            doc_relay,
         )
         node = self.node
         self.metrics_registry = build_registry(

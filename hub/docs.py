@@ -63,6 +63,7 @@ from hub.ws_uvicorn import RAW_EXTENSION
 from sync import protocol
 from sync.content import document_json
 from sync.protocol import LimitExceeded, SyncError, UpdateRejected
+from sync.relay import DocumentRelay
 from sync.room import DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey, DocumentStore, StoreError
@@ -273,7 +274,10 @@ class Documents:
         verifier: TokenVerifier,
         scheduler: FlushScheduler,
         store: DocumentStore,
+        relay: DocumentRelay | None = None,
     ) -> None:
+        """``relay``: how documents reach the other nodes (``sync.relay_redis.RedisDocumentRelay`` when
+        Redis is configured); None: this node is alone, every document is written by it."""
         self.config = config
         self.verifier = verifier
         self.scheduler = scheduler
@@ -288,6 +292,7 @@ class Documents:
             unload_delay=config.doc_unload_delay,
             max_open=config.doc_max_open_documents,
             keepalive_interval=config.doc_ping_interval,
+            relay=relay,
         )
         self.peers: set[DocPeer] = set()
         self._per_user: Counter[tuple[str, str]] = Counter()
