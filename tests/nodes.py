@@ -380,6 +380,16 @@ def redis_servers(count: int) -> Iterator[list[RedisServer]]:
             s.cleanup()
 
 
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = TIMEOUT, every: float = 0.05
+) -> None:
+    """Poll ``check`` until it is true, failing after ``within`` seconds. For state held by another process
+    (a node's API, a Redis key): there is no event to wait on from here, so poll, bounded."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - another process's state: no event to wait on
+            await asyncio.sleep(every)
+
+
 def user_token(user: str, **kw: Any) -> str:
     """A connection JWT every node accepts (they share the suite's secret)."""
     return token(user, **kw)
