@@ -56,8 +56,9 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
-from channels.redis_shards import DOWN_ERRORS, RedisShards, Shard, ShardUnavailable, route_of
+from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, ShardUnavailable, route_of
 from sync.relay import LeaseCallback, RelayedRoom
 from sync.store import DocKey, StoreError
 
@@ -73,7 +74,7 @@ RESYNC_BACKOFF_MIN = 0.1
 RESYNC_BACKOFF_MAX = 2.0
 
 # KEYS[1] lease, ARGV[1] node id, ARGV[2] ttl ms -> 1 if the caller holds the lease now, else 0.
-_CLAIM = """
+_CLAIM = Script("""
 local v = redis.call('GET', KEYS[1])
 if v == false then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -84,14 +85,14 @@ if v == ARGV[1] then
   return 1
 end
 return 0
-"""
+""")
 
-_RELEASE = """
+_RELEASE = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"""
+""")
 
 
 def _pack(message: list[Any]) -> bytes:
@@ -286,14 +287,12 @@ class RedisDocLink:
         """How many nodes subscribe to this document's channel (this one included)."""
         redis = self.shard.redis
         if isinstance(redis, aioredis.RedisCluster):
-            from redis.crc import key_slot
-
             if not redis.nodes_manager.slots_cache:
                 await redis.initialize()
             node = redis.nodes_manager.get_node_from_slot(key_slot(self.channel.encode()))
             reply = await redis.execute_command("PUBSUB SHARDNUMSUB", self.channel, target_nodes=node)
         else:
-            reply = await redis.execute_command("PUBSUB NUMSUB", self.channel)  # type: ignore[no-untyped-call]
+            reply = await self.shard.execute("PUBSUB", "NUMSUB", self.channel)
         if isinstance(reply, dict):
             return int(next(iter(reply.values()), 0))
         if isinstance(reply, list) and reply:
@@ -386,7 +385,6 @@ class RedisDocumentRelay:
         self._request_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upkeep: asyncio.Task[None] | None = None
-        self._scripts: dict[tuple[int, str], Any] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -429,18 +427,12 @@ class RedisDocumentRelay:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _script(self, shard: Shard, source: str) -> Any:
-        script = self._scripts.get((shard.index, source))
-        if script is None:
-            script = self._scripts[(shard.index, source)] = shard.redis.register_script(source)
-        return script
-
     async def _claim(self, shard: Shard, lease_key: str) -> bool:
         ttl_ms = max(1, int(self.lease_ttl * 1000))
-        return bool(await self._script(shard, _CLAIM)(keys=[lease_key], args=[self.node_id, ttl_ms]))
+        return bool(await shard.eval(_CLAIM, [lease_key], [self.node_id, ttl_ms]))
 
     async def _release(self, shard: Shard, lease_key: str) -> None:
-        await self._script(shard, _RELEASE)(keys=[lease_key], args=[self.node_id])
+        await shard.eval(_RELEASE, [lease_key], [self.node_id])
 
     async def close(self) -> None:
         tasks = [t for t in (self._upkeep, *self._tasks) if t is not None]

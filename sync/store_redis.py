@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
-from channels.redis_shards import DOWN_ERRORS, RedisShards, route_of
+from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, route_of
 from sync.store import Append, Compact, DocKey, StoredDocument, StoreError, StoreOp
 
 # KEYS[1] log, KEYS[2] snapshot; ARGV pairs of (op, data): "a" append, "c" compact.
-_WRITE = """
+_WRITE = Script("""
 for i = 1, #ARGV, 2 do
   if ARGV[i] == 'a' then
     redis.call('RPUSH', KEYS[1], ARGV[i + 1])
@@ -42,17 +41,16 @@ for i = 1, #ARGV, 2 do
   end
 end
 return 1
-"""
+""")
 
-_LOAD = """
+_LOAD = Script("""
 return {redis.call('GET', KEYS[2]), redis.call('LRANGE', KEYS[1], 0, -1)}
-"""
+""")
 
 
 class RedisDocumentStore:
     def __init__(self, shards: RedisShards) -> None:
         self.shards = shards
-        self._scripts: dict[tuple[int, str], Any] = {}
         self.writes = 0
         """Scripts run (one per document per batch): a test's way to see which node writes."""
 
@@ -62,21 +60,15 @@ class RedisDocumentStore:
     async def close(self) -> None:
         """The shards are closed by their owner."""
 
-    def _keys(self, key: DocKey) -> tuple[Any, str, str]:
+    def _keys(self, key: DocKey) -> tuple[Shard, str, str]:
         route = route_of(*key)
         shard = self.shards.shard_for(route)
         return shard, self.shards.key("doclog", route), self.shards.key("docsnap", route)
 
-    def _script(self, shard: Any, source: str) -> Any:
-        script = self._scripts.get((shard.index, source))
-        if script is None:
-            script = self._scripts[(shard.index, source)] = shard.redis.register_script(source)
-        return script
-
     async def load(self, key: DocKey) -> StoredDocument:
         shard, log_key, snap_key = self._keys(key)
         try:
-            snapshot, log = await self._script(shard, _LOAD)(keys=[log_key, snap_key], args=[])
+            snapshot, log = await shard.eval(_LOAD, [log_key, snap_key], [])
         except DOWN_ERRORS as exc:
             raise StoreError(f"document store unavailable: {exc}") from None
         except Exception as exc:  # a script error: report, never crash the caller
@@ -115,5 +107,5 @@ class RedisDocumentStore:
                 args += [b"a", op.update]
             else:
                 args += [b"c", op.snapshot]
-        await self._script(shard, _WRITE)(keys=[log_key, snap_key], args=args)
+        await shard.eval(_WRITE, [log_key, snap_key], args)
         self.writes += 1
