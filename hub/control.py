@@ -341,6 +341,8 @@ class RedisControl:
                 await self._announce()
 
     async def _announce(self) -> None:
+        if not self._started:
+            return  # closed (a spawned announcement must not follow our "bye" and revive us elsewhere)
         msg = {"k": "info", "n": self.node.id, "i": self.node.info(), "t": self.interval}
         try:
             await self.shard.publish(self.everyone, _pack(msg))
