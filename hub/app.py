@@ -79,6 +79,10 @@ class Switchboard:
             self.hooks,
             node_id=node_id,
         )
+        if self.redis is not None:
+            from hub.control import RedisControl
+
+            self.node.control = RedisControl(self.node, self.redis)
         self._start_lock = asyncio.Lock()
         # Documents: the embedded SQLite store under data_dir (opened on first use), or Redis (doc_store);
         # with Redis configured, documents' updates, awareness and writer lease travel between nodes over it.

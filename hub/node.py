@@ -465,16 +465,18 @@ class Node:
         them past its ttl while they live (and drops them within it when this node dies)."""
         if self._presence_refresh is not None and not self._presence_refresh.done():
             return  # the last refresh is still running: never two at once
-        entries = [
-            (sub.key, sub.info)
-            for client in self.sessions
-            for sub in client.subs.values()
-            if sub.active and sub.options.presence
-        ]
-        if not entries:
-            return
 
         async def refresh() -> None:
+            # The snapshot is taken in the same step as the call starts: a removal between the two would
+            # otherwise be undone by the refresh for a whole ttl.
+            entries = [
+                (sub.key, sub.info)
+                for client in self.sessions
+                for sub in client.subs.values()
+                if sub.active and sub.options.presence
+            ]
+            if not entries:
+                return
             try:
                 await self.presence.refresh(entries)
             except Exception:
