@@ -37,7 +37,7 @@ import logging
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import hiredis
@@ -126,8 +126,8 @@ class _Pipe(asyncio.Protocol):
         self.alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCP transport is no subclass of asyncio.Transport, but it is one in every way we use
+        self._transport = cast(asyncio.Transport, transport)
         self.alive = True
 
     def data_received(self, data: bytes) -> None:
@@ -226,8 +226,8 @@ class _PubSubConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCP transport is no subclass of asyncio.Transport, but it is one in every way we use
+        self._transport = cast(asyncio.Transport, transport)
         self._reader = hiredis.Reader(replyError=rexc.ResponseError)
 
     def connection_lost(self, exc: Exception | None) -> None:
