@@ -35,13 +35,6 @@ make_nodes = harness.make_nodes
 node = test_docs_js.node
 node_clients = test_docs_js.node_clients
 
-pytestmark = pytest.mark.xfail(
-    strict=True,
-    reason="channels/redis_shards.py (fa427a1) asserts isinstance(transport, asyncio.Transport) in "
-    "connection_made; uvloop's TCPTransport is no asyncio.Transport, so under `switchboard serve` "
-    "(uvloop) every Redis connection dies at connect. With that assert removed, 10 of 15 pass here.",
-)
-
 _names = itertools.count()
 
 

@@ -1,0 +1,325 @@
+"""Faults of a many-node hub, end to end (real ``switchboard serve`` processes, tests/nodes.py): Redis
+restarted under traffic (it comes back empty: the streams are gone), publishing while Redis is down, and a
+node killed with SIGKILL.
+
+What must hold: publications flow again once Redis is back; a subscriber never has a *silent* gap (within
+one epoch its offsets are consecutive; anything it did not get is announced by ``recovered: false`` with a
+new epoch); a publish Redis did not take is answered with an error, never a success; the clients of a dead
+node recover on another node without a gap, and its presence entries expire after ``presence_ttl``.
+
+One Redis and three nodes serve the whole module; every test leaves them running (Redis started again,
+the killed node restarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+
+from tests import conftest
+from tests.conftest import TIMEOUT, RawClient
+from tests.nodes import PRESENCE_TTL, HubNode, NodeSet, eventually, module_nodes, redis_servers, user_token
+from tests.redis_servers import RedisServer
+
+raw_client = conftest.raw_client  # a fixture defined elsewhere, used here
+
+_names = itertools.count()
+
+
+def fresh(prefix: str = "fault") -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def redis_one() -> Iterator[RedisServer]:
+    with redis_servers(1) as servers:
+        yield servers[0]
+
+
+@pytest.fixture(scope="module")
+def hub3(tmp_path_factory: pytest.TempPathFactory, redis_one: RedisServer) -> Iterator[NodeSet]:
+    with module_nodes(tmp_path_factory, [redis_one.url]) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def redis(redis_one: RedisServer) -> Iterator[RedisServer]:
+    """The module's Redis, running again after the test whatever it did to it."""
+    yield redis_one
+    redis_one.start()
+
+
+async def client_on(node: HubNode, user: str) -> RawClient:
+    ws = await websockets.connect(node.url, max_size=None, open_timeout=TIMEOUT)
+    client = RawClient(ws)
+    reply = await client.command("connect", {"token": user_token(user)})
+    assert "connect" in reply, reply
+    return client
+
+
+class Tracker:
+    """A subscriber that follows the protocol as an SDK does: on ``unsubscribe`` with a resubscribe code
+    (2500) it subscribes again recovering from its position; it records what it got and checks, as it goes,
+    that offsets within an epoch are consecutive (a silent gap is a violation)."""
+
+    def __init__(self, client: RawClient, channel: str, acked: list[int]) -> None:
+        self.client = client
+        self.channel = channel
+        self.acked = acked
+        self.epoch = ""
+        self.offset = 0
+        self.received: list[int] = []
+        self.violations: list[str] = []
+        self.resubscribes: list[bool] = []
+        """``recovered`` of every resubscription, in order."""
+        self.acked_at_unrecovered = 0
+        """How many publications were acknowledged when the last ``recovered: false`` reply arrived: only
+        those may be missing."""
+        self.progress = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def subscribe(self, *, recover: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = {"channel": self.channel}
+        if recover:
+            params |= {"recover": True, "offset": self.offset, "epoch": self.epoch}
+        reply = await self.client.command("subscribe", params)
+        assert "subscribe" in reply, reply
+        result: dict[str, Any] = reply["subscribe"]
+        if recover:
+            recovered = bool(result.get("recovered"))
+            self.resubscribes.append(recovered)
+            if not recovered:
+                self.acked_at_unrecovered = len(self.acked)
+                if result.get("epoch", "") == self.epoch:
+                    self.violations.append(f"recovered: false with the same epoch {self.epoch}")
+            elif result.get("epoch", "") != self.epoch:
+                self.violations.append("recovered: true across an epoch change")
+        if not recover or not result.get("recovered"):
+            self.epoch, self.offset = result.get("epoch", ""), result.get("offset", 0)
+        for pub in result.get("publications", []):
+            self._take(pub)
+        return result
+
+    def _take(self, pub: dict[str, Any]) -> None:
+        offset = pub.get("offset", 0)
+        if offset != self.offset + 1:
+            self.violations.append(f"offset {offset} after {self.offset} in epoch {self.epoch}")
+        self.offset = offset
+        self.received.append(pub["data"])
+        self.progress.set()
+
+    async def run(self) -> None:
+        while True:
+            push = await self.client.push()
+            if push.get("channel") != self.channel:
+                continue
+            if "pub" in push:
+                self._take(push["pub"])
+            elif "unsubscribe" in push:
+                code = push["unsubscribe"].get("code", 0)
+                assert 2500 <= code < 3000, push  # only "resubscribe" unsubscriptions are expected here
+                await self.subscribe(recover=True)
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.task.add_done_callback(lambda _: self.progress.set())
+        return self.task
+
+    async def until_received(self, data: int) -> None:
+        try:
+            async with asyncio.timeout(TIMEOUT * 2):
+                while data not in self.received:
+                    if self.task is not None and self.task.done():
+                        self.task.result()  # the reader failed: its error is the test's
+                        raise AssertionError("the reader ended")
+                    self.progress.clear()
+                    await self.progress.wait()
+        except TimeoutError:
+            raise AssertionError(f"{data} never arrived: {self}") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"Tracker(epoch={self.epoch}, offset={self.offset}, received={self.received}, "
+            f"resubscribes={self.resubscribes}, violations={self.violations})"
+        )
+
+    def check(self) -> None:
+        """No silent gap: what is missing was acknowledged before a ``recovered: false``."""
+        assert not self.violations, self.violations
+        missing = set(self.acked) - set(self.received)
+        announced = set(self.acked[: self.acked_at_unrecovered])
+        assert missing <= announced, (sorted(missing - announced), self)
+        assert len(self.received) == len(set(self.received)), "a publication arrived twice"
+
+
+async def test_publish_while_redis_is_down_is_an_error_then_works_again(
+    hub3: NodeSet, redis: RedisServer
+) -> None:
+    channel = fresh()
+    acked: list[int] = []
+    tracker = Tracker(await client_on(hub3[2], "listener"), channel, acked)
+    await tracker.subscribe()
+    reader = tracker.start()
+    pub = await client_on(hub3[0], "talker")
+    sent = itertools.count()
+
+    async def publish() -> bool:
+        data = next(sent)
+        reply = await pub.command("publish", {"channel": channel, "data": data})
+        if "publish" in reply:
+            acked.append(data)
+            return True
+        assert reply["error"]["code"] == 100, reply
+        return False
+
+    try:
+        for _ in range(3):
+            assert await publish()
+        await tracker.until_received(acked[-1])
+        redis.stop()
+        assert not await publish()  # an error, not a false success
+        api = await hub3[1].api("publish", {"channel": channel, "data": -1})
+        assert "error" in api, api
+        history = await pub.command("history", {"channel": channel, "limit": 10})
+        assert "error" in history, history
+        redis.start()
+
+        async def flowing() -> bool:
+            """Publications reach the subscriber again (its node resubscribed; it may first be told to
+            resubscribe itself): publish one and see whether anything new arrived."""
+            before = len(tracker.received)
+            if await publish():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        while len(tracker.received) == before:
+                            tracker.progress.clear()
+                            await tracker.progress.wait()
+            return len(tracker.received) > before
+
+        await eventually(flowing, within=TIMEOUT * 2, every=0.01)
+        tracker.check()
+        assert False in tracker.resubscribes, "the stream was lost with Redis: the subscriber must be told"
+        assert -1 not in tracker.received
+    finally:
+        reader.cancel()
+
+
+async def test_redis_restarted_under_traffic(hub3: NodeSet, redis: RedisServer) -> None:
+    channel = fresh("traffic")
+    acked: list[int] = []
+    trackers = []
+    for node, user in ((hub3[0], "s1"), (hub3[1], "s2")):
+        t = Tracker(await client_on(node, user), channel, acked)
+        await t.subscribe()
+        trackers.append(t)
+    readers = [t.start() for t in trackers]
+    away = await client_on(hub3[1], "away")  # disconnected while Redis restarts, back on another node
+    away_tracker = Tracker(away, channel, acked)
+    await away_tracker.subscribe()
+    away_reader = away_tracker.start()
+    publisher = await client_on(hub3[2], "publisher")
+    errors = 0
+    sent = itertools.count()
+
+    async def publish_one() -> None:
+        nonlocal errors
+        data = next(sent)
+        reply = await publisher.command("publish", {"channel": channel, "data": data})
+        if "publish" in reply:
+            acked.append(data)
+        else:
+            assert reply["error"]["code"] == 100, reply
+            errors += 1
+
+    try:
+        while len(acked) < 20:
+            await publish_one()
+        await away_tracker.until_received(acked[-1])
+        away_reader.cancel()
+        await away.ws.close()
+        redis.stop()
+        for _ in range(5):
+            await publish_one()
+        redis.start()
+        restarted_at = len(acked)
+
+        def caught_up(t: Tracker) -> bool:
+            """Told about the lost stream, and receiving what was published after that."""
+            return False in t.resubscribes and any(x in t.received for x in acked[t.acked_at_unrecovered :])
+
+        async with asyncio.timeout(TIMEOUT * 3):
+            while len(acked) < restarted_at + 20 or not all(caught_up(t) for t in trackers):
+                await publish_one()
+                await asyncio.sleep(0)  # let the readers take what arrived
+        await publish_one()
+        for t in trackers:
+            await t.until_received(acked[-1])  # publications flow: the last one reaches everybody
+            t.check()
+        assert errors >= 5  # every publish while Redis was down was refused
+        back = Tracker(await client_on(hub3[0], "away"), channel, acked)
+        back.epoch, back.offset = away_tracker.epoch, away_tracker.offset
+        result = await back.subscribe(recover=True)
+        assert result["recovered"] is False and result["epoch"] != away_tracker.epoch
+    finally:
+        for r in readers:
+            r.cancel()
+
+
+async def test_a_killed_nodes_clients_recover_elsewhere_and_its_presence_expires(hub3: NodeSet) -> None:
+    channel = fresh("chat:kill")
+    victim_node, other, third = hub3[0], hub3[1], hub3[2]
+    victim = await client_on(victim_node, "victim")
+    tracker = Tracker(victim, channel, [])
+    await tracker.subscribe()
+    watcher = await client_on(other, "watcher")
+    await watcher.command("subscribe", {"channel": channel})
+    for i in range(3):
+        await third.api("publish", {"channel": channel, "data": i})
+    reader = tracker.start()
+    try:
+        await tracker.until_received(2)
+        reply = await watcher.command("presence", {"channel": channel})
+        old_clients = {c for c, info in reply["presence"]["presence"].items() if info["user"] == "victim"}
+        assert len(old_clients) == 1
+        killed_at = time.monotonic()
+        await victim_node.kill()
+        await victim.closed()
+        reader.cancel()
+        for i in range(3, 8):
+            await third.api("publish", {"channel": channel, "data": i})
+        back = Tracker(await client_on(other, "victim"), channel, [])
+        back.epoch, back.offset, back.received = tracker.epoch, tracker.offset, list(tracker.received)
+        result = await back.subscribe(recover=True)
+        assert result["recovered"] is True, result
+        assert back.received == list(range(8)) and not back.violations  # no gap, no duplicate
+
+        async def victim_entry_gone() -> bool:
+            reply = await watcher.command("presence", {"channel": channel})
+            return not old_clients & set(reply["presence"]["presence"])
+
+        await eventually(victim_entry_gone, within=PRESENCE_TTL + TIMEOUT)
+        gone_after = time.monotonic() - killed_at
+        assert gone_after >= PRESENCE_TTL / 2, "expired long before its ttl"  # refreshed <= 0.5 s before
+        stats = await watcher.command("presence_stats", {"channel": channel})
+        assert stats["presence_stats"] == {"num_clients": 2, "num_users": 2}  # watcher + victim's new one
+
+        async def dropped_from_info() -> bool:
+            nodes = (await other.api("info"))["result"]["nodes"]
+            return victim_node.name not in {n["name"] for n in nodes}
+
+        await eventually(dropped_from_info)
+        print(
+            f"presence entry of the killed node gone {gone_after:.2f} s after SIGKILL (ttl {PRESENCE_TTL} s)"
+        )
+    finally:
+        reader.cancel()
+        with contextlib.suppress(Exception):
+            await victim.ws.close()
+        await victim_node.start()  # the module's nodes stay three
