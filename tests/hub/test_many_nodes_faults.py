@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import websockets
 
+from channels.redis_shards import RedisShards, route_of
 from tests import conftest
 from tests import nodes as harness
 from tests.conftest import TIMEOUT, RawClient
@@ -43,6 +44,7 @@ from tests.redis_servers import RedisServer
 # fixtures defined elsewhere, used here
 raw_client = conftest.raw_client
 redis_server = conftest.redis_server
+redis_two = conftest.redis_two
 make_nodes = harness.make_nodes
 yconnect = ydocs.yconnect
 
@@ -383,3 +385,64 @@ async def test_documents_survive_a_killed_writer_and_a_full_restart(
         await n.start()
     late = await yconnect(nodes[0], "survivor")
     assert words(late) == everything
+
+
+# --- one of two Redis shards down -----------------------------------------------------------------------
+
+
+async def test_one_shard_down_leaves_the_other_shards_channels_working(
+    make_nodes: NodesFactory, redis_two: list[RedisServer]
+) -> None:
+    urls = [s.url for s in redis_two]
+    nodes = await make_nodes(2, redis=urls)
+    ring = RedisShards(urls)  # the nodes' ring, only computed
+    on: dict[int, str] = {}  # shard index -> a channel living there
+    for name in (f"shard-down-{i}" for i in itertools.count()):
+        on.setdefault(ring.shard_for(route_of("", name)).index, name)
+        if len(on) == 2:
+            break
+    acked: dict[int, list[int]] = {0: [], 1: []}
+    trackers = {k: Tracker(await client_on(nodes[1], f"sub{k}"), on[k], acked[k]) for k in (0, 1)}
+    for t in trackers.values():
+        await t.subscribe()
+    readers = [t.start() for t in trackers.values()]
+    publisher = await client_on(nodes[0], "pub")
+    sent = itertools.count()
+
+    async def publish(k: int) -> bool:
+        data = next(sent)
+        reply = await publisher.command("publish", {"channel": on[k], "data": data})
+        if "publish" in reply:
+            acked[k].append(data)
+            return True
+        assert reply["error"]["code"] == 100, reply
+        return False
+
+    try:
+        for k in (0, 1):
+            assert await publish(k)
+            await trackers[k].until_received(acked[k][-1])
+        redis_two[1].stop()
+        assert not await publish(1)  # its shard is down: an error
+        for _ in range(3):  # the other shard's channel carries on, from node to node
+            assert await publish(0)
+        await trackers[0].until_received(acked[0][-1])
+        redis_two[1].start()
+
+        async def flowing_again() -> bool:
+            before = len(trackers[1].received)
+            if await publish(1):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        while len(trackers[1].received) == before:
+                            trackers[1].progress.clear()
+                            await trackers[1].progress.wait()
+            return len(trackers[1].received) > before
+
+        await eventually(flowing_again, within=TIMEOUT * 2, every=0.01)
+        for t in trackers.values():
+            t.check()
+        assert trackers[0].resubscribes == []  # the healthy shard's subscriber never noticed
+    finally:
+        for r in readers:
+            r.cancel()
