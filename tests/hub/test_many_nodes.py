@@ -463,6 +463,9 @@ async def test_three_nodes_over_redis_cluster(
     for i, channel in enumerate(channels):
         reply = await nodes[(i + 1) % 3].api("history", {"channel": channel, "limit": 10})
         assert [(p["offset"], p["data"]) for p in reply["result"]["publications"]] == [(1, i)]
+    for i, channel in enumerate(channels):  # presence: every node's subscribers, read from any node
+        reply = await nodes[i % 3].api("presence_stats", {"channel": channel})
+        assert reply["result"] == {"num_clients": 3, "num_users": 3}, reply
     # the channels' keys are spread over the masters (one slot per channel, hash tags)
     masters_with_keys = sum(1 for s in redis_cluster.servers if int(s.command("DBSIZE")[1:].strip()) > 0)
     assert masters_with_keys >= 2
