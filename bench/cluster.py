@@ -314,6 +314,7 @@ def aggregate(cells: list[dict]) -> dict:
     m["errors"] = [c["error"] for c in cells if "error" in c]
     m["noisy"] = bool(ok) and all(c.get("noisy") for c in ok)
     m["runs"] = len(cells)
+    m["clean"] = sum(1 for c in cells if "error" not in c and not c.get("noisy"))
     calls = [c.get("redis_calls") for c in ok if c.get("redis_calls")]
     if calls:
         last = calls[-1]
@@ -354,6 +355,8 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
             notes = []
             if m["errors"]:
                 notes.append(f"ERROR x{len(m['errors'])}")
+            if m["runs"] > 1:
+                notes.append(f"{m['clean']}/{m['runs']} clean")
             if m["noisy"]:
                 other = f"{fmt(m['steady_other'], '.2f')}/{fmt(m['sat_other'], '.2f')}"
                 notes.append(f"noisy (others used {other} cores)")
@@ -407,8 +410,10 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
         "hub/redis cores = CPU utilisation while saturating; lost = deliveries missing after the drain; "
         "ratio rows: layout / 1node-memory of this run (dlv/s, latency, hub us/dlv). 2 vCPUs: three "
         "nodes + Redis + the load client oversubscribe the box, so dlv/s and latency with three nodes "
-        "are those of a crowded box; the CPU per delivery is the meaningful figure. noisy = other "
-        f"processes used > {a.noise_threshold:g} cores during a phase, or steal > 0.1 cores.")
+        "are those of a crowded box; the CPU per delivery is the meaningful figure. Medians over the "
+        "clean runs (all runs if none is clean); noisy = other processes used > "
+        f"{a.noise_threshold:g} cores during a phase or > {a.quiet_threshold:g} cores just before "
+        "the cell, or steal > 0.1 cores.")
     summary["table"] = out
     return "\n".join(out), summary
 
