@@ -96,6 +96,26 @@ async def no_more_pubs(client: RawClient, channel: str, marker_node: HubNode) ->
     assert push["pub"]["data"] == {"marker": True}, push
 
 
+# --- the harness itself (one node, memory broker) -------------------------------------------------------
+
+
+async def test_harness_stops_kills_and_restarts_a_node_on_its_port(make_nodes: NodesFactory) -> None:
+    (solo,) = await make_nodes(1)
+    port = solo.port
+    assert await solo.stop() == 0  # SIGTERM: a clean shutdown
+    await solo.start()
+    assert solo.port == port and "result" in await solo.api("publish", {"channel": "x", "data": 1})
+    await solo.kill()
+    assert not solo.running
+    await solo.start()
+    assert solo.starts == 3 and solo.log().count("--- start") == 3
+
+
+async def test_harness_reports_a_node_that_cannot_start(make_nodes: NodesFactory) -> None:
+    with pytest.raises(AssertionError, match="presence_update_interval must be shorter"):
+        await make_nodes(1, presence_ttl=1.0, presence_update_interval=5.0)
+
+
 # --- the cluster of nodes ------------------------------------------------------------------------------
 
 
