@@ -341,6 +341,71 @@ def test_recovery_on_another_node_has_no_gap_and_no_duplicate(
     asyncio.run(hop_scenario(hub3, steps))
 
 
+# --- fan-out across nodes as a model ---------------------------------------------------------------------
+
+Op = tuple[str, int, int]
+"""("sub" | "unsub" | "pub", client or node index, channel index)."""
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["sub", "unsub", "pub"]), st.integers(0, 3), st.integers(0, 2)),
+    min_size=1,
+    max_size=25,
+)
+
+
+async def fanout_scenario(nodes: NodeSet, script: list[Op]) -> None:
+    """Four clients (two on node 1, one on each other node) follow ``script``; every publication reaches
+    exactly the clients subscribed to its channel when it was published, on whatever node they are."""
+    tag = fresh("model")
+    channels = [f"{tag}-{c}" for c in range(3)]
+    homes = [nodes[0], nodes[0], nodes[1], nodes[2]]
+    clients = []
+    for k, home in enumerate(homes):
+        ws = await websockets.connect(home.url, max_size=None, open_timeout=TIMEOUT)
+        clients.append(RawClient(ws))
+        assert "connect" in await clients[-1].command("connect", {"token": user_token(f"model{k}")})
+    subscribed: list[set[int]] = [set() for _ in clients]
+    expected: list[list[tuple[str, int]]] = [[] for _ in clients]
+    published = 0
+    try:
+        for op, who, c in script:
+            if op == "sub" and c not in subscribed[who]:
+                await subscribe(clients[who], channels[c])
+                subscribed[who].add(c)
+            elif op == "unsub" and c in subscribed[who]:
+                assert "unsubscribe" in await clients[who].command("unsubscribe", {"channel": channels[c]})
+                subscribed[who].discard(c)
+            elif op == "pub":
+                published += 1
+                publisher = clients[who]  # publishes through its own node
+                reply = await publisher.command("publish", {"channel": channels[c], "data": published})
+                assert reply.get("publish") == {}, reply
+                for k in range(len(clients)):
+                    if c in subscribed[k]:
+                        expected[k].append((channels[c], published))
+        # One Redis keeps the order of everything published, so a last publication on a channel of each
+        # client's own proves everything before it has arrived.
+        for k, client in enumerate(clients):
+            await subscribe(client, f"{tag}-end-{k}")
+            await homes[(k + 1) % 3].api("publish", {"channel": f"{tag}-end-{k}", "data": "end"})
+            got = []
+            while True:
+                push = await client.push("pub")
+                if push["pub"]["data"] == "end":
+                    break
+                got.append((push["channel"], push["pub"]["data"]))
+            assert got == expected[k], (k, got, expected[k])
+    finally:
+        for client in clients:
+            await client.ws.close()
+
+
+@settings(max_examples=10, deadline=None)
+@given(ops)
+def test_publications_reach_exactly_the_subscribers_on_any_node(hub3: NodeSet, script: list[Op]) -> None:
+    asyncio.run(fanout_scenario(hub3, script))
+
+
 # --- the server API across nodes ------------------------------------------------------------------------
 
 
