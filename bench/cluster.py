@@ -20,7 +20,8 @@ Each layout runs once per entry of --channels (default "1,6"):
   subscribers, so at the same deliveries/s there are C times more publications (and Redis work) per second.
   The channel names are `<prefix>0..<prefix>C-1`; the prefix is the first of bench, bench-a, bench-b, ...
   whose channels split evenly over the two shards of this run (the ring positions depend on the servers'
-  ports), so both shards work equally in layout 4. The per-shard publish counts measured are printed.
+  ports), so both shards work equally in layout 4. The EVALSHA + PUBLISH calls each shard served are
+  printed (one publish script per publication, plus the nodes' own control-channel traffic).
 
 The load client is bench/load_client.py (one uvloop + picows process): N WebSocket JSON subscribers spread
 round-robin over the nodes, one publisher on node 1, phases idle / warm-up / steady (open loop at --rate
@@ -223,7 +224,8 @@ def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[Redi
         for k, proc in enumerate(procs):
             if proc.poll() is not None:
                 cell.setdefault("error", f"node{k + 1} died during the run (status {proc.returncode})")
-        # what each shard did over the whole cell (warm-up included): scripts run = publications
+        # what each shard did over the whole cell (warm-up included): one publish script per publication,
+        # plus the nodes' own traffic (control channel announcements, presence) wherever it lives
         cell["redis_calls"] = [{k: v for k, v in r.calls().items()
                                 if k in ("evalsha", "eval", "publish", "spublish", "subscribe", "xadd")}
                                for r in shards]
@@ -363,7 +365,7 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
             if m.get("redis_idle_cores") is not None:
                 notes.append(f"redis idle {m['redis_idle_cores'] * 1000:.1f} ms/s")
             if m.get("shard_scripts") and len(m["shard_scripts"]) > 1:
-                notes.append("publications per shard " + "/".join(f"{x:,}" for x in m["shard_scripts"]))
+                notes.append("EVALSHA+PUBLISH per shard " + "/".join(f"{x:,}" for x in m["shard_scripts"]))
             if m.get("shard_cpu_s_sat") and len(m["shard_cpu_s_sat"]) > 1:
                 notes.append("shard CPU s (sat) " + "/".join(f"{x:.2f}" for x in m["shard_cpu_s_sat"]))
             cores = ("-" if m["sat_hub_cores"] is None else
