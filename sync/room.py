@@ -368,6 +368,17 @@ class DocRoom:
             self.log_bytes += len(state)
             self.unstored = False
 
+    def store_before_leaving(self) -> None:
+        """The room unloads while another node is the writer, holding changes this node never journaled:
+        append its whole state once anyway. If the writer is alive it has them already (and a later
+        compaction of its own loses nothing); if it died before storing them, this is the only copy that
+        reaches the store. Only an append, never a compaction: merging a Yjs state again changes nothing,
+        so this cannot undo the writer's work."""
+        if self.closed or self.writer or not self.unstored:
+            return
+        self.journal.append(self.key, self.doc.get_update())
+        self.unstored = False
+
     def stop_writing(self) -> None:
         """Another node writes the document now (or this one cannot tell that it still may)."""
         self.writer = False

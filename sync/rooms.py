@@ -227,6 +227,7 @@ class DocumentRooms:
         try:
             if room.writer and room.log_rows and not room.closed:
                 room.compact()
+            room.store_before_leaving()
             await self.journal.flush()
         except Exception:
             log.exception("unloading document %r failed", key[1])
@@ -286,6 +287,7 @@ class DocumentRooms:
         for room in list(self.rooms.values()):
             if room.writer and room.log_rows and not room.closed:
                 room.compact()
+            room.store_before_leaving()
         await self.journal.close()
         for room in self.rooms.values():
             room.close()

@@ -366,12 +366,6 @@ async def write_words(conn: WsYClient, prefix: str, numbers: range) -> None:
         await conn.flush()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edits relayed by a holder that is not the writer are lost when the writer dies and the other "
-    "holders stop gracefully before one of them takes the lease (up to lease_ttl, 10 s): a non-writer's "
-    "unload does not persist its state. Passes when the survivors wait past lease_ttl before stopping.",
-)
 async def test_documents_survive_a_killed_writer_and_a_full_restart(
     make_nodes: NodesFactory, redis_server: RedisServer, yconnect: YConnect
 ) -> None:
