@@ -88,3 +88,9 @@ class Broker(Protocol):
         """
 
     async def remove_history(self, key: ChannelKey) -> None: ...
+
+    async def barrier(self, key: ChannelKey) -> None:
+        """Return once every publication of ``key`` accepted before this call has been handed to the
+        handler (for a channel this node receives). A read of the stream's top followed by a barrier
+        leaves nothing at or below that top still in flight: what the node has not received by then, it
+        missed."""

@@ -161,6 +161,9 @@ class MemoryBroker:
             pubs = pubs[:limit]
         return HistoryResult(pubs, position)
 
+    async def barrier(self, key: ChannelKey) -> None:
+        """Nothing is ever in flight: ``publish`` hands the publication over before it returns."""
+
     async def remove_history(self, key: ChannelKey) -> None:
         stream = self._streams.get(key)
         if stream is not None:

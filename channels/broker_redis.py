@@ -199,6 +199,15 @@ class RedisBroker:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
         self._subscribed[key] = shard
 
+    async def barrier(self, key: ChannelKey) -> None:
+        """A PING on the pub/sub connection that carries ``key``: Redis answers it after every message it
+        sent on that connection before, and the reader dispatches in order."""
+        route, shard = self._where(key)
+        try:
+            await shard.barrier(self.shards.channel("ch", route))
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+
     async def unsubscribe(self, key: ChannelKey) -> None:
         route, shard = self._where(key)
         self._subscribed.pop(key, None)

@@ -210,6 +210,7 @@ class _PubSubConnection(asyncio.Protocol):
         self.first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._connecting_failed = False
 
     def start(self) -> None:
         if self._task is None:
@@ -290,6 +291,18 @@ class _PubSubConnection(asyncio.Protocol):
             self._waiters = [w for w in self._waiters if w[2] is not fut]
             raise ShardUnavailable(f"redis {self.label} did not confirm {kind.decode()} in {wait} s") from exc
 
+    async def ping(self, wait: float) -> None:
+        """A round trip on this connection: Redis answers after every message it sent here before."""
+        if not self.connected:
+            raise ShardUnavailable(f"redis {self.label} is not connected")
+        fut = self._send(b"ping", b"", ("PING",))
+        try:
+            async with asyncio.timeout(wait):
+                await fut
+        except TimeoutError as exc:
+            self._waiters = [w for w in self._waiters if w[2] is not fut]
+            raise ShardUnavailable(f"redis {self.label} did not answer PING in {wait} s") from exc
+
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for _, _, fut in waiters:
@@ -305,7 +318,7 @@ class _PubSubConnection(asyncio.Protocol):
                 return
         if kind == self.unsub and channel in self.handlers:
             # unsolicited: in a cluster, the channel's slot moved to another node
-            self.shard._moved(channel)
+            self.shard._moved([channel], self)
 
     # -- the connection loop -----------------------------------------------------------------------------
 
@@ -322,10 +335,17 @@ class _PubSubConnection(asyncio.Protocol):
                         await self._send(b"hello", b"", args)
                 channels = list(self.handlers)
                 resubscribed = [self._send(self.sub, ch, (self.sub.decode(), ch)) for ch in channels]
-                for fut in resubscribed:
-                    async with asyncio.timeout(self.shard.connect_timeout):
-                        await fut
+                elsewhere: list[bytes] = []
+                for ch, fut in zip(channels, resubscribed, strict=True):
+                    try:
+                        async with asyncio.timeout(self.shard.connect_timeout):
+                            await fut
+                    except rexc.ResponseError:
+                        elsewhere.append(ch)  # MOVED: this node no longer owns the channel's slot
+                if elsewhere:
+                    self.shard._moved(elsewhere, self)
                 self._up(ever_connected)
+                self._connecting_failed = False
                 ever_connected = True
                 attempt = 0
                 await self._lost
@@ -335,6 +355,10 @@ class _PubSubConnection(asyncio.Protocol):
             except Exception as exc:  # every failure of the connection: log, back off, reconnect
                 if self.connected or attempt == 0:
                     log.warning("redis pub/sub %s lost: %r", self.label, exc)
+                if self.shard.cluster and self.handlers and not self._connecting_failed:
+                    # the node may be gone for good (failover): channels whose slots moved go elsewhere
+                    self._connecting_failed = True
+                    self.shard._remap(self)
             finally:
                 was_connected, self.connected = self.connected, False
                 if was_connected:
@@ -406,6 +430,7 @@ class Shard:
         self._state = asyncio.Event()
         self._pipe: _Pipe | None = None
         self._pipe_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def wait_connected(self, connected: bool = True) -> None:
         """Wait until ``connected`` has this value (operations and tests; wrap it in a timeout)."""
@@ -564,6 +589,12 @@ class Shard:
         except DOWN_ERRORS as exc:
             raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
 
+    async def barrier(self, channel: str) -> None:
+        """Return once every message Redis sent for ``channel`` before this call has been dispatched: a PING
+        on the pub/sub connection carrying it (replies and messages share its order)."""
+        conn = await self._conn_for(channel.encode())
+        await conn.ping(self.connect_timeout)
+
     async def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Subscribe ``channel``; returns once Redis confirmed. ``handler`` gets every message, synchronously
         and in order; the subscription survives reconnects. Raises ShardUnavailable if Redis is down (the
@@ -619,24 +650,48 @@ class Shard:
         with contextlib.suppress(*DOWN_ERRORS):
             await rc.nodes_manager.initialize()
 
-    def _moved(self, channel: bytes) -> None:
-        """cluster: Redis dropped ``channel`` by itself (its slot moved): subscribe it on the new owner."""
-        for conn in self._conns.values():
-            handler = conn.handlers.pop(channel, None)
-            if handler is not None:
-                asyncio.ensure_future(self._resubscribe_moved(channel, handler))
-                return
+    def _moved(self, channels: list[bytes], conn: _PubSubConnection) -> None:
+        """cluster: ``channels`` are no longer served by ``conn``'s node (Redis dropped them, or answered
+        MOVED): subscribe them on their new owner, then tell listeners (they may have missed messages)."""
+        moving = [(ch, h) for ch in channels if (h := conn.handlers.pop(ch, None)) is not None]
+        if moving:
+            self._tasks.add(task := asyncio.ensure_future(self._resubscribe_moved(moving)))
+            task.add_done_callback(self._tasks.discard)
 
-    async def _resubscribe_moved(self, channel: bytes, handler: Callable[[bytes], None]) -> None:
-        gen = self._generation.get(channel)
+    def _remap(self, conn: _PubSubConnection) -> None:
+        """cluster: ``conn``'s node is unreachable; move the channels whose slots have another owner now."""
+
+        async def remap() -> None:
+            await self._refresh_slots()
+            rc = self.redis
+            assert isinstance(rc, aioredis.RedisCluster)
+            gone = []
+            for ch in list(conn.handlers):
+                with contextlib.suppress(*DOWN_ERRORS):
+                    node = rc.nodes_manager.get_node_from_slot(key_slot(ch))
+                    if (node.host, int(node.port)) != (conn.host, conn.port):
+                        gone.append(ch)
+            self._moved(gone, conn)
+
+        self._tasks.add(task := asyncio.ensure_future(remap()))
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resubscribe_moved(self, moving: list[tuple[bytes, Callable[[bytes], None]]]) -> None:
+        generations = {ch: self._generation.get(ch) for ch, _ in moving}
         await self._refresh_slots()
-        if self._generation.get(channel) != gen:
-            return  # someone subscribed/unsubscribed meanwhile: their call wins
-        try:
-            await self.subscribe(channel.decode(), handler)
-        except ShardUnavailable:
-            log.warning("redis cluster: channel %r moved and could not be resubscribed", channel)
-            return
+        for channel, handler in moving:
+            if self._generation.get(channel) != generations[channel]:
+                continue  # someone subscribed/unsubscribed meanwhile: their call wins
+            for attempt in range(6):
+                try:
+                    await self.subscribe(channel.decode(), handler)
+                    break
+                except ShardUnavailable:
+                    if attempt == 5:
+                        log.warning("redis cluster: channel %r moved and could not be resubscribed", channel)
+                        break
+                    await asyncio.sleep(BACKOFF_MIN * 2**attempt)  # backoff while the cluster settles
+                    await self._refresh_slots()
         self._fire_reconnect()
 
 

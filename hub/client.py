@@ -692,7 +692,12 @@ class Client:
                     top = rec.position
                 else:
                     top = (await node.broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
-                node.positions.track(key, top)
+                # Publications up to ``top`` may still be in flight to this node (the read went over
+                # another connection): after the barrier they have reached the pending buffer, where
+                # ``after_position`` drops them, so none reaches this subscriber twice.
+                await node.broker.barrier(key)
+                if node.positions.track(key, top):
+                    node.insufficient_state(key)  # the node missed some: its other subscribers resubscribe
                 offset = top.offset
                 result["epoch"] = top.epoch
                 if self.events is not None and recoverable:

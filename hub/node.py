@@ -356,7 +356,7 @@ class Node:
     def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
         if pub.offset and self.positions.observe(key, pub.offset):
             log.warning("publications of %s were missed (offset %d)", key[1], pub.offset)
-            self._insufficient_state(key)  # before the delivery: a positioned client must not skip
+            self.insufficient_state(key)  # before the delivery: a positioned client must not skip
         tables = self.registry.fanout.get(key)
         if tables is not None:
             # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes.
@@ -393,9 +393,9 @@ class Node:
         top = (await self.broker.history(key, limit=0)).position
         if self.positions.check(key, top):
             log.warning("publications of %s were missed (stream top %d %s)", key[1], top.offset, top.epoch)
-            self._insufficient_state(key)
+            self.insufficient_state(key)
 
-    def _insufficient_state(self, key: ChannelKey) -> None:
+    def insufficient_state(self, key: ChannelKey) -> None:
         """Every positioned subscriber of ``key`` on this node is told to resubscribe and recover."""
         tables = self.registry.fanout.get(key)
         if tables is None:

@@ -52,17 +52,25 @@ class ChannelPositions:
         """The broker delivers ``key`` to the node from now on: follow its offsets from the first one."""
         self._tops.setdefault(key, _Top(None, None))
 
-    def track(self, key: ChannelKey, top: StreamPosition) -> None:
-        """A subscriber read ``top`` from the broker (after ``begin``): where the node knows nothing newer,
-        that is the stream's position."""
+    def track(self, key: ChannelKey, top: StreamPosition) -> bool:
+        """A subscriber read ``top`` from the broker, and a broker barrier since then delivered everything
+        published up to it. True if the node missed publications (its last offset is below ``top``, or
+        the stream has another epoch); the position is ``top`` then. Offsets past ``top`` (published
+        after the read) are kept."""
         seen = self._tops.get(key)
         if seen is None:
             self._tops[key] = _Top(top.offset, top.epoch)
-            return
+            return False
         if seen.offset is None:
-            seen.offset = top.offset
-        if seen.epoch is None and seen.offset == top.offset:
-            seen.epoch = top.epoch
+            seen.offset, seen.epoch = top.offset, top.epoch
+            return False
+        if seen.epoch is None:
+            missed = seen.offset < top.offset
+        else:
+            missed = seen.epoch != top.epoch or seen.offset < top.offset
+        if missed or seen.epoch is None:
+            seen.offset, seen.epoch = max(seen.offset, top.offset) if not missed else top.offset, top.epoch
+        return missed
 
     def forget(self, key: ChannelKey) -> None:
         self._tops.pop(key, None)

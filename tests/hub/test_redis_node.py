@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.redis_proxy import Proxy
 from tests.redis_servers import RedisServer
 
 
@@ -72,3 +73,43 @@ async def test_a_subscriber_whose_history_was_lost_is_told_recovered_false(
     )
     assert again["subscribe"]["recovered"] is False
     assert again["subscribe"]["epoch"] != sub["epoch"]
+
+
+async def test_a_lagging_pubsub_stream_gives_no_publication_twice(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    """(From review R1.) The history read goes over the command connection and can be ahead of the node's
+    pub/sub stream: publications up to the read's top that arrive after it must not reach the new
+    subscriber again (its reply or its recovery already accounted for them)."""
+    proxy = Proxy(redis_server.port)
+    await proxy.start()
+    try:
+        hub = await make_hub(redis_urls=[proxy.url], node_name="a", redis_connect_timeout=5.0)
+        alice = await raw_client(hub, connect={"token": token("alice")})
+        bob = await raw_client(hub, connect={"token": token("bob")})
+        carol = await raw_client(hub, connect={"token": token("carol")})
+        assert "error" not in await alice.command("subscribe", {"channel": "chat:room"})
+        first = (await bob.command("subscribe", {"channel": "chat:room"}))["subscribe"]
+        assert "error" not in await alice.command("publish", {"channel": "chat:room", "data": {"n": 1}})
+        assert (await bob.push("pub"))["pub"]["offset"] == 1
+        await bob.command("unsubscribe", {"channel": "chat:room"})
+
+        proxy.hold()  # the node's pub/sub stream lags (what Redis sent is queued, as in a backlog)
+        for n in (2, 3):
+            assert "error" not in await alice.command("publish", {"channel": "chat:room", "data": {"n": n}})
+        asyncio.get_running_loop().call_later(0.3, proxy.release)  # the backlog drains soon
+        again = (
+            await bob.command(
+                "subscribe", {"channel": "chat:room", "recover": True, "offset": 1, "epoch": first["epoch"]}
+            )
+        )["subscribe"]
+        recovered = [p["offset"] for p in again.get("publications", [])]
+        assert again["recovered"] is True and recovered == [2, 3]
+        fresh = (await carol.command("subscribe", {"channel": "chat:room"}))["subscribe"]
+        assert fresh["offset"] == 3
+        assert "error" not in await alice.command("publish", {"channel": "chat:room", "data": {"n": 4}})
+        assert [(await bob.push("pub"))["pub"]["offset"]] == [4]  # not 2 or 3 again
+        assert [(await carol.push("pub"))["pub"]["offset"]] == [4]
+        assert [(await alice.push("pub"))["pub"]["offset"] for _ in range(4)] == [1, 2, 3, 4]
+    finally:
+        await proxy.close()
