@@ -465,3 +465,26 @@ async def test_close_leaves_shards_to_their_owner(redis_server: RedisServer, mak
     with contextlib.suppress(Exception):
         await broker.unsubscribe(KEY)
     await broker.publish(KEY, b"1", history=HIST)
+
+
+async def test_a_lost_reply_is_unavailable_and_a_retry_with_the_key_publishes_once(
+    redis_server: RedisServer, make_broker: Any
+) -> None:
+    """Redis stops answering mid-publish (SIGSTOP): the publish raises BrokerUnavailable, never a false
+    success; whether or not the script ran, a retry with the same idempotency key leaves one publication."""
+    import os
+    import signal
+
+    broker, _ = await make_broker([redis_server.url], connect_timeout=0.5)
+    await broker.publish(KEY, b"before", history=HIST)
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(KEY, b"once", history=HIST, idempotency_key="retry-me")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    again = await broker.publish(KEY, b"once", history=HIST, idempotency_key="retry-me")
+    assert again.position.offset == 2
+    hist = await broker.history(KEY)
+    assert [p.data for p in hist.publications] == [b"before", b"once"]

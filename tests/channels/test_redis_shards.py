@@ -324,3 +324,50 @@ async def test_script_is_loaded_on_first_use(redis_server: RedisServer, make_sha
     assert await shard.eval(script, ["k"], ["a"]) == [b"k", b"a"]
     redis_server.command("SCRIPT", "FLUSH")
     assert await shard.eval(script, ["k"], [b"b"]) == [b"k", b"b"]
+
+
+async def test_cluster_failover_moves_sharded_subscriptions(make_shards: Any) -> None:
+    """A replica takes over a master's slots (CLUSTER FAILOVER): Redis drops the sharded subscriptions of
+    those slots on the old master; they are subscribed again on the new one and on_reconnect fires."""
+    import subprocess
+    import time
+
+    from tests.redis_servers import REDIS_CLI
+
+    cluster = RedisCluster()
+    replica = RedisServer(cluster=True)
+    try:
+        cluster.start()
+        replica.start()
+        master = cluster.servers[0]
+        master_id = master.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        await asyncio.to_thread(
+            subprocess.run,
+            [REDIS_CLI, "--cluster", "add-node", f"127.0.0.1:{replica.port}", f"127.0.0.1:{master.port}",
+             "--cluster-slave", "--cluster-master-id", master_id],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + TIMEOUT
+        while b"master_link_status:up" not in replica.command("INFO", "replication"):
+            assert time.monotonic() < deadline, "the replica did not sync"
+            await asyncio.sleep(0.05)  # polling the replica's state with a deadline
+        shards = await make_shards(cluster.urls, cluster=True)
+        shard = shards.shards[0]
+        # a channel whose slot the first master owns
+        ch = next(
+            c
+            for c in (shards.channel("pub", route_of("t", f"r{i}")) for i in range(1000))
+            if shard.redis.nodes_manager.get_node_from_slot(key_slot(c.encode())).port == master.port  # type: ignore[union-attr]
+        )
+        inbox = Inbox()
+        await shard.subscribe(ch, inbox)
+        moved = asyncio.Event()
+        shard.on_reconnect(moved.set)
+        assert replica.command("CLUSTER", "FAILOVER").startswith(b"+OK")
+        async with asyncio.timeout(TIMEOUT):
+            await moved.wait()
+        await shard.publish(ch, b"after-failover")
+        assert await inbox.wait(1) == [b"after-failover"]
+    finally:
+        replica.cleanup()
+        cluster.cleanup()
