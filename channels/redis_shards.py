@@ -291,6 +291,18 @@ class _PubSubConnection(asyncio.Protocol):
             self._waiters = [w for w in self._waiters if w[2] is not fut]
             raise ShardUnavailable(f"redis {self.label} did not confirm {kind.decode()} in {wait} s") from exc
 
+    async def ping(self, wait: float) -> None:
+        """A round trip on this connection: Redis answers after every message it sent here before."""
+        if not self.connected:
+            raise ShardUnavailable(f"redis {self.label} is not connected")
+        fut = self._send(b"ping", b"", ("PING",))
+        try:
+            async with asyncio.timeout(wait):
+                await fut
+        except TimeoutError as exc:
+            self._waiters = [w for w in self._waiters if w[2] is not fut]
+            raise ShardUnavailable(f"redis {self.label} did not answer PING in {wait} s") from exc
+
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for _, _, fut in waiters:
@@ -576,6 +588,12 @@ class Shard:
                 await self.execute("PUBLISH", channel, data)
         except DOWN_ERRORS as exc:
             raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+
+    async def barrier(self, channel: str) -> None:
+        """Return once every message Redis sent for ``channel`` before this call has been dispatched: a PING
+        on the pub/sub connection carrying it (replies and messages share its order)."""
+        conn = await self._conn_for(channel.encode())
+        await conn.ping(self.connect_timeout)
 
     async def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Subscribe ``channel``; returns once Redis confirmed. ``handler`` gets every message, synchronously
