@@ -127,12 +127,14 @@ def write_config(path: Path, **settings: Any) -> Path:
 class HubNode:
     """One ``switchboard serve`` process; ``start()`` after ``stop()``/``kill()`` keeps port and data dir."""
 
-    def __init__(self, name: str, workdir: Path, config: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, name: str, workdir: Path, config: Path, args: Sequence[str] = (), data_dir: Path | None = None
+    ) -> None:
         self.name = name
         self.port = _free_port()
         self.config = config
         self.args = list(args)
-        self.data_dir = workdir / f"{name}-data"
+        self.data_dir = data_dir if data_dir is not None else workdir / f"{name}-data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -272,10 +274,12 @@ class NodeSet(Sequence[HubNode]):
         redis: Sequence[str] | None = None,
         cluster: bool | None = None,
         doc_store: str | None = None,
+        shared_data_dir: bool = False,
         **settings: Any,
     ) -> list[HubNode]:
         """Start ``count`` nodes sharing ``redis`` (default: the set's) with ``settings`` in their config;
-        the processes start at once and are awaited together."""
+        the processes start at once and are awaited together. Each node has a data directory of its own
+        unless ``shared_data_dir`` (one disk for all, as SQLite documents across nodes need)."""
         self._configs += 1
         config = write_config(self.workdir / f"hub-{self._configs}.toml", **settings)
         args: list[str] = []
@@ -285,7 +289,11 @@ class NodeSet(Sequence[HubNode]):
             args.append("--redis-cluster")
         if doc_store is not None:
             args += ["--doc-store", doc_store]
-        new = [HubNode(f"n{len(self.nodes) + i + 1}", self.workdir, config, args) for i in range(count)]
+        shared = self.workdir / f"shared-data-{self._configs}" if shared_data_dir else None
+        new = [
+            HubNode(f"n{len(self.nodes) + i + 1}", self.workdir, config, args, data_dir=shared)
+            for i in range(count)
+        ]
         self.nodes += new
         failures: list[BaseException] = []
         threads = []

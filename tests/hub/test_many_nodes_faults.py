@@ -368,13 +368,18 @@ async def write_words(conn: WsYClient, prefix: str, numbers: range) -> None:
         await conn.flush()
 
 
+@pytest.mark.parametrize("store", ["redis", "sqlite-shared-disk"])
 async def test_documents_survive_a_killed_writer_and_a_full_restart(
-    make_nodes: NodesFactory, redis_server: RedisServer, yconnect: YConnect
+    make_nodes: NodesFactory, redis_server: RedisServer, yconnect: YConnect, store: str
 ) -> None:
     """Every edit another client received is kept: the node that loaded the document first (its writer) is
-    killed, edits go on through the others, then the whole hub stops and starts again with no shared disk
-    (``doc_store = redis``)."""
-    nodes = await make_nodes(3, redis=[redis_server.url], doc_store="redis")
+    killed, edits go on through the others, then the whole hub stops and starts again. The store is Redis
+    (no shared disk) or SQLite in one data directory all nodes share (with a directory of its own, a node
+    that never held a document finds nothing once its holders unloaded it)."""
+    if store == "redis":
+        nodes = await make_nodes(3, redis=[redis_server.url], doc_store="redis")
+    else:
+        nodes = await make_nodes(3, redis=[redis_server.url], shared_data_dir=True)
     a = await yconnect(nodes[0], "survivor")  # loads it first: the writer
     b = await yconnect(nodes[1], "survivor")
     await write_words(a, "a", range(10))
