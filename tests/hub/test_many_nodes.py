@@ -23,8 +23,9 @@ from channels.redis_shards import RedisShards, route_of
 from tests import conftest
 from tests import nodes as harness
 from tests.conftest import TIMEOUT, RawClient
-from tests.hub import test_docs_js
+from tests.hub import test_docs_js, ydocs
 from tests.hub.test_docs_js import WORDS, NodeFactory
+from tests.hub.ydocs import YConnect, settle
 from tests.nodes import HubNode, NodeSet, NodesFactory, eventually, module_nodes, redis_servers, user_token
 from tests.redis_servers import RedisCluster, RedisServer
 
@@ -34,6 +35,7 @@ sdk = conftest.sdk
 make_nodes = harness.make_nodes
 node = test_docs_js.node
 node_clients = test_docs_js.node_clients
+yconnect = ydocs.yconnect
 
 _names = itertools.count()
 
@@ -529,7 +531,7 @@ async def test_channels_are_sharded_over_two_redis_servers(
 
 
 async def test_three_nodes_over_redis_cluster(
-    make_nodes: NodesFactory, redis_cluster: RedisCluster, connect: Connect
+    make_nodes: NodesFactory, redis_cluster: RedisCluster, connect: Connect, yconnect: YConnect
 ) -> None:
     nodes = await make_nodes(3, redis=redis_cluster.urls, cluster=True)
     channels = [f"cl-{i}" for i in range(6)]
@@ -551,6 +553,16 @@ async def test_three_nodes_over_redis_cluster(
     for i, channel in enumerate(channels):  # presence: every node's subscribers, read from any node
         reply = await nodes[i % 3].api("presence_stats", {"channel": channel})
         assert reply["result"] == {"num_clients": 3, "num_users": 3}, reply
+    # documents: editors on two nodes converge, a late joiner on the third gets the full state
+    a = await yconnect(nodes[0], "cluster-doc")
+    b = await yconnect(nodes[1], "cluster-doc")
+    a.text.insert(0, "from a ")
+    await a.flush()
+    b.text.insert(0, "from b ")
+    await b.flush()
+    await settle([a, b], lambda: str(a.text) == str(b.text) and len(str(a.text)) == 14)
+    c = await yconnect(nodes[2], "cluster-doc")
+    assert str(c.text) == str(a.text)
     # the channels' keys are spread over the masters (one slot per channel, hash tags)
     masters_with_keys = sum(1 for s in redis_cluster.servers if int(s.command("DBSIZE")[1:].strip()) > 0)
     assert masters_with_keys >= 2
