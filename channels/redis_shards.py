@@ -288,7 +288,8 @@ class _PubSubConnection(asyncio.Protocol):
             async with asyncio.timeout(wait):
                 await fut
         except TimeoutError as exc:
-            self._waiters = [w for w in self._waiters if w[2] is not fut]
+            # the waiter stays queued (cancelled): Redis answers every command once and in order, so its late
+            # confirmation is matched to it and swallowed, never taken for an unsolicited one (a slot move)
             raise ShardUnavailable(f"redis {self.label} did not confirm {kind.decode()} in {wait} s") from exc
 
     async def ping(self, wait: float) -> None:
@@ -299,8 +300,7 @@ class _PubSubConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(wait):
                 await fut
-        except TimeoutError as exc:
-            self._waiters = [w for w in self._waiters if w[2] is not fut]
+        except TimeoutError as exc:  # the waiter stays queued for the late reply (see command)
             raise ShardUnavailable(f"redis {self.label} did not answer PING in {wait} s") from exc
 
     def _fail_waiters(self) -> None:
@@ -316,8 +316,9 @@ class _PubSubConnection(asyncio.Protocol):
                 if not fut.done():
                     fut.set_result(None)
                 return
-        if kind == self.unsub and channel in self.handlers:
-            # unsolicited: in a cluster, the channel's slot moved to another node
+        if kind == self.unsub and channel in self.handlers and self.shard.cluster:
+            # unsolicited (every command's own confirmation has a waiter until it arrives): in a cluster, the
+            # channel's slot moved to another node. A standalone Redis never drops a subscription by itself.
             self.shard._moved([channel], self)
 
     # -- the connection loop -----------------------------------------------------------------------------
@@ -653,6 +654,8 @@ class Shard:
     def _moved(self, channels: list[bytes], conn: _PubSubConnection) -> None:
         """cluster: ``channels`` are no longer served by ``conn``'s node (Redis dropped them, or answered
         MOVED): subscribe them on their new owner, then tell listeners (they may have missed messages)."""
+        if not self.cluster:
+            return  # slots exist only in a cluster; a standalone channel never moves
         moving = [(ch, h) for ch in channels if (h := conn.handlers.pop(ch, None)) is not None]
         if moving:
             self._tasks.add(task := asyncio.ensure_future(self._resubscribe_moved(moving)))

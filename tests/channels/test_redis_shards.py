@@ -292,6 +292,38 @@ async def test_a_server_that_stops_answering_is_unavailable_then_recovers(
     assert await shard.execute("GET", "k") == b"v"
 
 
+async def test_a_late_unsubscribe_confirmation_does_not_drop_a_new_subscription(
+    redis_server: RedisServer, make_shards: Any
+) -> None:
+    """(Review R1-2.) UNSUBSCRIBE confirmed after connect_timeout, then SUBSCRIBE of the same channel: the
+    late confirmation belongs to the UNSUBSCRIBE (swallowed), it is no slot move (standalone has none), and
+    the channel keeps delivering. Before the fix the new handler was dropped and nothing arrived again."""
+    from tests.redis_proxy import Proxy
+
+    proxy = Proxy(redis_server.port)
+    await proxy.start()
+    try:
+        shards = await make_shards([proxy.url], connect_timeout=0.5)
+        shard = shards.shards[0]
+        inbox = Inbox()
+        await shard.subscribe("c", inbox)
+        await shard.publish("c", b"one")
+        assert await inbox.wait(1) == [b"one"]
+        proxy.hold()  # Redis's answers on the pub/sub connection are late (> connect_timeout)
+        await shard.unsubscribe("c")  # gives up waiting; errors are suppressed by design
+        task = asyncio.create_task(shard.subscribe("c", inbox))
+        await asyncio.sleep(0)  # one loop step: the task writes its SUBSCRIBE and waits for Redis
+        assert not task.done()
+        proxy.release()
+        async with asyncio.timeout(TIMEOUT):
+            await task
+        await shard.publish("c", b"two")
+        assert await inbox.wait(2) == [b"one", b"two"]
+        assert shard.connected
+    finally:
+        await proxy.close()
+
+
 async def test_password_and_db_from_the_url(make_shards: Any) -> None:
     server = RedisServer(extra_args=["--requirepass", "s3cret"])
     try:
