@@ -62,7 +62,8 @@ class DocLink(Protocol):
 
     async def catch_up(self, wait: bool = True) -> int:
         """Run the sync exchange with the other holders; with ``wait``, return once every holder known to
-        exist answered, or the relay's bound passed. Returns the number of answers counted."""
+        exist answered, or the relay's bound passed. Returns the number of answers counted. Raises
+        ``sync.store.StoreError`` when the request cannot be sent (the other nodes cannot be reached)."""
 
     async def claim(self) -> bool:
         """Try to become the writer now; ``on_lease(True)`` is called if this node got it."""
@@ -73,15 +74,20 @@ class DocLink(Protocol):
     def publish_awareness(self, connection: int, update: bytes) -> None:
         """Send an awareness update accepted from local connection ``connection``."""
 
+    async def flush(self) -> None:
+        """Return once everything queued so far was published to the other nodes (or failed to be, which
+        schedules a resync; never raises)."""
+
     async def close(self) -> None:
-        """Send what is queued, give up the writer lease (telling the others), stop receiving."""
+        """Send what is queued, give up the writer lease (telling the others), stop receiving; never
+        disturbs a newer link of the same document (a reloaded room)."""
 
 
 class DocumentRelay(Protocol):
     node_id: str
 
     async def start(self) -> None:
-        """Start background work (lease upkeep, reconnect handling); idempotent."""
+        """Start background work (lease upkeep, reconnect handling); idempotent, also after ``close``."""
 
     async def attach(self, key: DocKey) -> DocLink:
         """Start receiving ``key``'s messages (buffered until ``bind``). Raises ``sync.store.StoreError``

@@ -38,7 +38,16 @@ another node held. What only a dead writer held and had not committed is lost fr
 clients resend it when they sync again.
 
 Errors: a link that cannot subscribe raises ``sync.store.StoreError`` from ``attach`` (the room is not
-opened; the client retries). Publish and lease failures are logged and retried; they never reach peers.
+opened; the client retries); so does ``catch_up`` when Redis cannot be reached for the sync request (a load
+fails with the storage error, never with ``ShardUnavailable``). Everything else is logged and retried and
+never reaches peers, whatever Redis answered (unreachable, or an error reply such as -BUSY, -OOM,
+-READONLY, -MOVED):
+
+- a failed relay publish drops its batch and schedules the sync exchange (``resync_soon``), which retries
+  until a request goes out and repairs what the batch carried;
+- a failed lease claim counts as "unknown": a writer keeps writing only until its own clock says the lease
+  may have expired, then stops; the upkeep loop survives any error of one link;
+- ``close`` always stops receiving, even when the last publish or the lease release failed.
 """
 
 from __future__ import annotations
@@ -237,16 +246,25 @@ class RedisDocLink:
                 try:
                     await self.shard.publish(self.channel, data)
                     self.published += 1
-                except ShardUnavailable as exc:
-                    log.warning("document %r: relay publish failed (%s); will resync", self.key[1], exc)
+                except Exception as exc:  # down or an error reply (-BUSY, -MOVED...): the batch is lost
+                    log.warning("document %r: relay publish failed (%r); will resync", self.key[1], exc)
                     self.resync_soon()
         finally:
             self._sender = None
 
     async def flush(self) -> None:
-        """Wait until everything queued so far was published (or failed)."""
-        while self._sender is not None:
-            await asyncio.shield(self._sender)
+        """Wait until everything queued so far was published (or failed: a failure schedules a resync and
+        never raises here)."""
+        while (sender := self._sender) is not None:
+            try:
+                await asyncio.shield(sender)
+            except asyncio.CancelledError:
+                if not sender.cancelled():
+                    raise  # our caller was cancelled, not the sender
+            except Exception:  # the sender catches its own errors; this is only a guard
+                log.exception("document %r: relay sender failed", self.key[1])
+            if self._sender is sender:  # it ended without clearing itself
+                self._sender = None
 
     # ---------------------------------------------------------------- the sync exchange
 
@@ -265,7 +283,10 @@ class RedisDocLink:
         self._requests[request_id] = request
         try:
             message = _pack([SYNC_REQUEST, self.relay.node_id, request_id, room.doc.get_state()])
-            await self.shard.publish(self.channel, message)
+            try:
+                await self.shard.publish(self.channel, message)
+            except DOWN_ERRORS as exc:
+                raise StoreError(f"documents across nodes unavailable: {exc}") from None
             if wait and expected > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.relay.sync_timeout):
@@ -311,7 +332,8 @@ class RedisDocLink:
             try:
                 await self.catch_up(wait=False)
                 return
-            except ShardUnavailable:
+            except Exception as exc:  # down (StoreError) or an error reply: try again
+                log.debug("document %r: sync request failed (%r); retrying", self.key[1], exc)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # retry backoff
                 delay = min(RESYNC_BACKOFF_MAX, delay * 2)
 
@@ -326,6 +348,9 @@ class RedisDocLink:
             held = await self.relay._claim(self.shard, self.lease_key)
         except DOWN_ERRORS as exc:
             log.debug("document %r: lease claim failed: %s", self.key[1], exc)
+            held = None
+        except Exception as exc:  # an error reply (-BUSY, -OOM, -READONLY, -NOPERM): as unknown as down
+            log.warning("document %r: lease claim failed: %r", self.key[1], exc)
             held = None
         if self.closed:
             return False
@@ -348,22 +373,29 @@ class RedisDocLink:
                 log.exception("lease callback of %r failed", self.key[1])
 
     async def close(self) -> None:
+        """Send what is queued, give up the lease, stop receiving. The channel is unsubscribed only while
+        this link is still the relay's link of the document: a newer link of a reloaded room shares the
+        channel (a shard's subscriptions are per channel, last call wins), and it must stay subscribed."""
         if self.closed:
             return
-        await self.flush()
-        self.closed = True
         try:
-            if self.writer:
-                self.writer = False
-                with contextlib.suppress(*DOWN_ERRORS):
-                    await self.relay._release(self.shard, self.lease_key)
-                    await self.shard.publish(self.channel, _pack([RELEASED, self.relay.node_id]))
+            await self.flush()
         finally:
-            await self.shard.unsubscribe(self.channel)
-            if self.relay.links.get(self.key) is self:
-                del self.relay.links[self.key]
-            if self._resync is not None:
-                self._resync.cancel()
+            self.closed = True
+            try:
+                if self.writer:
+                    self.writer = False
+                    try:
+                        await self.relay._release(self.shard, self.lease_key)
+                        await self.shard.publish(self.channel, _pack([RELEASED, self.relay.node_id]))
+                    except Exception as exc:  # the lease expires by its TTL instead
+                        log.warning("document %r: releasing the writer lease failed: %r", self.key[1], exc)
+            finally:
+                if self._resync is not None:
+                    self._resync.cancel()
+                if self.relay.links.get(self.key) is self:
+                    del self.relay.links[self.key]
+                    await self.shard.unsubscribe(self.channel)
 
 
 class RedisDocumentRelay:
@@ -386,14 +418,20 @@ class RedisDocumentRelay:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upkeep: asyncio.Task[None] | None = None
         self._started = False
+        self._watching = False
+        """The shards' reconnect callbacks are registered (once for the relay's life: they cannot be
+        removed, and ``_reconnected`` ignores them while the relay is stopped)."""
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        for shard in self.shards.shards:
-            shard.on_reconnect(functools.partial(self._reconnected, shard))
-        self._upkeep = asyncio.get_running_loop().create_task(self._run_upkeep())
+        if not self._watching:
+            self._watching = True
+            for shard in self.shards.shards:
+                shard.on_reconnect(functools.partial(self._reconnected, shard))
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = asyncio.get_running_loop().create_task(self._run_upkeep())
 
     async def attach(self, key: DocKey) -> RedisDocLink:
         link = RedisDocLink(self, key)
@@ -419,7 +457,10 @@ class RedisDocumentRelay:
             await asyncio.sleep(self.lease_ttl / 3)
             for link in list(self.links.values()):
                 if link._room is not None and not link.closed:
-                    await link.claim()
+                    try:
+                        await link.claim()
+                    except Exception:  # one document's trouble must not end every lease's upkeep
+                        log.exception("lease upkeep of document %r failed", link.key[1])
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -172,6 +172,15 @@ class DocRoom:
             if self.link is not None:
                 self.link.publish_awareness(id(peer), encoded)
 
+    def withdraw_awareness(self, now: float | None = None) -> None:
+        """The room is closing with its peers still joined (a failed write): remove their awareness and
+        tell the other nodes (before the link closes). Local peers are being terminated; they are not told."""
+        at = time.monotonic() if now is None else now
+        for peer in self.peers:
+            removed = self.awareness.remove_owner(peer, at)
+            if removed and self.link is not None:
+                self.link.publish_awareness(id(peer), protocol.encode_awareness(removed))
+
     def receive(self, peer: Peer, data: bytes, now: float | None = None) -> None:
         """Handle one message from ``peer``. Raises ``SyncError`` subclasses (see the module policies)."""
         message = protocol.decode(data)

@@ -10,9 +10,13 @@
   sends each peer an empty awareness update (see ``sync.room.KEEPALIVE``).
 - The store is opened on the first acquire, so a node that never serves documents creates no file.
 - A failed store write closes the rooms it touched (their peers get the ``StoreError`` and reconnect);
-  the next acquire reloads what the store holds.
+  the next acquire reloads what the store holds (after the failed room's link closed: a new link of the
+  document must not be disturbed by the old one's close).
 - ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
-  connected peers and the store like any client's, and they return once the edits are durable.
+  connected peers and the store like any client's. They return once the edits are durable on the
+  document's writer node; on another node (with a relay), once they were published to the other nodes
+  (the writer stores them within a batch after they arrive; if that node dies first, the holders' next
+  writer stores them, see ``sync.relay_redis``).
 
 With a ``relay`` (``sync.relay``; several nodes share the documents) a load is: attach (subscribe to the
 document's messages, buffered), load from the store, bind the room, run the sync exchange with the other
@@ -76,6 +80,8 @@ class DocumentRooms:
         self._clock: asyncio.Task[None] | None = None
         self._closing = False
         self._takeovers: dict[DocKey, asyncio.Task[None]] = {}
+        self._failed: dict[DocKey, asyncio.Task[None]] = {}
+        """Links of rooms closed by a failed write, still closing; an acquire of the key waits for it."""
         self.loads = 0
         self.unloads = 0
         self.on_unload: Callable[[DocKey], None] | None = None
@@ -87,7 +93,7 @@ class DocumentRooms:
         if self._closing:
             raise StoreError("documents are shutting down")
         while True:
-            unloading = self._unloading.get(key)
+            unloading = self._unloading.get(key) or self._failed.get(key)
             if unloading is not None:
                 await asyncio.shield(unloading)
                 continue
@@ -148,7 +154,10 @@ class DocumentRooms:
             self._loading.pop(key, None)
 
     async def _load_shared(self, key: DocKey, relay: DocumentRelay) -> DocRoom:
-        link = await relay.attach(key)  # first: nothing published from now on is missed
+        try:
+            link = await relay.attach(key)  # first: nothing published from now on is missed
+        except OSError as exc:  # a relay must raise StoreError; a load never fails with a socket error
+            raise StoreError(f"documents across nodes unavailable: {exc}") from None
         room: DocRoom | None = None
         try:
             room = DocRoom(key, self.journal, self.limits, await self.store.load(key))
@@ -162,11 +171,13 @@ class DocumentRooms:
             if takeover is not None:
                 await asyncio.shield(takeover)
             return room
-        except BaseException:
+        except BaseException as exc:
             if room is not None:
                 room.close()
             with contextlib.suppress(Exception):
                 await link.close()
+            if isinstance(exc, OSError):
+                raise StoreError(f"documents across nodes unavailable: {exc}") from None
             raise
 
     def _lease_changed(self, room: DocRoom, gained: bool) -> None:
@@ -246,9 +257,19 @@ class DocumentRooms:
             room = self.rooms.pop(key, None)
             if room is not None:
                 log.error("document %r closed after a failed write; clients will resync", key[1])
+                # Before the link closes: the other nodes must drop this node's cursors now, not when
+                # they time out (the peers' own leave comes after the link is gone).
+                room.withdraw_awareness()
                 room.close(error)
-                if room.link is not None:
-                    asyncio.get_running_loop().create_task(self._close_link(room.link))
+                if room.link is not None and key not in self._unloading:  # else the unload closes it
+                    task = asyncio.get_running_loop().create_task(self._close_link(room.link))
+                    self._failed[key] = task
+
+                    def done(finished: asyncio.Task[None], key: DocKey = key) -> None:
+                        if self._failed.get(key) is finished:
+                            del self._failed[key]
+
+                    task.add_done_callback(done)
 
     # ---------------------------------------------------------------- upkeep
 
@@ -284,6 +305,8 @@ class DocumentRooms:
             await asyncio.gather(*self._unloading.values(), return_exceptions=True)
         if self._takeovers:
             await asyncio.gather(*self._takeovers.values(), return_exceptions=True)
+        if self._failed:
+            await asyncio.gather(*self._failed.values(), return_exceptions=True)
         for room in list(self.rooms.values()):
             if room.writer and room.log_rows and not room.closed:
                 room.compact()
@@ -305,20 +328,28 @@ class DocumentRooms:
     @contextlib.asynccontextmanager
     async def open(self, key: DocKey) -> AsyncIterator[Doc[Any]]:
         """The live document of ``key``: edit it in transactions; each reaches the peers and the store.
-        On exit, waits until the edits are durable."""
+        On exit, waits until the edits are durable on this node if it is the document's writer, else until
+        they were published to the other nodes (see the module docstring)."""
         room = await self.acquire(key)
         try:
             yield room.doc
-            await self.journal.flush()
+            await self._settled(room)
         finally:
             self.release(room)
 
     async def transact(self, key: DocKey, fn: Callable[[Doc[Any]], T]) -> T:
-        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable."""
+        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable on the
+        writer node, or (on another node) once published to the other nodes."""
         room = await self.acquire(key)
         try:
             result = room.transact(fn)
-            await self.journal.flush()
+            await self._settled(room)
             return result
         finally:
             self.release(room)
+
+    async def _settled(self, room: DocRoom) -> None:
+        """Journaled edits are durable; edits this node does not write have left it for the writer."""
+        await self.journal.flush()
+        if room.link is not None:
+            await room.link.flush()
