@@ -486,12 +486,15 @@ class Documents:
     async def open(self, name: str, *, tenant: str = "") -> AsyncIterator[Doc[Any]]:
         """The live pycrdt document ``name`` of ``tenant``. Edit it in transactions (``with
         doc.transaction(): ...``): every transaction reaches the connected clients (after it is stored)
-        and the store. Leaving the block waits until the edits are durable."""
+        and the store. Leaving the block waits until the edits are durable if this node is the document's
+        writer; on another node (several nodes over Redis), until they were published to the other nodes
+        (the writer stores them within a batch; see ``sync.rooms``)."""
         async with self.rooms.open((tenant, name)) as doc:
             yield doc
 
     async def transact(self, name: str, fn: Callable[[Doc[Any]], T], *, tenant: str = "") -> T:
-        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable."""
+        """Run ``fn(doc)`` in one transaction on the live document; return its result once durable on the
+        document's writer node, or, on another node, once published to the other nodes (see ``open``)."""
         return await self.rooms.transact((tenant, name), fn)
 
     async def content(self, name: str, *, tenant: str = "") -> dict[str, Any]:
