@@ -9,7 +9,8 @@ tenant and the prefix, and shares one hash slot in a cluster):
 - ``{prefix}:meta:{route}``  a hash: ``e`` epoch, ``s`` top offset; expires meta_ttl (default 90 days, as
   broker_memory) after the last publish. When it is missing the stream is started over with a new epoch;
 - ``{prefix}:idem:{route}:<key>``  the result of a publish with that idempotency key, for IDEMPOTENCY_TTL;
-- ``{prefix}:ch:{route}``  the pub/sub channel (sharded pub/sub in a cluster). Every message is one type
+- ``{prefix}:ch:{route}``  the pub/sub channel (sharded pub/sub in a cluster; ``/<db>`` appended on a db other
+  than 0, since pub/sub ignores the db: ``RedisShards.channel``). Every message is one type
   byte and a payload: ``P<offset>:<body>`` a publication, ``J<info>`` a join, ``L<info>`` a leave; one channel
   for all three, so a node sees them in the order Redis accepted them.
 
@@ -194,7 +195,7 @@ class RedisBroker:
     async def subscribe(self, key: ChannelKey) -> None:
         route, shard = self._where(key)
         try:
-            await shard.subscribe(self.shards.channel("ch", route), self._dispatcher(key))
+            await shard.subscribe(self.shards.channel("ch", route, shard=shard), self._dispatcher(key))
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
         self._subscribed[key] = shard
@@ -204,14 +205,14 @@ class RedisBroker:
         sent on that connection before, and the reader dispatches in order."""
         route, shard = self._where(key)
         try:
-            await shard.barrier(self.shards.channel("ch", route))
+            await shard.barrier(self.shards.channel("ch", route, shard=shard))
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
 
     async def unsubscribe(self, key: ChannelKey) -> None:
         route, shard = self._where(key)
         self._subscribed.pop(key, None)
-        await shard.unsubscribe(self.shards.channel("ch", route))
+        await shard.unsubscribe(self.shards.channel("ch", route, shard=shard))
 
     def _dispatcher(self, key: ChannelKey) -> Callable[[bytes], None]:
         def dispatch(msg: bytes) -> None:
@@ -247,7 +248,7 @@ class RedisBroker:
     ) -> PublishResult:
         route, shard = self._where(key)
         body = encode_body(Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000)))
-        channel = self.shards.channel("ch", route)
+        channel = self.shards.channel("ch", route, shard=shard)
         with_history = history is not None and history.size > 0 and history.ttl > 0
         if not with_history and not idempotency_key:
             try:
@@ -282,7 +283,7 @@ class RedisBroker:
         route, shard = self._where(key)
         payload = kind + msgpack.packb(_info_row(info), use_bin_type=True)
         try:
-            await shard.publish(self.shards.channel("ch", route), payload)
+            await shard.publish(self.shards.channel("ch", route, shard=shard), payload)
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
 

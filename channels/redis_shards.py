@@ -404,6 +404,9 @@ class Shard:
         self._owner: dict[bytes, str] = {}
         """cluster: channel -> the node name its subscription lives on."""
         self._conn_kwargs: dict[str, Any] = dict(parse_url(url))
+        self.db = 0 if cluster else int(self._conn_kwargs.get("db") or 0)
+        """The database number from the URL (a cluster has only db 0). Redis pub/sub ignores it, so it is
+        part of the pub/sub channel names carried by this shard (see RedisShards.channel)."""
         self._tls = urlparse(url).scheme == "rediss"
         self._address: tuple[str, int] = (
             self._conn_kwargs.get("host", "localhost"),
@@ -740,9 +743,16 @@ class RedisShards:
         """A Redis key of ``route``: ``prefix:kind:{route}`` (one hash slot per route in a cluster)."""
         return f"{self.prefix}:{kind}:{{{route}}}"
 
-    def channel(self, kind: str, route: str) -> str:
-        """A pub/sub channel name of ``route``, same shape as ``key``."""
-        return f"{self.prefix}:{kind}:{{{route}}}"
+    def channel(self, kind: str, route: str, *, shard: Shard | None = None) -> str:
+        """A pub/sub channel name of ``route`` carried by ``shard`` (default: the shard ``route`` hashes to):
+        ``prefix:kind:{route}``, plus ``/db`` when that shard's db is not 0.
+
+        Redis pub/sub ignores SELECT: deployments kept apart only by the db number on one server would
+        otherwise receive each other's publications. The db goes after the route, which holds no braces,
+        so no prefix can make two names of different dbs equal, and the hash tag stays the route's.
+        """
+        db = (shard or self.shard_for(route)).db
+        return f"{self.prefix}:{kind}:{{{route}}}/{db}" if db else f"{self.prefix}:{kind}:{{{route}}}"
 
     async def start(self) -> None:
         """Connect every shard. Never fails on a down Redis: the reconnect loops keep trying."""

@@ -347,6 +347,24 @@ async def test_two_nodes_on_one_redis_see_each_other(redis_server: RedisServer, 
     assert again.suppressed and again.position == first.position
 
 
+async def test_deployments_on_two_dbs_of_one_redis_do_not_see_each_other(
+    redis_server: RedisServer, make_broker: Any
+) -> None:
+    """(Review R1-5.) Redis pub/sub ignores the db: two deployments kept apart only by the db number (same
+    prefix) must still not receive each other's publications (a tenant leak otherwise)."""
+    prod, hp = await make_broker([redis_server.url + "/0"], node_id="prod")
+    staging, hs = await make_broker([redis_server.url + "/1"], node_id="staging")
+    await prod.subscribe(KEY)
+    await staging.subscribe(KEY)
+    await staging.publish(KEY, b"staging", history=HIST)
+    await prod.publish(KEY, b"prod", history=HIST)  # after staging's on the same server: it would come first
+    assert [p.data for _, p in await hp.pubs_n(1)] == [b"prod"]
+    assert [p.data for _, p in await hs.pubs_n(1)] == [b"staging"]
+    await staging.publish(KEY, b"staging-2", history=HIST)
+    assert [p.data for _, p in await hs.pubs_n(2)] == [b"staging", b"staging-2"]
+    assert [p.data for _, p in hp.pubs] == [b"prod"]
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(per_node=st.lists(st.integers(1, 30), min_size=2, max_size=4))
 async def test_concurrent_publishers_never_skip_or_repeat(

@@ -75,6 +75,24 @@ def test_every_key_of_a_route_is_on_the_route_slot(tenant: str, name: str, kind:
     assert key_slot(shards.channel(kind, route).encode()) == slot
 
 
+_PREFIX = st.text(st.characters(blacklist_characters="{}"), max_size=6)
+
+
+@given(
+    a=st.tuples(_PREFIX, st.integers(0, 15), st.text(max_size=6)),
+    b=st.tuples(_PREFIX, st.integers(0, 15), st.text(max_size=6)),
+)
+def test_pubsub_channel_names_carry_the_db(a: tuple[str, int, str], b: tuple[str, int, str]) -> None:
+    """(Review R1-5.) Redis pub/sub ignores SELECT, so the db is part of the name: two (prefix, db, route)
+    give one name only if they are equal, whatever the prefixes hold; the hash tag stays the route's."""
+
+    def name(prefix: str, db: int, name: str) -> str:
+        return RedisShards([f"redis://a:6379/{db}"], prefix=prefix).channel("ch", route_of("t", name))
+
+    assert (name(*a) == name(*b)) == (a == b)
+    assert key_slot(name(*a).encode()) == key_slot(route_of("t", a[2]).encode())
+
+
 @given(
     a=st.tuples(st.text(max_size=6), st.text(max_size=6)),
     b=st.tuples(st.text(max_size=6), st.text(max_size=6)),
