@@ -101,16 +101,14 @@ async def no_more_pubs(client: RawClient, channel: str, marker_node: HubNode) ->
 # --- the harness itself (one node, memory broker) -------------------------------------------------------
 
 
-async def test_harness_stops_kills_and_restarts_a_node_on_its_port(make_nodes: NodesFactory) -> None:
+async def test_harness_stops_restarts_on_its_port_and_kills_a_node(make_nodes: NodesFactory) -> None:
     (solo,) = await make_nodes(1)
     port = solo.port
     assert await solo.stop() == 0  # SIGTERM: a clean shutdown
     await solo.start()
     assert solo.port == port and "result" in await solo.api("publish", {"channel": "x", "data": 1})
     await solo.kill()
-    assert not solo.running
-    await solo.start()
-    assert solo.starts == 3 and solo.log().count("--- start") == 3
+    assert not solo.running and solo.starts == 2 and solo.log().count("--- start") == 2
 
 
 async def test_harness_reports_a_node_that_cannot_start(make_nodes: NodesFactory) -> None:
@@ -402,7 +400,7 @@ async def fanout_scenario(nodes: NodeSet, script: list[Op]) -> None:
             await client.ws.close()
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(ops)
 def test_publications_reach_exactly_the_subscribers_on_any_node(hub3: NodeSet, script: list[Op]) -> None:
     asyncio.run(fanout_scenario(hub3, script))

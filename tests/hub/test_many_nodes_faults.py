@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
@@ -30,6 +31,7 @@ from tests.conftest import TIMEOUT, RawClient
 from tests.hub import ydocs
 from tests.hub.test_sdk_channels import connected, subscribed
 from tests.hub.test_sdk_recovery import pubs_until
+from tests.hub.test_transport_http import Event, Stream, cf_connect, open_stream
 from tests.hub.ydocs import WsYClient, YConnect, settle
 from tests.nodes import (
     PRESENCE_TTL,
@@ -46,7 +48,6 @@ from tests.redis_servers import RedisServer
 # fixtures defined elsewhere, used here
 raw_client = conftest.raw_client
 sdk = conftest.sdk
-redis_server = conftest.redis_server
 redis_two = conftest.redis_two
 make_nodes = harness.make_nodes
 yconnect = ydocs.yconnect
@@ -66,7 +67,8 @@ def redis_one() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def hub3(tmp_path_factory: pytest.TempPathFactory, redis_one: RedisServer) -> Iterator[NodeSet]:
-    with module_nodes(tmp_path_factory, [redis_one.url]) as nodes:
+    """Three nodes on one Redis for the module; their documents are stored in Redis."""
+    with module_nodes(tmp_path_factory, [redis_one.url], doc_store="redis") as nodes:
         yield nodes
 
 
@@ -370,33 +372,36 @@ async def write_words(conn: WsYClient, prefix: str, numbers: range) -> None:
 
 @pytest.mark.parametrize("store", ["redis", "sqlite-shared-disk"])
 async def test_documents_survive_a_killed_writer_and_a_full_restart(
-    make_nodes: NodesFactory, redis_server: RedisServer, yconnect: YConnect, store: str
+    request: pytest.FixtureRequest, make_nodes: NodesFactory, yconnect: YConnect, store: str
 ) -> None:
     """Every edit another client received is kept: the node that loaded the document first (its writer) is
     killed, edits go on through the others, then the whole hub stops and starts again. The store is Redis
-    (no shared disk) or SQLite in one data directory all nodes share (with a directory of its own, a node
-    that never held a document finds nothing once its holders unloaded it)."""
+    (no shared disk: the module's nodes) or SQLite in one data directory all nodes share (with a directory
+    of its own, a node that never held a document finds nothing once its holders unloaded it)."""
     if store == "redis":
-        nodes = await make_nodes(3, redis=[redis_server.url], doc_store="redis")
+        nodes: Sequence[HubNode] = request.getfixturevalue("hub3")
     else:
-        nodes = await make_nodes(3, redis=[redis_server.url], shared_data_dir=True)
-    a = await yconnect(nodes[0], "survivor")  # loads it first: the writer
-    b = await yconnect(nodes[1], "survivor")
-    await write_words(a, "a", range(10))
-    await write_words(b, "b", range(10))
-    first = {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}
-    await settle([a, b], lambda: words(a) == words(b) == first)
-    await nodes[0].kill()
-    await write_words(b, "b", range(10, 20))
-    c = await yconnect(nodes[2], "survivor")  # on a node that never held it: the full state from node 2
-    everything = first | {f"b{i}" for i in range(10, 20)}
-    await c.until(lambda: words(c) == everything)
-    for n in nodes[1:]:
-        assert await n.stop() == 0
-    for n in nodes:
-        await n.start()
-    late = await yconnect(nodes[0], "survivor")
-    assert words(late) == everything
+        redis_url = request.getfixturevalue("redis_one").url
+        nodes = await make_nodes(3, redis=[redis_url], shared_data_dir=True)
+    name = fresh("survivor")
+    try:
+        a = await yconnect(nodes[0], name)  # loads it first: the writer
+        b = await yconnect(nodes[1], name)
+        await write_words(a, "a", range(10))
+        await write_words(b, "b", range(10))
+        first = {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}
+        await settle([a, b], lambda: words(a) == words(b) == first)
+        await nodes[0].kill()
+        await write_words(b, "b", range(10, 20))
+        c = await yconnect(nodes[2], name)  # on a node that never held it: the full state from node 2
+        everything = first | {f"b{i}" for i in range(10, 20)}
+        await c.until(lambda: words(c) == everything)
+        assert await asyncio.gather(*(n.stop() for n in nodes[1:])) == [0, 0]
+        await asyncio.gather(*(n.start() for n in nodes))
+        late = await yconnect(nodes[0], name)
+        assert words(late) == everything
+    finally:
+        await asyncio.gather(*(n.start() for n in nodes))  # the module's nodes stay up
 
 
 # --- one of two Redis shards down -----------------------------------------------------------------------
@@ -460,6 +465,7 @@ async def test_one_shard_down_leaves_the_other_shards_channels_working(
             r.cancel()
 
 
+@pytest.mark.parametrize("sdk", ["json"], indirect=True)  # Protobuf across nodes: test_many_nodes.py
 async def test_sdk_client_of_a_killed_node_recovers_on_another(hub3: NodeSet, sdk: Any) -> None:
     """centrifuge-python connected to a node that dies: its reconnect lands on another node (as behind a
     load balancer) and recovers every publication it missed, exactly once, in order."""
@@ -491,3 +497,72 @@ async def test_sdk_client_of_a_killed_node_recovers_on_another(hub3: NodeSet, sd
     finally:
         rec.gate.set()
         await victim_node.start()  # the module's nodes stay three
+
+
+# --- a unidirectional SSE subscriber across a Redis restart ---------------------------------------------
+
+
+async def next_pub(stream: Stream) -> Event:
+    """The next publication event (the default namespace also pushes joins and leaves)."""
+    while True:
+        event = await stream.event()
+        assert event is not None, "the stream ended"
+        if "pub" in event.json():
+            return event
+
+
+async def test_sse_subscriber_is_told_when_redis_lost_its_stream(hub3: NodeSet, redis: RedisServer) -> None:
+    """A uni_sse client cannot resubscribe by itself: when its node missed publications it is disconnected
+    (3010) and its resume on another node says ``unrecovered`` instead of a silent gap; live events follow."""
+    channel = fresh("sse")
+    params = cf_connect({"token": user_token("sse", channels=[channel])})
+    publisher = await client_on(hub3[0], "sse-publisher")
+
+    async def publish(data: int) -> bool:
+        reply = await publisher.command("publish", {"channel": channel, "data": data})
+        return "publish" in reply
+
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with open_stream(http, "GET", hub3[1].http + "/connection/uni_sse", params=params) as stream:
+            connect = await stream.event()
+            assert connect is not None and channel in connect.json()["connect"]["subs"]
+            for i in range(2):
+                assert await publish(i)
+            seen = [await next_pub(stream) for _ in range(2)]
+            assert [e.json()["pub"]["data"] for e in seen] == [0, 1]
+            last_id = seen[-1].id
+            redis.stop()
+            redis.start()
+            sent = itertools.count(2)
+
+            async def told() -> bool:  # publish until the node notices what it missed and says so
+                await publish(next(sent))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        while True:
+                            event = await stream.event()
+                            if event is None:
+                                return True
+                            data = event.json()
+                            if "disconnect" in data:
+                                assert data["disconnect"]["code"] == 3010, data
+                                return True
+                            assert data.keys() & {"pub", "join", "leave"}, data
+                return False
+
+            await eventually(told, within=TIMEOUT * 2, every=0.01)
+        headers = {"Last-Event-ID": last_id or ""}
+        resume_url = hub3[2].http + "/connection/uni_sse"
+        async with open_stream(http, "GET", resume_url, params=params, headers=headers) as stream:
+            connect = await stream.event()
+            assert connect is not None
+            assert connect.json()["connect"]["subs"][channel]["recovered"] is False
+            notice = await stream.event()
+            while notice is not None and notice.event != "unrecovered" and "pub" not in notice.json():
+                notice = await stream.event()  # a join may come first
+            assert (
+                notice is not None and notice.event == "unrecovered" and notice.json()["channel"] == channel
+            )
+            assert await publish(-1)
+            live = await next_pub(stream)
+            assert live.json()["pub"]["data"] == -1
