@@ -7,6 +7,11 @@ a log file. ``start()`` returns once ``GET /ready`` answers 200 (polled with a d
 to wait on from outside a process); ``stop()`` is SIGTERM and a wait for exit 0, ``kill()`` SIGKILL (a
 crash: no shutdown handshake, presence entries left to expire); ``start()`` again reuses the same port.
 
+Fixtures (import them into a test module to use them): ``make_nodes`` (a factory: ``await make_nodes(3,
+redis=[url], cluster=False, doc_store=None, shared_data_dir=False, **config)``), ``nodes`` (three nodes on
+one fresh Redis), ``sharded_nodes`` (three over two Redis servers), ``cluster_nodes`` (three over the Redis
+Cluster); ``module_nodes``/``redis_servers`` build the same for a module-scoped fixture.
+
 When a test fails, the logs of every node it started are added to its report (``node_logs_section``,
 called from the report hook in tests/conftest.py).
 """
@@ -30,7 +35,7 @@ import httpx
 import pytest
 
 from tests.conftest import SECRET, TIMEOUT, token
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "nodes-api-key"
@@ -355,6 +360,25 @@ def make_nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nodes
     request.node.stash.setdefault(NODE_SETS, []).append(node_set)
     yield node_set.add
     node_set.close()
+
+
+@pytest.fixture
+async def nodes(make_nodes: NodesFactory, redis_server: RedisServer) -> list[HubNode]:
+    """Three nodes sharing one fresh standalone Redis (``redis_server`` from tests/conftest.py), for one
+    test. Modules that can share their nodes use ``module_nodes`` instead (faster)."""
+    return await make_nodes(3, redis=[redis_server.url])
+
+
+@pytest.fixture
+async def sharded_nodes(make_nodes: NodesFactory, redis_two: list[RedisServer]) -> list[HubNode]:
+    """Three nodes over two Redis servers (channels spread by consistent hashing)."""
+    return await make_nodes(3, redis=[s.url for s in redis_two])
+
+
+@pytest.fixture
+async def cluster_nodes(make_nodes: NodesFactory, redis_cluster: RedisCluster) -> list[HubNode]:
+    """Three nodes over the session's 3-master Redis Cluster."""
+    return await make_nodes(3, redis=redis_cluster.urls, cluster=True)
 
 
 @contextlib.contextmanager
