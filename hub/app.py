@@ -97,7 +97,7 @@ class Switchboard:
             self.node.verifier,
             self.node.scheduler,
             RedisDocumentStore(self.redis)
-            if self.redis is not None and self.config.doc_store == "redis"
+            if self.redis is not None and self.config.documents_in_redis()
             else SqliteDocumentStore(Documents.default_store_path(self.config), fsync=self.config.doc_fsync),
             doc_relay,
         )

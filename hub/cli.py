@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p_serve.add_argument("--node-name", default=None, help="this node's name (default: host and a random id)")
     p_serve.add_argument("--data-dir", default=None)
-    p_serve.add_argument("--doc-store", choices=("sqlite", "redis"), default=None)
+    p_serve.add_argument("--doc-store", choices=("auto", "sqlite", "redis"), default=None)
     p_serve.set_defaults(func=serve)
     p_token = sub.add_parser("token", help="print a connection (or subscription) JWT")
     p_token.add_argument("--user", required=True)

@@ -128,14 +128,21 @@ class Config:
     node_info_interval: float = 3.0
     """Seconds between two announcements of a node on the control channel; a node silent for three of them
     is taken for dead."""
-    doc_store: str = "sqlite"
-    """Where documents are stored: ``sqlite`` (under data_dir) or ``redis`` (needs redis_urls)."""
+    doc_store: str = "auto"
+    """Where documents are stored: ``sqlite`` (under data_dir), ``redis`` (needs redis_urls), or ``auto``:
+    redis when redis_urls are set, else sqlite."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
     dev_mode: bool = False
+
+    def documents_in_redis(self) -> bool:
+        """Whether documents are stored in the shared Redis (``doc_store``, ``auto`` resolved)."""
+        if self.doc_store == "auto":
+            return bool(self.redis_urls)
+        return self.doc_store == "redis"
 
     def namespace_table(self) -> Namespaces:
         return Namespaces(self.channel, self.namespaces)
@@ -398,8 +405,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("presence_update_interval must be shorter than presence_ttl")
     if cfg.redis_cluster and not cfg.redis_urls:
         raise ConfigError("redis_cluster needs at least one URL in redis_urls")
-    if cfg.doc_store not in ("sqlite", "redis"):
-        raise ConfigError("doc_store must be sqlite or redis")
+    if cfg.doc_store not in ("auto", "sqlite", "redis"):
+        raise ConfigError("doc_store must be auto, sqlite or redis")
     if cfg.doc_store == "redis" and not cfg.redis_urls:
         raise ConfigError("doc_store = redis needs redis_urls")
     if not cfg.redis_prefix or any(c in cfg.redis_prefix for c in "{} "):

@@ -382,7 +382,7 @@ async def test_documents_survive_a_killed_writer_and_a_full_restart(
         nodes: Sequence[HubNode] = request.getfixturevalue("hub3")
     else:
         redis_url = request.getfixturevalue("redis_one").url
-        nodes = await make_nodes(3, redis=[redis_url], shared_data_dir=True)
+        nodes = await make_nodes(3, redis=[redis_url], shared_data_dir=True, doc_store="sqlite")
     name = fresh("survivor")
     try:
         a = await yconnect(nodes[0], name)  # loads it first: the writer
