@@ -38,10 +38,10 @@ another node held. What only a dead writer held and had not committed is lost fr
 clients resend it when they sync again.
 
 Errors: a link that cannot subscribe raises ``sync.store.StoreError`` from ``attach`` (the room is not
-opened; the client retries); so does ``catch_up`` when Redis cannot be reached for the sync request (a load
-fails with the storage error, never with ``ShardUnavailable``). Everything else is logged and retried and
-never reaches peers, whatever Redis answered (unreachable, or an error reply such as -BUSY, -OOM,
--READONLY, -MOVED):
+opened; the client retries); so does ``catch_up`` when its sync request cannot be published (Redis down, or
+an error reply): a load fails with the storage error, never with a Redis exception. Everything else is
+logged and retried and never reaches peers, whatever Redis answered (unreachable, or an error reply such as
+-BUSY, -OOM, -READONLY, -MOVED):
 
 - a failed relay publish drops its batch and schedules the sync exchange (``resync_soon``), which retries
   until a request goes out and repairs what the batch carried;
@@ -276,8 +276,8 @@ class RedisDocLink:
         if wait:
             try:
                 expected = max(0, await self._holders() - 1)
-            except DOWN_ERRORS as exc:
-                log.warning("document %r: counting holders failed: %s", self.key[1], exc)
+            except Exception as exc:  # down or an error reply: then nobody is waited for
+                log.warning("document %r: counting holders failed: %r", self.key[1], exc)
         request_id = next(self.relay._request_ids)
         request = _Request(expected)
         self._requests[request_id] = request
@@ -285,8 +285,8 @@ class RedisDocLink:
             message = _pack([SYNC_REQUEST, self.relay.node_id, request_id, room.doc.get_state()])
             try:
                 await self.shard.publish(self.channel, message)
-            except DOWN_ERRORS as exc:
-                raise StoreError(f"documents across nodes unavailable: {exc}") from None
+            except Exception as exc:  # down or an error reply (-BUSY, -MOVED...): a load fails as storage
+                raise StoreError(f"documents across nodes unavailable: {exc!r}") from None
             if wait and expected > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.relay.sync_timeout):

@@ -224,6 +224,22 @@ async def test_redis_lost_during_a_load_fails_the_acquire_with_a_store_error(
         await group.close()
 
 
+async def test_an_error_reply_to_a_loads_sync_request_fails_the_acquire_with_a_store_error(
+    redis_server: RedisServer, standalone: Cluster
+) -> None:
+    node = await standalone.node()
+    key = fresh_key()
+    deny(redis_server, "publish")
+    try:
+        with pytest.raises(StoreError):
+            await node.rooms.acquire(key)
+    finally:
+        allow(redis_server, "publish")
+    assert key not in node.rooms.rooms and key not in node.relay.links
+    room = await node.rooms.acquire(key)  # and it loads once Redis answers again
+    node.rooms.release(room)
+
+
 async def test_server_side_transact_on_a_non_writer_returns_once_the_edit_was_published(
     standalone: Cluster,
 ) -> None:
