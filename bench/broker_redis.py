@@ -45,7 +45,7 @@ class Counter:
         self.target = 0
         self.done = asyncio.Event()
 
-    def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
+    def handle_publication(self, key: ChannelKey, pub: Publication, epoch: str) -> None:
         self.n += 1
         if self.n >= self.target:
             self.done.set()

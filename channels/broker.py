@@ -32,7 +32,10 @@ class HistoryPolicy:
 
 
 class BrokerEventHandler(Protocol):
-    def handle_publication(self, key: ChannelKey, pub: Publication) -> None: ...
+    def handle_publication(self, key: ChannelKey, pub: Publication, epoch: str) -> None:
+        """``pub`` was published on ``key``; ``epoch`` is its stream's epoch ('' when ``pub.offset`` is 0, no
+        history). A position is (offset, epoch): offsets alone cannot tell a stream that was lost and
+        started over from the one before it."""
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None: ...
 

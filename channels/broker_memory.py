@@ -114,7 +114,7 @@ class MemoryBroker:
         if idempotency_key:
             self._idempotent[(key, idempotency_key)] = (now + IDEMPOTENCY_TTL, result)
         if self._handler is not None:
-            self._handler.handle_publication(key, pub)
+            self._handler.handle_publication(key, pub, result.position.epoch)
         return result
 
     def _expire_idempotency(self, now: float) -> None:

@@ -10,9 +10,10 @@ tenant and the prefix, and shares one hash slot in a cluster):
   broker_memory) after the last publish. When it is missing the stream is started over with a new epoch;
 - ``{prefix}:idem:{route}:<key>``  the result of a publish with that idempotency key, for IDEMPOTENCY_TTL;
 - ``{prefix}:ch:{route}``  the pub/sub channel (sharded pub/sub in a cluster; ``/<db>`` appended on a db other
-  than 0, since pub/sub ignores the db: ``RedisShards.channel``). Every message is one type
-  byte and a payload: ``P<offset>:<body>`` a publication, ``J<info>`` a join, ``L<info>`` a leave; one channel
-  for all three, so a node sees them in the order Redis accepted them.
+  than 0, since pub/sub ignores the db: ``RedisShards.channel``). Every message is one type byte and a
+  payload: ``P<offset>:<epoch>:<body>`` a publication (``P0::<body>`` without history; the epoch lets a
+  node tell a stream Redis lost and started over from the old one), ``J<info>`` a join, ``L<info>`` a
+  leave; one channel for all three, so a node sees them in the order Redis accepted them.
 
 One Lua script publishes atomically: idempotency check, epoch creation, offset increment, XADD + trim,
 expiries, PUBLISH/SPUBLISH with the offset and the idempotency record. The epoch for a new stream is a
@@ -69,7 +70,7 @@ if size > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. ARGV[1])
+redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
 local result = offset .. ':' .. epoch
 if ARGV[8] == '1' then redis.call('SET', KEYS[3], result, 'PX', ARGV[9]) end
 return {0, result}
@@ -220,9 +221,11 @@ class RedisBroker:
             if handler is None:
                 return
             kind = msg[0]
-            if kind == 0x50:  # P
+            if kind == 0x50:  # P<offset>:<epoch>:<body> (an epoch is hex: no colon)
                 colon = msg.index(b":", 1)
-                handler.handle_publication(key, decode_body(msg[colon + 1 :], int(msg[1:colon])))
+                end = msg.index(b":", colon + 1)
+                pub = decode_body(msg[end + 1 :], int(msg[1:colon]))
+                handler.handle_publication(key, pub, msg[colon + 1 : end].decode())
             elif kind == 0x4A:  # J
                 info = _info_of(msgpack.unpackb(msg[1:], raw=False))
                 assert info is not None
@@ -252,7 +255,7 @@ class RedisBroker:
         with_history = history is not None and history.size > 0 and history.ttl > 0
         if not with_history and not idempotency_key:
             try:
-                await shard.publish(channel, b"P0:" + body)
+                await shard.publish(channel, b"P0::" + body)
             except DOWN_ERRORS as exc:
                 raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
             return PublishResult(StreamPosition())

@@ -353,9 +353,9 @@ class Node:
 
     # ---------------------------------------------------------------- BrokerEventHandler (the fan-out)
 
-    def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
-        if pub.offset and self.positions.observe(key, pub.offset):
-            log.warning("publications of %s were missed (offset %d)", key[1], pub.offset)
+    def handle_publication(self, key: ChannelKey, pub: Publication, epoch: str = "") -> None:
+        if pub.offset and self.positions.observe(key, pub.offset, epoch):
+            log.warning("publications of %s were missed (offset %d, epoch %s)", key[1], pub.offset, epoch)
             self.insufficient_state(key)  # before the delivery: a positioned client must not skip
         tables = self.registry.fanout.get(key)
         if tables is not None:

@@ -7,7 +7,8 @@ such a gap unannounced, so the node tracks, for each channel the broker delivers
 the last publication it received and the stream's epoch, and declares the channel's state
 *insufficient* when
 
-- a publication's offset is not the one after the last (a skip, or offsets restarting: a new epoch), or
+- a publication's offset is not the one after the last, or its epoch is not the last one's (the stream
+  was lost and started over: even offsets that look consecutive belong to another stream), or
 - a check of the stream's top, made after the pub/sub connection came back, finds another epoch or
   publications the node never received.
 
@@ -27,11 +28,12 @@ from channels.publication import StreamPosition
 class _Top:
     __slots__ = ("offset", "epoch")
 
-    def __init__(self, offset: int | None, epoch: str | None) -> None:
+    def __init__(self, offset: int, epoch: str | None) -> None:
         self.offset = offset
-        """None until the node knows where the stream is (the first publication or read tells)."""
         self.epoch = epoch
-        """None until a read names it, and again when offsets restart (a new epoch)."""
+        """None until the node knows where the stream is (the first publication or read tells); a known
+        position always has both: offsets alone cannot tell a stream that Redis lost and started over
+        (and that reached the same offsets meanwhile) from the one before it."""
 
 
 class ChannelPositions:
@@ -46,11 +48,11 @@ class ChannelPositions:
     def known(self, key: ChannelKey) -> bool:
         """The node knows a position of ``key`` to check (it saw a publication with history, or a read)."""
         seen = self._tops.get(key)
-        return seen is not None and seen.offset is not None
+        return seen is not None and seen.epoch is not None
 
     def begin(self, key: ChannelKey) -> None:
         """The broker delivers ``key`` to the node from now on: follow its offsets from the first one."""
-        self._tops.setdefault(key, _Top(None, None))
+        self._tops.setdefault(key, _Top(0, None))
 
     def track(self, key: ChannelKey, top: StreamPosition) -> bool:
         """A subscriber read ``top`` from the broker, and a broker barrier since then delivered everything
@@ -61,35 +63,32 @@ class ChannelPositions:
         if seen is None:
             self._tops[key] = _Top(top.offset, top.epoch)
             return False
-        if seen.offset is None:
+        if seen.epoch is None:
             seen.offset, seen.epoch = top.offset, top.epoch
             return False
-        if seen.epoch is None:
-            missed = seen.offset < top.offset
-        else:
-            missed = seen.epoch != top.epoch or seen.offset < top.offset
-        if missed or seen.epoch is None:
-            seen.offset, seen.epoch = max(seen.offset, top.offset) if not missed else top.offset, top.epoch
+        missed = seen.epoch != top.epoch or seen.offset < top.offset
+        if missed:
+            seen.offset, seen.epoch = top.offset, top.epoch
         return missed
 
     def forget(self, key: ChannelKey) -> None:
         self._tops.pop(key, None)
 
-    def observe(self, key: ChannelKey, offset: int) -> bool:
-        """A publication with history ``offset`` arrived; True if the channel's state is now insufficient.
+    def observe(self, key: ChannelKey, offset: int, epoch: str) -> bool:
+        """A publication at (``offset``, ``epoch``) arrived; True if the channel's state is now insufficient
+        (the node skipped offsets, or the stream is another one: a new epoch, whatever its offsets). The
+        position becomes the publication's.
 
-        Called once per publication on the hot path: one dict lookup.
+        Called once per publication on the hot path: one dict lookup, two comparisons when all is well.
         """
         seen = self._tops.get(key)
         if seen is None:
             return False
-        last = seen.offset
-        seen.offset = offset
-        if last is None or offset == last + 1:
+        last, known = seen.offset, seen.epoch
+        seen.offset, seen.epoch = offset, epoch
+        if offset == last + 1 and epoch == known:
             return False
-        if offset <= last:
-            seen.epoch = None  # offsets restarted: a new stream
-        return True
+        return known is not None  # the first publication the node sees only starts its position
 
     def check(self, key: ChannelKey, top: StreamPosition) -> bool:
         """The broker reports ``top`` as the stream's top; True if the node missed something (another
@@ -97,14 +96,10 @@ class ChannelPositions:
         seen = self._tops.get(key)
         if seen is None:
             return False
-        if seen.offset is None:
+        if seen.epoch is None:
             seen.offset, seen.epoch = top.offset, top.epoch
             return False
-        if seen.epoch is None:
-            seen.epoch = top.epoch  # the new epoch the offsets restarted in
-            missed = top.offset > seen.offset
-        else:
-            missed = seen.epoch != top.epoch or top.offset > seen.offset
+        missed = seen.epoch != top.epoch or top.offset > seen.offset
         if missed:
             seen.offset, seen.epoch = top.offset, top.epoch
         return missed

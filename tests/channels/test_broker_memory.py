@@ -33,7 +33,7 @@ class Handler:
         self.joins: list[tuple[ChannelKey, ClientInfo]] = []
         self.leaves: list[tuple[ChannelKey, ClientInfo]] = []
 
-    def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
+    def handle_publication(self, key: ChannelKey, pub: Publication, epoch: str) -> None:
         self.pubs.append((key, pub))
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:

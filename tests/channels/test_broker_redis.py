@@ -42,13 +42,16 @@ class Handler:
         self.joins: list[tuple[ChannelKey, ClientInfo]] = []
         self.leaves: list[tuple[ChannelKey, ClientInfo]] = []
         self.resubscribed: list[list[ChannelKey]] = []
+        self.epochs: list[str] = []
+        """The epoch handed with each publication of ``pubs``."""
         self._changed = asyncio.Event()
 
     def _bump(self) -> None:
         self._changed.set()
 
-    def handle_publication(self, key: ChannelKey, pub: Publication) -> None:
+    def handle_publication(self, key: ChannelKey, pub: Publication, epoch: str) -> None:
         self.pubs.append((key, pub))
+        self.epochs.append(epoch)
         self._bump()
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:
@@ -150,6 +153,19 @@ async def test_channels_and_tenants_have_their_own_streams(setup: Setup) -> None
     assert a[0].epoch != b[0].epoch
     assert offsets((await setup.broker.history(OTHER)).publications) == [1, 2]
     assert offsets((await setup.broker.history(KEY)).publications) == [1, 2, 3]
+
+
+async def test_every_publication_comes_with_its_stream_epoch(setup: Setup) -> None:
+    """(Review R1-3.) The handler gets each publication's epoch (a position is offset and epoch: a stream
+    that was lost and started over can reach the same offsets); '' without history."""
+    broker, handler = setup.broker, setup.handler
+    await broker.subscribe(KEY)
+    with_history = await broker.publish(KEY, b"1", history=HIST)
+    await broker.publish(KEY, b"2")
+    await handler.pubs_n(2)
+    assert with_history.position.epoch
+    assert handler.epochs == [with_history.position.epoch, ""]
+    assert [p.data for _, p in handler.pubs] == [b"1", b"2"]
 
 
 async def test_publish_without_history_has_no_position(setup: Setup) -> None:
@@ -267,7 +283,7 @@ async def test_join_leave_in_order_with_publications(setup: Setup) -> None:
     order: list[str] = []
     handler.handle_join = lambda k, i: (order.append("join"), Handler.handle_join(handler, k, i))  # type: ignore[method-assign]
     handler.handle_leave = lambda k, i: (order.append("leave"), Handler.handle_leave(handler, k, i))  # type: ignore[method-assign]
-    handler.handle_publication = lambda k, p: (order.append("pub"), Handler.handle_publication(handler, k, p))  # type: ignore[method-assign]
+    handler.handle_publication = lambda k, p, e: (order.append("pub"), Handler.handle_publication(handler, k, p, e))  # type: ignore[method-assign]
     await broker.publish_join(KEY, info)
     await broker.publish(KEY, b"1", history=HIST)
     await broker.publish_leave(KEY, info)

@@ -25,36 +25,59 @@ KEY = ("", "chat:room")
 
 def test_untracked_channel_is_never_insufficient() -> None:
     positions = ChannelPositions()
-    assert not positions.observe(KEY, 7)
-    assert not positions.observe(KEY, 3)
+    assert not positions.observe(KEY, 7, "e1")
+    assert not positions.observe(KEY, 3, "e1")
     assert KEY not in positions
 
 
-@given(st.integers(0, 50), st.lists(st.integers(1, 80), max_size=30))
-def test_observe_flags_exactly_the_breaks_in_the_sequence(start: int, offsets: list[int]) -> None:
+@given(
+    st.integers(0, 50),
+    st.lists(st.tuples(st.integers(1, 80), st.sampled_from(["e1", "e2", "e3"])), max_size=30),
+)
+def test_observe_flags_exactly_the_breaks_in_the_sequence(start: int, pubs: list[tuple[int, str]]) -> None:
+    """A break is a skipped or repeated offset, or another epoch (even with the next offset: review R1-3)."""
     positions = ChannelPositions()
     positions.track(KEY, StreamPosition(start, "e1"))
-    last = start
-    for offset in offsets:
-        assert positions.observe(KEY, offset) is (offset != last + 1)
-        last = offset
+    last, last_epoch = start, "e1"
+    for offset, epoch in pubs:
+        assert positions.observe(KEY, offset, epoch) is (offset != last + 1 or epoch != last_epoch)
+        last, last_epoch = offset, epoch
+
+
+def test_a_new_stream_that_reached_the_next_offset_is_a_break() -> None:
+    """(Review R1-3.) Redis lost the stream while the node was away and the new one grew to the node's old
+    offset: its next publication looks consecutive, only the epoch tells. Neither observe nor the check
+    takes it for the old stream."""
+    positions = ChannelPositions()
+    positions.track(KEY, StreamPosition(2, "old"))
+    assert positions.observe(KEY, 3, "new")
+    assert not positions.observe(KEY, 4, "new")
+    assert positions.check(KEY, StreamPosition(2, "newer"))
+
+
+def test_the_first_publication_starts_the_position_with_its_epoch() -> None:
+    positions = ChannelPositions()
+    positions.begin(KEY)
+    assert not positions.observe(KEY, 6, "e1")
+    assert positions.known(KEY)
+    assert positions.check(KEY, StreamPosition(6, "e2"))  # another epoch at the same offset
 
 
 def test_track_keeps_what_the_node_received_since() -> None:
     positions = ChannelPositions()
     positions.track(KEY, StreamPosition(5, "e1"))
-    assert not positions.observe(KEY, 6)
+    assert not positions.observe(KEY, 6, "e1")
     positions.track(KEY, StreamPosition(5, "e1"))  # a later subscriber read an older top: ignored
-    assert not positions.observe(KEY, 7)
+    assert not positions.observe(KEY, 7, "e1")
 
 
 def test_a_publication_between_the_broker_subscription_and_the_read_is_no_gap() -> None:
     positions = ChannelPositions()
     positions.begin(KEY)
     assert not positions.known(KEY)
-    assert not positions.observe(KEY, 6)  # arrived before the subscriber's read returned top 5
+    assert not positions.observe(KEY, 6, "e1")  # arrived before the subscriber's read returned top 5
     positions.track(KEY, StreamPosition(5, "e1"))
-    assert not positions.observe(KEY, 7)
+    assert not positions.observe(KEY, 7, "e1")
     assert positions.known(KEY)
     assert positions.check(KEY, StreamPosition(9, "e1"))
 
@@ -64,7 +87,7 @@ def test_check_finds_missed_publications_and_new_epochs() -> None:
     positions.track(KEY, StreamPosition(5, "e1"))
     assert not positions.check(KEY, StreamPosition(5, "e1"))
     assert positions.check(KEY, StreamPosition(8, "e1"))  # three published while the node was away
-    assert not positions.observe(KEY, 9)  # tracking continues from the checked top
+    assert not positions.observe(KEY, 9, "e1")  # tracking continues from the checked top
     assert positions.check(KEY, StreamPosition(0, "e2"))  # Redis lost the stream
     assert not positions.check(KEY, StreamPosition(0, "e2"))
 
@@ -72,7 +95,7 @@ def test_check_finds_missed_publications_and_new_epochs() -> None:
 def test_restarted_offsets_learn_their_epoch_at_the_next_check() -> None:
     positions = ChannelPositions()
     positions.track(KEY, StreamPosition(5, "e1"))
-    assert positions.observe(KEY, 1)  # offsets restarted: a new stream
+    assert positions.observe(KEY, 1, "e2")  # offsets restarted: a new stream
     assert not positions.check(KEY, StreamPosition(1, "e2"))  # already reported; e2 is now known
     assert positions.check(KEY, StreamPosition(1, "e3"))
 
@@ -96,7 +119,7 @@ async def test_a_gap_makes_positioned_subscribers_resubscribe_and_spares_the_oth
     node = hub.sb.node
     top = (await node.broker.history(KEY, limit=0)).position
     # The broker hands the node a publication two past the top: the one in between was missed.
-    node.handle_publication(KEY, Publication(b'{"n":2}', offset=top.offset + 2))
+    node.handle_publication(KEY, Publication(b'{"n":2}', offset=top.offset + 2), top.epoch)
     push = await positioned.push("unsubscribe")
     assert push["channel"] == "chat:room"
     assert push["unsubscribe"]["code"] == 2500
@@ -126,7 +149,7 @@ async def test_a_unidirectional_client_is_disconnected_with_3010(hub: RunningHub
         await node.subscribe_user("", "chat:room")  # anonymous user ""
         assert "subscribe" in await anext(lines)
         top = (await node.broker.history(KEY, limit=0)).position
-        node.handle_publication(KEY, Publication(b"{}", offset=top.offset + 5))
+        node.handle_publication(KEY, Publication(b"{}", offset=top.offset + 5), top.epoch)
         rest = [line async for line in lines]
     assert any('"code":3010' in line for line in rest), rest
 

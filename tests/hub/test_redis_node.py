@@ -75,6 +75,28 @@ async def test_a_subscriber_whose_history_was_lost_is_told_recovered_false(
     assert again["subscribe"]["epoch"] != sub["epoch"]
 
 
+async def test_a_new_stream_is_never_taken_for_the_old_one(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    """(Review R1-3.) Redis loses its data (FLUSHALL) while the node's connections stay up: the new
+    stream's first publication has the offset after the node's (0 -> 1), only its epoch tells it is another
+    stream. The positioned subscriber must resubscribe (2500) before it gets it, not take it silently."""
+    hub = await _hub(make_hub, redis_server)
+    alice = await raw_client(hub, connect={"token": token("alice")})
+    sub = (await alice.command("subscribe", {"channel": "chat:room"}))["subscribe"]
+    assert sub.get("offset", 0) == 0 and sub["epoch"]
+    assert redis_server.command("FLUSHALL").startswith(b"+OK")
+    ok = await alice.command("publish", {"channel": "chat:room", "data": {"n": 1}})
+    assert "error" not in ok, ok
+    push = await alice.push()
+    assert push.get("unsubscribe", {}).get("code") == 2500, push
+    again = await alice.command(
+        "subscribe", {"channel": "chat:room", "recover": True, "offset": 0, "epoch": sub["epoch"]}
+    )
+    assert again["subscribe"]["recovered"] is False
+    assert again["subscribe"]["epoch"] != sub["epoch"]
+
+
 async def test_a_lagging_pubsub_stream_gives_no_publication_twice(
     make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
 ) -> None:
