@@ -39,6 +39,8 @@ log = logging.getLogger("switchboard.node")
 VERSION = "0.1.0"
 TICK = 1.0
 """Seconds between two passes of the session clock."""
+POSITION_CHECK_BACKOFF: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
+"""Seconds between the attempts of a position check after a reconnect (then: recover, as if missed)."""
 
 
 def new_node_id(config: Config) -> str:
@@ -390,7 +392,20 @@ class Node:
                 self.spawn(self._check_position(key), f"position check of {key[1]}")
 
     async def _check_position(self, key: ChannelKey) -> None:
-        top = (await self.broker.history(key, limit=0)).position
+        """Read the stream's top and compare it with the node's position. Redis may flap again before the
+        read succeeds: retried with backoff (POSITION_CHECK_BACKOFF); if every attempt fails the node
+        cannot tell what it missed, so its positioned subscribers recover (the safe default)."""
+        for delay in (*POSITION_CHECK_BACKOFF, None):
+            try:
+                top = (await self.broker.history(key, limit=0)).position
+                break
+            except BrokerUnavailable:
+                if delay is None:
+                    log.warning("position of %s could not be checked: its subscribers recover", key[1])
+                    if self.positions.known(key):
+                        self.insufficient_state(key)
+                    return
+                await asyncio.sleep(delay)  # backoff while Redis settles, not a wait for an effect
         if self.positions.check(key, top):
             log.warning("publications of %s were missed (stream top %d %s)", key[1], top.offset, top.epoch)
             self.insufficient_state(key)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from channels.broker_memory import MemoryBroker
+from channels.errors import BrokerUnavailable
 from channels.names import ChannelKey
 from channels.publication import Publication, StreamPosition
 from hub.app import Switchboard
@@ -173,6 +174,70 @@ async def test_the_resubscribed_check_finds_what_was_published_meanwhile(
     node.handle_resubscribed([KEY])
     push = await client.push("unsubscribe")
     assert push["unsubscribe"]["code"] == 2500
+
+
+class FlakyHistoryBroker(MemoryBroker):
+    """``history`` raises BrokerUnavailable ``failures`` more times (Redis flapping again); counts calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+        self.calls = 0
+        self.called = asyncio.Condition()
+
+    async def history(self, key: ChannelKey, **kw: Any) -> Any:
+        async with self.called:
+            self.calls += 1
+            self.called.notify_all()
+        if self.failures > 0:
+            self.failures -= 1
+            raise BrokerUnavailable("redis flapped")
+        return await super().history(key, **kw)
+
+    async def calls_made(self, n: int) -> None:
+        async with asyncio.timeout(TIMEOUT), self.called:
+            await self.called.wait_for(lambda: self.calls >= n)
+
+
+async def _flaky_hub(serve_asgi: Any, monkeypatch: Any) -> tuple[RunningHub, FlakyHistoryBroker]:
+    import hub.node
+
+    monkeypatch.setattr(hub.node, "POSITION_CHECK_BACKOFF", (0.01, 0.01, 0.01))
+    cfg = hub_config()
+    broker = FlakyHistoryBroker()
+    sb = Switchboard(cfg, broker=broker)
+    server, port = await serve_asgi(sb, cfg)
+    return RunningHub(sb, server, port), broker
+
+
+async def test_the_resubscribed_check_is_retried_while_the_broker_is_unavailable(
+    serve_asgi: Any, raw_client: Any, monkeypatch: Any
+) -> None:
+    hub, broker = await _flaky_hub(serve_asgi, monkeypatch)
+    client = await raw_client(hub, connect={"token": token("alice")})
+    await _subscribe(client, "chat:room")
+    before = broker.calls
+    broker.failures = 2
+    hub.sb.node.handle_resubscribed([KEY])
+    await broker.calls_made(before + 3)  # two failures, then the read that succeeds
+    await hub.sb.node.publish("chat:room", {"n": 1})
+    assert (await client.push())["pub"]["data"] == {"n": 1}  # nothing was missed: no resubscribe
+
+
+async def test_a_check_that_never_succeeds_makes_positioned_subscribers_recover(
+    serve_asgi: Any, raw_client: Any, monkeypatch: Any
+) -> None:
+    """The node cannot tell what it missed while Redis was away: the safe default is a recovery."""
+    hub, broker = await _flaky_hub(serve_asgi, monkeypatch)
+    client = await raw_client(hub, connect={"token": token("alice")})
+    await _subscribe(client, "chat:room")
+    broker.failures = 1000
+    hub.sb.node.handle_resubscribed([KEY])
+    push = await client.push("unsubscribe")
+    assert push["unsubscribe"]["code"] == 2500
+    broker.failures = 0
+    again = await client.command("subscribe", {"channel": "chat:room", "recover": True, "offset": 0})
+    assert "error" not in again, again
 
 
 # ---------------------------------------------------------------- broker subscriptions
