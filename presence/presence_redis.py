@@ -250,10 +250,14 @@ class RedisPresence:
         self._removed_during_refresh[token] = removed
         try:
             await self._refresh(entries)
+            # The set stays registered while the removals run: an add during their awaits takes its entry
+            # out (it is live again), so nothing is removed that came back after being computed here.
+            removed &= {(key, info.client) for key, info in entries}
+            while removed:
+                key, client_id = removed.pop()
+                await self._run(_remove, key, [client_id])  # not self.remove: it would re-record it here
         finally:
             del self._removed_during_refresh[token]
-        for key, client_id in removed & {(key, info.client) for key, info in entries}:
-            await self.remove(key, client_id)
 
     async def _refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
         by_channel: dict[ChannelKey, list[ClientInfo]] = {}

@@ -283,7 +283,10 @@ async def test_join_leave_in_order_with_publications(setup: Setup) -> None:
     order: list[str] = []
     handler.handle_join = lambda k, i: (order.append("join"), Handler.handle_join(handler, k, i))  # type: ignore[method-assign]
     handler.handle_leave = lambda k, i: (order.append("leave"), Handler.handle_leave(handler, k, i))  # type: ignore[method-assign]
-    handler.handle_publication = lambda k, p, e: (order.append("pub"), Handler.handle_publication(handler, k, p, e))  # type: ignore[method-assign]
+    handler.handle_publication = lambda k, p, e: (  # type: ignore[method-assign]
+        order.append("pub"),
+        Handler.handle_publication(handler, k, p, e),
+    )
     await broker.publish_join(KEY, info)
     await broker.publish(KEY, b"1", history=HIST)
     await broker.publish_leave(KEY, info)

@@ -75,12 +75,13 @@ def test_every_key_of_a_route_is_on_the_route_slot(tenant: str, name: str, kind:
     assert key_slot(shards.channel(kind, route).encode()) == slot
 
 
-_PREFIX = st.text(st.characters(blacklist_characters="{}"), max_size=6)
+_PREFIX = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="{}"), max_size=6)
+_NAME = st.text(st.characters(blacklist_categories=["Cs"]), max_size=6)
 
 
 @given(
-    a=st.tuples(_PREFIX, st.integers(0, 15), st.text(max_size=6)),
-    b=st.tuples(_PREFIX, st.integers(0, 15), st.text(max_size=6)),
+    a=st.tuples(_PREFIX, st.integers(0, 15), _NAME),
+    b=st.tuples(_PREFIX, st.integers(0, 15), _NAME),
 )
 def test_pubsub_channel_names_carry_the_db(a: tuple[str, int, str], b: tuple[str, int, str]) -> None:
     """(Review R1-5.) Redis pub/sub ignores SELECT, so the db is part of the name: two (prefix, db, route)

@@ -275,6 +275,41 @@ async def test_removal_during_refresh_wins(redis_server: RedisServer, make_node:
     assert await p.get(ROOM) == {"c2": c2, "c3": c3}
 
 
+async def test_a_client_back_during_the_re_removal_stays(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    """(Review R1.) Two clients of a refresh leave while it is in flight, so both are removed again after
+    it; one comes back while the first of those removals runs: it must stay (it was removed until the next
+    refresh when the set of re-removals was computed once)."""
+    from presence.presence_redis import _remove  # noqa: PLC2701 - to spot the re-removal's Redis call
+
+    p = await make_node([redis_server.url])
+    infos = {"c1": ClientInfo("alice", "c1"), "c2": ClientInfo("bob", "c2")}
+    for info in infos.values():
+        await p.add(ROOM, info)
+    real_refresh, real_run = p._refresh, p._run  # noqa: SLF001
+    state: dict[str, Any] = {"left": False, "back": None}
+
+    async def refresh_then_leave(entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+        await real_refresh(entries)  # its re-adds landed; now both clients leave, still inside the refresh
+        await p.remove(ROOM, "c1")
+        await p.remove(ROOM, "c2")
+        state["left"] = True
+
+    async def run(script: Any, key: ChannelKey, args: Sequence[Any]) -> Any:
+        if state["left"] and script is _remove and state["back"] is None:
+            state["back"] = "c2" if args[0] == "c1" else "c1"  # the other one comes back meanwhile
+            await p.add(ROOM, infos[state["back"]])
+        return await real_run(script, key, args)
+
+    p._refresh = refresh_then_leave  # type: ignore[method-assign]  # noqa: SLF001
+    p._run = run  # type: ignore[method-assign]  # noqa: SLF001
+    async with asyncio.timeout(TIMEOUT):
+        await p.refresh([(ROOM, info) for info in infos.values()])
+    assert state["back"] is not None
+    assert await p.get(ROOM) == {state["back"]: infos[state["back"]]}
+
+
 # -- placement ---------------------------------------------------------------------------------------------
 
 
