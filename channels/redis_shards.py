@@ -183,6 +183,12 @@ def _response_error(err: rexc.ResponseError) -> rexc.ResponseError:
     return err
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a fire-and-forget future's outcome, so a lost connection logs no 'never retrieved'."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _PubSubConnection(asyncio.Protocol):
     """One pub/sub connection to one Redis server: reconnect with backoff, resubscribe, dispatch.
 
@@ -345,6 +351,11 @@ class _PubSubConnection(asyncio.Protocol):
                         elsewhere.append(ch)  # MOVED: this node no longer owns the channel's slot
                 if elsewhere:
                     self.shard._moved(elsewhere, self)
+                for ch in channels:
+                    if ch not in self.handlers and ch not in elsewhere:
+                        # unsubscribed during the handshake, after its SUBSCRIBE went out: drop it at Redis
+                        # too (its confirmation is matched to this waiter; nobody awaits it)
+                        self._send(self.unsub, ch, (self.unsub.decode(), ch)).add_done_callback(_consume)
                 self._up(ever_connected)
                 self._connecting_failed = False
                 ever_connected = True

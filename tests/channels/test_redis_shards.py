@@ -343,6 +343,43 @@ async def test_a_late_unsubscribe_confirmation_does_not_drop_a_new_subscription(
         await proxy.close()
 
 
+async def test_an_unsubscribe_during_the_reconnect_handshake_reaches_redis(
+    redis_server: RedisServer, make_shards: Any
+) -> None:
+    """(Review R1.) A channel unsubscribed while the reconnect's SUBSCRIBE for it is on its way: once the
+    connection is up, Redis no longer has it subscribed (it would send its messages for nothing)."""
+    from tests.redis_proxy import Proxy
+
+    proxy = Proxy(redis_server.port)
+    await proxy.start()
+    try:
+        shards = await make_shards([proxy.url], connect_timeout=2.0)
+        shard = shards.shards[0]
+        await shard.subscribe("c", Inbox())
+        conn = shard._conns["main"]  # noqa: SLF001
+        resubscribed, real_send = asyncio.Event(), conn._send  # noqa: SLF001
+
+        def send(kind: bytes, channel: bytes, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+            if kind == conn.sub and channel == b"c":
+                resubscribed.set()
+            return real_send(kind, channel, args)
+
+        conn._send = send  # type: ignore[method-assign]  # noqa: SLF001
+        proxy.hold()  # the reconnect's confirmations wait
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":1")
+        async with asyncio.timeout(TIMEOUT):
+            await shard.wait_connected(False)
+            await resubscribed.wait()  # the reconnect's SUBSCRIBE is written
+            await shard.unsubscribe("c")  # not connected: only forgotten locally
+            proxy.release()
+            await shard.wait_connected(True)
+            await shard.barrier("c")  # Redis answered everything sent before on that connection
+        numsub = redis_server.command("PUBSUB", "NUMSUB", "c")
+        assert numsub.endswith(b":0\r\n"), numsub
+    finally:
+        await proxy.close()
+
+
 async def test_password_and_db_from_the_url(make_shards: Any) -> None:
     server = RedisServer(extra_args=["--requirepass", "s3cret"])
     try:
