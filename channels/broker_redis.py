@@ -221,11 +221,9 @@ class RedisBroker:
             if handler is None:
                 return
             kind = msg[0]
-            if kind == 0x50:  # P<offset>:<epoch>:<body> (an epoch is hex: no colon)
-                colon = msg.index(b":", 1)
-                end = msg.index(b":", colon + 1)
-                pub = decode_body(msg[end + 1 :], int(msg[1:colon]))
-                handler.handle_publication(key, pub, msg[colon + 1 : end].decode())
+            if kind == 0x50:  # P<offset>:<epoch>:<body> (an epoch is hex: no colon); one split is cheapest
+                head, epoch, body = msg.split(b":", 2)
+                handler.handle_publication(key, decode_body(body, int(head[1:])), epoch.decode())
             elif kind == 0x4A:  # J
                 info = _info_of(msgpack.unpackb(msg[1:], raw=False))
                 assert info is not None

@@ -84,10 +84,11 @@ class ChannelPositions:
         seen = self._tops.get(key)
         if seen is None:
             return False
-        last, known = seen.offset, seen.epoch
-        seen.offset, seen.epoch = offset, epoch
-        if offset == last + 1 and epoch == known:
+        last = seen.offset
+        seen.offset = offset
+        if offset == last + 1 and epoch == seen.epoch:
             return False
+        known, seen.epoch = seen.epoch, epoch
         return known is not None  # the first publication the node sees only starts its position
 
     def check(self, key: ChannelKey, top: StreamPosition) -> bool:
