@@ -108,6 +108,9 @@ class Subscription:
     """Wall-clock second at which the subscription token expires (0: never)."""
     server_side: bool = False
     active: bool = False
+    missed: bool = False
+    """The node missed publications of the channel while this (positioned) subscription was being set up:
+    it is told to resubscribe as soon as its reply is out."""
 
 
 @dataclass(slots=True)
@@ -762,9 +765,14 @@ class Client:
         sub = prep.sub
         if self.state is State.CLOSED or self.subs.get(sub.channel.raw) is not sub:
             return
-        sub.active = True
         name = sub.channel.raw
         push: Any = self.writer.push if self.fmt != JSON_EVENTS else partial(self.deliver_event, name)
+        if sub.missed:
+            # What it buffered has a gap: nothing of it goes out; it resubscribes and recovers.
+            self.node.registry.finish_subscribe(sub.key, self, push)
+            self.insufficient_state(name)
+            return
+        sub.active = True
         buffered = self.node.registry.finish_subscribe(sub.key, self, push)
         for pub in [*prep.recovered, *after_position(buffered, prep.offset)]:
             self.push_publication(name, pub)
@@ -1002,6 +1010,12 @@ class Client:
             body = {"code": codes.UNSUBSCRIBE_INSUFFICIENT, "reason": "insufficient state"}
             self.writer.push(self.codec.encode_push(name, "unsubscribe", body))
             self.node.spawn(self._after_detach(sub), f"leaving {name}")
+
+    def missed_while_pending(self, name: str) -> None:
+        """The node missed publications of ``name`` while this connection's subscription was being set up."""
+        sub = self.subs.get(name)
+        if sub is not None and sub.positioned and not sub.active:
+            sub.missed = True
 
     def send_ping(self, now: float) -> None:
         self.last_ping = now

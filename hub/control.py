@@ -256,7 +256,7 @@ class RedisControl:
             node_info_interval if node_info_interval is not None else node.config.node_info_interval
         )
         self.survey_timeout = survey_timeout
-        self.everyone = shards.channel("control", "")
+        self.everyone = shards.channel("control", "", shard=self.shard)
         self.inbox = self.inbox_of(shards, node.id)
         self._shards = shards
         self._peers: dict[str, _Peer] = {}
@@ -272,7 +272,7 @@ class RedisControl:
 
     @staticmethod
     def inbox_of(shards: RedisShards, node_id: str) -> str:
-        return shards.channel("control", route_of("", node_id))
+        return shards.channel("control", route_of("", node_id), shard=shards.shards[0])
 
     # ------------------------------------------------------------ lifecycle
 

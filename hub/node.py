@@ -411,7 +411,10 @@ class Node:
             self.insufficient_state(key)
 
     def insufficient_state(self, key: ChannelKey) -> None:
-        """Every positioned subscriber of ``key`` on this node is told to resubscribe and recover."""
+        """Every positioned subscriber of ``key`` on this node is told to resubscribe and recover (one
+        still being set up, as soon as its reply is out)."""
+        for client in list(self.registry.pending.get(key, ())):
+            client.missed_while_pending(key[1])
         tables = self.registry.fanout.get(key)
         if tables is None:
             return

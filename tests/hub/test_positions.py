@@ -315,3 +315,39 @@ async def test_a_subscribe_during_the_last_unsubscribe_resubscribes(serve_asgi: 
     assert broker.calls == [("subscribe", key), ("unsubscribe", key), ("subscribe", key)]
     await sb.node.publish("nohist:x", {"after": 1})
     assert (await second.push("pub"))["pub"]["data"] == {"after": 1}
+
+
+class GapWhilePending(MemoryBroker):
+    """Hands the node a publication two past the top while a subscription is being set up (between its
+    read of the top and its activation): the node missed one, and the subscriber's buffer holds the gap."""
+
+    node: Any = None
+    armed = False
+
+    async def barrier(self, key: ChannelKey) -> None:
+        if not self.armed:
+            return
+        top = (await self.history(key, limit=0)).position
+        self.node.handle_publication(key, Publication(b'{"after":"gap"}', offset=top.offset + 2), top.epoch)
+
+
+async def test_a_gap_while_a_subscription_is_set_up_makes_it_resubscribe_at_once(
+    serve_asgi: Any, raw_client: Any
+) -> None:
+    cfg = hub_config()
+    broker = GapWhilePending()
+    sb = Switchboard(cfg, broker=broker)
+    broker.node = sb.node
+    server, port = await serve_asgi(sb, cfg)
+    hub = RunningHub(sb, server, port)
+    bob = await raw_client(hub, connect={"token": token("bob")})
+    assert "error" not in await bob.command("subscribe", {"channel": "chat:room"})  # the node knows the top
+    broker.armed = True
+    client = await raw_client(hub, connect={"token": token("alice")})
+    reply = await client.command("subscribe", {"channel": "chat:room"})
+    assert reply["subscribe"]["positioned"] is True
+    assert (await bob.push())["unsubscribe"]["code"] == 2500  # active: told at once
+    push = await client.push()
+    assert "pub" not in push, f"the publication after the gap went out: {push}"
+    assert push["unsubscribe"]["code"] == 2500
+    assert sb.node.registry.subscriber_count(KEY) == 0
