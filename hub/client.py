@@ -163,6 +163,7 @@ class Client:
         "conn_info",
         "expires_at",
         "subs",
+        "_leaving",
         "created",
         "last_ping",
         "awaiting_pong",
@@ -224,6 +225,8 @@ class Client:
         self.conn_info: bytes | None = None
         self.expires_at = 0.0
         self.subs: dict[str, Subscription] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
+        """Subscriptions left synchronously (insufficient state) whose backend cleanup is still running."""
         self.created = time.monotonic()
         self.last_ping = 0.0
         self.awaiting_pong = False
@@ -1009,7 +1012,14 @@ class Client:
         if self._detach(sub):
             body = {"code": codes.UNSUBSCRIBE_INSUFFICIENT, "reason": "insufficient state"}
             self.writer.push(self.codec.encode_push(name, "unsubscribe", body))
-            self.node.spawn(self._after_detach(sub), f"leaving {name}")
+            task = asyncio.get_running_loop().create_task(self._after_detach(sub))
+            self._leaving.add(task)
+            task.add_done_callback(self._left)
+
+    def _left(self, task: asyncio.Task[None]) -> None:
+        self._leaving.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("leaving a channel failed: %r", task.exception(), extra=self._log_extra())
 
     def missed_while_pending(self, name: str) -> None:
         """The node missed publications of ``name`` while this connection's subscription was being set up."""
@@ -1070,3 +1080,5 @@ class Client:
             except Exception:
                 log.exception("cleanup of %s failed", sub.channel.raw, extra=self._log_extra())
         self.subs.clear()
+        if self._leaving:  # the session has ended only once every channel it left is cleaned up
+            await asyncio.gather(*self._leaving, return_exceptions=True)
