@@ -196,30 +196,9 @@ def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[Redi
                "--server-pid", ",".join(str(p.pid) for p in procs),
                "--redis-pid", ",".join(str(r.proc.pid) for r in shards),
                "--channel", prefix if channels > 1 else "bench", "--channels", str(channels),
-               "--rate", str(a.rate), "--steady-s", str(a.steady_s), "--sat-s", str(a.sat_s),
-               "--warmup-s", str(a.warmup_s), "--idle-s", str(a.idle_s),
-               "--window-deliveries", str(a.window_deliveries), "--drain-timeout", str(a.drain_timeout),
-               "--connect-timeout", str(a.connect_timeout), "--data-bytes", str(a.data_bytes)]
-        limit = (a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s
-                 + 3 * a.drain_timeout + 30)
-        try:
-            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired:
-            cell["error"] = f"load client exceeded {limit:.0f}s"
+               *fanout.phase_args(a)]
+        if not fanout.run_load_client(cmd, a, cell):
             return cell
-        for line in r.stdout.splitlines():
-            if not line.startswith("{"):
-                continue
-            row = json.loads(line)
-            phase = row.pop("phase")
-            row.pop("n", None)
-            cell[phase] = row
-            if phase == "client" and row.get("error"):
-                cell["error"] = row["error"]
-        if r.returncode != 0 and "error" not in cell:
-            cell["error"] = f"load client exit {r.returncode}: {r.stderr[-800:]}"
-        elif r.stderr.strip():
-            cell["client_stderr"] = r.stderr[-800:]
         add_redis_net(cell)
         for k, proc in enumerate(procs):
             if proc.poll() is not None:

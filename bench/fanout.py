@@ -223,6 +223,40 @@ def scan_log(path: str) -> tuple[int, list[str]]:
     return len(bad), (bad[:5] + (["..."] if len(bad) > 5 else []) + lines[-5:] if bad else [])
 
 
+
+def phase_args(a: argparse.Namespace) -> list[str]:
+    """The load client's phase and size flags, the same for every orchestrator (fanout.py, cluster.py)."""
+    return ["--rate", str(a.rate), "--steady-s", str(a.steady_s), "--sat-s", str(a.sat_s),
+            "--warmup-s", str(a.warmup_s), "--idle-s", str(a.idle_s),
+            "--window-deliveries", str(a.window_deliveries), "--drain-timeout", str(a.drain_timeout),
+            "--connect-timeout", str(a.connect_timeout), "--data-bytes", str(a.data_bytes)]
+
+
+def run_load_client(cmd: list[str], a: argparse.Namespace, cell: dict) -> bool:
+    """Run the load client within a time limit derived from its phases and merge its JSON rows (one per
+    phase) into ``cell``; its failure goes to ``cell["error"]``. False when it ran past the limit."""
+    limit = (a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s
+             + 3 * a.drain_timeout + 30)
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        cell["error"] = f"load client exceeded {limit:.0f}s"
+        return False
+    for line in r.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        row = json.loads(line)
+        phase = row.pop("phase")
+        row.pop("n", None)
+        cell[phase] = row
+        if phase == "client" and row.get("error"):
+            cell["error"] = row["error"]
+    if r.returncode != 0 and "error" not in cell:
+        cell["error"] = f"load client exit {r.returncode}: {r.stderr[-800:]}"
+    elif r.stderr.strip():
+        cell["client_stderr"] = r.stderr[-800:]
+    return True
+
 def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
     cell = {"variant": variant, "n": n, "repeat": rep}
     bg, waited = wait_quiet(a.quiet_threshold, a.quiet_wait)
@@ -240,34 +274,11 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
                 return cell
             cmd = [PY, os.path.join(HERE, "load_client.py"),
                    "--url", f"ws://127.0.0.1:{port}{WS_PATH}", "--n", str(n),
-                   "--server-pid", str(proc.pid), "--rate", str(a.rate),
-                   "--steady-s", str(a.steady_s), "--sat-s", str(a.sat_s),
-                   "--warmup-s", str(a.warmup_s), "--idle-s", str(a.idle_s),
-                   "--window-deliveries", str(a.window_deliveries),
-                   "--drain-timeout", str(a.drain_timeout), "--connect-timeout", str(a.connect_timeout),
-                   "--data-bytes", str(a.data_bytes), "--transport", transport_of(variant)]
+                   "--server-pid", str(proc.pid), *phase_args(a), "--transport", transport_of(variant)]
             if transport_of(variant) == "sse":
                 cmd += ["--token", a.sse_token]
-            limit = (a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s
-                     + 3 * a.drain_timeout + 30)
-            try:
-                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
-            except subprocess.TimeoutExpired:
-                cell["error"] = f"load client exceeded {limit:.0f}s"
+            if not run_load_client(cmd, a, cell):
                 return cell
-            for line in r.stdout.splitlines():
-                if not line.startswith("{"):
-                    continue
-                row = json.loads(line)
-                phase = row.pop("phase")
-                row.pop("n", None)
-                cell[phase] = row
-                if phase == "client" and row.get("error"):
-                    cell["error"] = row["error"]
-            if r.returncode != 0 and "error" not in cell:
-                cell["error"] = f"load client exit {r.returncode}: {r.stderr[-800:]}"
-            elif r.stderr.strip():
-                cell["client_stderr"] = r.stderr[-800:]
             if proc.poll() is not None:
                 cell.setdefault("error", f"server died during the run (status {proc.returncode})")
             if "error" in cell and transport_of(variant) == "protobuf" and not os.path.exists(PROTOBUF_CODEC):
