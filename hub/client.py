@@ -670,8 +670,8 @@ class Client:
         try:
             await node.acquire_channel(key)
         except BaseException:
-            if self._rollback(sub):
-                await node.release_channel(key)
+            self._rollback(sub)
+            await node.release_channel(key)
             raise
         result: dict[str, Any] = {}
         offset = 0
@@ -744,19 +744,19 @@ class Client:
         """The connection ended, or the subscription was removed, while it was being set up."""
         return self._closing or self.subs.get(sub.channel.raw) is not sub
 
-    def _rollback(self, sub: Subscription) -> bool:
+    def _rollback(self, sub: Subscription) -> None:
         if self.subs.get(sub.channel.raw) is sub:
             del self.subs[sub.channel.raw]
             if self.events is not None:
                 self.events.forget(sub.channel.raw)
-        return self.node.registry.cancel_subscribe(sub.key, self)
+        self.node.registry.cancel_subscribe(sub.key, self)
 
     async def _rollback_async(self, sub: Subscription) -> None:
-        if self._rollback(sub):
-            try:
-                await self.node.release_channel(sub.key)
-            except Exception:
-                log.exception("broker unsubscribe failed during rollback", extra=self._log_extra())
+        self._rollback(sub)
+        try:
+            await self.node.release_channel(sub.key)  # if that was the node's last subscriber of the channel
+        except Exception:
+            log.exception("broker unsubscribe failed during rollback", extra=self._log_extra())
         if sub.options.presence:
             try:
                 await self.node.presence.remove(sub.key, self.id)

@@ -67,11 +67,13 @@ class Registry:
     def has_local(self, key: ChannelKey) -> bool:
         return key in self.fanout or key in self.pending
 
-    def begin_subscribe(self, key: ChannelKey, client: Client) -> bool:
-        """Start buffering ``key``'s publications for ``client``; True if the node had no one on ``key``."""
-        first = not self.has_local(key)
+    def begin_subscribe(self, key: ChannelKey, client: Client) -> None:
+        """Start buffering ``key``'s publications for ``client``.
+
+        Whether the node must (still) receive ``key`` from the broker is the node's to decide
+        (``Node.acquire_channel`` / ``release_channel`` look at ``has_local``), not the registry's.
+        """
         self.pending.setdefault(key, {})[client] = []
-        return first
 
     def finish_subscribe(self, key: ChannelKey, client: Client, push: Push) -> list[Publication]:
         """Move ``client`` into the fan-out of ``key``; return what was buffered meanwhile."""
@@ -82,16 +84,11 @@ class Registry:
         tables[client.fmt][client] = push
         return buffered
 
-    def cancel_subscribe(self, key: ChannelKey, client: Client) -> bool:
-        """Forget a subscription that failed to set up.
-
-        True if this removed the node's last one on ``key``.
-        """
+    def cancel_subscribe(self, key: ChannelKey, client: Client) -> None:
+        """Forget a subscription that failed to set up."""
         waiting = self.pending.get(key)
-        if waiting is None or client not in waiting:
-            return False
-        self._drop_pending(key, client)
-        return not self.has_local(key)
+        if waiting is not None and client in waiting:
+            self._drop_pending(key, client)
 
     def _drop_pending(self, key: ChannelKey, client: Client) -> list[Publication]:
         waiting = self.pending.get(key)
@@ -102,20 +99,16 @@ class Registry:
             del self.pending[key]
         return buffered
 
-    def remove_subscriber(self, key: ChannelKey, client: Client) -> bool:
-        """Take ``client`` off ``key``; True if this removed the node's last one on ``key``."""
-        removed = False
+    def remove_subscriber(self, key: ChannelKey, client: Client) -> None:
+        """Take ``client`` off ``key`` (active or still being set up)."""
         tables = self.fanout.get(key)
         if tables is not None and client in tables[client.fmt]:
-            removed = True
             del tables[client.fmt][client]
             if not any(tables):
                 del self.fanout[key]
         waiting = self.pending.get(key)
         if waiting is not None and client in waiting:
-            removed = True
             self._drop_pending(key, client)
-        return removed and not self.has_local(key)
 
     def subscriber_count(self, key: ChannelKey) -> int:
         return sum(map(len, self.fanout.get(key, ())))
