@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.publication import ClientInfo, Publication
+from sync.protocol import var_uint
 
 __all__ = [
     "PING",
@@ -322,15 +323,11 @@ _SPEC: dict[str, list[tuple[str, int, int, str]]] = {
 
 
 def _uvarint(n: int) -> bytes:
-    """An unsigned integer (below 2**64) as a protobuf varint."""
+    """An unsigned integer (below 2**64) as a protobuf varint: the same base-128 encoding as lib0's
+    ``writeVarUint``, so larger values go through ``sync.protocol.var_uint``."""
     if n < _NV:
         return _VARINTS[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return var_uint(n)
 
 
 # Every varint of one or two bytes, looked up rather than computed on the fan-out path (about 600 KB).
