@@ -24,7 +24,7 @@ from hub.auth import mint_token
 from hub.cli import uvicorn_config
 from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
-from tests.redis_servers import RedisCluster, RedisServer
+from tests.redis_servers import RedisCluster, RedisServer, redis_servers
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 TIMEOUT = 10.0
@@ -254,25 +254,15 @@ async def sdk(request: Any) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """One fresh, empty standalone server per test (no persistence); always cleaned up."""
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    with redis_servers(1) as servers:
+        yield servers[0]
 
 
 @pytest.fixture
 def redis_two() -> Iterator[list[RedisServer]]:
     """Two fresh standalone servers per test."""
-    servers = [RedisServer(), RedisServer()]
-    try:
-        for s in servers:
-            s.start()
+    with redis_servers(2) as servers:
         yield servers
-    finally:
-        for s in servers:
-            s.cleanup()
 
 
 @pytest.fixture(scope="session")

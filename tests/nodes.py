@@ -10,7 +10,8 @@ crash: no shutdown handshake, presence entries left to expire); ``start()`` agai
 Fixtures (import them into a test module to use them): ``make_nodes`` (a factory: ``await make_nodes(3,
 redis=[url], cluster=False, doc_store=None, shared_data_dir=False, **config)``), ``nodes`` (three nodes on
 one fresh Redis), ``sharded_nodes`` (three over two Redis servers), ``cluster_nodes`` (three over the Redis
-Cluster); ``module_nodes``/``redis_servers`` build the same for a module-scoped fixture.
+Cluster); ``module_nodes`` (with tests/redis_servers.py's ``redis_servers``) builds the same for a
+module-scoped fixture.
 
 When a test fails, the logs of every node it started are added to its report (``node_logs_section``,
 called from the report hook in tests/conftest.py).
@@ -397,19 +398,6 @@ def module_nodes(
         yield node_set
     finally:
         node_set.close()
-
-
-@contextlib.contextmanager
-def redis_servers(count: int) -> Iterator[list[RedisServer]]:
-    """``count`` standalone Redis servers for a module-scoped fixture (tests/conftest.py's are per test)."""
-    servers = [RedisServer() for _ in range(count)]
-    try:
-        for s in servers:
-            s.start()
-        yield servers
-    finally:
-        for s in servers:
-            s.cleanup()
 
 
 async def eventually(

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
@@ -186,6 +186,20 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self.port}, running={self.running})"
+
+
+@contextlib.contextmanager
+def redis_servers(count: int) -> Iterator[list[RedisServer]]:
+    """``count`` fresh standalone servers, started, and always cleaned up (the per-test fixtures in
+    tests/conftest.py and the module-scoped ones of tests/nodes.py)."""
+    servers = [RedisServer() for _ in range(count)]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.cleanup()
 
 
 class RedisCluster:

@@ -26,8 +26,8 @@ from tests.conftest import TIMEOUT, RawClient
 from tests.hub import test_docs_js, ydocs
 from tests.hub.test_docs_js import WORDS, NodeFactory
 from tests.hub.ydocs import YConnect, settle
-from tests.nodes import HubNode, NodeSet, NodesFactory, eventually, module_nodes, redis_servers, user_token
-from tests.redis_servers import RedisCluster, RedisServer
+from tests.nodes import HubNode, NodeSet, NodesFactory, eventually, module_nodes, user_token
+from tests.redis_servers import RedisCluster, RedisServer, redis_servers
 
 # fixtures defined elsewhere, used here
 raw_client = conftest.raw_client

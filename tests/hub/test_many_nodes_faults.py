@@ -40,10 +40,9 @@ from tests.nodes import (
     NodesFactory,
     eventually,
     module_nodes,
-    redis_servers,
     user_token,
 )
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, redis_servers
 
 # fixtures defined elsewhere, used here
 raw_client = conftest.raw_client
