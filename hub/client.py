@@ -523,6 +523,10 @@ class Client:
         except Disconnect as exc:
             self.node.metrics.command_error("connect", exc.code)
             self.disconnect(exc)
+        except (BrokerUnavailable, PresenceUnavailable) as exc:
+            # Redis is away (as for a bidirectional command): 3004, the client reconnects; no traceback.
+            log.warning("connect failed: %s", exc or type(exc).__name__, extra=self._log_extra())
+            self.disconnect(codes.SERVER_ERROR.error())
         except Exception:
             log.exception("connect crashed", extra=self._log_extra())
             self.disconnect(codes.SERVER_ERROR.error())
