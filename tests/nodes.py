@@ -130,6 +130,53 @@ def write_config(path: Path, **settings: Any) -> Path:
     return path
 
 
+def process_rss(pid: int) -> int:
+    """A process's resident memory in bytes, from /proc/<pid>/status (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread while an attack runs: ``start`` (the RSS before), ``peak`` (the
+    highest sample), ``last``. Use it as a context manager around the attack; the thread stops on exit."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.start = self.peak = self.last = process_rss(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.last = process_rss(self.pid)
+            except (OSError, AssertionError):
+                return  # the process is gone
+            self.peak = max(self.peak, self.last)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError, AssertionError):
+            self.last = process_rss(self.pid)
+            self.peak = max(self.peak, self.last)
+
+    def __repr__(self) -> str:
+        mb = 1024 * 1024
+        return (
+            f"RssSampler(start={self.start / mb:.1f} MB, peak={self.peak / mb:.1f} MB, "
+            f"last={self.last / mb:.1f} MB)"
+        )
+
+
 class HubNode:
     """One ``switchboard serve`` process; ``start()`` after ``stop()``/``kill()`` keeps port and data dir."""
 
@@ -230,6 +277,19 @@ class HubNode:
     async def restart(self) -> None:
         await self.stop()
         await self.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"node {self.name} is not running"
+        return self.proc.pid
+
+    def rss(self) -> int:
+        """The process's resident memory now, in bytes (VmRSS)."""
+        return process_rss(self.pid)
+
+    def sample_rss(self, interval: float = 0.05) -> RssSampler:
+        """A sampler of this node's RSS (``with node.sample_rss() as s: ...attack...; s.peak``)."""
+        return RssSampler(self.pid, interval)
 
     def log(self) -> str:
         try:
