@@ -16,7 +16,8 @@ from typing import Any
 
 from hub.auth import mint_token
 from hub.codes import ConfigError
-from hub.config import Config, load_config, redis_urls, validate
+from hub.config import Config, dev_requested, load_config, redis_urls, validate
+from hub.devmode import exposures, is_loopback, refusal
 
 log = logging.getLogger("switchboard")
 
@@ -129,12 +130,19 @@ def serve(args: argparse.Namespace) -> None:
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if cfg.dev_mode and not is_loopback(cfg.host) and not (args.dev or dev_requested()):
+        print(f"switchboard: {refusal(cfg.host)}", file=sys.stderr)
+        raise SystemExit(2)
     setup_logging(cfg.log_level, cfg.log_format)
     if cfg.dev_mode:
         log.warning(
-            "development mode: anonymous clients allowed, tokens signed with the public development secret; "
-            "set token_hmac_secret_key (or pass --config) for production"
+            "development mode (no config file, no token key), not for production; open to anyone who "
+            "reaches %s:%d:",
+            cfg.host,
+            cfg.port,
         )
+        for line in exposures(cfg):
+            log.warning("development mode: %s", line)
     app = Switchboard(cfg)
     log.info("listening on http://%s:%d", cfg.host, cfg.port)
     server = _server_class()(uvicorn_config(app, cfg))
@@ -175,7 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     p_serve = sub.add_parser("serve", help="run the hub")
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
-    p_serve.add_argument("--config", default=None, help="TOML config file")
+    p_serve.add_argument("--config", default=None, help="TOML config file (default: $SWITCHBOARD_CONFIG)")
+    p_serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="allow development mode (no config, no token key) on a non-loopback address (SWITCHBOARD_DEV=1)",
+    )
     p_serve.add_argument(
         "--redis",
         action="append",
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     p_token.add_argument("--channels", default=None, help="comma-separated server-side channels")
     p_token.add_argument("--tenant", default=None)
     p_token.add_argument("--channel", default=None, help="make a subscription token for this channel")
-    p_token.add_argument("--config", default=None, help="TOML config file")
+    p_token.add_argument("--config", default=None, help="TOML config file (default: $SWITCHBOARD_CONFIG)")
     p_token.set_defaults(func=token)
     args = parser.parse_args(argv)
     args.func(args)

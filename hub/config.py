@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from hub.codes import ConfigError
 log = logging.getLogger("switchboard.config")
 
 ENV_PREFIX = "SWITCHBOARD_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+"""The config file's path when ``--config`` is not given (``--config`` wins)."""
+DEV_ENV = ENV_PREFIX + "DEV"
+"""``SWITCHBOARD_DEV=1``, as ``--dev``: development mode is allowed on a non-loopback address."""
 DEV_SECRET = "switchboard-development-secret-do-not-use-in-production"
 
 DEV_CHANNEL_OPTIONS = NamespaceOptions(
@@ -265,24 +270,36 @@ def _channel_option_from_env(name: str, raw: str) -> Any:
     return text  # a duration: from_mapping parses it
 
 
+def dev_requested(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``SWITCHBOARD_DEV`` asks for development mode on a non-loopback address (``hub.devmode``)."""
+    raw = (os.environ if env is None else env).get(DEV_ENV, "")
+    return _env_bool(DEV_ENV, raw) if raw.strip() else False
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: dict[str, str] | None = None,
     *,
     allow_dev_mode: bool = False,
 ) -> Config:
-    """Read ``path`` (TOML) if given, then apply ``SWITCHBOARD_*`` overrides from ``env`` (os.environ).
+    """Read ``path`` (TOML; without it, the file ``SWITCHBOARD_CONFIG`` names, if any), then apply
+    ``SWITCHBOARD_*`` overrides from ``env`` (os.environ). A file that cannot be read is a ConfigError
+    naming its path.
 
     Development mode is entered only when ``allow_dev_mode`` (``switchboard serve`` passes it) and neither
     a file nor a token key is given; otherwise a missing setting means Centrifugo's closed default.
     """
     env = dict(os.environ if env is None else env)
+    dev_requested(env)  # a SWITCHBOARD_DEV that is not a boolean is an error here, not at first use
+    named_by = ""
+    if path is None and env.get(CONFIG_ENV, "").strip():
+        path, named_by = env[CONFIG_ENV].strip(), f" (named by {CONFIG_ENV})"
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}{named_by}: {exc}") from None
     cfg = Config()
     for key, value in data.items():
         if key == "channel":
@@ -307,8 +324,8 @@ def load_config(
         if not name.startswith(ENV_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :].lower()
-        if key == "config":
-            continue
+        if key in ("config", "dev"):
+            continue  # read above
         if key in _SCALARS:
             setattr(cfg, key, _coerce(key, raw, from_env=True))
         elif key == "namespaces":

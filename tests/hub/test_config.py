@@ -12,7 +12,7 @@ import pytest
 
 from channels.options import NamespaceOptions
 from hub.codes import ConfigError, HubError
-from hub.config import DEV_CHANNEL_OPTIONS, DEV_SECRET, Config, load_config
+from hub.config import DEV_CHANNEL_OPTIONS, DEV_SECRET, Config, dev_requested, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -125,7 +125,7 @@ def test_env_overrides_the_file(tmp_path: Path) -> None:
         "SWITCHBOARD_CLIENT_PING_INTERVAL": "45s",
         "SWITCHBOARD_WEBSOCKET_COMPRESSION": "off",
         "SWITCHBOARD_ALLOW_ANONYMOUS_CONNECT_WITHOUT_TOKEN": "no",
-        "SWITCHBOARD_CONFIG": "ignored: the CLI reads it",
+        "SWITCHBOARD_CONFIG": "ignored: a path given wins over the variable",
     }
     cfg = load_config(write(tmp_path, FULL), env=env)
     assert cfg.port == 9100 and cfg.host == "::1"
@@ -233,11 +233,27 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml", env={})
 
 
+def test_switchboard_config_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'token_hmac_secret_key = "file-secret"\n')
+    cfg = load_config(None, env={"SWITCHBOARD_CONFIG": str(path)}, allow_dev_mode=True)
+    assert not cfg.dev_mode and cfg.token_hmac_secret_key == "file-secret"
+    with pytest.raises(ConfigError, match="absent.toml.*SWITCHBOARD_CONFIG"):
+        load_config(None, env={"SWITCHBOARD_CONFIG": str(tmp_path / "absent.toml")}, allow_dev_mode=True)
+    assert load_config(None, env={"SWITCHBOARD_CONFIG": " "}, allow_dev_mode=True).dev_mode  # unset
+
+
+@pytest.mark.parametrize(("raw", "asked"), [("1", True), ("true", True), ("0", False), ("", False)])
+def test_switchboard_dev_is_a_boolean(raw: str, asked: bool) -> None:
+    assert dev_requested({"SWITCHBOARD_DEV": raw}) is asked
+    assert load_config(None, env={"SWITCHBOARD_DEV": raw}, allow_dev_mode=True).dev_mode
+
+
 @pytest.mark.parametrize(
     "env",
     [
         {"SWITCHBOARD_PROT": "8000"},
         {"SWITCHBOARD_DEV_MODE": "1"},
+        {"SWITCHBOARD_DEV": "maybe"},
         {"SWITCHBOARD_PORT": "eighty"},
         {"SWITCHBOARD_PORT": "0"},
         {"SWITCHBOARD_WEBSOCKET_COMPRESSION": "maybe"},
