@@ -8,10 +8,16 @@ Connection claims: sub (user id, "" for anonymous), exp, iat, info (any JSON), c
 subscriptions), tenant. Subscription claims: sub, channel, exp, info, tenant (must match the connection's).
 Document claims (``/doc/{name}``, a connection token): sub, exp, tenant, and ``docs``: ``{"read": [...],
 "write": [...]}``, lists of document names or prefixes ending in ``*`` (see ``hub.docs``).
+
+Time claims (``exp``, ``iat``, ``nbf``; RFC 7519 NumericDate) are JSON numbers of seconds: a token whose
+time claim is anything else (a string, a boolean, an object, NaN, Infinity, a negative number or one past
+``MAX_NUMERIC_DATE``) is invalid, never a crash. A ``null`` time claim counts as absent. With
+``require_exp`` (``token_require_exp``) every token, of every kind, must carry ``exp``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +69,11 @@ class DocumentClaims:
     write: tuple[str, ...] | None
 
 
+MAX_NUMERIC_DATE = 253402300799
+"""9999-12-31T23:59:59Z: the largest time claim accepted (larger ones are invalid, not "never")."""
+
+_TIME_CLAIMS = ("exp", "iat", "nbf")
+
 _HMAC = {"HS256", "HS384", "HS512"}
 _RSA = {"RS256", "RS384", "RS512"}
 _EC = {"ES256", "ES384", "ES512"}
@@ -84,14 +95,18 @@ class TokenVerifier:
         ecdsa_public_key: str = "",
         audience: str = "",
         issuer: str = "",
+        require_exp: bool = False,
     ) -> None:
+        self._require_exp = require_exp
         self._hmac = hmac_secret
         self._rsa = _load_key(rsa_public_key)
         self._ec = _load_key(ecdsa_public_key)
         self._audience = audience or None
         self._issuer = issuer or None
 
-    def _key_for(self, alg: str) -> str:
+    def _key_for(self, alg: object) -> str:
+        if not isinstance(alg, str):
+            raise TokenInvalid("alg must be a string")
         key = ""
         if alg in _HMAC:
             key = self._hmac
@@ -124,12 +139,14 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise TokenInvalid(str(exc)) from None
+        for name in _TIME_CLAIMS:
+            _check_numeric_date(claims, name)
         exp = claims.get("exp")
-        if exp is not None:
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise TokenInvalid("exp must be a number")
-            if exp <= (time.time() if now is None else now):
-                raise TokenExpired("token expired")
+        if exp is None:
+            if self._require_exp:
+                raise TokenInvalid("token without exp (token_require_exp)")
+        elif exp <= (time.time() if now is None else now):
+            raise TokenExpired("token expired")
         return claims
 
     def verify_connect(self, token: str, now: float | None = None) -> ConnectClaims:
@@ -183,6 +200,20 @@ class TokenVerifier:
         )
 
 
+def _check_numeric_date(claims: dict[str, Any], name: str) -> None:
+    """A time claim is absent, null, or a finite number of seconds in [0, MAX_NUMERIC_DATE]."""
+    value = claims.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TokenInvalid(f"{name} must be a number")
+    # A float compares with the bounds as is; an int of any size too (no float conversion to overflow).
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TokenInvalid(f"{name} must be a finite number")
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise TokenInvalid(f"{name} out of range")
+
+
 def _patterns(docs: dict[str, Any], name: str) -> tuple[str, ...]:
     value = docs.get(name, [])
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
@@ -203,7 +234,12 @@ def _exp(claims: dict[str, Any]) -> int | None:
 
 
 def _info(claims: dict[str, Any]) -> bytes | None:
-    return orjson.dumps(claims["info"]) if "info" in claims else None
+    if "info" not in claims:
+        return None
+    try:
+        return orjson.dumps(claims["info"])
+    except orjson.JSONEncodeError:  # an integer past 64 bits, nesting deeper than orjson writes
+        raise TokenInvalid("info cannot be carried as JSON") from None
 
 
 def mint_token(

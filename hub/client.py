@@ -444,6 +444,17 @@ class Client:
         self._identity = (claims.user, claims.tenant) if claims is not None else (user, tenant)
         self.name = str(p.get("name", ""))[:64]
         self.version = str(p.get("version", ""))[:64]
+        channel_limit = node.config.client_channel_limit
+        if len(set(channels)) > channel_limit:
+            # As Centrifuge: a connection is never set up holding more channels than the limit (3505, final:
+            # a reconnect with the same token would be refused the same way).
+            log.warning(
+                "connect names %d channels, over client_channel_limit %d",
+                len(set(channels)),
+                channel_limit,
+                extra=self._log_extra(),
+            )
+            raise codes.CHANNEL_LIMIT.error()
         # Server-side subscriptions (the token's channels claim) are trusted: no permission checks. They are
         # all prepared before the connection goes live; if one fails, every one is undone.
         raw_subs = p.get("subs")

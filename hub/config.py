@@ -88,6 +88,8 @@ class Config:
     token_ecdsa_public_key: str = ""
     token_audience: str = ""
     token_issuer: str = ""
+    token_require_exp: bool = False
+    """Refuse connection, subscription and document tokens without ``exp`` (invalid token)."""
     allow_anonymous_connect_without_token: bool = False
 
     client_channel_limit: int = 128

@@ -69,6 +69,7 @@ class Node:
             ecdsa_public_key=config.token_ecdsa_public_key,
             audience=config.token_audience,
             issuer=config.token_issuer,
+            require_exp=config.token_require_exp,
         )
         self.id = node_id or new_node_id(config)
         self.version = VERSION
