@@ -866,6 +866,14 @@ class Client:
             raise codes.error_unknown_channel() from None
         return channel, opts, (self.tenant, name)
 
+    def _may_reach(self, channel: ChannelName, opts: NamespaceOptions) -> bool:
+        """Private (``$name``) and user-limited (``name#alice,bob``) channels are for those who may subscribe
+        to them: ``allow_{publish,history,presence}_for_client`` opens them only to a connection subscribed
+        to the channel, or (user-limited, not private) one of the users it lists. Other channels: True."""
+        if not channel.private and channel.allowed_users is None:
+            return True
+        return channel.raw in self.subs or self._may_subscribe(channel, opts)
+
     def _permitted(self, channel: str, for_subscriber: bool, for_client: bool, for_anonymous: bool) -> bool:
         if for_subscriber and channel in self.subs:
             return True
@@ -894,13 +902,16 @@ class Client:
 
     def _guarded(self, p: dict[str, Any], feature: str) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
         """The channel of a publish/presence/history command, checked against its namespace: the feature is
-        on (108 if not) and Centrifugo's ``allow_<feature>_for_{subscriber,client,anonymous}`` let this
-        connection use it (103 if not)."""
+        on (108 if not), a private or user-limited channel is within this connection's reach
+        (``_may_reach``, 103 if not), and Centrifugo's ``allow_<feature>_for_{subscriber,client,anonymous}``
+        let this connection use it (103 if not)."""
         channel, opts, key = self._channel(p)
         if (feature == "presence" and not opts.presence) or (
             feature == "history" and not opts.history_enabled
         ):
             raise codes.error_not_available()
+        if not self._may_reach(channel, opts):
+            raise codes.error_permission_denied()
         if not self._permitted(
             channel.raw,
             getattr(opts, f"allow_{feature}_for_subscriber"),
