@@ -94,14 +94,6 @@ def test_an_unreadable_config_file_stops_the_start(tmp_path: Path, how: str) -> 
     assert str(unreadable) in result.stderr
 
 
-def test_config_flag_wins_over_the_variable(tmp_path: Path) -> None:
-    """``--config`` is the flag, the variable its default: a bad variable does not matter then."""
-    bad = tmp_path / "bad.toml"
-    bad.write_text("no_such_key = 1\n")
-    result = start_refused("--config", str(bad), SWITCHBOARD_CONFIG=str(tmp_path / "missing.toml"))
-    assert result.returncode == 2 and "unknown config key" in result.stderr, result
-
-
 def test_token_command_reads_switchboard_config(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "hub", "token", "--user", "ann"],
@@ -120,7 +112,7 @@ def test_token_command_reads_switchboard_config(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- development mode and addresses
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.7", "hub.example.com"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20"])  # more addresses: test_is_loopback
 def test_development_mode_refuses_a_public_address(host: str) -> None:
     result = start_refused("--host", host)
     assert result.returncode == 2, result
@@ -135,11 +127,6 @@ def test_development_mode_refuses_a_public_address_from_the_environment() -> Non
     """``SWITCHBOARD_HOST`` is as much an address as ``--host``."""
     result = start_refused(SWITCHBOARD_HOST="0.0.0.0")
     assert result.returncode == 2 and "0.0.0.0" in result.stderr, result
-
-
-def test_a_bad_switchboard_dev_is_a_config_error() -> None:
-    result = start_refused("--host", "0.0.0.0", SWITCHBOARD_DEV="maybe")
-    assert result.returncode == 2 and "SWITCHBOARD_DEV" in result.stderr, result
 
 
 @pytest.mark.parametrize("ask", ["--dev", "SWITCHBOARD_DEV"])
