@@ -9,12 +9,17 @@ Error tree::
      +-- UnknownNamespace      the name's namespace is not configured
      +-- UnrecoverablePosition a history query asked for a position the stream no longer holds
      +-- BrokerUnavailable     the broker cannot accept or serve a request right now
+     +-- BadDelta              a fossil delta is malformed or does not apply to its base (also ValueError)
+     +-- InvalidFeedConfig     an alert rule, ingest mapping or data schema in the config is invalid
+                               (also ValueError)
 """
 
 from channels.errors import (
+    BadDelta,
     BrokerUnavailable,
     ChannelError,
     InvalidChannel,
+    InvalidFeedConfig,
     UnknownNamespace,
     UnrecoverablePosition,
 )
@@ -23,6 +28,7 @@ from channels.options import NamespaceOptions, Namespaces
 from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
 
 __all__ = [
+    "BadDelta",
     "BrokerUnavailable",
     "ChannelError",
     "ChannelKey",
@@ -30,6 +36,7 @@ __all__ = [
     "ClientInfo",
     "HistoryResult",
     "InvalidChannel",
+    "InvalidFeedConfig",
     "NamespaceOptions",
     "Namespaces",
     "Publication",

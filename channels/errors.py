@@ -19,3 +19,12 @@ class UnrecoverablePosition(ChannelError):
 
 class BrokerUnavailable(ChannelError):
     """The broker cannot take or serve the request now; nothing was published."""
+
+
+class BadDelta(ChannelError, ValueError):
+    """A fossil delta is malformed or does not build its target from the given base."""
+
+
+class InvalidFeedConfig(ChannelError, ValueError):
+    """A feed setting from the operator's config (alert rule, ingest mapping, data schema) is invalid; the
+    message names the setting and what is wrong with it."""
