@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from channels.fossil import (
     delta_payload,
     output_size,
 )
-from tests.hub.test_js_sdk import JS, _npm_ci
+from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401  (a fixture)
 
 
 @st.composite
@@ -189,11 +188,9 @@ def test_python_sdk_json_and_protobuf_codecs_decode_a_chain() -> None:
 
 
 @pytest.fixture(scope="module")
-def fossil_js() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm are required for the JS SDK tests")
-    _npm_ci()
-    return JS / "fossil.mjs"
+def fossil_js(centrifuge_js: Path) -> Path:  # noqa: F811  (the fixture imported above)
+    """The script beside the SDK test's, once that fixture has installed the npm packages."""
+    return centrifuge_js.parent / "fossil.mjs"
 
 
 def _chains() -> list[list[bytes]]:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from channels.ingest import IngestLimits, LineError, Reading, json_depth, parse_json_lines
+from tests.channels.strategies import json_values
 
 
 def test_readings_with_and_without_key_and_time() -> None:
@@ -85,15 +86,6 @@ def test_limits_must_be_positive_integers(field: str, value: Any) -> None:
         IngestLimits(**{field: value})
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=12,
-)
 readings = st.builds(
     Reading,
     line=st.just(0),

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from channels.errors import InvalidFeedConfig
 from channels.schema import MAX_MESSAGE, DataSchema
+from tests.channels.strategies import json_values
 
 READING = {
     "type": "object",
@@ -161,17 +162,6 @@ def test_a_pattern_cannot_be_made_to_backtrack() -> None:
     started = time.perf_counter()
     assert schema.check("a" * 100_000 + "!") is not None
     assert time.perf_counter() - started < 1.0
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=10,
-)
 
 
 @given(json_values)
