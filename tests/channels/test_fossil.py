@@ -95,6 +95,24 @@ def test_a_single_local_edit_gives_a_delta_near_the_edit_size(base: bytes) -> No
     assert len(delta) <= 7 + 32 + 16 + 16
 
 
+@pytest.mark.parametrize("size", [4096, MAX_DELTA_INPUT])
+def test_large_payloads_stay_valid_and_a_change_in_the_middle_costs_about_the_change(size: int) -> None:
+    base = os.urandom(size)
+    unrelated = os.urandom(size)
+    delta = create_delta(base, unrelated)  # nothing to copy: the scan gives up on its budget
+    assert apply_delta(base, delta) == unrelated and len(delta) < size + 32
+    middle = base[: size // 3] + os.urandom(size // 3) + base[size // 3 * 2 :]
+    delta = create_delta(base, middle)  # the common tail is found after the scan stopped
+    assert apply_delta(base, delta) == middle and len(delta) < size // 3 + 64
+    assert delta_payload(base, middle) == (delta, True)
+
+
+def test_a_common_tail_shorter_than_a_block_is_copied() -> None:
+    base, target = b"x" * 40 + b"0123456789ab", b"y" * 40 + b"0123456789ab"
+    delta = create_delta(base, target)
+    assert b"C@" in delta and apply_delta(base, delta) == target  # "C" = 12 bytes copied
+
+
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**32), changes=st.integers(1, 6))
 def test_realistic_sensor_feed_round_trips_and_is_small(seed: int, changes: int) -> None:
