@@ -73,6 +73,7 @@ from channels.errors import BadDelta
 
 __all__ = [
     "MAX_DELTA_INPUT",
+    "DeltaMemo",
     "apply_delta",
     "checksum",
     "create_delta",
@@ -265,6 +266,37 @@ def delta_payload(base: bytes | None, target: bytes) -> tuple[bytes, bool]:
     if len(delta) >= len(target):
         return target, False
     return delta, True
+
+
+class DeltaMemo:
+    """Payloads by (base, target) publication ids, so that subscribers holding the same base share one
+    encode: in a channel whose subscribers all got every publication there is one pair per publication;
+    with conflation, subscribers flushed at the same tick mostly hold the same base. Ids are whatever names
+    a publication on this node (its offset, or a node-local sequence); the memo keeps the newest
+    ``max_entries`` pairs (a plain dict in insertion order), so it never grows with the subscribers."""
+
+    __slots__ = ("max_entries", "_entries", "encodes")
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[object, object], tuple[bytes, bool]] = {}
+        self.encodes = 0
+        """How many times ``payload`` had to diff (the rest were memo hits)."""
+
+    def payload(
+        self, base_id: object, base: bytes | None, target_id: object, target: bytes
+    ) -> tuple[bytes, bool]:
+        """``delta_payload(base, target)``, computed once per pair of ids."""
+        if base is None:
+            return target, False
+        key = (base_id, target_id)
+        found = self._entries.get(key)
+        if found is None:
+            found = self._entries[key] = delta_payload(base, target)
+            self.encodes += 1
+            if len(self._entries) > self.max_entries:
+                del self._entries[next(iter(self._entries))]
+        return found
 
 
 def _read_int(delta: bytes, pos: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from channels.errors import BadDelta
 from channels.fossil import (
     MAX_DELTA_INPUT,
+    DeltaMemo,
     apply_delta,
     checksum,
     create_delta,
@@ -310,6 +311,24 @@ def test_delta_payload_sends_full_without_a_base_for_unrelated_or_oversized_data
     assert is_delta and len(payload) < len(similar) and apply_delta(data, payload) == similar
     big = b"x" * (MAX_DELTA_INPUT + 1)
     assert delta_payload(big, big) == (big, False)
+
+
+def test_delta_memo_encodes_each_pair_once_and_stays_bounded() -> None:
+    memo = DeltaMemo(max_entries=3)
+    rng = random.Random(3)
+    fields = sensor_fields(rng)
+    readings = [orjson.dumps(fields)] + [sensor_reading(rng, fields, 2) for _ in range(6)]
+    # 100 subscribers that all hold reading 0 get reading 1: one encode, the same bytes for all
+    first = memo.payload(0, readings[0], 1, readings[1])
+    assert all(memo.payload(0, readings[0], 1, readings[1]) is first for _ in range(100))
+    assert memo.encodes == 1 and first[1] and apply_delta(readings[0], first[0]) == readings[1]
+    # a conflated subscriber that skipped readings 2..4 has its own pair, against what it holds
+    skipped = memo.payload(1, readings[1], 5, readings[5])
+    assert memo.encodes == 2 and apply_delta(readings[1], skipped[0]) == readings[5]
+    for n in range(2, 7):
+        memo.payload(n - 1, readings[n - 1], n, readings[n])
+    assert len(memo._entries) == 3
+    assert memo.payload("x", None, 6, readings[6]) == (readings[6], False)  # no base: full
 
 
 # -- hostile deltas ------------------------------------------------------------------------------------
