@@ -1,4 +1,6 @@
-"""Channels: names, namespace options, publications and the Broker that carries them.
+"""Channels: names, namespace options, publications and the Broker that carries them; and the sans-I/O
+pieces of live feeds: fossil deltas (``fossil``), batch ingest parsers (``ingest``, ``lineprotocol``),
+threshold alerts (``alerts``) and data schemas (``schema``).
 
 This package is the bottom layer: it imports no other package of ours.
 

@@ -45,8 +45,9 @@ centrifuge-js 5.8 and centrifuge-python 0.7 as installed here):
   A delta not smaller than the data is not sent: the data goes full with ``delta: false``, and the client
   takes it as its new base (any full publication may be sent at any time).
 - **Recovery.** A successful recovery with delta sends the recovered publications as a chain (the first
-  full, each next one a delta against the one before) and sets the flag, so live deltas continue against
-  the last recovered one; with nothing missed, the client's base is still the channel's last publication.
+  full, each next one a delta against the one before; over JSON all as strings) and sets the flag, so
+  live deltas continue against the last recovered one; with nothing missed, the client's base is still
+  the channel's last publication.
   A failed recovery sends none and leaves the flag unset: the first live publication goes full. In cache
   recovery mode without delta only the newest publication is sent. History calls are never delta-encoded.
 - **What clients keep.** The SDKs keep their base across resubscribes and reconnects (centrifuge-js drops
