@@ -18,6 +18,7 @@ from hub.auth import mint_token
 from hub.codes import ConfigError
 from hub.config import Config, dev_requested, load_config, redis_urls, validate
 from hub.devmode import exposures, is_loopback, refusal
+from hub.metrics import Metrics
 
 log = logging.getLogger("switchboard")
 
@@ -30,9 +31,12 @@ def _config(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
 
 
-def uvicorn_config(app: Any, cfg: Config) -> Any:
+def uvicorn_config(app: Any, cfg: Config, metrics: Metrics | None = None) -> Any:
+    """uvicorn's settings for serving ``app`` with ``cfg``: the hub's HTTP protocol (request timeouts and
+    the cap on requests still arriving, counted into ``metrics``) and WebSocket protocol."""
     import uvicorn
 
+    from hub.http_uvicorn import HttpGuard, http_protocol
     from hub.ws_uvicorn import SwitchboardWebSocketProtocol
 
     try:
@@ -46,7 +50,14 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
         host=cfg.host,
         port=cfg.port,
         loop=loop,
-        http="httptools",
+        http=http_protocol(
+            HttpGuard(
+                header_timeout=cfg.http_header_timeout,
+                body_timeout=cfg.http_body_timeout,
+                max_unfinished=cfg.http_max_unfinished_requests,
+                refused=metrics.http_refused if metrics is not None else None,
+            )
+        ),
         ws=SwitchboardWebSocketProtocol if cfg.websocket_fast_path else "websockets-sansio",
         ws_max_size=cfg.client_max_message_size,
         ws_ping_interval=None,
@@ -63,8 +74,11 @@ def uvicorn_config(app: Any, cfg: Config) -> Any:
 def _server_class() -> Any:
     import uvicorn
 
+    from hub.listener import Listener, bind_sockets
+
     class Server(uvicorn.Server):
-        """uvicorn's server, with two changes for a graceful shutdown:
+        """uvicorn's server, with its own accepting (``hub.listener``: a node out of descriptors says so,
+        and still answers ``/health`` and ``/ready``), and two changes for a graceful shutdown:
 
         - before uvicorn closes every connection at once, it stops accepting new ones and lets ``drain``
           (the node's batched disconnect of every session, of every transport) run; uvicorn then finishes
@@ -75,6 +89,40 @@ def _server_class() -> Any:
 
         drain: Callable[[], Awaitable[None]] | None = None
         shutdown_timeout = 10.0
+        metrics: Metrics | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            config = self.config
+            if sockets is not None or config.fd is not None or config.uds is not None:
+                await super().startup(sockets)
+                return
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                raise SystemExit(3)
+
+            protocol_class: Any = config.http_protocol_class
+
+            def create_protocol() -> Any:
+                state = self.lifespan.state
+                return protocol_class(config=config, server_state=self.server_state, app_state=state)
+
+            try:
+                listening = bind_sockets(config.host, config.port, config.backlog)
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+                await self.lifespan.shutdown()
+                raise SystemExit(1) from None
+            metrics = self.metrics or Metrics()
+            listeners: list[Any] = []  # uvicorn's shutdown needs close() and wait_closed() of each
+            for sock in listening:
+                listener = Listener(
+                    sock, create_protocol, accept_errors=metrics.accept_errors, refused=metrics.http_refused
+                )
+                listener.start()
+                listeners.append(listener)
+            self.servers = listeners
+            self._log_started_message(listening)
+            self.started = True
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             if self.drain is not None:
@@ -145,7 +193,8 @@ def serve(args: argparse.Namespace) -> None:
             log.warning("development mode: %s", line)
     app = Switchboard(cfg)
     log.info("listening on http://%s:%d", cfg.host, cfg.port)
-    server = _server_class()(uvicorn_config(app, cfg))
+    server = _server_class()(uvicorn_config(app, cfg, app.node.metrics))
+    server.metrics = app.node.metrics
     server.drain = app.drain
     server.shutdown_timeout = cfg.shutdown_timeout
     server.run()

@@ -61,6 +61,8 @@ _DURATIONS = {
     "presence_update_interval",
     "node_info_interval",
     "redis_connect_timeout",
+    "http_header_timeout",
+    "http_body_timeout",
 }
 
 
@@ -123,6 +125,12 @@ class Config:
     shutdown_timeout: float = 10.0
     api_key: str = ""
     api_max_body_size: int = 1048576
+    http_header_timeout: float = 10.0
+    """Seconds a connection has to deliver a request's headers (hub.http_uvicorn); then 408 and close."""
+    http_body_timeout: float = 30.0
+    """Seconds a request has to deliver its whole body once its headers are in; then 408 and close."""
+    http_max_unfinished_requests: int = 1000
+    """Connections whose request (headers or body) is still arriving, at most, on this node; past it: 503."""
 
     redis_urls: list[str] = field(default_factory=list)
     """Several standalone servers (channels spread by consistent hashing), or a cluster's seed nodes."""
@@ -430,6 +438,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("doc_store = redis needs redis_urls")
     if not cfg.redis_prefix or any(c in cfg.redis_prefix for c in "{} "):
         raise ConfigError("redis_prefix must be non-empty, without braces or spaces")
+    _require_positive(cfg, "http_header_timeout", "http_body_timeout", "http_max_unfinished_requests")
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
     keys = [k.key for k in cfg.server_api_keys()]

@@ -85,6 +85,8 @@ class Metrics:
         "recoveries",
         "recovery_failures",
         "rate_limited",
+        "http_refused",
+        "accept_errors",
         "namespaces",
         "_labels",
     )
@@ -108,6 +110,11 @@ class Metrics:
         self.recovery_failures = 0
         self.rate_limited = 0
         """Commands refused with 111 (too many requests)."""
+        self.http_refused: Counter[str] = Counter()
+        """HTTP connections refused or cut before their request arrived, by reason (``hub.http_uvicorn``,
+        ``hub.listener``): header_timeout, body_timeout, unfinished_limit, descriptors."""
+        self.accept_errors: Counter[str] = Counter()
+        """accept() failures for lack of resources, by errno name (EMFILE, ENFILE, ENOBUFS, ENOMEM)."""
         self._labels: dict[str, str] = {}
         """Channel name -> namespace label, for the fan-out (cleared when full)."""
 
@@ -252,6 +259,18 @@ class HubCollector(Collector):
             f"{PREFIX}_rate_limited_commands",
             "Commands refused with 111 (too many requests).",
             value=m.rate_limited,
+        )
+        yield _counter(
+            "http_refused",
+            "HTTP connections refused or cut before their request had arrived, by reason.",
+            ["reason"],
+            m.http_refused,
+        )
+        yield _counter(
+            "accept_errors",
+            "accept() failures for lack of descriptors or memory, by errno.",
+            ["errno"],
+            m.accept_errors,
         )
         rec = CounterMetricFamily(
             f"{PREFIX}_recoveries", "Subscription recoveries, by result.", labels=["result"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -192,6 +193,8 @@ class HubNode:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.max_descriptors: int | None = None
+        """When set, the process starts with this RLIMIT_NOFILE (soft and hard): a node that runs out."""
 
     # addresses
     @property
@@ -236,6 +239,7 @@ class HubNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._limit_descriptors if self.max_descriptors is not None else None,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         with httpx.Client(timeout=2.0) as http:
@@ -248,6 +252,11 @@ class HubNode:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"node {self.name} not ready in {STARTUP_TIMEOUT} s:\n{self.log()}")
                 time.sleep(0.05)  # polling interval of the probe: there is no event to wait on from outside
+
+    def _limit_descriptors(self) -> None:
+        """In the child, before exec: its descriptor limit (``max_descriptors``)."""
+        assert self.max_descriptors is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_descriptors, self.max_descriptors))
 
     def _end(self, sig: signal.Signals) -> int | None:
         if self.proc is None:
@@ -341,11 +350,13 @@ class NodeSet(Sequence[HubNode]):
         cluster: bool | None = None,
         doc_store: str | None = None,
         shared_data_dir: bool = False,
+        max_descriptors: int | None = None,
         **settings: Any,
     ) -> list[HubNode]:
         """Start ``count`` nodes sharing ``redis`` (default: the set's) with ``settings`` in their config;
         the processes start at once and are awaited together. Each node has a data directory of its own
-        unless ``shared_data_dir`` (one disk for all, as SQLite documents across nodes need)."""
+        unless ``shared_data_dir`` (one disk for all, as SQLite documents across nodes need);
+        ``max_descriptors`` is each process's RLIMIT_NOFILE."""
         self._configs += 1
         config = write_config(self.workdir / f"hub-{self._configs}.toml", **settings)
         args: list[str] = []
@@ -360,6 +371,8 @@ class NodeSet(Sequence[HubNode]):
             HubNode(f"n{len(self.nodes) + i + 1}", self.workdir, config, args, data_dir=shared)
             for i in range(count)
         ]
+        for n in new:
+            n.max_descriptors = max_descriptors
         self.nodes += new
         failures: list[BaseException] = []
         threads = []

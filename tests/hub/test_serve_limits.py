@@ -1,0 +1,203 @@
+"""A real ``switchboard serve`` attacked at the HTTP and socket level: requests that never finish arriving,
+too many of them at once, a process out of descriptors.
+
+The attacks pace themselves (a byte every so often); nothing here sleeps to wait for the node: every
+check reads the node's answer, bounded by TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
+from hub.logs import ThrottledLog
+from tests.conftest import TIMEOUT
+from tests.nodes import API_KEY, HubNode, NodesFactory, eventually, make_nodes  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+async def raw(node: HubNode) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", node.port)
+
+
+async def answer_and_close(reader: asyncio.StreamReader) -> bytes:
+    """Everything the node sends until it closes the connection (fails if it never does)."""
+    async with asyncio.timeout(TIMEOUT):
+        return await reader.read()
+
+
+def status_of(response: bytes) -> int:
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    assert match, response[:200]
+    return int(match.group(1))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    wanted = f"{name}{{{selector}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def scrape(node: HubNode) -> str:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        return (await http.get(f"{node.http}/metrics")).text
+
+
+async def trickle(writer: asyncio.StreamWriter, every: float = 0.2) -> None:
+    """The attack: one byte of a header every ``every`` seconds, for as long as the node listens."""
+    with contextlib.suppress(ConnectionError):
+        while not writer.is_closing():
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(every)  # the attacker's pace, not a wait for the node
+
+
+async def test_requests_whose_headers_never_complete_get_408_and_are_closed(make_nodes: NodesFactory) -> None:
+    (node,) = await make_nodes(1, http_header_timeout=1.0, client_stale_close_delay=1.0)
+    silent = await raw(node)  # connects and sends nothing at all
+    partial = await raw(node)  # a request line and a header, then a trickle that never ends the head
+    partial[1].write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    upgrade = await raw(node)  # a WebSocket handshake that stops half way
+    upgrade[1].write(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+    trickling = asyncio.create_task(trickle(partial[1]))
+    try:
+        for reader, _ in (silent, partial, upgrade):
+            assert status_of(await answer_and_close(reader)) == 408
+    finally:
+        trickling.cancel()
+    # A WebSocket that completed its handshake but never sends connect is closed as stale (3502).
+    async with websockets.connect(node.url) as ws, asyncio.timeout(TIMEOUT):
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()
+    assert (ws.close_code, ws.close_reason) == (3502, "stale")
+    # One throttled line for the three header timeouts, and the node serves on.
+    assert node.log().count("not complete within 1 s: 408") == 1
+    assert metric(await scrape(node), "switchboard_http_refused_total", reason="header_timeout") == 3
+    assert (await node.api("publish", {"channel": "after", "data": {}}))["result"] is not None
+
+
+async def test_a_body_trickled_a_byte_at_a_time_gets_408_within_the_body_timeout(
+    make_nodes: NodesFactory,
+) -> None:
+    (node,) = await make_nodes(1, http_body_timeout=1.0)
+    reader, writer = await raw(node)
+    writer.write(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )  # fmt: skip
+    trickling = asyncio.create_task(trickle(writer, every=0.1))  # never idle: a total deadline stops it
+    started = asyncio.get_running_loop().time()
+    try:
+        assert status_of(await answer_and_close(reader)) == 408
+    finally:
+        trickling.cancel()
+    assert asyncio.get_running_loop().time() - started < 5.0
+    assert "request body from 127.0.0.1:" in node.log()
+    assert metric(await scrape(node), "switchboard_http_refused_total", reason="body_timeout") == 1
+    # a request that arrives in time is served as before
+    assert (await node.api("publish", {"channel": "after", "data": {}}))["result"] is not None
+
+
+async def test_past_the_limit_of_unfinished_requests_the_oldest_is_cut_and_new_ones_are_served(
+    make_nodes: NodesFactory,
+) -> None:
+    (node,) = await make_nodes(1, http_max_unfinished_requests=10, http_header_timeout=60.0)
+    idle = [await raw(node) for _ in range(10)]  # ten slow requests: the limit is full
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            response = await http.get(f"{node.http}/health")  # the eleventh connection
+        assert response.status_code == 200
+        assert status_of(await answer_and_close(idle[0][0])) == 503  # the longest-arriving one made room
+        for reader, _ in idle[1:]:
+            assert not reader.at_eof()
+        assert metric(await scrape(node), "switchboard_http_refused_total", reason="unfinished_limit") >= 1
+        assert "requests arriving at once (http_max_unfinished_requests)" in node.log()
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_ready(
+    make_nodes: NodesFactory,
+) -> None:
+    (node,) = await make_nodes(1, http_header_timeout=60.0, max_descriptors=256)
+    idle = []
+    try:
+        for _ in range(300):  # more than the node can hold: it runs out while accepting them
+            idle.append(await raw(node))
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            health = await http.get(f"{node.http}/health")
+            ready = await http.get(f"{node.http}/ready")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready", "reason": "out of file descriptors"}
+        assert node.log().count("accept() failed with EMFILE") == 1  # throttled: one line, not hundreds
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+    async def counted() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            text = await scrape(node)
+            return metric(text, "switchboard_accept_errors_total", errno="EMFILE") >= 1 and (
+                metric(text, "switchboard_http_refused_total", reason="descriptors") >= 2
+            )
+        return False
+
+    await eventually(counted)  # the node gets its descriptors back as it sees the connections close
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        assert (await http.get(f"{node.http}/ready")).status_code == 200
+
+
+# ---------------------------------------------------------------- the sans-I/O pieces
+
+
+def test_a_throttled_log_writes_one_line_per_interval_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    throttled = ThrottledLog(logging.getLogger("switchboard.test"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="switchboard.test"):
+        assert throttled("refused %s", "a")
+        assert not throttled("refused %s", "b")
+        assert not throttled("refused %s", "c")
+        now[0] += 10.0
+        assert throttled("refused %s", "d")
+        now[0] += 10.0
+        assert throttled("refused %s", "e")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a",
+        "refused d (2 more since the last such line)",
+        "refused e",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("head", "answer"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", HEALTHY),
+        (b"GET /health?probe=1 HTTP/1.1\r\n\r\n", HEALTHY),
+        (b"GET /ready HTTP/1.1\r\n\r\n", NOT_READY),
+        (b"HEAD /health HTTP/1.1\r\n\r\n", UNAVAILABLE),
+        (b"GET /api/info HTTP/1.1\r\n\r\n", UNAVAILABLE),
+        (b"POST /health HTTP/1.1\r\n\r\n", UNAVAILABLE),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", UNAVAILABLE),
+        (b"", UNAVAILABLE),
+        (b"\xff\x00 garbage", UNAVAILABLE),
+    ],
+)
+def test_a_connection_on_a_reserved_descriptor_is_answered_from_its_head(head: bytes, answer: bytes) -> None:
+    assert triage_answer(head) == answer
