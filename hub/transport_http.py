@@ -254,9 +254,12 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
-async def _request_data(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
-    """The connect request (or first commands): the ``cf_connect`` query parameter of a GET, a POST body."""
+async def _request_data(scope: dict[str, Any], receive: Any, limit: int, methods: tuple[str, ...]) -> bytes:
+    """The connect request (or first commands): the ``cf_connect`` query parameter of a GET, a POST body;
+    405 for a method not in ``methods``."""
     method = scope.get("method", "GET")
+    if method not in methods:
+        raise _BadRequest(405, f"method {method} not allowed")
     if method == "GET":
         query: bytes = scope.get("query_string", b"")
         values = parse_qs(query.decode("latin-1")).get("cf_connect")
@@ -266,13 +269,19 @@ async def _request_data(scope: dict[str, Any], receive: Any, limit: int) -> byte
         if len(data) > limit:
             raise _BadRequest(413, f"cf_connect over {limit} bytes")
         return data
-    if method == "POST":
-        return await _read_body(receive, limit)
-    raise _BadRequest(405, f"method {method} not allowed")
+    return await _read_body(receive, limit)
 
 
-async def _respond(send: Any, status: int, body: bytes = b"", content_type: bytes = b"text/plain") -> None:
+async def _respond(
+    send: Any,
+    status: int,
+    body: bytes = b"",
+    content_type: bytes = b"text/plain",
+    allow: tuple[str, ...] = (),
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if allow:  # a 405 names the methods the endpoint takes (RFC 9110 15.5.6)
+        headers.append((b"allow", ", ".join((*allow, "OPTIONS")).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -295,6 +304,14 @@ STREAM_PATHS = {
     "/connection/sse": "sse",
 }
 EMULATION_PATH = "/emulation"
+STREAM_METHODS = {
+    "uni_http_stream": ("POST",),
+    "http_stream": ("POST",),
+    "uni_sse": ("GET", "POST"),
+    "sse": ("GET", "POST"),
+}
+"""What each stream takes besides OPTIONS: the HTTP streams are POST only (as Centrifugo's); SSE is read by
+``EventSource`` (GET, the connect request in ``cf_connect``), or POSTed to."""
 
 
 async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -304,11 +321,12 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
         return
     limit = node.config.client_max_message_size
     try:
-        data = await _request_data(scope, receive, limit)
+        data = await _request_data(scope, receive, limit, STREAM_METHODS[kind])
     except _BadRequest as exc:
         log.info("%s request refused: %s", kind, exc, extra={"transport": kind})
         if exc.status != 499:
-            await _respond(send, exc.status, str(exc).encode())
+            allow = STREAM_METHODS[kind] if exc.status == 405 else ()
+            await _respond(send, exc.status, str(exc).encode(), allow=allow)
         return
     protobuf = kind == "http_stream" and _header(scope, b"content-type") == "application/octet-stream"
     params: dict[str, Any] = {}
@@ -422,7 +440,7 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
         await _respond(send, 204)
         return
     if scope.get("method") != "POST":
-        await _respond(send, 405)
+        await _respond(send, 405, allow=("POST",))
         return
     try:
         body = await _read_body(receive, node.config.client_max_message_size)

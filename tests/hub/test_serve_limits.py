@@ -1,5 +1,5 @@
 """A real ``switchboard serve`` attacked at the HTTP and socket level: requests that never finish arriving,
-too many of them at once, a process out of descriptors.
+too many of them at once, a process out of descriptors, methods an endpoint does not take.
 
 The attacks pace themselves (a byte every so often); nothing here sleeps to wait for the node: every
 check reads the node's answer, bounded by TIMEOUT.
@@ -160,6 +160,16 @@ async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_re
     await eventually(counted)  # the node gets its descriptors back as it sees the connections close
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         assert (await http.get(f"{node.http}/ready")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/connection/uni_http_stream", "/connection/http_stream"])
+async def test_post_only_streams_refuse_get_with_405(make_nodes: NodesFactory, path: str) -> None:
+    (node,) = await make_nodes(1)
+    connect = orjson.dumps({"token": ""}).decode()
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        response = await http.get(f"{node.http}{path}", params={"cf_connect": connect})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, OPTIONS"
 
 
 # ---------------------------------------------------------------- the sans-I/O pieces
