@@ -383,8 +383,9 @@ class Client:
         verdict = self.limiter.admit(time.monotonic())
         if verdict is Verdict.ADMIT:
             return False
+        refusal = codes.error_too_many_requests()
         self.node.metrics.rate_limited += 1
-        self.node.metrics.command_error(method, 111)
+        self.node.metrics.command_error(method, refusal.code)
         if verdict is Verdict.FLOOD:
             refused = self.limiter.refused
             log.warning("command flood: %d commands refused in a row", refused, extra=self._log_extra())
@@ -392,7 +393,8 @@ class Client:
         if self.limiter.refused == 1:  # one line per streak, not one per refused command
             log.info("command rate limit exceeded", extra=self._log_extra())
         if cmd_id:
-            self.writer.push(self.codec.encode_error(cmd_id, 111, "too many requests", True))
+            reply = self.codec.encode_error(cmd_id, refusal.code, refusal.message, refusal.temporary)
+            self.writer.push(reply)
         return True
 
     # ---------------------------------------------------------------- connect / refresh

@@ -98,11 +98,6 @@ def error_unrecoverable_position() -> ClientError:
     return ClientError(112, "unrecoverable position")
 
 
-def error_conflict() -> ClientError:
-    """113: Centrifugo's server API answers it when a request conflicts with the channel's state."""
-    return ClientError(113, "conflict")
-
-
 class DisconnectCode(NamedTuple):
     """A disconnect code and its reason; ``.error()`` makes the exception to raise."""
 

@@ -17,10 +17,13 @@ import orjson
 import pytest
 import websockets
 
+import tests.nodes as harness
 from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
 from hub.logs import ThrottledLog
 from tests.conftest import TIMEOUT
-from tests.nodes import API_KEY, HubNode, NodesFactory, eventually, make_nodes  # noqa: F401
+from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
+
+make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
