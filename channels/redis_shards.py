@@ -447,6 +447,27 @@ class Shard:
         self._pipe_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[None]] = set()
 
+    async def check(self) -> None:
+        """Raise ShardUnavailable unless this shard answers now: its pub/sub connections are up and a PING
+        on the command path comes back within connect_timeout (from every primary, in a cluster). A server
+        that stopped without closing its sockets (SIGSTOP, a partition) is found this way; a closed
+        connection alone would not show it."""
+        if not self.connected:
+            raise ShardUnavailable(f"redis {self.name}: pub/sub connection down")
+        if not isinstance(self.redis, aioredis.RedisCluster):
+            try:
+                await self.execute("PING")
+            except rexc.ResponseError as exc:  # NOAUTH, LOADING, ...: not usable either
+                raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self.redis.execute_command("PING", target_nodes=aioredis.RedisCluster.PRIMARIES)
+        except DOWN_ERRORS as exc:
+            raise ShardUnavailable(f"redis {self.name}: {exc!r}") from exc
+        except rexc.ResponseError as exc:
+            raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+
     async def wait_connected(self, connected: bool = True) -> None:
         """Wait until ``connected`` has this value (operations and tests; wrap it in a timeout)."""
         while self.connected != connected:
@@ -771,3 +792,14 @@ class RedisShards:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.shards))
+
+    async def unreachable(self) -> dict[str, str]:
+        """The shards that do not answer now (``Shard.check``, all at once), by name, with the reason."""
+        results = await asyncio.gather(*(s.check() for s in self.shards), return_exceptions=True)
+        down: dict[str, str] = {}
+        for shard, result in zip(self.shards, results, strict=True):
+            if isinstance(result, ShardUnavailable):
+                down[shard.name] = str(result)
+            elif isinstance(result, BaseException):
+                raise result
+        return down

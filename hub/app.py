@@ -28,6 +28,7 @@ from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
 from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
 from hub.node import Node, new_node_id
+from hub.readiness import BrokerWatch
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
 from presence.presence import PresenceManager
@@ -79,10 +80,13 @@ class Switchboard:
             self.hooks,
             node_id=node_id,
         )
+        self.brokers: BrokerWatch | None = None
+        """Whether the node reaches every Redis server it needs (``/ready``); None without Redis."""
         if self.redis is not None:
             from hub.control import RedisControl
 
             self.node.control = RedisControl(self.node, self.redis)
+            self.brokers = BrokerWatch(self.redis.unreachable, self.config.node_info_interval)
         self._start_lock = asyncio.Lock()
         # Documents: the embedded SQLite store under data_dir (opened on first use), or Redis (doc_store);
         # with Redis configured, documents' updates, awareness and writer lease travel between nodes over it.
@@ -148,6 +152,8 @@ class Switchboard:
             if self.redis is not None and not self.node.started:
                 await self.redis.start()
             await self.node.start()
+            if self.brokers is not None:
+                await self.brokers.start()
             if self.config.metrics_port and self.metrics_server is None:
                 self.metrics_server = MetricsServer(
                     self.metrics_registry, self.config.host, self.config.metrics_port
@@ -160,6 +166,8 @@ class Switchboard:
         await self.node.drain()
 
     async def stop(self) -> None:
+        if self.brokers is not None:
+            await self.brokers.stop()
         await self.node.stop()
         await self.documents.close()
         if self.redis is not None:
@@ -230,9 +238,11 @@ class Switchboard:
         return Response(body, headers={"Content-Type": content_type})
 
     async def _ready(self, request: Request) -> JSONResponse:
-        if self.node.started and not self.node.stopping:
-            return JSONResponse({"status": "ready", "node": self.node.id})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        if not self.node.started or self.node.stopping:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        if self.brokers is not None and self.brokers.down:
+            return JSONResponse({"status": "not ready", "reason": self.brokers.reason()}, status_code=503)
+        return JSONResponse({"status": "ready", "node": self.node.id})
 
 
 def _redis_shards(config: Config) -> RedisShards | None:

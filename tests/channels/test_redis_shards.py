@@ -178,6 +178,7 @@ async def test_cluster_spublish_reaches_ssubscribe_on_every_node(
         await shard.subscribe(ch, inboxes[ch])
     assert shard.connected
     assert len(shard._conns) == 3, "channels spread over the three primaries"
+    assert await shards.unreachable() == {}  # every primary answers its PING (what /ready asks)
     for ch in inboxes:
         await shard.publish(ch, ch.encode())
     for ch, inbox in inboxes.items():
