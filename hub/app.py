@@ -71,7 +71,9 @@ class Switchboard:
 
             broker = broker if broker is not None else RedisBroker(self.redis, node_id=node_id)
             presence = (
-                presence if presence is not None else RedisPresence(self.redis, ttl=self.config.presence_ttl)
+                presence
+                if presence is not None
+                else RedisPresence(self.redis, ttl=self.config.presence_ttl, node_id=node_id)
             )
         self.node = Node(
             self.config,

@@ -21,6 +21,9 @@ Policies (``RedisControl``):
 - Every ``node_info_interval`` a node announces ``node.info()``; a node silent for ``SILENT_INTERVALS`` of
   its own intervals is dropped; a node leaving cleanly says so (``close``) and is dropped at once. A node
   that hears a newcomer announces itself at once, so a new node learns the others within one round trip.
+- A dropped node's presence entries are purged at once (``PresenceManager.purge`` of the presence owner it
+  announced), not left to their ttl; so are those of its previous incarnation when a node comes back under
+  the same name before anyone dropped it. Every node that drops it asks; the presence backend does it once.
 - A survey (``channels``, ``info`` of one tenant, an emulation request) asks the live nodes (or the one
   named) and waits for every answer, up to ``survey_timeout``; a node that leaves meanwhile is not waited
   for. A missing answer is ``ControlUnavailable``, not a partial result presented as the whole.
@@ -48,6 +51,7 @@ import orjson
 
 from channels.pattern import compile_pattern
 from channels.redis_shards import RedisShards, ShardUnavailable, route_of
+from presence.presence import PresenceError
 
 if TYPE_CHECKING:
     from hub.node import Node
@@ -227,6 +231,8 @@ class _Peer:
     """When we last heard it (monotonic)."""
     interval: float
     """Its announcement interval: silent for SILENT_INTERVALS of them, it is gone."""
+    owner: str = ""
+    """The presence owner it announced: whose entries to purge once it is gone."""
 
 
 @dataclass(slots=True)
@@ -343,7 +349,13 @@ class RedisControl:
     async def _announce(self) -> None:
         if not self._started:
             return  # closed (a spawned announcement must not follow our "bye" and revive us elsewhere)
-        msg = {"k": "info", "n": self.node.id, "i": self.node.info(), "t": self.interval}
+        msg = {
+            "k": "info",
+            "n": self.node.id,
+            "i": self.node.info(),
+            "t": self.interval,
+            "p": self.node.presence.owner,
+        }
         try:
             await self.shard.publish(self.everyone, _pack(msg))
         except ShardUnavailable as exc:
@@ -357,13 +369,31 @@ class RedisControl:
             self._drop(node_id)
 
     def _drop(self, node_id: str) -> None:
-        if self._peers.pop(node_id, None) is None:
+        peer = self._peers.pop(node_id, None)
+        if peer is None:
             return
+        self._purge_presence(node_id, peer.owner)
         for survey in self._surveys.values():
             survey.waiting.discard(node_id)
             if not survey.waiting and not survey.done.done():
                 survey.done.set_result(None)
         self._notify()
+
+    def _purge_presence(self, node_id: str, owner: str) -> None:
+        """Remove the presence entries ``owner`` (of node ``node_id``) left behind, in the background."""
+        if not owner:
+            return
+
+        async def purge() -> None:
+            try:
+                removed = await self.node.presence.purge(owner)
+            except PresenceError as exc:  # they expire with their ttl all the same
+                log.warning("presence of node %s not purged: %s", node_id, exc)
+                return
+            if removed:
+                log.info("node %s: %d presence entries purged", node_id, removed)
+
+        self.node.spawn(purge(), "presence purge")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -514,8 +544,15 @@ class RedisControl:
         if sender == self.node.id:
             return  # our own broadcast: already applied
         if kind == "info":
-            known = sender in self._peers
-            self._peers[sender] = _Peer(msg["i"], time.monotonic(), float(msg.get("t") or self.interval))
+            before = self._peers.get(sender)
+            known = before is not None
+            owner = str(msg.get("p") or "")
+            self._peers[sender] = _Peer(
+                msg["i"], time.monotonic(), float(msg.get("t") or self.interval), owner
+            )
+            if before is not None and before.owner and before.owner != owner:
+                # restarted under the same name before anyone dropped it: its old entries are orphans
+                self._purge_presence(sender, before.owner)
             self._notify()
             if not known:
                 log.info("node %s joined", sender)

@@ -25,6 +25,12 @@ class PresenceStats:
 
 
 class PresenceManager(Protocol):
+    @property
+    def owner(self) -> str:
+        """Whose entries this instance adds: a name unique to this process (a node's id and a random
+        incarnation), announced to the other nodes so that one of them can ``purge`` them once it is gone.
+        Empty when there are no other nodes (one process: nothing to purge)."""
+
     async def add(self, key: ChannelKey, info: ClientInfo) -> None:
         """Record (or refresh) ``info.client`` as present in ``key``."""
 
@@ -38,5 +44,10 @@ class PresenceManager(Protocol):
     async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
         """Re-add many entries at once: the owning node calls it every ``presence_update_interval`` so
         that live entries never expire, while a dead node's entries do."""
+
+    async def purge(self, owner: str) -> int:
+        """Remove every entry the instance ``owner`` added (a node that died without removing its own):
+        at once, instead of when their ttl runs out. Idempotent, and done once across the hub when several
+        nodes ask at the same time; returns how many entries this call removed."""
 
     async def close(self) -> None: ...

@@ -10,6 +10,9 @@ from presence.presence import PresenceStats
 
 
 class MemoryPresence:
+    owner = ""
+    """One process: no other node ever purges this one's entries."""
+
     def __init__(self) -> None:
         self._channels: dict[ChannelKey, dict[str, ClientInfo]] = {}
 
@@ -32,6 +35,10 @@ class MemoryPresence:
 
     async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
         """Nothing to do: entries of one process never expire, its removals are certain."""
+
+    async def purge(self, owner: str) -> int:
+        """Nothing to do: no other process adds entries here."""
+        return 0
 
     async def close(self) -> None:
         self._channels.clear()

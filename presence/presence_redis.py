@@ -13,6 +13,20 @@ dropped lazily, inside the scripts that read (``get``, ``stats``) and that write
 a channel nobody reads does not pile up a dead node's entries either. Every add also sets both keys to expire
 ``ttl`` after it, so the keys of an abandoned channel vanish without anyone touching them again.
 
+Owners: a node that dies (SIGKILL, a lost machine) removes nothing, and the other nodes notice within three
+``node_info_interval`` (hub.control) where the ttl would take a minute. So every entry is also listed in
+its owner's index, a sorted set ``<prefix>:presence_owner:{<owner>}`` (member: msgpack ``[tenant, channel,
+client id]``, score: the entry's expire-at time), kept with the entries: added and removed with them,
+rewritten by every refresh, expired entries dropped, and the key expiring ``ttl`` after its last write.
+The owner is the instance (``owner``: the node id and a random incarnation, so a node restarted under the
+same name is a new owner). ``purge(owner)`` reads that index a chunk at a time, removes each listed entry
+from its channel and the members from the index, then deletes the index. Several nodes purging the same
+owner at once do it once: the first to set ``<prefix>:presence_purge:{<owner>}`` (NX, expiring after
+``ttl``) purges, the others return at once; a purge is idempotent anyway. The index costs one more command
+per add and remove (on the owner's shard, sent concurrently with the channel's) and about the size of the
+owner's entries in Redis. No leave pushes go out for purged clients (as Centrifugo, which has no purge at
+all): presence queries stop listing them.
+
 Clock: the expire-at times are Redis's own (``TIME`` inside the scripts), never a node's. Every entry of a
 channel lives on one Redis server, so they are all measured on one clock: nodes whose clocks differ cannot
 expire each other's entries early, and the keys' own EXPIRE runs on that same clock.
@@ -37,6 +51,7 @@ import asyncio
 import hashlib
 import itertools
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,10 +141,37 @@ return {redis.call('hlen', KEYS[1]), n}
 """
 )
 
+_OWN = """
+-- KEYS: an owner's index. ARGV: ttl seconds, ttl milliseconds, then index members. Adds (or renews) the
+-- members to expire with their entries, drops the expired ones, renews the key's own expiry.
+local t = redis.call('time')
+t = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('zremrangebyscore', KEYS[1], '-inf', t)
+local expire_at = t + tonumber(ARGV[1])
+local scores = {}
+for i = 3, #ARGV do
+  scores[#scores + 1] = expire_at
+  scores[#scores + 1] = ARGV[i]
+end
+if #scores > 0 then
+  redis.call('zadd', KEYS[1], unpack(scores))
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+"""
+
+_DISOWN = """
+-- KEYS: hash, zset of one channel. ARGV: client ids (of a purged owner). Returns how many were present.
+redis.call('zrem', KEYS[2], unpack(ARGV))
+return redis.call('hdel', KEYS[1], unpack(ARGV))
+"""
+
 CALL_ENTRIES = 500
 """At most this many entries per script call (a few ms of Redis time): one call never holds Redis long."""
 CALL_CHANNELS = 100
 """At most this many channels per script call."""
+INDEX_CHUNK = 1000
+"""Index members per call of the owner-index script, and per read of a purge."""
 PIPELINE_CALLS = 20
 PIPELINE_ENTRIES = 2000
 """At most this many script calls / entries per round trip: encoding and parsing a pipeline runs on the
@@ -155,6 +197,8 @@ _add = _Script(_ADD)
 _remove = _Script(_REMOVE)
 _get = _Script(_GET)
 _stats = _Script(_STATS)
+_own = _Script(_OWN)
+_disown = _Script(_DISOWN)
 
 
 @dataclass(slots=True)
@@ -173,6 +217,12 @@ def _pack(info: ClientInfo) -> bytes:
     return user + rest
 
 
+def _member(key: ChannelKey, client_id: str) -> bytes:
+    """An entry's member in its owner's index."""
+    member: bytes = msgpack.packb([key[0], key[1], client_id])
+    return member
+
+
 def _unpack(client: bytes, raw: bytes) -> ClientInfo:
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(raw)
@@ -189,11 +239,13 @@ class RedisPresence:
     (an add whose reply was lost may or may not have happened; the next refresh settles it).
     """
 
-    def __init__(self, shards: RedisShards, *, ttl: float) -> None:
+    def __init__(self, shards: RedisShards, *, ttl: float, node_id: str = "") -> None:
         if not ttl > 0:
             raise ValueError("presence ttl must be positive")
         self.shards = shards
         self.ttl = ttl
+        self.owner = f"{node_id}/{uuid.uuid4().hex[:12]}"
+        """This instance's entries are listed under this name (see Owners in the module docstring)."""
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
         self._removed_during_refresh: dict[int, set[tuple[ChannelKey, str]]] = {}
         """One set per refresh in flight: the entries removed meanwhile (see refresh)."""
@@ -206,6 +258,34 @@ class RedisPresence:
             self.shards.key("presence_exp", route),
         ]
 
+    def _index(self, owner: str) -> tuple[Shard, str, str]:
+        """The shard, index key and purge-lock key of ``owner`` (one hash slot in a cluster)."""
+        route = route_of("", owner)
+        return (
+            self.shards.shard_for(route),
+            self.shards.key("presence_owner", route),
+            self.shards.key("presence_purge", route),
+        )
+
+    async def _own(self, members: Sequence[bytes]) -> None:
+        """List ``members`` in this instance's index (or renew them), INDEX_CHUNK to a call."""
+        shard, index, _ = self._index(self.owner)
+        try:
+            for start in range(0, len(members), INDEX_CHUNK):
+                await _own(shard, [index], [self.ttl, self._ttl_ms, *members[start : start + INDEX_CHUNK]])
+        except DOWN_ERRORS as exc:
+            raise PresenceUnavailable(f"presence index: redis {shard.name}: {exc}") from exc
+
+    async def _disown(self, member: bytes) -> None:
+        shard, index, _ = self._index(self.owner)
+        try:
+            await shard.redis.execute_command("ZREM", index, member)
+        except DOWN_ERRORS as exc:
+            raise PresenceUnavailable(f"presence index: redis {shard.name}: {exc}") from exc
+
+    async def _remove(self, key: ChannelKey, client_id: str) -> None:
+        await asyncio.gather(self._run(_remove, key, [client_id]), self._disown(_member(key, client_id)))
+
     async def _run(self, script: _Script, key: ChannelKey, args: Sequence[Any]) -> Any:
         shard, keys = self._where(key)
         try:
@@ -216,12 +296,15 @@ class RedisPresence:
     async def add(self, key: ChannelKey, info: ClientInfo) -> None:
         for removed in self._removed_during_refresh.values():
             removed.discard((key, info.client))  # back again: a refresh in flight must not remove it after
-        await self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)])
+        await asyncio.gather(
+            self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)]),
+            self._own([_member(key, info.client)]),
+        )
 
     async def remove(self, key: ChannelKey, client_id: str) -> None:
         for removed in self._removed_during_refresh.values():
             removed.add((key, client_id))
-        await self._run(_remove, key, [client_id])
+        await self._remove(key, client_id)
 
     async def get(self, key: ChannelKey) -> dict[str, ClientInfo]:
         flat: list[bytes] = await self._run(_get, key, [])
@@ -255,7 +338,7 @@ class RedisPresence:
             removed &= {(key, info.client) for key, info in entries}
             while removed:
                 key, client_id = removed.pop()
-                await self._run(_remove, key, [client_id])  # not self.remove: it would re-record it here
+                await self._remove(key, client_id)  # not self.remove: it would re-record it here
         finally:
             del self._removed_during_refresh[token]
 
@@ -269,6 +352,7 @@ class RedisPresence:
             by_shard.setdefault(shard.index, (shard, []))[1].append((keys, infos))
         results = await asyncio.gather(
             *(self._refresh_shard(shard, channels) for shard, channels in by_shard.values()),
+            self._own([_member(key, info.client) for key, info in entries]),
             return_exceptions=True,
         )
         for result in results:
@@ -331,6 +415,35 @@ class RedisPresence:
             pipe.execute_command(command, script, len(call.keys), *call.keys, *call.args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
+
+    async def purge(self, owner: str) -> int:
+        """Remove every entry of ``owner`` (see Owners in the module docstring); how many were removed, 0
+        when another node purges it (or did)."""
+        if not owner:
+            return 0
+        shard, index, lock = self._index(owner)
+        r: Any = shard.redis
+        removed = 0
+        try:
+            if not await r.execute_command("SET", lock, b"1", "NX", "PX", self._ttl_ms):
+                return 0
+            while members := await r.execute_command("ZRANGE", index, 0, INDEX_CHUNK - 1):
+                by_channel: dict[ChannelKey, list[str]] = {}
+                for member in members:
+                    try:
+                        tenant, name, client = msgpack.unpackb(member, raw=False)
+                        by_channel.setdefault((str(tenant), str(name)), []).append(str(client))
+                    except (ValueError, TypeError):
+                        continue  # not ours: dropped from the index below all the same
+                found = await asyncio.gather(
+                    *(self._run(_disown, key, ids) for key, ids in by_channel.items())
+                )
+                removed += sum(int(n) for n in found)
+                await r.execute_command("ZREM", index, *members)
+            await r.execute_command("DEL", index)
+        except DOWN_ERRORS as exc:
+            raise PresenceUnavailable(f"presence purge of {owner}: redis {shard.name}: {exc}") from exc
+        return removed
 
     async def close(self) -> None:
         """Nothing to release: the shards belong to whoever built them."""

@@ -186,6 +186,28 @@ async def test_dead_nodes_entries_expire_for_the_living(
         await r.aclose()
 
 
+async def test_a_dead_nodes_entries_are_purged_at_once_and_only_once(
+    deployment: Deployment, make_node: NodeFactory
+) -> None:
+    """Node "dead" added entries in many channels (two tenants, every shard) and died; two living nodes ask
+    for its purge at the same time: one removes exactly its live entries, the other finds it done."""
+    dead, alive, third = [await make_node(deployment.urls, cluster=deployment.cluster) for _ in range(3)]
+    rooms: list[ChannelKey] = [("", f"purge-{i}") for i in range(40)] + [("acme", "purge-0")]
+    for i, room in enumerate(rooms):
+        await dead.add(room, ClientInfo("ann", f"dead-{i}"))
+        await alive.add(room, ClientInfo("bob", f"alive-{i}"))
+    await dead.remove(rooms[0], "dead-0")  # gone before the crash: not listed for a purge any more
+    await dead.refresh([(room, ClientInfo("ann", f"dead-{i}")) for i, room in enumerate(rooms) if i])
+    counts = await asyncio.gather(alive.purge(dead.owner), third.purge(dead.owner))
+    assert sorted(counts) == [0, len(rooms) - 1]
+    for i, room in enumerate(rooms):
+        assert list(await third.get(room)) == [f"alive-{i}"]
+        assert await third.stats(room) == PresenceStats(1, 1)
+    assert await third.purge(dead.owner) == 0  # nothing left, whoever asks
+    assert await third.purge("") == 0
+    assert dead.owner != alive.owner != third.owner
+
+
 async def test_abandoned_channel_keys_vanish(redis_server: RedisServer, make_node: NodeFactory) -> None:
     """Nobody reads the channel again: its keys expire by themselves (no lazy cleanup involved)."""
     p = await make_node([redis_server.url], ttl=1.0)
