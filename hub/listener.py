@@ -199,6 +199,9 @@ class Listener:
         except OSError as exc:  # reset before the protocol could start
             log.debug("accepted connection lost at once: %r", exc)
             conn.close()
+        except Exception:
+            log.exception("an accepted connection could not be started")
+            conn.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._loop is not None
@@ -265,6 +268,8 @@ class Listener:
         """A triage ended (answered, or cut for the next in line: then it is answered 503 here, even if it
         was cut before it ran): close the connection, take the descriptor back, go on accepting."""
         conn = self._triaging.pop(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("answering a connection on a reserved descriptor failed: %r", task.exception())
         with contextlib.suppress(OSError):
             if task.cancelled():
                 conn.send(UNAVAILABLE)
