@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from pathlib import Path
 
 import httpx
 import orjson
@@ -18,6 +19,8 @@ import pytest
 import websockets
 
 import tests.nodes as harness
+from hub.codes import ConfigError
+from hub.config import load_config
 from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
 from hub.logs import ThrottledLog
 from tests.conftest import TIMEOUT
@@ -214,3 +217,24 @@ def test_a_throttled_log_writes_one_line_per_interval_and_counts_the_rest(
 )
 def test_a_connection_on_a_reserved_descriptor_is_answered_from_its_head(head: bytes, answer: bytes) -> None:
     assert triage_answer(head) == answer
+
+
+def test_the_http_limits_are_read_from_file_and_environment_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('http_header_timeout = "2s"\nhttp_max_unfinished_requests = 50\n')
+    cfg = load_config(path, env={"SWITCHBOARD_HTTP_BODY_TIMEOUT": "1m"})
+    assert (cfg.http_header_timeout, cfg.http_body_timeout) == (2.0, 60.0)
+    assert cfg.http_max_unfinished_requests == 50
+    defaults = load_config(None, env={})
+    assert (defaults.http_header_timeout, defaults.http_body_timeout) == (10.0, 30.0)
+    assert defaults.http_max_unfinished_requests == 1000
+    for bad in (
+        "http_header_timeout = 0",
+        "http_body_timeout = -1",
+        "http_header_timeout = 'soon'",
+        "http_max_unfinished_requests = 0",
+        "http_max_unfinished_requests = 'many'",
+    ):
+        path.write_text(bad + "\n")
+        with pytest.raises(ConfigError):
+            load_config(path, env={})
