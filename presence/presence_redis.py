@@ -24,8 +24,9 @@ from its channel and the members from the index, then deletes the index. Several
 owner at once do it once: the first to set ``<prefix>:presence_purge:{<owner>}`` (NX, expiring after
 ``ttl``) purges, the others return at once; a purge is idempotent anyway. The index costs one more command
 per add and remove (on the owner's shard, sent concurrently with the channel's) and about the size of the
-owner's entries in Redis. No leave pushes go out for purged clients (as Centrifugo, which has no purge at
-all): presence queries stop listing them.
+owner's entries in Redis; it is best effort (an add or remove still succeeds when only the index's shard
+is down, and the next refresh, which does fail then, writes the index again). No leave pushes go out for
+purged clients (as Centrifugo, which has no purge at all): presence queries stop listing them.
 
 Clock: the expire-at times are Redis's own (``TIME`` inside the scripts), never a node's. Every entry of a
 channel lives on one Redis server, so they are all measured on one clock: nodes whose clocks differ cannot
@@ -52,7 +53,7 @@ import hashlib
 import itertools
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,17 @@ def _member(key: ChannelKey, client_id: str) -> bytes:
     return member
 
 
+async def _with_index(entry: Awaitable[object], index: Awaitable[None]) -> None:
+    """Change an entry and its owner's index at once. The index is best effort: when only its shard
+    cannot be reached the change still succeeds (the next refresh writes the index again; until then a
+    purge would leave that entry to its ttl)."""
+    done, listed = await asyncio.gather(entry, index, return_exceptions=True)
+    if isinstance(done, BaseException):
+        raise done
+    if isinstance(listed, BaseException) and not isinstance(listed, PresenceUnavailable):
+        raise listed
+
+
 def _unpack(client: bytes, raw: bytes) -> ClientInfo:
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(raw)
@@ -284,7 +296,7 @@ class RedisPresence:
             raise PresenceUnavailable(f"presence index: redis {shard.name}: {exc}") from exc
 
     async def _remove(self, key: ChannelKey, client_id: str) -> None:
-        await asyncio.gather(self._run(_remove, key, [client_id]), self._disown(_member(key, client_id)))
+        await _with_index(self._run(_remove, key, [client_id]), self._disown(_member(key, client_id)))
 
     async def _run(self, script: _Script, key: ChannelKey, args: Sequence[Any]) -> Any:
         shard, keys = self._where(key)
@@ -296,7 +308,7 @@ class RedisPresence:
     async def add(self, key: ChannelKey, info: ClientInfo) -> None:
         for removed in self._removed_during_refresh.values():
             removed.discard((key, info.client))  # back again: a refresh in flight must not remove it after
-        await asyncio.gather(
+        await _with_index(
             self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)]),
             self._own([_member(key, info.client)]),
         )
