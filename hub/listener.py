@@ -132,6 +132,7 @@ class Listener:
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
         self._log = ThrottledLog(log)
+        self._other_log = ThrottledLog(log)
         self._refill()
 
     @property
@@ -162,7 +163,9 @@ class Listener:
     # -- accepting ---------------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        self._retry = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._closed or self._reading or self._loop is None:
             return
         self._refill()
@@ -187,7 +190,9 @@ class Listener:
                     if self._out_of_descriptors(exc):
                         continue
                     return
-                log.warning("accept() failed: %r", exc)
+                self._other_log("accept() failed: %r; accepting again in %g s", exc, ACCEPT_RETRY_DELAY)
+                self._pause()
+                self._retry_later()
                 return
             self._spawn(self._connect(conn))
 
@@ -241,9 +246,13 @@ class Listener:
             # Every reserve waits for a request head: the oldest waiter is cut (503) for the next in line.
             # A health check sends its head at once; a client that sends nothing does not hold a reserve.
             next(iter(self._triaging)).cancel()
-        elif self._retry is None and not self._closed and self._loop is not None:
-            self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+        else:
+            self._retry_later()
         return False
+
+    def _retry_later(self) -> None:
+        if self._retry is None and not self._closed and self._loop is not None:
+            self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
 
     async def _triage(self, conn: socket.socket) -> None:
         """Read the head of a connection accepted on a reserved descriptor and send its answer
