@@ -1,4 +1,4 @@
-"""Lint and types are part of green: ruff over every package, mypy strict over the core."""
+"""Lint and types are part of green: ruff over every package, mypy strict over the core (and the inbox)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["hub", "channels", "presence", "sync", "workers"]
+PACKAGES = ["hub", "channels", "presence", "sync", "inbox", "workers"]
 
 
 def test_ruff_clean():
@@ -19,6 +19,6 @@ def test_ruff_clean():
 
 def test_mypy_strict_clean():
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", *PACKAGES[:4]], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "mypy", "--no-incremental", *PACKAGES[:5]], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

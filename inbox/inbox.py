@@ -1,0 +1,273 @@
+"""The inbox store interface, and what its implementations share.
+
+Obligations of an implementation (``inbox_sqlite.SqliteInbox``, ``inbox_postgres.PostgresInbox``):
+
+- Every change is one transaction: the items, the counters, the deliveries and the outbox events it
+  appends commit together or not at all. An input that fails validation raises ``InvalidInput`` before
+  the transaction starts; a failed write raises ``StoreError`` and leaves nothing of the change.
+- Counts are counters kept per (tenant, user) and changed in the same transaction as the items they
+  count, so they are exact at every commit (``counts`` reads a row, it never counts 100,000 items).
+  Concurrent changes of one user, from any number of store instances sharing the database, are
+  serialised on that user's counter row (PostgreSQL: a row lock, taken in (tenant, user) order so two
+  changes cannot deadlock; SQLite: the database's one writer). Every change returns the new counts of
+  each user it touched, with a ``version`` that rises by one per change of that user's inbox.
+- Expired items are neither listed nor counted from their ``expire_at`` on (``counts`` subtracts the
+  expired items not yet swept, found through an index of the few that have an expiry), and ``expire``
+  deletes them and moves the counters in one transaction.
+- Outbox tasks are claimed with a lease by any number of workers and processes without being handed to
+  two of them at once while the lease lasts (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: the claim is
+  a write transaction).
+- The schema is created and migrated by ``open`` (a ``schema_version`` table, ordered migrations, each in
+  its own transaction; PostgreSQL holds an advisory lock so nodes starting together migrate once). A
+  database whose schema is newer than the code raises ``SchemaError``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from inbox.errors import InvalidInput, SchemaError
+from inbox.model import (
+    Counts,
+    DeliveryChannel,
+    DeliveryState,
+    Item,
+    ListQuery,
+    Mark,
+    MarkResult,
+    Notification,
+    NotificationStatus,
+    NotifyResult,
+    Page,
+    UserCounts,
+    item_from_row,
+)
+from inbox.outbox import (
+    Attempt,
+    AttemptResult,
+    OutboxEvent,
+    RetryPolicy,
+    Router,
+    Task,
+    TaskInfo,
+    TaskState,
+    Verdict,
+    no_destinations,
+)
+from inbox.preferences import PreferencePolicy, Preferences
+
+MAX_STATUS_PAGE = 1000
+MAX_EXPIRE_BATCH = 10000
+MAX_LEASE = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class InboxOptions:
+    """What a store is told by the composition root (the same for every backend)."""
+
+    policy: PreferencePolicy = field(default_factory=PreferencePolicy)
+    route: Router = no_destinations
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Callable[[], float] = time.time
+    """Epoch seconds; tests pass their own."""
+    rand: Callable[[], float] = random.random
+    """The jitter's draw."""
+
+
+class InboxStore(Protocol):
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; idempotent."""
+
+    async def close(self) -> None: ...
+
+    # -- inbox ---------------------------------------------------------------------------------------
+
+    async def notify(self, notification: Notification) -> NotifyResult:
+        """Store ``notification`` for its recipients (dedupe, groups, preferences: see ``Notification``)
+        and append a ``notification.created`` per recipient that gets it, in one transaction."""
+        ...
+
+    async def list_items(self, tenant: str, user: str, query: ListQuery = ListQuery()) -> Page: ...
+
+    async def counts(self, tenant: str, user: str) -> Counts: ...
+
+    async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
+        """Apply a mark and append ``inbox.changed`` (when something changed)."""
+        ...
+
+    async def preferences(self, tenant: str, user: str) -> Preferences: ...
+
+    async def set_preferences(self, tenant: str, user: str, preferences: Preferences) -> None:
+        """Replace the user's preferences (the empty value restores the defaults)."""
+
+    async def notification_status(
+        self, tenant: str, notification_id: int, *, after_user: str = "", limit: int = 100
+    ) -> NotificationStatus:
+        """Where the notification stands, per recipient and channel (a page of recipients) and in sum;
+        ``NotFound`` for an id this tenant never had (or a deduplicated repeat's rolled-back id)."""
+        ...
+
+    async def record_delivery(
+        self,
+        tenant: str,
+        notification_id: int,
+        user: str,
+        channel: DeliveryChannel,
+        state: DeliveryState,
+        error: str = "",
+    ) -> DeliveryState:
+        """Report progress of one delivery (the hub: in-app ``delivered`` once a device got the push);
+        states only move forward (``next_delivery_state``). Returns the state now stored."""
+        ...
+
+    async def expire(self, *, limit: int = 1000) -> list[UserCounts]:
+        """Delete up to ``limit`` expired items (and dedupe keys past their window); the new counts of
+        every user who lost items."""
+        ...
+
+    # -- outbox --------------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[OutboxEvent]) -> int:
+        """Store events of the hub (publications, occupancy, connections, documents) where the router
+        sends them; returns how many had a destination."""
+        ...
+
+    async def claim(
+        self, worker: str, destinations: Sequence[str] | None = None, *, limit: int = 100, lease: float = 30.0
+    ) -> list[Task]:
+        """Lease up to ``limit`` due tasks (of ``destinations``, or any) to ``worker`` for ``lease`` s,
+        oldest due first."""
+        ...
+
+    async def record(self, worker: str, task: Task, result: AttemptResult) -> Verdict:
+        """Record an attempt's result (see ``inbox.outbox``)."""
+        ...
+
+    async def tasks(
+        self,
+        *,
+        state: TaskState | None = None,
+        destination: str | None = None,
+        tenant: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[TaskInfo]:
+        """Tasks in id order after ``after_id`` (``state=DEAD``: the dead letters)."""
+        ...
+
+    async def replay(
+        self,
+        task_ids: Sequence[int] | None = None,
+        *,
+        destination: str | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        """Make dead letters pending again with a fresh attempt budget (the given ids, or every dead
+        letter of ``destination``/``tenant``, at most ``MAX_REPLAY``); returns how many."""
+        ...
+
+    async def attempts(self, task_id: int) -> list[Attempt]: ...
+
+    async def prune(self, *, before: float, limit: int = 10000) -> int:
+        """Delete done tasks finished before ``before`` (and their attempts, and their events once no
+        task of theirs is left); returns how many tasks."""
+        ...
+
+
+MAX_REPLAY = 10000
+
+
+def check_page(limit: object, upper: int, name: str = "limit") -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= upper:
+        raise InvalidInput(f"{name} must be an integer from 1 to {upper}")
+    return limit
+
+
+def check_lease(lease: object) -> float:
+    if not isinstance(lease, int | float) or isinstance(lease, bool) or not 0 < lease <= MAX_LEASE:
+        raise InvalidInput(f"lease must be a number of seconds in (0, {MAX_LEASE}]")
+    return float(lease)
+
+
+def check_expire_at(notification: Notification, now: float) -> None:
+    if notification.expire_at is not None and notification.expire_at <= now:
+        raise InvalidInput("expire_at is in the past")
+
+
+def migrations_to_run(current: int, latest: int, target: int | None) -> range:
+    """The versions to apply, in order, to go from ``current`` to ``target`` (default ``latest``)."""
+    if current > latest:
+        raise SchemaError(f"the inbox schema is at version {current}, newer than this code ({latest})")
+    goal = latest if target is None else min(target, latest)
+    return range(current + 1, goal + 1)
+
+
+def counts_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, Counts]:
+    """Counts per user from the stores' counts query: (user, the counter row's unread, unseen, total,
+    version, then the same three over the user's expired items not swept yet, which are subtracted)."""
+    out: dict[str, Counts] = {}
+    for user, unread, unseen, total, version, e_unread, e_unseen, e_total in rows:
+        out[user] = Counts(
+            unread=int(unread or 0) - int(e_unread or 0),
+            unseen=int(unseen or 0) - int(e_unseen or 0),
+            total=int(total or 0) - int(e_total or 0),
+            version=int(version or 0),
+        )
+    return out
+
+
+ITEM_COLUMNS = (
+    "i.id, i.seq, i.category, i.notification_id, i.first_notification_id, n.content, i.group_key, i.count,"
+    " i.created_at, i.updated_at, i.seen_at, i.read_at, i.archived_at, i.interacted_at, i.expire_at"
+)
+"""What both stores select for an item (``FROM inbox_items i JOIN inbox_notifications n``)."""
+
+
+def item_from_columns(row: Sequence[Any]) -> Item:
+    """An ``Item`` from the columns ``ITEM_COLUMNS`` names."""
+    (
+        id_,
+        _seq,
+        category,
+        nid,
+        first,
+        content,
+        group_key,
+        count,
+        created,
+        updated,
+        seen,
+        read,
+        archived,
+        interacted,
+        expire,
+    ) = row
+    return item_from_row(
+        id=int(id_),
+        category=category,
+        notification_id=int(nid),
+        first_notification_id=int(first),
+        content=orjson.loads(content),
+        group_key=group_key,
+        count=int(count),
+        created_at=float(created),
+        updated_at=float(updated),
+        seen_at=seen,
+        read_at=read,
+        archived_at=archived,
+        interacted_at=interacted,
+        expire_at=expire,
+    )
+
+
+def to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+__all__ = ["InboxOptions", "InboxStore", "TaskState"]
