@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -421,6 +422,19 @@ async def test_a_4xx_is_not_retried_and_a_lost_lease_goes_to_another_worker(
     assert await store.record("w3", taken, AttemptResult(ok=True)) is Verdict.DONE
     assert [a.verdict for a in await store.attempts(taken.id)] == [Verdict.STALE, Verdict.DONE]
     assert await store.tasks(state=TaskState.PENDING, destination="webhook:main") == []
+
+
+async def test_workers_on_two_nodes_claim_disjoint_tasks(make_store: MakeStore) -> None:
+    nodes = [await make_store(route=route_all), await make_store(route=route_all)]
+    await nodes[0].notify(note(*(f"user{k}" for k in range(40))))
+    claimed: list[int] = []
+
+    async def worker(name: str, node: Store) -> None:
+        while batch := await node.claim(name, ["webhook:main"], limit=3):
+            claimed.extend(t.id for t in batch)
+
+    await asyncio.gather(*(worker(f"w{k}", nodes[k % 2]) for k in range(6)))
+    assert len(claimed) == 40 and len(set(claimed)) == 40
 
 
 async def test_the_hub_s_events_go_where_the_router_sends_them(make_store: MakeStore) -> None:
