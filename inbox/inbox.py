@@ -24,9 +24,10 @@ Obligations of an implementation (``inbox_sqlite.SqliteInbox``, ``inbox_postgres
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +35,9 @@ import orjson
 
 from inbox.errors import InvalidInput, SchemaError
 from inbox.model import (
+    MAX_USER_LENGTH,
     Counts,
+    CountsDelta,
     DeliveryChannel,
     DeliveryState,
     Item,
@@ -46,9 +49,15 @@ from inbox.model import (
     NotifyResult,
     Page,
     UserCounts,
+    check_id,
+    check_tenant,
+    check_text,
+    check_user,
     item_from_row,
 )
 from inbox.outbox import (
+    MAX_APPEND,
+    MAX_CLAIM,
     Attempt,
     AttemptResult,
     OutboxEvent,
@@ -58,11 +67,17 @@ from inbox.outbox import (
     TaskInfo,
     TaskState,
     Verdict,
+    check_destination,
+    cut_error,
     no_destinations,
+    retry_delay,
+    verdict,
 )
 from inbox.preferences import PreferencePolicy, Preferences
 
 MAX_STATUS_PAGE = 1000
+MAX_REPLAY = 10000
+MAX_WORKER_LENGTH = 128
 MAX_EXPIRE_BATCH = 10000
 MAX_LEASE = 3600.0
 
@@ -180,7 +195,124 @@ class InboxStore(Protocol):
         ...
 
 
-MAX_REPLAY = 10000
+def check_owner(tenant: object, user: object) -> None:
+    """The (tenant, user) an inbox call is about."""
+    check_tenant(tenant)
+    check_user(user)
+
+
+def check_kind(name: str, value: object, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{name} must be a {kind.__name__}")
+
+
+def check_status_query(tenant: object, notification_id: object, after_user: object, limit: object) -> None:
+    check_tenant(tenant)
+    check_id("notification_id", notification_id)
+    check_text("after_user", after_user, MAX_USER_LENGTH, empty=True)
+    check_page(limit, MAX_STATUS_PAGE)
+
+
+def check_delivery_report(
+    tenant: object, notification_id: object, user: object, channel: object, state: object, error: object
+) -> None:
+    check_owner(tenant, user)
+    check_id("notification_id", notification_id)
+    check_kind("channel", channel, DeliveryChannel)
+    check_kind("state", state, DeliveryState)
+    check_kind("error", error, str)
+
+
+def check_events(events: object) -> None:
+    if not isinstance(events, Sequence) or isinstance(events, str) or len(events) > MAX_APPEND:
+        raise InvalidInput(f"events must be a list of at most {MAX_APPEND}")
+    for event in events:
+        check_kind("event", event, OutboxEvent)
+
+
+def check_claim(
+    worker: object, destinations: object, limit: object, lease: object
+) -> tuple[list[str] | None, float]:
+    """The destinations (None: any) and the lease in seconds of a valid claim."""
+    check_text("worker", worker, MAX_WORKER_LENGTH)
+    check_page(limit, MAX_CLAIM)
+    seconds = check_lease(lease)
+    if destinations is None:
+        return None, seconds
+    if not isinstance(destinations, Sequence) or isinstance(destinations, str) or len(destinations) > 100:
+        raise InvalidInput("destinations must be a list of at most 100 names")
+    return [check_destination(d) for d in destinations], seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPlan:
+    """What ``record`` writes for an attempt: the task's verdict, its next state and due time, the error,
+    and the state its bound delivery is reported in (None: left as it is)."""
+
+    verdict: Verdict
+    state: TaskState
+    due: float
+    error: str
+    delivery: DeliveryState | None
+
+
+def record_outcome(
+    options: InboxOptions, now: float, worker: object, task: object, result: object
+) -> RecordPlan:
+    """Check a ``record`` call and decide what it writes if the worker still holds the lease (a stale
+    attempt writes only the attempt)."""
+    check_text("worker", worker, MAX_WORKER_LENGTH)
+    check_kind("task", task, Task)
+    check_kind("result", result, AttemptResult)
+    assert isinstance(task, Task) and isinstance(result, AttemptResult)
+    policy = options.retry
+    decided = verdict(policy, task.attempt, result)
+    if decided is Verdict.RETRY:
+        state, due = (
+            TaskState.PENDING,
+            now + retry_delay(policy, task.attempt, options.rand(), result.retry_after),
+        )
+    else:
+        state, due = (TaskState.DONE if decided is Verdict.DONE else TaskState.DEAD), now
+    reported = {Verdict.DONE: DeliveryState.SENT, Verdict.DEAD: DeliveryState.FAILED}.get(decided)
+    return RecordPlan(decided, state, due, cut_error(result.error), reported)
+
+
+def check_task_query(
+    state: object, destination: object, tenant: object, after_id: object = 0, limit: object = 1
+) -> None:
+    if state is not None:
+        check_kind("state", state, TaskState)
+    if destination is not None:
+        check_destination(destination)
+    if tenant is not None:
+        check_tenant(tenant)
+    if not isinstance(after_id, int) or isinstance(after_id, bool) or after_id < 0:
+        raise InvalidInput("after_id must be a non-negative integer")
+    check_page(limit, MAX_CLAIM)
+
+
+def check_replay_ids(task_ids: object) -> list[int] | None:
+    if task_ids is None:
+        return None
+    if not isinstance(task_ids, Sequence) or isinstance(task_ids, str) or len(task_ids) > MAX_REPLAY:
+        raise InvalidInput(f"task ids must be a list of at most {MAX_REPLAY}")
+    return [check_id("task id", i) for i in task_ids]
+
+
+def check_prune(before: object, limit: object) -> float:
+    check_page(limit, MAX_EXPIRE_BATCH)
+    if not isinstance(before, int | float) or isinstance(before, bool) or not math.isfinite(before):
+        raise InvalidInput("before must be a time")
+    return float(before)
+
+
+def by_tenant(deltas: Mapping[tuple[str, str], CountsDelta]) -> dict[str, dict[str, CountsDelta]]:
+    """Per-(tenant, user) deltas grouped per tenant, tenants in order (the lock order)."""
+    grouped: dict[str, dict[str, CountsDelta]] = {}
+    for (tenant, user), delta in sorted(deltas.items()):
+        grouped.setdefault(tenant, {})[user] = delta
+    return grouped
 
 
 def check_page(limit: object, upper: int, name: str = "limit") -> int:

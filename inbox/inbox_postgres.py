@@ -30,19 +30,28 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs; its types are Any he
 import orjson
 
 from inbox import cursor as cursors
-from inbox.errors import InboxError, InvalidInput, NotFound, SchemaError, StoreError
+from inbox.errors import InboxError, NotFound, SchemaError, StoreError
 from inbox.inbox import (
     ITEM_COLUMNS,
     MAX_EXPIRE_BATCH,
     MAX_REPLAY,
-    MAX_STATUS_PAGE,
     InboxOptions,
+    by_tenant,
+    check_claim,
+    check_delivery_report,
+    check_events,
     check_expire_at,
-    check_lease,
+    check_kind,
+    check_owner,
     check_page,
+    check_prune,
+    check_replay_ids,
+    check_status_query,
+    check_task_query,
     counts_from_rows,
     item_from_columns,
     migrations_to_run,
+    record_outcome,
     to_json,
 )
 from inbox.model import (
@@ -62,15 +71,10 @@ from inbox.model import (
     NotifyResult,
     Page,
     UserCounts,
+    advance_delivery,
     check_id,
-    check_tenant,
-    check_text,
-    check_user,
-    next_delivery_state,
 )
 from inbox.outbox import (
-    MAX_APPEND,
-    MAX_CLAIM,
     Attempt,
     AttemptResult,
     OutboxEvent,
@@ -79,10 +83,6 @@ from inbox.outbox import (
     TaskState,
     Topic,
     Verdict,
-    check_destination,
-    cut_error,
-    retry_delay,
-    verdict,
 )
 from inbox.plan import EventRow, mark_event, plan_mark, plan_notify, plan_removal, route_event
 from inbox.preferences import Preferences, parse_preferences
@@ -430,6 +430,28 @@ class PostgresInbox:
             [str(t.channel) if t.channel is not None else None for _, _, t in tasks],
         )
 
+    async def _advance(
+        self, conn: asyncpg.Connection, key: tuple[int, str, str], reported: DeliveryState | None, error: str
+    ) -> DeliveryState | None:
+        """Apply ``advance_delivery`` to the delivery ``key`` (notification, user, channel), if it exists."""
+        row = await conn.fetchrow(
+            "SELECT state, error FROM inbox_deliveries"
+            " WHERE notification_id = $1 AND user_id = $2 AND channel = $3 FOR UPDATE",
+            *key,
+        )
+        if row is None:
+            return None
+        new, kept = advance_delivery(DeliveryState(row[0]), row[1], reported, error)
+        await conn.execute(
+            "UPDATE inbox_deliveries SET state = $1, error = $2, updated_at = $3"
+            " WHERE notification_id = $4 AND user_id = $5 AND channel = $6",
+            str(new),
+            kept,
+            self.options.clock(),
+            *key,
+        )
+        return new
+
     # -- inbox ---------------------------------------------------------------------------------------
 
     async def notify(self, notification: Notification) -> NotifyResult:
@@ -548,10 +570,8 @@ class PostgresInbox:
         return cursors.decode(self._cursor_key, tenant, user, cursor)
 
     async def list_items(self, tenant: str, user: str, query: ListQuery = ListQuery()) -> Page:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(query, ListQuery):
-            raise InvalidInput("query must be a ListQuery")
+        check_owner(tenant, user)
+        check_kind("query", query, ListQuery)
         before = self._position(tenant, user, query.cursor) if query.cursor is not None else 2**63 - 1
         p = _Params(tenant, user, before, self.options.clock())
         where = ["i.tenant = $1", "i.user_id = $2", "i.seq < $3", "(i.expire_at IS NULL OR i.expire_at > $4)"]
@@ -574,15 +594,12 @@ class PostgresInbox:
         return Page(items, more, head)
 
     async def counts(self, tenant: str, user: str) -> Counts:
-        check_tenant(tenant)
-        check_user(user)
+        check_owner(tenant, user)
         return counts_from_rows(await self._read(_COUNTS, tenant, [user], self.options.clock()))[user]
 
     async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(mark, Mark):
-            raise InvalidInput("mark must be a Mark")
+        check_owner(tenant, user)
+        check_kind("mark", mark, Mark)
         now = self.options.clock()
         p = _Params(tenant, user, now)
         where = ["tenant = $1", "user_id = $2", "(expire_at IS NULL OR expire_at > $3)"]
@@ -622,18 +639,15 @@ class PostgresInbox:
         return await self._tx(body)
 
     async def preferences(self, tenant: str, user: str) -> Preferences:
-        check_tenant(tenant)
-        check_user(user)
+        check_owner(tenant, user)
         rows = await self._read(
             "SELECT preferences FROM inbox_preferences WHERE tenant = $1 AND user_id = $2", tenant, user
         )
         return parse_preferences(orjson.loads(rows[0][0])) if rows else Preferences()
 
     async def set_preferences(self, tenant: str, user: str, preferences: Preferences) -> None:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(preferences, Preferences):
-            raise InvalidInput("preferences must be Preferences")
+        check_owner(tenant, user)
+        check_kind("preferences", preferences, Preferences)
         encoded = to_json(preferences.as_dict())
         now = self.options.clock()
 
@@ -653,10 +667,7 @@ class PostgresInbox:
     async def notification_status(
         self, tenant: str, notification_id: int, *, after_user: str = "", limit: int = 100
     ) -> NotificationStatus:
-        check_tenant(tenant)
-        check_id("notification_id", notification_id)
-        check_text("after_user", after_user, 255, empty=True)
-        check_page(limit, MAX_STATUS_PAGE)
+        check_status_query(tenant, notification_id, after_user, limit)
         head = await self._read(
             "SELECT category, created_at FROM inbox_notifications WHERE id = $1 AND tenant = $2",
             notification_id,
@@ -704,39 +715,21 @@ class PostgresInbox:
         state: DeliveryState,
         error: str = "",
     ) -> DeliveryState:
-        check_tenant(tenant)
-        check_id("notification_id", notification_id)
-        check_user(user)
-        if not isinstance(channel, DeliveryChannel) or not isinstance(state, DeliveryState):
-            raise InvalidInput("channel and state must be a delivery channel and state")
-        if not isinstance(error, str):
-            raise InvalidInput("error must be a string")
-        now = self.options.clock()
+        check_delivery_report(tenant, notification_id, user, channel, state, error)
 
         async def body(conn: asyncpg.Connection) -> DeliveryState:
-            old = await conn.fetchval(
-                "SELECT d.state FROM inbox_deliveries d JOIN inbox_notifications n ON n.id ="
-                " d.notification_id"
-                " WHERE d.notification_id = $1 AND d.user_id = $2 AND d.channel = $3 AND n.tenant = $4"
-                " FOR UPDATE OF d",
+            found = await conn.fetchval(
+                "SELECT 1 FROM inbox_deliveries d JOIN inbox_notifications n ON n.id = d.notification_id"
+                " WHERE d.notification_id = $1 AND d.user_id = $2 AND d.channel = $3 AND n.tenant = $4",
                 notification_id,
                 user,
                 str(channel),
                 tenant,
             )
-            if old is None:
+            if found is None:
                 raise NotFound(f"no {channel} delivery of notification {notification_id} to that user")
-            new = next_delivery_state(DeliveryState(old), state)
-            await conn.execute(
-                "UPDATE inbox_deliveries SET state = $1, error = $2, updated_at = $3"
-                " WHERE notification_id = $4 AND user_id = $5 AND channel = $6",
-                str(new),
-                cut_error(error) if new is DeliveryState.FAILED else "",
-                now,
-                notification_id,
-                user,
-                str(channel),
-            )
+            new = await self._advance(conn, (notification_id, user, str(channel)), state, error)
+            assert new is not None
             return new
 
         return await self._tx(body)
@@ -774,11 +767,8 @@ class PostgresInbox:
                 now,
             )
             deltas = plan_removal((t, u, Flags(s, r, a), 1) for t, u, s, r, a in gone)
-            by_tenant: dict[str, dict[str, CountsDelta]] = {}
-            for (tenant, user), delta in deltas.items():
-                by_tenant.setdefault(tenant, {})[user] = delta
             out: list[UserCounts] = []
-            for tenant, users in sorted(by_tenant.items()):
+            for tenant, users in by_tenant(deltas).items():
                 counts = await self._bump(conn, tenant, users)
                 out.extend(UserCounts(tenant, user, counts[user]) for user in sorted(users))
             return out
@@ -788,10 +778,7 @@ class PostgresInbox:
     # -- outbox --------------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[OutboxEvent]) -> int:
-        if not isinstance(events, Sequence) or len(events) > MAX_APPEND:
-            raise InvalidInput(f"events must be a list of at most {MAX_APPEND}")
-        if not all(isinstance(e, OutboxEvent) for e in events):
-            raise InvalidInput("events must be OutboxEvent values")
+        check_events(events)
         rows = [r for r in (route_event(e, self.options.route) for e in events) if r is not None]
         if rows:
 
@@ -804,20 +791,12 @@ class PostgresInbox:
     async def claim(
         self, worker: str, destinations: Sequence[str] | None = None, *, limit: int = 100, lease: float = 30.0
     ) -> list[Task]:
-        check_text("worker", worker, 128)
-        check_page(limit, MAX_CLAIM)
-        seconds = check_lease(lease)
+        names, seconds = check_claim(worker, destinations, limit, lease)
         now = self.options.clock()
         p = _Params(now, limit, worker, now + seconds)
         where = "state = 'pending' AND next_attempt_at <= $1"
-        if destinations is not None:
-            if (
-                not isinstance(destinations, Sequence)
-                or isinstance(destinations, str)
-                or len(destinations) > 100
-            ):
-                raise InvalidInput("destinations must be a list of at most 100 names")
-            where += f" AND destination = ANY({p.add([check_destination(d) for d in destinations])}::text[])"
+        if names is not None:
+            where += f" AND destination = ANY({p.add(names)}::text[])"
 
         async def body(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await conn.fetch(
@@ -841,20 +820,8 @@ class PostgresInbox:
         ]
 
     async def record(self, worker: str, task: Task, result: AttemptResult) -> Verdict:
-        check_text("worker", worker, 128)
-        if not isinstance(task, Task) or not isinstance(result, AttemptResult):
-            raise InvalidInput("record needs a claimed Task and an AttemptResult")
         now = self.options.clock()
-        policy = self.options.retry
-        outcome = verdict(policy, task.attempt, result)
-        error = cut_error(result.error)
-        if outcome is Verdict.RETRY:
-            state, due = (
-                TaskState.PENDING,
-                now + retry_delay(policy, task.attempt, self.options.rand(), result.retry_after),
-            )
-        else:
-            state, due = (TaskState.DONE if outcome is Verdict.DONE else TaskState.DEAD), now
+        plan = record_outcome(self.options, now, worker, task, result)
 
         async def body(conn: asyncpg.Connection) -> Verdict:
             bound = await conn.fetchrow(
@@ -862,15 +829,15 @@ class PostgresInbox:
                 " lease_owner = NULL,"
                 " updated_at = $4 WHERE id = $5 AND state = 'pending' AND attempts = $6 AND lease_owner = $7"
                 " RETURNING notification_id, user_id, channel",
-                str(state),
-                due,
-                error,
+                str(plan.state),
+                plan.due,
+                plan.error,
                 now,
                 task.id,
                 task.attempt,
                 worker,
             )
-            final = outcome if bound is not None else Verdict.STALE
+            final = plan.verdict if bound is not None else Verdict.STALE
             await conn.execute(
                 "INSERT INTO outbox_attempts (task_id, attempt, worker, verdict, error, status, at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -878,33 +845,12 @@ class PostgresInbox:
                 task.attempt,
                 worker,
                 str(final),
-                error,
+                plan.error,
                 result.status,
                 now,
             )
             if bound is not None and bound[0] is not None:
-                key = (int(bound[0]), bound[1], bound[2])
-                old = await conn.fetchval(
-                    "SELECT state FROM inbox_deliveries WHERE notification_id = $1 AND user_id = $2"
-                    " AND channel = $3"
-                    " FOR UPDATE",
-                    *key,
-                )
-                if old is not None:
-                    reported = {Verdict.DONE: DeliveryState.SENT, Verdict.DEAD: DeliveryState.FAILED}.get(
-                        final
-                    )
-                    new = (
-                        next_delivery_state(DeliveryState(old), reported) if reported else DeliveryState(old)
-                    )
-                    await conn.execute(
-                        "UPDATE inbox_deliveries SET state = $1, error = $2, updated_at = $3"
-                        " WHERE notification_id = $4 AND user_id = $5 AND channel = $6",
-                        str(new),
-                        "" if final is Verdict.DONE else error,
-                        now,
-                        *key,
-                    )
+                await self._advance(conn, (int(bound[0]), bound[1], bound[2]), plan.delivery, plan.error)
             return final
 
         return await self._tx(body)
@@ -918,9 +864,7 @@ class PostgresInbox:
         after_id: int = 0,
         limit: int = 100,
     ) -> list[TaskInfo]:
-        check_page(limit, MAX_CLAIM)
-        if not isinstance(after_id, int) or isinstance(after_id, bool) or after_id < 0:
-            raise InvalidInput("after_id must be a non-negative integer")
+        check_task_query(state, destination, tenant, after_id, limit)
         p = _Params(after_id, limit)
         where = _task_filter(p, state, destination, tenant)
         rows = await self._read(
@@ -955,13 +899,13 @@ class PostgresInbox:
         destination: str | None = None,
         tenant: str | None = None,
     ) -> int:
+        check_task_query(None, destination, tenant)
+        ids = check_replay_ids(task_ids)
         now = self.options.clock()
         p = _Params(now, MAX_REPLAY)
         where = _task_filter(p, TaskState.DEAD, destination, tenant)
-        if task_ids is not None:
-            if not isinstance(task_ids, Sequence) or len(task_ids) > MAX_REPLAY:
-                raise InvalidInput(f"task ids must be a list of at most {MAX_REPLAY}")
-            where += f" AND t.id = ANY({p.add([check_id('task id', i) for i in task_ids])}::bigint[])"
+        if ids is not None:
+            where += f" AND t.id = ANY({p.add(ids)}::bigint[])"
 
         async def body(conn: asyncpg.Connection) -> int:
             rows = await conn.fetch(
@@ -986,15 +930,13 @@ class PostgresInbox:
         return [Attempt(int(t), int(a), w, Verdict(v), e, s, float(at)) for t, a, w, v, e, s, at in rows]
 
     async def prune(self, *, before: float, limit: int = 10000) -> int:
-        check_page(limit, MAX_EXPIRE_BATCH)
-        if not isinstance(before, int | float) or isinstance(before, bool):
-            raise InvalidInput("before must be a time")
+        before = check_prune(before, limit)
 
         async def body(conn: asyncpg.Connection) -> int:
             rows = await conn.fetch(
                 "DELETE FROM outbox_tasks WHERE id IN (SELECT id FROM outbox_tasks WHERE state = 'done'"
                 " AND updated_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, event_id",
-                float(before),
+                before,
                 limit,
             )
             if rows:
@@ -1012,13 +954,9 @@ class PostgresInbox:
 
 
 def _task_filter(p: _Params, state: TaskState | None, destination: str | None, tenant: str | None) -> str:
+    """The WHERE conditions (checked by ``check_task_query``) of a task query."""
     where = ""
-    if state is not None:
-        if not isinstance(state, TaskState):
-            raise InvalidInput("state must be a task state")
-        where += f" AND t.state = {p.add(str(state))}"
-    if destination is not None:
-        where += f" AND t.destination = {p.add(check_destination(destination))}"
-    if tenant is not None:
-        where += f" AND t.tenant = {p.add(check_tenant(tenant))}"
+    for column, value in (("state", state), ("destination", destination), ("tenant", tenant)):
+        if value is not None:
+            where += f" AND t.{column} = {p.add(str(value))}"
     return where

@@ -31,19 +31,28 @@ import aiosqlite
 import orjson
 
 from inbox import cursor as cursors
-from inbox.errors import InvalidInput, NotFound, SchemaError, StoreError
+from inbox.errors import NotFound, SchemaError, StoreError
 from inbox.inbox import (
     ITEM_COLUMNS,
     MAX_EXPIRE_BATCH,
     MAX_REPLAY,
-    MAX_STATUS_PAGE,
     InboxOptions,
+    by_tenant,
+    check_claim,
+    check_delivery_report,
+    check_events,
     check_expire_at,
-    check_lease,
+    check_kind,
+    check_owner,
     check_page,
+    check_prune,
+    check_replay_ids,
+    check_status_query,
+    check_task_query,
     counts_from_rows,
     item_from_columns,
     migrations_to_run,
+    record_outcome,
     to_json,
 )
 from inbox.model import (
@@ -63,15 +72,10 @@ from inbox.model import (
     NotifyResult,
     Page,
     UserCounts,
+    advance_delivery,
     check_id,
-    check_tenant,
-    check_text,
-    check_user,
-    next_delivery_state,
 )
 from inbox.outbox import (
-    MAX_APPEND,
-    MAX_CLAIM,
     Attempt,
     AttemptResult,
     OutboxEvent,
@@ -80,10 +84,6 @@ from inbox.outbox import (
     TaskState,
     Topic,
     Verdict,
-    check_destination,
-    cut_error,
-    retry_delay,
-    verdict,
 )
 from inbox.plan import EventRow, mark_event, plan_mark, plan_notify, plan_removal, route_event
 from inbox.preferences import Preferences, parse_preferences
@@ -528,10 +528,8 @@ class SqliteInbox:
         return cursors.decode(self._cursor_key, tenant, user, cursor)
 
     async def list_items(self, tenant: str, user: str, query: ListQuery = ListQuery()) -> Page:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(query, ListQuery):
-            raise InvalidInput("query must be a ListQuery")
+        check_owner(tenant, user)
+        check_kind("query", query, ListQuery)
         before = self._position(tenant, user, query.cursor) if query.cursor is not None else 2**63 - 1
         where = [
             "i.tenant = :tenant",
@@ -566,18 +564,15 @@ class SqliteInbox:
         return Page(items, more, head)
 
     async def counts(self, tenant: str, user: str) -> Counts:
-        check_tenant(tenant)
-        check_user(user)
+        check_owner(tenant, user)
         rows = await self._read(
             _COUNTS, {"tenant": tenant, "users": to_json([user]), "now": self.options.clock()}
         )
         return counts_from_rows(rows)[user]
 
     async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(mark, Mark):
-            raise InvalidInput("mark must be a Mark")
+        check_owner(tenant, user)
+        check_kind("mark", mark, Mark)
         now = self.options.clock()
         params: dict[str, Any] = {"tenant": tenant, "user": user, "now": now}
         where = ["tenant = :tenant", "user_id = :user", _UNEXPIRED]
@@ -615,18 +610,15 @@ class SqliteInbox:
         return MarkResult(changed, counts)
 
     async def preferences(self, tenant: str, user: str) -> Preferences:
-        check_tenant(tenant)
-        check_user(user)
+        check_owner(tenant, user)
         rows = await self._read(
             "SELECT preferences FROM inbox_preferences WHERE tenant = ? AND user_id = ?", (tenant, user)
         )
         return parse_preferences(orjson.loads(rows[0][0])) if rows else Preferences()
 
     async def set_preferences(self, tenant: str, user: str, preferences: Preferences) -> None:
-        check_tenant(tenant)
-        check_user(user)
-        if not isinstance(preferences, Preferences):
-            raise InvalidInput("preferences must be Preferences")
+        check_owner(tenant, user)
+        check_kind("preferences", preferences, Preferences)
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO inbox_preferences VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
@@ -637,10 +629,7 @@ class SqliteInbox:
     async def notification_status(
         self, tenant: str, notification_id: int, *, after_user: str = "", limit: int = 100
     ) -> NotificationStatus:
-        check_tenant(tenant)
-        check_id("notification_id", notification_id)
-        check_text("after_user", after_user, 255, empty=True)
-        check_page(limit, MAX_STATUS_PAGE)
+        check_status_query(tenant, notification_id, after_user, limit)
         head = await self._read(
             "SELECT category, created_at FROM inbox_notifications WHERE id = ? AND tenant = ?",
             (notification_id, tenant),
@@ -691,36 +680,38 @@ class SqliteInbox:
         state: DeliveryState,
         error: str = "",
     ) -> DeliveryState:
-        check_tenant(tenant)
-        check_id("notification_id", notification_id)
-        check_user(user)
-        if not isinstance(channel, DeliveryChannel) or not isinstance(state, DeliveryState):
-            raise InvalidInput("channel and state must be a delivery channel and state")
-        if not isinstance(error, str):
-            raise InvalidInput("error must be a string")
+        check_delivery_report(tenant, notification_id, user, channel, state, error)
         async with self._write() as db:
-            row = await self._one(
+            found = await self._one(
                 db,
-                "SELECT d.state FROM inbox_deliveries d JOIN inbox_notifications n ON n.id ="
-                " d.notification_id"
+                "SELECT 1 FROM inbox_deliveries d JOIN inbox_notifications n ON n.id = d.notification_id"
                 " WHERE d.notification_id = ? AND d.user_id = ? AND d.channel = ? AND n.tenant = ?",
                 (notification_id, user, str(channel), tenant),
             )
-            if row is None:
+            if found is None:
                 raise NotFound(f"no {channel} delivery of notification {notification_id} to that user")
-            new = next_delivery_state(DeliveryState(row[0]), state)
-            await db.execute(
-                "UPDATE inbox_deliveries SET state = ?, error = ?, updated_at = ?"
-                " WHERE notification_id = ? AND user_id = ? AND channel = ?",
-                (
-                    str(new),
-                    cut_error(error) if new is DeliveryState.FAILED else "",
-                    self.options.clock(),
-                    notification_id,
-                    user,
-                    str(channel),
-                ),
-            )
+            new = await self._advance(db, (notification_id, user, str(channel)), state, error)
+        assert new is not None
+        return new
+
+    async def _advance(
+        self, db: aiosqlite.Connection, key: tuple[int, str, str], reported: DeliveryState | None, error: str
+    ) -> DeliveryState | None:
+        """Apply ``advance_delivery`` to the delivery ``key`` (notification, user, channel), if it exists."""
+        row = await self._one(
+            db,
+            "SELECT state, error FROM inbox_deliveries"
+            " WHERE notification_id = ? AND user_id = ? AND channel = ?",
+            key,
+        )
+        if row is None:
+            return None
+        new, kept = advance_delivery(DeliveryState(row[0]), row[1], reported, error)
+        await db.execute(
+            "UPDATE inbox_deliveries SET state = ?, error = ?, updated_at = ?"
+            " WHERE notification_id = ? AND user_id = ? AND channel = ?",
+            (str(new), kept, self.options.clock(), *key),
+        )
         return new
 
     async def expire(self, *, limit: int = 1000) -> list[UserCounts]:
@@ -745,11 +736,8 @@ class SqliteInbox:
                 return []
             await db.executemany("DELETE FROM inbox_items WHERE id = ?", [(r[0],) for r in rows])
             deltas = plan_removal((t, u, _flags(s, r, a), 1) for _id, t, u, s, r, a in rows)
-            by_tenant: dict[str, dict[str, CountsDelta]] = {}
-            for (tenant, user), delta in deltas.items():
-                by_tenant.setdefault(tenant, {})[user] = delta
             out: list[UserCounts] = []
-            for tenant, users in sorted(by_tenant.items()):
+            for tenant, users in by_tenant(deltas).items():
                 counts = await self._bump(db, tenant, users)
                 out.extend(UserCounts(tenant, user, counts[user]) for user in sorted(users))
         return out
@@ -757,10 +745,7 @@ class SqliteInbox:
     # -- outbox --------------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[OutboxEvent]) -> int:
-        if not isinstance(events, Sequence) or len(events) > MAX_APPEND:
-            raise InvalidInput(f"events must be a list of at most {MAX_APPEND}")
-        if not all(isinstance(e, OutboxEvent) for e in events):
-            raise InvalidInput("events must be OutboxEvent values")
+        check_events(events)
         rows = [r for r in (route_event(e, self.options.route) for e in events) if r is not None]
         if rows:
             async with self._write() as db:
@@ -770,19 +755,11 @@ class SqliteInbox:
     async def claim(
         self, worker: str, destinations: Sequence[str] | None = None, *, limit: int = 100, lease: float = 30.0
     ) -> list[Task]:
-        check_text("worker", worker, 128)
-        check_page(limit, MAX_CLAIM)
-        seconds = check_lease(lease)
+        names, seconds = check_claim(worker, destinations, limit, lease)
         where = "t.state = 'pending' AND t.next_attempt_at <= :now"
         params: dict[str, Any] = {}
-        if destinations is not None:
-            if (
-                not isinstance(destinations, Sequence)
-                or isinstance(destinations, str)
-                or len(destinations) > 100
-            ):
-                raise InvalidInput("destinations must be a list of at most 100 names")
-            params["destinations"] = to_json([check_destination(d) for d in destinations])
+        if names is not None:
+            params["destinations"] = to_json(names)
             where += " AND t.destination IN (SELECT value FROM json_each(:destinations))"
         now = self.options.clock()
         params.update(now=now, limit=limit, worker=worker, until=now + seconds)
@@ -821,66 +798,25 @@ class SqliteInbox:
         ]
 
     async def record(self, worker: str, task: Task, result: AttemptResult) -> Verdict:
-        check_text("worker", worker, 128)
-        if not isinstance(task, Task) or not isinstance(result, AttemptResult):
-            raise InvalidInput("record needs a claimed Task and an AttemptResult")
         now = self.options.clock()
-        policy = self.options.retry
-        outcome = verdict(policy, task.attempt, result)
-        error = cut_error(result.error)
+        plan = record_outcome(self.options, now, worker, task, result)
         async with self._write() as db:
-            if outcome is Verdict.DONE:
-                state, due = TaskState.DONE, now
-            elif outcome is Verdict.DEAD:
-                state, due = TaskState.DEAD, now
-            else:
-                state = TaskState.PENDING
-                due = now + retry_delay(policy, task.attempt, self.options.rand(), result.retry_after)
             bound = await self._one(
                 db,
                 "UPDATE outbox_tasks SET state = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL,"
                 " updated_at = ? WHERE id = ? AND state = 'pending' AND attempts = ? AND lease_owner = ?"
                 " RETURNING notification_id, user_id, channel",
-                (str(state), due, error, now, task.id, task.attempt, worker),
+                (str(plan.state), plan.due, plan.error, now, task.id, task.attempt, worker),
             )
-            if bound is None:
-                outcome = Verdict.STALE
+            final = plan.verdict if bound is not None else Verdict.STALE
             await db.execute(
                 "INSERT INTO outbox_attempts (task_id, attempt, worker, verdict, error, status, at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (task.id, task.attempt, worker, str(outcome), error, result.status, now),
+                (task.id, task.attempt, worker, str(final), plan.error, result.status, now),
             )
             if bound is not None and bound[0] is not None:
-                await self._advance_delivery(
-                    db, int(bound[0]), bound[1], DeliveryChannel(bound[2]), outcome, error
-                )
-        return outcome
-
-    async def _advance_delivery(
-        self,
-        db: aiosqlite.Connection,
-        notification_id: int,
-        user: str,
-        channel: DeliveryChannel,
-        outcome: Verdict,
-        error: str,
-    ) -> None:
-        key = (notification_id, user, str(channel))
-        row = await self._one(
-            db,
-            "SELECT state FROM inbox_deliveries WHERE notification_id = ? AND user_id = ? AND channel = ?",
-            key,
-        )
-        if row is None:
-            return
-        reported = {Verdict.DONE: DeliveryState.SENT, Verdict.DEAD: DeliveryState.FAILED}.get(outcome)
-        old = DeliveryState(row[0])
-        new = next_delivery_state(old, reported) if reported is not None else old
-        await db.execute(
-            "UPDATE inbox_deliveries SET state = ?, error = ?, updated_at = ?"
-            " WHERE notification_id = ? AND user_id = ? AND channel = ?",
-            (str(new), "" if outcome is Verdict.DONE else error, self.options.clock(), *key),
-        )
+                await self._advance(db, (int(bound[0]), bound[1], bound[2]), plan.delivery, plan.error)
+        return final
 
     async def tasks(
         self,
@@ -891,10 +827,8 @@ class SqliteInbox:
         after_id: int = 0,
         limit: int = 100,
     ) -> list[TaskInfo]:
+        check_task_query(state, destination, tenant, after_id, limit)
         where, params = _task_filter(state, destination, tenant)
-        check_page(limit, MAX_CLAIM)
-        if not isinstance(after_id, int) or isinstance(after_id, bool) or after_id < 0:
-            raise InvalidInput("after_id must be a non-negative integer")
         params.update(after=after_id, limit=limit)
         rows = await self._read(
             "SELECT t.id, t.event_id, t.destination, t.tenant, e.topic, t.state, t.attempts,"
@@ -929,11 +863,11 @@ class SqliteInbox:
         destination: str | None = None,
         tenant: str | None = None,
     ) -> int:
+        check_task_query(None, destination, tenant)
+        ids = check_replay_ids(task_ids)
         where, params = _task_filter(TaskState.DEAD, destination, tenant)
-        if task_ids is not None:
-            if not isinstance(task_ids, Sequence) or len(task_ids) > MAX_REPLAY:
-                raise InvalidInput(f"task ids must be a list of at most {MAX_REPLAY}")
-            params["ids"] = to_json([check_id("task id", i) for i in task_ids])
+        if ids is not None:
+            params["ids"] = to_json(ids)
             where += " AND t.id IN (SELECT value FROM json_each(:ids))"
         now = self.options.clock()
         params.update(now=now, limit=MAX_REPLAY)
@@ -958,9 +892,7 @@ class SqliteInbox:
         return [Attempt(int(t), int(a), w, Verdict(v), e, s, float(at)) for t, a, w, v, e, s, at in rows]
 
     async def prune(self, *, before: float, limit: int = 10000) -> int:
-        check_page(limit, MAX_EXPIRE_BATCH)
-        if not isinstance(before, int | float) or isinstance(before, bool):
-            raise InvalidInput("before must be a time")
+        before = check_prune(before, limit)
         async with self._write() as db:
             rows = list(
                 await db.execute_fetchall(
@@ -982,16 +914,10 @@ class SqliteInbox:
 def _task_filter(
     state: TaskState | None, destination: str | None, tenant: str | None
 ) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions (checked by ``check_task_query``) of a task query."""
     where, params = "", {}
-    if state is not None:
-        if not isinstance(state, TaskState):
-            raise InvalidInput("state must be a task state")
-        where += " AND t.state = :state"
-        params["state"] = str(state)
-    if destination is not None:
-        params["destination"] = check_destination(destination)
-        where += " AND t.destination = :destination"
-    if tenant is not None:
-        params["tenant"] = check_tenant(tenant)
-        where += " AND t.tenant = :tenant"
+    for column, value in (("state", state), ("destination", destination), ("tenant", tenant)):
+        if value is not None:
+            where += f" AND t.{column} = :{column}"
+            params[column] = str(value)
     return where, params

@@ -105,6 +105,20 @@ def next_delivery_state(old: DeliveryState, new: DeliveryState) -> DeliveryState
     return new if _FORWARD[new] >= _FORWARD[old] else old
 
 
+def advance_delivery(
+    old: DeliveryState, old_error: str, reported: DeliveryState | None, error: str
+) -> tuple[DeliveryState, str]:
+    """A delivery's (state, error) after a report (``reported`` None: an attempt failed and will be
+    retried, the state stays and ``error`` is its last error). A success clears the error; a skipped
+    delivery keeps its reason."""
+    new = next_delivery_state(old, reported) if reported is not None else old
+    if new is DeliveryState.SKIPPED:
+        return new, old_error
+    if new in (DeliveryState.QUEUED, DeliveryState.FAILED):
+        return new, error[:1000]
+    return new, ""
+
+
 def in_app_state(stored: DeliveryState, flags: Flags | None) -> DeliveryState:
     """The in-app state of a delivery whose item has ``flags`` (None: no item, or it is gone): the item's
     statuses carry it forward to ``seen``/``read``."""

@@ -83,9 +83,17 @@ def plan_notify(
     plan = NotifyPlan()
     ids = iter(new_ids)
     content = n.content()
+    defaults = decide_all(policy, NO_PREFERENCES, n.category, n.channels)
+    default_enabled = frozenset(c for c, d in defaults.items() if d.send)
+    created = change(None, NEW_ITEM)
+    names: dict[frozenset[DeliveryChannel], list[str]] = {}
     for user in n.recipients:
-        decisions = decide_all(policy, prefs.get(user, NO_PREFERENCES), n.category, n.channels)
-        enabled = frozenset(c for c, d in decisions.items() if d.send)
+        own = prefs.get(user)
+        if own is None:
+            decisions, enabled = defaults, default_enabled
+        else:
+            decisions = decide_all(policy, own, n.category, n.channels)
+            enabled = frozenset(c for c, d in decisions.items() if d.send)
         item_id: int | None = None
         outcome = Outcome.SKIPPED
         if DeliveryChannel.IN_APP in enabled:
@@ -99,14 +107,14 @@ def plan_notify(
                 item_id = next(ids)
                 outcome = Outcome.CREATED
                 plan.creates.append((user, item_id))
-                plan.deltas[user] = change(None, NEW_ITEM)
+                plan.deltas[user] = created
         plan.results.append(RecipientResult(user, outcome, item_id, enabled))
         if not enabled:
             plan.deliveries.extend(
                 DeliveryRow(user, c, DeliveryState.SKIPPED, d.reason) for c, d in decisions.items()
             )
             continue
-        event = OutboxEvent(
+        event = OutboxEvent.trusted(
             n.tenant,
             Topic.NOTIFICATION_CREATED,
             {
@@ -115,7 +123,7 @@ def plan_notify(
                 "item_id": item_id,
                 "outcome": str(outcome),
                 "category": n.category,
-                "channels": sorted(str(c) for c in enabled),
+                "channels": names.get(enabled) or names.setdefault(enabled, sorted(map(str, enabled))),
                 "created_at": now,
                 **content,
             },

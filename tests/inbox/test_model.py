@@ -20,6 +20,7 @@ from inbox.model import (
     MarkAction,
     Notification,
     Outcome,
+    advance_delivery,
     apply_mark,
     change,
     contribution,
@@ -96,6 +97,16 @@ def test_delivery_states_never_go_back(reports: list[DeliveryState]) -> None:
         if state not in (DeliveryState.QUEUED, DeliveryState.FAILED, DeliveryState.SKIPPED):
             assert new is not DeliveryState.FAILED  # a failure after a success does not undo it
         state = new
+
+
+def test_a_delivery_keeps_the_last_error_until_it_succeeds_and_a_skip_keeps_its_reason() -> None:
+    q, f, s, k = DeliveryState.QUEUED, DeliveryState.FAILED, DeliveryState.SENT, DeliveryState.SKIPPED
+    assert advance_delivery(q, "", None, "500") == (q, "500")  # retrying
+    assert advance_delivery(q, "500", f, "timeout") == (f, "timeout")  # dead
+    assert advance_delivery(f, "timeout", s, "") == (s, "")  # replayed and delivered
+    assert advance_delivery(s, "", f, "late failure") == (s, "")
+    assert advance_delivery(k, "channel preference", s, "") == (k, "channel preference")
+    assert advance_delivery(q, "", f, "x" * 5000)[1] == "x" * 1000
 
 
 def test_in_app_state_follows_the_item() -> None:

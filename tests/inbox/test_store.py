@@ -365,6 +365,10 @@ async def test_retries_back_off_then_dead_letter_then_replay(make_store: MakeSto
     assert (
         await store.record("w1", task, AttemptResult(ok=False, error="500 boom", status=500)) is Verdict.RETRY
     )
+    queued = (await store.notification_status(T, n.notification_id)).recipients[0].deliveries
+    assert (DeliveryChannel.WEBHOOK, DeliveryState.QUEUED, "500 boom") in [
+        (d.channel, d.state, d.error) for d in queued
+    ]
     assert await store.claim("w1", ["webhook:main"]) == []  # backing off: 10 * (0.5 + 0.25) = 7.5 s
     clock.advance(7.4)
     assert await store.claim("w1", ["webhook:main"]) == []
