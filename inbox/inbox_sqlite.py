@@ -292,19 +292,22 @@ class SqliteInbox:
         )
         rows = list(await db.execute_fetchall("SELECT coalesce(max(version), 0) FROM schema_version"))
         for version in migrations_to_run(int(rows[0][0]), LATEST, self._migrate_to):
-            # executescript commits first; the migration and its version row are one transaction.
-            script = f"BEGIN IMMEDIATE; {MIGRATIONS[version - 1]}"
-            done = f"INSERT INTO schema_version VALUES ({version}, {self.options.clock()!r}); COMMIT;"
+            # One transaction per migration, its version row included; the check runs under the write
+            # lock, so two processes opening one file together migrate once.
+            await db.execute("BEGIN IMMEDIATE")
             try:
-                again = await db.execute_fetchall(
-                    "SELECT 1 FROM schema_version WHERE version = ?", (version,)
-                )
-                if list(again):
-                    continue  # another process applied it meanwhile
-                await db.executescript(script + done)
+                if list(
+                    await db.execute_fetchall("SELECT 1 FROM schema_version WHERE version = ?", (version,))
+                ):
+                    await db.execute("COMMIT")
+                    continue
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, self.options.clock()))
+                await db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if db.in_transaction:
-                    await db.rollback()
+                await db.execute("ROLLBACK")
                 raise SchemaError(f"inbox schema migration {version} failed: {exc}") from None
             log.info("inbox schema migrated to version %d", version)
         await db.execute(
@@ -429,12 +432,6 @@ class SqliteInbox:
         check_expire_at(n, now)
         recipients = to_json(list(n.recipients))
         async with self._write() as db:
-            cursor = await db.execute(
-                "INSERT INTO inbox_notifications (tenant, category, content, recipients, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (n.tenant, n.category, to_json(n.content()), len(n.recipients), now),
-            )
-            notification_id = int(cursor.lastrowid or 0)
             if n.dedupe_key is not None:
                 first = await self._one(
                     db,
@@ -443,8 +440,14 @@ class SqliteInbox:
                     (n.tenant, n.dedupe_key, now),
                 )
                 if first is not None:
-                    await db.execute("DELETE FROM inbox_notifications WHERE id = ?", (notification_id,))
                     return NotifyResult(int(first[0]), True, [], {})
+            cursor = await db.execute(
+                "INSERT INTO inbox_notifications (tenant, category, content, recipients, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (n.tenant, n.category, to_json(n.content()), len(n.recipients), now),
+            )
+            notification_id = int(cursor.lastrowid or 0)
+            if n.dedupe_key is not None:
                 await db.execute(
                     "INSERT INTO inbox_dedupe VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
                     " notification_id = excluded.notification_id, until = excluded.until",

@@ -7,6 +7,7 @@ cluster starts only when a PostgreSQL case runs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -84,6 +85,7 @@ async def make_store(
     one test shares one database (several instances: several nodes or processes)."""
     opened: list[Store] = []
     location: dict[str, str] = {}
+    creating = asyncio.Lock()
 
     async def make(_migrate_to: int | None = None, **kw: Any) -> Store:
         options = InboxOptions(clock=clock, **kw)
@@ -91,8 +93,9 @@ async def make_store(
         if store_kind == "sqlite":
             store = SqliteInbox(tmp_path / "inbox.sqlite3", options, _migrate_to=_migrate_to)
         else:
-            if "dsn" not in location:
-                location["dsn"] = await fresh_database(request.getfixturevalue("postgres"))
+            async with creating:  # stores made together share the one schema
+                if "dsn" not in location:
+                    location["dsn"] = await fresh_database(request.getfixturevalue("postgres"))
             store = PostgresInbox(location["dsn"], options, pool_size=4, _migrate_to=_migrate_to)
         await store.open()
         opened.append(store)

@@ -574,6 +574,13 @@ async def test_an_older_schema_is_migrated_and_keeps_its_data(make_store: MakeSt
     assert await schema_versions(new) == [1, 2]
 
 
+async def test_nodes_starting_together_on_a_new_database_migrate_it_once(make_store: MakeStore) -> None:
+    nodes = await asyncio.gather(*(make_store() for _ in range(3)))
+    assert await schema_versions(nodes[0]) == [1, 2]
+    await nodes[1].notify(note("alice"))
+    assert (await nodes[2].counts(T, "alice")).total == 1
+
+
 async def test_a_newer_schema_than_the_code_is_refused(make_store: MakeStore, store_kind: str) -> None:
     store = await make_store()
     await execute(store, "INSERT INTO schema_version VALUES (99, 0)")
