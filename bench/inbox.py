@@ -220,6 +220,7 @@ async def bench_store(kind: str, store: Store, args: argparse.Namespace) -> None
     )
     print(f"# {kind}: {USER} has {total} unarchived items, {unread} unread, {unseen} unseen", flush=True)
 
+    line(kind, "floor: SELECT 1 on the same path", args.calls, *await timed(args.calls, floor))
     line(
         kind,
         "counts (maintained counters)",

@@ -402,7 +402,8 @@ class Notification:
             check_user(user)
         _unique("recipients", self.recipients)
         check_category(self.category)
-        check_json_object("data", self.data, MAX_DATA_BYTES)
+        # Keep what was checked: a copy, so a caller changing its dict later cannot slip anything past.
+        object.__setattr__(self, "data", orjson.loads(check_json_object("data", self.data, MAX_DATA_BYTES)))
         check_text("title", self.title, MAX_TITLE_LENGTH, empty=True)
         check_prose("body", self.body, MAX_BODY_LENGTH)
         check_text("url", self.url, MAX_URL_LENGTH, empty=True)

@@ -317,6 +317,13 @@ def test_parse_notification_builds_what_the_constructor_would() -> None:
     assert n.actions[0].label == "Open" and n.group_window == 60
 
 
+def test_a_notification_keeps_the_data_it_checked() -> None:
+    data: dict[str, Any] = {"x": [1, 2]}
+    n = Notification("", ("alice",), "comment", data)
+    data["x"].append("y" * 100000)
+    assert n.data == {"x": [1, 2]}
+
+
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10)),
     lambda inner: st.one_of(
