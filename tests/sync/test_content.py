@@ -29,3 +29,10 @@ def test_every_root_type_from_an_untyped_copy() -> None:
 
 def test_empty_document() -> None:
     assert document_json(Doc()) == {}
+
+
+def test_an_embed_in_a_text_shows_as_one_object_replacement_character() -> None:
+    source = Doc()
+    source["t"] = text = Text("ab")
+    text.insert_embed(1, {"image": "cat.png"})
+    assert document_json(source) == {"t": "a\ufffcb"}  # one index unit, as Yjs counts it
