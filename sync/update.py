@@ -10,6 +10,7 @@ pycrdt applies updates; this module only looks inside them, for two things pycrd
 Format (yjs ``encoding.js`` ``writeClientsStructs`` / ``readClientsStructRefs``, lib0 v1 encoding)::
 
     update    = varUint(clients) clients * section, delete set
+    delete set = varUint(clients) clients * (varUint(client) varUint(n) n * (varUint(clock) varUint(len)))
     section   = varUint(structs) varUint(client) varUint(clock) structs * struct
     struct    = info:uint8, then by ``info & 0x1f``: 0 GC varUint(len) | 10 Skip varUint(len) | item
     item      = [origin ID if info & 0x80] [right origin ID if info & 0x40]
@@ -169,6 +170,17 @@ def _read_content(reader: Reader, item: Item) -> int:
         _skip_any(reader)
         return 1
     raise ProtocolError(f"unknown content type {ref}")
+
+
+def read_delete_set(reader: Reader) -> dict[int, list[tuple[int, int]]]:
+    """A Yjs v1 delete set: ``varUint(n)`` clients, each ``client varUint(k)`` then k ``clock length``."""
+    result: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(reader.var_uint()):
+        ranges = result.setdefault(reader.var_uint(), [])
+        for _ in range(reader.var_uint()):
+            start = reader.var_uint()
+            ranges.append((start, start + reader.var_uint()))
+    return result
 
 
 def client_ranges(update: bytes) -> dict[int, int]:
