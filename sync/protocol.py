@@ -28,6 +28,10 @@ Error tree of the sync package::
      +-- UpdateRejected    the CRDT refused an update (pycrdt could not decode or integrate it)
      +-- LimitExceeded     an update, a document or a count is over its configured bound
      +-- StoreError        (sync.store) the document store failed; nothing after the failure was relayed
+     +-- EditRejected      (sync.edit) an agent's edit was refused whole; nothing was applied
+          +-- InvalidEdit      malformed, or does not fit the document (``op``: the offending op's index)
+          +-- EditTooLarge     over an edit bound (also a LimitExceeded)
+          +-- StaleVersion     the document is not at the edit's ``if_version``
 """
 
 from __future__ import annotations
