@@ -14,6 +14,8 @@ Error tree::
      +-- BadDelta              a fossil delta is malformed or does not apply to its base (also ValueError)
      +-- InvalidFeedConfig     an alert rule, ingest mapping or data schema in the config is invalid
                                (also ValueError)
+     +-- StreamRejected        (channels.streams) a stream chunk was refused: malformed, out of order, after
+                               its final, too large, too many open streams
 """
 
 from channels.errors import (

@@ -1,0 +1,278 @@
+"""Streaming replies, without an event loop: chunks checked in order and bounded, live subscribers see
+every chunk, history keeps the finished message once, a subscriber that joins mid-stream gets the text so
+far then the rest (no gap, no duplicate), and coalescing per write changes nothing a client reassembles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channels.publication import ClientInfo, Publication
+from channels.streams import (
+    ABANDONED,
+    FINAL,
+    FROM,
+    SEQ,
+    STREAM,
+    ChannelStreams,
+    ChunkAfterFinal,
+    ChunkOutOfOrder,
+    MalformedChunk,
+    StreamLimits,
+    StreamTooLarge,
+    StreamView,
+    TooManyStreams,
+    coalesce,
+    parse_chunk,
+    stream_of,
+)
+
+BOT = ClientInfo("bot", "c1")
+
+
+def chunk(stream: str, seq: int, text: str, final: bool = False, **extra: Any) -> Publication:
+    tags = {STREAM: stream, SEQ: str(seq), "app": "x"}
+    if final:
+        tags[FINAL] = "true"
+    return Publication(orjson.dumps({"text": text, **extra}), info=BOT, tags=tags)
+
+
+def text_of(pub: Publication) -> str:
+    return str(orjson.loads(pub.data)["text"])
+
+
+def test_a_stream_live_and_in_history() -> None:
+    streams = ChannelStreams()
+    live: list[Publication] = []
+    kept: list[Publication] = []
+    for seq, (text, final) in enumerate([("Hel", False), ("lo ", False), ("wörld", False), ("", True)]):
+        outcome = streams.accept(chunk("m1", seq, text, final, reply_to="q7"), now=0.0)
+        live.append(outcome.deliver)
+        if outcome.keep is not None:
+            kept.append(outcome.keep)
+    assert (
+        live[0] is not None and live[1].data == chunk("m1", 1, "lo ", reply_to="q7").data
+    )  # passed as published
+    (message,) = kept
+    assert message is live[-1]  # the final chunk goes out as the whole message, the one history keeps
+    assert orjson.loads(message.data) == {"reply_to": "q7", "text": "Hello wörld"}
+    assert message.tags == {"app": "x", STREAM: "m1", SEQ: "3", FROM: "0", FINAL: "true"}
+    assert message.info == BOT
+    view = StreamView()
+    for pub in live:
+        view.feed(pub)
+    assert view.texts == {"m1": "Hello wörld"} and view.finished == {"m1"}
+    assert len(streams) == 0
+
+
+def test_other_members_of_the_data_are_kept_the_latest_winning() -> None:
+    streams = ChannelStreams()
+    streams.accept(chunk("s", 0, "a", model="m", step=1), 0.0)
+    streams.accept(chunk("s", 1, "b", step=2), 0.0)
+    (snapshot,) = streams.snapshot()
+    assert orjson.loads(snapshot.data) == {"model": "m", "step": 2, "text": "ab"}
+    message = streams.accept(chunk("s", 2, "", final=True, finish_reason="stop"), 0.0).deliver
+    assert orjson.loads(message.data) == {"model": "m", "step": 2, "finish_reason": "stop", "text": "ab"}
+
+
+def test_chunks_out_of_order_after_the_final_or_duplicated_are_refused_and_change_nothing() -> None:
+    streams = ChannelStreams()
+    with pytest.raises(ChunkOutOfOrder, match="chunk 1 where 0 was next"):
+        streams.accept(chunk("s", 1, "x"), 0.0)
+    streams.accept(chunk("s", 0, "a"), 0.0)
+    with pytest.raises(ChunkOutOfOrder, match="chunk 0 where 1 was next"):
+        streams.accept(chunk("s", 0, "again"), 0.0)  # a retried chunk
+    with pytest.raises(ChunkOutOfOrder, match="chunk 2 where 1 was next"):
+        streams.accept(chunk("s", 2, "skip"), 0.0)
+    assert [text_of(p) for p in streams.snapshot()] == ["a"]
+    streams.accept(chunk("s", 1, "b", final=True), 0.0)
+    with pytest.raises(ChunkAfterFinal, match="stream s has finished"):
+        streams.accept(chunk("s", 2, "late"), 0.0)
+    with pytest.raises(ChunkAfterFinal):
+        streams.accept(chunk("s", 0, "reused id"), 0.0)
+
+
+def test_finished_ids_are_remembered_within_a_bound() -> None:
+    streams = ChannelStreams(StreamLimits(remember_finished=2))
+    for n in range(3):
+        streams.accept(chunk(f"s{n}", 0, "x", final=True), 0.0)
+    streams.accept(chunk("s0", 0, "a new stream under an id long forgotten"), 0.0)
+    with pytest.raises(ChunkAfterFinal):
+        streams.accept(chunk("s2", 0, "x"), 0.0)
+
+
+def test_bounded_memory_per_channel() -> None:
+    streams = ChannelStreams(StreamLimits(max_open=2, max_chunk_bytes=64, max_message_bytes=100))
+    streams.accept(chunk("a", 0, "x"), 0.0)
+    streams.accept(chunk("b", 0, "x"), 0.0)
+    with pytest.raises(TooManyStreams, match="2 streams are open"):
+        streams.accept(chunk("c", 0, "x"), 0.0)
+    with pytest.raises(StreamTooLarge, match="a chunk is at most 64 bytes"):
+        streams.accept(chunk("a", 1, "y" * 60), 0.0)
+    for seq in range(1, 3):
+        streams.accept(chunk("a", seq, "y" * 40), 0.0)
+    with pytest.raises(StreamTooLarge, match="a message is at most 100 bytes"):
+        streams.accept(chunk("a", 3, "y" * 40), 0.0)
+    for n in range(2):
+        streams.accept(chunk("b", n + 1, "", **{f"k{n}": "v" * 20}), 0.0)
+    with pytest.raises(StreamTooLarge, match="other data"):  # each chunk small, the merged data not
+        streams.accept(chunk("b", 3, "", k9="v" * 20), 0.0)
+    streams.accept(chunk("a", 3, "", final=True), 0.0)
+    streams.accept(chunk("c", 0, "room again"), 0.0)  # a finished stream frees its place
+
+
+def test_an_abandoned_stream_finishes_as_it_is() -> None:
+    streams = ChannelStreams(StreamLimits(idle_timeout=10.0))
+    streams.accept(chunk("old", 0, "half a rep"), now=0.0)
+    streams.accept(chunk("new", 0, "fresh"), now=8.0)
+    assert streams.expire(now=9.0) == []
+    (message,) = streams.expire(now=10.0)
+    assert text_of(message) == "half a rep"
+    assert message.tags is not None and message.tags[ABANDONED] == "true" and message.tags[FINAL] == "true"
+    assert [text_of(p) for p in streams.snapshot()] == ["fresh"]
+    with pytest.raises(ChunkAfterFinal):
+        streams.accept(chunk("old", 1, "ly"), now=11.0)
+
+
+@pytest.mark.parametrize(
+    ("tags", "data", "message"),
+    [
+        ({STREAM: "", SEQ: "0"}, b'{"text": ""}', "stream id"),
+        ({STREAM: "a b", SEQ: "0"}, b'{"text": ""}', "stream id"),
+        ({STREAM: "x" * 65, SEQ: "0"}, b'{"text": ""}', "stream id"),
+        ({STREAM: "s"}, b'{"text": ""}', "stream.seq must be a decimal number"),
+        ({STREAM: "s", SEQ: "-1"}, b'{"text": ""}', "stream.seq must be a decimal number"),
+        ({STREAM: "s", SEQ: "01"}, b'{"text": ""}', "stream.seq must be a decimal number"),
+        ({STREAM: "s", SEQ: "1e3"}, b'{"text": ""}', "stream.seq must be a decimal number"),
+        ({STREAM: "s", SEQ: "9999999999"}, b'{"text": ""}', "stream.seq must be a decimal number"),
+        ({STREAM: "s", SEQ: "0", FINAL: "yes"}, b'{"text": ""}', "stream.final must be"),
+        ({STREAM: "s", SEQ: "0", FROM: "0"}, b'{"text": ""}', "set by the hub"),
+        ({STREAM: "s", SEQ: "0"}, b"not json", "data must be a JSON object"),
+        ({STREAM: "s", SEQ: "0"}, b'"text"', "with a string 'text'"),
+        ({STREAM: "s", SEQ: "0"}, b'{"text": 5}', "with a string 'text'"),
+        ({STREAM: "s", SEQ: "0"}, b'{"content": "x"}', "with a string 'text'"),
+    ],
+)
+def test_malformed_chunks(tags: dict[str, str], data: bytes, message: str) -> None:
+    streams = ChannelStreams()
+    with pytest.raises(MalformedChunk, match=message):
+        streams.accept(Publication(data, tags=tags), 0.0)
+    assert len(streams) == 0
+
+
+def test_an_ordinary_publication_is_not_a_stream() -> None:
+    assert stream_of(Publication(b"{}")) is None
+    assert stream_of(Publication(b"{}", tags={"app": "x"})) is None
+    assert stream_of(chunk("s", 0, "")) == "s"
+    assert parse_chunk(chunk("s", 3, "hi", final=True)).final
+
+
+# ---------------------------------------------------------------- properties
+
+
+@st.composite
+def split_messages(draw: st.DrawFn) -> tuple[str, list[str]]:
+    message = draw(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+    cuts = sorted(draw(st.lists(st.integers(0, len(message)), max_size=12)))
+    bounds = [0, *cuts, len(message)]
+    return message, [message[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def publish_all(streams: ChannelStreams, stream: str, parts: list[str]) -> list[Publication]:
+    out = []
+    for seq, part in enumerate(parts):
+        out.append(streams.accept(chunk(stream, seq, part, final=seq == len(parts) - 1), 0.0))
+    return [o.deliver for o in out] + [o.keep for o in out if o.keep is not None]
+
+
+@given(split_messages())
+@settings(max_examples=200, deadline=None)
+def test_any_split_of_a_message_reassembles_to_it_and_history_keeps_it_once(
+    split: tuple[str, list[str]],
+) -> None:
+    message, parts = split
+    streams = ChannelStreams()
+    outcomes = [
+        streams.accept(chunk("m", seq, part, seq == len(parts) - 1), 0.0) for seq, part in enumerate(parts)
+    ]
+    kept = [o.keep for o in outcomes if o.keep is not None]
+    assert [text_of(p) for p in kept] == [message]
+    view = StreamView()
+    for outcome in outcomes:
+        view.feed(outcome.deliver)
+    assert view.texts["m"] == message and view.gaps == view.duplicates == 0
+
+
+@given(split_messages(), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_subscriber_joining_mid_stream_gets_the_prefix_then_the_rest(
+    split: tuple[str, list[str]], data: st.DataObject
+) -> None:
+    message, parts = split
+    join = data.draw(st.integers(0, len(parts) - 1))  # joins after this many chunks, before the final one
+    # (one that joins later finds the finished message in history)
+    streams = ChannelStreams()
+    joiner = StreamView()
+    received: list[str] = []
+    for seq, part in enumerate(parts):
+        if seq == join:
+            for pub in streams.snapshot():  # sent first, then the live chunks
+                joiner.feed(pub)
+                received.append(text_of(pub))
+        outcome = streams.accept(chunk("m", seq, part, seq == len(parts) - 1), 0.0)
+        if seq >= join:
+            joiner.feed(outcome.deliver)
+            if seq < len(parts) - 1:
+                received.append(text_of(outcome.deliver))
+    assert "".join(received) == message[: len("".join(received))]  # prefix + rest, nothing twice
+    assert joiner.texts.get("m", "") == message and joiner.gaps == 0 and joiner.duplicates == 0
+    assert "m" in joiner.finished
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.text(max_size=3)), max_size=30), st.data())
+@settings(max_examples=200, deadline=None)
+def test_coalescing_per_write_changes_nothing_a_client_reassembles(
+    steps: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    """Interleaved streams and ordinary publications, cut into writes at random; each write coalesced."""
+    streams = ChannelStreams()
+    generation = {"a": 0, "b": 0}  # a finished stream's id is not reused: the next one is a1, a2...
+    seqs: dict[str, int] = {}
+    outgoing: list[Publication] = []
+    for letter, text in steps:
+        if letter == "c":
+            outgoing.append(Publication(orjson.dumps({"plain": text}), offset=len(outgoing) + 1))
+            continue
+        stream = f"{letter}{generation[letter]}"
+        seq = seqs.get(stream, 0)
+        final = data.draw(st.integers(0, 4)) == 0
+        outgoing.append(streams.accept(chunk(stream, seq, text, final), 0.0).deliver)
+        seqs[stream] = seq + 1
+        if final:
+            generation[letter] += 1
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(outgoing)), max_size=6)))
+    bounds = [0, *cuts, len(outgoing)]
+    coalesced = [pub for a, b in zip(bounds, bounds[1:], strict=False) for pub in coalesce(outgoing[a:b])]
+    plain, joined = StreamView(), StreamView()
+    for pub in outgoing:
+        plain.feed(pub)
+    for pub in coalesced:
+        joined.feed(pub)
+    assert joined.texts == plain.texts and joined.finished == plain.finished
+    assert joined.gaps == plain.gaps == 0 and joined.duplicates == plain.duplicates == 0
+    assert len(coalesced) <= len(outgoing)
+    offsets = [p.offset for p in coalesced if p.offset]
+    assert offsets == sorted(offsets) == [p.offset for p in outgoing if p.offset]  # ordinary ones keep order
+
+
+def test_coalescing_joins_runs_of_chunks_and_stops_at_barriers() -> None:
+    a0, a1, b0, a2 = chunk("a", 0, "x"), chunk("a", 1, "y"), chunk("b", 0, "z"), chunk("a", 2, "w")
+    plain = Publication(b'{"n": 1}', offset=5)
+    out = coalesce([a0, b0, a1, plain, a2])
+    assert [text_of(p) if stream_of(p) else "plain" for p in out] == ["xy", "z", "plain", "w"]
+    assert out[0].tags is not None and out[0].tags[FROM] == "0" and out[0].tags[SEQ] == "1"
+    assert out[2] is plain and out[3] is a2
