@@ -1,42 +1,42 @@
 """Streaming replies: a message published token by token, as an agent writes it (sans-I/O).
 
-A stream chunk is an ordinary publication, so every official SDK carries it unchanged. Its stream fields
-are tags (Centrifuge publications carry a ``map<string, string>`` of tags; centrifuge-js hands them to the
-``publication`` handler as ``ctx.tags``, centrifuge-python as ``ctx.pub.tags``); its text is in the data::
+A stream chunk is an ordinary publication, so every official SDK publishes and receives it unchanged. Its
+stream fields live in the data, the one field a client's publish carries (a Centrifuge ``PublishRequest``
+has only a channel and data; tags can be set by the server API alone)::
 
-    tags  {"stream": "<id>", "stream.seq": "<n>", "stream.final": "true"}      (final only on the last)
-    data  {"text": "<this chunk's text>", ...}
+    data  {"stream": {"id": "<id>", "seq": <n>, "final": true}, "text": "<this chunk's text>", ...}
 
-- ``stream``: the stream's id, chosen by the publisher (a reply's message id): 1 to 64 of
-  ``A-Z a-z 0-9 . _ : -``. Other tags are the application's and travel along.
-- ``stream.seq``: the chunk's number, in decimal: 0 for the first, then each one more than the last.
-- ``stream.final``: ``"true"`` on the last chunk (its text may be empty); absent (or ``"false"``) before.
-- ``data``: a JSON object; ``text`` (a string) is the chunk's text; other members (``reply_to``,
-  ``model``, ``finish_reason``...) are kept, a later chunk's value replacing an earlier one's.
+- ``stream.id``: the stream's id, chosen by the publisher (a reply's message id): 1 to 64 of
+  ``A-Z a-z 0-9 . _ : -``.
+- ``stream.seq``: the chunk's number: 0 for the first, then each one more than the last.
+- ``stream.final``: true on the last chunk (its text may be empty); absent or false before.
+- ``text``: the chunk's text. Other members (``reply_to``, ``model``, ``finish_reason``...) are kept, a
+  later chunk's value replacing an earlier one's. A publication whose data has no ``stream`` member is
+  not a stream chunk; the publication's tags (server API) are the application's and travel along.
 
 What the hub sends out (``ChannelStreams``) is one of three kinds of stream publication, told apart by
-the ``stream.from`` tag: a chunk as published (no ``stream.from``: it covers ``stream.seq`` alone); a run
-of chunks coalesced into one (``coalesce``; ``stream.from`` is its first seq, ``stream.seq`` its last,
-its text theirs joined); the whole text so far (``stream.from`` is ``"0"``): what a subscriber that joins
-or recovers mid-stream is sent first (``snapshot``), and, with ``stream.final``, the finished message
-that replaces the last chunk and is the one publication history keeps. A client reassembles a stream so
-(``StreamView``): a publication from 0 replaces what it had; one that starts right after its last seq is
-appended; one that ends at or before its last seq is a duplicate and ignored.
+``stream.from``: a chunk as published (no ``from``: it covers ``seq`` alone); a run of chunks coalesced
+into one (``coalesce``; ``from`` is its first seq, ``seq`` its last, its text theirs joined); the whole
+text so far (``from`` is 0): what a subscriber that joins or recovers mid-stream is sent first
+(``snapshot``), and, marked ``final``, the finished message, which replaces the last chunk and is the one
+publication history keeps. A client reassembles a stream so (``StreamView``): a publication from 0
+replaces what it had; one that starts right after its last seq is appended; one that ends before its
+last seq (or at it, not from 0) is a duplicate and ignored.
 
 Policies, per channel (``StreamLimits``):
 - chunks of a stream come in order: the first is seq 0, each next one is the last + 1; a repeated or
   skipped seq is refused (``ChunkOutOfOrder``), so is any chunk after the final one (``ChunkAfterFinal``;
   the last ``remember_finished`` finished ids are remembered);
 - bounded memory: at most ``max_open`` streams open at once (``TooManyStreams``), a chunk's data at most
-  ``max_chunk_bytes``, a message's text at most ``max_message_bytes`` (``StreamTooLarge``); a stream with
-  no chunk for ``idle_timeout`` seconds is abandoned (``expire``): it finishes as it is, marked
-  ``stream.abandoned``, so history keeps what people saw;
+  ``max_chunk_bytes`` (and so the other members kept of a stream), a message's text at most
+  ``max_message_bytes`` (``StreamTooLarge``); a stream with no chunk for ``idle_timeout`` seconds is
+  abandoned (``expire``): it finishes as it is, marked ``abandoned``, so history keeps what people saw;
 - history keeps each message once, finished; the chunks themselves are live only.
 
 Errors (under ``ChannelError``)::
 
     StreamRejected          a chunk was refused; nothing changed
-     +-- MalformedChunk     stream tags or data not as above
+     +-- MalformedChunk     stream fields or data not as above
      +-- ChunkOutOfOrder    not the next seq of its stream
      +-- ChunkAfterFinal    its stream already finished
      +-- StreamTooLarge     the chunk, or the message it would make, is over its bound
@@ -56,14 +56,10 @@ from channels.errors import ChannelError
 from channels.publication import Publication
 
 STREAM = "stream"
-SEQ = "stream.seq"
-FINAL = "stream.final"
-FROM = "stream.from"
-ABANDONED = "stream.abandoned"
-STREAM_TAGS = frozenset({STREAM, SEQ, FINAL, FROM, ABANDONED})
+TEXT = "text"
+MAX_SEQ = 10**9
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_SEQ = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
 class StreamRejected(ChannelError):
@@ -112,34 +108,55 @@ class Chunk:
 
 
 def stream_of(pub: Publication) -> str | None:
-    """The stream a publication belongs to (None: an ordinary publication). Cheap: looks at tags only."""
-    return pub.tags.get(STREAM) if pub.tags else None
-
-
-def parse_chunk(pub: Publication, limits: StreamLimits = StreamLimits()) -> Chunk:
-    """The stream fields of a chunk as published (``MalformedChunk``, ``StreamTooLarge``)."""
-    tags = pub.tags or {}
-    stream = tags.get(STREAM, "")
-    if not _ID.fullmatch(stream):
-        raise MalformedChunk("stream id must be 1 to 64 of A-Z a-z 0-9 . _ : -")
-    seq = tags.get(SEQ)
-    if seq is None or not _SEQ.fullmatch(seq):
-        raise MalformedChunk(f"stream {stream}: {SEQ} must be a decimal number")
-    final = tags.get(FINAL, "false")
-    if final not in ("true", "false"):
-        raise MalformedChunk(f"stream {stream}: {FINAL} must be 'true' or 'false'")
-    if FROM in tags or ABANDONED in tags:
-        raise MalformedChunk(f"stream {stream}: {FROM} and {ABANDONED} are set by the hub")
-    if len(pub.data) > limits.max_chunk_bytes:
-        raise StreamTooLarge(f"stream {stream}: a chunk is at most {limits.max_chunk_bytes} bytes")
+    """The id of the stream a publication belongs to; None for an ordinary publication (or a chunk whose
+    stream field is malformed). Cheap for ordinary publications: their bytes are not parsed."""
+    if b'"stream"' not in pub.data:
+        return None
     try:
         data = orjson.loads(pub.data)
     except orjson.JSONDecodeError:
-        raise MalformedChunk(f"stream {stream}: data must be a JSON object") from None
-    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-        raise MalformedChunk(f"stream {stream}: data must be a JSON object with a string 'text'")
-    text = data.pop("text")
-    return Chunk(stream, int(seq), final == "true", text, data)
+        return None
+    fields = data.get(STREAM) if isinstance(data, dict) else None
+    stream = fields.get("id") if isinstance(fields, dict) else None
+    return stream if isinstance(stream, str) else None
+
+
+def parse_chunk(pub: Publication, limits: StreamLimits = StreamLimits()) -> Chunk | None:
+    """The stream fields of a chunk as published; None for an ordinary publication (its data has no
+    ``stream`` member). Raises ``MalformedChunk`` or ``StreamTooLarge``."""
+    if b'"stream"' not in pub.data:
+        return None
+    try:
+        data = orjson.loads(pub.data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or STREAM not in data:
+        return None
+    fields = data.pop(STREAM)
+    if (
+        not isinstance(fields, dict)
+        or not isinstance(fields.get("id"), str)
+        or not _ID.fullmatch(fields["id"])
+    ):
+        raise MalformedChunk("stream.id must be 1 to 64 of A-Z a-z 0-9 . _ : -")
+    stream = fields["id"]
+    unknown = set(fields) - {"id", "seq", "final"}
+    if unknown:
+        raise MalformedChunk(
+            f"stream {stream}: unknown field stream.{sorted(unknown)[0]} (from, abandoned: the hub's)"
+        )
+    seq = fields.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise MalformedChunk(f"stream {stream}: stream.seq must be an integer from 0 to {MAX_SEQ}")
+    final = fields.get("final", False)
+    if not isinstance(final, bool):
+        raise MalformedChunk(f"stream {stream}: stream.final must be true or false")
+    if len(pub.data) > limits.max_chunk_bytes:
+        raise StreamTooLarge(f"stream {stream}: a chunk is at most {limits.max_chunk_bytes} bytes")
+    text = data.pop(TEXT, None)
+    if not isinstance(text, str):
+        raise MalformedChunk(f"stream {stream}: data must have a string 'text'")
+    return Chunk(stream, seq, final, text, data)
 
 
 @dataclass(slots=True)
@@ -149,10 +166,8 @@ class _Open:
     size: int
     """UTF-8 bytes of the text so far."""
     extras: dict[str, Any]
-    tags: dict[str, str]
-    """The application's tags (the latest chunk's)."""
     pub: Publication
-    """The latest chunk (its client info is the publisher's)."""
+    """The latest chunk (its client info is the publisher's; its tags the application's)."""
     touched: float
 
     def text(self) -> str:
@@ -166,7 +181,8 @@ class Outcome:
     deliver: Publication
     """What live subscribers get now: the chunk as published, or on the final chunk the whole message."""
     keep: Publication | None = None
-    """What history keeps: the finished message (the same publication as ``deliver``), once."""
+    """What history keeps: the finished message (the same publication as ``deliver``), once; an ordinary
+    publication itself."""
 
 
 @dataclass(slots=True)
@@ -181,8 +197,11 @@ class ChannelStreams:
         return len(self._open)
 
     def accept(self, pub: Publication, now: float) -> Outcome:
-        """Take a published chunk; raise ``StreamRejected`` (nothing changed) or say what goes where."""
+        """Take a publication of the channel: raise ``StreamRejected`` for a refused chunk (nothing
+        changed), or say what goes out live and what history keeps. An ordinary publication passes."""
         chunk = parse_chunk(pub, self.limits)
+        if chunk is None:
+            return Outcome(pub, pub)
         stream = chunk.stream
         if stream in self._finished:
             raise ChunkAfterFinal(f"stream {stream} has finished")
@@ -204,15 +223,13 @@ class ChannelStreams:
                 raise StreamTooLarge(
                     f"stream {stream}: its other data is at most {self.limits.max_chunk_bytes} bytes"
                 )
-        tags = {k: v for k, v in (pub.tags or {}).items() if k not in STREAM_TAGS}
         if current is None:
-            current = _Open(chunk.seq, [], 0, {}, tags, pub, now)
+            current = _Open(chunk.seq, [], 0, {}, pub, now)
             self._open[stream] = current
         current.seq = chunk.seq
         current.parts.append(chunk.text)
         current.size = size
         current.extras = extras
-        current.tags = tags
         current.pub = pub
         current.touched = now
         if not chunk.final:
@@ -241,13 +258,14 @@ class ChannelStreams:
 
     @staticmethod
     def _whole(stream: str, state: _Open, final: bool = False, abandoned: bool = False) -> Publication:
-        tags = {**state.tags, STREAM: stream, SEQ: str(state.seq), FROM: "0"}
+        fields: dict[str, Any] = {"id": stream, "seq": state.seq, "from": 0}
         if final:
-            tags[FINAL] = "true"
+            fields["final"] = True
         if abandoned:
-            tags[ABANDONED] = "true"
-        data = orjson.dumps({**state.extras, "text": state.text()})
-        return Publication(data, info=state.pub.info, tags=tags, time=state.pub.time)
+            fields["abandoned"] = True
+        data = orjson.dumps({**state.extras, STREAM: fields, TEXT: state.text()})
+        pub = state.pub
+        return Publication(data, info=pub.info, tags=pub.tags, time=pub.time)
 
 
 def coalesce(pubs: list[Publication]) -> list[Publication]:
@@ -258,30 +276,37 @@ def coalesce(pubs: list[Publication]) -> list[Publication]:
     snapshot) is a barrier that keeps its place, so offsets still only grow.
     """
     out: list[Publication] = []
+    parsed: dict[int, dict[str, Any]] = {}
     runs: dict[str, int] = {}
     for pub in pubs:
-        stream = stream_of(pub)
-        tags = pub.tags or {}
-        if stream is None or tags.get(FROM) == "0" or tags.get(FINAL) == "true" or SEQ not in tags:
+        data = _stream_data(pub)
+        fields = data[STREAM] if data is not None else None
+        if data is None or fields is None or fields.get("from") == 0 or fields.get("final"):
             out.append(pub)
             runs.clear()
             continue
-        at = runs.get(stream)
+        at = runs.get(fields["id"])
         if at is None:
-            runs[stream] = len(out)
+            runs[fields["id"]] = len(out)
+            parsed[len(out)] = data
             out.append(pub)
             continue
-        out[at] = _join(out[at], pub)
+        before = parsed[at]
+        first = before[STREAM].get("from", before[STREAM]["seq"])
+        joined = {**before, **data, STREAM: {**fields, "from": first}, TEXT: before[TEXT] + data[TEXT]}
+        parsed[at] = joined
+        out[at] = Publication(orjson.dumps(joined), info=pub.info, tags=pub.tags, time=pub.time)
     return out
 
 
-def _join(first: Publication, second: Publication) -> Publication:
-    """Two adjacent chunks of a stream as one (the second's tags and extras win)."""
-    before = orjson.loads(first.data)
-    after = orjson.loads(second.data)
-    data = {**before, **after, "text": before["text"] + after["text"]}
-    tags = {**(second.tags or {}), FROM: (first.tags or {}).get(FROM, (first.tags or {})[SEQ])}
-    return Publication(orjson.dumps(data), info=second.info, tags=tags, time=second.time)
+def _stream_data(pub: Publication) -> dict[str, Any] | None:
+    """The data of a stream publication as the hub sends it out; None for anything else."""
+    if b'"stream"' not in pub.data:
+        return None
+    data = orjson.loads(pub.data)
+    if not isinstance(data, dict) or not isinstance(data.get(STREAM), dict):
+        return None
+    return data
 
 
 @dataclass(slots=True)
@@ -297,23 +322,23 @@ class StreamView:
     duplicates: int = 0
 
     def feed(self, pub: Publication) -> None:
-        stream = stream_of(pub)
-        if stream is None:
+        data = _stream_data(pub)
+        if data is None:
             return
-        tags = pub.tags or {}
-        seq = int(tags[SEQ])
-        first = int(tags.get(FROM, seq))
-        text = orjson.loads(pub.data)["text"]
-        if stream in self.seqs and (seq < self.seqs[stream] or (seq == self.seqs[stream] and first > 0)):
+        fields = data[STREAM]
+        stream, seq = fields["id"], fields["seq"]
+        first = fields.get("from", seq)
+        known = self.seqs.get(stream)
+        if known is not None and (seq < known or (seq == known and first > 0)):
             self.duplicates += 1  # already seen (a whole text from 0 at the same seq may add the final mark)
             return
         if first == 0:
-            self.texts[stream] = text
-        elif stream in self.seqs and first == self.seqs[stream] + 1:
-            self.texts[stream] += text
+            self.texts[stream] = data[TEXT]
+        elif known is not None and first == known + 1:
+            self.texts[stream] += data[TEXT]
         else:
             self.gaps += 1
             return
         self.seqs[stream] = seq
-        if tags.get(FINAL) == "true":
+        if fields.get("final"):
             self.finished.add(stream)

@@ -13,11 +13,6 @@ from hypothesis import strategies as st
 
 from channels.publication import ClientInfo, Publication
 from channels.streams import (
-    ABANDONED,
-    FINAL,
-    FROM,
-    SEQ,
-    STREAM,
     ChannelStreams,
     ChunkAfterFinal,
     ChunkOutOfOrder,
@@ -35,14 +30,18 @@ BOT = ClientInfo("bot", "c1")
 
 
 def chunk(stream: str, seq: int, text: str, final: bool = False, **extra: Any) -> Publication:
-    tags = {STREAM: stream, SEQ: str(seq), "app": "x"}
+    fields: dict[str, Any] = {"id": stream, "seq": seq}
     if final:
-        tags[FINAL] = "true"
-    return Publication(orjson.dumps({"text": text, **extra}), info=BOT, tags=tags)
+        fields["final"] = True
+    return Publication(orjson.dumps({"stream": fields, "text": text, **extra}), info=BOT, tags={"app": "x"})
 
 
 def text_of(pub: Publication) -> str:
     return str(orjson.loads(pub.data)["text"])
+
+
+def fields_of(pub: Publication) -> dict[str, Any]:
+    return dict(orjson.loads(pub.data)["stream"])
 
 
 def test_a_stream_live_and_in_history() -> None:
@@ -59,9 +58,12 @@ def test_a_stream_live_and_in_history() -> None:
     )  # passed as published
     (message,) = kept
     assert message is live[-1]  # the final chunk goes out as the whole message, the one history keeps
-    assert orjson.loads(message.data) == {"reply_to": "q7", "text": "Hello wörld"}
-    assert message.tags == {"app": "x", STREAM: "m1", SEQ: "3", FROM: "0", FINAL: "true"}
-    assert message.info == BOT
+    assert orjson.loads(message.data) == {
+        "reply_to": "q7",
+        "stream": {"id": "m1", "seq": 3, "from": 0, "final": True},
+        "text": "Hello wörld",
+    }
+    assert message.tags == {"app": "x"} and message.info == BOT
     view = StreamView()
     for pub in live:
         view.feed(pub)
@@ -74,9 +76,20 @@ def test_other_members_of_the_data_are_kept_the_latest_winning() -> None:
     streams.accept(chunk("s", 0, "a", model="m", step=1), 0.0)
     streams.accept(chunk("s", 1, "b", step=2), 0.0)
     (snapshot,) = streams.snapshot()
-    assert orjson.loads(snapshot.data) == {"model": "m", "step": 2, "text": "ab"}
+    assert orjson.loads(snapshot.data) == {
+        "model": "m",
+        "step": 2,
+        "stream": {"id": "s", "seq": 1, "from": 0},
+        "text": "ab",
+    }
     message = streams.accept(chunk("s", 2, "", final=True, finish_reason="stop"), 0.0).deliver
-    assert orjson.loads(message.data) == {"model": "m", "step": 2, "finish_reason": "stop", "text": "ab"}
+    assert orjson.loads(message.data) == {
+        "model": "m",
+        "step": 2,
+        "finish_reason": "stop",
+        "stream": {"id": "s", "seq": 2, "from": 0, "final": True},
+        "text": "ab",
+    }
 
 
 def test_chunks_out_of_order_after_the_final_or_duplicated_are_refused_and_change_nothing() -> None:
@@ -106,21 +119,21 @@ def test_finished_ids_are_remembered_within_a_bound() -> None:
 
 
 def test_bounded_memory_per_channel() -> None:
-    streams = ChannelStreams(StreamLimits(max_open=2, max_chunk_bytes=64, max_message_bytes=100))
+    streams = ChannelStreams(StreamLimits(max_open=2, max_chunk_bytes=128, max_message_bytes=100))
     streams.accept(chunk("a", 0, "x"), 0.0)
     streams.accept(chunk("b", 0, "x"), 0.0)
     with pytest.raises(TooManyStreams, match="2 streams are open"):
         streams.accept(chunk("c", 0, "x"), 0.0)
-    with pytest.raises(StreamTooLarge, match="a chunk is at most 64 bytes"):
-        streams.accept(chunk("a", 1, "y" * 60), 0.0)
+    with pytest.raises(StreamTooLarge, match="a chunk is at most 128 bytes"):
+        streams.accept(chunk("a", 1, "y" * 100), 0.0)
     for seq in range(1, 3):
         streams.accept(chunk("a", seq, "y" * 40), 0.0)
     with pytest.raises(StreamTooLarge, match="a message is at most 100 bytes"):
         streams.accept(chunk("a", 3, "y" * 40), 0.0)
     for n in range(2):
-        streams.accept(chunk("b", n + 1, "", **{f"k{n}": "v" * 20}), 0.0)
+        streams.accept(chunk("b", n + 1, "", **{f"k{n}": "v" * 40}), 0.0)
     with pytest.raises(StreamTooLarge, match="other data"):  # each chunk small, the merged data not
-        streams.accept(chunk("b", 3, "", k9="v" * 20), 0.0)
+        streams.accept(chunk("b", 3, "", k9="v" * 40), 0.0)
     streams.accept(chunk("a", 3, "", final=True), 0.0)
     streams.accept(chunk("c", 0, "room again"), 0.0)  # a finished stream frees its place
 
@@ -132,43 +145,56 @@ def test_an_abandoned_stream_finishes_as_it_is() -> None:
     assert streams.expire(now=9.0) == []
     (message,) = streams.expire(now=10.0)
     assert text_of(message) == "half a rep"
-    assert message.tags is not None and message.tags[ABANDONED] == "true" and message.tags[FINAL] == "true"
+    assert fields_of(message) == {"id": "old", "seq": 0, "from": 0, "final": True, "abandoned": True}
     assert [text_of(p) for p in streams.snapshot()] == ["fresh"]
     with pytest.raises(ChunkAfterFinal):
         streams.accept(chunk("old", 1, "ly"), now=11.0)
 
 
 @pytest.mark.parametrize(
-    ("tags", "data", "message"),
+    ("data", "message"),
     [
-        ({STREAM: "", SEQ: "0"}, b'{"text": ""}', "stream id"),
-        ({STREAM: "a b", SEQ: "0"}, b'{"text": ""}', "stream id"),
-        ({STREAM: "x" * 65, SEQ: "0"}, b'{"text": ""}', "stream id"),
-        ({STREAM: "s"}, b'{"text": ""}', "stream.seq must be a decimal number"),
-        ({STREAM: "s", SEQ: "-1"}, b'{"text": ""}', "stream.seq must be a decimal number"),
-        ({STREAM: "s", SEQ: "01"}, b'{"text": ""}', "stream.seq must be a decimal number"),
-        ({STREAM: "s", SEQ: "1e3"}, b'{"text": ""}', "stream.seq must be a decimal number"),
-        ({STREAM: "s", SEQ: "9999999999"}, b'{"text": ""}', "stream.seq must be a decimal number"),
-        ({STREAM: "s", SEQ: "0", FINAL: "yes"}, b'{"text": ""}', "stream.final must be"),
-        ({STREAM: "s", SEQ: "0", FROM: "0"}, b'{"text": ""}', "set by the hub"),
-        ({STREAM: "s", SEQ: "0"}, b"not json", "data must be a JSON object"),
-        ({STREAM: "s", SEQ: "0"}, b'"text"', "with a string 'text'"),
-        ({STREAM: "s", SEQ: "0"}, b'{"text": 5}', "with a string 'text'"),
-        ({STREAM: "s", SEQ: "0"}, b'{"content": "x"}', "with a string 'text'"),
+        ({"stream": "s", "text": ""}, "stream.id must be"),
+        ({"stream": {"seq": 0}, "text": ""}, "stream.id must be"),
+        ({"stream": {"id": "", "seq": 0}, "text": ""}, "stream.id must be"),
+        ({"stream": {"id": "a b", "seq": 0}, "text": ""}, "stream.id must be"),
+        ({"stream": {"id": "x" * 65, "seq": 0}, "text": ""}, "stream.id must be"),
+        ({"stream": {"id": "s"}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": -1}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": "0"}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": 1.0}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": True}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": 10**10}, "text": ""}, "stream.seq must be an integer"),
+        ({"stream": {"id": "s", "seq": 0, "final": "yes"}, "text": ""}, "stream.final must be"),
+        ({"stream": {"id": "s", "seq": 0, "from": 0}, "text": ""}, "unknown field stream.from"),
+        ({"stream": {"id": "s", "seq": 0, "abandoned": True}, "text": ""}, "unknown field stream.abandoned"),
+        ({"stream": {"id": "s", "seq": 0}}, "string 'text'"),
+        ({"stream": {"id": "s", "seq": 0}, "text": 5}, "string 'text'"),
     ],
 )
-def test_malformed_chunks(tags: dict[str, str], data: bytes, message: str) -> None:
+def test_malformed_chunks(data: Any, message: str) -> None:
     streams = ChannelStreams()
     with pytest.raises(MalformedChunk, match=message):
-        streams.accept(Publication(data, tags=tags), 0.0)
+        streams.accept(Publication(orjson.dumps(data)), 0.0)
     assert len(streams) == 0
 
 
-def test_an_ordinary_publication_is_not_a_stream() -> None:
-    assert stream_of(Publication(b"{}")) is None
-    assert stream_of(Publication(b"{}", tags={"app": "x"})) is None
+def test_ordinary_publications_pass_and_history_keeps_them() -> None:
+    streams = ChannelStreams()
+    for data in (
+        b'{"text": "hi"}',
+        b'"a string"',
+        b"not json at all",
+        b'{"note": "a \\"stream\\" in a value"}',
+        b"[1]",
+    ):
+        pub = Publication(data, offset=0)
+        assert stream_of(pub) is None and parse_chunk(pub) is None
+        outcome = streams.accept(pub, 0.0)
+        assert outcome.deliver is pub and outcome.keep is pub
     assert stream_of(chunk("s", 0, "")) == "s"
-    assert parse_chunk(chunk("s", 3, "hi", final=True)).final
+    parsed = parse_chunk(chunk("s", 3, "hi", final=True, model="m"))
+    assert parsed is not None and parsed.final and parsed.extras == {"model": "m"}
 
 
 # ---------------------------------------------------------------- properties
@@ -274,5 +300,5 @@ def test_coalescing_joins_runs_of_chunks_and_stops_at_barriers() -> None:
     plain = Publication(b'{"n": 1}', offset=5)
     out = coalesce([a0, b0, a1, plain, a2])
     assert [text_of(p) if stream_of(p) else "plain" for p in out] == ["xy", "z", "plain", "w"]
-    assert out[0].tags is not None and out[0].tags[FROM] == "0" and out[0].tags[SEQ] == "1"
+    assert fields_of(out[0]) == {"id": "a", "seq": 1, "from": 0}
     assert out[2] is plain and out[3] is a2
