@@ -53,7 +53,7 @@ def to_codepoint(chars: str, index: int, unit: str) -> int | None:
     """The code point offset of ``index`` (in ``unit``); None when out of range or inside a character."""
     if unit == "codepoint" or chars.isascii():
         return index if index <= len(chars) else None
-    units = chars.encode("utf-16-le")
+    units = chars[:index].encode("utf-16-le")  # index code points are at least index units
     if 2 * index > len(units):
         return None
     try:
