@@ -273,9 +273,11 @@ def apply_edit(
 ) -> EditResult:
     """Check ``ops`` whole, then apply them to ``doc`` in one transaction (see the module docstring).
 
-    Must be called outside any transaction on ``doc`` (pycrdt raises ``RuntimeError``): the update is
-    taken when this function's own transaction commits. Raises ``EditRejected`` (nothing applied).
+    Must be called outside any transaction on ``doc`` (``RuntimeError``): the update is taken when this
+    function's own transaction commits. Raises ``EditRejected`` (nothing applied).
     """
+    if doc._txn is not None:  # checked first: the dry run and the version are read outside it
+        raise RuntimeError("apply_edit runs its own transaction; call it outside any other")
     parsed = parse_ops(ops, limits)
     if unit not in UNITS:
         raise InvalidEdit(f"unit must be one of {', '.join(UNITS)}")

@@ -769,3 +769,10 @@ def test_concurrent_edits_converge_whatever_order_the_updates_arrive_in(data: st
     contents = [orjson.dumps(document_json(r), option=orjson.OPT_SORT_KEYS) for r in replicas]
     assert len(set(contents)) == 1
     assert len({document_version(r).encode() for r in replicas}) == 1
+
+
+def test_apply_edit_refuses_to_run_inside_another_transaction() -> None:
+    doc = sample()
+    with doc.transaction(), pytest.raises(RuntimeError, match="outside any other"):
+        apply_edit(doc, [_insert(["body"], 0, "x")])
+    assert "x" not in document_json(doc)["body"]
