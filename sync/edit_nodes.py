@@ -147,15 +147,9 @@ class DocNodes(ABC):
     def create_root(self, name: str, kind: str) -> Any: ...
 
 
-Node: TypeAlias = TextNode | MapNode | SeqNode
-
-
 def node_kind(node: Any) -> str:
-    if isinstance(node, TextNode):
-        return node.kind
-    if isinstance(node, SeqNode):
-        return node.kind
-    return "map"
+    """``text``, ``xmltext``, ``map``, ``array``, ``xmlfragment`` or ``xmlelement``."""
+    return node.kind if isinstance(node, TextNode | SeqNode) else "map"
 
 
 # ---- the live document (pycrdt)
