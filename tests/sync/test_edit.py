@@ -740,10 +740,11 @@ def test_edits_do_what_the_model_says_or_are_refused_without_a_trace(data: st.Da
         assert document_version(doc) == version
     else:
         result = apply_edit(doc, ops, unit="codepoint")
-        assert document_json(doc) == expected
+        visible = {name: value for name, value in expected.items() if value not in ("", {}, [])}
+        assert document_json(doc) == visible  # (the content JSON leaves out a root with nothing in it)
         replica = received(base)
         replica.apply_update(result.update)
-        assert document_json(replica) == expected
+        assert document_json(replica) == visible
 
 
 @given(st.data())
