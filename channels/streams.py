@@ -110,13 +110,8 @@ class Chunk:
 def stream_of(pub: Publication) -> str | None:
     """The id of the stream a publication belongs to; None for an ordinary publication (or a chunk whose
     stream field is malformed). Cheap for ordinary publications: their bytes are not parsed."""
-    if b'"stream"' not in pub.data:
-        return None
-    try:
-        data = orjson.loads(pub.data)
-    except orjson.JSONDecodeError:
-        return None
-    fields = data.get(STREAM) if isinstance(data, dict) else None
+    data = _with_stream(pub)
+    fields = data[STREAM] if data is not None else None
     stream = fields.get("id") if isinstance(fields, dict) else None
     return stream if isinstance(stream, str) else None
 
@@ -124,13 +119,8 @@ def stream_of(pub: Publication) -> str | None:
 def parse_chunk(pub: Publication, limits: StreamLimits = StreamLimits()) -> Chunk | None:
     """The stream fields of a chunk as published; None for an ordinary publication (its data has no
     ``stream`` member). Raises ``MalformedChunk`` or ``StreamTooLarge``."""
-    if b'"stream"' not in pub.data:
-        return None
-    try:
-        data = orjson.loads(pub.data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or STREAM not in data:
+    data = _with_stream(pub)
+    if data is None:
         return None
     fields = data.pop(STREAM)
     if (
@@ -299,14 +289,27 @@ def coalesce(pubs: list[Publication]) -> list[Publication]:
     return out
 
 
-def _stream_data(pub: Publication) -> dict[str, Any] | None:
-    """The data of a stream publication as the hub sends it out; None for anything else."""
+def _with_stream(pub: Publication) -> dict[str, Any] | None:
+    """The data as a JSON object when it has a ``stream`` member; None otherwise (never raises). Data that
+    does not mention "stream" is not parsed."""
     if b'"stream"' not in pub.data:
         return None
-    data = orjson.loads(pub.data)
-    if not isinstance(data, dict) or not isinstance(data.get(STREAM), dict):
+    try:
+        data = orjson.loads(pub.data)
+    except orjson.JSONDecodeError:
         return None
-    return data
+    return data if isinstance(data, dict) and STREAM in data else None
+
+
+def _stream_data(pub: Publication) -> dict[str, Any] | None:
+    """The data of a stream publication as the hub sends it out (stream id, seq, text); None otherwise."""
+    data = _with_stream(pub)
+    if data is None:
+        return None
+    fields = data[STREAM]
+    if not isinstance(fields, dict) or not isinstance(fields.get("id"), str):
+        return None
+    return data if isinstance(fields.get("seq"), int) and isinstance(data.get(TEXT), str) else None
 
 
 @dataclass(slots=True)

@@ -295,6 +295,21 @@ def test_coalescing_per_write_changes_nothing_a_client_reassembles(
     assert offsets == sorted(offsets) == [p.offset for p in outgoing if p.offset]  # ordinary ones keep order
 
 
+def test_what_only_looks_like_a_stream_is_an_ordinary_publication_everywhere() -> None:
+    """Binary data (a Protobuf client's), or JSON whose "stream" is something else, mentioning "stream"."""
+    odd = [
+        Publication(b'\x00"stream"\xff'),
+        Publication(b'{"stream": "a name", "text": 1}'),
+        Publication(b'["stream"]'),
+    ]
+    view = StreamView()
+    for pub in odd:
+        view.feed(pub)
+    assert view.texts == {} and view.gaps == 0
+    assert coalesce([chunk("a", 0, "x"), *odd, chunk("a", 1, "y")])[1:4] == odd
+    assert [stream_of(pub) for pub in odd] == [None, None, None]
+
+
 def test_coalescing_joins_runs_of_chunks_and_stops_at_barriers() -> None:
     a0, a1, b0, a2 = chunk("a", 0, "x"), chunk("a", 1, "y"), chunk("b", 0, "z"), chunk("a", 2, "w")
     plain = Publication(b'{"n": 1}', offset=5)
