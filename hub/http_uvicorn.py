@@ -18,7 +18,11 @@ limits (``HttpGuard``, one per server):
 
 A breach answers 408 Request Timeout (503 for an eviction) and closes the connection; when a response has
 started already it only closes it (a response in progress is never interleaved with another). An
-application waiting for the body sees ``http.disconnect``. Every refusal is counted (``Metrics.http_refused``,
+application waiting for the body sees ``http.disconnect``. The close lingers (as nginx's ``lingering_close``):
+the answer is written and the sending side shut (FIN), and what the client still sends is read and dropped
+for at most ``LINGER`` seconds before the socket is closed. Closing at once while a trickled body is still
+arriving would make the kernel answer the unread bytes with a reset, which can destroy the 408 in the
+client's receive queue before it reads it. Every refusal is counted (``Metrics.http_refused``,
 by reason) and logged as one WARNING line, at most one per 10 s for each reason (``ThrottledLog``).
 A WebSocket upgrade is an ordinary request until its headers are complete (so a handshake cannot hang
 either); from there the WebSocket protocol and the hub's own stale-connection check take over.
@@ -54,6 +58,8 @@ def _response(status: bytes, body: bytes) -> bytes:
 REQUEST_TIMEOUT = _response(b"408 Request Timeout", b"request not received in time\n")
 OVERLOADED = _response(b"503 Service Unavailable", b"too many requests arriving at once\n")
 TIMEOUTS = {"headers": HEADER_TIMEOUT, "body": BODY_TIMEOUT}
+LINGER = 2.0
+"""Seconds a refused connection is still read (and its input dropped) after the answer, before the close."""
 ANSWERS = {HEADER_TIMEOUT: REQUEST_TIMEOUT, BODY_TIMEOUT: REQUEST_TIMEOUT, UNFINISHED_LIMIT: OVERLOADED}
 
 
@@ -116,6 +122,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._phase: str | None = None
         """"headers" or "body" while this connection's request is arriving (and counted), else None."""
         self._deadline: asyncio.TimerHandle | None = None
+        self._lingering = False
+        """The connection was refused: its input is dropped until the peer closes or ``LINGER`` passes."""
 
     # -- the phases of a request -------------------------------------------------------------------------
 
@@ -147,7 +155,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         if answering:
             self.transport.write(ANSWERS[reason])
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Shut the sending side once the answer is out, drop input until the peer closes, then close."""
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self.loop.call_later(LINGER, transport.close)
 
     # -- uvicorn's protocol, with the phases -------------------------------------------------------------
 
@@ -161,6 +179,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._lingering:
+            self.transport.close()
+            return
+        super().eof_received()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
