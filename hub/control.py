@@ -27,6 +27,8 @@ Policies (``RedisControl``):
 - A survey (``channels``, ``info`` of one tenant, an emulation request) asks the live nodes (or the one
   named) and waits for every answer, up to ``survey_timeout``; a node that leaves meanwhile is not waited
   for. A missing answer is ``ControlUnavailable``, not a partial result presented as the whole.
+- Other parts add surveys of their own (``answer(op, handler)``, then ``survey(op, args)``: the console's
+  connections of a user, open documents); every node must register the same ones, as the app does.
 
 Error tree::
 
@@ -42,7 +44,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +66,10 @@ SURVEY_TIMEOUT = 5.0
 """Seconds a survey waits for the answers of every live node."""
 NO_CLIENT = ""
 """A client id no connection has: the target of a ``session`` that matches none on a node."""
+
+
+SurveyHandler = Callable[[list[Any]], Awaitable[Any]]
+"""Answers one node's share of an added survey: args (msgpack-able values) in, a msgpack-able value out."""
 
 
 class ControlUnavailable(ConnectionError):
@@ -114,6 +120,12 @@ class Control(Protocol):
     async def emulate(self, node_id: str, session: str, data: bytes) -> bool:
         """Hand commands of an emulation session to the node holding it; False when there is no such live
         node or session. Returns once that node handled them."""
+
+    def answer(self, op: str, handler: SurveyHandler) -> None:
+        """Answer the added survey ``op`` on this node with ``handler``."""
+
+    async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
+        """Every live node's answer (this node's included) to the added survey ``op``, by node id."""
 
 
 # ---------------------------------------------------------------- what every node does locally
@@ -170,6 +182,7 @@ class LocalControl:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.handlers: dict[str, SurveyHandler] = {}
 
     async def start(self) -> None:
         pass
@@ -202,6 +215,12 @@ class LocalControl:
 
     async def emulate(self, node_id: str, session: str, data: bytes) -> bool:
         return node_id == self.node.id and await _emulate_local(self.node, session, data)
+
+    def answer(self, op: str, handler: SurveyHandler) -> None:
+        self.handlers[op] = handler
+
+    async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
+        return {self.node.id: await self.handlers[op](args)}
 
 
 def _json_text(data: Any) -> bytes:
@@ -268,6 +287,8 @@ class RedisControl:
         self._peers: dict[str, _Peer] = {}
         """The other live nodes, by id."""
         self._surveys: dict[str, _Survey] = {}
+        self.handlers: dict[str, SurveyHandler] = {}
+        """Added surveys this node answers (``answer``)."""
         self._ops: asyncio.Queue[tuple[str, Target, list[Any]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._answering: set[asyncio.Task[None]] = set()
@@ -448,6 +469,15 @@ class RedisControl:
         answers = await self._survey("emulate", [session, data], to=node_id)
         return bool(answers.get(node_id))
 
+    def answer(self, op: str, handler: SurveyHandler) -> None:
+        self.handlers[op] = handler
+
+    async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
+        self._check_up()
+        mine = await self.handlers[op](args)
+        answers = await self._survey("x", [op, args])
+        return {self.node.id: mine, **answers}
+
     # ------------------------------------------------------------ operations
 
     async def subscribe_user(self, target: Target, channel: str) -> None:
@@ -521,6 +551,8 @@ class RedisControl:
                 value = _channel_counts(self.node, args[0], args[1])
             elif op == "emulate":
                 value = await _emulate_local(self.node, args[0], args[1])
+            elif op == "x" and args[0] in self.handlers:
+                value = await self.handlers[args[0]](args[1])
             else:
                 error = f"unknown survey {op!r}"
         except Exception as exc:

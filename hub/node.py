@@ -12,7 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace
@@ -41,6 +41,18 @@ TICK = 1.0
 """Seconds between two passes of the session clock."""
 POSITION_CHECK_BACKOFF: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
 """Seconds between the attempts of a position check after a reconnect (then: recover, as if missed)."""
+
+
+class ChannelTap(Protocol):
+    """An observer of one channel's traffic on this node (the console's channel inspector): told of each
+    publication, join and leave the broker delivers for the channel, synchronously on the fan-out path.
+    It must only queue (within its own bound) and return; it never raises."""
+
+    def publication(self, key: ChannelKey, pub: Publication) -> None: ...
+
+    def join(self, key: ChannelKey, info: ClientInfo) -> None: ...
+
+    def leave(self, key: ChannelKey, info: ClientInfo) -> None: ...
 
 
 def new_node_id(config: Config) -> str:
@@ -93,6 +105,10 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self._presence_refresh: asyncio.Task[None] | None = None
         self._next_presence_refresh = 0.0
+        self.taps: dict[ChannelKey, list[ChannelTap]] = {}
+        """Observers of single channels (``tap``); the node receives their channels from the broker."""
+        self.info_sources: list[Callable[[], dict[str, Any]]] = []
+        """More figures for ``info()`` of the whole node (documents, process, Redis), added by the app."""
         self.control: Control = LocalControl(self)
         """Operations on every node of the hub (``hub.control``): this node alone unless the app sets a
         shared control channel before ``start``."""
@@ -235,10 +251,28 @@ class Node:
         if key not in self._broker_keys:
             return
         async with self._channel_lock(key):
-            if key in self._broker_keys and not self.registry.has_local(key):
+            if key in self._broker_keys and not self.registry.has_local(key) and key not in self.taps:
                 self._broker_keys.discard(key)
                 self.positions.forget(key)
                 await self.broker.unsubscribe(key)
+
+    async def tap(self, key: ChannelKey, tap: ChannelTap) -> None:
+        """Tell ``tap`` of ``key``'s traffic from now on (the broker delivers ``key`` once this returns)."""
+        self.taps.setdefault(key, []).append(tap)
+        try:
+            await self.acquire_channel(key)
+        except BaseException:
+            await self.untap(key, tap)
+            raise
+
+    async def untap(self, key: ChannelKey, tap: ChannelTap) -> None:
+        taps = self.taps.get(key)
+        if taps is None or tap not in taps:
+            return
+        taps.remove(tap)
+        if not taps:
+            del self.taps[key]
+        await self.release_channel(key)
 
     def spawn(self, coro: Any, what: str) -> None:
         """Run ``coro`` in the background, kept referenced, its failure logged."""
@@ -384,6 +418,9 @@ class Node:
         if pending:
             for buffered in pending.values():
                 buffered.append(pub)
+        if self.taps:  # one check per publication while nothing is tapped
+            for tap in self.taps.get(key, ()):
+                tap.publication(key, pub)
 
     def handle_resubscribed(self, keys: list[ChannelKey]) -> None:
         """The broker's connection came back and ``keys`` are delivered again: whatever was published
@@ -425,9 +462,13 @@ class Node:
 
     def handle_join(self, key: ChannelKey, info: ClientInfo) -> None:
         self._push_join_leave(key, "encode_join_push", info)
+        for tap in self.taps.get(key, ()):
+            tap.join(key, info)
 
     def handle_leave(self, key: ChannelKey, info: ClientInfo) -> None:
         self._push_join_leave(key, "encode_leave_push", info)
+        for tap in self.taps.get(key, ()):
+            tap.leave(key, info)
 
     def _push_join_leave(self, key: ChannelKey, encoder: str, info: ClientInfo) -> None:
         tables = self.registry.fanout.get(key)
@@ -552,7 +593,7 @@ class Node:
         clients = [c for c in registry.clients.values() if tenant is None or c.tenant == tenant]
         users = [k for k in registry.users if tenant is None or k[0] == tenant]
         channels = [k for k in registry.fanout if tenant is None or k[0] == tenant]
-        return {
+        out = {
             "uid": self.id,
             "name": self.id,
             "version": self.version,
@@ -562,3 +603,7 @@ class Node:
             "num_subs": sum(registry.subscriber_count(k) for k in channels),
             "uptime": int(time.monotonic() - self.started_at) if self.started else 0,
         }
+        if tenant is None:
+            for source in self.info_sources:
+                out.update(source())
+        return out

@@ -149,6 +149,8 @@ class DocRoom:
         """Whether this node writes the document to the store (the writer lease, when ``link`` is set)."""
         self.unstored = False
         """Changes were applied that this node did not journal (it was not the writer then)."""
+        self.stored_at = 0.0
+        """Wall-clock second the last update this node journaled became durable (0: none yet)."""
         self._remote = False
         """The change being applied came from another node (not to be published again)."""
         self._subscription = self.doc.observe(self._on_change)
@@ -293,7 +295,7 @@ class DocRoom:
             self.journal.append(self.key, update)
             self.log_rows += 1
             self.log_bytes += len(update)
-            self.journal.after_durable(lambda: self._relay(message, sender), self.key)
+            self.journal.after_durable(lambda: self._durable(message, sender), self.key)
             if not self._compact_due and self._compaction_due():
                 self._compact_due = True
                 asyncio.get_running_loop().call_soon(self._compact_if_due)
@@ -302,6 +304,10 @@ class DocRoom:
             self._relay(message, sender)
         if self.link is not None and not self._remote:
             self.link.publish_update(update)
+
+    def _durable(self, message: bytes, sender: Peer | None) -> None:
+        self.stored_at = time.time()
+        self._relay(message, sender)
 
     def _relay(self, message: bytes, sender: Peer | None) -> None:
         if self.closed:
