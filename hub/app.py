@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -22,6 +23,10 @@ from channels.broker import Broker
 from channels.broker_memory import MemoryBroker
 from channels.publication import PublishResult
 from channels.redis_shards import RedisShards
+from hub.admin.console import Console
+from hub.admin.inspect import node_figures
+from hub.admin.store import ConsoleStore
+from hub.admin.store_sqlite import SqliteConsoleStore
 from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
@@ -38,6 +43,7 @@ from sync.store_sqlite import SqliteDocumentStore
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 WEBSOCKET_PATH = "/connection/websocket"
+ADMIN_PREFIX = "/admin"
 
 
 def _route_path(scope: dict[str, Any]) -> str:
@@ -113,6 +119,11 @@ class Switchboard:
         )
         self.metrics_server: MetricsServer | None = None
         self.api = ServerAPI(node)
+        node.info_sources.append(node_figures(self.documents, self.redis))
+        store = _console_store(self.config, self.redis)
+        self.console = Console(self.config, node, self.api, self.documents, store)
+        """The admin console at ``/admin`` (``hub.admin``): 404 unless a password is configured."""
+        self.console.announce()
         self.http = Starlette(
             routes=[
                 Route("/health", self._health),
@@ -172,6 +183,7 @@ class Switchboard:
             await self.brokers.stop()
         await self.node.stop()
         await self.documents.close()
+        await self.console.store.close()
         if self.redis is not None:
             await self.redis.close()
         if self.metrics_server is not None:
@@ -230,6 +242,9 @@ class Switchboard:
             if path == EMULATION_PATH:
                 await emulation(self.node, scope, receive, send)
                 return
+            if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+                await self.console.serve(scope, path, receive, send)
+                return
         await self.http(scope, receive, send)
 
     async def _health(self, request: Request) -> JSONResponse:
@@ -256,6 +271,15 @@ def _redis_shards(config: Config) -> RedisShards | None:
         prefix=config.redis_prefix,
         connect_timeout=config.redis_connect_timeout,
     )
+
+
+def _console_store(config: Config, redis: RedisShards | None) -> ConsoleStore:
+    """The console's audit log and revoked sessions: in the shared Redis, else SQLite under data_dir."""
+    if redis is not None:
+        from hub.admin.store_redis import RedisConsoleStore
+
+        return RedisConsoleStore(redis, config.admin_audit_max_entries)
+    return SqliteConsoleStore(Path(config.data_dir) / "admin.sqlite3", config.admin_audit_max_entries)
 
 
 def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:

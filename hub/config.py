@@ -63,6 +63,7 @@ _DURATIONS = {
     "redis_connect_timeout",
     "http_header_timeout",
     "http_body_timeout",
+    "admin_session_ttl",
 }
 
 
@@ -146,6 +147,24 @@ class Config:
     doc_store: str = "auto"
     """Where documents are stored: ``sqlite`` (under data_dir), ``redis`` (needs redis_urls), or ``auto``:
     redis when redis_urls are set, else sqlite."""
+
+    admin_password: str = ""
+    """Signs in to the console (``/admin``) with full control. No admin or read-only password (plain or
+    hash): the console does not exist (404), except in development mode (a one-time password is logged)."""
+    admin_password_hash: str = ""
+    """``admin_password`` as a hash (``switchboard admin-hash``: scrypt or pbkdf2_sha256)."""
+    admin_readonly_password: str = ""
+    """Signs in to the console read-only: every view, no action."""
+    admin_readonly_password_hash: str = ""
+    admin_session_ttl: float = 28800.0
+    """Seconds a console sign-in lasts."""
+    admin_trust_proxy_headers: bool = False
+    """Behind a TLS-terminating proxy: the console believes its ``X-Forwarded-Proto`` (Secure cookie, Origin
+    check) and the last address of ``X-Forwarded-For`` (sign-in throttling, audit log)."""
+    admin_audit_max_entries: int = 10000
+    """Console actions the audit log keeps (the oldest go first)."""
+    admin_max_streams: int = 32
+    """Live console streams (browser tabs) one node serves at once; past it: 503."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
@@ -444,3 +463,19 @@ def validate(cfg: Config) -> None:
     keys = [k.key for k in cfg.server_api_keys()]
     if len(set(keys)) != len(keys):
         raise ConfigError("an API key is configured twice")
+    _validate_admin(cfg)
+
+
+def _validate_admin(cfg: Config) -> None:
+    from hub.admin.auth import BadHash, credentials
+
+    try:
+        credentials(
+            cfg.admin_password,
+            cfg.admin_password_hash,
+            cfg.admin_readonly_password,
+            cfg.admin_readonly_password_hash,
+        )
+    except BadHash as exc:
+        raise ConfigError(f"admin password hash: {exc}") from None
+    _require_positive(cfg, "admin_session_ttl", "admin_audit_max_entries", "admin_max_streams")
