@@ -93,9 +93,10 @@ class RunningHub:
 HubFactory = Callable[..., Awaitable[RunningHub]]
 
 
-@pytest.fixture
-async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
-    """Serve any ASGI app under uvicorn with the hub's WebSocket protocol, on a free port."""
+@contextlib.asynccontextmanager
+async def asgi_servers() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
+    """Serve any ASGI app under uvicorn with the hub's WebSocket protocol, on a free port; every server
+    started is stopped on leaving (``serve_asgi``, and fixtures on another event loop, e.g. tests/browser.py)."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(app: Any, cfg: Config) -> tuple[uvicorn.Server, int]:
@@ -111,12 +112,21 @@ async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[
                 await asyncio.sleep(0.01)
         return server, server.servers[0].sockets[0].getsockname()[1]
 
-    yield start
-    for server, task in running:
-        server.should_exit = True
-    for server, task in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, TIMEOUT)
+    try:
+        yield start
+    finally:
+        for server, task in running:
+            server.should_exit = True
+        for server, task in running:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, TIMEOUT)
+
+
+@pytest.fixture
+async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
+    """Serve any ASGI app under uvicorn with the hub's WebSocket protocol, on a free port."""
+    async with asgi_servers() as start:
+        yield start
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""The console in a real browser (Debian's Chromium through Playwright, tests/browser.py): signed in, it
+shows a user's connection join and leave live, and disconnects that user with a code the user's own
+client (the official centrifuge-python SDK) receives; a read-only session cannot act (its buttons are
+disabled and the endpoint refuses); failed sign-ins are throttled. Each page is saved as a screenshot."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from centrifuge import Client
+
+from tests.conftest import TIMEOUT, token
+from tests.hub.test_sdk_channels import Rec
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ADMIN = "admin-password-for-tests"
+READONLY = "readonly-password-for-tests"
+
+
+async def console_hub(browser_hubs: Any, tmp_path: Path) -> Any:
+    return await browser_hubs(admin_password=ADMIN, admin_readonly_password=READONLY, data_dir=str(tmp_path))
+
+
+async def sign_in(context: Any, hub: Any, password: str) -> Any:
+    page = await context.new_page()
+    await page.goto(f"{hub.http}/admin")
+    await page.get_by_test_id("password").fill(password)
+    await page.get_by_test_id("sign-in").click()
+    await page.get_by_test_id("role").wait_for()
+    return page
+
+
+async def shot(page: Any, artifacts: Path, name: str) -> None:
+    await page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+async def test_console_watches_a_user_live_and_disconnects_it(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await console_hub(browser_hubs, tmp_path)
+    page = await sign_in(context, hub, ADMIN)
+    assert await page.get_by_test_id("role").text_content() == "admin"
+    await page.get_by_test_id("node-row").first.wait_for()
+    await shot(page, artifacts, "console-cluster")
+
+    await page.goto(f"{hub.http}/admin/#/channel?name=chat:room")
+    await page.get_by_test_id("presence").get_by_text("0 connection(s)").wait_for()
+    rec = Rec()
+    client = Client(hub.url, token=token("alice", info={"name": "Alice"}), events=rec, timeout=TIMEOUT)
+    try:
+        await client.connect()
+        await client.ready(TIMEOUT)
+        sub = client.new_subscription("chat:room")
+        await sub.subscribe()
+        await sub.ready(TIMEOUT)
+        # The join appears without a reload: the presence diff came over the page's event stream.
+        alice_row = page.locator('[data-testid="presence-row"][data-user="alice"]')
+        await alice_row.wait_for()
+        await sub.publish({"text": "hello from alice"})
+        await page.get_by_test_id("tail-item").get_by_text("hello from alice").wait_for()
+        await shot(page, artifacts, "console-channel")
+
+        await page.get_by_test_id("nav-users").click()
+        await page.get_by_test_id("user").fill("alice")
+        await page.get_by_test_id("lookup").click()
+        row = page.locator(f'[data-testid="connection-row"][data-client="{client.client_id}"]')
+        await row.wait_for()
+        assert "python" in (await row.text_content() or "")  # the SDK's name from its connect request
+        await shot(page, artifacts, "console-users")
+        await page.get_by_test_id("disconnect-code").fill("4501")
+        await row.get_by_test_id("disconnect").click()
+        kind, ctx = await rec.next("disconnected")
+        assert ctx.code == 4501  # 4500-4999: final, the SDK does not reconnect
+        await page.get_by_test_id("connection-count").get_by_text("0 connection(s)").wait_for()
+
+        # The leave shows on the inspector, live.
+        await page.goto(f"{hub.http}/admin/#/channel?name=chat:room")
+        await page.get_by_test_id("presence").get_by_text("0 connection(s)").wait_for()
+
+        await page.get_by_test_id("nav-audit").click()
+        await page.get_by_test_id("audit-row").filter(has_text="disconnect").first.wait_for()
+        await shot(page, artifacts, "console-audit")
+    finally:
+        await client.disconnect()
+
+
+async def test_read_only_console_cannot_act(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await console_hub(browser_hubs, tmp_path)
+    rec = Rec()
+    client = Client(hub.url, token=token("bob"), events=rec, timeout=TIMEOUT)
+    await client.connect()
+    await client.ready(TIMEOUT)
+    try:
+        page = await sign_in(context, hub, READONLY)
+        assert await page.get_by_test_id("role").text_content() == "read-only"
+        await page.get_by_test_id("readonly-banner").wait_for()
+        await page.goto(f"{hub.http}/admin/#/users?user=bob")
+        row = page.locator(f'[data-testid="connection-row"][data-client="{client.client_id}"]')
+        await row.wait_for()
+        assert await row.get_by_test_id("disconnect").is_disabled()
+        assert await page.get_by_test_id("disconnect-all").is_disabled()
+        await shot(page, artifacts, "console-readonly-users")
+        # The endpoint refuses too, even with the session's CSRF token.
+        status = await page.evaluate(
+            """async () => {
+                const s = await (await fetch("api/session")).json();
+                const headers = {"content-type": "application/json", "x-csrf-token": s.csrf};
+                const body = JSON.stringify({action: "disconnect", user: "bob"});
+                const r = await fetch("api/action", {method: "POST", headers, body});
+                return r.status;
+            }"""
+        )
+        assert status == 403
+        assert client.state.value == "connected"
+    finally:
+        await client.disconnect()
+
+
+async def test_failed_sign_ins_are_throttled(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await console_hub(browser_hubs, tmp_path)
+    page = await context.new_page()
+    await page.goto(f"{hub.http}/admin/")
+    error = page.get_by_test_id("login-error")
+    for attempt in range(5):
+        await page.get_by_test_id("password").fill(f"wrong-{attempt}")
+        await page.get_by_test_id("sign-in").click()
+        await error.get_by_text("wrong password").wait_for()
+        await page.evaluate("document.querySelector('[data-testid=login-error]').textContent = ''")
+    await page.get_by_test_id("password").fill(ADMIN)  # even the right one waits now
+    await page.get_by_test_id("sign-in").click()
+    await error.get_by_text("Too many failed sign-ins").wait_for()
+    await shot(page, artifacts, "console-throttled")
+    assert await page.get_by_test_id("role").count() == 0
+
+
+async def test_documents_view(browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path) -> None:
+    hub = await console_hub(
+        browser_hubs,
+        tmp_path,
+    )
+    async with hub.sb.documents.open("notes/plan") as doc:
+        from pycrdt import Text
+
+        text = doc.get("body", type=Text)
+        with doc.transaction():
+            text += "ship the console"
+    await asyncio.sleep(0)
+    page = await sign_in(context, hub, ADMIN)
+    await page.goto(f"{hub.http}/admin/#/document?name=notes/plan")
+    await page.get_by_test_id("doc-content").get_by_text("ship the console").wait_for()
+    await shot(page, artifacts, "console-document")
