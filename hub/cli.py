@@ -226,6 +226,21 @@ def token(args: argparse.Namespace) -> None:
     )
 
 
+def admin_hash(args: argparse.Namespace) -> None:
+    """Print a hash of the console password read from stdin (or asked for on a terminal)."""
+    import getpass
+
+    from hub.admin.auth import hash_password
+
+    password = (
+        getpass.getpass("console password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    )
+    if not password:
+        print("switchboard: no password given", file=sys.stderr)
+        raise SystemExit(2)
+    print(hash_password(password, args.scheme))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard realtime hub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     p_token.add_argument("--channel", default=None, help="make a subscription token for this channel")
     p_token.add_argument("--config", default=None, help="TOML config file (default: $SWITCHBOARD_CONFIG)")
     p_token.set_defaults(func=token)
+    p_hash = sub.add_parser("admin-hash", help="print a hash for admin_password_hash (password from stdin)")
+    p_hash.add_argument("--scheme", choices=("scrypt", "pbkdf2_sha256"), default="scrypt")
+    p_hash.set_defaults(func=admin_hash)
     args = parser.parse_args(argv)
     args.func(args)
 
