@@ -17,7 +17,8 @@ Policies:
 - **CSRF.** The cookie is ``SameSite=Strict`` and ``HttpOnly``; every state-changing call must also carry
   ``X-CSRF-Token`` (an HMAC of the session id: the page gets it from ``/admin/api/session``, another site
   cannot read it) and, when the browser sends one, an ``Origin`` equal to the request's own.
-- **Throttling.** Failed sign-ins are limited per remote address (a token bucket of ``PER_ADDRESS_BURST``
+- **Throttling.** Sign-ins are counted before their password is checked and given back when it was
+  right, so failed ones are limited per remote address (a token bucket of ``PER_ADDRESS_BURST``
   refilled at ``PER_ADDRESS_RATE``/s) and over the whole node (``GLOBAL_BURST``, ``GLOBAL_RATE``); the
   address table holds at most ``MAX_ADDRESSES`` entries (the least recently used go first, full buckets
   are dropped), so no client can make it grow without limit. A throttled attempt is refused before its
@@ -301,6 +302,19 @@ class LoginThrottle:
         if bucket is not None:
             waits.append(_wait(bucket, now))
         return max(waits)
+
+    def attempt(self, address: str) -> None:
+        """Count a sign-in from ``address`` before its password is checked (so a burst of parallel attempts
+        cannot all pass the check before the first one fails); ``forgive`` gives it back on success."""
+        self.failed(address)
+
+    def forgive(self, address: str) -> None:
+        """A counted attempt succeeded: give its tokens back."""
+        now = self.clock()
+        for bucket in (self._global, self._addresses.get(address)):
+            if bucket is not None:
+                bucket.tokens = min(bucket.burst, _refilled(bucket, now) + 1.0)
+                bucket.stamp = now
 
     def failed(self, address: str) -> None:
         """Count a failed sign-in from ``address``."""

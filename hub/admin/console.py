@@ -19,6 +19,12 @@ Endpoints (JSON bodies and answers; every one under ``/admin`` answers 404 while
                                      refresh; run by the server API (``hub.api``), so its checks and
                                      errors are the API's
 
+The inbox's Notifications and deliveries view (per-tenant counts, webhook endpoints with their recent
+attempts, dead letters with replay) joins this table when the inbox exists in the code: its GET endpoints
+beside ``/api/documents`` (``_signed_in``), its replay as one more entry of ``ACTIONS`` if the server API
+offers it, else a POST of its own (``_signed_in(..., post=True)``, audited like ``_action``); its page joins
+``VIEWS`` in ``static/admin/views.js``.
+
 Policies:
 
 - Sign-in and sessions: ``hub.admin.auth``. Every POST but ``login`` needs the session's CSRF token in
@@ -199,6 +205,7 @@ class Console:
             auth.session_key(self.creds, config.token_hmac_secret_key), config.admin_session_ttl
         )
         self.throttle = auth.LoginThrottle()
+        self._checking = asyncio.Semaphore(2)
         self.roster = Roster()
         self.streams: dict[str, Stream] = {}
         self._quiet = _Quiet()
@@ -381,9 +388,12 @@ class Console:
         password = body.get("password")
         if not isinstance(password, str):
             return _error(400, "password must be a string")
-        role = await asyncio.to_thread(auth.check_password, self.creds, password)
+        self.throttle.attempt(remote)
+        async with self._checking:  # a password hash costs tens of milliseconds and 32 MiB: a few at once
+            role = await asyncio.to_thread(auth.check_password, self.creds, password)
+        if role is not None:
+            self.throttle.forgive(remote)
         if role is None:
-            self.throttle.failed(remote)
             self._quiet("login", "admin sign-in from %s failed: wrong password", remote)
             await self._audit_entry(request, "-", "login", "", {}, "refused: wrong password")
             return _error(401, "wrong password")

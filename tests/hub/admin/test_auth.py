@@ -154,3 +154,15 @@ def test_the_address_table_is_bounded() -> None:
         throttle.failed(f"addr-{i}")
         assert len(throttle) <= 50
     assert throttle.retry_after("addr-4999") == 0  # one failure of five
+
+
+def test_attempts_are_counted_before_the_check_and_forgiven_when_right() -> None:
+    clock = Clock()
+    throttle = auth.LoginThrottle(clock, per_address=(2, 0.01), overall=(100, 0.01))
+    for _ in range(10):  # an operator signing in again and again is never held back
+        throttle.attempt("10.0.0.1")
+        throttle.forgive("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == 0
+    throttle.attempt("10.0.0.1")  # two attempts in flight, neither checked yet: a third must wait
+    throttle.attempt("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") > 0

@@ -130,6 +130,15 @@ async def test_failed_sign_ins_are_throttled_with_retry_after(console: RunningHu
         assert r.json()["retry_after"] >= 1
 
 
+async def test_a_burst_of_parallel_guesses_is_throttled_too(console: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=console.http, timeout=TIMEOUT) as http:
+        answers = await asyncio.gather(
+            *(http.post("/admin/api/login", json={"password": f"guess-{i}"}) for i in range(40))
+        )
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses.count(401) == 5 and statuses.count(429) == 35  # only the burst's passwords were checked
+
+
 async def test_logout_revokes_the_cookie(console: RunningHub, clients: list[httpx.AsyncClient]) -> None:
     s = await sign_in(console, clients)
     kept = dict(s.http.cookies)
