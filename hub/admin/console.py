@@ -9,7 +9,7 @@ Endpoints (JSON bodies and answers; every one under ``/admin`` answers 404 while
     GET  /admin/api/nodes            ?tenant=               every node, and the gone ones
     GET  /admin/api/channels         ?tenant=&pattern=      channels with subscribers (the API's survey)
     GET  /admin/api/channel          ?tenant=&channel=      options, presence, stream position
-    GET  /admin/api/history          ?tenant=&channel=&limit=&reverse=
+    GET  /admin/api/history          ?tenant=&channel=&limit=&reverse=&before=&epoch=
     GET  /admin/api/user             ?tenant=&user=         every connection on every node
     GET  /admin/api/documents        ?tenant=               open documents on every node
     GET  /admin/api/document         ?tenant=&name=         connections, awareness, content preview
@@ -533,6 +533,9 @@ class Console:
             "limit": _int_param(request, "limit", 20, 1, MAX_HISTORY),
             "reverse": request.query_params.get("reverse", "1") != "0",
         }
+        before = _int_param(request, "before", 0, 0, 2**62)
+        if before:  # the page before offset ``before`` of epoch ``epoch`` (newest first)
+            params["since"] = {"offset": before, "epoch": _param(request, "epoch", required=True)}
         result, err = await self._call("history", params)
         if err is not None:
             raise BadRequest(f"{err.code} {err.message}")

@@ -184,13 +184,18 @@ class ChannelView extends View {
     }
   }
 
-  async loadHistory() {
+  async loadHistory(older) {
     try {
-      const d = await api.get("history", { ...this.target(), limit: 20 });
+      const page = older ? { before: older.offset, epoch: older.epoch } : {};
+      const d = await api.get("history", { ...this.target(), limit: 20, ...page });
       const rows = d.publications.map((p) => h("tr", null, h("td", null, p.offset ?? ""),
         h("td", { class: "mono" }, p.info?.user ?? ""), h("td", { class: "mono data" }, json(p.data))));
-      replace(this.history, h("p", { class: "muted" }, `top: offset ${d.offset}, epoch ${d.epoch}; newest first`),
-        table(["offset", "user", "data"], rows));
+      const last = d.publications[d.publications.length - 1];
+      const next = last && last.offset > 1 ? h("button", { class: "link", "data-testid": "history-older",
+        onclick: () => this.loadHistory({ offset: last.offset, epoch: d.epoch }) }, "older") : null;
+      replace(this.history, h("p", { class: "muted" }, `top: offset ${d.offset}, epoch ${d.epoch}; newest first`,
+        older ? ` · before offset ${older.offset} ` : " ", older ? h("button", { class: "link", onclick: () => this.loadHistory() }, "newest") : null),
+        table(["offset", "user", "data"], rows), next);
     } catch (err) {
       replace(this.history, this.error(err));
     }

@@ -231,6 +231,14 @@ async def test_channel_user_and_actions(
     assert (await alice.push("pub"))["pub"]["data"] == {"text": "from the console"}
     history = (await s.get("history", channel="chat:room")).json()
     assert [p["data"] for p in history["publications"]] == [{"text": "from the console"}]
+    for n in range(2, 6):
+        await s.act("publish", channel="chat:room", data=n)
+    page = (await s.get("history", channel="chat:room", limit=2)).json()["publications"]
+    assert [p["offset"] for p in page] == [5, 4]
+    older = await s.get("history", channel="chat:room", limit=2, before=4, epoch=history["epoch"])
+    assert [p["offset"] for p in older.json()["publications"]] == [3, 2]
+    for n in range(2, 6):
+        assert (await alice.push("pub"))["pub"]["data"] == n
 
     user = (await s.get("user", user="alice")).json()
     (conn,) = user["connections"]
@@ -293,6 +301,25 @@ async def test_documents_and_their_connections(console: RunningHub, clients: lis
     assert docs["documents"][0]["stored_at"] > 0 and docs["documents"][0]["size"] == room.size
     one = (await s.get("document", name="notes", content="1")).json()
     assert one["content"] == {"body": "hello"} and one["open_on"][0]["node"] == console.sb.node.id
+
+
+async def test_a_documents_editors_and_their_cursors(
+    make_hub: Any, tmp_path: Any, clients: list[httpx.AsyncClient], yconnect: Any
+) -> None:
+    from hub.auth import mint_token
+    from tests.conftest import SECRET
+
+    hub = await make_hub(admin_password=ADMIN, data_dir=str(tmp_path), doc_token_access="write")
+    cursor = {"user": {"name": "Ann", "color": "#f80"}, "cursor": {"anchor": 3, "head": 7}}
+    ann = await yconnect(hub, "spec", token=mint_token(SECRET, "ann"), awareness=cursor)
+    await ann.until(lambda: len(hub.sb.documents.rooms.rooms[("", "spec")].awareness) == 1)
+    s = await sign_in(hub, clients)
+    (listed,) = (await s.get("documents")).json()["documents"]
+    assert (listed["name"], listed["connections"], listed["awareness"]) == ("spec", 1, 1)
+    (holder,) = (await s.get("document", name="spec")).json()["open_on"]
+    (peer,) = holder["peers"]
+    assert (peer["user"], peer["write"], peer["node"]) == ("ann", True, hub.sb.node.id)
+    assert [a["state"] for a in peer["awareness"]] == [cursor]
 
 
 # ---------------------------------------------------------------- the event stream
@@ -404,6 +431,8 @@ async def test_garbage_parameters_and_bodies(console: RunningHub, clients: list[
         ("history", {"channel": "chat:x", "limit": "lots"}),
         ("history", {"channel": "chat:x", "limit": "100000"}),
         ("history", {"channel": "nohist:x"}),
+        ("history", {"channel": "chat:x", "before": "3"}),
+        ("history", {"channel": "chat:x", "before": "3", "epoch": "not-the-epoch"}),
         ("channels", {"pattern": "[unclosed"}),
         ("user", {"user": ""}),
         ("user", {"user": "a\x00b"}),
