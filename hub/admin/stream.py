@@ -54,7 +54,7 @@ PREVIEW_BYTES = 2048
 TAIL_RATE = 50.0
 TAIL_BURST = 100
 MAX_PRESENCE = 1000
-"""Connections a presence list shows at most (the count is exact above that)."""
+"""Connections a tab's presence list holds at most (the first ones; the page says when it is cut)."""
 GONE_KEPT = 64
 GONE_FOR = 3600.0
 """A node that vanished is shown as gone for this long (at most GONE_KEPT of them)."""
@@ -142,6 +142,8 @@ class Stream:
         self._pending: list[pd.Diff] | None = []
         """Diffs that arrived before the first full state was read (None once it was)."""
         self._stale = False
+        self._truncated = False
+        """The presence list holds only the first MAX_PRESENCE connections."""
         self._bucket = TokenBucket(TAIL_RATE, TAIL_BURST, time.monotonic())
         self.total = 0
         self.dropped = 0
@@ -202,6 +204,10 @@ class Stream:
             else:
                 self._stale = True
             return
+        if diff.joins and pd.count(self._state)[0] >= MAX_PRESENCE:
+            # The list shows the first MAX_PRESENCE connections; later joins are not kept (leaves are).
+            self._truncated = True
+            diff = pd.Diff(leaves=diff.leaves)
         synced = pd.sync_diff(self._state, diff)
         self._state = synced.state
         if synced.diff and not self._put("presence_diff", self._presence_body(synced.diff.as_json())):
@@ -210,7 +216,7 @@ class Stream:
 
     def _presence_body(self, body: dict[str, Any]) -> dict[str, Any]:
         connections, users = pd.count(self._state)
-        return {**body, "num_clients": connections, "num_users": users}
+        return {**body, "num_clients": connections, "num_users": users, "truncated": self._truncated}
 
     # ------------------------------------------------------------ the loop
 
@@ -228,6 +234,7 @@ class Stream:
             state = pd.sync_diff(state, diff).state
         self._pending = None
         self._stale = False
+        self._truncated = len(metas) > MAX_PRESENCE
         self._state = state
         connections, users = pd.count(state)
         body = {
@@ -236,7 +243,7 @@ class Stream:
             "state": {k: dict(v) for k, v in state.items()},
             "num_clients": max(connections, len(members)) if len(metas) > MAX_PRESENCE else connections,
             "num_users": users,
-            "truncated": len(metas) > MAX_PRESENCE,
+            "truncated": self._truncated,
         }
         if not self._put("presence", body):
             self._stale = True

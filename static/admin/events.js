@@ -21,7 +21,7 @@ const KINDS = ["nodes", "presence", "presence_diff", "pub", "meter", "signed_out
 
 export function open(tenant, channel) {
   const params = {};
-  if (tenant !== null) params.tenant = tenant;
+  if (tenant) params.tenant = tenant; // no tenant: whole nodes only, from the announcements (no survey)
   if (channel) params.channel = channel;
   const target = url("events", params).toString();
   if (source && target === current) return;

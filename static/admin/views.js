@@ -59,7 +59,7 @@ class ClusterView extends View {
     this.body = h("div", null, h("p", { class: "muted" }, "Waiting for the nodes' announcements…"));
     replace(this, h("h2", null, "Cluster"), this.body);
     this.listen("nodes", (data) => this.show(data));
-    api.get("nodes", { tenant: this.ctx.tenant }).then((d) => this.show(d), (e) => replace(this.body, this.error(e)));
+    api.get("nodes", this.ctx.tenant ? { tenant: this.ctx.tenant } : {}).then((d) => this.show(d), (e) => replace(this.body, this.error(e)));
   }
 
   show(data) {

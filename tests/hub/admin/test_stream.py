@@ -62,3 +62,14 @@ def test_roster_shows_vanished_nodes_for_a_while_and_boundedly() -> None:
     assert len(roster.gone) == st.GONE_KEPT
     roster.update([], now=10.0 + st.GONE_KEPT * 3 + st.GONE_FOR + 1)
     assert [g["info"]["name"] for g in roster.as_json()["gone"]] == [f"n{st.GONE_KEPT * 3 - 1}"]
+
+
+async def test_a_presence_list_keeps_its_first_connections_only() -> None:
+    stream = make_stream()
+    stream._pending = None  # the first full state is in: diffs apply from here
+    for n in range(st.MAX_PRESENCE * 2):
+        stream.join(("", "feed"), ClientInfo(f"u{n}", f"c{n}"))
+    assert sum(len(m) for m in stream._state.values()) == st.MAX_PRESENCE and stream._truncated
+    stream.leave(("", "feed"), ClientInfo("u0", "c0"))
+    assert "u0" not in stream._state
+    assert stream._queued <= st.QUEUE_BYTES
