@@ -9,11 +9,21 @@ Obligations of every implementation:
 - a stream gets a new epoch whenever its history is lost, so a stale position is never taken for a live one;
 - ``publish`` returns only after the publication is accepted (its history appended): an acknowledged
   publication is never lost while the stream's epoch lasts;
-- a publish that cannot be accepted raises BrokerUnavailable, never returns a false success.
+- a publish that cannot be accepted raises BrokerUnavailable, never returns a false success;
+- only a publication creates a stream's state: reading history (or a position) of a channel that has no
+  stream keeps nothing, since anyone may read any name. Such a read still answers with an epoch, and the
+  first publication keeps it, so a reader of the empty stream recovers exactly from (0, that epoch): the
+  epoch of a stream that does not exist is *derived* (``derived_epoch``) from the broker's instance
+  (a memory broker's process, a Redis server's run), the channel, the meta ttl and the meta-ttl window
+  the read falls in. A stream only disappears after meta ttl without publications, so a stream created
+  after that never falls in the window of the one before: its epoch differs, and a reader who held a
+  position of the old stream (or of the empty one, across a window boundary, a Redis restart or a
+  failover) is told it cannot recover rather than being handed a gap.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +32,15 @@ from channels.publication import ClientInfo, HistoryResult, Publication, Publish
 
 IDEMPOTENCY_TTL = 300.0
 """Seconds during which a publish with the same idempotency key is suppressed (Centrifugo: 5 minutes)."""
+
+
+def derived_epoch(instance: str, stream: str, meta_ttl_ms: int, now_ms: int) -> str:
+    """The epoch of a stream that does not exist yet (see the module docstring): 8 hex digits of a hash of
+    the broker ``instance``, the ``stream``'s identity, its meta ttl and the meta-ttl window of ``now_ms``.
+    ``broker_redis`` computes the same in Lua (with SHA-1, from the server's run id and clock)."""
+    window = now_ms // max(1, meta_ttl_ms)
+    text = f"{instance}|{stream}|{meta_ttl_ms}|{window}".encode()
+    return hashlib.sha1(text, usedforsecurity=False).hexdigest()[:8]
 
 
 @dataclass(frozen=True, slots=True)

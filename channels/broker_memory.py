@@ -1,4 +1,10 @@
-"""In-process Broker: fan-out by direct call, history in bounded deques. The embedded default."""
+"""In-process Broker: fan-out by direct call, history in bounded deques. The embedded default.
+
+A stream exists from its first publication until it has been idle for its meta ttl; a read of a channel
+without a stream creates nothing and answers with the derived epoch (``channels.broker``), which the first
+publication then takes. The instance salt is new in every process, so a restart (which loses every stream)
+changes every epoch, derived ones included.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy
+from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy, derived_epoch
 from channels.errors import UnrecoverablePosition
 from channels.names import ChannelKey
 from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
@@ -18,15 +24,11 @@ DEFAULT_META_TTL = 90 * 86400.0
 """How long an idle stream keeps its epoch and top offset when the namespace sets no history_meta_ttl."""
 
 
-def new_epoch() -> str:
-    return secrets.token_hex(4)
-
-
 class _Stream:
     __slots__ = ("epoch", "top", "pubs", "touched")
 
-    def __init__(self, now: float) -> None:
-        self.epoch = new_epoch()
+    def __init__(self, epoch: str, now: float) -> None:
+        self.epoch = epoch
         self.top = 0
         self.pubs: deque[Publication] = deque()
         self.touched = now
@@ -46,6 +48,8 @@ class MemoryBroker:
         self._meta_ttl: dict[ChannelKey, float] = {}
         self._idempotent: OrderedDict[tuple[ChannelKey, str], tuple[float, PublishResult]] = OrderedDict()
         self._clock = clock or time.monotonic
+        self._instance = secrets.token_hex(8)
+        """Salt of derived epochs: this broker's streams die with it, and so do their epochs."""
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -70,16 +74,24 @@ class MemoryBroker:
         return None
 
     def _stream(self, key: ChannelKey, now: float, meta_ttl: float, create: bool) -> _Stream | None:
+        """The live stream of ``key`` (dropped first if its meta expired); with ``create``, one is started
+        with the derived epoch when there is none. Only a publication creates."""
         stream = self._streams.get(key)
         ttl = meta_ttl or self._meta_ttl.get(key) or DEFAULT_META_TTL
         if stream is not None and now - stream.touched > ttl:
             del self._streams[key]  # the stream's meta expired: its epoch and offsets are gone
+            self._meta_ttl.pop(key, None)
             stream = None
         if stream is None and create:
-            stream = self._streams[key] = _Stream(now)
+            stream = self._streams[key] = _Stream(self._derived_epoch(key, now, meta_ttl), now)
             if meta_ttl:
                 self._meta_ttl[key] = meta_ttl
         return stream
+
+    def _derived_epoch(self, key: ChannelKey, now: float, meta_ttl: float) -> str:
+        """The epoch ``key``'s stream has if it is created now (what a read of the absent stream tells)."""
+        ttl_ms = int((meta_ttl or DEFAULT_META_TTL) * 1000)
+        return derived_epoch(self._instance, f"{key[0]}\x00{key[1]}", ttl_ms, int(now * 1000))
 
     async def publish(
         self,
@@ -143,8 +155,12 @@ class MemoryBroker:
         meta_ttl: float = 0.0,
     ) -> HistoryResult:
         now = self._clock()
-        stream = self._stream(key, now, meta_ttl, create=True)
-        assert stream is not None
+        stream = self._stream(key, now, meta_ttl, create=False)
+        if stream is None:  # nothing published (or idle past its meta ttl): reading keeps nothing
+            position = StreamPosition(0, self._derived_epoch(key, now, meta_ttl))
+            if since is not None and since.epoch != position.epoch:
+                raise UnrecoverablePosition(f"epoch {since.epoch!r} is not the stream's {position.epoch!r}")
+            return HistoryResult([], position)
         stream.drop_expired(now)
         position = StreamPosition(stream.top, stream.epoch)
         if since is not None and since.epoch != stream.epoch:

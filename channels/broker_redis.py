@@ -16,8 +16,12 @@ tenant and the prefix, and shares one hash slot in a cluster):
   leave; one channel for all three, so a node sees them in the order Redis accepted them.
 
 One Lua script publishes atomically: idempotency check, epoch creation, offset increment, XADD + trim,
-expiries, PUBLISH/SPUBLISH with the offset and the idempotency record. The epoch for a new stream is a
-random token passed in by the caller, so the script stays deterministic.
+expiries, PUBLISH/SPUBLISH with the offset and the idempotency record. Another reads history and writes
+nothing: a stream that does not exist (never published, or idle past its meta ttl) is answered with its
+derived epoch (``channels.broker``: from the server's run id, the meta key, the meta ttl and the window of
+the server clock), which the publish script gives the stream when it creates it. A Redis restart or a
+failover changes the run id, so an empty stream read before it and published after it gets another epoch
+(its readers are told they cannot recover, never handed a gap).
 
 Failure policy: Redis unreachable -> ``BrokerUnavailable`` (never a false success). A publish whose script
 may have run but whose reply was lost is reported as unavailable too: the client may retry with its
@@ -28,7 +32,6 @@ that shard's channels, because publications sent meanwhile were missed.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +47,25 @@ from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, route
 
 log = logging.getLogger(__name__)
 
-PUBLISH_SCRIPT = Script("""
+DERIVED_EPOCH_LUA = """
+-- The epoch of a stream that does not exist (channels.broker.derived_epoch): this server's run, the
+-- stream's meta key, the meta ttl and the meta-ttl window of the server's clock. A read of an absent
+-- stream answers with it and keeps nothing; the stream's first publication takes it.
+local function derived_epoch(meta_key, meta_ttl_ms)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local window = string.format('%d', math.floor(now / meta_ttl_ms))
+  return string.sub(redis.sha1hex(run .. '|' .. meta_key .. '|' .. meta_ttl_ms .. '|' .. window), 1, 8)
+end
+"""
+
+PUBLISH_SCRIPT = Script(
+    DERIVED_EPOCH_LUA
+    + """
 -- KEYS: stream, meta, idempotency
--- ARGV: body, size, ttl_ms, meta_ttl_ms, new_epoch, channel, publish command, use_idem, idem_ttl_ms
-if ARGV[8] == '1' then
+-- ARGV: body, size, ttl_ms, meta_ttl_ms, channel, publish command, use_idem, idem_ttl_ms
+if ARGV[7] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {1, seen} end
 end
@@ -58,7 +76,7 @@ if size > 0 then
   epoch = redis.call('HGET', KEYS[2], 'e')
   if not epoch then
     -- a new stream (or its meta expired): whatever history is left belongs to no epoch any more
-    epoch = ARGV[5]
+    epoch = derived_epoch(KEYS[2], tonumber(ARGV[4]))
     redis.call('DEL', KEYS[1])
     redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
   end
@@ -70,41 +88,42 @@ if size > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call(ARGV[7], ARGV[6], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+redis.call(ARGV[6], ARGV[5], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
 local result = offset .. ':' .. epoch
-if ARGV[8] == '1' then redis.call('SET', KEYS[3], result, 'PX', ARGV[9]) end
+if ARGV[7] == '1' then redis.call('SET', KEYS[3], result, 'PX', ARGV[8]) end
 return {0, result}
-""")
+"""
+)
 
-HISTORY_SCRIPT = Script("""
+HISTORY_SCRIPT = Script(
+    DERIVED_EPOCH_LUA
+    + """
 -- KEYS: stream, meta
--- ARGV: new_epoch, meta_ttl_ms, since_offset ('' = none), since_epoch, limit, reverse ('1'/'0')
+-- ARGV: meta_ttl_ms, since_offset ('' = none), since_epoch, limit, reverse ('1'/'0')
+-- Read-only: a stream that does not exist stays so (what is left of an expired one belongs to no epoch).
 local epoch = redis.call('HGET', KEYS[2], 'e')
-local top = 0
 if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-else
-  top = tonumber(redis.call('HGET', KEYS[2], 's'))
+  epoch = derived_epoch(KEYS[2], tonumber(ARGV[1]))
+  if ARGV[2] ~= '' and ARGV[3] ~= epoch then return {epoch, 0, 0} end
+  return {epoch, 0, {}}
 end
-if ARGV[3] ~= '' and ARGV[4] ~= epoch then return {epoch, top, 0} end
-local limit = tonumber(ARGV[5])
+local top = tonumber(redis.call('HGET', KEYS[2], 's'))
+if ARGV[2] ~= '' and ARGV[3] ~= epoch then return {epoch, top, 0} end
+local limit = tonumber(ARGV[4])
 local out = {}
 if limit == 0 then return {epoch, top, out} end
 local entries
-if ARGV[6] == '1' then
+if ARGV[5] == '1' then
   local upper = '+'
-  if ARGV[3] ~= '' then
-    local since = tonumber(ARGV[3])
+  if ARGV[2] ~= '' then
+    local since = tonumber(ARGV[2])
     if since <= 1 then return {epoch, top, out} end
     upper = string.format('%d', since - 1) .. '-0'
   end
   entries = redis.call('XREVRANGE', KEYS[1], upper, '-')
 else
   local lower = '-'
-  if ARGV[3] ~= '' then lower = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0' end
+  if ARGV[2] ~= '' then lower = string.format('%d', tonumber(ARGV[2]) + 1) .. '-0' end
   entries = redis.call('XRANGE', KEYS[1], lower, '+')
 end
 local t = redis.call('TIME')
@@ -122,7 +141,8 @@ for _, e in ipairs(entries) do
   end
 end
 return {epoch, top, out}
-""")
+"""
+)
 
 
 def _info_row(info: ClientInfo | None) -> list[Any] | None:
@@ -140,10 +160,6 @@ def encode_body(pub: Publication) -> bytes:
 def decode_body(body: bytes, offset: int) -> Publication:
     data, info, tags, ms = msgpack.unpackb(body, raw=False)
     return Publication(data=data, offset=offset, info=_info_of(info), tags=tags, time=ms)
-
-
-def _new_epoch() -> str:
-    return secrets.token_hex(4)
 
 
 def _ms(seconds: float) -> int:
@@ -266,8 +282,7 @@ class RedisBroker:
             body,
             history.size if history is not None and with_history else 0,
             _ms(history.ttl) if history is not None and with_history else 0,
-            _ms(history.meta_ttl or DEFAULT_META_TTL) if history is not None else 0,
-            _new_epoch(),
+            _ms(history.meta_ttl or DEFAULT_META_TTL) if history is not None else 1,
             channel,
             "SPUBLISH" if self.shards.cluster else "PUBLISH",
             "1" if idempotency_key else "0",
@@ -308,7 +323,6 @@ class RedisBroker:
         route, shard = self._where(key)
         keys = [self.shards.key("hist", route), self.shards.key("meta", route)]
         args = [
-            _new_epoch(),
             _ms(meta_ttl or DEFAULT_META_TTL),
             "" if since is None else since.offset,
             "" if since is None else since.epoch,

@@ -5,6 +5,8 @@ Time is a fake clock injected into the broker; nothing sleeps. The broker's coro
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -349,3 +351,77 @@ async def test_history_is_the_newest_unexpired_suffix(size: int, ops: list[str |
         assert offsets(hist.publications) == expected
         assert hist.position.offset == len(published)
     assert len(epochs) <= 1
+
+
+# ---------------------------------------------------------------- reads keep nothing; epochs are never reused
+
+
+async def test_reading_a_name_keeps_nothing(broker: MemoryBroker) -> None:
+    """(Issue 10.) 100k history reads of fresh names kept 107 MB for 90 days: only a publication creates a
+    stream now."""
+    for i in range(1000):
+        key = ("t", f"never:{i}")
+        hist = await broker.history(key, limit=0)
+        assert hist.position.offset == 0 and hist.position.epoch
+        with pytest.raises(UnrecoverablePosition):
+            await broker.history(key, since=StreamPosition(3, "elsewhere"))
+        await broker.history(key, since=hist.position, reverse=True)
+    assert broker._streams == {} and broker._meta_ttl == {}  # noqa: SLF001 - the memory bound is the point
+
+
+async def test_an_empty_stream_read_in_another_meta_window_gets_another_epoch(
+    broker: MemoryBroker, clock: Clock
+) -> None:
+    """The derived epoch of an absent stream changes with the meta-ttl window: a reader told E before the
+    boundary cannot take the stream its first publication creates after it for the one it read."""
+    policy = HistoryPolicy(10, 60.0, meta_ttl=100.0)
+    clock.now = 1099.0
+    told = (await broker.history(KEY, limit=0, meta_ttl=100.0)).position
+    clock.now = 1100.0
+    first = (await broker.publish(KEY, b"1", history=policy)).position
+    assert first.offset == 1 and first.epoch != told.epoch
+    with pytest.raises(UnrecoverablePosition):
+        await broker.history(KEY, since=told, meta_ttl=100.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.just("pub"),
+            st.just("read"),
+            st.tuples(st.just("recover"), st.integers(0, 1000)),
+            st.tuples(st.just("wait"), st.floats(0.0, 60.0)),
+        ),
+        max_size=40,
+    )
+)
+async def test_no_position_ever_told_recovers_into_a_gap(ops: list[Any]) -> None:
+    """Whatever the publishes, reads (of an absent or live stream) and clock steps, including idle spells past
+    the meta ttl that end a stream and window boundaries: recovering from any position the broker ever told
+    is refused (UnrecoverablePosition, or a history that does not reach back to it) or yields exactly the
+    publications made after that position was told."""
+    clock = Clock()
+    broker = MemoryBroker(clock=clock)
+    policy = HistoryPolicy(size=5, ttl=40.0, meta_ttl=50.0)
+    published: list[bytes] = []
+    told: list[tuple[StreamPosition, int]] = []  # a position, and how many publications existed then
+    for op in ops:
+        if op == "pub":
+            data = b"%d" % len(published)
+            published.append(data)
+            told.append(((await broker.publish(KEY, data, history=policy)).position, len(published)))
+        elif op == "read":
+            told.append(((await broker.history(KEY, limit=0, meta_ttl=50.0)).position, len(published)))
+        elif op[0] == "wait":
+            clock.now += op[1]
+        elif told:
+            position, seen = told[op[1] % len(told)]
+            try:
+                hist = await broker.history(KEY, since=position, meta_ttl=50.0)
+            except UnrecoverablePosition:
+                continue
+            offsets_ = [p.offset for p in hist.publications]
+            exact = offsets_ == list(range(position.offset + 1, hist.position.offset + 1))
+            if exact and hist.position.epoch == position.epoch:
+                assert [p.data for p in hist.publications] == published[seen:]

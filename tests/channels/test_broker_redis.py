@@ -198,6 +198,56 @@ async def test_history_is_empty_position_of_a_new_stream(setup: Setup) -> None:
     assert result.position == StreamPosition(1, first.position.epoch)
 
 
+async def stream_keys(setup: Setup, key: ChannelKey) -> int:
+    """How much state the backend keeps for ``key``'s stream: 1 for a memory stream; for Redis, how many of
+    its stream and meta keys exist."""
+    if setup.kind == "memory":
+        return int(key in setup.broker._streams)  # noqa: SLF001 - what is kept is the point
+    shards, route = setup.broker.shards, route_of(*key)
+    shard = shards.shard_for(route)
+    return int(await shard.execute("EXISTS", shards.key("hist", route), shards.key("meta", route)))
+
+
+FRESH = iter(range(10**9))
+"""A new channel name for every example (the backends outlive the examples of one test)."""
+
+READS = st.fixed_dictionaries(
+    {},
+    optional={
+        "limit": st.integers(-1, 5),
+        "reverse": st.booleans(),
+        "since": st.builds(StreamPosition, st.integers(0, 5), st.sampled_from(["", "deadbeef"])),
+    },
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reads=st.lists(READS, min_size=1, max_size=4), published=st.integers(0, 3))
+async def test_reading_keeps_nothing_and_the_first_publication_keeps_the_epoch(
+    setup: Setup, reads: list[dict[str, Any]], published: int
+) -> None:
+    """(Issue 10.) A history read (or a position read) of a name nobody published on creates no state: anyone
+    may read any name. It still answers with an epoch, and the stream's first publication keeps it, so a
+    reader of the empty stream recovers exactly what was published after its read."""
+    key = ("t", f"fresh:{next(FRESH)}")
+    told = set()
+    for read in reads:
+        try:
+            told.add((await setup.broker.history(key, **read)).position)
+        except UnrecoverablePosition:
+            pass
+        assert await stream_keys(setup, key) == 0
+    told.add((await setup.broker.history(key, limit=0)).position)
+    assert len(told) == 1
+    empty = told.pop()
+    assert empty.offset == 0 and empty.epoch
+    positions = await publish_n(setup.broker, published, key)
+    assert all(p.epoch == empty.epoch for p in positions)
+    assert await stream_keys(setup, key) == bool(published) * (1 if setup.kind == "memory" else 2)
+    since = await setup.broker.history(key, since=empty)
+    assert [(p.offset, p.data) for p in since.publications] == [(i + 1, b"%d" % i) for i in range(published)]
+
+
 async def test_remove_history_keeps_position(setup: Setup) -> None:
     positions = await publish_n(setup.broker, 3)
     await setup.broker.remove_history(KEY)
@@ -448,6 +498,48 @@ async def test_restart_of_redis_gives_a_new_epoch_and_resubscribes(
     assert new.offset == 1 and new.epoch != old.epoch
     await handler.pubs_n(2)
     assert [p.data for _, p in handler.pubs] == [b"1", b"2"]
+
+
+async def test_an_empty_stream_read_before_a_redis_restart_is_not_recovered_after_it(
+    redis_server: RedisServer, make_broker: Any
+) -> None:
+    """The derived epoch of an absent stream comes from the server's run: a reader of the empty stream
+    before a restart (with or without persistence, or a failover) is refused after it, never handed the
+    publications of a stream that may have lived and died meanwhile as if it had seen nothing."""
+    broker, _ = await make_broker([redis_server.url])
+    told = (await broker.history(KEY, limit=0)).position
+    assert redis_server.command("DBSIZE") == b":0\r\n"
+    redis_server.kill()
+    with pytest.raises(BrokerUnavailable):
+        await broker.history(KEY)
+    redis_server.start()
+    first = (await broker.publish(KEY, b"1", history=HIST)).position
+    assert first.offset == 1 and first.epoch != told.epoch
+    with pytest.raises(UnrecoverablePosition):
+        await broker.history(KEY, since=told)
+
+
+async def test_a_stream_whose_meta_expired_never_gets_its_epoch_back(
+    redis_server: RedisServer, make_broker: Any
+) -> None:
+    """A stream idle past its meta ttl is gone; the next publication starts one in a later meta-ttl window,
+    so with another epoch: a position of the old stream is refused, not matched against new offsets."""
+    from tests.nodes import eventually
+
+    broker, _ = await make_broker([redis_server.url])
+    policy = HistoryPolicy(10, 0.2, meta_ttl=0.3)
+    old = (await broker.publish(KEY, b"1", history=policy)).position
+    meta = "sb:meta:{" + route_of(*KEY) + "}"
+
+    async def expired() -> bool:
+        return redis_server.command("EXISTS", meta) == b":0\r\n"
+
+    await eventually(expired)
+    assert (await broker.history(KEY, limit=0, meta_ttl=0.3)).position.epoch != old.epoch
+    new = (await broker.publish(KEY, b"2", history=policy)).position
+    assert new.offset == 1 and new.epoch != old.epoch
+    with pytest.raises(UnrecoverablePosition):
+        await broker.history(KEY, since=old, meta_ttl=0.3)
 
 
 async def test_publish_while_redis_is_stopped_raises(redis_server: RedisServer, make_broker: Any) -> None:

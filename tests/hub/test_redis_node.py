@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from channels.redis_shards import route_of
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.redis_proxy import Proxy
 from tests.redis_servers import RedisServer
@@ -80,11 +81,17 @@ async def test_a_new_stream_is_never_taken_for_the_old_one(
 ) -> None:
     """(Review R1-3.) Redis loses its data (FLUSHALL) while the node's connections stay up: the new
     stream's first publication has the offset after the node's (0 -> 1), only its epoch tells it is another
-    stream. The positioned subscriber must resubscribe (2500) before it gets it, not take it silently."""
+    stream. The positioned subscriber must resubscribe (2500) before it gets it, not take it silently.
+
+    A stream at offset 0 that exists is one an older version created by reading it (a rolling upgrade
+    meets them for their meta ttl); reading creates none any more, and an empty stream that does not exist
+    loses nothing to a FLUSHALL (its first publication keeps the epoch its readers were told)."""
     hub = await _hub(make_hub, redis_server)
+    meta = "sb:meta:{" + route_of("", "chat:room") + "}"
+    assert redis_server.command("HSET", meta, "e", "0ld0ep0c", "s", "0") == b":2\r\n"
     alice = await raw_client(hub, connect={"token": token("alice")})
     sub = (await alice.command("subscribe", {"channel": "chat:room"}))["subscribe"]
-    assert sub.get("offset", 0) == 0 and sub["epoch"]
+    assert sub.get("offset", 0) == 0 and sub["epoch"] == "0ld0ep0c"
     assert redis_server.command("FLUSHALL").startswith(b"+OK")
     ok = await alice.command("publish", {"channel": "chat:room", "data": {"n": 1}})
     assert "error" not in ok, ok
@@ -95,6 +102,27 @@ async def test_a_new_stream_is_never_taken_for_the_old_one(
     )
     assert again["subscribe"]["recovered"] is False
     assert again["subscribe"]["epoch"] != sub["epoch"]
+
+
+async def test_an_empty_stream_flushed_away_loses_nothing(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    """Reading a channel nobody published on keeps nothing in Redis, so a FLUSHALL takes nothing from it:
+    the first publication keeps the epoch the subscriber was told and reaches it as the next offset."""
+    hub = await _hub(make_hub, redis_server)
+    alice = await raw_client(hub, connect={"token": token("alice")})
+    sub = (await alice.command("subscribe", {"channel": "chat:room"}))["subscribe"]
+    assert sub.get("offset", 0) == 0 and sub["epoch"]
+    assert b"sb:meta:" not in redis_server.command("KEYS", "sb:*")
+    assert redis_server.command("FLUSHALL").startswith(b"+OK")
+    assert "error" not in await alice.command("publish", {"channel": "chat:room", "data": {"n": 1}})
+    assert (await alice.push())["pub"]["offset"] == 1
+    bob = await raw_client(hub, connect={"token": token("bob")})
+    again = await bob.command(
+        "subscribe", {"channel": "chat:room", "recover": True, "offset": 0, "epoch": sub["epoch"]}
+    )
+    assert again["subscribe"]["recovered"] is True
+    assert [p["offset"] for p in again["subscribe"]["publications"]] == [1]
 
 
 async def test_a_lagging_pubsub_stream_gives_no_publication_twice(
