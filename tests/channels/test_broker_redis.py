@@ -10,7 +10,6 @@ a down Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -588,12 +587,22 @@ async def test_cluster_channels_spread_over_masters(redis_cluster: RedisCluster,
 
 
 async def test_close_leaves_shards_to_their_owner(redis_server: RedisServer, make_broker: Any) -> None:
-    broker, _ = await make_broker([redis_server.url])
+    """``close`` does not close the shards (presence and the control channel share them): after it they
+    are still connected, an unsubscribe still reaches Redis (nothing more is delivered) and publishing and
+    history still work."""
+    broker, handler = await make_broker([redis_server.url])
     await broker.subscribe(KEY)
     await broker.close()
-    with contextlib.suppress(Exception):
-        await broker.unsubscribe(KEY)
-    await broker.publish(KEY, b"1", history=HIST)
+    shard = broker.shards.shards[0]
+    assert shard.connected
+    await broker.unsubscribe(KEY)
+    assert b"sb:ch:{" + route_of(*KEY).encode() + b"}" not in redis_server.command("PUBSUB", "CHANNELS")
+    result = await broker.publish(KEY, b"1", history=HIST)
+    assert result.position.offset == 1
+    await broker.barrier(KEY)  # a message sent to this node before it would have been dispatched by now
+    assert handler.pubs == []
+    assert [p.data for p in (await broker.history(KEY)).publications] == [b"1"]
+    assert shard.connected
 
 
 async def test_a_lost_reply_is_unavailable_and_a_retry_with_the_key_publishes_once(
