@@ -132,6 +132,8 @@ class Config:
     """Seconds a request has to deliver its whole body once its headers are in; then 408 and close."""
     http_max_unfinished_requests: int = 1000
     """Connections whose request (headers or body) is still arriving, at most, on this node; past it: 503."""
+    api_batch_max_parallel: int = 32
+    """Commands of one ``parallel`` server API batch in flight at once (the rest wait their turn)."""
 
     redis_urls: list[str] = field(default_factory=list)
     """Several standalone servers (channels spread by consistent hashing), or a cluster's seed nodes."""
@@ -432,6 +434,7 @@ def validate(cfg: Config) -> None:
         "sse_heartbeat_interval",
         "sse_retry_ms",
         "api_max_body_size",
+        "api_batch_max_parallel",
     )
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(f"unknown log_level {cfg.log_level!r}")

@@ -302,6 +302,42 @@ async def test_batch_keeps_order_with_mixed_successes_and_errors(hub, http, raw_
     assert bad.json()["error"]["code"] == 107
 
 
+class InFlightBroker(MemoryBroker):
+    """Counts the publishes in flight at once: each yields to the loop before it completes, as a Redis
+    round trip would, so publishes started together overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most = 0
+
+    async def publish(self, *args: Any, **kw: Any) -> Any:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return await super().publish(*args, **kw)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("limit", [1, 8])
+async def test_a_parallel_batch_runs_a_bounded_number_of_commands_at_once(limit: int) -> None:
+    """(Issue 10.) ``parallel: true`` ran every command of the body at once (~30,000 publishes from one
+    1 MiB body, as many tasks and backend calls); at most ``api_batch_max_parallel`` are in flight now, and
+    the replies keep the commands' order."""
+    broker = InFlightBroker()
+    node = Node(api_config(api_batch_max_parallel=limit), broker, MemoryPresence(), Hooks())
+    api = ServerAPI(node)
+    commands: list[Any] = [{"publish": {"channel": "news", "data": n}} for n in range(200)]
+    commands[100] = {"publish": {"channel": "nope:x", "data": 0}}
+    replies = (await api.batch(ApiKey(KEY), {"commands": commands, "parallel": True}))["replies"]
+    assert broker.most == limit
+    assert replies[100]["error"]["code"] == 102
+    offsets = [r["publish"]["offset"] for i, r in enumerate(replies) if i != 100]
+    assert sorted(offsets) == list(range(1, 200)) and len(replies) == 200
+
+
 async def test_root_endpoint_takes_batches_and_old_style_lines(hub, http, raw_client) -> None:
     client = await subscriber(raw_client, hub, "news")
     batch = {"commands": [{"publish": {"channel": "news", "data": "a"}}, {"info": {}}]}
