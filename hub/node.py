@@ -416,8 +416,7 @@ class Node:
             self.metrics.fanout(key[1], delivered, pub.time)  # once per publication, not per subscriber
         pending = self.registry.pending.get(key)
         if pending:
-            for buffered in pending.values():
-                buffered.append(pub)
+            self.registry.buffer(pending, pub)
         if self.taps:  # one check per publication while nothing is tapped
             for tap in self.taps.get(key, ()):
                 tap.publication(key, pub)

@@ -5,7 +5,10 @@ encoded once per format that has subscribers, and a delivery is one dict iterati
 client's ``push`` (its bound ``Writer.push``; for the streaming formats, a method that also takes the
 publication, to track resume positions). A subscription being set up sits in
 ``pending`` with a buffer: publications that arrive meanwhile are kept for it and handed over when it
-becomes active, so none is lost between reading history and joining the fan-out.
+becomes active, so none is lost between reading history and joining the fan-out. What a buffer holds
+counts against its connection's write bound (``Writer.hold``): a client subscribing to a busy channel while
+the history read is slow is a slow consumer (3008) once that passes ``client_queue_max_size``, and its
+buffer takes nothing more, rather than growing for as long as the read takes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ from channels.publication import Publication
 
 if TYPE_CHECKING:
     from hub.client import Client
+
+HELD_OVERHEAD = 64
+"""Bytes a buffered publication is taken to cost beyond its data (what its push adds: channel, offset, info
+framing); the data is what matters for the bound."""
+
+
+def held_size(pub: Publication) -> int:
+    """What a publication buffered for a connection counts against its write bound."""
+    info = pub.info
+    extra = 0 if info is None else len(info.conn_info or b"") + len(info.chan_info or b"") + len(info.user)
+    return len(pub.data) + extra + HELD_OVERHEAD
+
 
 Push = Callable[..., None]
 """``push(frame)``; in the streaming format's table ``push(frame, publication_or_None)``."""
@@ -75,6 +90,17 @@ class Registry:
         """
         self.pending.setdefault(key, {})[client] = []
 
+    def buffer(self, waiting: dict[Client, list[Publication]], pub: Publication) -> None:
+        """``pub`` arrived for a channel whose subscriptions ``waiting`` (its ``pending`` entry) are being set
+        up: each keeps it, and it counts against each connection's write bound. A connection closed (for
+        being slow, or any other reason) keeps nothing more."""
+        size = held_size(pub)
+        for client, buffered in list(waiting.items()):
+            writer = client.writer
+            if not writer.closed:
+                buffered.append(pub)
+                writer.hold(size)
+
     def finish_subscribe(self, key: ChannelKey, client: Client, push: Push) -> list[Publication]:
         """Move ``client`` into the fan-out of ``key``; return what was buffered meanwhile."""
         buffered = self._drop_pending(key, client)
@@ -97,6 +123,8 @@ class Registry:
         buffered = waiting.pop(client, [])
         if not waiting:
             del self.pending[key]
+        if buffered:
+            client.writer.release(sum(map(held_size, buffered)))
         return buffered
 
     def remove_subscriber(self, key: ChannelKey, client: Client) -> None:

@@ -2,9 +2,10 @@
 
 Policy: a push is appended to its connection's Writer (no task, future or lock per delivery); once per loop
 tick the FlushScheduler hands each dirty Writer's messages to its Transport in one call, so several pushes
-to one connection go out as one frame. A Writer whose backlog (its own plus the transport's unsent bytes)
-passes ``max_bytes`` is a slow consumer: it calls ``on_slow`` (the session then closes with 3008) and takes
-no more messages. Others are never held up by it.
+to one connection go out as one frame. A Writer whose backlog (its own plus the transport's unsent bytes,
+plus what is held for it elsewhere: publications buffered while a subscription is being set up) passes
+``max_bytes`` is a slow consumer: it calls ``on_slow`` (the session then closes with 3008) and takes no more
+messages. Others are never held up by it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Writer:
         "transport",
         "pending",
         "pending_bytes",
+        "held_bytes",
         "max_bytes",
         "dirty",
         "closed",
@@ -93,6 +95,8 @@ class Writer:
         self.on_write_error = on_write_error or on_slow
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self.held_bytes = 0
+        """Bytes this connection will be sent that wait outside the writer (``hold``/``release``)."""
         self.dirty = False
         self.closed = False
 
@@ -101,7 +105,7 @@ class Writer:
             return
         self.pending.append(message)
         self.pending_bytes += len(message)
-        if self.pending_bytes > self.max_bytes:
+        if self.pending_bytes + self.held_bytes > self.max_bytes:
             self._slow()
         elif not self.dirty:
             self.dirty = True
@@ -114,8 +118,21 @@ class Writer:
         messages = self.pending
         self.pending = []
         self.pending_bytes = 0
-        if self.transport.write_messages(messages) > self.max_bytes:
+        if self.transport.write_messages(messages) + self.held_bytes > self.max_bytes:
             self._slow()
+
+    def hold(self, size: int) -> None:
+        """Count ``size`` more bytes kept for this connection outside the writer (a publication buffered for
+        a subscription being set up) against the bound: they are its backlog all the same."""
+        if self.closed:
+            return
+        self.held_bytes += size
+        if self.pending_bytes + self.held_bytes > self.max_bytes:
+            self._slow()
+
+    def release(self, size: int) -> None:
+        """``size`` bytes held (``hold``) are no longer kept: handed over (then pushed) or dropped."""
+        self.held_bytes = max(0, self.held_bytes - size)
 
     def fail(self) -> None:
         """The transport broke while writing: take no more and end the connection (3009 write error)."""

@@ -1,6 +1,8 @@
-"""(From review R1.) A real TCP proxy in front of a redis-server, able to hold back what Redis sends to pub/sub connections
-(a connection becomes 'pubsub' once the client sent a (S)SUBSCRIBE through it). Used to make a node's
-pub/sub stream lag behind its command connection, as a backlog under load does."""
+"""(From review R1.) A real TCP proxy in front of a redis-server, able to hold back what Redis sends to
+pub/sub connections (a connection becomes 'pubsub' once the client sent a (S)SUBSCRIBE through it). Used to
+make a node's pub/sub stream lag behind its command connection, as a backlog under load does; or, the other
+way round (``hold_commands``), to make its command replies (a history read) slow while publications flow."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +14,8 @@ class Proxy:
         self.target_port = target_port
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.commands_flowing = asyncio.Event()
+        self.commands_flowing.set()
         self.server: asyncio.Server | None = None
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,6 +56,8 @@ class Proxy:
             while data := await sr.read(65536):
                 if state["pubsub"]:
                     await self.flowing.wait()
+                else:
+                    await self.commands_flowing.wait()
                 cw.write(data)
                 await cw.drain()
             cw.close()
@@ -67,8 +73,15 @@ class Proxy:
     def release(self) -> None:
         self.flowing.set()
 
+    def hold_commands(self) -> None:
+        self.commands_flowing.clear()
+
+    def release_commands(self) -> None:
+        self.commands_flowing.set()
+
     async def close(self) -> None:
         self.release()
+        self.release_commands()
         for w in self.writers:
             with contextlib.suppress(Exception):
                 w.close()
