@@ -30,7 +30,7 @@ from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace,
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
-from hub import codec_json, codes
+from hub import codec_json, codes, sse
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
@@ -182,7 +182,7 @@ class Client:
         "session",
         "events",
         "resume_as_events",
-        "resume_lost",
+        "resume_point",
         "_emulated",
         "limiter",
         "_graceful",
@@ -216,9 +216,10 @@ class Client:
         self._graceful: Disconnect | None = None
         """A disconnect waiting for the command in progress to finish (``disconnect_gracefully``)."""
         self.resume_as_events = False
-        self.resume_lost = False
-        """The client asked to resume from a point the hub cannot read (a foreign or damaged event id)."""
         """Recovered publications go out as publication pushes rather than inside the connect result."""
+        self.resume_point: sse.ResumePoint | None = None
+        """Where an SSE stream resumes from (its ``Last-Event-ID``; ``sse.LOST`` for one the hub cannot
+        read): it takes precedence over the connect request's ``subs``."""
         self.state = State.CONNECTING
         self.user = ""
         self.tenant = DEFAULT_TENANT
@@ -475,7 +476,7 @@ class Client:
                 prep = await self._prepare(
                     channel,
                     opts,
-                    _recovery_request(recover_req.get(name)) or self._lost_position(),
+                    self._resume_position(name) or _recovery_request(recover_req.get(name)),
                     chan_info=None,
                     expires_at=0.0,
                     server_side=True,
@@ -544,10 +545,12 @@ class Client:
             log.exception("connect crashed", extra=self._log_extra())
             self.disconnect(codes.SERVER_ERROR.error())
 
-    def _lost_position(self) -> dict[str, Any]:
-        """For a stream that asked to resume from a point the hub cannot read: recover from a position no
-        stream has, so each recoverable channel answers ``recovered: false`` instead of a silent gap."""
-        return {"recover": True, "offset": 0, "epoch": ""} if self.resume_lost else {}
+    def _resume_position(self, name: str) -> dict[str, Any]:
+        """The recovery request of a resuming stream's channel (``resume_point``): from its position in the
+        id, or, when the id cannot say (a damaged id, or a partial one without it), from a position no
+        stream has, so the channel answers ``recovered: false`` instead of a silent gap."""
+        found = None if self.resume_point is None else self.resume_point.position(name)
+        return {} if found is None else {"recover": True, "offset": found[0], "epoch": found[1]}
 
     def _verify_connect_token(self, token: str) -> ConnectClaims:
         try:

@@ -359,7 +359,7 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
     try:
         if kind.startswith("uni_"):
             if last_event_id:
-                _resume_from(client, params, last_event_id)
+                _resume_from(client, last_event_id)
             await client.connect_unidirectional(params)
         else:
             await client.handle_emulated(data)  # in order with the /emulation requests that follow
@@ -405,22 +405,16 @@ def _transport(node: Node, kind: str, send: Any, protobuf: bool) -> StreamTransp
     return StreamTransport(send, name=kind, fmt=wire.JSON, frame=lines, emulation=True)
 
 
-def _resume_from(client: Client, params: dict[str, Any], last_event_id: str) -> None:
+def _resume_from(client: Client, last_event_id: str) -> None:
     """Recover the server-side subscriptions from an EventSource's ``Last-Event-ID``; the recovered
     publications go out as events (the client resumes an event stream, it does not parse a connect result)."""
     client.resume_as_events = True
     try:
-        positions = sse.decode_resume_id(last_event_id)
+        client.resume_point = sse.decode_resume_id(last_event_id)
     except sse.BadResumeId as exc:
         # Not silently fresh: every recoverable channel is reported unrecovered.
         log.warning("a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra())
-        client.resume_lost = True
-        return
-    subs = params.get("subs")
-    if not isinstance(subs, dict):
-        subs = params["subs"] = {}
-    for channel, (offset, epoch) in positions.items():
-        subs[channel] = {"recover": True, "offset": offset, "epoch": epoch}
+        client.resume_point = sse.LOST
 
 
 async def _wait_disconnect(receive: Any) -> None:

@@ -160,12 +160,14 @@ class EventWriter(Writer):
     """A Writer for Server-Sent Events: it frames every message as an event whose id is the connection's
     resume point after it (``hub.sse``), so a dropped ``EventSource`` resumes exactly where it stopped."""
 
-    __slots__ = ("positions", "event_id")
+    __slots__ = ("positions", "entries", "event_id")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.positions: dict[str, tuple[int, str]] = {}
-        self.event_id = sse.encode_resume_id(self.positions)
+        self.entries: dict[str, bytes | None] = {}
+        """Each position as the id holds it (``sse.position_entry``), in subscription order."""
+        self.event_id = sse.encode_entries(())
 
     def push(self, message: bytes) -> None:
         Writer.push(self, sse.event(message, self.event_id))
@@ -176,7 +178,8 @@ class EventWriter(Writer):
 
     def set_position(self, channel: str, offset: int, epoch: str) -> None:
         self.positions[channel] = (offset, epoch)
-        self.event_id = sse.encode_resume_id(self.positions)
+        self.entries[channel] = sse.position_entry(channel, offset, epoch)
+        self.event_id = sse.encode_entries(self.entries.values())
 
     def advance(self, channel: str, offset: int) -> None:
         position = self.positions.get(channel)
@@ -185,4 +188,5 @@ class EventWriter(Writer):
 
     def forget(self, channel: str) -> None:
         if self.positions.pop(channel, None) is not None:
-            self.event_id = sse.encode_resume_id(self.positions)
+            del self.entries[channel]
+            self.event_id = sse.encode_entries(self.entries.values())
