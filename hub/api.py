@@ -20,6 +20,8 @@ Policy, as Centrifugo's:
 - a body that is not JSON (or not an object) is HTTP 400 with error 107; a body over ``api_max_body_size``
   is HTTP 413; a missing or wrong key is HTTP 401; with no key configured (outside development mode) the
   API does not exist: HTTP 404. None of them touches the node; each is logged;
+- a client that goes away before its body ended is one INFO line, and every line a caller can make the
+  node repeat (a refused key, a bad body, a failed call) is rate-limited (``hub.logs.log_limited``);
 - a ``parallel`` batch runs at most ``api_batch_max_parallel`` of its commands at once (a 1 MiB body holds
   some 30,000 of them).
 
@@ -48,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace, UnrecoverablePosition
@@ -60,6 +62,7 @@ from hub import codec_json, codes
 from hub.codes import ClientError
 from hub.config import ApiKey
 from hub.control import ControlUnavailable, Target
+from hub.logs import log_limited
 from hub.node import Node
 from presence.presence import PresenceUnavailable
 
@@ -297,7 +300,9 @@ class ServerAPI:
         except UnrecoverablePosition:
             raise codes.error_unrecoverable_position() from None
         except (BrokerUnavailable, PresenceUnavailable, ControlUnavailable):
-            log.warning("server API %s: backend unavailable", method, extra={"tenant": tenant})
+            log_limited(
+                log, logging.WARNING, "server API %s: backend unavailable", method, extra={"tenant": tenant}
+            )
             raise codes.error_internal() from None
 
     async def reply(
@@ -308,7 +313,9 @@ class ServerAPI:
             return await self.call(principal, method, params), None
         except ClientError as exc:
             extra = {"tenant": principal.tenant}
-            log.info("server API %s failed: %d %s", method, exc.code, exc.message, extra=extra)
+            log_limited(
+                log, logging.INFO, "server API %s failed: %d %s", method, exc.code, exc.message, extra=extra
+            )
             return None, exc
         except Exception:
             log.exception("server API %s crashed", method)
@@ -347,7 +354,14 @@ class ServerAPI:
                 )
                 responses.append({"result": _result_of_publish(res)})
             except ClientError as exc:
-                log.info("server API broadcast to %s failed: %d", name, exc.code, extra={"tenant": tenant})
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "server API broadcast to %s failed: %d",
+                    name,
+                    exc.code,
+                    extra={"tenant": tenant},
+                )
                 responses.append(error_body(exc.code, exc.message))
         return {"responses": responses}
 
@@ -361,7 +375,13 @@ class ServerAPI:
         channel, _ = self._channel(p)
         for unsupported in ("info", "b64info", "data", "b64data", "recover_since", "override"):
             if p.get(unsupported) is not None:
-                log.info("server API subscribe: %s is not supported", unsupported, extra={"tenant": tenant})
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "server API subscribe: %s is not supported",
+                    unsupported,
+                    extra={"tenant": tenant},
+                )
                 raise codes.error_not_available()
         await self.node.control.subscribe_user(target, channel.raw)
         return {}
@@ -461,7 +481,12 @@ class ServerAPI:
 
         async def one(command: Any) -> dict[str, Any]:
             if not isinstance(command, dict) or len(command) != 1:
-                log.info("server API batch: malformed command", extra={"tenant": principal.tenant})
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "server API batch: malformed command",
+                    extra={"tenant": principal.tenant},
+                )
                 return error_body(107, "bad request")
             ((method, params),) = command.items()
             result, err = await self.reply(principal, method, params)
@@ -483,12 +508,16 @@ class ServerAPI:
         if not self.keys:
             if self.node.config.dev_mode:
                 return DEV_KEY, None
-            log.warning("server API request from %s refused: no API key configured", remote)
+            log_limited(
+                log, logging.WARNING, "server API request from %s refused: no API key configured", remote
+            )
             return None, Response(status_code=404)
         presented = presented_key(request.headers)
         principal = authenticate(presented, self.keys)
         if principal is None:
-            log.warning(
+            log_limited(
+                log,
+                logging.WARNING,
                 "server API request from %s refused: %s API key",
                 remote,
                 "missing" if presented is None else "wrong",
@@ -515,9 +544,21 @@ class ServerAPI:
         principal, refused = await self._admit(request)
         if refused is not None or principal is None:
             return None, b"", refused
-        body = await self._body(request)
+        try:
+            body = await self._body(request)
+        except ClientDisconnect:
+            remote = request.client.host if request.client else ""
+            log_limited(
+                log, logging.INFO, "server API request from %s: the client left before its body ended", remote
+            )
+            return None, b"", Response(status_code=400)
         if body is None:
-            log.warning("server API request over %d bytes refused", self.node.config.api_max_body_size)
+            log_limited(
+                log,
+                logging.WARNING,
+                "server API request over %d bytes refused",
+                self.node.config.api_max_body_size,
+            )
             return None, b"", _json(error_body(107, "request body too large"), 413)
         return principal, body, None
 
@@ -530,13 +571,21 @@ class ServerAPI:
         try:
             params = decode_params(body)
         except BadBody as exc:
-            log.info("server API %s: %s", method, exc, extra={"tenant": principal.tenant})
+            log_limited(
+                log, logging.INFO, "server API %s: %s", method, exc, extra={"tenant": principal.tenant}
+            )
             return _json(error_body(107, "bad request"), 400)
         if method == "batch":
             try:
                 return _json(await self.batch(principal, params))
             except ClientError as exc:
-                log.info("server API batch failed: %d", exc.code, extra={"tenant": principal.tenant})
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "server API batch failed: %d",
+                    exc.code,
+                    extra={"tenant": principal.tenant},
+                )
                 return _json(error_body(exc.code, exc.message))
         result, err = await self.reply(principal, method, params)
         if err is not None:
@@ -551,7 +600,7 @@ class ServerAPI:
         try:
             is_batch, objects = decode_root(body)
         except BadBody as exc:
-            log.info("server API: %s", exc, extra={"tenant": principal.tenant})
+            log_limited(log, logging.INFO, "server API: %s", exc, extra={"tenant": principal.tenant})
             return _json(error_body(107, "bad request"), 400)
         if is_batch:
             try:
@@ -565,7 +614,12 @@ class ServerAPI:
             if "id" in command:
                 reply["id"] = command["id"]
             if not isinstance(method, str):
-                log.info("server API: command without a method", extra={"tenant": principal.tenant})
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "server API: command without a method",
+                    extra={"tenant": principal.tenant},
+                )
                 reply.update(error_body(107, "bad request"))
             else:
                 result, err = await self.reply(principal, method, command.get("params") or {})

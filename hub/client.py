@@ -35,7 +35,7 @@ from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInval
 from hub.codes import ClientError, Disconnect
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.limits import CommandLimiter, Verdict
-from hub.logs import bind_session, unbind_session
+from hub.logs import bind_session, log_limited, unbind_session
 from hub.recovery import Recovery, after_position, recover
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
 from hub.writer import EventWriter, Transport, Writer
@@ -274,13 +274,15 @@ class Client:
         if self._closing:
             return
         if len(data) > self.node.config.client_max_message_size:
-            log.warning("message of %d bytes over the limit", len(data), extra=self._log_extra())
+            log_limited(
+                log, logging.WARNING, "message of %d bytes over the limit", len(data), extra=self._log_extra()
+            )
             self.disconnect(codes.MESSAGE_TOO_BIG.error())
             return
         try:
             commands = self.codec.decode_commands(data)
         except self.codec.DecodeError as exc:
-            log.warning("bad frame: %s", exc, extra=self._log_extra())
+            log_limited(log, logging.WARNING, "bad frame: %s", exc, extra=self._log_extra())
             self.disconnect(codes.BAD_REQUEST.error())
             return
         self.busy = True
@@ -318,7 +320,7 @@ class Client:
         self.awaiting_pong = False  # any command proves the client alive
         cmd_id = cmd.get("id", 0)
         if isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or cmd_id < 0:
-            log.warning("bad command id %r", cmd_id, extra=self._log_extra())
+            log_limited(log, logging.WARNING, "bad command id %r", cmd_id, extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
         method = next((m for m in _METHODS if m in cmd), None)
         if method is None and cmd_id == 0:
@@ -326,18 +328,24 @@ class Client:
         if self.limiter is not None and self._over_rate(cmd_id, method or "unknown"):
             return
         if method != "connect" and self.state is State.CONNECTING:
-            log.warning("%s before connect", method or "unknown command", extra=self._log_extra())
+            log_limited(
+                log,
+                logging.WARNING,
+                "%s before connect",
+                method or "unknown command",
+                extra=self._log_extra(),
+            )
             raise codes.BAD_REQUEST.error()
         if method is None:
-            log.info("unknown method in command %d", cmd_id, extra=self._log_extra())
+            log_limited(log, logging.INFO, "unknown method in command %d", cmd_id, extra=self._log_extra())
             self.node.metrics.command_error("unknown", 104)
             self.writer.push(self.codec.encode_error(cmd_id, 104, "method not found"))
             return
         if cmd_id == 0 and method != "send":
-            log.warning("%s without id", method, extra=self._log_extra())
+            log_limited(log, logging.WARNING, "%s without id", method, extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
         if self._unusable:
-            log.warning("connect after a failed connect", extra=self._log_extra())
+            log_limited(log, logging.WARNING, "connect after a failed connect", extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
         params = cmd[method]
         if params is None:
@@ -349,7 +357,9 @@ class Client:
             result = await getattr(self, "_cmd_" + method)(cmd_id, params)
         except ClientError as exc:
             self.node.metrics.command_error(method, exc.code)
-            log.info("%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra())
+            log_limited(
+                log, logging.INFO, "%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra()
+            )
             if cmd_id:
                 self.writer.push(self.codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
             if method == "connect":
@@ -363,7 +373,14 @@ class Client:
             raise
         except (BrokerUnavailable, PresenceUnavailable) as exc:
             # Redis is away: the command fails, temporarily (the SDKs retry), and nothing claims success.
-            log.warning("%s failed: %s", method, exc or type(exc).__name__, extra=self._log_extra())
+            log_limited(
+                log,
+                logging.WARNING,
+                "%s failed: %s",
+                method,
+                exc or type(exc).__name__,
+                extra=self._log_extra(),
+            )
             self.node.metrics.command_error(method, 100)
             if cmd_id:
                 self.writer.push(self.codec.encode_error(cmd_id, 100, "internal server error", True))
@@ -389,10 +406,16 @@ class Client:
         self.node.metrics.command_error(method, refusal.code)
         if verdict is Verdict.FLOOD:
             refused = self.limiter.refused
-            log.warning("command flood: %d commands refused in a row", refused, extra=self._log_extra())
+            log_limited(
+                log,
+                logging.WARNING,
+                "command flood: %d commands refused in a row",
+                refused,
+                extra=self._log_extra(),
+            )
             raise codes.TOO_MANY_REQUESTS.error()
         if self.limiter.refused == 1:  # one line per streak, not one per refused command
-            log.info("command rate limit exceeded", extra=self._log_extra())
+            log_limited(log, logging.INFO, "command rate limit exceeded", extra=self._log_extra())
         if cmd_id:
             reply = self.codec.encode_error(cmd_id, refusal.code, refusal.message, refusal.temporary)
             self.writer.push(reply)
@@ -469,7 +492,9 @@ class Client:
                     channel = parse_channel(name)
                     opts = node.namespaces.options_for(channel)
                 except (InvalidChannel, UnknownNamespace):
-                    log.warning("token names bad channel %r", name, extra=self._log_extra())
+                    log_limited(
+                        log, logging.WARNING, "token names bad channel %r", name, extra=self._log_extra()
+                    )
                     continue
                 if name in self.subs:
                     continue
@@ -507,7 +532,9 @@ class Client:
             reply = self.codec.encode_reply(cmd_id, "connect", result)
             limit = node.config.client_user_connection_limit
             if limit and user and len(node.registry.user_clients(tenant, user)) >= limit:
-                log.info("user connection limit %d reached", limit, extra=self._log_extra())
+                log_limited(
+                    log, logging.INFO, "user connection limit %d reached", limit, extra=self._log_extra()
+                )
                 raise codes.CONNECTION_LIMIT.error()
         except BaseException:
             for prep in prepared:
@@ -532,14 +559,18 @@ class Client:
             await self._cmd_connect(0, params)
         except ClientError as exc:
             self.node.metrics.command_error("connect", exc.code)
-            log.info("connect failed: %d %s", exc.code, exc.message, extra=self._log_extra())
+            log_limited(
+                log, logging.INFO, "connect failed: %d %s", exc.code, exc.message, extra=self._log_extra()
+            )
             self.disconnect(_UNI_DISCONNECTS.get(exc.code, codes.SERVER_ERROR).error())
         except Disconnect as exc:
             self.node.metrics.command_error("connect", exc.code)
             self.disconnect(exc)
         except (BrokerUnavailable, PresenceUnavailable) as exc:
             # Redis is away (as for a bidirectional command): 3004, the client reconnects; no traceback.
-            log.warning("connect failed: %s", exc or type(exc).__name__, extra=self._log_extra())
+            log_limited(
+                log, logging.WARNING, "connect failed: %s", exc or type(exc).__name__, extra=self._log_extra()
+            )
             self.disconnect(codes.SERVER_ERROR.error())
         except Exception:
             log.exception("connect crashed", extra=self._log_extra())
@@ -558,13 +589,13 @@ class Client:
         except TokenExpired:
             raise codes.error_token_expired() from None
         except TokenInvalid as exc:
-            log.warning("invalid connection token: %s", exc, extra=self._log_extra())
+            log_limited(log, logging.WARNING, "invalid connection token: %s", exc, extra=self._log_extra())
             raise codes.INVALID_TOKEN.error() from None
 
     async def _cmd_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         claims = self._verify_connect_token(_str(p, "token"))
         if (claims.user, claims.tenant) != self._identity:
-            log.warning("refresh token for another user", extra=self._log_extra())
+            log_limited(log, logging.WARNING, "refresh token for another user", extra=self._log_extra())
             raise codes.INVALID_TOKEN.error()
         self.expires_at = float(claims.exp or 0)
         result: dict[str, Any] = {"client": self.id, "version": self.node.version}
@@ -643,10 +674,15 @@ class Client:
         except TokenExpired:
             raise codes.error_token_expired() from None
         except TokenInvalid as exc:
-            log.warning("invalid subscription token: %s", exc, extra=self._log_extra())
+            log_limited(log, logging.WARNING, "invalid subscription token: %s", exc, extra=self._log_extra())
             raise codes.error_permission_denied() from None
         if (claims.channel, claims.user, claims.tenant) != (channel, self.user, self.tenant):
-            log.warning("subscription token for another channel, user or tenant", extra=self._log_extra())
+            log_limited(
+                log,
+                logging.WARNING,
+                "subscription token for another channel, user or tenant",
+                extra=self._log_extra(),
+            )
             raise codes.error_permission_denied()
         return claims
 
@@ -842,7 +878,14 @@ class Client:
         try:
             await step
         except (BrokerUnavailable, PresenceUnavailable) as exc:
-            log.warning("%s skipped: %s", what, exc or type(exc).__name__, extra=self._log_extra())
+            log_limited(
+                log,
+                logging.WARNING,
+                "%s skipped: %s",
+                what,
+                exc or type(exc).__name__,
+                extra=self._log_extra(),
+            )
 
     async def _cmd_sub_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         name = _str(p, "channel")
@@ -977,7 +1020,7 @@ class Client:
     async def _cmd_send(self, cmd_id: int, p: dict[str, Any]) -> None:
         hook = self.node.hooks.on_message
         if hook is None:
-            log.info("send without an on_message hook", extra=self._log_extra())
+            log_limited(log, logging.INFO, "send without an on_message hook", extra=self._log_extra())
             raise codes.NOT_AVAILABLE.error()
         await hook(MessageContext(self.id, self.user, self.tenant, self._data(p)))
         return None
@@ -1067,8 +1110,12 @@ class Client:
         self.disconnect(codes.WRITE_ERROR.error(), flush=False)
 
     def _on_slow(self) -> None:
-        log.warning(
-            "slow consumer: outbound buffer over %d bytes", self.writer.max_bytes, extra=self._log_extra()
+        log_limited(
+            log,
+            logging.WARNING,
+            "slow consumer: outbound buffer over %d bytes",
+            self.writer.max_bytes,
+            extra=self._log_extra(),
         )
         self.node.metrics.slow_disconnect()
         self.disconnect(codes.SLOW.error(), flush=False)

@@ -26,7 +26,7 @@ from hub.client import Client, State
 from hub.config import Config
 from hub.control import Control, LocalControl
 from hub.hooks import Hooks
-from hub.logs import bind_session
+from hub.logs import bind_session, log_limited
 from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
@@ -312,7 +312,13 @@ class Node:
                 key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key
             )
         except BrokerUnavailable:
-            log.warning("publish to %s refused: broker unavailable", key[1], extra={"tenant": key[0]})
+            log_limited(
+                log,
+                logging.WARNING,
+                "publish to %s refused: broker unavailable",
+                key[1],
+                extra={"tenant": key[0]},
+            )
             raise codes.error_internal() from None
         self.metrics.published[channel.namespace] += 1
         return result

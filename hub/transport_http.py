@@ -32,6 +32,7 @@ import orjson
 
 from hub import codec_protobuf, codes, sse, wire
 from hub.control import ControlUnavailable
+from hub.logs import log_limited
 from hub.writer import EventWriter, Writer
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class StreamTransport:
             self._pending = None
 
     def _broken(self, exc: BaseException) -> None:
-        log.info("stream write failed: %r", exc)
+        log_limited(log, logging.INFO, "stream write failed: %r", exc)
         self._closed = True
         self.closing.set()
         self._queue.clear()
@@ -212,14 +213,27 @@ class StreamTransport:
             if not self._wrote and not self._closed:
                 self._write(sse.HEARTBEAT)
 
-    async def stop(self) -> None:
-        """Abandon a send still waiting (the peer is gone)."""
+    async def stop(self) -> bool:
+        """Abandon a send still waiting: the peer is gone, or does not read. Under uvicorn the connection of
+        a peer that does not read is reset: the bytes it left unread go at once (a closed socket would keep
+        them until it reads), and the response is not reported as left unfinished. True if it was reset."""
         self._ended.set()
         task = self._pending
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return False
+        reset = self._reset()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return reset
+
+    def _reset(self) -> bool:
+        owner = getattr(self._send, "__self__", None) if self._eager else None
+        socket_transport = getattr(owner, "transport", None)
+        if socket_transport is None:
+            return False
+        socket_transport.abort()
+        return True
 
 
 # ---------------------------------------------------------------- request reading
@@ -323,7 +337,7 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
     try:
         data = await _request_data(scope, receive, limit, STREAM_METHODS[kind])
     except _BadRequest as exc:
-        log.info("%s request refused: %s", kind, exc, extra={"transport": kind})
+        log_limited(log, logging.INFO, "%s request refused: %s", kind, exc, extra={"transport": kind})
         if exc.status != 499:
             allow = STREAM_METHODS[kind] if exc.status == 405 else ()
             await _respond(send, exc.status, str(exc).encode(), allow=allow)
@@ -337,7 +351,9 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            log.info("%s: connect request is not a JSON object", kind, extra={"transport": kind})
+            log_limited(
+                log, logging.INFO, "%s: connect request is not a JSON object", kind, extra={"transport": kind}
+            )
             await _respond(send, 400, b"connect request must be a JSON object")
             return
         params = parsed
@@ -376,7 +392,10 @@ async def stream_session(node: Node, kind: str, scope: dict[str, Any], receive: 
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(writing), 1.0)
-        await transport.stop()
+        if await transport.stop():
+            log.debug("%s stream not read: connection reset", kind)  # its 3008 was the line that counts
+            with contextlib.suppress(TimeoutError):  # the server sees the reset: the response is over
+                await asyncio.wait_for(_wait_disconnect(receive), 1.0)
         writing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writing
@@ -413,7 +432,9 @@ def _resume_from(client: Client, last_event_id: str) -> None:
         client.resume_point = sse.decode_resume_id(last_event_id)
     except sse.BadResumeId as exc:
         # Not silently fresh: every recoverable channel is reported unrecovered.
-        log.warning("a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra())
+        log_limited(
+            log, logging.WARNING, "a Last-Event-ID that is not ours: %s", exc, extra=client._log_extra()
+        )
         client.resume_point = sse.LOST
 
 
@@ -439,7 +460,7 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
     try:
         body = await _read_body(receive, node.config.client_max_message_size)
     except _BadRequest as exc:
-        log.info("emulation request refused: %s", exc)
+        log_limited(log, logging.INFO, "emulation request refused: %s", exc)
         if exc.status != 499:
             await _respond(send, exc.status, str(exc).encode())
         return
@@ -449,7 +470,7 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
         else:
             target, session, data = _json_emulation_request(body)
     except ValueError as exc:
-        log.info("bad emulation request: %s", exc)
+        log_limited(log, logging.INFO, "bad emulation request: %s", exc)
         await _respond(send, 400, b"bad emulation request")
         return
     client = node.streams.get(session) if target == node.id else None
@@ -464,7 +485,7 @@ async def emulation(node: Node, scope: dict[str, Any], receive: Any, send: Any) 
     try:
         found = await node.control.emulate(target, session, data)
     except ControlUnavailable as exc:
-        log.warning("emulation request for node %s not delivered: %s", target, exc)
+        log_limited(log, logging.WARNING, "emulation request for node %s not delivered: %s", target, exc)
         await _respond(send, 503, b"node not reachable")
         return
     if found:

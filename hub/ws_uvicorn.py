@@ -11,6 +11,9 @@ It is uvicorn's sans-I/O implementation (``websockets-sansio``) plus one ASGI sc
 
 Under any other ASGI server the extension is absent and the hub falls back to plain ``send()``.
 Keepalive: uvicorn's protocol-level pings are turned off by the hub; the Centrifuge protocol pings itself.
+
+A peer's protocol error (a text frame that is not UTF-8, a bad frame) closes its connection (1007, 1002,
+1009) with one rate-limited line (``hub.logs.log_limited``), not uvicorn's ERROR traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from hub.logs import log_limited
 
 RAW_EXTENSION = "switchboard.raw_websocket"
 SLOW_ABORT_AFTER = 2.0
@@ -58,9 +63,34 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         delay = SLOW_ABORT_AFTER if backlog > 65536 else self.close_timeout
         self.close_timer = self.loop.call_later(delay, self.transport.abort)
 
+    def send_receive_event_to_app(self) -> None:
+        """A complete message for the app. A text message that is not UTF-8 closes the connection with 1007
+        (RFC 6455 8.1: "the endpoint MUST _Fail the WebSocket Connection_"), logged as the peer's error."""
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                log_limited(
+                    log, logging.INFO, "websocket text message from %s is not UTF-8: closed 1007", self.client
+                )
+                self.conn.send_close(1007, "invalid UTF-8")
+                WebSocketsSansIOProtocol.handle_parser_exception(self)
+                return
+            self.frames = []
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
+        super().send_receive_event_to_app()
+
     def handle_parser_exception(self) -> None:
         sent = self.conn.close_sent
-        log.warning(
+        log_limited(
+            log,
+            logging.WARNING,
             "websocket protocol error from %s: %s",
             self.client,
             f"{sent.code} {sent.reason}" if sent is not None else self.conn.parser_exc,

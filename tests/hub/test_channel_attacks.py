@@ -8,15 +8,23 @@ reached); the attacks are scaled down to a few seconds, but so that the old code
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
+import time
+import urllib.parse
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 import websockets
+from websockets.frames import Frame, Opcode
 
 from channels.redis_shards import route_of
+from hub.logs import LIMITED_BURST, LIMITED_RATE
 from tests import nodes as harness
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, token
 from tests.hub.test_session import Conn, GatedBroker, make_node
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
 from tests.redis_proxy import Proxy
@@ -139,3 +147,110 @@ async def test_a_subscribe_stalled_on_its_history_read_cannot_hoard_a_busy_chann
     finally:
         proxy.release_commands()
         await proxy.close()
+
+
+# ---------------------------------------------------------------- logs
+
+
+def node_lines(node: HubNode) -> list[str]:
+    return [line for line in node.log().splitlines() if not line.startswith("--- start")]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_logs_never_carry_control_characters_from_input(
+    make_nodes: NodesFactory, log_format: str
+) -> None:
+    """(Issue 10.) Input reached log lines raw: the server API's method name from the URL (a terminal escape,
+    a forged line after CR LF), a token's user and tenant in every line of the session. Now every line of
+    the node's log is printable, in both formats, and the forged line is an escaped part of a real one."""
+    [node] = await make_nodes(1, log_format=log_format)
+    hostile = "x\x1b[2J\r\nFAKE 2025-01-01 ERROR forged\x9b\u2028"
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        url = node.http + "/api/" + urllib.parse.quote(hostile)
+        response = await http.post(url, json={}, headers={"X-API-Key": API_KEY})
+        assert response.json()["error"]["code"] == 104
+    ws = await websockets.connect(node.url, open_timeout=TIMEOUT)
+    client = RawClient(ws)
+    reply = await client.command("connect", {"token": token(hostile, tenant="t\n\x85")})
+    assert "connect" in reply
+    assert (await client.command("subscribe", {"channel": "nope:x"}))["error"]["code"] == 102
+    await ws.close()
+    lines = node_lines(node)  # each line was written before the reply it is about
+    assert lines
+    for line in lines:
+        assert line.isprintable(), repr(line)
+        assert not line.startswith("FAKE")
+    if log_format == "json":
+        parsed = [json.loads(line) for line in lines]
+        api = next(r for r in parsed if r["logger"] == "switchboard.api")
+        assert "x\\x1b[2J\\r\\nFAKE 2025-01-01 ERROR forged\\x9b\\u2028" in api["message"]
+        session = [r for r in parsed if r.get("tenant") == "t\\n\\x85"]
+        assert session and all(r["user"].startswith("x\\x1b[2J\\r\\nFAKE") for r in session)
+    else:
+        assert any("x\\x1b[2J\\r\\nFAKE 2025-01-01 ERROR forged\\x9b\\u2028" in line for line in lines)
+        assert any("tenant='t\\n\\x85'" in line for line in lines)
+
+
+async def test_client_misbehaviour_is_one_rate_limited_line_without_a_traceback(
+    make_nodes: NodesFactory,
+) -> None:
+    """(Issue 10.) Each text frame that is not UTF-8 wrote an ERROR traceback (uvicorn), each API client
+    that left mid-body an ERROR traceback (ClientDisconnect), each SSE stream cut for not reading an ERROR
+    line. Now each is a line at INFO or WARNING, without a traceback, and a flood of them is rate-limited
+    (hub.logs.log_limited: a burst of LIMITED_BURST, then LIMITED_RATE a second)."""
+    [node] = await make_nodes(1)
+    started = time.monotonic()
+    for _ in range(60):  # text frames that are not UTF-8: each closes its connection with 1007
+        ws = await websockets.connect(node.url, open_timeout=TIMEOUT)
+        ws.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe{}"))
+        ws.send_data()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert ws.close_code == 1007
+    for _ in range(60):  # API clients that leave before their body ends
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Length: 100\r\n\r\n{"
+            % API_KEY.encode()
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    # uni_sse streams that never read, on a feed of 4 KB messages: cut with 3008
+    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=["feed"])}))
+    socks = []
+    for _ in range(5):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", node.port))
+        sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    try:
+
+        async def streams_connected() -> bool:
+            return node.log().count("transport='uni_sse'") >= 5
+
+        await eventually(streams_connected)
+        for _ in range(20):  # 8 MB: past the socket's send buffer (loopback autotunes it to MBs) and 1 MiB
+            await api_batch(node, [{"publish": {"channel": "feed", "data": {"pad": "x" * 4000}}}] * 100)
+
+        async def streams_reset() -> bool:  # the 3008 closes, then the streams' ends
+            return (
+                node.log().count("disconnect 3008") >= 5
+                and (await node.api("info"))["result"]["nodes"][0]["num_clients"] == 0
+            )
+
+        await eventually(streams_reset)
+    finally:
+        for sock in socks:
+            sock.close()
+    elapsed = time.monotonic() - started
+    lines = node_lines(node)
+    assert not [line for line in lines if " ERROR " in line or line.startswith(("Traceback", "  File"))]
+    most = LIMITED_BURST + LIMITED_RATE * elapsed + 1
+    utf8 = [line for line in lines if "is not UTF-8: closed 1007" in line]
+    assert 1 <= len(utf8) <= most and all(" INFO " in line for line in utf8)
+    left = [line for line in lines if "the client left before its body ended" in line]
+    assert 1 <= len(left) <= most and all(" INFO " in line for line in left)
+    slow = [line for line in lines if "slow consumer" in line]
+    assert len(slow) == 5 and all(" WARNING " in line for line in slow)

@@ -20,8 +20,9 @@ import orjson
 import pytest
 import websockets
 
+from hub import logs
 from hub.hooks import Hooks
-from hub.logs import make_handler
+from hub.logs import LineLimiter, clean, log_limited, make_handler
 from tests.conftest import TIMEOUT, HubFactory, RawClient, token
 from tests.hub.test_cli import server_process  # noqa: F401  (the fixture: a real `switchboard serve`)
 
@@ -172,3 +173,84 @@ async def test_serve_text_lines_carry_session_fields(server_process: Any) -> Non
     assert f"client='{client_id}'" in line and "transport='websocket'" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+# ---------------------------------------------------------------- no raw control characters; rate limits
+
+HOSTILE = "pub\x1b[31mlish\r\nFAKE 2025-01-01 ERROR forged\x00\x7f\x9b\u2028\u202e\t"
+
+
+def format_both(record_factory: Any) -> dict[str, str]:
+    out = {}
+    for fmt in ("text", "json"):
+        handler = make_handler(fmt)
+        assert handler.formatter is not None
+        out[fmt] = handler.formatter.format(record_factory())
+    return out
+
+
+def test_formatters_escape_every_control_character_from_input() -> None:
+    """(Issue 10.) The server API's method name came from the URL into a log line as it was: a terminal
+    escape, a forged line after CR LF. Both formats now write every character that is not printable as
+    ``repr`` writes it: in the message, the session fields and an exception's message."""
+
+    def record() -> logging.LogRecord:
+        try:
+            raise ValueError(f"bad input {HOSTILE}")
+        except ValueError:
+            import sys
+
+            rec = logging.LogRecord(
+                "switchboard.api", logging.ERROR, __file__, 1, "%s failed", (HOSTILE,), None
+            )
+            rec.exc_info = sys.exc_info()
+        rec.user = HOSTILE  # type: ignore[attr-defined]
+        rec.tenant = "t\x85"  # type: ignore[attr-defined]
+        return rec
+
+    lines = format_both(record)
+    text, first = lines["text"], lines["text"].split("\n")[0]
+    assert first.isprintable() and "pub\\x1b[31mlish\\r\\nFAKE" in first and "\\u2028\\u202e\\t" in first
+    assert "user='pub\\x1b[31mlish" in first
+    for line in text.split("\n"):  # a traceback keeps its lines, each clean; the message is one of them
+        assert line.isprintable(), repr(line)
+        assert not line.startswith("FAKE")
+    assert text.split("\n")[-1].startswith("ValueError: bad input pub\\x1b[31mlish\\r\\nFAKE")
+    raw = lines["json"]
+    assert raw.isprintable() and "\n" not in raw
+    rec = json.loads(raw)
+    assert (
+        rec["message"]
+        == "pub\\x1b[31mlish\\r\\nFAKE 2025-01-01 ERROR forged\\x00\\x7f\\x9b\\u2028\\u202e\\t failed"
+    )
+    assert rec["user"].startswith("pub\\x1b") and rec["tenant"] == "t\\x85"
+    assert "ValueError: bad input pub\\x1b[31mlish\\r\\nFAKE" in rec["exception"]
+
+
+def test_clean_leaves_printable_text_alone() -> None:
+    for text in ("plain", "ünïcödé 日本語 😀", "quotes ' \" and \\ backslash", ""):
+        assert clean(text) is text
+
+
+def test_a_line_kind_is_limited_and_the_next_line_says_how_many_were_left_out() -> None:
+    now = [0.0]
+    limiter = LineLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    kind = ("switchboard.x", "bad frame: %s")
+    assert [limiter.admit(kind) for _ in range(5)] == [0, 0, 0, None, None]
+    assert limiter.admit(("switchboard.x", "another kind")) == 0  # kinds are counted apart
+    now[0] += 0.5  # one line's worth of refill
+    assert limiter.admit(kind) == 2 and limiter.admit(kind) is None
+    now[0] += 100.0
+    assert [limiter.admit(kind) for _ in range(4)] == [1, 0, 0, None]
+
+
+def test_log_limited_writes_the_summary_into_the_next_line(monkeypatch: Any, captured: io.StringIO) -> None:
+    now = [0.0]
+    monkeypatch.setattr(logs, "LIMITER", LineLimiter(rate=1.0, burst=2, clock=lambda: now[0]))
+    logger = logging.getLogger("switchboard.test")
+    written = [log_limited(logger, logging.WARNING, "bad frame from %s", n) for n in range(10)]
+    assert written == [True, True] + [False] * 8
+    now[0] += 1.0
+    assert log_limited(logger, logging.WARNING, "bad frame from %s", 10)
+    messages = [r["message"] for r in records(captured.getvalue())]
+    assert messages == ["bad frame from 0", "bad frame from 1", "bad frame from 10 (8 more like it left out)"]
