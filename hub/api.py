@@ -218,8 +218,8 @@ def _payload(p: Mapping[str, Any]) -> bytes:
         try:
             # Re-encoded compact: the JSON's own line breaks would split SSE events and the line-delimited
             # frames of every other transport.
-            return orjson.dumps(orjson.loads(base64.b64decode(raw, validate=True)))
-        except (binascii.Error, ValueError):
+            return codec_json.data_bytes(orjson.loads(base64.b64decode(raw, validate=True)))
+        except (binascii.Error, ValueError):  # codec_json.DecodeError is a ValueError
             raise codes.error_bad_request() from None
     if "data" not in p:
         raise codes.error_bad_request()

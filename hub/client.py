@@ -1148,7 +1148,7 @@ class Client:
         if self.state is State.CLOSED:
             return
         self._closing = True
-        self.writer.closed = True
+        self.writer.discard()
         self._move(State.CLOSED)
         node = self.node
         node.registry.remove_client(self)

@@ -98,6 +98,9 @@ class Config:
     client_channel_limit: int = 128
     client_max_message_size: int = 65536
     client_queue_max_size: int = 1048576
+    node_queue_max_size: int = 268435456
+    """Bytes all connections of the node together may have waiting to be written; past it the ones holding
+    the most are closed as slow consumers (3008) until the total is back under it (0: no node-wide bound)."""
     client_ping_interval: float = 25.0
     client_pong_timeout: float = 8.0
     client_expired_close_delay: float = 25.0
@@ -442,7 +445,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"log_format must be text or json, got {cfg.log_format!r}")
     if not (0 <= cfg.metrics_port < 65536):
         raise ConfigError(f"metrics_port out of range: {cfg.metrics_port}")
-    for name in ("client_command_rate_limit", "client_user_connection_limit", "shutdown_batch_pause"):
+    for name in (
+        "client_command_rate_limit",
+        "client_user_connection_limit",
+        "shutdown_batch_pause",
+        "node_queue_max_size",
+    ):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative (0 turns it off)")
     if cfg.client_command_rate_limit and cfg.client_command_rate_burst < 1:

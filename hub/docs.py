@@ -179,6 +179,9 @@ class RawDocTransport:
     def close(self, code: int, reason: str) -> None:
         self._raw.close_with(code, reason)
 
+    def unsent_bytes(self) -> int:
+        return self._raw.unsent_bytes()  # type: ignore[no-any-return]
+
 
 class AsgiDocTransport(AsgiWebSocketTransport):
     """The portable transport, one binary WebSocket message per y-websocket message (never joined)."""

@@ -27,11 +27,12 @@ from hub.config import Config
 from hub.control import Control, LocalControl
 from hub.hooks import Hooks
 from hub.logs import bind_session, log_limited
+from hub.memory import Trimmer
 from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
 from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
-from hub.writer import FlushScheduler, Transport
+from hub.writer import Backlog, FlushScheduler, Transport
 from presence.presence import PresenceManager
 
 log = logging.getLogger("switchboard.node")
@@ -88,7 +89,9 @@ class Node:
         self.registry = Registry(len(CODECS))
         self.streams: dict[str, Client] = {}
         """Emulation sessions by session id (their commands arrive on ``/emulation``)."""
-        self.scheduler = FlushScheduler()
+        self.trimmer = Trimmer()
+        """Gives memory back to the system after slow connections holding much were cut (``hub.memory``)."""
+        self.scheduler = FlushScheduler(backlog=Backlog(config.node_queue_max_size, self.trimmer.dropped))
         self.metrics = Metrics(config.namespaces)
         self.sessions: set[Client] = set()
         self.started = False
@@ -184,6 +187,7 @@ class Node:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.trimmer.cancel()
         await self.control.close()
         await self.broker.close()
         await self.presence.close()

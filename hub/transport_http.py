@@ -137,12 +137,33 @@ class StreamTransport:
         self._write(self._frame(messages))
         return self._queued
 
+    def unsent_bytes(self) -> int:
+        """Queued chunks, and what uvicorn's socket transport holds of the chunks already sent to it."""
+        socket_transport = self._socket_transport()
+        held = (
+            0
+            if socket_transport is None or self._ended.is_set()
+            else socket_transport.get_write_buffer_size()
+        )
+        return self._queued + held
+
     def close(self, code: int, reason: str) -> None:
         # The code went out as a disconnect push (the session writes it before closing); a stream just ends.
+        # A stream closed as slow is one its peer does not read: what it has not read is dropped now and its
+        # connection reset, so a node cutting slow streams frees their memory as it cuts them.
         if not self._closed:
             self._closed = True
             self.closing.set()
-            self._write(b"", more=False)
+            if code == codes.SLOW.code:
+                self._drop_unsent()
+            else:
+                self._write(b"", more=False)
+
+    def _drop_unsent(self) -> None:
+        self._queued -= sum(len(chunk) for chunk, _ in self._queue)  # a chunk in flight counts until it ends
+        self._queue.clear()
+        if self._pending is not None:
+            self._reset()
 
     def _write(self, chunk: bytes, more: bool = True) -> None:
         self._wrote = True
@@ -225,15 +246,23 @@ class StreamTransport:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # What never went out goes now: the session, its writer and this transport reference each other and
+        # would keep these chunks until the cyclic garbage collector's next full pass.
+        self._queue.clear()
+        self._queued = 0
         return reset
 
     def _reset(self) -> bool:
-        owner = getattr(self._send, "__self__", None) if self._eager else None
-        socket_transport = getattr(owner, "transport", None)
+        socket_transport = self._socket_transport()
         if socket_transport is None:
             return False
         socket_transport.abort()
         return True
+
+    def _socket_transport(self) -> Any:
+        """uvicorn's transport of this response's connection (None under another server)."""
+        owner = getattr(self._send, "__self__", None) if self._eager else None
+        return getattr(owner, "transport", None)
 
 
 # ---------------------------------------------------------------- request reading

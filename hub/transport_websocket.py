@@ -42,6 +42,9 @@ class RawWebSocketTransport:
     def close(self, code: int, reason: str) -> None:
         self._raw.close_with(code, reason)
 
+    def unsent_bytes(self) -> int:
+        return self._raw.unsent_bytes()  # type: ignore[no-any-return]
+
 
 class AsgiWebSocketTransport:
     """Portable transport: a writer task drains queued frames through ``send()``."""
@@ -73,6 +76,9 @@ class AsgiWebSocketTransport:
         if self._close is None:
             self._close = (code, reason)
             self._wakeup.set()
+
+    def unsent_bytes(self) -> int:
+        return self._queued
 
     async def _run(self) -> None:
         send = self._send

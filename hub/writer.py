@@ -6,6 +6,12 @@ to one connection go out as one frame. A Writer whose backlog (its own plus the 
 plus what is held for it elsewhere: publications buffered while a subscription is being set up) passes
 ``max_bytes`` is a slow consumer: it calls ``on_slow`` (the session then closes with 3008) and takes no more
 messages. Others are never held up by it.
+
+Node-wide, the ``Backlog`` of the scheduler adds up what every writer's transport holds unsent. Each
+connection's bound alone lets N slow connections hold N x ``max_bytes``; past the node's ``limit``
+(``node_queue_max_size``) the connections holding the most are cut as slow consumers, largest first, until
+the total is back under it. What a cut connection leaves unsent is reported (``on_released``) so that the
+node can give the freed memory back to the system (``hub.memory``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hub import sse
+from hub.logs import log_limited
 
 log = logging.getLogger("switchboard.writer")
 
@@ -31,16 +38,81 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close with a protocol code; idempotent."""
 
+    def unsent_bytes(self) -> int:
+        """The bytes written that have not gone out yet (what ``write_messages`` returned, as of now)."""
+
+
+class Backlog:
+    """The unsent bytes of every writer of a node, and the node-wide bound on them (0: none).
+
+    A writer's share is what its transport reported unsent at its last flush; when the total passes the
+    bound, every share is measured again (a connection may have caught up since) and the largest are cut
+    until the total is back under it. Costs one comparison per flush while under the bound."""
+
+    __slots__ = ("limit", "total", "writers", "on_released")
+
+    def __init__(self, limit: int = 0, on_released: Callable[[int], None] | None = None) -> None:
+        self.limit = limit
+        self.total = 0
+        self.writers: set[Writer] = set()
+        """Writers with a share (unsent bytes) in ``total``."""
+        self.on_released = on_released
+
+    def change(self, writer: Writer, unsent: int) -> None:
+        """``writer``'s transport holds ``unsent`` bytes now."""
+        self._set(writer, unsent)
+        if self.limit and self.total > self.limit:
+            self.shed()
+
+    def _set(self, writer: Writer, unsent: int) -> None:
+        self.total += unsent - writer.unsent
+        writer.unsent = unsent
+        if unsent:
+            self.writers.add(writer)
+        else:
+            self.writers.discard(writer)
+
+    def leave(self, writer: Writer, *, dropped: bool) -> None:
+        """``writer`` takes nothing more: its share leaves the total. ``dropped``: what it left unsent will
+        never go out (a cut connection), so its memory comes free."""
+        released = writer.unsent
+        if released:
+            self._set(writer, 0)
+            if dropped and self.on_released is not None:
+                self.on_released(released)
+
+    def shed(self) -> None:
+        """Measure every share again; cut the largest until the total is within the limit."""
+        for writer in list(self.writers):
+            self._set(writer, writer.transport.unsent_bytes())
+        if self.total <= self.limit:
+            return
+        over, cut = self.total, 0
+        for writer in sorted(self.writers, key=lambda w: w.unsent, reverse=True):
+            if self.total <= self.limit:
+                break
+            writer.shed()  # its share leaves the total
+            cut += 1
+        log_limited(
+            log,
+            logging.WARNING,
+            "node backlog of %d bytes over node_queue_max_size %d: %d connections holding most cut (3008)",
+            over,
+            self.limit,
+            cut,
+        )
+
 
 class FlushScheduler:
-    """Collects dirty writers and flushes them once per loop tick."""
+    """Collects dirty writers and flushes them once per loop tick; holds the node's ``Backlog``."""
 
-    __slots__ = ("_dirty", "_scheduled", "_loop")
+    __slots__ = ("_dirty", "_scheduled", "_loop", "backlog")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, backlog: Backlog | None = None) -> None:
         self._dirty: list[Writer] = []
         self._scheduled = False
         self._loop = loop
+        self.backlog = backlog if backlog is not None else Backlog()
 
     def mark(self, writer: Writer) -> None:
         self._dirty.append(writer)
@@ -72,6 +144,7 @@ class Writer:
         "pending",
         "pending_bytes",
         "held_bytes",
+        "unsent",
         "max_bytes",
         "dirty",
         "closed",
@@ -97,6 +170,8 @@ class Writer:
         self.pending_bytes = 0
         self.held_bytes = 0
         """Bytes this connection will be sent that wait outside the writer (``hold``/``release``)."""
+        self.unsent = 0
+        """What the transport held unsent at the last flush (this writer's share of the node's Backlog)."""
         self.dirty = False
         self.closed = False
 
@@ -118,7 +193,10 @@ class Writer:
         messages = self.pending
         self.pending = []
         self.pending_bytes = 0
-        if self.transport.write_messages(messages) + self.held_bytes > self.max_bytes:
+        unsent = self.transport.write_messages(messages)
+        if unsent != self.unsent:
+            self.scheduler.backlog.change(self, unsent)
+        if unsent + self.held_bytes > self.max_bytes and not self.closed:
             self._slow()
 
     def hold(self, size: int) -> None:
@@ -142,18 +220,29 @@ class Writer:
     def _slow(self) -> None:
         self._stop(self.on_slow)
 
+    def shed(self) -> None:
+        """The node's backlog is over its bound and this connection holds the most: a slow consumer."""
+        if not self.closed:
+            self._slow()
+
     def _stop(self, reason: Callable[[], None]) -> None:
         """Drop what is pending, take nothing more, and tell the session why."""
+        self.discard()
+        reason()
+
+    def discard(self) -> None:
+        """Take nothing more, drop what is pending; what the transport holds unsent is dropped with it."""
         self.closed = True
         self.pending = []
         self.pending_bytes = 0
-        reason()
+        self.scheduler.backlog.leave(self, dropped=True)
 
     def close(self) -> None:
-        """Flush what is pending now and take no more."""
+        """Flush what is pending now and take no more (what the transport holds still goes out)."""
         if not self.closed:
             self.flush()
             self.closed = True
+            self.scheduler.backlog.leave(self, dropped=False)
 
 
 class EventWriter(Writer):

@@ -4,7 +4,8 @@ It is uvicorn's sans-I/O implementation (``websockets-sansio``) plus one ASGI sc
 ``switchboard.raw_websocket``: the protocol object itself, offering
 
 - ``write_frame(frame) -> int``: write a complete server frame now (no ``await``, no per-message ASGI
-  ``send``); returns the bytes the socket transport still holds unsent, the hub's measure of a slow reader;
+  ``send``); returns the bytes the socket transport still holds unsent, the hub's measure of a slow reader
+  (``unsent_bytes()`` tells it again later);
 - ``close_with(code, reason)``: start the closing handshake with a protocol code, as ``websocket.close``
   would, and abort the socket if the peer has not finished it in time (a client that does not read
   never will).
@@ -48,6 +49,12 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         transport = self.transport
         transport.write(frame)
         return transport.get_write_buffer_size()
+
+    def unsent_bytes(self) -> int:
+        """The bytes the socket transport still holds unsent (0 once the connection is gone)."""
+        if self.disconnected:
+            return 0
+        return self.transport.get_write_buffer_size()
 
     def close_with(self, code: int, reason: str) -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():

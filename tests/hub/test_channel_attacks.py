@@ -254,3 +254,53 @@ async def test_client_misbehaviour_is_one_rate_limited_line_without_a_traceback(
     assert 1 <= len(left) <= most and all(" INFO " in line for line in left)
     slow = [line for line in lines if "slow consumer" in line]
     assert len(slow) == 5 and all(" WARNING " in line for line in slow)
+
+
+# ---------------------------------------------------------------- slow streams
+
+
+async def test_slow_sse_streams_are_bounded_node_wide_and_their_memory_comes_back(
+    make_nodes: NodesFactory,
+) -> None:
+    """(Issue 10, scaled down.) 2,000 uni_sse streams that never read, on a feed of 4 KB messages, took a node
+    from 57 MB to 2,351 MB, and it stayed there after every stream was cut (3008) and closed. Here 50 such
+    streams with a 4 MiB queue each: the old code rose by ~235 MB and kept it. Now all streams together may
+    hold ``node_queue_max_size`` (16 MiB here; the largest holders are cut first), a cut stream's unsent
+    bytes are dropped at once, and the node gives the freed memory back to the system (hub.memory)."""
+    [node] = await make_nodes(1, client_queue_max_size=4 * MB, node_queue_max_size=16 * MB)
+    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=["feed"])}))
+    socks = []
+    try:
+        for _ in range(50):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", node.port))
+            sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(sock)
+
+        async def clients() -> int:
+            return int((await node.api("info"))["result"]["nodes"][0]["num_clients"])
+
+        async def all_connected() -> bool:
+            return await clients() == 50
+
+        async def all_cut() -> bool:
+            return await clients() == 0
+
+        await eventually(all_connected)
+        with node.sample_rss() as rss:
+            # 8 MB a stream: past what the kernel takes into its socket buffers on loopback, then the queues
+            for _ in range(100):
+                await api_batch(node, [{"publish": {"channel": "feed", "data": {"pad": "x" * 4000}}}] * 20)
+            await eventually(all_cut)
+        assert rss.peak - rss.start < 60 * MB, rss
+        assert node.log().count("disconnect 3008") == 50
+        assert "over node_queue_max_size" in node.log()
+    finally:
+        for sock in socks:
+            sock.close()
+
+    async def memory_came_back() -> bool:  # the feed's history (1,000 x 4 KB) stays, as it should
+        return node.rss() - rss.start < 16 * MB
+
+    await eventually(memory_came_back)

@@ -4,6 +4,7 @@ No event loop: a fake loop records ``call_soon``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -181,3 +182,99 @@ def test_everything_before_the_verdict_is_written_in_order_and_nothing_after(
         # a tick whose pushes passed the bound would have been a verdict (the bound is checked from a
         # tick's second push on; a lone message is judged by the transport's backlog after it is written)
         assert all(len(call) == 1 or sum(map(len, call)) <= max_bytes for call in transport.calls)
+
+
+# ---------------------------------------------------------------- the node's backlog
+
+
+class DrainingTransport(SinkTransport):
+    """A transport whose unsent bytes the test sets (``left``), as a socket drains or fills."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__(left)
+        self.left = left
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        self.calls.append(list(messages))
+        return self.left
+
+    def unsent_bytes(self) -> int:
+        return self.left
+
+
+def backlog_writers(
+    limit: int, unsent: list[int]
+) -> tuple[FlushScheduler, list[DrainingTransport], list[Writer], list[int], list[int]]:
+    from hub.writer import Backlog
+
+    released: list[int] = []
+    scheduler = FlushScheduler(FakeLoop(), Backlog(limit, released.append))  # type: ignore[arg-type]
+    transports = [DrainingTransport(u) for u in unsent]
+    cut: list[int] = []
+    writers = [Writer(t, scheduler, 10_000, lambda i=i: cut.append(i)) for i, t in enumerate(transports)]
+    return scheduler, transports, writers, cut, released
+
+
+def test_the_node_backlog_adds_up_what_every_transport_holds_unsent() -> None:
+    scheduler, transports, writers, cut, _ = backlog_writers(0, [300, 0, 500])
+    for w in writers:
+        w.push(b"x")
+    scheduler.flush()
+    assert scheduler.backlog.total == 800 and scheduler.backlog.writers == {writers[0], writers[2]}
+    transports[0].left = 0  # caught up
+    writers[0].push(b"y")
+    scheduler.flush()
+    assert scheduler.backlog.total == 500 and cut == []
+
+
+def test_past_the_node_limit_the_connections_holding_most_are_cut_until_it_is_met() -> None:
+    """(Issue 10.) Each connection's bound alone let N slow streams hold N x 1 MiB (2,000 of them: 2.3 GB).
+    Past the node's limit the largest holders are cut, largest first, after every share was measured again:
+    one that caught up since its last flush is not cut for what it no longer holds."""
+    scheduler, transports, writers, cut, released = backlog_writers(1000, [400, 300, 900, 100])
+    for w in writers[:2]:
+        w.push(b"x")
+    scheduler.flush()
+    assert cut == [] and scheduler.backlog.total == 700
+    transports[0].left = 0  # drained meanwhile, but its writer has not flushed since
+    writers[2].push(b"x")
+    writers[3].push(b"x")
+    scheduler.flush()  # 400 (stale) + 300 + 900 > 1000; measured again 1200: the 900 is cut; then the 100
+    assert cut == [2] and scheduler.backlog.total == 400 and released == [900]
+    assert writers[2].closed and not any(w.closed for w in (writers[0], writers[1], writers[3]))
+    assert scheduler.backlog.writers == {writers[1], writers[3]}
+
+
+def test_a_writer_leaves_the_node_backlog_when_it_ends() -> None:
+    scheduler, transports, writers, cut, released = backlog_writers(0, [300, 200])
+    for w in writers:
+        w.push(b"x")
+    scheduler.flush()
+    writers[0].close()  # graceful: its unsent bytes still go out, nothing dropped
+    writers[1].discard()  # its connection is gone: what it held is dropped
+    assert scheduler.backlog.total == 0 and scheduler.backlog.writers == set()
+    assert released == [200] and cut == []
+
+
+async def test_the_trimmer_gives_memory_back_once_enough_was_dropped_and_debounces() -> None:
+    from hub.memory import Trimmer
+
+    calls: list[int] = []
+    done = asyncio.Event()
+
+    def release() -> bool:
+        calls.append(1)
+        done.set()
+        return True
+
+    trimmer = Trimmer(threshold=100, delay=0.01, release=release)
+    trimmer.dropped(60)
+    assert trimmer._handle is None  # noqa: SLF001 - under the threshold: nothing scheduled
+    trimmer.dropped(60)
+    trimmer.dropped(500)  # one trim for the lot
+    async with asyncio.timeout(10):
+        await done.wait()
+    assert calls == [1] and trimmer._handle is None  # noqa: SLF001
+    trimmer.dropped(50)
+    trimmer.cancel()
+    assert calls == [1]
