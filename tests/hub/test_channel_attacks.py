@@ -48,12 +48,12 @@ async def api_batch(node: HubNode, commands: list[dict[str, Any]], *, parallel: 
 
 
 async def test_history_of_names_nobody_published_on_keeps_no_memory(make_nodes: NodesFactory) -> None:
-    """56,000 history reads of fresh names: each created a stream kept for 90 days (the old code grew by
-    ~75 MB here, ~1.3 KB a name); now reading keeps nothing, and the node stays within what parsing one
+    """42,000 history reads of fresh names: each created a stream kept for 90 days (the old code grew by
+    ~50 MB here, ~1.2 KB a name); now reading keeps nothing, and the node stays within what parsing one
     batch body costs."""
     [node] = await make_nodes(1)
     with node.sample_rss() as rss:
-        for batch in range(8):
+        for batch in range(6):
             commands = [{"history": {"channel": f"fresh{batch}-{i}", "limit": 1}} for i in range(7000)]
             replies = await api_batch(node, commands)
             assert all(r["history"]["offset"] == 0 and r["history"]["epoch"] for r in replies)
@@ -119,7 +119,7 @@ async def test_a_subscribe_stalled_on_its_history_read_cannot_hoard_a_busy_chann
 ) -> None:
     """A real node whose history reads stall (its Redis command connection is held; pub/sub flows): a client
     subscribes to a busy channel and the node buffers the channel's publications for it while the read
-    waits. The old code kept all of them (+40 MB here, and more the longer Redis is slow); now the client
+    waits. The old code kept all of them (+24 MB here, and more the longer Redis is slow); now the client
     is a slow consumer at ``client_queue_max_size`` (3008) and the node keeps nothing more."""
     proxy = Proxy(redis_server.port)
     await proxy.start()
@@ -139,10 +139,10 @@ async def test_a_subscribe_stalled_on_its_history_read_cannot_hoard_a_busy_chann
         await eventually(subscribed)
         pad = "x" * 4000
         with stalled.sample_rss() as rss:
-            for _ in range(40):  # 40 x 250 x 4 KB: 40 MB through the channel
+            for _ in range(24):  # 24 x 250 x 4 KB: 24 MB through the channel
                 commands = [{"publish": {"channel": "busy", "data": {"pad": pad}}} for _n in range(250)]
                 await api_batch(publisher, commands)
-        assert rss.peak - rss.start < 20 * MB, rss
+        assert rss.peak - rss.start < 12 * MB, rss
         assert await client.closed() == (3008, "slow")
     finally:
         proxy.release_commands()
