@@ -152,6 +152,20 @@ async def test_a_subscribe_stalled_on_its_history_read_cannot_hoard_a_busy_chann
 # ---------------------------------------------------------------- logs
 
 
+def unread_streams(node: HubNode, count: int, channel: str) -> list[socket.socket]:
+    """``count`` uni_sse streams subscribed to ``channel`` (the token's channels) whose client never reads:
+    a 4 KiB receive buffer, and nobody calls ``recv``. The caller closes them."""
+    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=[channel])}))
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        socks.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", node.port))
+        sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return socks
+
+
 def node_lines(node: HubNode) -> list[str]:
     return [line for line in node.log().splitlines() if not line.startswith("--- start")]
 
@@ -216,15 +230,7 @@ async def test_client_misbehaviour_is_one_rate_limited_line_without_a_traceback(
         await writer.drain()
         writer.close()
         await writer.wait_closed()
-    # uni_sse streams that never read, on a feed of 4 KB messages: cut with 3008
-    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=["feed"])}))
-    socks = []
-    for _ in range(5):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", node.port))
-        sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        socks.append(sock)
+    socks = unread_streams(node, 5, "feed")  # on a feed of 4 KB messages: cut with 3008
     try:
 
         async def streams_connected() -> bool:
@@ -268,15 +274,8 @@ async def test_slow_sse_streams_are_bounded_node_wide_and_their_memory_comes_bac
     hold ``node_queue_max_size`` (16 MiB here; the largest holders are cut first), a cut stream's unsent
     bytes are dropped at once, and the node gives the freed memory back to the system (hub.memory)."""
     [node] = await make_nodes(1, client_queue_max_size=4 * MB, node_queue_max_size=16 * MB)
-    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=["feed"])}))
-    socks = []
+    socks = unread_streams(node, 50, "feed")
     try:
-        for _ in range(50):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", node.port))
-            sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            socks.append(sock)
 
         async def clients() -> int:
             return int((await node.api("info"))["result"]["nodes"][0]["num_clients"])
