@@ -23,7 +23,7 @@ the answer is written and the sending side shut (FIN), and what the client still
 for at most ``LINGER`` seconds before the socket is closed. Closing at once while a trickled body is still
 arriving would make the kernel answer the unread bytes with a reset, which can destroy the 408 in the
 client's receive queue before it reads it. Every refusal is counted (``Metrics.http_refused``,
-by reason) and logged as one WARNING line, at most one per 10 s for each reason (``ThrottledLog``).
+by reason) and logged as one WARNING line, rate-limited per kind (``hub.logs.log_limited``).
 A WebSocket upgrade is an ordinary request until its headers are complete (so a handshake cannot hang
 either); from there the WebSocket protocol and the hub's own stale-connection check take over.
 """
@@ -39,7 +39,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from hub.logs import ThrottledLog
+from hub.logs import log_limited
 
 log = logging.getLogger("switchboard.http")
 
@@ -83,21 +83,23 @@ class HttpGuard:
         self.arriving: dict[GuardedHttpProtocol, None] = {}
         """Connections whose request's headers or body are still arriving, longest-arriving first."""
         self.refused: Counter[str] = refused if refused is not None else Counter()
-        reasons = (HEADER_TIMEOUT, BODY_TIMEOUT, UNFINISHED_LIMIT)
-        self._logs = {reason: ThrottledLog(log) for reason in reasons}
 
     def refuse(self, reason: str, client: tuple[str, int] | None, phase: str) -> None:
         """Count and log (throttled) one connection cut for ``reason``."""
         self.refused[reason] += 1
         if reason == UNFINISHED_LIMIT:
-            self._logs[reason](
+            log_limited(
+                log,
+                logging.WARNING,
                 "%d requests arriving at once (http_max_unfinished_requests): the oldest, from %s, "
                 "cut with 503",
                 len(self.arriving) + 1,
                 _peer(client),
             )
         else:
-            self._logs[reason](
+            log_limited(
+                log,
+                logging.WARNING,
                 "request %s from %s not complete within %g s: 408, connection closed",
                 phase,
                 _peer(client),

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from hub.logs import ThrottledLog
+from hub.logs import log_limited
 
 log = logging.getLogger("switchboard.listener")
 
@@ -131,8 +131,6 @@ class Listener:
         self._reading = False
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
-        self._log = ThrottledLog(log)
-        self._other_log = ThrottledLog(log)
         self._refill()
 
     @property
@@ -190,7 +188,13 @@ class Listener:
                     if self._out_of_descriptors(exc):
                         continue
                     return
-                self._other_log("accept() failed: %r; accepting again in %g s", exc, ACCEPT_RETRY_DELAY)
+                log_limited(
+                    log,
+                    logging.WARNING,
+                    "accept() failed: %r; accepting again in %g s",
+                    exc,
+                    ACCEPT_RETRY_DELAY,
+                )
                 self._pause()
                 self._retry_later()
                 return
@@ -222,7 +226,9 @@ class Listener:
         one (True: try the next), else pause accepting (False) until one comes back."""
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         self.accept_errors[name] += 1
-        self._log(
+        log_limited(
+            log,
+            logging.WARNING,
             "accept() failed with %s (descriptor limit %d): new connections get 503; /health and /ready are "
             "answered from reserved descriptors",
             name,

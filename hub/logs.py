@@ -247,38 +247,3 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         child.handlers[:] = []
         child.propagate = True
 
-
-class ThrottledLog:
-    """One kind of event a client can repeat at will (a timed-out request, a refused connection), logged as
-    at most one line per ``interval`` seconds: the first occurrence at once, later ones within the interval
-    counted and reported, with their number, by the next line written. Sans-I/O clock: ``clock()``."""
-
-    __slots__ = ("logger", "level", "interval", "clock", "_next", "_suppressed")
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        level: int = logging.WARNING,
-        interval: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.level = level
-        self.interval = interval
-        self.clock = clock
-        self._next = float("-inf")
-        self._suppressed = 0
-
-    def __call__(self, msg: str, *args: Any) -> bool:
-        """Log ``msg % args`` unless a line went out less than ``interval`` ago; True if it was logged."""
-        now = self.clock()
-        if now < self._next:
-            self._suppressed += 1
-            return False
-        self._next = now + self.interval
-        if self._suppressed:
-            msg += " (%d more since the last such line)"
-            args = (*args, self._suppressed)
-            self._suppressed = 0
-        self.logger.log(self.level, msg, *args)
-        return True

@@ -34,8 +34,8 @@ Policies:
   address, tenant, arguments and result. Failed sign-ins are audited too (they are throttled).
 - Bounds: request bodies ``MAX_BODY``; names and patterns ``MAX_NAME``; history pages ``MAX_HISTORY``;
   audit pages ``MAX_AUDIT``; document previews ``MAX_PREVIEW`` bytes of JSON. A bad parameter is 400 with
-  ``{"error": reason}``; an unreachable node or store 503. Refused requests log one line each, at most one
-  per kind every ``LOG_EVERY`` seconds.
+  ``{"error": reason}``; an unreachable node or store 503. Refused requests log one line each, rate-limited
+  per kind (``hub.logs.log_limited``).
 - Behind a TLS-terminating proxy, ``admin_trust_proxy_headers`` makes the console believe the proxy's
   ``X-Forwarded-Proto`` (Secure cookie, Origin check) and the last address of ``X-Forwarded-For``
   (throttling, audit). Without it, the socket's own scheme and address count.
@@ -69,6 +69,7 @@ from hub.admin.stream import Roster, Stream
 from hub.codes import ClientError
 from hub.config import ApiKey, Config
 from hub.control import ControlUnavailable
+from hub.logs import log_limited
 from presence.presence import PresenceUnavailable
 from sync.protocol import SyncError
 
@@ -84,7 +85,6 @@ MAX_NAME = 255
 MAX_HISTORY = 100
 MAX_AUDIT = 200
 MAX_PREVIEW = 262144
-LOG_EVERY = 10.0
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -119,26 +119,6 @@ SURVEY_DOCUMENT = "admin.document"
 
 class BadRequest(ValueError):
     """A request the console cannot read (400)."""
-
-
-class _Quiet:
-    """One log line per kind of refusal every LOG_EVERY seconds, with the count of those left out."""
-
-    def __init__(self) -> None:
-        self._next: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def __call__(self, kind: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next.get(kind, 0.0):
-            self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return
-        self._next[kind] = now + LOG_EVERY
-        skipped = self._skipped.pop(kind, 0)
-        if skipped:
-            msg += " (%d more since the last such line)"
-            args = (*args, skipped)
-        log.warning(msg, *args)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -208,7 +188,6 @@ class Console:
         self._checking = asyncio.Semaphore(2)
         self.roster = Roster()
         self.streams: dict[str, Stream] = {}
-        self._quiet = _Quiet()
         self._files = self._static_files()
         node.control.answer(SURVEY_USER, self._answer_user)
         node.control.answer(SURVEY_DOCUMENTS, self._answer_documents)
@@ -297,23 +276,28 @@ class Console:
             remote = self._remote(request)
             session = self._session_of(request)
             if session is None or not await self._valid(session):
-                self._quiet("unauthenticated", "admin request from %s refused: not signed in", remote)
+                log_limited(log, logging.WARNING, "admin request from %s refused: not signed in", remote)
                 return _error(401, "not signed in")
             if post:
                 scheme = "https" if self._https(request) else "http"
                 if not auth.same_origin(request.headers.get("origin"), scheme, request.headers.get("host")):
-                    self._quiet("origin", "admin request from %s refused: foreign Origin", remote)
+                    log_limited(log, logging.WARNING, "admin request from %s refused: foreign Origin", remote)
                     return _error(403, "cross-origin request refused")
                 if not self.sessions.csrf_ok(session, request.headers.get(auth.CSRF_HEADER)):
-                    self._quiet("csrf", "admin request from %s refused: missing or wrong CSRF token", remote)
+                    log_limited(
+                        log,
+                        logging.WARNING,
+                        "admin request from %s refused: missing or wrong CSRF token",
+                        remote,
+                    )
                     return _error(403, "missing or wrong CSRF token")
             try:
                 return await endpoint(request, session)
             except BadRequest as exc:
-                self._quiet("bad", "admin request from %s refused: %s", remote, exc)
+                log_limited(log, logging.WARNING, "admin request from %s refused: %s", remote, exc)
                 return _error(400, str(exc))
             except (ControlUnavailable, StoreUnavailable, PresenceUnavailable) as exc:
-                self._quiet("unavailable", "admin request: %s", exc or type(exc).__name__)
+                log_limited(log, logging.WARNING, "admin request: %s", exc or type(exc).__name__)
                 return _error(503, f"not available now: {exc or type(exc).__name__}")
 
         return guarded
@@ -372,14 +356,14 @@ class Console:
         remote = self._remote(request)
         wait = self.throttle.retry_after(remote)
         if wait > 0:
-            self._quiet("throttled", "admin sign-in from %s throttled", remote)
+            log_limited(log, logging.WARNING, "admin sign-in from %s throttled", remote)
             retry = max(1, round(wait))
             refused = _error(429, "too many failed sign-ins; try later", retry_after=retry)
             refused.headers["retry-after"] = str(retry)
             return refused
         scheme = "https" if self._https(request) else "http"
         if not auth.same_origin(request.headers.get("origin"), scheme, request.headers.get("host")):
-            self._quiet("origin", "admin sign-in from %s refused: foreign Origin", remote)
+            log_limited(log, logging.WARNING, "admin sign-in from %s refused: foreign Origin", remote)
             return _error(403, "cross-origin request refused")
         try:
             body = await self._body(request)
@@ -394,7 +378,7 @@ class Console:
         if role is not None:
             self.throttle.forgive(remote)
         if role is None:
-            self._quiet("login", "admin sign-in from %s failed: wrong password", remote)
+            log_limited(log, logging.WARNING, "admin sign-in from %s failed: wrong password", remote)
             await self._audit_entry(request, "-", "login", "", {}, "refused: wrong password")
             return _error(401, "wrong password")
         session, cookie = self.sessions.issue(role)
@@ -612,7 +596,7 @@ class Console:
             raise BadRequest("tenant must be a string")
         params = {k: v for k, v in body.items() if k != "action"}
         if session.role != auth.ADMIN:
-            self._quiet("readonly", "admin action %s refused: read-only session", action)
+            log_limited(log, logging.WARNING, "admin action %s refused: read-only session", action)
             await self._audit_entry(request, session.role, action, tenant, params, "refused: read-only")
             return _error(403, "read-only: this session cannot act")
         if action == "refresh":
@@ -645,7 +629,7 @@ class Console:
             return
         old = self.streams.get(session.sid)
         if old is None and len(self.streams) >= self.config.admin_max_streams:
-            self._quiet("streams", "admin stream refused: %d streams open", len(self.streams))
+            log_limited(log, logging.WARNING, "admin stream refused: %d streams open", len(self.streams))
             await _error(503, "too many console streams on this node")(scope, receive, send)
             return
         if old is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import tests.nodes as harness
 from hub.codes import ConfigError
 from hub.config import load_config
 from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
-from hub.logs import ThrottledLog
+from hub.logs import LIMITED_BURST
 from tests.conftest import TIMEOUT
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
 
@@ -89,8 +88,9 @@ async def test_requests_whose_headers_never_complete_get_408_and_are_closed(make
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.recv()
     assert (ws.close_code, ws.close_reason) == (3502, "stale")
-    # One throttled line for the three header timeouts, and the node serves on.
-    assert node.log().count("not complete within 1 s: 408") == 1
+    # One line for each of the three header timeouts (rate-limited past LIMITED_BURST, as test_logs shows),
+    # and the node serves on.
+    assert node.log().count("not complete within 1 s: 408") == 3
     assert metric(await scrape(node), "switchboard_http_refused_total", reason="header_timeout") == 3
     assert (await node.api("publish", {"channel": "after", "data": {}}))["result"] is not None
 
@@ -150,7 +150,8 @@ async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_re
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
         assert ready.status_code == 503
         assert ready.json() == {"status": "not ready", "reason": "out of file descriptors"}
-        assert node.log().count("accept() failed with EMFILE") == 1  # throttled: one line, not hundreds
+        # rate-limited: at most a burst and a few a second, not one per refused connection
+        assert 1 <= node.log().count("accept() failed with EMFILE") <= LIMITED_BURST + 10
     finally:
         for _, writer in idle:
             writer.close()
@@ -179,26 +180,6 @@ async def test_post_only_streams_refuse_get_with_405(make_nodes: NodesFactory, p
 
 
 # ---------------------------------------------------------------- the sans-I/O pieces
-
-
-def test_a_throttled_log_writes_one_line_per_interval_and_counts_the_rest(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [100.0]
-    throttled = ThrottledLog(logging.getLogger("switchboard.test"), interval=10.0, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="switchboard.test"):
-        assert throttled("refused %s", "a")
-        assert not throttled("refused %s", "b")
-        assert not throttled("refused %s", "c")
-        now[0] += 10.0
-        assert throttled("refused %s", "d")
-        now[0] += 10.0
-        assert throttled("refused %s", "e")
-    assert [r.getMessage() for r in caplog.records] == [
-        "refused a",
-        "refused d (2 more since the last such line)",
-        "refused e",
-    ]
 
 
 @pytest.mark.parametrize(
