@@ -29,6 +29,7 @@ from hub.admin.store import ConsoleStore
 from hub.admin.store_sqlite import SqliteConsoleStore
 from hub.api import ServerAPI
 from hub.config import Config, load_config
+from hub.demos import TYPING_RPC, Demos
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
 from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
@@ -124,6 +125,11 @@ class Switchboard:
         self.console = Console(self.config, node, self.api, self.documents, store)
         """The admin console at ``/admin`` (``hub.admin``): 404 unless a password is configured."""
         self.console.announce()
+        self.demos = Demos(self.config, node)
+        """The landing page at ``/`` and the demos under ``/demo`` (``hub.demos``): development mode only."""
+        if self.demos.enabled:
+            self.hooks.rpc.setdefault(TYPING_RPC, self.demos.typing)
+        self.demos.announce()
         self.http = Starlette(
             routes=[
                 Route("/health", self._health),
@@ -244,6 +250,9 @@ class Switchboard:
                 return
             if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
                 await self.console.serve(scope, path, receive, send)
+                return
+            if self.demos.handles(path):
+                await self.demos.serve(scope, path, receive, send)
                 return
         await self.http(scope, receive, send)
 
