@@ -5,7 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test install bench
+.PHONY: run test install bench demos
+
+# The demo apps' bundles (static/demo/dist, never committed): the npm packages pinned by
+# static/demo/package-lock.json, bundled by esbuild (static/demo/build.mjs). Built again when a source
+# or the lock changed; skipped, with what to do, when npm is not installed.
+DEMO := static/demo
+DEMO_SOURCES := $(DEMO)/package-lock.json $(DEMO)/build.mjs $(shell find $(DEMO)/src -name '*.js' 2>/dev/null)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +22,15 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
+	@$(MAKE) --no-print-directory demos || echo "demos: the build failed (above); the hub starts without them"
 	$(BIN)/switchboard serve $(ARGS)
+
+demos:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(DEMO)/dist/.built; \
+	else echo "demos: npm not found, so /demo is not built: install Node.js 20+ with npm, then run make demos"; fi
+
+$(DEMO)/dist/.built: $(DEMO_SOURCES)
+	cd $(DEMO) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -104,9 +104,11 @@ def artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def report_artifacts(config: pytest.Config, terminalreporter: Any) -> None:
-    """For a conftest's ``pytest_terminal_summary``: say where the screenshots are."""
+    """For a conftest's ``pytest_terminal_summary``: say where the screenshots are (once, however many
+    conftests ask)."""
     folder = config.stash.get(_ARTIFACTS_KEY, None)
     if folder is not None:
+        del config.stash[_ARTIFACTS_KEY]
         shots = sorted(p.name for p in folder.glob("*.png"))
         terminalreporter.write_line(f"browser screenshots ({len(shots)}): {folder}")
 

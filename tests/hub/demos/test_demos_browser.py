@@ -1,0 +1,252 @@
+"""The demos in a real browser (Debian's Chromium through Playwright, tests/browser.py), against a hub in
+development mode, each person in a browser context of their own:
+
+- chat: three people see each other in the presence list and each other's messages, a typing indicator
+  shows and clears, a direct message reaches only its two users;
+- chat: a connection the server closes with a reconnect code, and one lost with the network, come back
+  with what they missed, exactly once; a gap longer than recovery reaches shows the reload banner;
+- editor: two pages editing at once converge (with the hub's copy), each shows the other's cursor with
+  its name, and an expired token makes the page reconnect with a new one;
+- the landing page leads to the demos.
+
+Each page is saved as a screenshot (tests/browser.py prints where). Pages must log no error: a script
+the page's Content-Security-Policy blocked, or an exception, fails the test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hub import demos
+from tests.conftest import TIMEOUT, RunningHub
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("demo_bundles")]
+
+RECOVERY_LIMIT = 3
+EDITOR_TEXT = """(content) => [...content.querySelectorAll('.cm-line')].map((line) => {
+    const copy = line.cloneNode(true)
+    copy.querySelectorAll('.cm-ySelectionCaret').forEach((caret) => caret.remove())
+    return copy.textContent
+}).join('\\n')"""
+"""The text an editor shows, without the others' cursors (widgets inside the lines, with their names)."""
+
+
+class Person:
+    """One person's page, with what it logged as errors."""
+
+    def __init__(self, page: Any, name: str) -> None:
+        self.page, self.name = page, name
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(f"exception: {exc}"))
+        page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
+
+    def state(self, **attrs: str) -> Any:
+        selector = "".join(f'[data-{k}="{v}"]' for k, v in attrs.items())
+        return self.page.locator(f'[data-testid="conn-state"]{selector}')
+
+    def person(self, user: str) -> Any:
+        return self.page.locator(f'[data-testid="person"][data-user="{user}"]')
+
+    def message(self, text: str) -> Any:
+        return self.page.get_by_test_id("message").filter(has_text=text)
+
+    async def send(self, text: str) -> None:
+        box = self.page.get_by_test_id("message-input")
+        await box.fill(text)
+        await box.press("Enter")
+        await self.page.locator('[data-testid="message-input"]:placeholder-shown').wait_for()
+
+
+async def join(new_context: Any, hub: RunningHub, path: str, name: str) -> Person:
+    ctx = await new_context()
+    person = Person(await ctx.new_page(), name)
+    await person.page.goto(f"{hub.http}{path}")
+    await person.page.get_by_test_id("name-input").fill(name)
+    await person.page.get_by_test_id("join").click()
+    await person.state(state="connected").wait_for()
+    return person
+
+
+async def shot(person: Person, artifacts: Path, name: str) -> None:
+    await person.page.screenshot(path=str(artifacts / f"{name}.png"))
+
+
+async def dev_hub(browser_hubs: Any, tmp_path: Path, **overrides: Any) -> RunningHub:
+    """A hub as development mode configures it (hub.config.load_config): the tests' open unnamed namespace
+    is development mode's, and tokens may write documents."""
+    hub: RunningHub = await browser_hubs(
+        dev_mode=True,
+        doc_token_access="write",
+        doc_anonymous_access="write",
+        data_dir=str(tmp_path),
+        **overrides,
+    )
+    return hub
+
+
+async def test_chat_presence_messages_typing_and_a_direct_message(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path)
+    alice, bob, carol = [await join(new_context, hub, "/demo/chat", n) for n in ("Alice", "Bob", "Carol")]
+    for viewer in (alice, bob, carol):
+        for user in ("alice", "bob", "carol"):
+            await viewer.person(user).wait_for()  # names from conn_info, live from join pushes
+    assert "Carol" in (await alice.person("carol").text_content() or "")
+
+    await alice.send("Hello everyone")
+    await bob.message("Hello everyone").wait_for()
+    await carol.message("Hello everyone").wait_for()
+    await bob.send("Hi Alice")
+    await alice.message("Hi Alice").wait_for()
+
+    await bob.page.get_by_test_id("message-input").press_sequentially("Writing a long")
+    typing = alice.page.get_by_test_id("typing")
+    await typing.get_by_text("Bob is typing…").wait_for()
+    await carol.page.get_by_test_id("typing").get_by_text("Bob is typing…").wait_for()
+    assert await bob.page.get_by_test_id("typing").text_content() == ""  # not shown to the typist
+    await shot(alice, artifacts, "chat-room")
+    await bob.page.get_by_test_id("message-input").press("Enter")
+    await alice.message("Writing a long").wait_for()
+    await alice.page.locator('[data-testid="typing"]:empty').wait_for()  # the message ends the signal
+
+    # A direct message: alice -> bob on dm#alice,bob.
+    await alice.person("bob").get_by_role("button").click()
+    assert await alice.page.get_by_test_id("title").text_content() == "Bob"
+    await alice.send("psst, only for Bob")
+    unread = bob.page.locator('[data-testid="dm"][data-peer="alice"] [data-testid="unread"]')
+    await unread.wait_for()
+    assert await unread.text_content() == "1"
+    await bob.page.locator('[data-testid="dm"][data-peer="alice"]').click()
+    await bob.message("psst, only for Bob").wait_for()
+    await shot(bob, artifacts, "chat-direct-message")
+    # Carol gets what alice publishes after the DM, and never the DM itself: she is not on its channel.
+    await alice.page.locator('[data-testid="room"][data-room="general"]').click()
+    await alice.send("Back in the room")
+    await carol.message("Back in the room").wait_for()
+    assert await carol.page.get_by_text("psst").count() == 0
+    assert await carol.page.locator('[data-testid="dm"]').count() == 0
+    dm = await hub.sb.node.presence.get(("", "dm#alice,bob"))
+    assert sorted(info.user for info in dm.values()) == ["alice", "bob"]
+    for person in (alice, bob, carol):
+        assert person.errors == [], (person.name, person.errors)
+
+
+async def test_chat_recovers_what_it_missed_or_asks_for_a_reload(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path, client_recovery_max_publication_limit=RECOVERY_LIMIT)
+    dora = await join(new_context, hub, "/demo/chat#recovery", "Dora")
+    await dora.person("dora").wait_for()
+    channel = "chat.recovery"
+    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as api:
+
+        async def publish(text: str) -> None:
+            r = await api.post("/api/publish", json={"channel": channel, "data": {"text": text}})
+            assert r.status_code == 200 and "result" in r.json(), r.text
+
+        # 1. The server closes the connection with a reconnect code (3000-3499): the SDK comes back and
+        # the page shows what was published meanwhile, once.
+        r = await api.post(
+            "/api/disconnect", json={"user": "dora", "disconnect": {"code": 3001, "reason": "x"}}
+        )
+        assert r.status_code == 200, r.text
+        await publish("while reconnecting 1")
+        await publish("while reconnecting 2")
+        await dora.state(state="connected", connects="2").wait_for()
+        for text in ("while reconnecting 1", "while reconnecting 2"):
+            await dora.message(text).wait_for()
+            assert await dora.message(text).count() == 1
+
+        # 2. The network goes away: what was published meanwhile is recovered from history, exactly.
+        await dora.page.context.set_offline(True)
+        await dora.state(state="connecting").wait_for()
+        await publish("while offline 1")
+        await publish("while offline 2")
+        await dora.page.context.set_offline(False)
+        await dora.state(state="connected", connects="3").wait_for()
+        await dora.page.locator('[data-testid="recovery"][data-recovered="2"]').wait_for()
+        for text in ("while offline 1", "while offline 2"):
+            assert await dora.message(text).count() == 1
+        assert await dora.page.get_by_test_id("banner").is_hidden()
+
+        # 3. Away for longer than recovery reaches: recovered false, and the banner asks for a reload.
+        await dora.page.context.set_offline(True)
+        await dora.state(state="connecting").wait_for()
+        for i in range(RECOVERY_LIMIT + 1):
+            await publish(f"missed {i}")
+        await dora.page.context.set_offline(False)
+        await dora.page.get_by_test_id("banner").wait_for()
+        await shot(dora, artifacts, "chat-recovery-banner")
+        await dora.page.get_by_test_id("reload").click()
+        await dora.state(state="connected").wait_for()  # the same name, from the window's storage
+        for i in range(RECOVERY_LIMIT + 1):
+            await dora.message(f"missed {i}").wait_for()  # the room as it is now, from history
+        assert await dora.page.get_by_test_id("banner").is_hidden()
+    assert dora.errors == [] or all("ERR_INTERNET_DISCONNECTED" in e for e in dora.errors), dora.errors
+
+
+async def test_editor_converges_with_remote_cursors_and_renews_its_token(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tokens expire while the test runs (plus client_expired_close_delay, 1 s in the tests' config): the
+    # hub closes the document with 4401 and the page connects again with a new token.
+    monkeypatch.setattr(demos, "TOKEN_TTL", 3)
+    hub = await dev_hub(browser_hubs, tmp_path)
+    path = "/demo/editor?doc=notes/meeting"
+    alice = await join(new_context, hub, path, "Alice")
+    bob = await join(new_context, hub, path, "Bob")
+    monkeypatch.setattr(demos, "TOKEN_TTL", 3600)  # the renewed tokens last: one reconnect each
+    editors = {p.name: p.page.locator(".cm-content") for p in (alice, bob)}
+    for person in (alice, bob):
+        await person.page.locator('[data-testid="peer"][data-user="alice"]').wait_for()
+        await person.page.locator('[data-testid="peer"][data-user="bob"]').wait_for()
+        await editors[person.name].click()
+
+    # Both type at once.
+    await asyncio.gather(
+        alice.page.keyboard.type("Alice was here. "),
+        bob.page.keyboard.type("Bob too. "),
+    )
+    for person in (alice, bob):
+        for text in ("Alice was here. ", "Bob too. "):
+            await editors[person.name].filter(has_text=text).wait_for()
+    alice_text = await editors["Alice"].evaluate(EDITOR_TEXT)
+    assert "Alice was here. " in alice_text and "Bob too. " in alice_text
+    assert alice_text == await editors["Bob"].evaluate(EDITOR_TEXT)
+    content = await hub.sb.documents.content("notes/meeting")
+    assert content["text"] == alice_text
+
+    # The token expired: each page connected again with a fresh one, and editing goes on.
+    await alice.state(state="connected", connects="2").wait_for()
+    await bob.state(state="connected", connects="2").wait_for()
+    await alice.page.keyboard.press("Control+End")
+    await alice.page.keyboard.type("After the new token.")
+    await editors["Bob"].filter(has_text="After the new token.").wait_for()
+    assert (await hub.sb.documents.content("notes/meeting"))["text"].endswith("After the new token.")
+
+    # Each page shows the other's cursor with its name (awareness), after the reconnect too.
+    await alice.page.locator(".cm-ySelectionInfo").filter(has_text="Bob").wait_for()
+    await bob.page.locator(".cm-ySelectionInfo").filter(has_text="Alice").wait_for()
+    await shot(alice, artifacts, "editor-alice")
+    await shot(bob, artifacts, "editor-bob")
+    for person in (alice, bob):
+        assert person.errors == [], (person.name, person.errors)
+
+
+async def test_the_landing_page_leads_to_the_demos(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path)
+    page = await context.new_page()
+    await page.goto(f"{hub.http}/")
+    assert await page.get_by_test_id("demo-link").count() == len(demos.DEMOS)
+    assert await page.get_by_test_id("build-note").count() == 0
+    await page.screenshot(path=str(artifacts / "landing.png"), full_page=True)
+    await page.get_by_role("link", name="Chat").click()
+    await page.get_by_test_id("join-form").wait_for()
+    assert page.url == f"{hub.http}/demo/chat"
