@@ -31,7 +31,8 @@ Policies:
   ``dm#alice,bob`` channels. Bounds: a JSON body (``Content-Type: application/json``, so a cross-site form
   cannot post it) of at most ``MAX_TOKEN_BODY`` bytes, a name of at most ``MAX_DISPLAY_NAME`` printable
   characters with a letter or digit, tokens valid for ``TOKEN_TTL`` (the pages refresh them). Anything
-  else is a 4xx with ``{"error": reason}`` and one INFO line, at most one every ``LOG_EVERY`` seconds.
+  else is a 4xx with ``{"error": reason}`` and one INFO line, rate-limited per kind
+  (``hub.logs.log_limited``).
 - ``demo.typing`` publishes ``{"typing": true}`` into a channel the caller is subscribed to, without
   history (``skip_history``): typing indicators pass through the channel's subscribers and are never
   stored, replayed by recovery, or counted against the channel's history size. The publication carries
@@ -53,7 +54,6 @@ import html
 import logging
 import re
 import string
-import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,6 +68,7 @@ from hub import codes
 from hub.auth import mint_token
 from hub.config import Config
 from hub.hooks import RPCContext
+from hub.logs import log_limited
 
 if TYPE_CHECKING:
     from hub.node import Node
@@ -83,7 +84,6 @@ TOKEN_TTL = 3600
 MAX_TOKEN_BODY = 1024
 MAX_DISPLAY_NAME = 40
 MAX_USER_ID = 32
-LOG_EVERY = 10.0
 BUILD_COMMAND = "make demos"
 
 FILE_TYPES = {
@@ -151,26 +151,6 @@ class BadRequest(ValueError):
         self.status = status
 
 
-class _RefusalLog:
-    """One INFO line per ``LOG_EVERY`` seconds for refused requests, with the number left out."""
-
-    def __init__(self) -> None:
-        self._next = float("-inf")
-        self._skipped = 0
-
-    def __call__(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._skipped += 1
-            return
-        self._next = now + LOG_EVERY
-        if self._skipped:
-            msg += " (%d more since the last such line)"
-            args = (*args, self._skipped)
-            self._skipped = 0
-        log.info(msg, *args)
-
-
 class Demos:
     """The landing page, the demo pages and their two server-side helpers, for one node."""
 
@@ -179,7 +159,6 @@ class Demos:
         self.node = node
         self.folder = folder if folder is not None else demo_folder()
         self.enabled = config.dev_mode and bool(config.token_hmac_secret_key)
-        self._refused = _RefusalLog()
 
     # ------------------------------------------------------------ ASGI
 
@@ -279,7 +258,7 @@ class Demos:
         try:
             name = await self._token_name(request)
         except BadRequest as exc:
-            self._refused("demo token request from %s refused: %s", remote, exc)
+            log_limited(log, logging.INFO, "demo token request from %s refused: %s", remote, exc)
             return _error(exc.status, str(exc))
         user = user_id(name)
         token = mint_token(self.config.token_hmac_secret_key, user, ttl=TOKEN_TTL, info={"name": name})
