@@ -58,8 +58,8 @@ def uvicorn_config(app: Any, cfg: Config, metrics: Metrics | None = None) -> Any
                 refused=metrics.http_refused if metrics is not None else None,
             )
         ),
-        # in every mode (its shutdown code, its one-line logging of a peer's protocol errors); whether the
-        # hub writes frames through it is websocket_fast_path's to say
+        # in every mode: its shutdown code, its one-line logging of a peer's protocol errors, documents' frame
+        # limit and pings; whether the hub writes frames through it is websocket_fast_path's to say
         ws=SwitchboardWebSocketProtocol,
         ws_max_size=cfg.client_max_message_size,
         ws_ping_interval=None,

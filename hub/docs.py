@@ -26,10 +26,12 @@ and the connection stays open (closing would make the provider reconnect and res
 
 Fast path: with uvicorn and the hub's protocol class, each outgoing message is framed once
 (``ws_frames.FrameCache``: a relay's consecutive pushes of one message share its frame) into a byte-bounded
-``Writer`` that writes once per loop tick straight to the socket; uvicorn's keepalive sends WebSocket pings
-every ``doc_ping_interval`` and closes a connection that does not answer within as long. The rooms also
-send an empty awareness update every ``doc_ping_interval``, the sign of life the provider waits for.
-Under another ASGI server the session falls back to ``send()`` (no pings; frame limit the server's).
+``Writer`` that writes once per loop tick straight to the socket. Without it (``websocket_fast_path =
+false``, or ``websocket_compression = true``) messages go through ASGI ``send()``. Either way, under uvicorn
+(``hub.ws_uvicorn``) a document connection takes frames up to ``doc_max_update_size`` (plus framing) and
+gets a WebSocket ping every ``doc_ping_interval``, being closed when it does not answer within as long. The
+rooms also send an empty awareness update every ``doc_ping_interval``, the sign of life the provider waits
+for. Under another ASGI server: no pings, and the server's frame limit.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from hub.logs import bind_session, unbind_session
 from hub.transport_websocket import AsgiWebSocketTransport
 from hub.writer import FlushScheduler, Writer
 from hub.ws_frames import OP_BINARY, FrameCache
-from hub.ws_uvicorn import RAW_EXTENSION
+from hub.ws_uvicorn import OPTIONS_EXTENSION, RAW_EXTENSION
 from sync import protocol
 from sync.content import document_json
 from sync.protocol import LimitExceeded, SyncError, UpdateRejected
@@ -312,8 +314,12 @@ class Documents:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        extensions = scope.get("extensions", {})
+        options = extensions.get(OPTIONS_EXTENSION)
+        if options is not None:  # documents take larger messages than channels (uvicorn's ws_max_size)
+            options.limit_message_size(self.config.doc_max_update_size + FRAME_SLACK)
         await send({"type": "websocket.accept"})
-        raw = scope.get("extensions", {}).get(RAW_EXTENSION) if self.config.websocket_fast_path else None
+        raw = extensions.get(RAW_EXTENSION) if self.config.websocket_fast_path else None
         transport: RawDocTransport | AsgiDocTransport
         transport = RawDocTransport(raw) if raw is not None else AsgiDocTransport(send)
         remote = scope.get("client")
@@ -330,8 +336,8 @@ class Documents:
             transport.write_messages([self._wire(transport, protocol.permission_denied(denied.reason))])
             await self._close_and_drain(transport, denied.code, denied.reason)
             return
-        if raw is not None:
-            self._tune(raw)
+        if options is not None:
+            options.keep_alive(self.config.doc_ping_interval)
         # The bound is for a backlog of relays; the full state (sync step 2, up to the largest document) goes
         # out in one message on top of it, or no document larger than the buffer could reach a new client.
         max_bytes = self.config.client_queue_max_size + self.config.doc_max_document_size
@@ -342,19 +348,7 @@ class Documents:
         finally:
             unbind_session(bound)
             if isinstance(transport, AsgiDocTransport):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
-                await transport.stop()
-
-    def _tune(self, raw: Any) -> None:
-        """Per connection: the frame limit of documents (not of channels), and WebSocket pings."""
-        conn = getattr(raw, "conn", None)
-        if conn is not None and hasattr(conn, "max_message_size"):
-            conn.max_message_size = self.config.doc_max_update_size + FRAME_SLACK
-        if hasattr(raw, "start_keepalive"):
-            raw.ping_interval = self.config.doc_ping_interval
-            raw.ping_timeout = self.config.doc_ping_interval
-            raw.start_keepalive()
+                await transport.finish(1000, "")
 
     @staticmethod
     def _wire(transport: RawDocTransport | AsgiDocTransport, message: bytes) -> bytes:
@@ -364,9 +358,7 @@ class Documents:
     async def _close_and_drain(transport: RawDocTransport | AsgiDocTransport, code: int, reason: str) -> None:
         transport.close(code, short_reason(reason))
         if isinstance(transport, AsgiDocTransport):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
-            await transport.stop()
+            await transport.finish(code, reason)
 
     async def _serve(self, peer: DocPeer, name: str, receive: Any) -> None:
         access = peer.access

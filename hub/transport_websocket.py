@@ -25,6 +25,9 @@ log = logging.getLogger("switchboard.websocket")
 
 _frames = FrameCache()
 
+FINISH_WAIT = 1.0
+"""Seconds an ended session's writer task gets to send what is queued and the close frame."""
+
 
 class RawWebSocketTransport:
     __slots__ = ("_raw", "_opcode", "_join", "fmt")
@@ -108,6 +111,14 @@ class AsgiWebSocketTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def finish(self, code: int, reason: str) -> None:
+        """The session ended: close with ``code`` unless a close was sent already, give the writer task up to
+        ``FINISH_WAIT`` seconds to send what is queued and the close, then stop it."""
+        self.close(code, reason)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), FINISH_WAIT)
+        await self.stop()
+
 
 async def websocket_session(node: Node, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Serve one client connection from its ``websocket.connect`` to its end."""
@@ -140,7 +151,4 @@ async def websocket_session(node: Node, scope: dict[str, Any], receive: Any, sen
     finally:
         await node.end_session(client)
         if isinstance(transport, AsgiWebSocketTransport):
-            transport.close(3000, "connection closed")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(transport._task), 1.0)
-            await transport.stop()
+            await transport.finish(3000, "connection closed")

@@ -1,17 +1,26 @@
 """A uvicorn WebSocket protocol that lets the hub write pre-built frames straight to the socket.
 
-It is uvicorn's sans-I/O implementation (``websockets-sansio``) plus one ASGI scope extension,
-``switchboard.raw_websocket``: the protocol object itself, offering
+It is uvicorn's sans-I/O implementation (``websockets-sansio``) plus two ASGI scope extensions, both the
+protocol object itself. ``switchboard.websocket_options`` is always offered (``switchboard serve`` uses this
+class whatever ``websocket_fast_path`` and ``websocket_compression`` say), for what differs per endpoint:
 
-- ``write_frame(frame) -> int``: write a complete server frame now (no ``await``, no per-message ASGI
+- ``limit_message_size(n)``: the largest message this connection may receive (uvicorn's ``ws_max_size``
+  is the channels' ``client_max_message_size``; documents take larger updates); past it: close 1009;
+- ``keep_alive(interval)``: a WebSocket ping every ``interval`` seconds; no pong within as long: close.
+
+``switchboard.raw_websocket`` is offered only without permessage-deflate (a compressed frame depends on the
+connection's compression context, so frames could not be built once and shared):
+
+- ``write_frame(frame) -> int``: write complete server frames now (no ``await``, no per-message ASGI
   ``send``); returns the bytes the socket transport still holds unsent, the hub's measure of a slow reader
   (``unsent_bytes()`` tells it again later);
 - ``close_with(code, reason)``: start the closing handshake with a protocol code, as ``websocket.close``
   would, and abort the socket if the peer has not finished it in time (a client that does not read
   never will).
 
-Under any other ASGI server the extension is absent and the hub falls back to plain ``send()``.
-Keepalive: uvicorn's protocol-level pings are turned off by the hub; the Centrifuge protocol pings itself.
+Under any other ASGI server the extensions are absent and the hub falls back to plain ``send()`` (frame
+limit and keepalive the server's). Keepalive: uvicorn's pings are off unless an endpoint asks
+(documents do); the Centrifuge protocol pings itself.
 
 A peer's protocol error (a text frame that is not UTF-8, a bad frame) closes its connection (1007, 1002,
 1009) with one rate-limited line (``hub.logs.log_limited``), not uvicorn's ERROR traceback.
@@ -27,6 +36,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from hub.logs import log_limited
 
 RAW_EXTENSION = "switchboard.raw_websocket"
+OPTIONS_EXTENSION = "switchboard.websocket_options"
 SLOW_ABORT_AFTER = 2.0
 """Seconds a closing connection with a backlog of unsent bytes gets before its socket is aborted."""
 
@@ -40,8 +50,20 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
-        if scope is not None and not self.config.ws_per_message_deflate:
-            scope["extensions"][RAW_EXTENSION] = self
+        if scope is not None:
+            scope["extensions"][OPTIONS_EXTENSION] = self
+            if not self.config.ws_per_message_deflate:
+                scope["extensions"][RAW_EXTENSION] = self
+
+    def limit_message_size(self, max_size: int) -> None:
+        self.conn.max_message_size = max_size
+
+    def keep_alive(self, interval: float) -> None:
+        self.stop_keepalive()
+        self.ping_interval = interval
+        self.ping_timeout = interval
+        if self.handshake_complete and not self.close_sent and not self.disconnected:
+            self.start_keepalive()  # else uvicorn starts it when the app accepts
 
     def write_frame(self, frame: bytes) -> int:
         if self.close_sent or self.disconnected:

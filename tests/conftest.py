@@ -100,6 +100,32 @@ class RunningHub:
 
 HubFactory = Callable[..., Awaitable[RunningHub]]
 
+WEBSOCKET_MODES: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "asgi": {"websocket_fast_path": False},
+    "deflate": {"websocket_compression": True},
+}
+"""The hub's WebSocket modes: the fast path (pre-built frames written to the socket, the default), the
+portable ASGI ``send()``, and permessage-deflate (which rules out the fast path)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "all_websocket_modes: run the module's in-process hubs in every WEBSOCKET_MODES mode"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "websocket_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker("all_websocket_modes"):
+        metafunc.parametrize("websocket_mode", list(WEBSOCKET_MODES), indirect=True)
+
+
+@pytest.fixture
+def websocket_mode(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides of the in-process hubs' WebSocket mode: the fast path unless the module is marked
+    ``all_websocket_modes`` (then every test runs once per mode)."""
+    return WEBSOCKET_MODES[getattr(request, "param", "fast")]
+
 
 @contextlib.asynccontextmanager
 async def asgi_servers() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
@@ -138,9 +164,12 @@ async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[
 
 
 @pytest.fixture
-async def make_hub(serve_asgi: Any) -> AsyncIterator[HubFactory]:
+async def make_hub(serve_asgi: Any, websocket_mode: dict[str, Any]) -> AsyncIterator[HubFactory]:
     async def factory(config: Config | None = None, *, hooks: Hooks | None = None, **overrides: Any) -> RunningHub:
-        cfg = config if config is not None else test_config(**overrides)
+        if config is not None:
+            cfg = dataclasses.replace(config, **websocket_mode) if websocket_mode else config
+        else:
+            cfg = test_config(**{**websocket_mode, **overrides})
         sb = Switchboard(cfg, hooks=hooks)
         server, port = await serve_asgi(sb, cfg)
         return RunningHub(sb, server, port)

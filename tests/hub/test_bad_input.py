@@ -161,6 +161,7 @@ async def test_bad_frame_closes_the_connection_and_the_hub_keeps_serving(case, h
     await assert_still_serving(raw_client, hub, healthy, case)
 
 
+@pytest.mark.all_websocket_modes
 async def test_oversized_frame_closes_with_1009(make_hub, raw_client, logs):
     hub = await make_hub(client_max_message_size=1024)
     healthy = await healthy_subscriber(raw_client, hub)
@@ -181,6 +182,7 @@ async def test_oversized_frame_closes_with_1009(make_hub, raw_client, logs):
     await assert_still_serving(raw_client, hub, healthy, "after-1009")
 
 
+@pytest.mark.all_websocket_modes
 async def test_oversized_binary_frame_closes_with_1009(make_hub, raw_client):
     hub = await make_hub(client_max_message_size=1024)
     healthy = await healthy_subscriber(raw_client, hub)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from pycrdt import Map, Text
 
 from sync import protocol
-from tests.conftest import HubFactory, RunningHub, token
-from tests.hub.ydocs import YConnect
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.hub.ydocs import RawDocSocket, YConnect, doc_url
 from tests.sync.yclient import YClient
+
+pytestmark = pytest.mark.all_websocket_modes
 
 
 async def test_two_clients_edit_one_document(docs_hub: RunningHub, yconnect: YConnect) -> None:
@@ -117,6 +121,33 @@ async def test_keepalive_reaches_idle_clients(
     alice = await yconnect(hub, "idle")
     empty_awareness = protocol.awareness(protocol.encode_awareness([]))
     await alice.until(lambda: empty_awareness in alice.received)
+
+
+async def test_document_connections_are_pinged_and_closed_when_silent(
+    make_hub: HubFactory, tmp_path: Path, sockets: list[RawDocSocket]
+) -> None:
+    """In every WebSocket mode (the portable one and permessage-deflate too): a WebSocket ping every
+    doc_ping_interval, and a connection that answers none within as long is closed (1011)."""
+    hub = await make_hub(data_dir=str(tmp_path), doc_anonymous_access="write", doc_ping_interval=0.3)
+    silent = await RawDocSocket.open(doc_url(hub, "pinged"))
+    sockets.append(silent)
+    seen: list[int] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            opcode, payload = await silent.read_message()
+            seen.append(opcode)
+            if opcode == 0x8:
+                break
+    assert 0x9 in seen and int.from_bytes(payload[:2], "big") == 1011, seen
+
+
+async def test_documents_take_updates_up_to_doc_max_update_size(docs_hub: RunningHub, yconnect: YConnect) -> None:
+    """Frames past the channels' client_max_message_size (64 KiB) reach documents in every mode."""
+    alice = await yconnect(docs_hub, "large-update")
+    bob = await yconnect(docs_hub, "large-update")
+    alice.text.insert(0, "u" * 1_000_000)
+    await alice.flush()
+    await bob.until(lambda: len(str(bob.text)) == 1_000_000)
 
 
 async def test_documents_of_two_tenants_are_separate(docs_hub: RunningHub, yconnect: YConnect) -> None:

@@ -13,6 +13,8 @@ from sync import protocol
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.hub.ydocs import YConnect, doc_url
 
+pytestmark = pytest.mark.all_websocket_modes
+
 
 async def offend(hub: RunningHub, name: str, payload: bytes | str) -> tuple[int, str]:
     async with websockets.connect(doc_url(hub, name), open_timeout=TIMEOUT, max_size=None) as ws:

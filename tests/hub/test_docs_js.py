@@ -24,6 +24,8 @@ from pycrdt import Text
 from tests.conftest import TIMEOUT, RunningHub
 from tests.hub.ydocs import WsYClient, YConnect
 
+pytestmark = pytest.mark.all_websocket_modes
+
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 WORDS = 30
 

@@ -13,6 +13,8 @@ from hub import wire
 from tests.conftest import RunningHub, token
 from tests.hub.test_sdk_channels import connected, subscribed
 
+pytestmark = pytest.mark.all_websocket_modes
+
 
 @pytest.fixture
 def proto_sdk(sdk: Any) -> Any:

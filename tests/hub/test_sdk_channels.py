@@ -22,6 +22,8 @@ from hub.codes import ClientError
 from hub.hooks import Hooks, RPCContext
 from tests.conftest import TIMEOUT, token
 
+pytestmark = pytest.mark.all_websocket_modes
+
 
 class Rec(ClientEventHandler, SubscriptionEventHandler):
     """Records every SDK event (client or subscription level) as ``(kind, ctx)``, in order.

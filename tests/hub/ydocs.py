@@ -4,15 +4,20 @@ tests/sync driven by the ``websockets`` library), and a hub fixture with its own
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.utils import apply_mask
 
 from tests.conftest import TIMEOUT, HubFactory, RunningHub
 from tests.sync.yclient import YClient
@@ -98,6 +103,31 @@ async def settle(conns: list[WsYClient], predicate: Callable[[], bool], *events:
 YConnect = Callable[..., Awaitable[WsYClient]]
 
 
+async def yclient_at(
+    url: str,
+    *,
+    client: YClient | None = None,
+    synced: bool = True,
+    awareness: Any = None,
+    opened: list[WsYClient] | None = None,
+) -> WsYClient:
+    """A YClient connected to the document at ``url`` (synced first, unless told not to wait); it is added
+    to ``opened`` before it syncs, so a caller can close it whatever happens."""
+    ws = await websockets.connect(url, max_size=None, open_timeout=TIMEOUT)
+    y = client if client is not None else YClient()
+    if awareness is not None:
+        y.local_state = awareness
+        y.local_clock += 1
+    y.on_open()
+    conn = WsYClient(ws, y)
+    if opened is not None:
+        opened.append(conn)
+    await conn.flush()
+    if synced:
+        await conn.until(lambda: y.synced)
+    return conn
+
+
 @pytest.fixture
 async def yconnect() -> AsyncIterator[YConnect]:
     opened: list[WsYClient] = []
@@ -111,17 +141,9 @@ async def yconnect() -> AsyncIterator[YConnect]:
         synced: bool = True,
         awareness: Any = None,
     ) -> WsYClient:
-        ws = await websockets.connect(doc_url(hub, name, token), max_size=None, open_timeout=TIMEOUT)
-        y = client if client is not None else YClient()
-        if awareness is not None:
-            y.local_state = awareness
-            y.local_clock += 1
-        y.on_open()
-        conn = WsYClient(ws, y)
-        opened.append(conn)
-        await conn.flush()
-        if synced:
-            await conn.until(lambda: y.synced)
+        conn = await yclient_at(
+            doc_url(hub, name, token), client=client, synced=synced, awareness=awareness, opened=opened
+        )
         return conn
 
     yield connect
@@ -134,3 +156,95 @@ async def yconnect() -> AsyncIterator[YConnect]:
 async def docs_hub(make_hub: HubFactory, tmp_path: Path) -> RunningHub:
     """A hub whose documents live under the test's own directory; anyone may edit any document."""
     return await make_hub(data_dir=str(tmp_path), doc_anonymous_access="write", doc_token_access="write")
+
+
+class RawDocSocket:
+    """A document connection at the byte level, for attacks: the handshake, messages written as masked
+    binary frames in ONE write (so the server reads them in one go), frames read one at a time (fragments
+    reassembled). With ``rcvbuf`` set small and nothing read, it is a client that does not read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str, *, rcvbuf: int | None = None) -> RawDocSocket:
+        parts = urlsplit(url)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect: the TCP window is chosen at the handshake
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**26)
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    @staticmethod
+    def frame(payload: bytes, opcode: int = 0x2) -> bytes:
+        """A client frame (RFC 6455 5.3: masked)."""
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        masked = apply_mask(payload, mask)
+        return header + mask + masked
+
+    def send(self, *messages: bytes) -> None:
+        """Write ``messages`` as binary frames in one write (without waiting for the socket to take them)."""
+        self.writer.write(b"".join(self.frame(m) for m in messages))
+
+    async def read_frame(self) -> tuple[int, bool, bytes]:
+        """The next frame: opcode, FIN, payload."""
+        b0, b1 = await self.reader.readexactly(2)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return b0 & 0x0F, bool(b0 & 0x80), await self.reader.readexactly(n)
+
+    async def read_message(self) -> tuple[int, bytes]:
+        """The next message or control frame (opcode, payload); a close frame is (8, payload)."""
+        opcode, fin, payload = await self.read_frame()
+        parts = [payload]
+        while not fin and opcode not in (0x8, 0x9, 0xA):
+            more, fin, payload = await self.read_frame()
+            if more == 0x0:
+                parts.append(payload)
+        return opcode, b"".join(parts)
+
+    async def close_code(self) -> int | None:
+        """Read (and drop) everything until the server's close frame: its code; None if the connection ended
+        without one (a server gives up the closing handshake of a client that does not read)."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    opcode, payload = await self.read_message()
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return None
+                if opcode == 0x8:
+                    return int(struct.unpack("!H", payload[:2])[0])
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[list[RawDocSocket]]:
+    """Raw document connections a test opens (attackers, mostly): aborted at its end."""
+    opened: list[RawDocSocket] = []
+    yield opened
+    for sock in opened:
+        sock.abort()
