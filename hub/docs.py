@@ -18,7 +18,8 @@ Close codes (y-websocket 3 stops reconnecting on 4400-4499 and retries on anythi
 4403 forbidden, 4413 update or document too large, 4422 update the CRDT rejected, 4500 storage error,
 4529 too many document connections for the user or too many open documents on the node (try later),
 3001 shutdown, 3008 slow (the per-connection buffer passed ``client_queue_max_size``), 1009 frame larger
-than ``doc_max_update_size`` (plus a little room for framing).
+than ``doc_max_update_size`` (plus a little room for framing). Each is logged in one line, rate-limited
+(``hub.logs.log_limited``): a client can cause them again and again.
 
 Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
 no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
@@ -57,7 +58,7 @@ from hub import wire
 from hub.api import authenticate, presented_key
 from hub.auth import TokenExpired, TokenInvalid, TokenVerifier
 from hub.config import Config
-from hub.logs import bind_session, unbind_session
+from hub.logs import bind_session, log_limited, unbind_session
 from hub.transport_websocket import AsgiWebSocketTransport
 from hub.writer import FlushScheduler, Writer
 from hub.ws_frames import OP_BINARY, FrameCache
@@ -257,7 +258,7 @@ class DocPeer:
         self.transport.close(code, short_reason(reason))
 
     def _slow(self) -> None:
-        log.warning("document connection too slow, closing", extra=self.log_fields())
+        log_limited(log, logging.WARNING, "document connection too slow, closing", extra=self.log_fields())
         self.closed = True
         self.transport.close(SLOW, "slow")
 
@@ -332,7 +333,7 @@ class Documents:
                 raise Denied(BAD_MESSAGE, "bad document name")
             access = authorize(self.config, self.verifier, token, name)
         except Denied as denied:
-            log.info("document %r refused: %s", name[:MAX_NAME_LENGTH], denied.reason)
+            log_limited(log, logging.INFO, "document %r refused: %s", name[:MAX_NAME_LENGTH], denied.reason)
             transport.write_messages([self._wire(transport, protocol.permission_denied(denied.reason))])
             await self._close_and_drain(transport, denied.code, denied.reason)
             return
@@ -371,7 +372,12 @@ class Documents:
             return
         limit = self.config.doc_user_connection_limit
         if user_key is not None and self._per_user[user_key] >= limit:
-            log.warning("too many document connections for one user (limit %d)", limit)
+            log_limited(
+                log,
+                logging.WARNING,
+                "too many document connections for one user (limit %d)",
+                limit,
+            )
             peer.close(TRY_LATER, "too many document connections")
             return
         if user_key is not None:
@@ -383,7 +389,7 @@ class Documents:
                 room = await self.rooms.acquire(key)
             except SyncError as exc:
                 code = TRY_LATER if isinstance(exc, LimitExceeded) else STORAGE
-                log.warning("document %r not opened: %s", name, exc.reason)
+                log_limited(log, logging.WARNING, "document %r not opened: %s", name, exc.reason)
                 peer.close(code, exc.reason)
                 return
             if access.exp is not None:
@@ -419,7 +425,7 @@ class Documents:
                 continue
             data = message.get("bytes")
             if data is None:
-                log.warning("text frame on a document connection")
+                log_limited(log, logging.WARNING, "text frame on a document connection")
                 peer.close(BAD_MESSAGE, "text frames are not y-websocket messages")
                 continue
             try:
@@ -427,10 +433,21 @@ class Documents:
             except WriteRefused as refused:
                 peer.refused += 1
                 if peer.refused == 1:
-                    log.warning("update from a read-only connection dropped (document %r)", room.key[1])
+                    log_limited(
+                        log,
+                        logging.WARNING,
+                        "update from a read-only connection dropped (document %r)",
+                        room.key[1],
+                    )
                     peer.send(protocol.permission_denied(refused.reason))
             except SyncError as exc:
-                log.warning("document %r: closing a connection: %s", room.key[1], exc.reason)
+                log_limited(
+                    log,
+                    logging.WARNING,
+                    "document %r: closing a connection: %s",
+                    room.key[1],
+                    exc.reason,
+                )
                 peer.close(close_code(exc), exc.reason)
             except Exception:
                 log.exception("document %r: unexpected error handling a message", room.key[1])
@@ -465,13 +482,25 @@ class Documents:
             try:
                 tenant = authorize(self.config, self.verifier, token, name).tenant
             except Denied as denied:
-                log.info("content of document %r refused: %s", name, denied.reason)
+                log_limited(
+                    log,
+                    logging.INFO,
+                    "content of document %r refused: %s",
+                    name,
+                    denied.reason,
+                )
                 status = 401 if denied.code == UNAUTHORIZED else 403
                 return JSONResponse({"error": denied.reason}, status_code=status)
         try:
             content = await self.content(name, tenant=tenant)
         except SyncError as exc:
-            log.warning("content of document %r not served: %s", name, exc.reason)
+            log_limited(
+                log,
+                logging.WARNING,
+                "content of document %r not served: %s",
+                name,
+                exc.reason,
+            )
             return JSONResponse({"error": exc.reason}, status_code=503)
         return JSONResponse(content)
 
