@@ -122,6 +122,8 @@ class Config:
     doc_compact_after_bytes: int = 1048576
     doc_ping_interval: float = 15.0
     doc_fsync: bool = False
+    doc_queue_max_size: int = 1048576
+    """Bytes waiting for one document connection (not counting one large message being streamed)."""
     sse_heartbeat_interval: float = 15.0
     sse_retry_ms: int = 2000
     shutdown_batch_size: int = 500
@@ -419,6 +421,7 @@ def _validate_docs(cfg: Config) -> None:
         "doc_compact_after_updates",
         "doc_compact_after_bytes",
         "doc_ping_interval",
+        "doc_queue_max_size",
     )
     if cfg.doc_unload_delay < 0:
         raise ConfigError("doc_unload_delay must not be negative")

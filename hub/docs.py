@@ -15,24 +15,31 @@ A connection is one document (the provider's URL is ``<server url>/<room name>?<
 
 Close codes (y-websocket 3 stops reconnecting on 4400-4499 and retries on anything else):
 4400 bad message (garbage, unknown type, truncated varint, text frame, bad name), 4401 unauthorized,
-4403 forbidden, 4413 update or document too large, 4422 update the CRDT rejected, 4500 storage error,
-4529 too many document connections for the user or too many open documents on the node (try later),
-3001 shutdown, 3008 slow (the per-connection buffer passed ``client_queue_max_size``), 1009 frame larger
-than ``doc_max_update_size`` (plus a little room for framing). Each is logged in one line, rate-limited
-(``hub.logs.log_limited``): a client can cause them again and again.
+4403 forbidden, 4413 update or document too large (``doc_max_update_size``, ``doc_max_document_size``),
+4422 update the CRDT rejected, 4500 storage
+error, 4529 too many document connections for the user or too many open documents on the node (try later),
+3001 shutdown, 3008 slow (what waits for the connection passed ``doc_queue_max_size``, see below), 1009
+frame larger than ``doc_max_update_size`` (plus a little room for framing).
+
+Bounds on what a connection can make the node hold (each logged in one line, rate-limited):
+
+- Its outgoing messages: a ``hub.writer_stream.StreamingWriter``. At most ``doc_queue_max_size`` bytes
+  wait for it, not counting one large message being streamed (a late joiner's sync step 2 holds the whole
+  document), which goes out in parts as the socket drains; past the bound: 3008.
 
 Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
 no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
 and the connection stays open (closing would make the provider reconnect and resend the same update).
 
 Fast path: with uvicorn and the hub's protocol class, each outgoing message is framed once
-(``ws_frames.FrameCache``: a relay's consecutive pushes of one message share its frame) into a byte-bounded
-``Writer`` that writes once per loop tick straight to the socket. Without it (``websocket_fast_path =
-false``, or ``websocket_compression = true``) messages go through ASGI ``send()``. Either way, under uvicorn
-(``hub.ws_uvicorn``) a document connection takes frames up to ``doc_max_update_size`` (plus framing) and
-gets a WebSocket ping every ``doc_ping_interval``, being closed when it does not answer within as long. The
-rooms also send an empty awareness update every ``doc_ping_interval``, the sign of life the provider waits
-for. Under another ASGI server: no pings, and the server's frame limit.
+(``ws_frames.FrameCache``: a relay's consecutive pushes of one message share its frame) into the writer,
+which writes once per loop tick straight to the socket (large messages as WebSocket fragments). Without it
+(``websocket_fast_path = false``, or ``websocket_compression = true``) messages go through ASGI ``send()``.
+Either way, under uvicorn (``hub.ws_uvicorn``) a document connection takes frames up to
+``doc_max_update_size`` (plus framing) and gets a WebSocket ping every ``doc_ping_interval``, being closed
+when it does not answer within as long. The rooms also send an empty awareness update every
+``doc_ping_interval``, the sign of life the provider waits for. Under another ASGI server: no pings, and
+the server's frame limit.
 """
 
 from __future__ import annotations
@@ -60,8 +67,9 @@ from hub.auth import TokenExpired, TokenInvalid, TokenVerifier
 from hub.config import Config
 from hub.logs import bind_session, log_limited, unbind_session
 from hub.transport_websocket import AsgiWebSocketTransport
-from hub.writer import FlushScheduler, Writer
-from hub.ws_frames import OP_BINARY, FrameCache
+from hub.writer import FlushScheduler
+from hub.writer_stream import StreamingWriter
+from hub.ws_frames import OP_BINARY, FrameCache, fragment
 from hub.ws_uvicorn import OPTIONS_EXTENSION, RAW_EXTENSION
 from sync import protocol
 from sync.content import document_json
@@ -167,17 +175,27 @@ def authorize(config: Config, verifier: TokenVerifier, token: str, name: str) ->
 
 
 class RawDocTransport:
-    """Writes pre-built frames (one per message) in one socket write per flush."""
+    """The fast path: pre-built frames written straight to the socket; a large message as fragments."""
 
     __slots__ = ("_raw",)
     name = "doc"
+    fragments = True
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
 
-    def write_messages(self, messages: list[bytes]) -> int:
-        frames = messages[0] if len(messages) == 1 else b"".join(messages)
-        return self._raw.write_frame(frames)  # type: ignore[no-any-return]
+    def unsent(self) -> int:
+        return self._raw.write_buffer_size()  # type: ignore[no-any-return]
+
+    def write_messages(self, messages: list[bytes]) -> None:
+        self._raw.write_frame(messages[0] if len(messages) == 1 else b"".join(messages))
+
+    def write_part(self, payload: bytes, first: bool, last: bool) -> None:
+        self._raw.write_frame(fragment(payload, OP_BINARY, first, last))
+
+    def watch_drain(self, callback: Callable[[], None], high: int) -> None:
+        self._raw.limit_write_buffer(high)
+        self._raw.on_drain = callback
 
     def close(self, code: int, reason: str) -> None:
         self._raw.close_with(code, reason)
@@ -187,22 +205,37 @@ class RawDocTransport:
 
 
 class AsgiDocTransport(AsgiWebSocketTransport):
-    """The portable transport, one binary WebSocket message per y-websocket message (never joined)."""
+    """The portable transport, one binary WebSocket message per y-websocket message (never joined). ASGI has
+    no fragments: a large message goes to the server whole, the next once the server wrote it."""
 
-    __slots__ = ()
+    __slots__ = ("_on_drain",)
     name = "doc"
+    fragments = False
 
     def __init__(self, send: Any) -> None:
         super().__init__(send, wire.PROTOBUF)  # binary frames
+        self._on_drain: Callable[[], None] | None = None
 
-    def write_messages(self, messages: list[bytes]) -> int:
+    def unsent(self) -> int:
+        return self._queued
+
+    def write_messages(self, messages: list[bytes]) -> None:  # type: ignore[override]
         if self._close is not None:
-            return 0
+            return
         for message in messages:
             self._queue.append(message)
             self._queued += len(message)
         self._wakeup.set()
-        return self._queued
+
+    def write_part(self, payload: bytes, first: bool, last: bool) -> None:
+        raise NotImplementedError("the portable transport sends whole messages")
+
+    def watch_drain(self, callback: Callable[[], None], high: int) -> None:
+        self._on_drain = callback
+
+    def _drained(self) -> None:
+        if self._on_drain is not None:
+            self._on_drain()
 
 
 _frames = FrameCache()
@@ -214,6 +247,7 @@ class DocPeer:
 
     __slots__ = (
         "id",
+        "document",
         "access",
         "remote",
         "writer",
@@ -226,6 +260,7 @@ class DocPeer:
 
     def __init__(
         self,
+        document: str,
         access: Access,
         remote: str,
         transport: RawDocTransport | AsgiDocTransport,
@@ -233,19 +268,23 @@ class DocPeer:
         max_bytes: int,
     ) -> None:
         self.id = f"doc-{next(_ids)}"
+        self.document = document
         self.access = access
         self.remote = remote
         self.transport = transport
         self.framed = isinstance(transport, RawDocTransport)
         self.closed = False
         self.refused = 0
-        self.writer = Writer(transport, scheduler, max_bytes, self._slow, self._write_error)
+        self.writer = StreamingWriter(transport, scheduler, max_bytes, self._slow, self._write_error)
 
     def log_fields(self) -> dict[str, Any]:
         return {"client": self.id, "user": self.access.user, "tenant": self.access.tenant, "transport": "doc"}
 
-    def send(self, message: bytes) -> None:
-        self.writer.push(_frames.frame(message, OP_BINARY) if self.framed else message)
+    def send(self, message: bytes, shared: bool = False) -> None:
+        if len(message) > self.writer.chunk:
+            self.writer.push_large(message, shared)
+        else:
+            self.writer.push(_frames.frame(message, OP_BINARY) if self.framed else message)
 
     def terminate(self, error: SyncError) -> None:
         self.close(close_code(error), error.reason)
@@ -254,7 +293,7 @@ class DocPeer:
         if self.closed:
             return
         self.closed = True
-        self.writer.close()  # flush what is queued (e.g. the auth message), take no more
+        self.writer.close()  # hand over what is queued (e.g. the auth message), take no more
         self.transport.close(code, short_reason(reason))
 
     def _slow(self) -> None:
@@ -335,14 +374,13 @@ class Documents:
         except Denied as denied:
             log_limited(log, logging.INFO, "document %r refused: %s", name[:MAX_NAME_LENGTH], denied.reason)
             transport.write_messages([self._wire(transport, protocol.permission_denied(denied.reason))])
-            await self._close_and_drain(transport, denied.code, denied.reason)
+            transport.close(denied.code, short_reason(denied.reason))
+            if isinstance(transport, AsgiDocTransport):
+                await transport.finish(denied.code, denied.reason)
             return
         if options is not None:
             options.keep_alive(self.config.doc_ping_interval)
-        # The bound is for a backlog of relays; the full state (sync step 2, up to the largest document) goes
-        # out in one message on top of it, or no document larger than the buffer could reach a new client.
-        max_bytes = self.config.client_queue_max_size + self.config.doc_max_document_size
-        peer = DocPeer(access, remote_host, transport, self.scheduler, max_bytes)
+        peer = DocPeer(name, access, remote_host, transport, self.scheduler, self.config.doc_queue_max_size)
         bound = bind_session(peer.log_fields)
         try:
             await self._serve(peer, name, receive)
@@ -354,12 +392,6 @@ class Documents:
     @staticmethod
     def _wire(transport: RawDocTransport | AsgiDocTransport, message: bytes) -> bytes:
         return _frames.frame(message, OP_BINARY) if isinstance(transport, RawDocTransport) else message
-
-    @staticmethod
-    async def _close_and_drain(transport: RawDocTransport | AsgiDocTransport, code: int, reason: str) -> None:
-        transport.close(code, short_reason(reason))
-        if isinstance(transport, AsgiDocTransport):
-            await transport.finish(code, reason)
 
     async def _serve(self, peer: DocPeer, name: str, receive: Any) -> None:
         access = peer.access

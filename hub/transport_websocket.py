@@ -97,6 +97,7 @@ class AsgiWebSocketTransport:
                         else:
                             await send({"type": "websocket.send", "bytes": payload})
                         self._queued -= len(payload)
+                self._drained()
                 if self._close is not None:
                     code, reason = self._close
                     await send({"type": "websocket.close", "code": code, "reason": reason})
@@ -104,6 +105,9 @@ class AsgiWebSocketTransport:
         except (OSError, RuntimeError, asyncio.CancelledError) as exc:
             # The peer went away (ASGI servers raise OSError subclasses or RuntimeError after close).
             log.debug("websocket writer stopped: %r", exc)
+
+    def _drained(self) -> None:
+        """Everything queued went through ``send()`` (a subclass may want more to send)."""
 
     async def stop(self) -> None:
         if not self._task.done():

@@ -103,18 +103,28 @@ class Backlog:
         )
 
 
+class Flushable(Protocol):
+    """What the scheduler flushes: a ``Writer``, or another writer with the same duties."""
+
+    def flush(self) -> None:
+        """Hand what is queued to the transport."""
+
+    def fail(self) -> None:
+        """The transport broke while writing: take no more and end the connection."""
+
+
 class FlushScheduler:
     """Collects dirty writers and flushes them once per loop tick; holds the node's ``Backlog``."""
 
     __slots__ = ("_dirty", "_scheduled", "_loop", "backlog")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, backlog: Backlog | None = None) -> None:
-        self._dirty: list[Writer] = []
+        self._dirty: list[Flushable] = []
         self._scheduled = False
         self._loop = loop
         self.backlog = backlog if backlog is not None else Backlog()
 
-    def mark(self, writer: Writer) -> None:
+    def mark(self, writer: Flushable) -> None:
         self._dirty.append(writer)
         if not self._scheduled:
             self._scheduled = True

@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import struct
 
+OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 _FIN = 0x80
 
 
-def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """A complete, unfragmented, unmasked frame (RFC 6455 5.2: 7-bit, 16-bit or 64-bit length)."""
+def frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True) -> bytes:
+    """An unmasked frame (RFC 6455 5.2: 7-bit, 16-bit or 64-bit length); complete unless ``fin`` is false."""
     n = len(payload)
+    first = (_FIN if fin else 0) | opcode
     if n < 126:
-        header = bytes((_FIN | opcode, n))
+        header = bytes((first, n))
     elif n < 65536:
-        header = struct.pack("!BBH", _FIN | opcode, 126, n)
+        header = struct.pack("!BBH", first, 126, n)
     else:
-        header = struct.pack("!BBQ", _FIN | opcode, 127, n)
+        header = struct.pack("!BBQ", first, 127, n)
     return header + payload
+
+
+def fragment(payload: bytes, opcode: int, first: bool, last: bool) -> bytes:
+    """One frame of a fragmented message (RFC 6455 5.4): the first carries the message's opcode, the others
+    are continuations, the last has FIN set. Control frames (pings) may come between them; data frames of
+    another message may not."""
+    return frame(payload, opcode if first else OP_CONTINUATION, last)
 
 
 class FrameCache:

@@ -14,6 +14,8 @@ connection's compression context, so frames could not be built once and shared):
 - ``write_frame(frame) -> int``: write complete server frames now (no ``await``, no per-message ASGI
   ``send``); returns the bytes the socket transport still holds unsent, the hub's measure of a slow reader
   (``unsent_bytes()`` tells it again later);
+- ``write_buffer_size()``, ``limit_write_buffer(high)`` and ``on_drain``: a writer that streams a large
+  message hands it over in parts, ``on_drain()`` being called when the socket took what it had;
 - ``close_with(code, reason)``: start the closing handshake with a protocol code, as ``websocket.close``
   would, and abort the socket if the peer has not finished it in time (a client that does not read
   never will).
@@ -29,6 +31,7 @@ A peer's protocol error (a text frame that is not UTF-8, a bad frame) closes its
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -46,6 +49,8 @@ log = logging.getLogger("switchboard.websocket")
 class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
     shutdown_code = 3001
     shutdown_reason = "shutdown"
+    on_drain: Callable[[], None] | None = None
+    """Called when the socket's write buffer drained below its low-water mark (``limit_write_buffer``)."""
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -77,6 +82,25 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.disconnected:
             return 0
         return self.transport.get_write_buffer_size()
+
+    def write_buffer_size(self) -> int:
+        if self.close_sent or self.disconnected:
+            return 0
+        return self.transport.get_write_buffer_size()
+
+    def limit_write_buffer(self, high: int) -> None:
+        """Past ``high`` unsent bytes the transport pauses this protocol; below a quarter of it, it resumes
+        it (and ``on_drain`` is called)."""
+        self.transport.set_write_buffer_limits(high=high)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_drain is not None and not self.close_sent:
+            self.on_drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_drain = None
+        super().connection_lost(exc)
 
     def close_with(self, code: int, reason: str) -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():

@@ -84,8 +84,9 @@ class Peer(Protocol):
     """One connection of a room, as the room sees it. Implementations must not call back into the room
     from these methods."""
 
-    def send(self, message: bytes) -> None:
-        """Queue one y-websocket message (without awaiting)."""
+    def send(self, message: bytes, shared: bool = False) -> None:
+        """Queue one y-websocket message (without awaiting). ``shared``: the same object goes to many peers
+        (a relayed update, a broadcast), so holding it costs a peer no memory of its own."""
 
     def terminate(self, error: SyncError) -> None:
         """End the connection because of ``error`` (the room is closing or failed)."""
@@ -315,7 +316,7 @@ class DocRoom:
         count = 0
         for peer in self.peers:
             if peer is not sender:
-                peer.send(message)
+                peer.send(message, True)
                 count += 1
         self.relayed += count
 
@@ -448,7 +449,7 @@ class DocRoom:
 
     def _broadcast(self, message: bytes) -> None:
         for peer in self.peers:
-            peer.send(message)
+            peer.send(message, True)
 
     @staticmethod
     def _awareness_message(entries: list[AwarenessEntry]) -> bytes:

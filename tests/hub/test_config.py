@@ -218,6 +218,7 @@ def test_env_namespaces_replace_the_files(tmp_path: Path) -> None:
         "client_pong_timeout = -1\n",
         "client_channel_limit = 0\n",
         "client_queue_max_size = -5\n",
+        "doc_queue_max_size = 0\n",
         "log_level = 'chatty'\n",
         "dev_mode = true\n",
         "this is not toml",
@@ -279,5 +280,6 @@ def test_config_error_belongs_to_the_hub_tree() -> None:
 def test_defaults() -> None:
     cfg = Config()
     assert cfg.client_queue_max_size == 1048576 and cfg.client_max_message_size == 65536
+    assert cfg.doc_queue_max_size == 1048576
     assert not cfg.websocket_compression and cfg.websocket_fast_path
     assert cfg.namespace_table().default == NamespaceOptions()

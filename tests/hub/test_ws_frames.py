@@ -99,3 +99,20 @@ def test_frame_cache_reuses_the_frame_of_the_same_payload_object() -> None:
     other = cache.frame(b"y" * 3, ws_frames.OP_TEXT)
     assert other == frame(b"yyy")
     assert cache.frame(payload, ws_frames.OP_TEXT) == first
+
+
+def test_a_fragmented_message_is_reassembled_by_a_client() -> None:
+    """RFC 6455 5.4: the first fragment carries the opcode, continuations opcode 0, the last FIN; a ping
+    between fragments is allowed."""
+    payload = payload_of(200_000)
+    parts = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+    frames_out = [
+        ws_frames.fragment(part, ws_frames.OP_BINARY, i == 0, i == len(parts) - 1) for i, part in enumerate(parts)
+    ]
+    ping = bytes((0x89, 0))
+    client = client_protocol()
+    client.receive_data(b"".join([frames_out[0], ping, *frames_out[1:]]))
+    frames = client.events_received()
+    assert [f.opcode for f in frames] == [Opcode.BINARY, Opcode.PING, Opcode.CONT, Opcode.CONT, Opcode.CONT]
+    assert [f.fin for f in frames if f.opcode != Opcode.PING] == [False, False, False, True]
+    assert b"".join(f.data for f in frames if f.opcode != Opcode.PING) == payload

@@ -16,7 +16,7 @@ class Link:
         self.inbox: list[bytes] = []
         self.terminated: SyncError | None = None
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, shared: bool = False) -> None:
         self.inbox.append(message)
 
     def terminate(self, error: SyncError) -> None:

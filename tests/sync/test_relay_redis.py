@@ -51,8 +51,8 @@ class EventLink(Link):
         super().__init__(client)
         self.wakeup = wakeup
 
-    def send(self, message: bytes) -> None:
-        super().send(message)
+    def send(self, message: bytes, shared: bool = False) -> None:
+        super().send(message, shared)
         self.wakeup.event.set()
 
 
