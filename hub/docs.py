@@ -26,6 +26,9 @@ Bounds on what a connection can make the node hold (each logged in one line, rat
 - Its outgoing messages: a ``hub.writer_stream.StreamingWriter``. At most ``doc_queue_max_size`` bytes
   wait for it, not counting one large message being streamed (a late joiner's sync step 2 holds the whole
   document), which goes out in parts as the socket drains; past the bound: 3008.
+- Its sync step 1: answered one at a time; a step 1 while the last answer is still on its way is coalesced
+  into it (``sync.room``), so a burst of them costs one document diff, not one each. Between messages the
+  reader yields to the loop every ``READ_BURST`` messages (one TCP read can bring a thousand).
 
 Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
 no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
@@ -75,7 +78,7 @@ from sync import protocol
 from sync.content import document_json
 from sync.protocol import LimitExceeded, SyncError, UpdateRejected
 from sync.relay import DocumentRelay
-from sync.room import DocRoom, RoomLimits, WriteRefused
+from sync.room import COALESCED, DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey, DocumentStore, StoreError
 
@@ -88,6 +91,8 @@ CONTENT_SUFFIX = "/content"
 MAX_NAME_LENGTH = 255
 FRAME_SLACK = 1024
 """Bytes a frame may exceed ``doc_max_update_size`` by (message type, lengths): larger ones get 1009."""
+READ_BURST = 16
+"""Messages read from one connection in a row before the reader lets the loop run."""
 
 BAD_MESSAGE = 4400
 UNAUTHORIZED = 4401
@@ -241,6 +246,10 @@ class AsgiDocTransport(AsgiWebSocketTransport):
 _frames = FrameCache()
 _ids = itertools.count(1)
 
+NOTICES = {
+    COALESCED: "a sync step 1 was coalesced into the step 2 still on its way (document %r)",
+}
+
 
 class DocPeer:
     """One document connection: the room's ``Peer``."""
@@ -255,6 +264,8 @@ class DocPeer:
         "framed",
         "closed",
         "refused",
+        "noticed",
+        "reply_at",
         "__weakref__",
     )
 
@@ -275,6 +286,9 @@ class DocPeer:
         self.framed = isinstance(transport, RawDocTransport)
         self.closed = False
         self.refused = 0
+        self.noticed: set[str] = set()
+        self.reply_at = 0
+        """The writer's message count once the last sync step 2 was queued."""
         self.writer = StreamingWriter(transport, scheduler, max_bytes, self._slow, self._write_error)
 
     def log_fields(self) -> dict[str, Any]:
@@ -285,6 +299,19 @@ class DocPeer:
             self.writer.push_large(message, shared)
         else:
             self.writer.push(_frames.frame(message, OP_BINARY) if self.framed else message)
+
+    def send_reply(self, message: bytes, shared: bool = False) -> None:
+        self.send(message, shared)
+        self.reply_at = self.writer.pushed
+
+    @property
+    def replying(self) -> bool:
+        return self.writer.written < self.reply_at
+
+    def notice(self, what: str) -> None:
+        if what not in self.noticed:
+            self.noticed.add(what)
+            log_limited(log, logging.INFO, NOTICES.get(what, what + " (document %r)"), self.document)
 
     def terminate(self, error: SyncError) -> None:
         self.close(close_code(error), error.reason)
@@ -448,6 +475,7 @@ class Documents:
                 self._drained.set()
 
     async def _read(self, peer: DocPeer, room: DocRoom, receive: Any) -> None:
+        burst = 0
         while True:
             message = await receive()
             kind = message["type"]
@@ -484,6 +512,12 @@ class Documents:
             except Exception:
                 log.exception("document %r: unexpected error handling a message", room.key[1])
                 peer.close(STORAGE, "internal error")
+            burst += 1
+            if burst >= READ_BURST:
+                # The server hands over every message of one TCP read without a pause: let the journal
+                # commit and the writers flush between a client's messages.
+                burst = 0
+                await asyncio.sleep(0)
 
     # ---------------------------------------------------------------- the HTTP content endpoint
 

@@ -3,7 +3,15 @@
 The y-sync session of one connection, as y-websocket's server runs it:
 
 - on join the room sends its sync step 1 (its state vector) and every known awareness state;
-- a peer's step 1 is answered with step 2 (what the peer lacks);
+- a peer's step 1 is answered with step 2 (what the peer lacks), at most one at a time per peer: a step 1
+  that arrives while the peer's last step 2 waits for the journal or is still being written to it
+  (``Peer.replying``) is coalesced into it (dropped, and the peer is told ``COALESCED``). Nothing is lost:
+  that step 2 holds the document as it was when it was computed, and every change since reaches the peer
+  as a relayed update. (A y-websocket client sends step 1 when it connects and every ``resyncInterval``;
+  it needs an answer, not one answer per request.) A step 1 with an empty state vector (a new client)
+  is answered with the document's full state, built once and shared by every such answer until the
+  document changes or the rooms' clock ticks (``forget_full_state``): late joiners arriving together
+  cost one copy of the document, not one each.
 - a peer's step 2 and update messages are applied to the room's pycrdt ``Doc`` ONCE; what the document
   actually integrated (pycrdt's after-transaction update: nothing for a duplicate, the released
   dependents for a gap that closed) is appended to the journal and relayed as ONE pre-built message to
@@ -71,6 +79,9 @@ T = TypeVar("T")
 EMPTY_UPDATE = b"\x00\x00"
 """A Yjs update with no structs and an empty delete set."""
 
+EMPTY_STATE_VECTOR = b"\x00"
+"""The state vector of a client that has nothing."""
+
 KEEPALIVE = protocol.awareness(protocol.encode_awareness([]))
 """An awareness update with no entries: a no-op for every client, and a message the provider counts as
 a sign of life (it reconnects after 30 s without one)."""
@@ -80,13 +91,28 @@ class WriteRefused(SyncError):
     """A read-only peer sent an update with new content; it was dropped (the connection may stay)."""
 
 
+COALESCED = "coalesced"
+"""A notice: a sync step 1 was coalesced into the step 2 still on its way to the peer."""
+
+
 class Peer(Protocol):
     """One connection of a room, as the room sees it. Implementations must not call back into the room
     from these methods."""
 
+    @property
+    def replying(self) -> bool:
+        """Whether the last ``send_reply`` message is still queued for this peer (not yet written)."""
+
     def send(self, message: bytes, shared: bool = False) -> None:
         """Queue one y-websocket message (without awaiting). ``shared``: the same object goes to many peers
-        (a relayed update, a broadcast), so holding it costs a peer no memory of its own."""
+        (a relayed update, a broadcast, the full state), so holding it costs a peer no memory of its own."""
+
+    def send_reply(self, message: bytes, shared: bool = False) -> None:
+        """Queue a sync step 2 (as ``send``; ``replying`` tells when it has left)."""
+
+    def notice(self, what: str) -> None:
+        """Something the peer sent was not (fully) acted upon (``COALESCED``); the connection stays. For the
+        peer's log, at most once per connection."""
 
     def terminate(self, error: SyncError) -> None:
         """End the connection because of ``error`` (the room is closing or failed)."""
@@ -140,6 +166,12 @@ class DocRoom:
         """Peers plus server-side holders (``DocumentRooms.acquire``); unloaded when it drops to 0."""
         self.closed = False
         self.relayed = 0
+        self.coalesced = 0
+        """Sync step 1 messages coalesced into an earlier answer."""
+        self._answering: set[Peer] = set()
+        """Peers whose step 2 waits for the journal."""
+        self._full_state: bytes | None = None
+        """The sync step 2 of the whole document, while it is current (see ``_answer_step1``)."""
         self._sender: Peer | None = None
         self._integrated: bytes | None = None
         """The update the last transaction emitted (see ``_apply``)."""
@@ -168,6 +200,7 @@ class DocRoom:
     def leave(self, peer: Peer, now: float | None = None) -> None:
         if self.peers.pop(peer, None) is None:
             return
+        self._answering.discard(peer)
         removed = self.awareness.remove_owner(peer, time.monotonic() if now is None else now)
         if removed:
             encoded = protocol.encode_awareness(removed)
@@ -208,16 +241,34 @@ class DocRoom:
             log.debug("auth message from a client ignored")
 
     def _answer_step1(self, peer: Peer, state_vector: bytes) -> None:
-        try:
-            missing = self.doc.get_update(state_vector)
-        except ValueError:
-            raise ProtocolError("sync step 1 holds no valid state vector") from None
-        reply = protocol.sync_step2(missing)
+        if peer in self._answering or peer.replying:
+            decode_state_vector(state_vector)  # still judged: garbage closes the connection either way
+            self.coalesced += 1
+            peer.notice(COALESCED)
+            return
+        shared = state_vector == EMPTY_STATE_VECTOR
+        if shared:
+            if self._full_state is None:
+                self._full_state = protocol.sync_step2(self.doc.get_update())
+            reply = self._full_state
+        else:
+            try:
+                missing = self.doc.get_update(state_vector)
+            except ValueError:
+                raise ProtocolError("sync step 1 holds no valid state vector") from None
+            reply = protocol.sync_step2(missing)
         if not self.writer:  # nothing here waits for this node's journal (see the module policies)
-            peer.send(reply)
+            peer.send_reply(reply, shared)
             return
         # Computed now (covers everything applied so far), sent once all of that is durable.
-        self.journal.after_durable(lambda: peer.send(reply), self.key)
+        self._answering.add(peer)
+
+        def answer() -> None:
+            if peer in self._answering:  # else the peer left meanwhile
+                self._answering.discard(peer)
+                peer.send_reply(reply, shared)
+
+        self.journal.after_durable(answer, self.key)
 
     def _apply(self, peer: Peer, update: bytes) -> None:
         limits = self.limits
@@ -288,6 +339,7 @@ class DocRoom:
         update: bytes = event.update
         if update == EMPTY_UPDATE or self.closed:
             return
+        self._full_state = None
         self._integrated = update
         self.size += len(update)
         message = protocol.update(update)
@@ -428,6 +480,10 @@ class DocRoom:
         self.log_bytes = 0
 
     # ---------------------------------------------------------------- upkeep
+
+    def forget_full_state(self) -> None:
+        """Drop the shared full-state answer (the peers still sending it keep their reference)."""
+        self._full_state = None
 
     def expire_awareness(self, now: float) -> None:
         removed = self.awareness.expire(now)

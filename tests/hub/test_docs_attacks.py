@@ -14,8 +14,10 @@ import pytest
 from pycrdt import Doc, Text
 
 from sync import protocol
+from tests.conftest import TIMEOUT
 from tests.hub.ydocs import RawDocSocket, WsYClient, yclient_at
 from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
+from tests.sync.yclient import YClient
 
 MB = 1024 * 1024
 
@@ -37,6 +39,17 @@ def text_update(text: str, client_id: int = 7) -> bytes:
     return doc.get_update()
 
 
+async def seeded(url: str, size: int, sockets: list[RawDocSocket], clients: list[WsYClient]) -> WsYClient:
+    """Write a text of ``size`` characters into the (new) document at ``url`` in one update; return a
+    well-behaved client that synced it."""
+    seed = await RawDocSocket.open(url)
+    sockets.append(seed)
+    seed.send(protocol.update(text_update("s" * size)))
+    reader = await yclient_at(url, opened=clients)
+    await reader.until(lambda: len(str(reader.text)) == size)
+    return reader
+
+
 def log_lines(node: HubNode, needle: str) -> list[str]:
     return [line for line in node.log().splitlines() if needle in line]
 
@@ -46,6 +59,45 @@ async def edit_reaches(writer: WsYClient, watcher: WsYClient, text: str) -> None
     writer.text.insert(len(writer.text), text)
     await writer.flush()
     await watcher.until(lambda: str(watcher.text).endswith(text))
+
+
+async def test_a_burst_of_sync_step_1_costs_one_document_diff(
+    make_nodes: NodesFactory, clients: list[WsYClient], sockets: list[RawDocSocket]
+) -> None:
+    """1,000 tiny sync step 1 messages (10 KB) in one TCP write, behind an update that makes them wait for
+    the journal, on a 2 MB document: before, each computed and parked a 2 MB diff (about 2 GB). Now one
+    step 2 at a time per connection; the others are coalesced into it."""
+    (node,) = await make_nodes(1)
+    url = node.doc_url("big")
+    reader = await seeded(url, 2_000_000, sockets, clients)
+    editor = await yclient_at(url, opened=clients)
+
+    attacker = await RawDocSocket.open(url)
+    sockets.append(attacker)
+    burst = [protocol.update(text_update("!", client_id=99))]
+    burst += [protocol.sync_step1(b"\x01\x05\x00")] * 1000  # "I have nothing of client 5": a 2 MB diff
+    burst.append(protocol.query_awareness())
+    with node.sample_rss() as rss:
+        attacker.send(*burst)
+        answers: list[bytes] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not any(m[:2] == b"\x00\x01" for m in answers):  # its first step 2
+                opcode, payload = await attacker.read_message()
+                assert opcode == 0x2, (opcode, payload[:40])
+                answers.append(payload)
+            attacker.send(protocol.query_awareness())  # answered after everything before it was handled
+            while True:
+                opcode, payload = await attacker.read_message()
+                assert opcode == 0x2, (opcode, payload[:40])
+                answers.append(payload)
+                if payload[:1] == b"\x01" and len([m for m in answers if m[:1] == b"\x01"]) == 2:
+                    break
+        await edit_reaches(editor, reader, "still editable")
+    step2 = [m for m in answers if m[:2] == b"\x00\x01"]
+    # One at a time: the attacker gets another step 2 only once it took the last; the rest are coalesced.
+    assert len(step2) < 100, len(step2)
+    assert rss.peak - rss.start < 120 * MB, rss
+    assert len(log_lines(node, "coalesced")) == 1, node.log()
 
 
 async def test_connections_that_do_not_read_hold_at_most_doc_queue_max_size(
@@ -74,3 +126,24 @@ async def test_connections_that_do_not_read_hold_at_most_doc_queue_max_size(
         # before the close frame reaches it.
         assert {await sock.close_code() for sock in sockets} <= {3008, None}
     assert rss.peak - rss.start < 80 * MB, rss
+
+
+async def test_late_joiners_that_do_not_read_share_one_copy_of_a_large_document(
+    make_nodes: NodesFactory, clients: list[WsYClient], sockets: list[RawDocSocket]
+) -> None:
+    """Twenty joiners of a 4 MB document that ask for it (sync step 1) and never read: before, each got its
+    own 4 MB diff written whole into its socket buffer. Now the full state is built once and streamed to each
+    in parts as its socket drains, so the node holds one copy; and a well-behaved late joiner still syncs a
+    document four times larger than doc_queue_max_size (1 MiB)."""
+    (node,) = await make_nodes(1)
+    url = node.doc_url("large")
+    first = await seeded(url, 4_000_000, sockets, clients)
+    with node.sample_rss() as rss:
+        for _ in range(20):
+            joiner = await RawDocSocket.open(url, rcvbuf=4096)
+            sockets.append(joiner)
+            joiner.send(protocol.sync_step1(b"\x00"))
+        late = await yclient_at(url, opened=clients, client=YClient())
+        await late.until(lambda: len(str(late.text)) == 4_000_000)
+        await edit_reaches(late, first, "hello")
+    assert rss.peak - rss.start < 16 * MB, rss

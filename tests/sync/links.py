@@ -15,9 +15,18 @@ class Link:
         self.client = client
         self.inbox: list[bytes] = []
         self.terminated: SyncError | None = None
+        self.notices: list[str] = []
+        self.replying = False
+        """Whether a sync step 2 sent to it is still on its way (a test sets it)."""
 
     def send(self, message: bytes, shared: bool = False) -> None:
         self.inbox.append(message)
+
+    def send_reply(self, message: bytes, shared: bool = False) -> None:
+        self.send(message, shared)
+
+    def notice(self, what: str) -> None:
+        self.notices.append(what)
 
     def terminate(self, error: SyncError) -> None:
         self.terminated = error

@@ -17,7 +17,7 @@ from pycrdt import Doc, Text
 
 from sync import protocol
 from sync.protocol import LimitExceeded, ProtocolError, UpdateRejected
-from sync.room import RoomLimits, WriteRefused
+from sync.room import COALESCED, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey
 from sync.store_sqlite import SqliteDocumentStore
@@ -386,3 +386,72 @@ async def test_waiting_updates_stop_counting_once_integrated(tmp_path: Path) -> 
         third = other.get_update(before)
         room.receive(link, protocol.update(third))  # ~17 KB in all: under the limit, accepted
         assert len(str(room.doc.get("text", type=Text))) == 17_001
+
+
+STEP2 = b"\x00\x01"
+
+
+async def test_a_step_1_while_the_last_answer_is_on_its_way_is_coalesced(tmp_path: Path) -> None:
+    """One step 2 at a time per peer: while it waits for the journal, or while the peer still sends it
+    (``replying``), a further step 1 costs nothing but a notice; the peer still gets everything."""
+    from tests.sync.test_journal import GatedStore
+
+    store = GatedStore(tmp_path / "d.sqlite3")
+    rooms = DocumentRooms(store, unload_delay=60.0)
+    try:
+        room = await rooms.acquire(KEY)
+        alice, mallory = YClient(1), YClient(2)
+        la, lm = connect(room, alice), connect(room, mallory)
+        await pump(room, [la, lm])
+        lm.inbox.clear()
+        store.gate.clear()
+        alice.text.insert(0, "pending")  # a commit in progress: answers wait for it
+        for message in alice.take():
+            room.receive(la, message)
+        for _ in range(5):
+            room.receive(lm, protocol.sync_step1(b"\x01\x05\x00"))
+        assert room.coalesced == 4 and lm.notices == [COALESCED] * 4
+        with pytest.raises(ProtocolError):  # a coalesced step 1 is still judged
+            room.receive(lm, protocol.sync_step1(b"\xff\xff"))
+        store.gate.set()
+        await room.journal.flush()
+        assert [m[:2] for m in lm.inbox].count(STEP2) == 1
+        lm.inbox.clear()
+        lm.replying = True  # the answer is still being written to the peer
+        room.receive(lm, protocol.sync_step1(b"\x00"))
+        assert lm.inbox == [] and room.coalesced == 5
+        lm.replying = False
+        room.receive(lm, protocol.sync_step1(b"\x00"))
+        await room.journal.flush()
+        (reply,) = lm.inbox
+        check = YClient(3)
+        check.handle(reply)
+        assert str(check.text) == "pending"
+    finally:
+        store.gate.set()
+        await rooms.close()
+
+
+async def test_new_clients_share_one_answer_until_the_document_changes(tmp_path: Path) -> None:
+    """A step 1 with an empty state vector (a new client) is answered with the full state, built once."""
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        alice.text.insert(0, "shared state")
+        await pump(room, [la])
+        answers = []
+        for n in range(3):
+            link = connect(room, YClient(10 + n))
+            if n == 2:
+                alice.text.insert(0, "changed: ")
+                await pump(room, [la])
+            link.inbox.clear()
+            for message in link.client.take():
+                room.receive(link, message)
+            await room.journal.flush()
+            answers += [m for m in link.inbox if m[:2] == STEP2]
+        assert answers[0] is answers[1] and answers[2] is not answers[0]
+        check = YClient(20)
+        check.handle(answers[2])
+        assert str(check.text) == "changed: shared state"
