@@ -124,6 +124,11 @@ class Config:
     doc_fsync: bool = False
     doc_queue_max_size: int = 1048576
     """Bytes waiting for one document connection (not counting one large message being streamed)."""
+    doc_max_awareness_state_size: int = 16384
+    doc_max_awareness_states: int = 8
+    """Client ids one document connection may announce awareness states for."""
+    doc_max_awareness_size: int = 524288
+    """Bytes of all awareness states of one document together."""
     sse_heartbeat_interval: float = 15.0
     sse_retry_ms: int = 2000
     shutdown_batch_size: int = 500
@@ -422,9 +427,14 @@ def _validate_docs(cfg: Config) -> None:
         "doc_compact_after_bytes",
         "doc_ping_interval",
         "doc_queue_max_size",
+        "doc_max_awareness_state_size",
+        "doc_max_awareness_states",
+        "doc_max_awareness_size",
     )
     if cfg.doc_unload_delay < 0:
         raise ConfigError("doc_unload_delay must not be negative")
+    if cfg.doc_max_awareness_state_size > cfg.doc_max_awareness_size:
+        raise ConfigError("doc_max_awareness_state_size must not exceed doc_max_awareness_size")
 
 
 def validate(cfg: Config) -> None:

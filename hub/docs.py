@@ -15,8 +15,8 @@ A connection is one document (the provider's URL is ``<server url>/<room name>?<
 
 Close codes (y-websocket 3 stops reconnecting on 4400-4499 and retries on anything else):
 4400 bad message (garbage, unknown type, truncated varint, text frame, bad name), 4401 unauthorized,
-4403 forbidden, 4413 update or document too large (``doc_max_update_size``, ``doc_max_document_size``),
-4422 update the CRDT rejected, 4500 storage
+4403 forbidden, 4413 update, document or awareness state too large (``doc_max_update_size``,
+``doc_max_document_size``, ``doc_max_awareness_state_size``), 4422 update the CRDT rejected, 4500 storage
 error, 4529 too many document connections for the user or too many open documents on the node (try later),
 3001 shutdown, 3008 slow (what waits for the connection passed ``doc_queue_max_size``, see below), 1009
 frame larger than ``doc_max_update_size`` (plus a little room for framing).
@@ -29,6 +29,9 @@ Bounds on what a connection can make the node hold (each logged in one line, rat
 - Its sync step 1: answered one at a time; a step 1 while the last answer is still on its way is coalesced
   into it (``sync.room``), so a burst of them costs one document diff, not one each. Between messages the
   reader yields to the loop every ``READ_BURST`` messages (one TCP read can bring a thousand).
+- Its awareness (``sync.awareness``): a state over ``doc_max_awareness_state_size`` closes it with 4413;
+  past ``doc_max_awareness_states`` client ids or the document's ``doc_max_awareness_size`` its entries
+  are refused (dropped, logged once).
 
 Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
 no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
@@ -75,10 +78,11 @@ from hub.writer_stream import StreamingWriter
 from hub.ws_frames import OP_BINARY, FrameCache, fragment
 from hub.ws_uvicorn import OPTIONS_EXTENSION, RAW_EXTENSION
 from sync import protocol
+from sync.awareness import AwarenessLimits
 from sync.content import document_json
 from sync.protocol import LimitExceeded, SyncError, UpdateRejected
 from sync.relay import DocumentRelay
-from sync.room import COALESCED, DocRoom, RoomLimits, WriteRefused
+from sync.room import AWARENESS_REFUSED, COALESCED, DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey, DocumentStore, StoreError
 
@@ -248,6 +252,7 @@ _ids = itertools.count(1)
 
 NOTICES = {
     COALESCED: "a sync step 1 was coalesced into the step 2 still on its way (document %r)",
+    AWARENESS_REFUSED: "awareness entries refused: one connection's or the document's bound (document %r)",
 }
 
 
@@ -360,6 +365,11 @@ class Documents:
                 max_document_size=config.doc_max_document_size,
                 compact_after_updates=config.doc_compact_after_updates,
                 compact_after_bytes=config.doc_compact_after_bytes,
+                awareness=AwarenessLimits(
+                    max_state_size=config.doc_max_awareness_state_size,
+                    max_ids_per_owner=config.doc_max_awareness_states,
+                    max_bytes=config.doc_max_awareness_size,
+                ),
             ),
             unload_delay=config.doc_unload_delay,
             max_open=config.doc_max_open_documents,

@@ -14,31 +14,55 @@ Semantics of y-protocols ``awareness.js`` as a server keeps them:
   it, so the old connection's close does not wipe the live state.
 - States not renewed within ``OUTDATED_TIMEOUT`` are removed (clients renew theirs every 15 s).
 
+Bounds (``AwarenessLimits``; every new joiner is sent every state at once, so what one connection announces
+must not be able to crowd out the document): a state larger than ``max_state_size`` is never kept (the room
+closes a local connection that sends one, see ``sync.room``), one owner speaks for at most
+``max_ids_per_owner`` client ids, and the states together stay within ``max_bytes``. An entry past a bound
+is refused: not kept, not relayed, counted in ``refused``. The clocks of removed ids are kept for at most
+``MAX_REMOVED_CLOCKS`` ids (the oldest are forgotten first), so announcing and removing ids in turn cannot
+grow the room either.
+
 Owners are any hashable objects (the hub passes its connection objects).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sync.protocol import NULL_STATE, AwarenessEntry
-
-MAX_IDS_PER_OWNER = 32
-"""Most client ids one connection may announce states for (a browser tab announces one)."""
 
 OUTDATED_TIMEOUT = 30.0
 """Seconds after which a state that was not renewed is removed (y-protocols ``outdatedTimeout``)."""
 
+MAX_REMOVED_CLOCKS = 1024
+"""Removed client ids whose clock is remembered (so a late copy of an older state stays stale)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessLimits:
+    max_state_size: int = 16384
+    """Bytes of one state's JSON."""
+    max_ids_per_owner: int = 8
+    """Client ids one connection may announce states for (a browser tab announces one)."""
+    max_bytes: int = 524288
+    """Bytes of every state of the document together."""
+
 
 class AwarenessStates:
-    __slots__ = ("_states", "_clocks", "_updated", "_owner", "_owned")
+    __slots__ = ("_states", "_clocks", "_updated", "_owner", "_owned", "limits", "size", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: AwarenessLimits | None = None) -> None:
         self._states: dict[int, bytes] = {}
         self._clocks: dict[int, int] = {}
         self._updated: dict[int, float] = {}
         self._owner: dict[int, object] = {}
         self._owned: dict[object, set[int]] = {}
+        self.limits = limits if limits is not None else AwarenessLimits()
+        self.size = 0
+        """Bytes of the present states."""
+        self.refused = 0
+        """Entries refused because of a bound."""
 
     def __len__(self) -> int:
         return len(self._states)
@@ -57,6 +81,7 @@ class AwarenessStates:
         accepted: list[AwarenessEntry] = []
         states = self._states
         clocks = self._clocks
+        limits = self.limits
         for entry in entries:
             client_id = entry.client_id
             owned = self._owned.get(owner, ())
@@ -64,25 +89,50 @@ class AwarenessStates:
             removal = entry.state == NULL_STATE
             if removal and client_id not in states and client_id not in clocks:
                 continue  # nothing to remove: remembering the id would only cost memory
-            if not removal and client_id not in owned and len(owned) >= MAX_IDS_PER_OWNER:
-                continue  # one connection speaks for a few clients, not for unbounded state
             # Equal clocks are stale, even for an identical state: the stock provider echoes every
             # client's changes back, so "same again" from another connection does not mean it owns the id.
             if not (known < entry.clock or (known == entry.clock and removal and client_id in states)):
                 continue
+            if not removal:
+                previous = len(states.get(client_id, b""))
+                if (
+                    len(entry.state) > limits.max_state_size
+                    or (client_id not in owned and len(owned) >= limits.max_ids_per_owner)
+                    or self.size - previous + len(entry.state) > limits.max_bytes
+                ):
+                    self.refused += 1  # one connection speaks for a few small states, not for the room
+                    continue
             clocks[client_id] = entry.clock
             self._updated[client_id] = now
             if removal:
-                states.pop(client_id, None)
+                self._drop(client_id)
                 self._disown(client_id)
             else:
+                self.size += len(entry.state) - len(states.get(client_id, b""))
                 states[client_id] = entry.state
                 if self._owner.get(client_id) is not owner:
                     self._disown(client_id)
                     self._owner[client_id] = owner
                     self._owned.setdefault(owner, set()).add(client_id)
             accepted.append(entry)
+        self._forget_removed()
         return accepted
+
+    def _drop(self, client_id: int) -> bool:
+        state = self._states.pop(client_id, None)
+        if state is None:
+            return False
+        self.size -= len(state)
+        return True
+
+    def _forget_removed(self) -> None:
+        """Keep the clocks of at most MAX_REMOVED_CLOCKS removed ids, forgetting the oldest first."""
+        excess = len(self._clocks) - len(self._states) - MAX_REMOVED_CLOCKS
+        if excess <= 0:
+            return
+        for client_id in [c for c in self._clocks if c not in self._states][:excess]:
+            del self._clocks[client_id]
+            self._updated.pop(client_id, None)
 
     def remove_owner(self, owner: object, now: float) -> list[AwarenessEntry]:
         """``owner`` is gone: remove the states of the ids it owns; return the removals (to relay)."""
@@ -117,12 +167,13 @@ class AwarenessStates:
     def _remove(self, ids: list[int], now: float) -> list[AwarenessEntry]:
         removed: list[AwarenessEntry] = []
         for client_id in ids:
-            if self._states.pop(client_id, None) is None:
+            if not self._drop(client_id):
                 continue
             clock = self._clocks[client_id] + 1
             self._clocks[client_id] = clock
             self._updated[client_id] = now
             removed.append(AwarenessEntry(client_id, clock, NULL_STATE))
+        self._forget_removed()
         return removed
 
     def _disown(self, client_id: int) -> None:

@@ -25,6 +25,9 @@ Policies:
 - Durability before relay: a peer receives an update (as a relay or inside a step 2) only after the
   journal wrote it, so a crash never loses an update that any client was sent. The sender keeps its own
   edit meanwhile, and a Yjs client always resends what the server lacks when it syncs again.
+- Awareness is bounded (``sync.awareness``): a local peer that sends a state larger than
+  ``RoomLimits.awareness.max_state_size`` raises ``LimitExceeded`` (its connection is closed); entries
+  refused by the other bounds are dropped, and the peer is told ``AWARENESS_REFUSED``.
 - Read-only peers get sync and awareness; updates from them are never applied or relayed.
   ``receive`` raises ``WriteRefused`` (the connection stays open) when such an update carried content the
   document lacks; the step 2 a read-only client sends in answer to our step 1 is dropped silently when it
@@ -63,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pycrdt import Doc, TransactionEvent
 
 from sync import protocol
-from sync.awareness import AwarenessStates
+from sync.awareness import AwarenessLimits, AwarenessStates
 from sync.journal import Journal
 from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, SyncError, UpdateRejected
 from sync.store import DocKey, StoredDocument, StoreError
@@ -93,6 +96,8 @@ class WriteRefused(SyncError):
 
 COALESCED = "coalesced"
 """A notice: a sync step 1 was coalesced into the step 2 still on its way to the peer."""
+AWARENESS_REFUSED = "awareness refused"
+"""A notice: awareness entries from the peer were refused by a bound (``sync.awareness``)."""
 
 
 class Peer(Protocol):
@@ -111,8 +116,8 @@ class Peer(Protocol):
         """Queue a sync step 2 (as ``send``; ``replying`` tells when it has left)."""
 
     def notice(self, what: str) -> None:
-        """Something the peer sent was not (fully) acted upon (``COALESCED``); the connection stays. For the
-        peer's log, at most once per connection."""
+        """Something the peer sent was not (fully) acted upon (``COALESCED``, ``AWARENESS_REFUSED``); the
+        connection stays. For the peer's log, at most once per connection."""
 
     def terminate(self, error: SyncError) -> None:
         """End the connection because of ``error`` (the room is closing or failed)."""
@@ -124,6 +129,7 @@ class RoomLimits:
     max_document_size: int = 32 * 1024 * 1024
     compact_after_updates: int = 1000
     compact_after_bytes: int = 1024 * 1024
+    awareness: AwarenessLimits = AwarenessLimits()
 
 
 def decode_state_vector(raw: bytes) -> dict[int, int]:
@@ -159,7 +165,7 @@ class DocRoom:
         """Bytes of updates that could not be integrated yet (missing dependencies)."""
         self._waiting: list[tuple[int, dict[int, int]]] = []
         """Those updates: size and the clock each of their clients reaches, until the document has it."""
-        self.awareness = AwarenessStates()
+        self.awareness = AwarenessStates(limits.awareness)
         self.peers: dict[Peer, bool] = {}
         """Connected peers and whether each may write."""
         self.users = 0
@@ -226,7 +232,14 @@ class DocRoom:
             self._answer_step1(peer, message.state_vector)
         elif isinstance(message, protocol.AwarenessMessage):
             entries = protocol.decode_awareness(message.update)
+            limit = self.limits.awareness.max_state_size
+            for entry in entries:
+                if len(entry.state) > limit:
+                    raise LimitExceeded(f"awareness state too large ({len(entry.state)} > {limit} bytes)")
+            refused = self.awareness.refused
             accepted = self.awareness.apply(entries, peer, time.monotonic() if now is None else now)
+            if self.awareness.refused != refused:
+                peer.notice(AWARENESS_REFUSED)
             if accepted:
                 # All accepted (the usual case): the incoming bytes are already the message to relay.
                 every = len(accepted) == len(entries)

@@ -126,8 +126,15 @@ def write_config(path: Path, **settings: Any) -> Path:
     }
     named = {k: settings.pop(k) for k in list(settings) if k in defaults}
     values = {**defaults, **named}
+    top, tables = CONFIG_TEMPLATE.split("{extra}")
+    lines = top.splitlines()
+    for i, line in enumerate(lines):  # a setting the template has already: replaced in place
+        key = line.partition(" = ")[0]
+        if key in settings:
+            lines[i] = f"{key} = {_toml_value(settings.pop(key))}"
     extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in settings.items())
-    path.write_text(CONFIG_TEMPLATE.format(secret=SECRET, api_key=API_KEY, extra=extra, **values))
+    template = "\n".join(lines) + "\n" + extra + tables
+    path.write_text(template.format(secret=SECRET, api_key=API_KEY, **values))
     return path
 
 

@@ -219,6 +219,10 @@ def test_env_namespaces_replace_the_files(tmp_path: Path) -> None:
         "client_channel_limit = 0\n",
         "client_queue_max_size = -5\n",
         "doc_queue_max_size = 0\n",
+        "doc_max_awareness_state_size = 0\n",
+        "doc_max_awareness_states = 0\n",
+        "doc_max_awareness_size = 'big'\n",
+        "doc_max_awareness_state_size = 20000\ndoc_max_awareness_size = 10000\n",
         "log_level = 'chatty'\n",
         "dev_mode = true\n",
         "this is not toml",
@@ -281,5 +285,10 @@ def test_defaults() -> None:
     cfg = Config()
     assert cfg.client_queue_max_size == 1048576 and cfg.client_max_message_size == 65536
     assert cfg.doc_queue_max_size == 1048576
+    assert (cfg.doc_max_awareness_state_size, cfg.doc_max_awareness_states, cfg.doc_max_awareness_size) == (
+        16384,
+        8,
+        524288,
+    )
     assert not cfg.websocket_compression and cfg.websocket_fast_path
     assert cfg.namespace_table().default == NamespaceOptions()

@@ -10,10 +10,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from pycrdt import Doc, Text
 
+from hub.logs import LIMITED_BURST
 from sync import protocol
+from sync.protocol import AwarenessEntry
 from tests.conftest import TIMEOUT
 from tests.hub.ydocs import RawDocSocket, WsYClient, yclient_at
 from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
@@ -98,6 +101,48 @@ async def test_a_burst_of_sync_step_1_costs_one_document_diff(
     assert len(step2) < 100, len(step2)
     assert rss.peak - rss.start < 120 * MB, rss
     assert len(log_lines(node, "coalesced")) == 1, node.log()
+
+
+async def test_awareness_cannot_crowd_out_a_document(
+    make_nodes: NodesFactory, clients: list[WsYClient], sockets: list[RawDocSocket]
+) -> None:
+    """A read-only anonymous connection announcing 32 states of 200 KB: before, every later joiner got
+    6.4 MB of awareness at once and was cut as slow (3008), for as long as the attacker renewed them. Now a
+    state over doc_max_awareness_state_size closes its connection (4413); states within it are capped per
+    connection and per document (refused past that), and joiners keep joining."""
+    (node,) = await make_nodes(1, doc_anonymous_access="read", doc_max_document_size=4 * MB)
+    url = node.doc_url("crowd")
+    writer_url = f"{url}?token={user_token('alice')}"
+    honest = await yclient_at(writer_url, awareness={"user": "alice"}, opened=clients)
+    await honest.until(lambda: honest.y.states() == {honest.y.client_id: {"user": "alice"}})
+
+    big = orjson.dumps({"name": "x" * 200_000})
+    entries = [AwarenessEntry(1000 + i, 1, big) for i in range(32)]
+    with node.sample_rss() as rss:
+        attacker = await RawDocSocket.open(url)
+        sockets.append(attacker)
+        attacker.send(*[protocol.awareness(protocol.encode_awareness(entries[i : i + 4])) for i in range(0, 32, 4)])
+        assert await attacker.close_code() == 4413
+
+        # Within the per-state bound: 40 connections x 8 states x 16,000 bytes (5 MB) against the
+        # document's 512 KiB.
+        crowd = []
+        for c in range(40):
+            sock = await RawDocSocket.open(url)
+            sockets.append(sock)
+            states = [AwarenessEntry(10_000 + c * 100 + i, 1, orjson.dumps("y" * 15_990)) for i in range(8)]
+            sock.send(protocol.awareness(protocol.encode_awareness(states)))
+            crowd.append(sock)
+        joiner = await yclient_at(writer_url, opened=clients)
+        await joiner.until(lambda: joiner.y.states().get(honest.y.client_id) == {"user": "alice"})
+        await edit_reaches(joiner, honest, "joined")
+    snapshot = max(len(m) for m in joiner.received if m[:1] == b"\x01")
+    assert snapshot <= 512 * 1024 + 4096, snapshot
+    assert rss.peak - rss.start < 64 * MB, rss
+    assert len(log_lines(node, "awareness state too large")) == 1, node.log()
+    refused = log_lines(node, "awareness entries refused")
+    # rate-limited: one kind of line, many connections (a burst, then a few a second)
+    assert 1 <= len(refused) <= LIMITED_BURST + 10, node.log()
 
 
 async def test_connections_that_do_not_read_hold_at_most_doc_queue_max_size(

@@ -116,14 +116,51 @@ def test_a_follower_of_the_relays_holds_our_states(
 
 def test_one_connection_cannot_grow_the_bookkeeping_without_bound() -> None:
     """From review: a peer announcing 100,000 fresh ids and 200,000 removals of unknown ids."""
-    from sync.awareness import MAX_IDS_PER_OWNER, OUTDATED_TIMEOUT, AwarenessStates
+    from sync.awareness import OUTDATED_TIMEOUT, AwarenessLimits, AwarenessStates
     from sync.protocol import NULL_STATE, AwarenessEntry
 
     states = AwarenessStates()
     flood = [AwarenessEntry(i, 1, b'{"x":1}') for i in range(100_000)]
     flood += [AwarenessEntry(i, 1, NULL_STATE) for i in range(100_000, 300_000)]
     accepted = states.apply(flood, owner="peer", now=0.0)
-    assert len(accepted) == MAX_IDS_PER_OWNER and len(states) == MAX_IDS_PER_OWNER
+    cap = AwarenessLimits().max_ids_per_owner
+    assert len(accepted) == cap and len(states) == cap
     states.remove_owner("peer", now=1.0)
     states.expire(now=1.0 + OUTDATED_TIMEOUT)
     assert states.clock(5) == 0 and len(states) == 0  # removed long ago: forgotten
+
+
+def test_announcing_and_removing_ids_in_turn_keeps_a_bounded_number_of_clocks() -> None:
+    """A connection that sets and removes fresh ids, again and again (one message can hold 100,000 pairs):
+    the clocks of removed ids are remembered for at most MAX_REMOVED_CLOCKS of them, the newest."""
+    from sync.awareness import MAX_REMOVED_CLOCKS, AwarenessStates
+    from sync.protocol import NULL_STATE, AwarenessEntry
+
+    states = AwarenessStates()
+    for round_ in range(3):
+        flood = []
+        for i in range(round_ * 50_000, (round_ + 1) * 50_000):
+            flood += [AwarenessEntry(i, 1, b"1"), AwarenessEntry(i, 2, NULL_STATE)]
+        states.apply(flood, owner="peer", now=0.0)
+        assert len(states) == 0 and states.size == 0
+        assert len(states._clocks) <= MAX_REMOVED_CLOCKS
+    assert states.clock(149_999) == 2  # the newest removals are the ones remembered
+    assert states.apply([AwarenessEntry(149_999, 1, b"1")], "peer", 0.0) == []  # a late copy: stale
+
+
+def test_the_size_of_the_states_is_kept_through_updates_removals_and_expiry() -> None:
+    from sync.awareness import AwarenessStates
+    from sync.protocol import NULL_STATE, AwarenessEntry
+
+    states = AwarenessStates()
+    states.apply([AwarenessEntry(1, 1, b"1234"), AwarenessEntry(2, 1, b"12")], "a", 0.0)
+    assert states.size == 6
+    states.apply([AwarenessEntry(1, 2, b"1")], "a", 0.0)
+    assert states.size == 3
+    states.apply([AwarenessEntry(2, 2, NULL_STATE)], "a", 0.0)
+    assert states.size == 1
+    states.remove_owner("a", 1.0)
+    assert states.size == 0
+    states.apply([AwarenessEntry(3, 1, b"123")], "b", 0.0)
+    states.expire(100.0)
+    assert states.size == 0 and len(states) == 0

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text
 
 from sync import protocol
-from sync.protocol import LimitExceeded, ProtocolError, UpdateRejected
-from sync.room import COALESCED, RoomLimits, WriteRefused
+from sync.awareness import AwarenessLimits
+from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, UpdateRejected
+from sync.room import AWARENESS_REFUSED, COALESCED, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey
 from sync.store_sqlite import SqliteDocumentStore
@@ -455,3 +456,27 @@ async def test_new_clients_share_one_answer_until_the_document_changes(tmp_path:
         check = YClient(20)
         check.handle(answers[2])
         assert str(check.text) == "changed: shared state"
+
+
+async def test_awareness_bounds(tmp_path: Path) -> None:
+    """A state past max_state_size ends its peer (LimitExceeded); past the per-connection count or the
+    document's total, entries are refused with a notice, and the others are kept."""
+    limits = RoomLimits(awareness=AwarenessLimits(max_state_size=100, max_ids_per_owner=2, max_bytes=250))
+    async with rooms_at(tmp_path / "d.sqlite3", limits=limits) as rooms:
+        room = await rooms.acquire(KEY)
+        alice, bob, mallory = (Link(YClient(n)) for n in (1, 2, 3))
+        for link in (alice, bob, mallory):
+            room.join(link, True)
+
+        def announce(link: Link, *entries: tuple[int, int]) -> None:
+            states = [AwarenessEntry(cid, 1, b'"' + b"s" * (size - 2) + b'"') for cid, size in entries]
+            room.receive(link, protocol.awareness(protocol.encode_awareness(states)))
+
+        with pytest.raises(LimitExceeded, match="awareness state too large"):
+            announce(mallory, (30, 101))
+        announce(alice, (10, 100), (11, 100), (12, 10))  # the third id is one too many
+        assert alice.notices == [AWARENESS_REFUSED] and len(room.awareness) == 2
+        announce(bob, (20, 60))  # 200 + 60 > 250
+        assert bob.notices == [AWARENESS_REFUSED] and room.awareness.size == 200
+        announce(bob, (20, 50))
+        assert room.awareness.size == 250 and len(room.awareness) == 3
