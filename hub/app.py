@@ -104,7 +104,9 @@ class Switchboard:
             from sync.relay_redis import RedisDocumentRelay
             from sync.store_redis import RedisDocumentStore
 
-            doc_relay = RedisDocumentRelay(self.redis, node_id=node_id)
+            doc_relay = RedisDocumentRelay(
+                self.redis, node_id=node_id, max_backlog=self.config.doc_write_backlog_max_size
+            )
         self.documents = Documents(
             self.config,
             self.node.verifier,

@@ -124,6 +124,8 @@ class Config:
     doc_fsync: bool = False
     doc_queue_max_size: int = 1048576
     """Bytes waiting for one document connection (not counting one large message being streamed)."""
+    doc_write_backlog_max_size: int = 16777216
+    """Bytes of document changes waiting for the store, and for Redis, before connections stop being read."""
     doc_max_awareness_state_size: int = 16384
     doc_max_awareness_states: int = 8
     """Client ids one document connection may announce awareness states for."""
@@ -427,6 +429,7 @@ def _validate_docs(cfg: Config) -> None:
         "doc_compact_after_bytes",
         "doc_ping_interval",
         "doc_queue_max_size",
+        "doc_write_backlog_max_size",
         "doc_max_awareness_state_size",
         "doc_max_awareness_states",
         "doc_max_awareness_size",

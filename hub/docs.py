@@ -32,6 +32,9 @@ Bounds on what a connection can make the node hold (each logged in one line, rat
 - Its awareness (``sync.awareness``): a state over ``doc_max_awareness_state_size`` closes it with 4413;
   past ``doc_max_awareness_states`` client ids or the document's ``doc_max_awareness_size`` its entries
   are refused (dropped, logged once).
+- Its updates: when the store or Redis falls behind by ``doc_write_backlog_max_size`` bytes, the node
+  stops reading document connections until it caught up (``sync.rooms``), so a slow disk slows writers
+  down.
 
 Read-only connections get sync and awareness. Their updates are never applied or relayed: y-websocket has
 no per-message error, so the first refused update gets one auth message ("read-only: ...") and a log line
@@ -375,6 +378,7 @@ class Documents:
             max_open=config.doc_max_open_documents,
             keepalive_interval=config.doc_ping_interval,
             relay=relay,
+            write_backlog=config.doc_write_backlog_max_size,
         )
         self.peers: set[DocPeer] = set()
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -485,6 +489,7 @@ class Documents:
                 self._drained.set()
 
     async def _read(self, peer: DocPeer, room: DocRoom, receive: Any) -> None:
+        rooms = self.rooms
         burst = 0
         while True:
             message = await receive()
@@ -522,12 +527,18 @@ class Documents:
             except Exception:
                 log.exception("document %r: unexpected error handling a message", room.key[1])
                 peer.close(STORAGE, "internal error")
-            burst += 1
-            if burst >= READ_BURST:
-                # The server hands over every message of one TCP read without a pause: let the journal
-                # commit and the writers flush between a client's messages.
+            if rooms.backlog_full:
+                # The store or Redis is behind: read nothing more (the socket's TCP window closes, so the
+                # client slows down) until it caught up.
+                await rooms.has_room()
                 burst = 0
-                await asyncio.sleep(0)
+            else:
+                burst += 1
+                if burst >= READ_BURST:
+                    # The server hands over every message of one TCP read without a pause: let the journal
+                    # commit and the writers flush between a client's messages.
+                    burst = 0
+                    await asyncio.sleep(0)
 
     # ---------------------------------------------------------------- the HTTP content endpoint
 

@@ -13,6 +13,14 @@ store would lose in a crash.
 A batch that fails is not retried: its callbacks are dropped (nothing in it is relayed) and ``on_failure``
 is told which documents it touched, so their rooms can be closed and reloaded from what is stored; their
 clients resend what the store lacks when they sync again.
+
+Bound: ``backlog`` counts the bytes of the operations queued and of the batch being written (a relayed
+update is held twice meanwhile: its operation and its relay message). Past ``max_bytes`` the journal is
+``full``: it still takes operations (a caller that cannot wait must not fail), but the callers that can
+(the document connections' readers) stop reading until ``has_room`` returns, so a slow store slows the
+writers down instead of growing the queue. A ``Compact`` drops the operations of its document still queued
+before it (the snapshot holds them), so a store that falls behind writes each document's state once, not
+every snapshot taken meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from sync.store import Append, Compact, DocKey, DocumentStore, StoreError, StoreOp
@@ -30,6 +39,13 @@ Callback = Callable[[], None]
 Waiter = tuple["DocKey | None", Callback]
 """A callback and the document it belongs to (None: it must wait for the whole batch)."""
 
+FULL_LOG_SPACING = 10.0
+"""Seconds between two log lines saying that the journal is full."""
+
+
+def op_size(op: StoreOp) -> int:
+    return len(op.update) if isinstance(op, Append) else len(op.snapshot)
+
 
 class Journal:
     def __init__(
@@ -38,10 +54,17 @@ class Journal:
         *,
         on_failure: Callable[[set[DocKey], StoreError], None] | None = None,
         delay: float = 0.0,
+        max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.on_failure = on_failure
         self.delay = delay
+        self.max_bytes = max_bytes
+        self._queued_bytes = 0
+        self._inflight_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._full_logged = float("-inf")
         self._ops: list[StoreOp] = []
         self._callbacks: list[Waiter] = []
         self._inflight: list[Waiter] | None = None
@@ -67,10 +90,36 @@ class Journal:
     def _queue(self, op: StoreOp) -> None:
         if self._closed:
             raise StoreError("document journal is closed")
+        if isinstance(op, Compact) and self._ops:
+            self._ops = [queued for queued in self._ops if queued.key != op.key]
         self._ops.append(op)
+        self._queued_bytes += op_size(op)
+        if self.full and self._room.is_set():
+            self._room.clear()
+            now = time.monotonic()
+            if now - self._full_logged >= FULL_LOG_SPACING:
+                self._full_logged = now
+                log.warning(
+                    "document store is behind (%d bytes waiting): document connections are not read "
+                    "until it catches up",
+                    self.backlog,
+                )
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued or being written."""
+        return self._queued_bytes + self._inflight_bytes
+
+    @property
+    def full(self) -> bool:
+        return self.backlog > self.max_bytes
+
+    async def has_room(self) -> None:
+        """Return once the backlog is within ``max_bytes`` (at once if it is)."""
+        await self._room.wait()
 
     def after_durable(self, callback: Callback, key: DocKey | None = None) -> None:
         """Call ``callback`` once everything queued so far is durable (now, if it already is).
@@ -106,6 +155,7 @@ class Journal:
                 ops, self._ops = self._ops, []
                 callbacks, self._callbacks = self._callbacks, []
                 self._inflight = callbacks
+                self._inflight_bytes, self._queued_bytes = self._queued_bytes, 0
                 self._started += 1
                 try:
                     await self.store.write(ops)
@@ -119,6 +169,9 @@ class Journal:
                     self._inflight = None
                     self._call(callbacks)  # including those added while the batch was written
                 self._inflight = None
+                self._inflight_bytes = 0
+                if not self.full:
+                    self._room.set()
                 self._finished += 1
                 progress, self._progress = self._progress, asyncio.Event()
                 progress.set()

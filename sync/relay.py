@@ -86,6 +86,14 @@ class DocLink(Protocol):
 class DocumentRelay(Protocol):
     node_id: str
 
+    @property
+    def backlog_full(self) -> bool:
+        """Whether the messages waiting to be sent to the other nodes passed the relay's bound (then the
+        callers that can wait do, in ``has_room``, instead of queueing more)."""
+
+    async def has_room(self) -> None:
+        """Return once the backlog is within the relay's bound (at once if it is)."""
+
     async def start(self) -> None:
         """Start background work (lease upkeep, reconnect handling); idempotent, also after ``close``."""
 

@@ -11,8 +11,15 @@ cluster). Messages are msgpack arrays ``[kind, origin node id, ...]``; a node ig
     [4 RELEASED,   origin]                                      origin gave up the writer lease
 
 Outgoing messages of one document are sent in order by one task; consecutive updates (and awareness
-updates) queued while a publish was in flight go out together in one message, so a busy document costs one
-PUBLISH per round trip, not one per keystroke.
+updates) queued while a publish was in flight go out together in one message (up to ``MAX_BATCH_BYTES``),
+so a busy document costs one PUBLISH per round trip, not one per keystroke.
+
+Bound: the relay counts the bytes queued on all its links until their publish ended (``backlog``); past
+``max_backlog`` it is ``backlog_full`` and the document connections stop being read until ``has_room``
+returns (``sync.rooms``), so a slow or stopped Redis slows the writers down instead of growing the queues
+(a publish that gets no answer fails after the shards' timeout, and its batch is repaired by a resync). A
+sync reply to a node that still has one queued replaces it (a node asking again has what the first answer
+carried, or will ask again).
 
 The sync exchange (``catch_up``): the node publishes its state vector; every holder answers with the diff
 the requester lacks, its own state vector and the awareness of its own connections; the requester applies
@@ -79,6 +86,13 @@ SYNC_REQUEST = 2
 SYNC_REPLY = 3
 RELEASED = 4
 
+MAX_BATCH_BYTES = 1024 * 1024
+"""Queued updates are joined into one message up to about this size (a PUBLISH of tens of MB would hold
+Redis up and pass a subscriber's output buffer limit)."""
+
+FULL_LOG_SPACING = 10.0
+"""Seconds between two log lines saying that the relay's backlog is full."""
+
 RESYNC_BACKOFF_MIN = 0.1
 RESYNC_BACKOFF_MAX = 2.0
 
@@ -133,7 +147,8 @@ class RedisDocLink:
         self._on_lease: LeaseCallback | None = None
         self._early: list[bytes] | None = []
         """Messages that arrived before ``bind`` (None once bound)."""
-        self._out: list[tuple[int, Any]] = []
+        self._out: list[tuple[int, Any, int]] = []
+        """Queued messages: kind, payload, bytes counted in the relay's backlog."""
         self._sender: asyncio.Task[None] | None = None
         self._requests: dict[int, _Request] = {}
         self._valid_until = 0.0
@@ -178,9 +193,12 @@ class RedisDocLink:
                 self._apply_awareness(room, origin, message[2])
             elif kind == SYNC_REQUEST:
                 request_id, state_vector = message[2], message[3]
+                self._drop_queued_replies(origin)
                 diff = room.doc.get_update(state_vector)
                 reply = [SYNC_REPLY, self.relay.node_id, origin, request_id, diff, room.doc.get_state()]
-                self._queue(SYNC_REPLY, [*reply, [list(a) for a in room.local_awareness()]])
+                awareness = room.local_awareness()
+                size = len(diff) + sum(len(update) for _, update in awareness)
+                self._queue(SYNC_REPLY, [*reply, [list(a) for a in awareness]], size)
             elif kind == SYNC_REPLY:
                 if message[2] == self.relay.node_id:
                     self._apply_reply(room, origin, message)
@@ -203,7 +221,7 @@ class RedisDocLink:
         # Back-fill: what the answering node lacks (it may hold less than this one, e.g. edits made here
         # while Redis was unreachable). Sent to every holder; those that have it ignore it.
         back = room.doc.get_update(their_state)
-        self._queue(UPDATE, back)
+        self._queue(UPDATE, back, len(back))
         request = self._requests.get(request_id)
         if request is not None:
             request.answers += 1
@@ -213,44 +231,59 @@ class RedisDocLink:
     # ---------------------------------------------------------------- sending
 
     def publish_update(self, update: bytes) -> None:
-        self._queue(UPDATE, update)
+        self._queue(UPDATE, update, len(update))
 
     def publish_awareness(self, connection: int, update: bytes) -> None:
-        self._queue(AWARENESS, [connection, update])
+        self._queue(AWARENESS, [connection, update], len(update))
 
-    def _queue(self, kind: int, payload: Any) -> None:
+    def _queue(self, kind: int, payload: Any, size: int) -> None:
         if self.closed:
             return
-        self._out.append((kind, payload))
+        self._out.append((kind, payload, size))
+        self.relay._add_backlog(size)
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_queued())
 
-    def _next_batch(self) -> bytes:
-        """The next message: consecutive updates (or awareness updates) queued become one."""
+    def _drop_queued_replies(self, to: str) -> None:
+        kept = [item for item in self._out if not (item[0] == SYNC_REPLY and item[1][2] == to)]
+        if len(kept) != len(self._out):
+            dropped = sum(item[2] for item in self._out) - sum(item[2] for item in kept)
+            self._out = kept
+            self.relay._add_backlog(-dropped)
+
+    def _next_batch(self) -> tuple[bytes, int]:
+        """The next message and the bytes it takes from the backlog: consecutive updates (or awareness
+        updates) queued become one."""
         node = self.relay.node_id
-        kind, payload = self._out[0]
+        kind, payload, size = self._out[0]
         if kind not in (UPDATE, AWARENESS):
             del self._out[0]
-            return _pack(payload)
-        n = 1
-        while n < len(self._out) and self._out[n][0] == kind:
+            return _pack(payload), size
+        n, total = 1, size
+        while n < len(self._out) and self._out[n][0] == kind and total < MAX_BATCH_BYTES:
+            total += self._out[n][2]
             n += 1
-        items = [p for _, p in self._out[:n]]
+        batch = self._out[:n]
         del self._out[:n]
-        return _pack([kind, node, items])
+        return _pack([kind, node, [p for _, p, _ in batch]]), sum(s for _, _, s in batch)
 
     async def _send_queued(self) -> None:
+        size = 0
         try:
             while self._out:
-                data = self._next_batch()
+                data, size = self._next_batch()
                 try:
                     await self.shard.publish(self.channel, data)
                     self.published += 1
                 except Exception as exc:  # down or an error reply (-BUSY, -MOVED...): the batch is lost
                     log.warning("document %r: relay publish failed (%r); will resync", self.key[1], exc)
                     self.resync_soon()
+                self.relay._add_backlog(-size)
+                size = 0
         finally:
             self._sender = None
+            if size:  # cancelled while publishing
+                self.relay._add_backlog(-size)
 
     async def flush(self) -> None:
         """Wait until everything queued so far was published (or failed: a failure schedules a resync and
@@ -408,11 +441,18 @@ class RedisDocumentRelay:
         node_id: str | None = None,
         lease_ttl: float = 10.0,
         sync_timeout: float = 2.0,
+        max_backlog: int = 16 * 1024 * 1024,
     ) -> None:
         self.shards = shards
         self.node_id = node_id or uuid.uuid4().hex
         self.lease_ttl = lease_ttl
         self.sync_timeout = sync_timeout
+        self.max_backlog = max_backlog
+        self.backlog = 0
+        """Bytes queued on the links, until their publish ended."""
+        self._room = asyncio.Event()
+        self._room.set()
+        self._full_logged = float("-inf")
         self.links: dict[DocKey, RedisDocLink] = {}
         self._request_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -421,6 +461,30 @@ class RedisDocumentRelay:
         self._watching = False
         """The shards' reconnect callbacks are registered (once for the relay's life: they cannot be
         removed, and ``_reconnected`` ignores them while the relay is stopped)."""
+
+    @property
+    def backlog_full(self) -> bool:
+        return self.backlog > self.max_backlog
+
+    async def has_room(self) -> None:
+        await self._room.wait()
+
+    def _add_backlog(self, size: int) -> None:
+        self.backlog += size
+        if self.backlog > self.max_backlog:
+            if self._room.is_set():
+                self._room.clear()
+                now = time.monotonic()
+                if now - self._full_logged < FULL_LOG_SPACING:
+                    return
+                self._full_logged = now
+                log.warning(
+                    "Redis is behind (%d bytes of document messages waiting): document connections are "
+                    "not read until it catches up",
+                    self.backlog,
+                )
+        else:
+            self._room.set()
 
     async def start(self) -> None:
         if self._started:

@@ -51,7 +51,11 @@ peers (and the removals when they leave) is published per connection; remote sta
 Only the document's writer (``writer``; always true on a single node) appends to the journal, and relays
 to its peers after the commit. A room that is not the writer relays at once and marks itself ``unstored``;
 when it becomes the writer (``take_over``) it merges what the store holds and appends its whole state once.
-Remote updates are trusted (the node that took them from its peer checked them).
+Remote updates are trusted (the node that took them from its peer checked them). The other nodes cannot be
+slowed down from here, so while the journal's backlog is full (``Journal.full``) the writer relays a remote
+change at once without journaling it and marks itself ``unstored``; ``store_unstored`` (called by
+``DocumentRooms`` once the journal has room) then queues one compaction of the whole state. The node the
+change came from holds it meanwhile, as it holds every change until a writer stored it.
 """
 
 from __future__ import annotations
@@ -355,29 +359,34 @@ class DocRoom:
         self._full_state = None
         self._integrated = update
         self.size += len(update)
-        message = protocol.update(update)
         sender = self._sender
-        if self.writer:
+        if self.writer and self._remote and self.journal.full:
+            self.unstored = True  # see the module docstring: stored whole by ``store_unstored``
+            self._relay(update, sender)
+        elif self.writer:
             self.journal.append(self.key, update)
             self.log_rows += 1
             self.log_bytes += len(update)
-            self.journal.after_durable(lambda: self._durable(message, sender), self.key)
+            # The message is built when it goes out: while parked, the update is held once (the journal's).
+            self.journal.after_durable(lambda: self._durable(update, sender), self.key)
             if not self._compact_due and self._compaction_due():
                 self._compact_due = True
                 asyncio.get_running_loop().call_soon(self._compact_if_due)
         else:
             self.unstored = True
-            self._relay(message, sender)
+            self._relay(update, sender)
         if self.link is not None and not self._remote:
             self.link.publish_update(update)
 
-    def _durable(self, message: bytes, sender: Peer | None) -> None:
+    def _durable(self, update: bytes, sender: Peer | None) -> None:
         self.stored_at = time.time()
-        self._relay(message, sender)
+        self._relay(update, sender)
 
-    def _relay(self, message: bytes, sender: Peer | None) -> None:
-        if self.closed:
+    def _relay(self, update: bytes, sender: Peer | None) -> None:
+        """Send ``update`` to every peer but its sender, as one message object shared by all."""
+        if self.closed or not any(peer is not sender for peer in self.peers):
             return
+        message = protocol.update(update)
         count = 0
         for peer in self.peers:
             if peer is not sender:
@@ -449,6 +458,11 @@ class DocRoom:
             self.log_bytes += len(state)
             self.unstored = False
 
+    def store_unstored(self) -> None:
+        """The writer relayed changes it did not journal (its journal was full): store the whole state."""
+        if self.writer and self.unstored and not self.closed:
+            self.compact()
+
     def store_before_leaving(self) -> None:
         """The room unloads while another node is the writer, holding changes this node never journaled:
         append its whole state once anyway. If the writer is alive it has them already (and a later
@@ -491,6 +505,7 @@ class DocRoom:
         self.size = len(snapshot)
         self.log_rows = 0
         self.log_bytes = 0
+        self.unstored = False
 
     # ---------------------------------------------------------------- upkeep
 

@@ -13,6 +13,11 @@
 - A failed store write closes the rooms it touched (their peers get the ``StoreError`` and reconnect);
   the next acquire reloads what the store holds (after the failed room's link closed: a new link of the
   document must not be disturbed by the old one's close).
+- Backpressure: ``backlog_full`` says that the changes waiting for the store (the journal) or for the
+  other nodes (the relay) passed their bound (``write_backlog``); whoever feeds changes in and can wait
+  (a document connection's reader, the server-side API) waits for ``has_room`` before taking more, so a
+  slow store or Redis slows the writers down instead of growing memory. The clock also stores the rooms
+  that relayed remote changes unjournaled while the journal was full (``DocRoom.store_unstored``).
 - ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
   connected peers and the store like any client's. They return once the edits are durable on the
   document's writer node; on another node (with a relay), once they were published to the other nodes
@@ -64,14 +69,19 @@ class DocumentRooms:
         keepalive_interval: float = 15.0,
         commit_delay: float = 0.0,
         relay: DocumentRelay | None = None,
+        write_backlog: int = 16 * 1024 * 1024,
     ) -> None:
+        """``write_backlog``: bytes of changes the journal holds before ``backlog_full`` (the relay has
+        its own bound, set where it is made)."""
         self.store = store
         self.relay = relay
         self.limits = limits if limits is not None else RoomLimits()
         self.unload_delay = unload_delay
         self.max_open = max_open
         self.keepalive_interval = keepalive_interval
-        self.journal = Journal(store, on_failure=self._on_store_failure, delay=commit_delay)
+        self.journal = Journal(
+            store, on_failure=self._on_store_failure, delay=commit_delay, max_bytes=write_backlog
+        )
         self.rooms: dict[DocKey, DocRoom] = {}
         self._loading: dict[DocKey, asyncio.Task[DocRoom]] = {}
         self._unloading: dict[DocKey, asyncio.Task[None]] = {}
@@ -121,6 +131,21 @@ class DocumentRooms:
         else:
             loop = asyncio.get_running_loop()
             self._timers[room.key] = loop.call_later(self.unload_delay, self._begin_unload, room.key)
+
+    @property
+    def backlog_full(self) -> bool:
+        """Changes wait for the store or the other nodes past their bound (see the module docstring)."""
+        return self.journal.full or (self.relay is not None and self.relay.backlog_full)
+
+    async def has_room(self) -> None:
+        """Return once neither the journal nor the relay is past its bound."""
+        while True:
+            if self.journal.full:
+                await self.journal.has_room()
+            elif self.relay is not None and self.relay.backlog_full:
+                await self.relay.has_room()
+            else:
+                return
 
     @property
     def open_count(self) -> int:
@@ -237,7 +262,7 @@ class DocumentRooms:
 
     async def _unload(self, key: DocKey, room: DocRoom) -> None:
         try:
-            if room.writer and room.log_rows and not room.closed:
+            if room.writer and (room.log_rows or room.unstored) and not room.closed:
                 room.compact()
             room.store_before_leaving()
             await self.journal.flush()
@@ -289,6 +314,8 @@ class DocumentRooms:
                     room.expire_awareness(now)
                     if keepalive:
                         room.keepalive()
+                    if room.unstored and not self.journal.full:
+                        room.store_unstored()
                 except Exception:
                     log.exception("upkeep of document %r failed", room.key[1])
 
@@ -310,7 +337,7 @@ class DocumentRooms:
         if self._failed:
             await asyncio.gather(*self._failed.values(), return_exceptions=True)
         for room in list(self.rooms.values()):
-            if room.writer and room.log_rows and not room.closed:
+            if room.writer and (room.log_rows or room.unstored) and not room.closed:
                 room.compact()
             room.store_before_leaving()
         await self.journal.close()
@@ -332,6 +359,7 @@ class DocumentRooms:
         """The live document of ``key``: edit it in transactions; each reaches the peers and the store.
         On exit, waits until the edits are durable on this node if it is the document's writer, else until
         they were published to the other nodes (see the module docstring)."""
+        await self.has_room()
         room = await self.acquire(key)
         try:
             yield room.doc
@@ -342,6 +370,7 @@ class DocumentRooms:
     async def transact(self, key: DocKey, fn: Callable[[Doc[Any]], T]) -> T:
         """Run ``fn(doc)`` in one transaction on the live document; return its result once durable on the
         writer node, or (on another node) once published to the other nodes."""
+        await self.has_room()
         room = await self.acquire(key)
         try:
             result = room.transact(fn)

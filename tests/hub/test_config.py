@@ -219,6 +219,7 @@ def test_env_namespaces_replace_the_files(tmp_path: Path) -> None:
         "client_channel_limit = 0\n",
         "client_queue_max_size = -5\n",
         "doc_queue_max_size = 0\n",
+        "doc_write_backlog_max_size = -1\n",
         "doc_max_awareness_state_size = 0\n",
         "doc_max_awareness_states = 0\n",
         "doc_max_awareness_size = 'big'\n",
@@ -284,7 +285,7 @@ def test_config_error_belongs_to_the_hub_tree() -> None:
 def test_defaults() -> None:
     cfg = Config()
     assert cfg.client_queue_max_size == 1048576 and cfg.client_max_message_size == 65536
-    assert cfg.doc_queue_max_size == 1048576
+    assert cfg.doc_queue_max_size == 1048576 and cfg.doc_write_backlog_max_size == 16777216
     assert (cfg.doc_max_awareness_state_size, cfg.doc_max_awareness_states, cfg.doc_max_awareness_size) == (
         16384,
         8,

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +25,7 @@ from sync.protocol import AwarenessEntry
 from tests.conftest import TIMEOUT
 from tests.hub.ydocs import RawDocSocket, WsYClient, yclient_at
 from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
+from tests.redis_servers import RedisServer
 from tests.sync.yclient import YClient
 
 MB = 1024 * 1024
@@ -192,3 +198,88 @@ async def test_late_joiners_that_do_not_read_share_one_copy_of_a_large_document(
         await late.until(lambda: len(str(late.text)) == 4_000_000)
         await edit_reaches(late, first, "hello")
     assert rss.peak - rss.start < 16 * MB, rss
+
+
+class SlowStoreNode(HubNode):
+    """A node whose SQLite store waits ``delay`` seconds before every write (tests/hub/slow_store_serve.py)."""
+
+    delay = 0.5
+
+    def command(self) -> list[str]:
+        serve = super().command()
+        assert serve[1:4] == ["-m", "hub", "serve"], serve
+        return [sys.executable, "-m", "tests.hub.slow_store_serve", str(self.delay), *serve[3:]]
+
+
+async def flood(sock: RawDocSocket, for_seconds: float, update_size: int = 50_000) -> int:
+    """Send updates (insert ``update_size`` bytes, then delete them) for ``for_seconds``, waiting whenever
+    the socket does not take more; return the bytes sent."""
+    doc: Doc[Any] = Doc(client_id=4242)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text = doc.get("text", type=Text)
+    sent = 0
+    deadline = time.monotonic() + for_seconds
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(for_seconds):
+            while time.monotonic() < deadline:
+                text.insert(0, "f" * update_size)
+                del text[0:update_size]
+                messages = [protocol.update(u) for u in updates]
+                updates.clear()
+                sock.send(*messages)
+                sent += sum(len(m) for m in messages)
+                await sock.writer.drain()  # blocks while the node does not read (TCP backpressure)
+    return sent
+
+
+async def test_a_slow_store_slows_writers_down_instead_of_growing_the_journal(
+    tmp_path: Path, clients: list[WsYClient], sockets: list[RawDocSocket]
+) -> None:
+    """A store that takes 0.5 s per write and a client writing as fast as it can: before, the journal took
+    every update (and its relay) into memory, as fast as the socket brought them. Now past
+    doc_write_backlog_max_size (16 MiB) the node stops reading document connections until the store
+    caught up: the writer is slowed down to the store's pace, and the node's memory stays flat."""
+    from tests.nodes import write_config
+
+    config = write_config(tmp_path / "hub.toml")
+    node = SlowStoreNode("slow", tmp_path, config)
+    await node.start()
+    try:
+        other = await yclient_at(node.doc_url("other"), opened=clients)
+        watcher = await yclient_at(node.doc_url("other"), opened=clients)
+        attacker = await RawDocSocket.open(node.doc_url("flooded"))
+        sockets.append(attacker)
+        with node.sample_rss() as rss:
+            sent = await flood(attacker, for_seconds=4.0)
+            await edit_reaches(other, watcher, "still written")  # slowly, at the store's pace
+        assert rss.peak - rss.start < 40 * MB, rss
+        assert len(log_lines(node, "document store is behind")) == 1, node.log()
+    finally:
+        await node.kill()
+
+
+async def test_a_stopped_redis_slows_writers_down_instead_of_growing_the_queues(
+    make_nodes: NodesFactory, redis_server: RedisServer, clients: list[WsYClient], sockets: list[RawDocSocket]
+) -> None:
+    """Documents in Redis (store and relay) and Redis stopped (SIGSTOP: connections open, nothing answers)
+    while a client writes as fast as it can: before, the journal and the relay's queue took every update
+    until the commands timed out. Now both stop at doc_write_backlog_max_size and the node stops reading;
+    the writes that timed out close their documents (4500, the clients resync), and once Redis is back a
+    well-behaved client works again."""
+    (node,) = await make_nodes(1, redis=[redis_server.url], redis_connect_timeout=3.0)
+    url = node.doc_url("flooded")
+    attacker = await RawDocSocket.open(url)
+    sockets.append(attacker)
+    assert (await attacker.read_message())[1][:2] == b"\x00\x00"  # joined: the document is loaded
+    assert redis_server.proc is not None
+    with node.sample_rss() as rss:
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            sent = await flood(attacker, for_seconds=4.0)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        other = await yclient_at(node.doc_url("other"), opened=clients)
+        watcher = await yclient_at(node.doc_url("other"), opened=clients)
+        await edit_reaches(other, watcher, "back")
+    assert rss.peak - rss.start < 60 * MB, rss

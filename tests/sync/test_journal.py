@@ -151,3 +151,51 @@ async def test_a_failed_batch_of_one_document_does_not_starve_another(tmp_path: 
         assert room_a.closed  # the failed document is reloaded from what is stored
     finally:
         await rooms.close()
+
+
+async def test_past_its_bound_the_journal_is_full_until_a_batch_is_written(tmp_path: Path) -> None:
+    """The backlog counts what is queued and what is being written; ``has_room`` waits until a batch took
+    it back within ``max_bytes``."""
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    journal = Journal(store, max_bytes=1000)
+    store.gate.clear()
+    journal.append(A, b"x" * 600)
+    await store.entered.wait()  # 600 bytes being written
+    journal.append(A, b"y" * 300)
+    assert journal.backlog == 900 and not journal.full
+    journal.append(B, b"z" * 200)
+    assert journal.full
+    waiter = asyncio.ensure_future(journal.has_room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    store.gate.set()
+    await asyncio.wait_for(waiter, 5.0)  # the first batch (600) was written: 500 left
+    assert not journal.full
+    await journal.flush()
+    assert journal.backlog == 0
+    await store.close()
+
+
+async def test_a_compaction_drops_the_operations_of_its_document_still_queued(tmp_path: Path) -> None:
+    """A store that fell behind writes a document's latest snapshot, not every snapshot taken meanwhile."""
+    store = GatedStore(tmp_path / "d.sqlite3")
+    await store.open()
+    journal = Journal(store)
+    store.gate.clear()
+    journal.append(B, b"first")
+    await store.entered.wait()
+    relayed: list[str] = []
+    journal.append(A, b"a1")
+    journal.after_durable(lambda: relayed.append("a1"), A)
+    journal.compact(A, b"snapshot-1")
+    journal.append(B, b"b2")
+    journal.append(A, b"a2")
+    journal.compact(A, b"snapshot-2")
+    store.gate.set()
+    await journal.flush()
+    assert store.batches == [1, 2]  # B's append, then b2 and A's last snapshot
+    assert (await store.load(A)).updates == [b"snapshot-2"]
+    assert (await store.load(B)).updates == [b"first", b"b2"]
+    assert relayed == ["a1"]  # callbacks still run, after the batch that holds what they waited for
+    await store.close()

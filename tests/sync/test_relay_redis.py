@@ -440,3 +440,21 @@ async def test_updates_missed_while_redis_was_down_are_exchanged_after_it_is_bac
     fresh = await group.node()
     room = await fresh.rooms.acquire(key)
     assert str(room.doc.get("text", type=Text)) == expected
+
+
+def test_the_relay_joins_queued_updates_up_to_a_bound_and_keeps_one_sync_reply_per_node() -> None:
+    """Sans-I/O: what ``_next_batch`` takes off a link's queue, and the backlog it counts."""
+    from sync.relay_redis import MAX_BATCH_BYTES, SYNC_REPLY, UPDATE, RedisDocLink
+
+    relay = RedisDocumentRelay(RedisShards(["redis://127.0.0.1:1"]), node_id="me", max_backlog=10 * 2**20)
+    link = RedisDocLink(relay, ("t", "d"))
+    update = b"u" * (MAX_BATCH_BYTES // 4)
+    link._out = [(UPDATE, update, len(update))] * 10
+    relay.backlog = 10 * len(update)
+    data, size = link._next_batch()
+    assert size == 4 * len(update) and len(link._out) == 6  # a PUBLISH of about MAX_BATCH_BYTES, not 10 of them
+    reply = [SYNC_REPLY, "me", "other", 1, b"diff", b"sv", []]
+    link._out = [(SYNC_REPLY, reply, 4), (UPDATE, update, len(update))]
+    relay.backlog = 4 + len(update)
+    link._drop_queued_replies("other")
+    assert link._out == [(UPDATE, update, len(update))] and relay.backlog == len(update)

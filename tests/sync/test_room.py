@@ -480,3 +480,38 @@ async def test_awareness_bounds(tmp_path: Path) -> None:
         assert bob.notices == [AWARENESS_REFUSED] and room.awareness.size == 200
         announce(bob, (20, 50))
         assert room.awareness.size == 250 and len(room.awareness) == 3
+
+
+async def test_remote_changes_while_the_journal_is_full_are_relayed_then_stored_whole(tmp_path: Path) -> None:
+    """Another node cannot be slowed down from here: its changes are relayed at once, and the whole state is
+    stored once the journal has room (the room is ``unstored`` meanwhile)."""
+    from tests.sync.test_journal import GatedStore
+
+    store = GatedStore(tmp_path / "d.sqlite3")
+    rooms = DocumentRooms(store, unload_delay=60.0, write_backlog=100)
+    try:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        await pump(room, [la])
+        store.gate.clear()
+        room.transact(lambda doc: doc.get("text", type=Text).insert(0, "local " * 40))
+        assert rooms.backlog_full
+        backlog = room.journal.backlog
+        remote = Doc()
+        remote.get("text", type=Text).insert(0, "remote ")
+        la.inbox.clear()
+        room.apply_remote(remote.get_update())
+        assert room.journal.backlog == backlog and room.unstored  # not journaled...
+        assert [m[:2] for m in la.inbox] == [b"\x00\x02"]  # ...but relayed at once
+        store.gate.set()
+        await rooms.has_room()
+        room.store_unstored()
+        await room.journal.flush()
+        reloaded = Doc()
+        for update in (await store.load(KEY)).updates:
+            reloaded.apply_update(update)
+        assert "remote " in str(reloaded.get("text", type=Text)) and not room.unstored
+    finally:
+        store.gate.set()
+        await rooms.close()
