@@ -98,7 +98,7 @@ CONTENT_SUFFIX = "/content"
 MAX_NAME_LENGTH = 255
 FRAME_SLACK = 1024
 """Bytes a frame may exceed ``doc_max_update_size`` by (message type, lengths): larger ones get 1009."""
-READ_BURST = 16
+READ_BURST = 64
 """Messages read from one connection in a row before the reader lets the loop run."""
 
 BAD_MESSAGE = 4400

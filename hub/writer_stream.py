@@ -24,9 +24,8 @@ bound by the largest message would let every slow connection hold that much; ins
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from hub.writer import FlushScheduler
 
@@ -100,7 +99,7 @@ class StreamingWriter:
         self.chunk = max(1, min(chunk, max_bytes // 2))
         self.on_slow = on_slow
         self.on_write_error = on_write_error or on_slow
-        self.queue: deque[bytes | _Large] = deque()
+        self.queue: list[bytes | _Large] = []
         self.queued = 0
         """Bytes queued, not counting the first large message."""
         self.offset = 0
@@ -120,7 +119,11 @@ class StreamingWriter:
         self.queue.append(message)
         self.pushed += 1
         self.queued += len(message)
-        self._queued()
+        if self.queued > self.max_bytes:
+            self._stop(self.on_slow)
+        elif not self.dirty:
+            self.dirty = True
+            self.scheduler.mark(self)
 
     def push_large(self, payload: bytes, shared: bool = False) -> None:
         """Queue a message to stream (one larger than ``chunk``); ``shared``: see the module docstring."""
@@ -133,9 +136,6 @@ class StreamingWriter:
             self.large_at = len(self.queue) - 1
         else:
             self.queued += item.counted
-        self._queued()
-
-    def _queued(self) -> None:
         if self.queued > self.max_bytes:
             self._stop(self.on_slow)
         elif not self.dirty:
@@ -149,50 +149,66 @@ class StreamingWriter:
 
     def flush(self) -> None:
         self.dirty = False
-        if self.closed:
+        if self.closed or not self.queue:
             return
+        if self.large_at < 0 and self.queued <= self.chunk + 1 - self.transport.unsent():
+            # The usual case: small messages and a socket that keeps up: one write, as ``Writer`` does.
+            messages, self.queue = self.queue, []
+            self.queued = 0
+            self.written += len(messages)
+            self.transport.write_messages(cast(list[bytes], messages))  # no large message among them
+            return
+        self._flush_within_a_chunk()
+
+    def _flush_within_a_chunk(self) -> None:
         transport = self.transport
         queue = self.queue
-        while queue:
+        i = 0
+        while i < len(queue):
             # Hand over until the transport holds more than a chunk: it then pauses and, once drained, calls
             # ``_drained`` (flow control pauses only past the high-water mark, never at it). The socket
             # takes what it can at once, so ask the transport again after every write.
             room = self.chunk + 1 - transport.unsent()
             if room <= 0:
-                return
-            item = queue[0]
+                break
+            item = queue[i]
             if isinstance(item, _Large):
                 payload = item.payload
                 if not transport.fragments:
                     transport.write_messages([payload])
-                    self._large_done()
+                    self._large_done(i)
+                    i += 1
                     continue
                 rest = len(payload) - self.offset
                 n = min(room, rest)
                 transport.write_part(payload[self.offset : self.offset + n], self.offset == 0, n == rest)
                 if n == rest:
-                    self._large_done()
+                    self._large_done(i)
+                    i += 1
                 else:
                     self.offset += n
                 continue
-            batch: list[bytes] = []
-            while queue and room > 0 and not isinstance(item := queue[0], _Large):
-                batch.append(item)
-                queue.popleft()
-                self.queued -= len(item)
-                room -= len(item)
-            self.written += len(batch)
-            if self.large_at >= 0:
-                self.large_at -= len(batch)
+            j = i
+            size = 0
+            while j < len(queue) and size < room and not isinstance(item := queue[j], _Large):
+                size += len(item)
+                j += 1
+            batch = cast(list[bytes], queue[i:j])
+            self.queued -= size
+            self.written += j - i
+            i = j
             transport.write_messages(batch)
+        del queue[:i]
+        if self.large_at >= 0:
+            self.large_at -= i
 
-    def _large_done(self) -> None:
-        """The large message at the head was handed over: the next one (if any) is no longer counted."""
-        self.queue.popleft()
+    def _large_done(self, at: int) -> None:
+        """The large message at ``at`` was handed over: the next one (if any) is no longer counted."""
         self.offset = 0
         self.written += 1
         self.large_at = -1
-        for i, item in enumerate(self.queue):
+        for i in range(at + 1, len(self.queue)):
+            item = self.queue[i]
             if isinstance(item, _Large):
                 self.large_at = i
                 self.queued -= item.counted
