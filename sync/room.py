@@ -53,7 +53,7 @@ to its peers after the commit. A room that is not the writer relays at once and 
 when it becomes the writer (``take_over``) it merges what the store holds and appends its whole state once.
 Remote updates are trusted (the node that took them from its peer checked them). The other nodes cannot be
 slowed down from here, so while the journal's backlog is full (``Journal.full``) the writer relays a remote
-change at once without journaling it and marks itself ``unstored``; ``store_unstored`` (called by
+change at once without journaling it and marks itself ``unjournaled``; ``store_unjournaled`` (called by
 ``DocumentRooms`` once the journal has room) then queues one compaction of the whole state. The node the
 change came from holds it meanwhile, as it holds every change until a writer stored it.
 """
@@ -194,6 +194,8 @@ class DocRoom:
         """Changes were applied that this node did not journal (it was not the writer then)."""
         self.stored_at = 0.0
         """Wall-clock second the last update this node journaled became durable (0: none yet)."""
+        self.unjournaled = False
+        """As the writer, it relayed remote changes without journaling them (its journal was full)."""
         self._remote = False
         """The change being applied came from another node (not to be published again)."""
         self._subscription = self.doc.observe(self._on_change)
@@ -361,7 +363,7 @@ class DocRoom:
         self.size += len(update)
         sender = self._sender
         if self.writer and self._remote and self.journal.full:
-            self.unstored = True  # see the module docstring: stored whole by ``store_unstored``
+            self.unjournaled = True  # see the module docstring: stored whole by ``store_unjournaled``
             self._relay(update, sender)
         elif self.writer:
             self.journal.append(self.key, update)
@@ -458,9 +460,9 @@ class DocRoom:
             self.log_bytes += len(state)
             self.unstored = False
 
-    def store_unstored(self) -> None:
+    def store_unjournaled(self) -> None:
         """The writer relayed changes it did not journal (its journal was full): store the whole state."""
-        if self.writer and self.unstored and not self.closed:
+        if self.writer and self.unjournaled and not self.closed:
             self.compact()
 
     def store_before_leaving(self) -> None:
@@ -505,7 +507,7 @@ class DocRoom:
         self.size = len(snapshot)
         self.log_rows = 0
         self.log_bytes = 0
-        self.unstored = False
+        self.unjournaled = False
 
     # ---------------------------------------------------------------- upkeep
 

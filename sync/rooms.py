@@ -17,7 +17,7 @@
   other nodes (the relay) passed their bound (``write_backlog``); whoever feeds changes in and can wait
   (a document connection's reader, the server-side API) waits for ``has_room`` before taking more, so a
   slow store or Redis slows the writers down instead of growing memory. The clock also stores the rooms
-  that relayed remote changes unjournaled while the journal was full (``DocRoom.store_unstored``).
+  that relayed remote changes unjournaled while the journal was full (``DocRoom.store_unjournaled``).
 - ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
   connected peers and the store like any client's. They return once the edits are durable on the
   document's writer node; on another node (with a relay), once they were published to the other nodes
@@ -262,7 +262,7 @@ class DocumentRooms:
 
     async def _unload(self, key: DocKey, room: DocRoom) -> None:
         try:
-            if room.writer and (room.log_rows or room.unstored) and not room.closed:
+            if room.writer and (room.log_rows or room.unjournaled) and not room.closed:
                 room.compact()
             room.store_before_leaving()
             await self.journal.flush()
@@ -314,8 +314,8 @@ class DocumentRooms:
                     room.expire_awareness(now)
                     if keepalive:
                         room.keepalive()
-                    if room.unstored and not self.journal.full:
-                        room.store_unstored()
+                    if room.unjournaled and not self.journal.full:
+                        room.store_unjournaled()
                 except Exception:
                     log.exception("upkeep of document %r failed", room.key[1])
 
@@ -337,7 +337,7 @@ class DocumentRooms:
         if self._failed:
             await asyncio.gather(*self._failed.values(), return_exceptions=True)
         for room in list(self.rooms.values()):
-            if room.writer and (room.log_rows or room.unstored) and not room.closed:
+            if room.writer and (room.log_rows or room.unjournaled) and not room.closed:
                 room.compact()
             room.store_before_leaving()
         await self.journal.close()

@@ -18,7 +18,7 @@ from pycrdt import Doc, Text
 from sync import protocol
 from sync.awareness import AwarenessLimits
 from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, UpdateRejected
-from sync.room import AWARENESS_REFUSED, COALESCED, RoomLimits, WriteRefused
+from sync.room import AWARENESS_REFUSED, COALESCED, DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey
 from sync.store_sqlite import SqliteDocumentStore
@@ -484,7 +484,7 @@ async def test_awareness_bounds(tmp_path: Path) -> None:
 
 async def test_remote_changes_while_the_journal_is_full_are_relayed_then_stored_whole(tmp_path: Path) -> None:
     """Another node cannot be slowed down from here: its changes are relayed at once, and the whole state is
-    stored once the journal has room (the room is ``unstored`` meanwhile)."""
+    stored once the journal has room (the room is ``unjournaled`` meanwhile)."""
     from tests.sync.test_journal import GatedStore
 
     store = GatedStore(tmp_path / "d.sqlite3")
@@ -502,16 +502,39 @@ async def test_remote_changes_while_the_journal_is_full_are_relayed_then_stored_
         remote.get("text", type=Text).insert(0, "remote ")
         la.inbox.clear()
         room.apply_remote(remote.get_update())
-        assert room.journal.backlog == backlog and room.unstored  # not journaled...
+        assert room.journal.backlog == backlog and room.unjournaled  # not journaled...
         assert [m[:2] for m in la.inbox] == [b"\x00\x02"]  # ...but relayed at once
         store.gate.set()
         await rooms.has_room()
-        room.store_unstored()
+        room.store_unjournaled()
         await room.journal.flush()
         reloaded = Doc()
         for update in (await store.load(KEY)).updates:
             reloaded.apply_update(update)
-        assert "remote " in str(reloaded.get("text", type=Text)) and not room.unstored
+        assert "remote " in str(reloaded.get("text", type=Text)) and not room.unjournaled
     finally:
         store.gate.set()
         await rooms.close()
+
+
+async def test_a_room_that_just_became_the_writer_is_not_compacted_before_it_merged_the_store(
+    tmp_path: Path,
+) -> None:
+    """Between gaining the writer lease and merging what the store holds (``take_over``), a room may lack
+    stored content: only changes it relayed unjournaled as the writer make the clock store its state."""
+    from sync.store import Append
+
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        other = Doc()
+        other.get("text", type=Text).insert(0, "stored by the last writer")
+        await rooms._open_store()
+        await rooms.store.write([Append(KEY, other.get_update())])
+        room = DocRoom(KEY, rooms.journal, RoomLimits())  # a holder that never saw it
+        room.writer, room.unstored = True, True  # the lease was just gained; take_over has not run yet
+        room.store_unjournaled()  # what the rooms' clock does each tick
+        await rooms.journal.flush()
+        stored = Doc()
+        for update in (await rooms.store.load(KEY)).updates:
+            stored.apply_update(update)
+        assert str(stored.get("text", type=Text)) == "stored by the last writer"
+        room.close()
