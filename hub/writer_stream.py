@@ -134,15 +134,16 @@ class StreamingWriter:
         self.pushed += 1
         if self.large_at < 0:
             self.large_at = len(self.queue) - 1
+            self._drained()  # nothing more counted: only the flush is due
         else:
             self.queued += item.counted
-        if self.queued > self.max_bytes:
-            self._stop(self.on_slow)
-        elif not self.dirty:
-            self.dirty = True
-            self.scheduler.mark(self)
+            if self.queued > self.max_bytes:
+                self._stop(self.on_slow)
+            else:
+                self._drained()
 
     def _drained(self) -> None:
+        """Flush on the next tick, if anything is queued (the transport drained, or a message came)."""
         if self.queue and not self.dirty and not self.closed:
             self.dirty = True
             self.scheduler.mark(self)
