@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 import pytest
 import uvicorn
 import websockets
+from hypothesis import HealthCheck, settings
 from websockets.asyncio.client import ClientConnection
 
 from channels.options import NamespaceOptions
@@ -33,6 +35,18 @@ TIMEOUT = 10.0
 
 OPEN = DEV_CHANNEL_OPTIONS
 """Everything allowed to everyone, with presence, forced join/leave, history and recovery."""
+
+# Hypothesis draws new examples on every run (never ``derandomize``): a property that holds only for the
+# examples of one seed is not a property. A failure prints the shrunk example and a ``@reproduce_failure``
+# blob (and, when the blob cannot replay it, ``--hypothesis-seed=N``): paste either to replay it exactly.
+# ``ci`` (the default): no deadline, since a busy 2-core machine makes timings meaningless, and at most
+# 100 examples for a test that names no number. ``soak`` draws more, for a long local run:
+# ``HYPOTHESIS_PROFILE=soak pytest tests/fuzz``.
+settings.register_profile(
+    "ci", deadline=None, print_blob=True, max_examples=100, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("soak", settings.get_profile("ci"), max_examples=5_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def test_config(**overrides: Any) -> Config:

@@ -324,7 +324,7 @@ async def test_start_and_close_the_sweeper(clock: Clock) -> None:
 # ---------------------------------------------------------------- property
 
 
-@settings(derandomize=True, max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     size=st.integers(1, 6),
     ops=st.lists(st.one_of(st.just("pub"), st.integers(1, 40)), max_size=40),

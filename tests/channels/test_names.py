@@ -80,7 +80,7 @@ _segment = st.text(
 )
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     private=st.booleans(),
     namespace=st.one_of(st.none(), _segment),
@@ -100,7 +100,7 @@ def test_composed_names_parse_back(
     assert parsed.allowed_users == (None if users is None else tuple(users))
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_parses_or_raises_invalid_channel(name: str) -> None:
     try:

@@ -75,7 +75,7 @@ def test_parse_duration_rejects_nan(value: object) -> None:
         parse_duration(value)
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(st.integers(0, 10_000), st.sampled_from(["ms", "s", "m", "h", "d"])), min_size=1, max_size=5
@@ -87,7 +87,7 @@ def test_parse_duration_sums_components(parts: list[tuple[int, str]]) -> None:
     assert math.isclose(parse_duration(text), sum(n * unit[u] for n, u in parts), rel_tol=1e-9, abs_tol=1e-9)
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False))
 def test_parse_duration_numbers_are_seconds(value: float) -> None:
     assert parse_duration(value) == value

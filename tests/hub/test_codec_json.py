@@ -44,7 +44,7 @@ commands: st.SearchStrategy[dict[str, Any]] = st.one_of(
 # ---------------------------------------------------------------- properties
 
 
-@settings(derandomize=True, max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(json_values)
 def test_published_data_round_trips_through_the_push(value: Any) -> None:
     pub = Publication(data=codec.data_bytes(value), offset=7)
@@ -53,7 +53,7 @@ def test_published_data_round_trips_through_the_push(value: Any) -> None:
     assert decoded == {"push": {"channel": "chat:room", "pub": {"data": value, "offset": 7}}}
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(json_values, json_values, st.dictionaries(_keys, _keys, max_size=3))
 def test_info_and_tags_round_trip(conn_info: Any, chan_info: Any, tags: dict[str, str]) -> None:
     info = ClientInfo("alice", "c1", codec.data_bytes(conn_info), codec.data_bytes(chan_info))
@@ -69,7 +69,7 @@ def test_info_and_tags_round_trip(conn_info: Any, chan_info: Any, tags: dict[str
     assert "offset" not in decoded
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(commands, min_size=1, max_size=8))
 def test_decode_commands_inverts_the_join_of_encoded_commands(cmds: list[dict[str, Any]]) -> None:
     # {} alone is a pong; a frame of only pongs is still a frame of commands.
@@ -79,7 +79,7 @@ def test_decode_commands_inverts_the_join_of_encoded_commands(cmds: list[dict[st
     assert codec.decode_commands(codec.join_messages([orjson.dumps(c) for c in cmds])) == cmds
 
 
-@settings(derandomize=True, max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200)))
 def test_decode_commands_never_raises_anything_else(data: bytes | str) -> None:
     try:

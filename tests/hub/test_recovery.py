@@ -91,7 +91,7 @@ def streams(draw: st.DrawFn) -> tuple[StreamPosition, list[Publication] | None, 
     return requested, history, StreamPosition(top, epoch)
 
 
-@settings(derandomize=True, max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(streams())
 def test_recovery_is_all_or_nothing(
     case: tuple[StreamPosition, list[Publication] | None, StreamPosition],

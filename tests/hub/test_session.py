@@ -649,7 +649,7 @@ _ops = st.lists(
 )
 
 
-@settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(size=st.sampled_from([1, 2, 3, 50, 50]), ops=_ops)
 async def test_recovery_delivers_every_publication_once_in_order_or_says_so(
     size: int, ops: list[tuple[Any, ...]]
@@ -785,7 +785,7 @@ _fanout_ops = st.lists(
 )
 
 
-@settings(derandomize=True, max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=_fanout_ops, join_leave=st.booleans())
 @example(
     ops=[("sub", 0, "a"), ("sub", 2, "a"), ("unsub", 0, 0), ("pub", "t1", "a"), ("flush",)], join_leave=True

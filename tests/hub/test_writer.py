@@ -152,7 +152,7 @@ def test_a_slow_writer_does_not_hold_up_others() -> None:
     assert fast_t.calls == [[b"m"]] * 3
 
 
-@settings(derandomize=True, max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.one_of(st.binary(min_size=1, max_size=30), st.none()), max_size=40),
     st.integers(1, 200),

@@ -75,7 +75,7 @@ def test_client_protocol_receives_back_to_back_frames() -> None:
     assert [e.data for e in events if isinstance(e, Frame)] == payloads
 
 
-@settings(derandomize=True, max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=70_000), st.sampled_from([ws_frames.OP_TEXT, ws_frames.OP_BINARY]))
 def test_any_payload_parses_back(payload: bytes, opcode: int) -> None:
     parsed, rest = parse_with_frame_parser(frame(payload, opcode))

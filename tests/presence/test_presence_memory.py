@@ -32,7 +32,7 @@ async def test_close_forgets_everything() -> None:
     assert await p.get(ROOM) == {}
 
 
-@settings(derandomize=True, max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(ops_strategy)
 async def test_matches_a_model(ops: list[Op]) -> None:
     p = MemoryPresence()

@@ -96,7 +96,6 @@ async def test_shared_behaviour(case: Case, deployment: Deployment, make_node: N
 
 
 @settings(
-    derandomize=True,
     max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
