@@ -144,6 +144,17 @@ def _int(value: Any, name: str) -> int:
     return value
 
 
+def _label(params: dict[str, Any], name: str) -> str:
+    """The client's ``name`` or ``version``: a string, or absent (null too). Anything else is 107: the
+    protocol says string, and turning any JSON value into one (``str``) recurses as deep as it nests."""
+    value = params.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise codes.error_bad_request()
+    return value
+
+
 def _str(params: dict[str, Any], name: str, required: bool = True) -> str:
     value = params.get(name, "")
     if not isinstance(value, str) or (required and not value):
@@ -247,14 +258,23 @@ class Client:
     def _data(self, p: dict[str, Any]) -> Any:
         """A command's ``data`` as a JSON value. Protobuf carries it as bytes, which must hold JSON: hooks
         see the same values whatever the protocol, and JSON subscribers of the channel can read it (a
-        binary payload would break their frames), so anything else is refused with 107."""
+        binary payload would break their frames), so anything else is refused with 107. So is data nested
+        deeper than the hub can write back (orjson writes 254 levels, reads 1024), whatever the protocol:
+        a hook may hand it back (an echo RPC), and a reply that cannot be written is a crash, no answer."""
         raw = p.get("data")
-        if self.fmt != PROTOBUF or raw is None:
+        if raw is None:
             return raw
+        value = raw
+        if self.fmt == PROTOBUF:
+            try:
+                value = orjson.loads(raw)
+            except (orjson.JSONDecodeError, TypeError):
+                raise codes.error_bad_request() from None
         try:
-            return orjson.loads(raw)
-        except (orjson.JSONDecodeError, TypeError):
+            codec_json.data_bytes(value)
+        except codec_json.DecodeError:
             raise codes.error_bad_request() from None
+        return value
 
     def _log_extra(self) -> dict[str, Any]:
         return {"client": self.id, "user": self.user, "tenant": self.tenant, "transport": self.transport.name}
@@ -430,6 +450,7 @@ class Client:
         token = p.get("token", "")
         if not isinstance(token, str):
             raise codes.BAD_REQUEST.error()
+        name, version = _label(p, "name"), _label(p, "version")
         claims: ConnectClaims | None = None
         user, info, tenant = "", None, DEFAULT_TENANT
         channels: tuple[str, ...] = ()
@@ -449,8 +470,8 @@ class Client:
                 data=self._data(p),
                 headers=self.headers,
                 remote=self.remote,
-                name=str(p.get("name", "")),
-                version=str(p.get("version", "")),
+                name=name,
+                version=version,
             )
             res = await hook(ctx)
             if res is not None:
@@ -468,8 +489,8 @@ class Client:
         self.user, self.conn_info, self.tenant, self.expires_at = user, info, tenant, expires_at
         # Refresh tokens must name whom the connection token named (a hook may have changed user/tenant).
         self._identity = (claims.user, claims.tenant) if claims is not None else (user, tenant)
-        self.name = str(p.get("name", ""))[:64]
-        self.version = str(p.get("version", ""))[:64]
+        self.name = name[:64]
+        self.version = version[:64]
         channel_limit = node.config.client_channel_limit
         if len(set(channels)) > channel_limit:
             # As Centrifuge: a connection is never set up holding more channels than the limit (3505, final:
