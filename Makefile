@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test install bench demos
+.PHONY: run test install bench demos fuzz
 
 # The demo apps' bundles (static/demo/dist, never committed): the npm packages pinned by
 # static/demo/package-lock.json, bundled by esbuild (static/demo/build.mjs). Built again when a source
@@ -38,3 +38,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -r bench/requirements.txt
 	$(BIN)/python bench/fanout.py $(ARGS)
+
+# Coverage-guided fuzzing (bench/fuzz/): every target, or TARGET=name, for FUZZ_SECONDS each.
+# The corpora grow in .fuzz/<target>/; a finding stops the run with its input saved as .fuzz/crash-*.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	@for t in $(or $(TARGET),$(shell $(BIN)/python bench/fuzz/run.py --list)); do \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		$(BIN)/python bench/fuzz/run.py $$t --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS) || exit 1; \
+	done
