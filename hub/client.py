@@ -74,8 +74,10 @@ _UNI_DISCONNECTS = {
     111: codes.TOO_MANY_REQUESTS,
     103: codes.PERMISSION_DENIED,
     101: codes.INVALID_TOKEN,
+    107: codes.BAD_REQUEST,
 }
-"""How a refused unidirectional connect ends (Centrifuge's defaults, plus 101 -> 3500 invalid token)."""
+"""How a refused unidirectional connect ends (Centrifuge's defaults, plus 101 -> 3500 invalid token and
+107 -> 3501 bad request: Centrifuge sends 3004, which tells the client to retry the same request forever)."""
 
 
 class _StopFrame(Exception):
@@ -574,7 +576,8 @@ class Client:
         """The one command of a unidirectional client (its connect request, from the URL or the body).
 
         The client cannot read replies: the result goes out as a ``connect`` push, and a refusal as a
-        disconnect (Centrifuge's mapping: 109/110 -> 3005, 111 -> 3013, 103 -> 3507, others -> 3004)."""
+        disconnect (Centrifuge's mapping: 109/110 -> 3005, 111 -> 3013, 103 -> 3507, others -> 3004; ours
+        also 101 -> 3500 and 107 -> 3501)."""
         self.node.metrics.command("connect")
         try:
             await self._cmd_connect(0, params)

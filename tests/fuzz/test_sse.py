@@ -1,0 +1,46 @@
+"""Fuzzing ``hub.sse.decode_resume_id`` (an EventSource's ``Last-Event-ID``): any header value gives stream
+positions or raises BadResumeId, and positions it gives encode back to an id that decodes to them."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hub import sse
+from tests.fuzz.strategies import bounded_time, examples, huge_ints, json_texts, json_values, mutated
+
+positions = st.dictionaries(st.text(max_size=10), st.tuples(st.integers(0, 2**64 - 1), st.text(max_size=6)))
+json_ids = st.one_of(
+    json_texts,
+    st.lists(st.tuples(json_values, huge_ints | json_values, json_values)).map(lambda v: str(v)),
+).map(lambda text: base64.urlsafe_b64encode(text.encode()).rstrip(b"="))
+ids = st.one_of(positions.map(sse.encode_resume_id), json_ids).flatmap(mutated)
+
+
+def check(value: str) -> None:
+    try:
+        with bounded_time():
+            decoded = sse.decode_resume_id(value)
+    except sse.BadResumeId:
+        return
+    assert sse.decode_resume_id(sse.encode_resume_id(decoded).decode()) == decoded
+
+
+@settings(max_examples=examples(300))
+@given(ids)
+def test_any_last_event_id_gives_positions_or_bad_resume_id(value: bytes) -> None:
+    check(value.decode("latin-1"))  # the ASGI server hands header values over as latin-1
+
+
+@settings(max_examples=examples(100))
+@given(st.text(max_size=60))
+def test_any_text(value: str) -> None:
+    check(value)
+
+
+@settings(max_examples=examples(100))
+@given(positions)
+def test_positions_round_trip(value: dict[str, tuple[int, str]]) -> None:
+    assert sse.decode_resume_id(sse.encode_resume_id(value).decode()) == value
