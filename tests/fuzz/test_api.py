@@ -164,6 +164,13 @@ def test_api_bodies(api: Api) -> None:
     @given(requests())
     # Found: an old-style command's id nested past what orjson writes: an unhandled JSONEncodeError, 500.
     @example(("/api", b'{"method":"info","params":{},"id":' + nested_text(300).encode() + b"}"))
+    # Found: b64data holding JSON nested past what orjson writes: "server API publish crashed", error 100.
+    @example(
+        (
+            "/api/publish",
+            b'{"channel":"news","b64data":"' + base64.b64encode(nested_text(300).encode()) + b'"}',
+        )
+    )
     def property(request: tuple[str, bytes]) -> None:
         check(api.post(*request))
 
