@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "fuzz" / "run.py"
-SECONDS = 3
+SECONDS = 2
 TARGETS = subprocess.run(
     [sys.executable, str(RUN), "--list"], capture_output=True, text=True, check=True, cwd=ROOT
 ).stdout.split()

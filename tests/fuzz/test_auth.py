@@ -84,7 +84,7 @@ def check(token: str) -> None:
             pass
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(250))
 @given(tokens())
 @example(signed('{"alg":["HS256"]}', '{"sub":"a"}'))  # found: TypeError (unhashable alg)
 @example(signed('{"alg":"HS256"}', '{"sub":"a","exp":Infinity}'))  # found: OverflowError

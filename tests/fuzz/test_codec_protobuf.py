@@ -112,7 +112,7 @@ def check(data: bytes) -> list[dict[str, Any]] | None:
     return commands
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(100))
 @given(frames)
 def test_any_frame_decodes_to_commands_or_raises_decode_error(data: bytes) -> None:
     check(data)

@@ -84,7 +84,7 @@ def _messages(ws: ClientConnection) -> list[bytes]:
 def test_hostile_frames_on_the_document_endpoint(node: HubNode) -> None:
     counter = iter(range(10**9))
 
-    @settings(max_examples=examples(60))
+    @settings(max_examples=examples(40))
     @given(st.lists(frames, min_size=1, max_size=3))
     def property(sent: list[bytes | str]) -> None:
         name = f"fuzz-{next(counter) % 3}"  # a few documents, so what one example leaves meets the next

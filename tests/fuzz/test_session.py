@@ -343,7 +343,7 @@ def openings(fmt: int) -> st.SearchStrategy[list[bytes]]:
 
 
 def test_json_commands(hub: Hub) -> None:
-    @settings(max_examples=examples(300))
+    @settings(max_examples=examples(120))
     @given(openings(wire.JSON), st.lists(json_frames, min_size=1, max_size=3))
     def property(opening: list[bytes], frames: list[bytes]) -> None:
         hub.frames(wire.JSON, opening, frames)
@@ -355,7 +355,7 @@ def test_json_commands(hub: Hub) -> None:
 def test_json_commands_as_text(hub: Hub) -> None:
     """A WebSocket text frame arrives as str: the same commands, and text that was never UTF-8."""
 
-    @settings(max_examples=examples(100))
+    @settings(max_examples=examples(50))
     @given(openings(wire.JSON), json_frames)
     def property(opening: list[bytes], frame: bytes) -> None:
         hub.frames(wire.JSON, opening, [frame.decode(errors="surrogateescape")])  # type: ignore[list-item]
@@ -365,7 +365,7 @@ def test_json_commands_as_text(hub: Hub) -> None:
 
 
 def test_protobuf_commands(hub: Hub) -> None:
-    @settings(max_examples=examples(300))
+    @settings(max_examples=examples(120))
     @given(openings(wire.PROTOBUF), st.lists(protobuf_frames, min_size=1, max_size=3))
     def property(opening: list[bytes], frames: list[bytes]) -> None:
         hub.frames(wire.PROTOBUF, opening, frames)

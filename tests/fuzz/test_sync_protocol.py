@@ -49,7 +49,7 @@ def messages(draw: st.DrawFn) -> bytes:
     return draw(varints) + draw(st.binary(max_size=10))
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(100))
 @given(messages().flatmap(mutated))
 def test_any_message_decodes_or_raises_protocol_error(data: bytes) -> None:
     try:
@@ -67,7 +67,7 @@ def test_any_message_decodes_or_raises_protocol_error(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(150))
 @given(awareness_updates().flatmap(mutated))
 @example(var_uint(2**53 - 1))  # a count of 2**53 - 1 entries, and nothing after it
 def test_any_awareness_update_decodes_or_raises_protocol_error(data: bytes) -> None:

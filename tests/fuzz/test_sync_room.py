@@ -74,7 +74,7 @@ def make_room() -> DocRoom:
     return room
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(120))
 @given(updates.flatmap(mutated))
 def test_the_update_reader_returns_or_raises_protocol_error(update: bytes) -> None:
     for read in (client_ranges, root_kinds):
@@ -88,7 +88,7 @@ def test_the_update_reader_returns_or_raises_protocol_error(update: bytes) -> No
 wrappers = st.sampled_from([protocol.update, protocol.sync_step2, protocol.sync_step1])
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(120))
 @given(st.tuples(wrappers, updates).map(lambda t: t[0](t[1])).flatmap(mutated), updates)
 def test_a_room_answers_any_message_with_sync_error_at_worst(message: bytes, good: bytes) -> None:
     room = make_room()

@@ -142,7 +142,7 @@ def hub() -> Iterator[Hub]:
 
 
 def test_connect_requests_and_resume_ids(hub: Hub) -> None:
-    @settings(max_examples=examples(200))
+    @settings(max_examples=examples(100))
     @given(requests())
     # Found: a name nested past the recursion limit crashed the connect (3004 and a traceback); a name that
     # is no string is a bad request (3501), not the 3004 "retry" Centrifugo sends for it.
