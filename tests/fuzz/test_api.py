@@ -129,6 +129,7 @@ class Api:
         async def send() -> httpx.Response:
             return await self.http.post(path, content=body, headers={"X-API-Key": KEY})
 
+        self.hub.pong()
         with error_log() as errors:
             response: httpx.Response = self.hub.run(send())
             assert errors.take() == []

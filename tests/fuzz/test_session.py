@@ -271,8 +271,15 @@ class Hub:
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
 
+    def pong(self) -> None:
+        """Answer the node's ping as a live client does: a long run outlasts ``client_ping_interval``, and
+        the node closes a witness that never answers with 3012."""
+        if self.witness_client.awaiting_pong:
+            self.run(self.witness_client.handle_frame(b"{}"))
+
     def frames(self, fmt: int, before: list[bytes], frames: list[bytes]) -> None:
         """One session: ``before`` (a good connect, or nothing), then ``frames``; check the contract."""
+        self.pong()
         transport = Transport(fmt)
         node = self.node
         with error_log() as errors:

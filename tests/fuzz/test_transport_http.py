@@ -110,6 +110,7 @@ def serve(hub: Hub, request: dict[str, Any]) -> None:
         "headers": request["headers"],
         "client": ("127.0.0.1", 5000),
     }
+    hub.pong()
     sessions = len(hub.node.sessions)
     with error_log() as errors, bounded_time(TIMEOUT):
         hub.run(stream_session(hub.node, request["kind"], scope, exchange.receive, exchange.send))
