@@ -10,7 +10,8 @@ gathers every input that reached new code; a finding is written beside it as ``c
 the given files and stops). Our packages (hub, sync, channels) are instrumented for coverage; the
 libraries they call (orjson, pycrdt, PyJWT) are run, not instrumented.
 
-Defaults: ``-timeout=10`` (seconds per input: a slow input is a finding), ``-rss_limit_mb=2048``,
+Defaults: ``-timeout=10`` (seconds per input: a slow input is a finding), ``-rss_limit_mb=1024`` (a
+node that one small input takes past that is a finding; the targets idle at 80-200 MB),
 ``-max_len=65536`` (the hub's ``client_max_message_size``).
 """
 
@@ -52,7 +53,7 @@ def main() -> None:
             (corpus / f"seed-{n}").write_bytes(seed)
         os.chdir(corpus.parent)  # findings land beside the corpus
         flags = [f"-max_total_time={args.seconds}", "-print_final_stats=1", *flags, str(corpus)]
-    defaults = {"-timeout": "10", "-rss_limit_mb": "2048", "-max_len": "65536"}
+    defaults = {"-timeout": "10", "-rss_limit_mb": "1024", "-max_len": "65536"}
     for flag, value in defaults.items():
         if not any(a.startswith(flag + "=") for a in flags):
             flags.insert(0, f"{flag}={value}")

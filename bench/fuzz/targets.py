@@ -242,6 +242,7 @@ def room(data: bytes) -> None:
             protocol.decode(message)  # everything the room sends is well formed
     doc_room.leave(writer, now=1.0)
     doc_room.leave(reader, now=1.0)
+    doc_room.close()  # unobserves its document: the callback would otherwise keep both alive
 
 
 # ---------------------------------------------------------------- SSE, JWT, server API bodies

@@ -6,9 +6,11 @@ the room still takes a good update from another writer, and everything it sent i
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
@@ -90,6 +92,7 @@ wrappers = st.sampled_from([protocol.update, protocol.sync_step2, protocol.sync_
 
 @settings(max_examples=examples(120))
 @given(st.tuples(wrappers, updates).map(lambda t: t[0](t[1])).flatmap(mutated), updates)
+@example(bytes.fromhex("00000aa0b081a0b081e1af0a02"), update_of(1, [("text", "ok", None)]))
 def test_a_room_answers_any_message_with_sync_error_at_worst(message: bytes, good: bytes) -> None:
     room = make_room()
     writer, reader, other = Peer(), Peer(), Peer()
@@ -109,3 +112,19 @@ def test_a_room_answers_any_message_with_sync_error_at_worst(message: bytes, goo
     for peer in (writer, reader, other):
         for sent in peer.sent:
             protocol.decode(sent)
+
+
+# Found by bench/fuzz (target room, -rss_limit_mb=400): a sync step 1 of 13 bytes whose state vector claims
+# about 2**62 entries. pycrdt (yrs) reserved memory for all of them before reading one: 513 MB and 2.7 s.
+HUGE_COUNT_STEP1 = bytes.fromhex("00000aa0b081a0b081e1af0a02")
+
+
+def test_a_state_vector_claiming_more_entries_than_it_holds_is_refused_at_once() -> None:
+    room = make_room()
+    peer = Peer()
+    room.join(peer, True)
+    start = time.monotonic()
+    with pytest.raises(ProtocolError):
+        room.receive(peer, HUGE_COUNT_STEP1, now=0.0)
+    assert time.monotonic() - start < 0.5
+    assert peer.sent[1:] == []  # nothing but the room's own step 1 from the join
