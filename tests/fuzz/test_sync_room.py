@@ -6,6 +6,8 @@ the room still takes a good update from another writer, and everything it sent i
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -128,3 +130,37 @@ def test_a_state_vector_claiming_more_entries_than_it_holds_is_refused_at_once()
         room.receive(peer, HUGE_COUNT_STEP1, now=0.0)
     assert time.monotonic() - start < 0.5
     assert peer.sent[1:] == []  # nothing but the room's own step 1 from the join
+
+
+# Found by bench/fuzz (target room, -rss_limit_mb=400, oom-0db34ae8): an update whose first count claims
+# ~450 million clients. pycrdt (yrs) reserved a table entry for each before reading one: 0.5 GB, 0.4 s.
+HUGE_CLIENT_COUNT = protocol.update(protocol.var_uint(450_000_000) + b"\x00")
+
+_MEASURE = """
+import resource, sys
+from sync.journal import Journal
+from sync.protocol import SyncError
+from sync.room import DocRoom, RoomLimits
+room = DocRoom(("", "x"), Journal(None), RoomLimits())
+room.writer = False
+class Peer:
+    def send(self, message): pass
+    def terminate(self, error): pass
+peer = Peer()
+room.join(peer, True)
+try:
+    room.receive(peer, bytes.fromhex(sys.argv[1]))
+except SyncError as exc:
+    print(type(exc).__name__)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_an_update_claiming_more_clients_than_it_holds_costs_no_memory() -> None:
+    """Measured in a process of its own: the peak RSS of this one would hide a transient 0.5 GB."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, HUGE_CLIENT_COUNT.hex()], capture_output=True, text=True, check=True
+    )
+    error, peak_mb = proc.stdout.split()
+    assert error == "UpdateRejected"
+    assert int(peak_mb) < 200, proc.stdout
