@@ -3,8 +3,8 @@ a hostile client can send (sync, awareness and auth messages built field by fiel
 
 The contract: the connection stays open or is closed with one of the document endpoint's codes (4400 bad
 message, 4403, 4413 too large, 4422 rejected update, 1009 frame too big; never 1011 or 4500, the server's
-own failures); the node logs no traceback; and after every example a well-behaved client still syncs a
-document with the node (it never restarts: ``HubNode.starts`` stays 1)."""
+own failures); the node logs no traceback and its memory stays under a ceiling; and afterwards a
+well-behaved client still syncs a document with the node (it never restarted: ``HubNode.starts`` is 1)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from sync import protocol
+from sync.protocol import var_uint
 from tests.conftest import TIMEOUT
 from tests.fuzz.strategies import examples, mutated
 from tests.fuzz.test_sync_protocol import messages
@@ -25,6 +26,8 @@ from tests.fuzz.test_sync_room import updates
 from tests.nodes import HubNode, NodeSet
 
 DOC_CLOSES = {1000, 1009, 4400, 4403, 4413, 4422}
+RSS_CEILING = 300 * 1024 * 1024
+"""Bytes the node may hold at its peak while it is fuzzed (it starts at about 70 MB)."""
 IDLE = 0.2
 """Seconds without a message after which an example's connection is taken as left open (a verdict that
 comes later is read by the next check of the same connection: none, it is closed by us)."""
@@ -41,8 +44,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubNode]:
         nodes.close()
 
 
+counts = (st.integers(0, 2**32) | st.sampled_from([10**8, 450_000_000, 2**29 - 1])).map(var_uint)
+"""Leading counts of every size: yrs reserved memory for whatever an update or a state vector claimed."""
 frames = st.one_of(
     messages().flatmap(mutated),
+    st.tuples(st.sampled_from([protocol.update, protocol.sync_step1]), counts).map(
+        lambda t: t[0](t[1] + b"\x00")
+    ),
     st.tuples(st.sampled_from([protocol.update, protocol.sync_step2]), updates).map(lambda t: t[0](t[1])),
     st.text(max_size=20),
 )
@@ -86,6 +94,8 @@ def test_hostile_frames_on_the_document_endpoint(node: HubNode) -> None:
 
     @settings(max_examples=examples(40))
     @given(st.lists(frames, min_size=1, max_size=3))
+    @example([protocol.sync_step1(var_uint(450_000_000) + b"\x00")])  # found by bench/fuzz: 0.5 GB each
+    @example([protocol.update(var_uint(450_000_000) + b"\x00")])  # found by bench/fuzz: 0.5 GB each
     def property(sent: list[bytes | str]) -> None:
         name = f"fuzz-{next(counter) % 3}"  # a few documents, so what one example leaves meets the next
         with connect(node.doc_url(name), open_timeout=TIMEOUT, max_size=None) as ws:
@@ -98,7 +108,9 @@ def test_hostile_frames_on_the_document_endpoint(node: HubNode) -> None:
             code = verdict(ws)
         assert code is None or code in DOC_CLOSES, code
 
-    property()
+    with node.sample_rss() as rss:
+        property()
+    assert rss.peak < RSS_CEILING, rss  # 13 bytes took 0.5 GB before the fixes found by bench/fuzz
     still_syncs(node)
     log = node.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-4000:]
