@@ -613,8 +613,8 @@ class ServerAPI:
             reply: dict[str, Any] = {}
             if "id" in command:
                 reply["id"] = command["id"]
-                try:
-                    codec_json.data_bytes(reply["id"])  # echoed: an id nested past what orjson writes is 107
+                try:  # the reply echoes it: an id nested past what orjson writes (in the reply) is 107
+                    codec_json.data_bytes(reply)
                 except codec_json.DecodeError:
                     log.info("server API: command id cannot be echoed", extra={"tenant": principal.tenant})
                     lines.append(orjson.dumps(error_body(107, "bad request")))
