@@ -214,11 +214,21 @@ def awareness(data: bytes) -> None:
 
 
 class _Peer:
+    """A connection as the room sees it (sync.room.Peer), keeping what it was sent."""
+
+    replying = False
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, shared: bool = False) -> None:
         self.sent.append(message)
+
+    def send_reply(self, message: bytes, shared: bool = False) -> None:
+        self.sent.append(message)
+
+    def notice(self, what: str) -> None:
+        pass
 
     def terminate(self, error: SyncError) -> None:
         pass
@@ -251,10 +261,11 @@ def room(data: bytes) -> None:
 def sse_resume_id(data: bytes) -> None:
     value = data.decode("latin-1")  # as the ASGI server hands a header value over
     try:
-        positions = sse.decode_resume_id(value)
+        point = sse.decode_resume_id(value)
     except sse.BadResumeId:
         return
-    assert sse.decode_resume_id(sse.encode_resume_id(positions).decode()) == positions
+    for key, (offset, epoch) in point.positions.items():  # a resume point: 64-bit offsets and epochs by key
+        assert isinstance(key, bytes) and isinstance(epoch, str) and 0 <= offset < 2**64
 
 
 def _sse_seeds() -> list[bytes]:

@@ -62,11 +62,21 @@ updates = st.builds(update_of, st.integers(1, 2**32 - 1), edits)
 
 
 class Peer:
+    """A connection as the room sees it (sync.room.Peer), keeping what it was sent."""
+
+    replying = False
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, shared: bool = False) -> None:
         self.sent.append(message)
+
+    def send_reply(self, message: bytes, shared: bool = False) -> None:
+        self.sent.append(message)
+
+    def notice(self, what: str) -> None:
+        pass
 
     def terminate(self, error: SyncError) -> None:
         pass
@@ -144,7 +154,10 @@ from sync.room import DocRoom, RoomLimits
 room = DocRoom(("", "x"), Journal(None), RoomLimits())
 room.writer = False
 class Peer:
-    def send(self, message): pass
+    replying = False
+    def send(self, message, shared=False): pass
+    def send_reply(self, message, shared=False): pass
+    def notice(self, what): pass
     def terminate(self, error): pass
 peer = Peer()
 room.join(peer, True)
