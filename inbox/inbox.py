@@ -96,6 +96,11 @@ class InboxOptions:
 
 
 class InboxStore(Protocol):
+    origin: str
+    """A random name of this database, set by ``open`` and kept for the database's life: with an event's
+    id it names the event uniquely across databases (the webhook-id), since two databases (two embedded
+    nodes, a database set up again) count their event ids from 1 each."""
+
     async def open(self) -> None:
         """Connect, create or migrate the schema; idempotent."""
 
@@ -188,6 +193,12 @@ class InboxStore(Protocol):
         ...
 
     async def attempts(self, task_id: int) -> list[Attempt]: ...
+
+    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
+        """Tasks per (destination, state) that are pending or dead (the done ones are not counted): the
+        queue depth and the dead letters, for metrics. A count over the tasks: call it now and then, not
+        per event."""
+        ...
 
     async def prune(self, *, before: float, limit: int = 10000) -> int:
         """Delete done tasks finished before ``before`` (and their attempts, and their events once no
@@ -353,6 +364,11 @@ def counts_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, Counts]:
         )
     return out
 
+
+OUTBOX_DEPTH = (
+    "SELECT destination, state, count(*) FROM outbox_tasks WHERE state IN ('pending', 'dead') GROUP BY 1, 2"
+)
+"""The query behind ``outbox_depth`` (the same in both stores)."""
 
 ITEM_COLUMNS = (
     "i.id, i.seq, i.category, i.notification_id, i.first_notification_id, n.content, i.group_key, i.count,"

@@ -35,6 +35,7 @@ from inbox.inbox import (
     ITEM_COLUMNS,
     MAX_EXPIRE_BATCH,
     MAX_REPLAY,
+    OUTBOX_DEPTH,
     InboxOptions,
     by_tenant,
     check_claim,
@@ -212,6 +213,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_attempts_task ON outbox_attempts (task_id, id);
     """,
+    # 3: the database's origin name (event ids come from a sequence: never handed out twice)
+    """
+    INSERT INTO inbox_meta VALUES ('origin', substr(md5(random()::text || clock_timestamp()::text), 1, 12))
+        ON CONFLICT DO NOTHING;
+    """,
 ]
 LATEST = len(MIGRATIONS)
 
@@ -285,6 +291,7 @@ class PostgresInbox:
         self._migrate_to = _migrate_to
         self._pool: asyncpg.Pool | None = None
         self._cursor_key = b""
+        self.origin = ""
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -330,6 +337,7 @@ class PostgresInbox:
             )
             key = await conn.fetchval("SELECT value FROM inbox_meta WHERE key = 'cursor_key'")
             self._cursor_key = bytes.fromhex(key)
+            self.origin = str(await conn.fetchval("SELECT value FROM inbox_meta WHERE key = 'origin'") or "")
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
@@ -918,6 +926,10 @@ class PostgresInbox:
             return len(rows)
 
         return await self._tx(body)
+
+    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
+        rows = await self._read(OUTBOX_DEPTH)
+        return {(str(d), TaskState(s)): int(n) for d, s, n in rows}
 
     async def attempts(self, task_id: int) -> list[Attempt]:
         check_id("task_id", task_id)

@@ -36,6 +36,7 @@ from inbox.inbox import (
     ITEM_COLUMNS,
     MAX_EXPIRE_BATCH,
     MAX_REPLAY,
+    OUTBOX_DEPTH,
     InboxOptions,
     by_tenant,
     check_claim,
@@ -93,6 +94,8 @@ log = logging.getLogger("switchboard.inbox")
 
 BUSY_TIMEOUT_MS = 5000
 """How long a change waits for another writer on the same file (a worker process) before failing."""
+
+WAL_ATTEMPTS = 100
 
 MIGRATIONS: list[str] = [
     # 1: the inbox
@@ -206,6 +209,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_attempts_task ON outbox_attempts (task_id, id);
     """,
+    # 3: event ids from a counter (max(id) + 1 would hand a pruned event's id out again, and a receiver
+    # that deduplicates by webhook-id would drop the new event), and the database's origin name
+    """
+    INSERT INTO inbox_meta (key, value) SELECT 'event_id', coalesce(max(id), 0) FROM outbox_events WHERE true
+        ON CONFLICT DO NOTHING;
+    INSERT INTO inbox_meta (key, value) VALUES ('origin', lower(hex(randomblob(6)))) ON CONFLICT DO NOTHING;
+    """,
 ]
 LATEST = len(MIGRATIONS)
 
@@ -253,20 +263,35 @@ class SqliteInbox:
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._cursor_key = b""
+        self.origin = ""
 
     # -- life cycle ----------------------------------------------------------------------------------
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._use_wal(db)
+            await db.execute(f"PRAGMA synchronous = {'FULL' if self.fsync else 'NORMAL'}")
             await db.execute("PRAGMA foreign_keys = OFF")
         except BaseException:
             await db.close()
             raise
         return db
+
+    @staticmethod
+    async def _use_wal(db: aiosqlite.Connection) -> None:
+        """Switch to WAL. Connections that open a new file together (nodes starting at once, a node and
+        its worker process) can find it locked while another one switches it, and SQLite answers that at
+        once instead of through the busy timeout: so try again, for up to the busy timeout."""
+        for attempt in range(WAL_ATTEMPTS):
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(BUSY_TIMEOUT_MS / 1000 / WAL_ATTEMPTS)  # a backoff on a lock held elsewhere
 
     async def open(self) -> None:
         if self._writer is not None:
@@ -317,6 +342,8 @@ class SqliteInbox:
         await db.execute("INSERT INTO inbox_meta (key, value) VALUES ('seq', '0') ON CONFLICT DO NOTHING")
         rows = list(await db.execute_fetchall("SELECT value FROM inbox_meta WHERE key = 'cursor_key'"))
         self._cursor_key = bytes.fromhex(rows[0][0])
+        rows = list(await db.execute_fetchall("SELECT value FROM inbox_meta WHERE key = 'origin'"))
+        self.origin = str(rows[0][0]) if rows else ""
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
@@ -397,7 +424,12 @@ class SqliteInbox:
         if not rows:
             return
         now = self.options.clock()
-        first = await self._one(db, "SELECT coalesce(max(id), 0) + 1 FROM outbox_events")
+        first = await self._one(
+            db,
+            "UPDATE inbox_meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'event_id'"
+            " RETURNING CAST(value AS INTEGER) - ? + 1",
+            (len(rows), len(rows)),
+        )
         event_rows, task_rows = [], []
         for event_id, row in enumerate(rows, start=int(first[0])):
             e = row.event
@@ -883,6 +915,10 @@ class SqliteInbox:
                 params,
             )
         return len(list(rows))
+
+    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
+        rows = await self._read(OUTBOX_DEPTH)
+        return {(str(d), TaskState(s)): int(n) for d, s, n in rows}
 
     async def attempts(self, task_id: int) -> list[Attempt]:
         check_id("task_id", task_id)
