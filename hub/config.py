@@ -19,6 +19,7 @@ from typing import Any
 
 from channels.options import NamespaceOptions, Namespaces, parse_duration
 from hub.codes import ConfigError
+from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_webhooks
 
 log = logging.getLogger("switchboard.config")
 
@@ -64,6 +65,11 @@ _DURATIONS = {
     "http_header_timeout",
     "http_body_timeout",
     "admin_session_ttl",
+    "outbox_retry_base",
+    "outbox_retry_cap",
+    "outbox_retention",
+    "document_changed_wait",
+    "document_changed_max_wait",
 }
 
 
@@ -179,6 +185,23 @@ class Config:
     """Console actions the audit log keeps (the oldest go first)."""
     admin_max_streams: int = 32
     """Live console streams (browser tabs) one node serves at once; past it: 503."""
+    webhooks: list[Webhook] = field(default_factory=list)
+    """``[[webhooks]]``: endpoints that get the hub's events, signed (``hub.outbound.settings``)."""
+    email: EmailSettings | None = None
+    """``[email]``: notifications as email over SMTP (None: no email channel)."""
+    workers_in_process: bool = True
+    """Deliver webhooks and email from this node; false when ``switchboard worker`` processes do."""
+    outbox_max_attempts: int = 8
+    """Attempts of one delivery before it becomes a dead letter."""
+    outbox_retry_base: float = 1.0
+    """Seconds before the second attempt; doubling from there (with jitter), up to ``outbox_retry_cap``."""
+    outbox_retry_cap: float = 3600.0
+    outbox_retention: float = 604800.0
+    """Seconds a finished delivery (and its attempts) is kept for ``webhook_tasks``/``webhook_attempts``."""
+    document_changed_wait: float = 2.0
+    """``document.changed`` goes out this long after a document's last change (y-websocket's debounce)..."""
+    document_changed_max_wait: float = 10.0
+    """... or this long after its first unreported change, whichever comes first."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
@@ -214,7 +237,7 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls")
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email")
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
@@ -358,6 +381,10 @@ def load_config(
             cfg.api_keys = _api_keys(value)
         elif key == "redis_urls":
             cfg.redis_urls = redis_urls(value)
+        elif key == "webhooks":
+            cfg.webhooks = parse_webhooks(value)
+        elif key == "email":
+            cfg.email = parse_email(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -383,6 +410,15 @@ def load_config(
                 raise ConfigError("SWITCHBOARD_API_KEYS must be a JSON list") from None
         elif key == "redis_urls":
             cfg.redis_urls = redis_urls([u for u in raw.replace(",", " ").split() if u])
+        elif key in ("webhooks", "email"):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{name} must be JSON") from None
+            if key == "webhooks":
+                cfg.webhooks = parse_webhooks(value)
+            else:
+                cfg.email = parse_email(value)
         elif key.startswith("channel_"):
             channel_env[key[len("channel_") :]] = _channel_option_from_env(name, raw)
         else:
@@ -440,6 +476,16 @@ def _validate_docs(cfg: Config) -> None:
         raise ConfigError("doc_max_awareness_state_size must not exceed doc_max_awareness_size")
 
 
+def _validate_outbox(cfg: Config) -> None:
+    if not 1 <= cfg.outbox_max_attempts <= 100:
+        raise ConfigError("outbox_max_attempts must be from 1 to 100")
+    if not 0 < cfg.outbox_retry_base <= cfg.outbox_retry_cap:
+        raise ConfigError("outbox_retry_base must be positive and at most outbox_retry_cap")
+    _require_positive(cfg, "outbox_retention", "document_changed_wait")
+    if cfg.document_changed_max_wait < cfg.document_changed_wait:
+        raise ConfigError("document_changed_max_wait must not be shorter than document_changed_wait")
+
+
 def validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
@@ -487,6 +533,7 @@ def validate(cfg: Config) -> None:
     _require_positive(cfg, "http_header_timeout", "http_body_timeout", "http_max_unfinished_requests")
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
+    _validate_outbox(cfg)
     keys = [k.key for k in cfg.server_api_keys()]
     if len(set(keys)) != len(keys):
         raise ConfigError("an API key is configured twice")

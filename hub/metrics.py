@@ -21,7 +21,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sized
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -41,6 +41,8 @@ log = logging.getLogger("switchboard.metrics")
 PREFIX = "switchboard"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds. Publication times are milliseconds, so the lowest buckets mostly tell "same millisecond"."""
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""Seconds from an event to its delivery: milliseconds when all is well, up to the retry backoff's hours."""
 OTHER_NAMESPACE = "other"
 LABEL_CACHE_SIZE = 65536
 
@@ -164,6 +166,74 @@ class Metrics:
             self.recoveries += 1
         else:
             self.recovery_failures += 1
+
+
+class OutboxMetrics:
+    """Events out: what the hub appended to the outbox, and what the workers of this process delivered.
+
+    Labels are bounded by the configuration: ``destination`` (``webhook:<name>``, ``email``), ``topic``
+    (the outbox's topics), ``verdict`` (done, retry, dead, stale), ``state`` (pending, dead)."""
+
+    __slots__ = ("attempts", "depth", "appended", "dropped", "latency")
+
+    def __init__(self) -> None:
+        self.attempts: Counter[tuple[str, str]] = Counter()
+        """Delivery attempts by (destination, verdict)."""
+        self.depth: dict[tuple[str, str], int] = {}
+        """Tasks by (destination, state) at the last count (the queue and the dead letters)."""
+        self.appended: Counter[str] = Counter()
+        """The hub's events appended to the outbox, by topic."""
+        self.dropped: Counter[str] = Counter()
+        """The hub's events dropped before reaching the outbox, by reason."""
+        self.latency = Histogram(DELIVERY_BUCKETS)
+        """Seconds from an event to its successful delivery."""
+
+    def attempt(self, destination: str, verdict: str) -> None:
+        self.attempts[(destination, str(verdict))] += 1
+
+    def delivered(self, seconds: float) -> None:
+        self.latency.observe(seconds if seconds > 0.0 else 0.0)
+
+    def set_depth(self, depth: Mapping[tuple[str, str], int]) -> None:
+        self.depth = dict(depth)
+
+
+class OutboxCollector(Collector):
+    """Metric families of ``OutboxMetrics``."""
+
+    def __init__(self, metrics: OutboxMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        attempts = CounterMetricFamily(
+            f"{PREFIX}_outbox_attempts",
+            "Delivery attempts of webhooks and email, by destination and verdict (done, retry, dead, stale).",
+            labels=["destination", "verdict"],
+        )
+        for (destination, verdict), n in sorted(m.attempts.items()):
+            attempts.add_metric([destination, verdict], n)
+        yield attempts
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_outbox_tasks",
+            "Deliveries waiting (pending) and dead letters (dead), by destination, at the last count.",
+            labels=["destination", "state"],
+        )
+        for (destination, state), n in sorted(m.depth.items()):
+            depth.add_metric([destination, state], n)
+        yield depth
+        yield _counter("outbox_events", "Hub events appended to the outbox, by topic.", ["topic"], m.appended)
+        yield _counter(
+            "outbox_events_dropped",
+            "Hub events dropped before the outbox (it was down or behind), by reason.",
+            ["reason"],
+            m.dropped,
+        )
+        h = HistogramMetricFamily(
+            f"{PREFIX}_outbox_delivery_latency_seconds", "Time from an event to its successful delivery."
+        )
+        h.add_metric([], m.latency.cumulative(), m.latency.total)
+        yield h
 
 
 class _Transport(Protocol):
