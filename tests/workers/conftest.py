@@ -17,6 +17,7 @@ from inbox.inbox import InboxOptions
 from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.outbox import RetryPolicy, Topic
+from inbox.preferences import PreferencePolicy
 from tests.inbox.conftest import fresh_database, postgres, store_kind  # noqa: F401
 from tests.workers.receiver import Receiver
 
@@ -41,8 +42,8 @@ async def make_store(store_kind: str, request: pytest.FixtureRequest, tmp_path: 
     dsn: list[str] = []
     lock = asyncio.Lock()
 
-    async def make(routes: Routes, retry: RetryPolicy = FAST_RETRIES) -> Store:
-        options = InboxOptions(route=routes.route, retry=retry)
+    async def make(routes: Routes, retry: RetryPolicy = FAST_RETRIES, policy: PreferencePolicy | None = None) -> Store:
+        options = InboxOptions(route=routes.route, retry=retry, policy=policy or PreferencePolicy())
         store: Store
         if store_kind == "sqlite":
             store = SqliteInbox(tmp_path / "inbox.sqlite3", options)
