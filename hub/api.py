@@ -259,6 +259,11 @@ class ServerAPI:
         self.keys = node.config.server_api_keys()
         self._handlers: dict[str, Handler] = {m: getattr(self, "_" + m) for m in METHODS}
 
+    def add_methods(self, handlers: Mapping[str, Handler]) -> None:
+        """Serve more methods (another part of the hub's): each takes the call's tenant and params; it
+        raises ``ClientError`` for the caller's mistakes. A batch may hold them too."""
+        self._handlers.update(handlers)
+
     # ------------------------------------------------------------ one call
 
     def _tenant(self, principal: ApiKey, p: Mapping[str, Any]) -> str:

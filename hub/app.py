@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,11 +33,18 @@ from hub.config import Config, load_config
 from hub.demos import TYPING_RPC, Demos
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
-from hub.metrics import HubCollector, MetricsServer, build_registry, exposition
+from hub.metrics import HubCollector, MetricsServer, OutboxCollector, build_registry, exposition
 from hub.node import Node, new_node_id
+from hub.outbound.api import WebhookAPI
+from hub.outbound.routes import retry_policy
+from hub.outbound.service import Outbound
 from hub.readiness import BrokerWatch
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
+from inbox.inbox import InboxOptions, InboxStore
+from inbox.inbox_sqlite import SqliteInbox
+from presence.occupancy import Occupancy
+from presence.occupancy_memory import MemoryOccupancy
 from presence.presence import PresenceManager
 from presence.presence_memory import MemoryPresence
 from sync.store_sqlite import SqliteDocumentStore
@@ -121,6 +129,10 @@ class Switchboard:
             HubCollector(node.metrics, lambda: node.sessions, lambda: len(node.registry.fanout))
         )
         self.metrics_server: MetricsServer | None = None
+        # Events out (webhooks, email): the hub's events go to the outbox of the inbox's store
+        # (``outbox_store``); this node delivers them unless ``workers_in_process`` is off.
+        self.outbound = Outbound(self.config, node, self.documents, _occupancy(self.config, self.redis, node))
+        self.metrics_registry.register(OutboxCollector(self.outbound.metrics))
         self.api = ServerAPI(node)
         node.info_sources.append(node_figures(self.documents, self.redis))
         store = _console_store(self.config, self.redis)
@@ -132,6 +144,7 @@ class Switchboard:
         if self.demos.enabled:
             self.hooks.rpc.setdefault(TYPING_RPC, self.demos.typing)
         self.demos.announce()
+        self.api.add_methods(WebhookAPI(self.outbound).handlers())
         self.http = Starlette(
             routes=[
                 Route("/health", self._health),
@@ -173,6 +186,14 @@ class Switchboard:
             if self.redis is not None and not self.node.started:
                 await self.redis.start()
             await self.node.start()
+            if self.outbound.store is None:
+                store, owned = self.outbox_store()
+                worker = None
+                if self.config.workers_in_process:
+                    from workers.process import start_worker
+
+                    worker = partial(start_worker, self.config, self.node.id)
+                await self.outbound.start(store, owned=owned, worker=worker)
             if self.brokers is not None:
                 await self.brokers.start()
             if self.config.metrics_port and self.metrics_server is None:
@@ -190,6 +211,7 @@ class Switchboard:
         if self.brokers is not None:
             await self.brokers.stop()
         await self.node.stop()
+        await self.outbound.stop()
         await self.documents.close()
         await self.console.store.close()
         if self.redis is not None:
@@ -197,6 +219,19 @@ class Switchboard:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+
+    def outbox_store(self) -> tuple[InboxStore | None, bool]:
+        """Where events out are stored, and whether it is the outbox's own store (not yet open): the
+        inbox's store (``self.inbox``) once the hub has one, else, with webhooks or email configured, an
+        outbox of its own in ``data_dir`` (``inbox.sqlite3``, the file the inbox uses); None without them."""
+        inbox: InboxStore | None = getattr(self, "inbox", None)
+        if inbox is not None:
+            return inbox, False
+        if not self.outbound.routes.enabled:
+            return None, False
+        options = InboxOptions(route=self.outbound.routes.route, retry=retry_policy(self.config))
+        path = Path(self.config.data_dir) / "inbox.sqlite3"
+        return SqliteInbox(path, options, fsync=self.config.doc_fsync), True
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -291,6 +326,13 @@ def _console_store(config: Config, redis: RedisShards | None) -> ConsoleStore:
 
         return RedisConsoleStore(redis, config.admin_audit_max_entries)
     return SqliteConsoleStore(Path(config.data_dir) / "admin.sqlite3", config.admin_audit_max_entries)
+def _occupancy(config: Config, redis: RedisShards | None, node: Node) -> Occupancy:
+    """Channel occupancy across the nodes (for occupied/vacated events): in Redis when the nodes share one."""
+    if redis is None:
+        return MemoryOccupancy()
+    from presence.occupancy_redis import RedisOccupancy
+
+    return RedisOccupancy(redis, ttl=config.presence_ttl, owner=node.presence.owner)
 
 
 def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:

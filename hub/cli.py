@@ -1,4 +1,4 @@
-"""``switchboard serve`` and ``switchboard token``."""
+"""``switchboard serve``, ``switchboard worker`` and ``switchboard token``."""
 
 from __future__ import annotations
 
@@ -202,6 +202,33 @@ def serve(args: argparse.Namespace) -> None:
     server.run()
 
 
+def worker(args: argparse.Namespace) -> None:
+    """Deliver webhooks and email from the outbox the nodes write to, until SIGTERM (``workers.process``)."""
+    import asyncio
+
+    from hub.logs import setup_logging
+    from workers.process import run
+
+    try:
+        cfg = load_config(args.config)
+        if args.data_dir:
+            cfg.data_dir = args.data_dir
+        if args.node_name:
+            cfg.node_name = args.node_name
+        validate(cfg)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(cfg.log_level, cfg.log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        pass
+    asyncio.run(run(cfg, metrics_port=args.metrics_port))
+
+
 def token(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if not cfg.token_hmac_secret_key:
@@ -269,6 +296,18 @@ def main(argv: list[str] | None = None) -> None:
     p_serve.add_argument("--data-dir", default=None)
     p_serve.add_argument("--doc-store", choices=("auto", "sqlite", "redis"), default=None)
     p_serve.set_defaults(func=serve)
+    p_worker = sub.add_parser(
+        "worker", help="deliver webhooks and email (set workers_in_process = false on the nodes)"
+    )
+    p_worker.add_argument("--config", default=None, help="TOML config file (default: $SWITCHBOARD_CONFIG)")
+    p_worker.add_argument(
+        "--data-dir", default=None, help="the nodes' data directory (their outbox, on SQLite)"
+    )
+    p_worker.add_argument(
+        "--node-name", default=None, help="a name for this worker's attempts (default: host)"
+    )
+    p_worker.add_argument("--metrics-port", type=int, default=0, help="serve /metrics of the deliveries here")
+    p_worker.set_defaults(func=worker)
     p_token = sub.add_parser("token", help="print a connection (or subscription) JWT")
     p_token.add_argument("--user", required=True)
     p_token.add_argument("--ttl", type=int, default=None, help="seconds until it expires")

@@ -199,6 +199,7 @@ class Client:
         "_emulated",
         "limiter",
         "_graceful",
+        "_ended",
         "__weakref__",
     )
 
@@ -228,6 +229,8 @@ class Client:
         """The command rate limit (``hub.limits``); None when it is off."""
         self._graceful: Disconnect | None = None
         """A disconnect waiting for the command in progress to finish (``disconnect_gracefully``)."""
+        self._ended: Disconnect | None = None
+        """Why the hub closed the connection (None: the client went away)."""
         self.resume_as_events = False
         """Recovered publications go out as publication pushes rather than inside the connect result."""
         self.resume_point: sse.ResumePoint | None = None
@@ -570,6 +573,8 @@ class Client:
         for prep in prepared:
             await self._activate(prep)
         node.metrics.connect(self.transport.name)
+        if node.events is not None:
+            node.events.connected(self)
         log.info("connected", extra=self._log_extra())
 
     async def connect_unidirectional(self, params: dict[str, Any]) -> None:
@@ -1157,6 +1162,7 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        self._ended = exc
         self.node.metrics.disconnect(exc.code)
         log.info("disconnect %d %s", exc.code, exc.reason, extra=self._log_extra())
         if flush:
@@ -1173,6 +1179,7 @@ class Client:
             return
         self._closing = True
         self.writer.discard()
+        was_connected = self.state is State.CONNECTED
         self._move(State.CLOSED)
         node = self.node
         node.registry.remove_client(self)
@@ -1184,3 +1191,6 @@ class Client:
         self.subs.clear()
         if self._leaving:  # the session has ended only once every channel it left is cleaned up
             await asyncio.gather(*self._leaving, return_exceptions=True)
+        if was_connected and node.events is not None:
+            ended = self._ended or codes.CONNECTION_CLOSED.error()
+            node.events.disconnected(self, ended.code, ended.reason)

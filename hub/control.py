@@ -415,6 +415,8 @@ class RedisControl:
                 log.info("node %s: %d presence entries purged", node_id, removed)
 
         self.node.spawn(purge(), "presence purge")
+        if self.node.events is not None:  # the channels only it held are vacated (events out)
+            self.node.spawn(self.node.events.node_gone(owner), "occupancy purge")
 
     def _notify(self) -> None:
         self._changed.set()

@@ -12,7 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace
@@ -34,6 +34,9 @@ from hub.registry import Registry
 from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
 from hub.writer import Backlog, FlushScheduler, Transport
 from presence.presence import PresenceManager
+
+if TYPE_CHECKING:
+    from hub.outbound.tap import EventTap
 
 log = logging.getLogger("switchboard.node")
 
@@ -115,6 +118,8 @@ class Node:
         self.control: Control = LocalControl(self)
         """Operations on every node of the hub (``hub.control``): this node alone unless the app sets a
         shared control channel before ``start``."""
+        self.events: EventTap | None = None
+        """Where the node's events go out (webhooks: ``hub.outbound``); None when nothing wants them."""
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -325,6 +330,8 @@ class Node:
             )
             raise codes.error_internal() from None
         self.metrics.published[channel.namespace] += 1
+        if self.events is not None:
+            self.events.published(tenant, channel, data, info, tags, result)
         return result
 
     async def publish(

@@ -39,7 +39,7 @@ Push = Callable[..., None]
 
 
 class Registry:
-    __slots__ = ("clients", "users", "fanout", "pending", "formats")
+    __slots__ = ("clients", "users", "fanout", "pending", "formats", "watch")
 
     def __init__(self, formats: int = 1) -> None:
         self.formats = formats
@@ -48,6 +48,9 @@ class Registry:
         self.fanout: dict[ChannelKey, list[dict[Client, Push]]] = {}
         """Each channel's subscribers, one table per wire format (index: ``Client.fmt``)."""
         self.pending: dict[ChannelKey, dict[Client, list[Publication]]] = {}
+        self.watch: Callable[[ChannelKey], None] | None = None
+        """Called when a channel gains its first active subscriber here, or loses its last (channel
+        occupancy, ``hub.outbound``); None: nobody watches."""
 
     @property
     def channels(self) -> dict[ChannelKey, dict[Client, Push]]:
@@ -107,6 +110,10 @@ class Registry:
         tables = self.fanout.get(key)
         if tables is None:
             tables = self.fanout[key] = [{} for _ in range(self.formats)]
+            tables[client.fmt][client] = push
+            if self.watch is not None:
+                self.watch(key)
+            return buffered
         tables[client.fmt][client] = push
         return buffered
 
@@ -134,6 +141,8 @@ class Registry:
             del tables[client.fmt][client]
             if not any(tables):
                 del self.fanout[key]
+                if self.watch is not None:
+                    self.watch(key)
         waiting = self.pending.get(key)
         if waiting is not None and client in waiting:
             self._drop_pending(key, client)

@@ -179,7 +179,7 @@ PIPELINE_ENTRIES = 2000
 event loop without a break, so a node refreshing 10,000 entries must not stall its clients for all of it."""
 
 
-class _Script:
+class Script:
     """A Lua script run with EVALSHA, falling back to EVAL (which caches it) after a Redis restart."""
 
     def __init__(self, text: str) -> None:
@@ -194,12 +194,12 @@ class _Script:
             return await r.execute_command("EVAL", self.text, len(keys), *keys, *args)
 
 
-_add = _Script(_ADD)
-_remove = _Script(_REMOVE)
-_get = _Script(_GET)
-_stats = _Script(_STATS)
-_own = _Script(_OWN)
-_disown = _Script(_DISOWN)
+_add = Script(_ADD)
+_remove = Script(_REMOVE)
+_get = Script(_GET)
+_stats = Script(_STATS)
+_own = Script(_OWN)
+_disown = Script(_DISOWN)
 
 
 @dataclass(slots=True)
@@ -298,7 +298,7 @@ class RedisPresence:
     async def _remove(self, key: ChannelKey, client_id: str) -> None:
         await _with_index(self._run(_remove, key, [client_id]), self._disown(_member(key, client_id)))
 
-    async def _run(self, script: _Script, key: ChannelKey, args: Sequence[Any]) -> Any:
+    async def _run(self, script: Script, key: ChannelKey, args: Sequence[Any]) -> Any:
         shard, keys = self._where(key)
         try:
             return await script(shard, keys, args)

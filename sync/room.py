@@ -198,6 +198,8 @@ class DocRoom:
         """As the writer, it relayed remote changes without journaling them (its journal was full)."""
         self._remote = False
         """The change being applied came from another node (not to be published again)."""
+        self.on_stored: Callable[[DocKey], None] | None = None
+        """Called when this node, as the writer, stored a change (every change; debounce it)."""
         self._subscription = self.doc.observe(self._on_change)
 
     # ---------------------------------------------------------------- peers
@@ -379,6 +381,8 @@ class DocRoom:
             self.log_bytes += len(update)
             # The message is built when it goes out: while parked, the update is held once (the journal's).
             self.journal.after_durable(lambda: self._durable(update, sender), self.key)
+            if self.on_stored is not None:
+                self.on_stored(self.key)
             if not self._compact_due and self._compaction_due():
                 self._compact_due = True
                 asyncio.get_running_loop().call_soon(self._compact_if_due)
@@ -467,6 +471,8 @@ class DocRoom:
             self.log_rows += 1
             self.log_bytes += len(state)
             self.unstored = False
+            if self.on_stored is not None:
+                self.on_stored(self.key)
 
     def store_unjournaled(self) -> None:
         """The writer relayed changes it did not journal (its journal was full): store the whole state."""

@@ -97,6 +97,8 @@ class DocumentRooms:
         self.unloads = 0
         self.on_unload: Callable[[DocKey], None] | None = None
         """Called after a document was unloaded (metrics, tests)."""
+        self.on_change: Callable[[DocKey], None] | None = None
+        """Called when this node, as a document's writer, stored a change of it (every change)."""
 
     # ---------------------------------------------------------------- acquire / release
 
@@ -131,6 +133,10 @@ class DocumentRooms:
         else:
             loop = asyncio.get_running_loop()
             self._timers[room.key] = loop.call_later(self.unload_delay, self._begin_unload, room.key)
+
+    def _stored(self, key: DocKey) -> None:
+        if self.on_change is not None:
+            self.on_change(key)
 
     @property
     def backlog_full(self) -> bool:
@@ -172,6 +178,7 @@ class DocumentRooms:
                 room = DocRoom(key, self.journal, self.limits, await self.store.load(key))
             else:
                 room = await self._load_shared(key, self.relay)
+            room.on_stored = self._stored
             self.rooms[key] = room
             self.loads += 1
             log.debug("document %r loaded", key[1])

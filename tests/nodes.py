@@ -114,11 +114,14 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
 
 
 def write_config(path: Path, **settings: Any) -> Path:
-    """The suite's node config with top-level ``settings`` added or replacing the defaults above."""
+    """The suite's node config with top-level ``settings`` added or replacing the defaults above; a list
+    of dicts is an array of tables (``webhooks=[{...}]``)."""
     defaults = {
         "presence_ttl": PRESENCE_TTL,
         "presence_update_interval": PRESENCE_UPDATE_INTERVAL,
@@ -126,14 +129,22 @@ def write_config(path: Path, **settings: Any) -> Path:
     }
     named = {k: settings.pop(k) for k in list(settings) if k in defaults}
     values = {**defaults, **named}
-    top, tables = CONFIG_TEMPLATE.split("{extra}")
+    tables = {
+        k: settings.pop(k)
+        for k in list(settings)
+        if isinstance(settings[k], list) and settings[k] and all(isinstance(e, dict) for e in settings[k])
+    }
+    top, rest = CONFIG_TEMPLATE.split("{extra}")
     lines = top.splitlines()
     for i, line in enumerate(lines):  # a setting the template has already: replaced in place
         key = line.partition(" = ")[0]
         if key in settings:
             lines[i] = f"{key} = {_toml_value(settings.pop(key))}"
     extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in settings.items())
-    template = "\n".join(lines) + "\n" + extra + tables
+    for name, entries in tables.items():  # arrays of tables ([[webhooks]]) after the top-level keys
+        for entry in entries:
+            extra += f"\n[[{name}]]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+    template = "\n".join(lines) + "\n" + extra + rest
     path.write_text(template.format(secret=SECRET, api_key=API_KEY, **values))
     return path
 

@@ -44,8 +44,8 @@ from inbox.outbox import AttemptResult, Task, Verdict
 
 log = logging.getLogger("switchboard.workers")
 
-LEASE_MARGIN = 30.0
-CUTOFF_SLACK = 5.0
+LEASE_MARGIN = 5.0
+CUTOFF_SLACK = 1.0
 POLL_MIN = 0.05
 POLL_MAX = 1.0
 MAX_PAUSE = 60.0

@@ -22,7 +22,13 @@ SECRET = "whsec_" + base64.b64encode(KEY).decode()
 
 
 def hook(**kw: Any) -> dict[str, Any]:
-    return {"name": "main", "url": "https://hooks.example.com/in", "secret": SECRET, "events": ["publication"], **kw}
+    return {
+        "name": "main",
+        "url": "https://hooks.example.com/in",
+        "secret": SECRET,
+        "events": ["publication"],
+        **kw,
+    }
 
 
 def test_webhooks_from_the_file_and_from_the_environment(tmp_path: Path) -> None:
@@ -110,7 +116,11 @@ def test_routes_follow_topics_tenants_and_namespaces() -> None:
     hooks = parse_webhooks(
         [
             hook(name="chat", events=["publication", "channel.occupied"], namespaces=["chat"]),
-            hook(name="acme", events=["publication", "client.connected", "notification.created"], tenants=["acme"]),
+            hook(
+                name="acme",
+                events=["publication", "client.connected", "notification.created"],
+                tenants=["acme"],
+            ),
             hook(name="docs", events=["document.changed"], namespaces=["notes"]),
         ]
     )

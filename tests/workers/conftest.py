@@ -35,14 +35,18 @@ def webhook(url: str, name: str = "main", **kw: Any) -> Webhook:
 
 
 @pytest.fixture
-async def make_store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:  # noqa: F811
+async def make_store(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[MakeStore]:  # noqa: F811
     """``await make_store(routes, retry=...)``: an open store routing by ``routes``; every call of one test
     opens the same database (another node or process)."""
     opened: list[Store] = []
     dsn: list[str] = []
     lock = asyncio.Lock()
 
-    async def make(routes: Routes, retry: RetryPolicy = FAST_RETRIES, policy: PreferencePolicy | None = None) -> Store:
+    async def make(
+        routes: Routes, retry: RetryPolicy = FAST_RETRIES, policy: PreferencePolicy | None = None
+    ) -> Store:
         options = InboxOptions(route=routes.route, retry=retry, policy=policy or PreferencePolicy())
         store: Store
         if store_kind == "sqlite":

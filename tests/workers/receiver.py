@@ -128,8 +128,12 @@ class Receiver:
         mode = self.plan(msg_id, self.attempts[msg_id])
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        async with self._changed:
+            self._changed.notify_all()  # a request arrived (in_flight rose)
         try:
-            self.requests.append(Received(msg_id, self.attempts[msg_id], mode, orjson.loads(body), headers, time.monotonic()))
+            self.requests.append(
+                Received(msg_id, self.attempts[msg_id], mode, orjson.loads(body), headers, time.monotonic())
+            )
             if mode == "stall":
                 await reader.read(1)  # until the client gives up and closes (b"")
                 return False
@@ -140,11 +144,17 @@ class Receiver:
                 "fail": (b"500 Internal Server Error", b"", b"broken on purpose"),
                 "refuse": (b"400 Bad Request", b"", b"no thanks"),
                 "late": (b"408 Request Timeout", b"", b"too late"),
-                "busy": (b"429 Too Many Requests", f"Retry-After: {self.retry_after}\r\n".encode(), b"slow down"),
+                "busy": (
+                    b"429 Too Many Requests",
+                    f"Retry-After: {self.retry_after}\r\n".encode(),
+                    b"slow down",
+                ),
                 "half": (b"200 OK", b"", b"x" * 10),
             }[mode]
             length = 100 if mode == "half" else len(payload)
-            writer.write(b"HTTP/1.1 " + status + b"\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length + payload)
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\n" + extra + b"Content-Length: %d\r\n\r\n" % length + payload
+            )
             await writer.drain()
             return mode != "half"
         finally:

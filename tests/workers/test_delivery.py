@@ -37,7 +37,10 @@ async def workers() -> AsyncIterator[Workers]:
 
 
 def publications(count: int, start: int = 0) -> list[OutboxEvent]:
-    return [OutboxEvent("", Topic.PUBLICATION, {"channel": "chat:a", "data": {"n": n}}) for n in range(start, start + count)]
+    return [
+        OutboxEvent("", Topic.PUBLICATION, {"channel": "chat:a", "data": {"n": n}})
+        for n in range(start, start + count)
+    ]
 
 
 def number(msg_id: str) -> int:

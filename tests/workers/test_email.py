@@ -122,7 +122,9 @@ async def test_a_notification_is_one_message_per_recipient_from_its_categorys_te
     email = settings(port)
     store = await make_store(Routes([], email), policy=EMAIL_ON)
     result = await store.notify(
-        note("alice", "bob", title="Hi <all>", body="a < b & c\nsecond line", url="https://x.example/p?a=1&b=2")
+        note(
+            "alice", "bob", title="Hi <all>", body="a < b & c\nsecond line", url="https://x.example/p?a=1&b=2"
+        )
     )
     await store.notify(note("carol", category="billing", title="Invoice", body="due"))
     deliver(store, email)
@@ -144,7 +146,9 @@ async def test_a_notification_is_one_message_per_recipient_from_its_categorys_te
     assert alice["Message-ID"].startswith(f"<msg_{store.origin}_")
     assert by_to["carol@example.com"]["Subject"] == "[billing] Invoice"  # the default template
     status = await store.notification_status("", result.notification_id)
-    emails = {r.user: d.state for r in status.recipients for d in r.deliveries if d.channel is DeliveryChannel.EMAIL}
+    emails = {
+        r.user: d.state for r in status.recipients for d in r.deliveries if d.channel is DeliveryChannel.EMAIL
+    }
     assert emails == {"alice": DeliveryState.SENT, "bob": DeliveryState.SENT}
 
 
@@ -183,7 +187,10 @@ def test_a_user_that_makes_no_address_is_undeliverable_and_values_stay_out_of_he
         with pytest.raises(Undeliverable):
             render(email, task({"user": user, "category": "comment"}))
     message = render(
-        email, task({"user": "a@example.com", "category": "comment", "title": "t", "data": {"post": "x\r\nBcc: e@f"}})
+        email,
+        task(
+            {"user": "a@example.com", "category": "comment", "title": "t", "data": {"post": "x\r\nBcc: e@f"}}
+        ),
     )
     assert message["Subject"] == "New comment on x Bcc: e@f: t"
     assert message["Bcc"] is None

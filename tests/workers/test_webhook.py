@@ -102,4 +102,7 @@ def test_retry_after_as_seconds_or_a_date_and_garbage_is_ignored() -> None:
 def test_a_transport_failure_is_retried() -> None:
     result = transport_failure(TimeoutError())
     assert not result.ok and result.retryable and result.error == "timeout"
-    assert transport_failure(ConnectionResetError("reset by peer")).error == "ConnectionResetError: reset by peer"
+    assert (
+        transport_failure(ConnectionResetError("reset by peer")).error
+        == "ConnectionResetError: reset by peer"
+    )
