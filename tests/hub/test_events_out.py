@@ -98,6 +98,11 @@ async def test_a_clients_life_reaches_the_webhook_in_order_with_its_payloads(
     }
     assert disconnected["data"]["client"] == client_id and disconnected["data"]["code"] == 3000
     assert len({r.webhook_id for r in receiver.requests}) == 5
+    async with asyncio.timeout(TIMEOUT), httpx.AsyncClient() as http:
+        while 'verdict="done"} 5.0' not in (text := (await http.get(f"{hub.http}/metrics")).text):
+            await asyncio.sleep(0.05)  # the last attempt is recorded after its answer: poll
+    assert 'switchboard_outbox_attempts_total{destination="webhook:main",verdict="done"} 5.0' in text
+    assert 'switchboard_outbox_events_total{topic="publication"} 1.0' in text
 
 
 async def test_a_document_change_is_reported_once_its_edits_settle_with_its_content(
