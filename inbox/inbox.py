@@ -54,6 +54,7 @@ from inbox.model import (
     check_text,
     check_user,
     item_from_row,
+    next_delivery_state,
 )
 from inbox.outbox import (
     MAX_APPEND,
@@ -80,6 +81,11 @@ MAX_REPLAY = 10000
 MAX_WORKER_LENGTH = 128
 MAX_EXPIRE_BATCH = 10000
 MAX_LEASE = 3600.0
+MAX_DELIVERY_REPORTS = 10000
+"""Deliveries one ``record_deliveries`` call may report."""
+
+DeliveryKey = tuple[str, int, str]
+"""(tenant, notification id, user): one delivery of a notification, on a channel named beside it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,17 @@ class InboxStore(Protocol):
     ) -> DeliveryState:
         """Report progress of one delivery (the hub: in-app ``delivered`` once a device got the push);
         states only move forward (``next_delivery_state``). Returns the state now stored."""
+        ...
+
+    async def record_deliveries(
+        self, channel: DeliveryChannel, state: DeliveryState, deliveries: Sequence[DeliveryKey]
+    ) -> int:
+        """Report that many deliveries of ``channel`` reached ``state`` (the hub: in-app ``delivered``
+        for every recipient whose device got the push, batched across notifications and tenants), in
+        one transaction. Each moves only forward, as ``record_delivery`` would move it (a repeat, or a
+        report about a delivery that is already further, changes nothing); a delivery that does not
+        exist (or a notification of another tenant) is left out. ``state`` carries no error: not
+        ``failed`` nor ``skipped``. Returns how many deliveries moved."""
         ...
 
     async def expire(self, *, limit: int = 1000) -> list[UserCounts]:
@@ -232,6 +249,35 @@ def check_delivery_report(
     check_kind("channel", channel, DeliveryChannel)
     check_kind("state", state, DeliveryState)
     check_kind("error", error, str)
+
+
+def check_delivery_reports(channel: object, state: object, deliveries: object) -> list[DeliveryKey]:
+    """The deliveries of a valid ``record_deliveries`` call, sorted and without repeats (rows are then
+    locked in one order by every caller)."""
+    check_kind("channel", channel, DeliveryChannel)
+    check_kind("state", state, DeliveryState)
+    if state in (DeliveryState.FAILED, DeliveryState.SKIPPED):
+        raise InvalidInput("record_deliveries reports states without an error: not failed or skipped")
+    if (
+        not isinstance(deliveries, Sequence)
+        or isinstance(deliveries, str)
+        or len(deliveries) > MAX_DELIVERY_REPORTS
+    ):
+        raise InvalidInput(f"deliveries must be a list of at most {MAX_DELIVERY_REPORTS}")
+    out: set[DeliveryKey] = set()
+    for entry in deliveries:
+        if not isinstance(entry, tuple) or len(entry) != 3:
+            raise InvalidInput("a delivery is (tenant, notification id, user)")
+        tenant, notification_id, user = entry
+        check_owner(tenant, user)
+        out.add((tenant, check_id("notification_id", notification_id), user))
+    return sorted(out)
+
+
+def states_moving_to(state: DeliveryState) -> list[str]:
+    """The stored states a report of ``state`` moves forward (``next_delivery_state``), for the stores'
+    bulk update."""
+    return sorted(str(s) for s in DeliveryState if s is not state and next_delivery_state(s, state) is state)
 
 
 def check_events(events: object) -> None:

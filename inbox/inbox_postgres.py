@@ -40,6 +40,7 @@ from inbox.inbox import (
     by_tenant,
     check_claim,
     check_delivery_report,
+    check_delivery_reports,
     check_events,
     check_expire_at,
     check_kind,
@@ -53,6 +54,7 @@ from inbox.inbox import (
     item_from_columns,
     migrations_to_run,
     record_outcome,
+    states_moving_to,
     to_json,
 )
 from inbox.model import (
@@ -567,7 +569,7 @@ class PostgresInbox:
             )
             counts = await self._bump(conn, n.tenant, plan.deltas) if plan.deltas else {}
             await self._store_events(conn, plan.events, notification_id)
-            return NotifyResult(notification_id, False, plan.results, counts)
+            return NotifyResult(notification_id, False, plan.results, counts, plan.delivery_counts())
 
         try:
             return await self._tx(body)
@@ -739,6 +741,38 @@ class PostgresInbox:
             new = await self._advance(conn, (notification_id, user, str(channel)), state, error)
             assert new is not None
             return new
+
+        return await self._tx(body)
+
+    async def record_deliveries(
+        self, channel: DeliveryChannel, state: DeliveryState, deliveries: Sequence[tuple[str, int, str]]
+    ) -> int:
+        reports = check_delivery_reports(channel, state, deliveries)
+        if not reports:
+            return 0
+        now = self.options.clock()
+
+        async def body(conn: asyncpg.Connection) -> int:
+            # The rows are locked in the reports' order (sorted, like every caller's), so two nodes
+            # reporting overlapping deliveries do not wait on each other in a cycle.
+            done = await conn.fetch(
+                "WITH r AS (SELECT x.t, x.n, x.u FROM unnest($1::text[], $2::bigint[], $3::text[])"
+                " AS x(t, n, u) JOIN inbox_notifications n ON n.id = x.n AND n.tenant = x.t),"
+                " target AS (SELECT d.notification_id, d.user_id FROM inbox_deliveries d JOIN r"
+                " ON d.notification_id = r.n AND d.user_id = r.u WHERE d.channel = $4 AND d.state = ANY($5)"
+                " ORDER BY d.notification_id, d.user_id FOR UPDATE OF d)"
+                " UPDATE inbox_deliveries d SET state = $6, error = '', updated_at = $7 FROM target"
+                " WHERE d.notification_id = target.notification_id AND d.user_id = target.user_id"
+                " AND d.channel = $4 RETURNING 1",
+                [t for t, _, _ in reports],
+                [n for _, n, _ in reports],
+                [u for _, _, u in reports],
+                str(channel),
+                states_moving_to(state),
+                str(state),
+                now,
+            )
+            return len(done)
 
         return await self._tx(body)
 

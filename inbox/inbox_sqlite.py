@@ -41,6 +41,7 @@ from inbox.inbox import (
     by_tenant,
     check_claim,
     check_delivery_report,
+    check_delivery_reports,
     check_events,
     check_expire_at,
     check_kind,
@@ -54,6 +55,7 @@ from inbox.inbox import (
     item_from_columns,
     migrations_to_run,
     record_outcome,
+    states_moving_to,
     to_json,
 )
 from inbox.model import (
@@ -557,7 +559,7 @@ class SqliteInbox:
             )
             counts = await self._bump(db, n.tenant, plan.deltas) if plan.deltas else {}
             await self._store_events(db, plan.events, notification_id)
-        return NotifyResult(notification_id, False, plan.results, counts)
+        return NotifyResult(notification_id, False, plan.results, counts, plan.delivery_counts())
 
     def _position(self, tenant: str, user: str, cursor: str) -> int:
         return cursors.decode(self._cursor_key, tenant, user, cursor)
@@ -728,6 +730,31 @@ class SqliteInbox:
             new = await self._advance(db, (notification_id, user, str(channel)), state, error)
         assert new is not None
         return new
+
+    async def record_deliveries(
+        self, channel: DeliveryChannel, state: DeliveryState, deliveries: Sequence[tuple[str, int, str]]
+    ) -> int:
+        reports = check_delivery_reports(channel, state, deliveries)
+        if not reports:
+            return 0
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE inbox_deliveries SET state = :state, error = '', updated_at = :now"
+                " WHERE channel = :channel AND state IN (SELECT value FROM json_each(:before))"
+                " AND (notification_id, user_id) IN ("
+                "   SELECT n.id, json_extract(r.value, '$[2]') FROM json_each(:reports) r"
+                "   JOIN inbox_notifications n"
+                "     ON n.id = json_extract(r.value, '$[1]') AND n.tenant = json_extract(r.value, '$[0]'))",
+                {
+                    "state": str(state),
+                    "now": self.options.clock(),
+                    "channel": str(channel),
+                    "before": to_json(states_moving_to(state)),
+                    "reports": to_json(reports),
+                },
+            )
+            moved = cursor.rowcount
+        return max(moved, 0)
 
     async def _advance(
         self, db: aiosqlite.Connection, key: tuple[int, str, str], reported: DeliveryState | None, error: str

@@ -682,6 +682,8 @@ class NotifyResult:
     recipients: list[RecipientResult]
     counts: dict[str, Counts]
     """The new counts of every recipient whose inbox changed (for the pushes)."""
+    deliveries: Mapping[tuple[DeliveryChannel, DeliveryState], int] = field(default_factory=dict)
+    """How many deliveries the call recorded, per channel and state (for the hub's metrics)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ tested here without a database.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,10 @@ class NotifyPlan:
     deltas: dict[str, CountsDelta] = field(default_factory=dict)
     """Every user whose inbox changed (a collapse may leave the numbers as they were)."""
     events: list[EventRow] = field(default_factory=list)
+
+    def delivery_counts(self) -> dict[tuple[DeliveryChannel, DeliveryState], int]:
+        """The deliveries recorded, counted per (channel, state)."""
+        return dict(Counter((d.channel, d.state) for d in self.deliveries))
 
 
 def plan_notify(

@@ -354,6 +354,76 @@ async def test_delivery_states_follow_the_worker_and_the_user(make_store: MakeSt
         await store.notification_status("acme", nid)
 
 
+async def test_a_bulk_delivery_report_moves_each_delivery_forward_once(
+    make_store: MakeStore, clock: Clock
+) -> None:
+    store = await make_store(policy=POLICY, route=route_all)
+    await store.set_preferences(T, "carol", Preferences(categories={"comment": CategoryPreference(False)}))
+    first = await store.notify(note("alice", "bob", "carol"))
+    second = await store.notify(note("alice"))
+    theirs = await store.notify(Notification("acme", ("alice",), "comment"))
+    n1, n2 = first.notification_id, second.notification_id
+    assert first.deliveries == {
+        (DeliveryChannel.IN_APP, DeliveryState.SENT): 2,
+        (DeliveryChannel.IN_APP, DeliveryState.SKIPPED): 1,
+        (DeliveryChannel.WEBHOOK, DeliveryState.QUEUED): 2,
+        (DeliveryChannel.WEBHOOK, DeliveryState.SKIPPED): 1,
+        (DeliveryChannel.EMAIL, DeliveryState.SKIPPED): 3,
+    }
+    reports = [
+        (T, n1, "alice"),
+        (T, n1, "alice"),  # the same device's push seen by two nodes
+        (T, n1, "bob"),
+        (T, n1, "carol"),  # opted out: skipped stays skipped
+        (T, n2, "alice"),
+        ("acme", n1, "alice"),  # a notification of another tenant under that id: none
+        (T, theirs.notification_id, "alice"),  # acme's notification reported as the default tenant's
+        (T, 10**9, "alice"),  # no such notification
+    ]
+    moved = await store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, reports)
+    assert moved == 3
+    assert await store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, reports) == 0
+    await store.mark(T, "alice", Mark(MarkAction.READ, ids=(second.recipients[0].item_id or 0,)))
+    clock.advance(1)
+    # a late report never undoes what the user did; an empty report writes nothing
+    assert (
+        await store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, [(T, n2, "alice")])
+        == 0
+    )
+    assert await store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, []) == 0
+    status = await store.notification_status(T, n1)
+    in_app = {
+        r.user: next(d.state for d in r.deliveries if d.channel is DeliveryChannel.IN_APP)
+        for r in status.recipients
+    }
+    assert in_app == {
+        "alice": DeliveryState.DELIVERED,
+        "bob": DeliveryState.DELIVERED,
+        "carol": DeliveryState.SKIPPED,
+    }
+    assert status.summary[DeliveryChannel.IN_APP] == {DeliveryState.DELIVERED: 2, DeliveryState.SKIPPED: 1}
+    [alice] = (await store.notification_status(T, n2)).recipients
+    assert {d.channel: d.state for d in alice.deliveries}[DeliveryChannel.IN_APP] is DeliveryState.READ
+    acme = await store.notification_status("acme", theirs.notification_id)
+    assert acme.summary[DeliveryChannel.IN_APP] == {DeliveryState.SENT: 1}
+    # webhook deliveries queued for a worker move too when reported as sent, and only those named
+    assert await store.record_deliveries(DeliveryChannel.WEBHOOK, DeliveryState.SENT, [(T, n1, "bob")]) == 1
+    for bad in (
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.FAILED, [(T, n1, "bob")]),
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.SKIPPED, []),
+        lambda: store.record_deliveries("in_app", DeliveryState.DELIVERED, []),
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, [(T, 0, "bob")]),
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, [(T, n1)]),
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, [(T, n1, "")]),
+        lambda: store.record_deliveries(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, "abc"),
+        lambda: store.record_deliveries(
+            DeliveryChannel.IN_APP, DeliveryState.DELIVERED, [(T, n1, "bob")] * 10001
+        ),
+    ):
+        with pytest.raises(InvalidInput):
+            await bad()
+
+
 async def test_retries_back_off_then_dead_letter_then_replay(make_store: MakeStore, clock: Clock) -> None:
     store = await make_store(
         route=route_all, retry=RetryPolicy(max_attempts=3, base=10.0, cap=100.0), rand=lambda: 0.5
