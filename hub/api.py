@@ -9,7 +9,8 @@ Endpoints (all ``POST``, JSON bodies)::
                    objects, one per line -> one {"result": ...} | {"error": ...} per line, in order
 
 Methods: publish, broadcast, subscribe, unsubscribe, disconnect, refresh, presence, presence_stats, history,
-history_remove, channels, info (and batch).
+history_remove, channels, info (and batch); and those other parts register (``register``: the inbox's,
+``hub.inbox.api``).
 
 Policy, as Centrifugo's:
 
@@ -259,10 +260,18 @@ class ServerAPI:
         self.keys = node.config.server_api_keys()
         self._handlers: dict[str, Handler] = {m: getattr(self, "_" + m) for m in METHODS}
 
+    def register(self, method: str, handler: Handler) -> None:
+        """Serve ``method`` with ``handler(tenant, params)`` (the tenant as for every method), in batches
+        too. A name already served is an error."""
+        if method in self._handlers or method == "batch":
+            raise ValueError(f"server API method {method!r} exists already")
+        self._handlers[method] = handler
+
     def add_methods(self, handlers: Mapping[str, Handler]) -> None:
         """Serve more methods (another part of the hub's): each takes the call's tenant and params; it
-        raises ``ClientError`` for the caller's mistakes. A batch may hold them too."""
-        self._handlers.update(handlers)
+        raises ``ClientError`` for the caller's mistakes. A batch may hold them too (``register`` each)."""
+        for method, handler in handlers.items():
+            self.register(method, handler)
 
     # ------------------------------------------------------------ one call
 

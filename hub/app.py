@@ -33,6 +33,9 @@ from hub.config import Config, load_config
 from hub.demos import TYPING_RPC, Demos
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
+from hub.inbox.api import api_methods
+from hub.inbox.rpc import RESERVED_PREFIX, rpc_methods
+from hub.inbox.service import Notifications
 from hub.metrics import HubCollector, MetricsServer, OutboxCollector, build_registry, exposition
 from hub.node import Node, new_node_id
 from hub.outbound.api import WebhookAPI
@@ -41,8 +44,9 @@ from hub.outbound.service import Outbound
 from hub.readiness import BrokerWatch
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
-from inbox.inbox import InboxOptions, InboxStore
+from inbox.inbox import InboxOptions, InboxStore, Router
 from inbox.inbox_sqlite import SqliteInbox
+from inbox.model import NotifyResult
 from presence.occupancy import Occupancy
 from presence.occupancy_memory import MemoryOccupancy
 from presence.presence import PresenceManager
@@ -145,6 +149,16 @@ class Switchboard:
             self.hooks.rpc.setdefault(TYPING_RPC, self.demos.typing)
         self.demos.announce()
         self.api.add_methods(WebhookAPI(self.outbound).handlers())
+        self.inbox: InboxStore = _inbox_store(self.config, self.outbound.routes.route)
+        """The notification inbox (and outbox) store: PostgreSQL when ``database_url`` names one, else
+        SQLite under ``data_dir``; opened (and migrated) by ``start``, closed by ``stop``."""
+        self.notifications = Notifications(node, self.inbox)
+        """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
+        _check_reserved(self.hooks.rpc)
+        node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))
+        for method, handler in api_methods(self.notifications).items():
+            self.api.register(method, handler)
+        node.delivered = self.notifications.tracker.observe
         self.http = Starlette(
             routes=[
                 Route("/health", self._health),
@@ -174,6 +188,8 @@ class Switchboard:
         return fn
 
     def rpc(self, method: str) -> Callable[[F], F]:
+        _check_reserved([method])
+
         def register(fn: F) -> F:
             self.hooks.rpc[method] = fn
             return fn
@@ -185,15 +201,17 @@ class Switchboard:
         async with self._start_lock:
             if self.redis is not None and not self.node.started:
                 await self.redis.start()
+            if not self.node.started:
+                await self.inbox.open()  # creates or migrates the schema; a store that cannot open stops us
+                await self.notifications.start()
             await self.node.start()
             if self.outbound.store is None:
-                store, owned = self.outbox_store()
                 worker = None
                 if self.config.workers_in_process:
                     from workers.process import start_worker
 
                     worker = partial(start_worker, self.config, self.node.id)
-                await self.outbound.start(store, owned=owned, worker=worker)
+                await self.outbound.start(self.outbox_store(), worker=worker)
             if self.brokers is not None:
                 await self.brokers.start()
             if self.config.metrics_port and self.metrics_server is None:
@@ -212,6 +230,8 @@ class Switchboard:
             await self.brokers.stop()
         await self.node.stop()
         await self.outbound.stop()
+        await self.notifications.stop()
+        await self.inbox.close()
         await self.documents.close()
         await self.console.store.close()
         if self.redis is not None:
@@ -220,18 +240,10 @@ class Switchboard:
             await self.metrics_server.stop()
             self.metrics_server = None
 
-    def outbox_store(self) -> tuple[InboxStore | None, bool]:
-        """Where events out are stored, and whether it is the outbox's own store (not yet open): the
-        inbox's store (``self.inbox``) once the hub has one, else, with webhooks or email configured, an
-        outbox of its own in ``data_dir`` (``inbox.sqlite3``, the file the inbox uses); None without them."""
-        inbox: InboxStore | None = getattr(self, "inbox", None)
-        if inbox is not None:
-            return inbox, False
-        if not self.outbound.routes.enabled:
-            return None, False
-        options = InboxOptions(route=self.outbound.routes.route, retry=retry_policy(self.config))
-        path = Path(self.config.data_dir) / "inbox.sqlite3"
-        return SqliteInbox(path, options, fsync=self.config.doc_fsync), True
+    def outbox_store(self) -> InboxStore | None:
+        """Where events out are stored: the inbox's store (its outbox commits with its changes); None when
+        no webhook and no email is configured (nothing to deliver)."""
+        return self.inbox if self.outbound.routes.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -246,6 +258,26 @@ class Switchboard:
     ) -> PublishResult:
         await self.start()
         return await self.node.publish(channel, data, tenant=tenant, idempotency_key=idempotency_key)
+
+    async def notify(
+        self,
+        category: str,
+        recipients: list[str] | None = None,
+        *,
+        tenant: str = "",
+        channel: str | None = None,
+        **fields: Any,
+    ) -> NotifyResult:
+        """Notify ``recipients`` (and, with ``channel``, every user subscribed to it now), as the server
+        API's ``notify`` (the same fields, as JSON values: ``data``, ``title``, ``body``, ``url``,
+        ``actions``, ``dedupe_key``, ``group_key``, ``group_window``, ``expire_at``, ``channels``...).
+        Stores the notification and pushes each recipient's new item and counts. Bad input raises
+        ``ClientError`` (107, with the reason)."""
+        await self.start()
+        params: dict[str, Any] = {"category": category, "recipients": list(recipients or []), **fields}
+        if channel is not None:
+            params["channel"] = channel
+        return await self.notifications.notify_params(tenant, params)
 
     # server-side control of connections (see Node for the semantics)
     async def subscribe(self, user: str, channel: str, *, tenant: str = "") -> int:
@@ -326,6 +358,8 @@ def _console_store(config: Config, redis: RedisShards | None) -> ConsoleStore:
 
         return RedisConsoleStore(redis, config.admin_audit_max_entries)
     return SqliteConsoleStore(Path(config.data_dir) / "admin.sqlite3", config.admin_audit_max_entries)
+
+
 def _occupancy(config: Config, redis: RedisShards | None, node: Node) -> Occupancy:
     """Channel occupancy across the nodes (for occupied/vacated events): in Redis when the nodes share one."""
     if redis is None:
@@ -333,6 +367,23 @@ def _occupancy(config: Config, redis: RedisShards | None, node: Node) -> Occupan
     from presence.occupancy_redis import RedisOccupancy
 
     return RedisOccupancy(redis, ttl=config.presence_ttl, owner=node.presence.owner)
+
+
+def _inbox_store(config: Config, route: Router) -> InboxStore:
+    """PostgreSQL when ``database_url`` is set (every node shares it), else SQLite under ``data_dir``; its
+    outbox routes the hub's events by ``route`` (``hub.outbound.routes``) and retries by the config."""
+    options = InboxOptions(policy=config.inbox, route=route, retry=retry_policy(config))
+    if config.database_url:
+        from inbox.inbox_postgres import PostgresInbox
+
+        return PostgresInbox(config.database_url, options)
+    return SqliteInbox(Path(config.data_dir) / "inbox.sqlite3", options, fsync=config.inbox_fsync)
+
+
+def _check_reserved(methods: Any) -> None:
+    for method in methods:
+        if isinstance(method, str) and method.startswith(RESERVED_PREFIX):
+            raise ValueError(f"RPC method {method!r}: the {RESERVED_PREFIX}* methods are the hub's own")
 
 
 def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:

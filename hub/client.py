@@ -507,6 +507,7 @@ class Client:
                 extra=self._log_extra(),
             )
             raise codes.CHANNEL_LIMIT.error()
+        channels = node.personal.at_connect(user, channels)
         # Server-side subscriptions (the token's channels claim) are trusted: no permission checks. They are
         # all prepared before the connection goes live; if one fails, every one is undone.
         raw_subs = p.get("subs")
@@ -576,6 +577,7 @@ class Client:
         if node.events is not None:
             node.events.connected(self)
         log.info("connected", extra=self._log_extra())
+        await node.personal.claim(node, self)
 
     async def connect_unidirectional(self, params: dict[str, Any]) -> None:
         """The one command of a unidirectional client (its connect request, from the URL or the body).
@@ -1038,7 +1040,7 @@ class Client:
         method = p.get("method", "")
         if not isinstance(method, str):
             raise codes.error_bad_request()
-        handler = self.node.hooks.rpc.get(method)
+        handler = self.node.builtin_rpc.get(method) or self.node.hooks.rpc.get(method)
         if handler is None:
             raise codes.error_method_not_found()
         value = await handler(RPCContext(self.id, self.user, self.tenant, method, self._data(p)))

@@ -20,6 +20,9 @@ from typing import Any
 from channels.options import NamespaceOptions, Namespaces, parse_duration
 from hub.codes import ConfigError
 from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_webhooks
+from inbox.errors import InvalidInput
+from inbox.model import DeliveryChannel, check_category, parse_channels
+from inbox.preferences import CategoryPolicy, PreferencePolicy
 
 log = logging.getLogger("switchboard.config")
 
@@ -202,8 +205,22 @@ class Config:
     """``document.changed`` goes out this long after a document's last change (y-websocket's debounce)..."""
     document_changed_max_wait: float = 10.0
     """... or this long after its first unreported change, whichever comes first."""
+    database_url: str = ""
+    """PostgreSQL DSN (``postgresql://...``) of the inbox and outbox store every node shares; empty: SQLite
+    under ``data_dir`` (one process, or nodes sharing that directory)."""
+    inbox_fsync: bool = False
+    """SQLite inbox: fsync every change (survives power loss; without it, a crash of the process)."""
+    user_subscribe_to_personal: bool = False
+    """Centrifugo's option: every connection of a user is subscribed server-side to the personal channel
+    ``<user_personal_channel_namespace>:#<user>`` (``#<user>`` in the unnamed namespace)."""
+    user_personal_channel_namespace: str = ""
+    user_personal_single_connection: bool = False
+    """Keep one connection per user across all nodes: a newer connection closes the older ones (3504)."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
+    inbox: PreferencePolicy = field(default_factory=PreferencePolicy)
+    """``[inbox]``: the delivery channels of each notification category by default, and which are
+    critical (a user's opt-outs do not apply)."""
     channel: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -237,7 +254,7 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email")
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox")
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
@@ -299,6 +316,44 @@ def _api_keys(raw: Any) -> list[ApiKey]:
             raise ConfigError("api_keys tenant must be a string")
         out.append(ApiKey(table["key"], tenant))
     return out
+
+
+def _inbox_channels(where: str, raw: Any) -> frozenset[DeliveryChannel]:
+    try:
+        return parse_channels(raw, f"{where} channels")
+    except InvalidInput as exc:
+        raise ConfigError(f"{exc} (in_app, webhook, email)") from None
+
+
+def inbox_policy(raw: Any) -> PreferencePolicy:
+    """``[inbox]``: ``channels`` (those of categories not named; default ``["in_app", "webhook"]``) and one
+    ``[inbox.categories.<name>]`` table per category with ``channels`` and ``critical``."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[inbox] must be a table")
+    unknown = set(raw) - {"channels", "categories"}
+    if unknown:
+        raise ConfigError(f"unknown [inbox] key(s): {', '.join(sorted(map(str, unknown)))}")
+    default = CategoryPolicy()
+    if "channels" in raw:
+        default = CategoryPolicy(_inbox_channels("[inbox]", raw["channels"]))
+    tables = raw.get("categories", {})
+    if not isinstance(tables, dict):
+        raise ConfigError("[inbox.categories] must be a table of categories")
+    categories: dict[str, CategoryPolicy] = {}
+    for name, table in tables.items():
+        try:
+            check_category(name)
+        except InvalidInput as exc:
+            raise ConfigError(f"[inbox.categories]: {exc}") from None
+        where = f"[inbox.categories.{name}]"
+        if not isinstance(table, dict) or set(table) - {"channels", "critical"}:
+            raise ConfigError(f"{where} takes channels and critical")
+        critical = table.get("critical", False)
+        if not isinstance(critical, bool):
+            raise ConfigError(f"{where} critical must be true or false")
+        channels = _inbox_channels(where, table["channels"]) if "channels" in table else default.channels
+        categories[name] = CategoryPolicy(channels, critical)
+    return PreferencePolicy(categories, default)
 
 
 def redis_urls(raw: Any) -> list[str]:
@@ -385,6 +440,8 @@ def load_config(
             cfg.webhooks = parse_webhooks(value)
         elif key == "email":
             cfg.email = parse_email(value)
+        elif key == "inbox":
+            cfg.inbox = inbox_policy(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -419,6 +476,11 @@ def load_config(
                 cfg.webhooks = parse_webhooks(value)
             else:
                 cfg.email = parse_email(value)
+        elif key == "inbox":
+            try:
+                cfg.inbox = inbox_policy(json.loads(raw))
+            except json.JSONDecodeError:
+                raise ConfigError("SWITCHBOARD_INBOX must be a JSON object") from None
         elif key.startswith("channel_"):
             channel_env[key[len("channel_") :]] = _channel_option_from_env(name, raw)
         else:
@@ -486,6 +548,16 @@ def _validate_outbox(cfg: Config) -> None:
         raise ConfigError("document_changed_max_wait must not be shorter than document_changed_wait")
 
 
+def _validate_inbox(cfg: Config) -> None:
+    if cfg.database_url and not cfg.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database_url must be a postgresql:// URL (empty: SQLite under data_dir)")
+    namespace = cfg.user_personal_channel_namespace
+    if namespace and namespace not in cfg.namespaces:
+        raise ConfigError(f"user_personal_channel_namespace {namespace!r} is not a configured namespace")
+    if cfg.user_personal_single_connection and not cfg.user_subscribe_to_personal:
+        raise ConfigError("user_personal_single_connection needs user_subscribe_to_personal")
+
+
 def validate(cfg: Config) -> None:
     if not (0 < cfg.port < 65536):
         raise ConfigError(f"port out of range: {cfg.port}")
@@ -534,6 +606,7 @@ def validate(cfg: Config) -> None:
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
     _validate_outbox(cfg)
+    _validate_inbox(cfg)
     keys = [k.key for k in cfg.server_api_keys()]
     if len(set(keys)) != len(keys):
         raise ConfigError("an API key is configured twice")

@@ -24,9 +24,13 @@ Policies (``RedisControl``):
 - A dropped node's presence entries are purged at once (``PresenceManager.purge`` of the presence owner it
   announced), not left to their ttl; so are those of its previous incarnation when a node comes back under
   the same name before anyone dropped it. Every node that drops it asks; the presence backend does it once.
-- A survey (``channels``, ``info`` of one tenant, an emulation request) asks the live nodes (or the one
-  named) and waits for every answer, up to ``survey_timeout``; a node that leaves meanwhile is not waited
-  for. A missing answer is ``ControlUnavailable``, not a partial result presented as the whole.
+- A single-connection claim (``claim_connection``, ``hub.inbox.personal``) is the one operation this node
+  does not apply at once: every node, this one included, applies the claims in the order the control
+  channel hands them out, so all agree which connection came last.
+- A survey (``channels``, ``info`` of one tenant, the subscribers of a channel, an emulation request) asks
+  the live nodes (or the one named) and waits for every answer, up to ``survey_timeout``; a node that
+  leaves meanwhile is not waited for. A missing answer is ``ControlUnavailable``, not a partial result
+  presented as the whole. Answers are bounded (``subscribers``: at most ``limit`` + 1 users per node).
 - Other parts add surveys of their own (``answer(op, handler)``, then ``survey(op, args)``: the console's
   connections of a user, open documents); every node must register the same ones, as the app does.
 
@@ -126,6 +130,13 @@ class Control(Protocol):
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         """Every live node's answer (this node's included) to the added survey ``op``, by node id."""
+    async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
+        """The users (named ones, not anonymous) subscribed to ``channel`` on any node: at most ``limit``
+        + 1 of them (more than ``limit`` means "too many", not the whole audience)."""
+
+    async def claim_connection(self, target: Target) -> None:
+        """The connection ``target.client`` claims to be its user's only one: every node, this one
+        included, applies the claims in one order (``PersonalChannels.claimed``). Returns once sent."""
 
 
 # ---------------------------------------------------------------- what every node does locally
@@ -161,12 +172,26 @@ async def _apply(node: Node, op: str, target: Target, args: Sequence[Any]) -> No
         node.refresh_user(user, tenant=tenant, client_id=cid, expired=expired, expire_at=expire_at)
     elif op == "message":
         node.send_message(user, orjson.Fragment(args[0]), tenant=tenant, client_id=cid)
+    elif op == "claim":
+        node.personal.claimed(node, target)
     else:
         raise ValueError(f"unknown control operation {op!r}")
 
 
 def _channel_counts(node: Node, tenant: str, pattern: str) -> dict[str, int]:
     return node.channel_counts(tenant, compile_pattern(pattern) if pattern else None)
+
+
+def _channel_users(node: Node, tenant: str, channel: str, limit: int) -> set[str]:
+    """The named users subscribed to ``channel`` on this node, at most ``limit`` + 1."""
+    users: set[str] = set()
+    for table in node.registry.fanout.get((tenant, channel), ()):
+        for client in table:
+            if client.user:
+                users.add(client.user)
+                if len(users) > limit:
+                    return users
+    return users
 
 
 async def _emulate_local(node: Node, session: str, data: bytes) -> bool:
@@ -221,6 +246,11 @@ class LocalControl:
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         return {self.node.id: await self.handlers[op](args)}
+    async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
+        return _channel_users(self.node, tenant, channel, limit)
+
+    async def claim_connection(self, target: Target) -> None:
+        await _apply(self.node, "claim", target, ())
 
 
 def _json_text(data: Any) -> bytes:
@@ -479,6 +509,25 @@ class RedisControl:
         mine = await self.handlers[op](args)
         answers = await self._survey("x", [op, args])
         return {self.node.id: mine, **answers}
+    async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
+        self._check_up()
+        users = _channel_users(self.node, tenant, channel, limit)
+        for theirs in (await self._survey("subscribers", [tenant, channel, limit])).values():
+            users.update(theirs)
+            if len(users) > limit:
+                break
+        return users
+
+    async def claim_connection(self, target: Target) -> None:
+        # Not applied here at once, unlike the other operations: this node applies its own claim when
+        # the control channel hands it back, in the order every other node sees it (``_received``).
+        self._check_up()
+        t = [target.tenant, target.user, target.client, target.session]
+        msg = {"k": "op", "n": self.node.id, "o": "claim", "t": t}
+        try:
+            await self.shard.publish(self.everyone, _pack(msg))
+        except ShardUnavailable as exc:
+            raise ControlUnavailable(str(exc)) from exc
 
     # ------------------------------------------------------------ operations
 
@@ -555,6 +604,8 @@ class RedisControl:
                 value = await _emulate_local(self.node, args[0], args[1])
             elif op == "x" and args[0] in self.handlers:
                 value = await self.handlers[args[0]](args[1])
+            elif op == "subscribers":
+                value = sorted(_channel_users(self.node, args[0], args[1], int(args[2])))
             else:
                 error = f"unknown survey {op!r}"
         except Exception as exc:
@@ -574,6 +625,10 @@ class RedisControl:
             kind, sender = msg["k"], msg["n"]
         except Exception:
             log.warning("control message that is not ours: %r", data[:100])
+            return
+        if kind == "op" and msg.get("o") == "claim":
+            # Claims are applied in the channel's order by every node, ours included (``claim_connection``).
+            self._ops.put_nowait(("claim", _target(msg["t"]), []))
             return
         if sender == self.node.id:
             return  # our own broadcast: already applied

@@ -89,6 +89,10 @@ class Metrics:
         "rate_limited",
         "http_refused",
         "accept_errors",
+        "inbox_notifications",
+        "inbox_deliveries",
+        "inbox_push_failures",
+        "inbox_reports_dropped",
         "namespaces",
         "_labels",
     )
@@ -117,6 +121,17 @@ class Metrics:
         ``hub.listener``): header_timeout, body_timeout, unfinished_limit, descriptors."""
         self.accept_errors: Counter[str] = Counter()
         """accept() failures for lack of resources, by errno name (EMFILE, ENFILE, ENOBUFS, ENOMEM)."""
+        self.inbox_notifications: Counter[str] = Counter()
+        """Notify outcomes on this node: per recipient created, collapsed or skipped; per call
+        deduplicated."""
+        self.inbox_deliveries: Counter[tuple[str, str]] = Counter()
+        """Delivery states recorded from this node, by (channel, state): what each notify recorded
+        (in-app sent, webhook/email queued, skipped), the in-app deliveries it saw reach a device
+        (delivered), and what its workers report (``delivery_state``)."""
+        self.inbox_push_failures = 0
+        """Personal-channel pushes the broker refused (the change itself was stored)."""
+        self.inbox_reports_dropped = 0
+        """In-app deliveries not recorded as delivered: the store was failing or far behind."""
         self._labels: dict[str, str] = {}
         """Channel name -> namespace label, for the fan-out (cleared when full)."""
 
@@ -160,6 +175,11 @@ class Metrics:
 
     def connect(self, transport: str) -> None:
         self.connects[transport] += 1
+
+    def delivery_state(self, channel: str, state: str, n: int = 1) -> None:
+        """``n`` deliveries of ``channel`` recorded in ``state`` (bounded labels: the inbox's enums)."""
+        if n:
+            self.inbox_deliveries[(channel, state)] += n
 
     def recovery(self, ok: bool) -> None:
         if ok:
@@ -341,6 +361,30 @@ class HubCollector(Collector):
             "accept() failures for lack of descriptors or memory, by errno.",
             ["errno"],
             m.accept_errors,
+        )
+        yield _counter(
+            "inbox_notifications",
+            "Notify outcomes: per recipient created, collapsed or skipped; per call deduplicated.",
+            ["outcome"],
+            m.inbox_notifications,
+        )
+        deliveries = CounterMetricFamily(
+            f"{PREFIX}_inbox_deliveries",
+            "Notification deliveries recorded, by delivery channel and state.",
+            labels=["channel", "state"],
+        )
+        for (channel, state), n in sorted(m.inbox_deliveries.items()):
+            deliveries.add_metric([channel, state], n)
+        yield deliveries
+        yield CounterMetricFamily(
+            f"{PREFIX}_inbox_push_failures",
+            "Personal-channel pushes the broker refused (the inbox change was stored).",
+            value=m.inbox_push_failures,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_inbox_delivery_reports_dropped",
+            "In-app deliveries seen but not recorded as delivered (the store failing or far behind).",
+            value=m.inbox_reports_dropped,
         )
         rec = CounterMetricFamily(
             f"{PREFIX}_recoveries", "Subscription recoveries, by result.", labels=["result"]

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
@@ -25,7 +25,8 @@ from hub.auth import TokenVerifier
 from hub.client import Client, State
 from hub.config import Config
 from hub.control import Control, LocalControl
-from hub.hooks import Hooks
+from hub.hooks import Hooks, RPCContext
+from hub.inbox.personal import PersonalChannels
 from hub.logs import bind_session, log_limited
 from hub.memory import Trimmer
 from hub.metrics import Metrics
@@ -115,6 +116,13 @@ class Node:
         """Observers of single channels (``tap``); the node receives their channels from the broker."""
         self.info_sources: list[Callable[[], dict[str, Any]]] = []
         """More figures for ``info()`` of the whole node (documents, process, Redis), added by the app."""
+        self.personal = PersonalChannels(config)
+        """Personal channels and the one-connection-per-user rule (``hub.inbox.personal``)."""
+        self.builtin_rpc: dict[str, Callable[[RPCContext], Awaitable[Any]]] = {}
+        """RPC methods of the hub itself (``inbox.*``); looked up before the application's, never shadowed."""
+        self.delivered: Callable[[ChannelKey, Publication, int], None] | None = None
+        """Told of every publication with tags that reached local subscribers, and how many (the inbox's
+        delivery tracking); None: nobody asks."""
         self.control: Control = LocalControl(self)
         """Operations on every node of the hub (``hub.control``): this node alone unless the app sets a
         shared control channel before ``start``."""
@@ -431,6 +439,8 @@ class Node:
                 for push in subs.values():
                     push(frame)
             self.metrics.fanout(key[1], delivered, pub.time)  # once per publication, not per subscriber
+            if pub.tags and self.delivered is not None:
+                self.delivered(key, pub, delivered)
         pending = self.registry.pending.get(key)
         if pending:
             self.registry.buffer(pending, pub)

@@ -27,6 +27,7 @@ from hub.cli import uvicorn_config
 from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
 from hub.logs import LIMITER
+from tests.postgres_servers import PostgresServer
 from tests.redis_servers import RedisCluster, RedisServer, redis_servers
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
@@ -342,6 +343,20 @@ def redis_cluster(_redis_cluster_session: RedisCluster) -> RedisCluster:
     ``.urls`` are its seed URLs. Tests must not stop its servers (use ``redis_server`` for that)."""
     _redis_cluster_session.flushall()
     return _redis_cluster_session
+
+
+# --- PostgreSQL: one throwaway cluster per session (tests/postgres_servers.py), started on first use -----
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL cluster (fsync off); tests take a fresh schema each (``fresh_database``)."""
+    server = PostgresServer({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 # --- Many nodes (tests/nodes.py): a failed test's report carries the logs of the hub processes it used -----

@@ -52,7 +52,7 @@ async def run(config: Config, *, metrics_port: int = 0) -> None:
     from hub.metrics import MetricsServer, build_registry
 
     sb = Switchboard(config)
-    store, _owned = sb.outbox_store()
+    store = sb.outbox_store()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -54,17 +54,12 @@ class Outbound:
         self.store: InboxStore | None = None
         self.tap: EventTap | None = None
         self.worker: Worker | None = None
-        self._owned = False
 
-    async def start(
-        self, store: InboxStore | None, *, owned: bool = False, worker: StartWorker | None = None
-    ) -> None:
-        """Events go to ``store`` from now on (``owned``: opened here and closed by ``stop``)."""
+    async def start(self, store: InboxStore | None, *, worker: StartWorker | None = None) -> None:
+        """Events go to ``store`` (open, the inbox's) from now on."""
         if self.store is not None or store is None or not self.routes.enabled:
             return
-        if owned:
-            await store.open()
-        self.store, self._owned = store, owned
+        self.store = store
         if worker is not None:
             self.worker = await worker(store, self.metrics)
         topics = self.routes.topics - INBOX_TOPICS
@@ -95,7 +90,7 @@ class Outbound:
 
     async def stop(self) -> None:
         """After the node stopped (its last sessions' events are in): append what is pending, stop the
-        worker, close an owned store."""
+        worker. The store is the inbox's: its owner closes it."""
         tap, self.tap = self.tap, None
         if tap is not None:
             await tap.stop(self.config.shutdown_timeout)
@@ -105,6 +100,4 @@ class Outbound:
         worker, self.worker = self.worker, None
         if worker is not None:
             await worker.stop()
-        store, self.store = self.store, None
-        if store is not None and self._owned:
-            await store.close()
+        self.store = None

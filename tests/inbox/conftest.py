@@ -1,5 +1,5 @@
 """Fixtures of the inbox tests: a controllable clock, and the store under test on SQLite and on
-PostgreSQL (one throwaway cluster per session, a fresh schema per test).
+PostgreSQL (the session's throwaway cluster, ``postgres`` in tests/conftest.py; a fresh schema per test).
 
 ``store_kind`` parametrizes every test that asks for ``make_store`` over both backends; the PostgreSQL
 cluster starts only when a PostgreSQL case runs.
@@ -8,18 +8,18 @@ cluster starts only when a PostgreSQL case runs.
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from inbox.inbox import InboxOptions
 from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
-from tests.postgres_servers import PostgresServer
+from tests.postgres_servers import fresh_database
+
+__all__ = ["fresh_database"]  # the inbox tests import it from here
 
 START = 1_800_000_000.0
 
@@ -35,32 +35,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-_databases = itertools.count()
-
-
-async def fresh_database(server: PostgresServer) -> str:
-    """A DSN whose connections see an empty database: a new schema, first on their ``search_path`` (asyncpg
-    passes unknown DSN parameters as server settings). A schema costs milliseconds where a CREATE DATABASE
-    took a second on a busy machine."""
-    name = f"inbox_{next(_databases)}"
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        await conn.execute(f"CREATE SCHEMA {name}")
-    finally:
-        await conn.close()
-    return f"{server.dsn()}?search_path={name}"
 
 
 @pytest.fixture
