@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,8 @@ from presence.presence_memory import MemoryPresence
 from sync.store_sqlite import SqliteDocumentStore
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+log = logging.getLogger("switchboard.app")
 
 WEBSOCKET_PATH = "/connection/websocket"
 ADMIN_PREFIX = "/admin"
@@ -202,6 +205,8 @@ class Switchboard:
             if self.redis is not None and not self.node.started:
                 await self.redis.start()
             if not self.node.started:
+                if self.redis is not None and not self.config.database_url:
+                    log.warning("inbox on SQLite under data_dir: nodes share it only if they share data_dir")
                 await self.inbox.open()  # creates or migrates the schema; a store that cannot open stops us
                 await self.notifications.start()
             await self.node.start()

@@ -12,6 +12,7 @@ import pytest
 from hub.app import Switchboard
 from hub.codes import ConfigError
 from hub.config import Config, load_config
+from inbox.errors import StoreError
 from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.model import DeliveryChannel
@@ -150,3 +151,22 @@ async def test_a_store_that_cannot_open_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot open inbox store"):
         await sb.start()
     assert not sb.node.started
+
+
+async def test_the_store_opens_at_start_and_closes_at_stop(tmp_path: Path) -> None:
+    sb = Switchboard(Config(data_dir=str(tmp_path)))
+    with pytest.raises(StoreError):
+        await sb.inbox.counts("", "alice")  # not open before the start
+    await sb.start()
+    try:
+        await sb.notify("comment", ["alice"])
+    finally:
+        await sb.stop()
+    with pytest.raises(StoreError):
+        await sb.inbox.counts("", "alice")
+    again = Switchboard(Config(data_dir=str(tmp_path)))
+    await again.start()
+    try:
+        assert (await again.inbox.counts("", "alice")).total == 1  # kept on disk
+    finally:
+        await again.stop()
