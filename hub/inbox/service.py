@@ -375,15 +375,15 @@ class Notifications:
 
     async def _publish(self, tenant: str, user: str, data: bytes, tags: dict[str, str] | None) -> None:
         node = self.node
-        name = node.personal.channel(user)
-        if name is None:
+        channel = node.personal.parsed(user)
+        if channel is None:
             return
         try:
-            channel = parse_channel(name)
-            await node.publish_to(tenant, channel, node.namespaces.options_for(channel), data, tags=tags)
-        except (ClientError, InvalidChannel, UnknownNamespace) as exc:
+            options = node.namespaces.options_for(channel)  # a configured namespace (hub.config checks)
+            await node.publish_to(tenant, channel, options, data, tags=tags)
+        except (ClientError, UnknownNamespace) as exc:
             node.metrics.inbox_push_failures += 1
-            self._push_failed("inbox push to %s failed: %s", name, exc)
+            self._push_failed("inbox push to %s failed: %s", channel.raw, exc)
 
 
 def mark_dict(mark: Mark) -> dict[str, Any]:

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 from centrifuge import ClientEventHandler
+from hypothesis import given
+from hypothesis import strategies as st
 
+from channels.errors import InvalidChannel
+from channels.names import parse_channel
 from hub.config import Config
 from hub.inbox.personal import PersonalChannels
 from tests.conftest import TIMEOUT, HubFactory, token
@@ -101,6 +105,34 @@ def test_the_channel_and_its_user_map_both_ways() -> None:
     for other in ("personal:#a,b", "personal:#", "chat:#alice", "personal:x#alice", "#alice"):
         assert named.user_of(other) is None, other
     assert named.channel("") is None
+
+
+USER_IDS = st.one_of(
+    st.text(max_size=260),
+    st.text(alphabet=st.sampled_from("ab:#,$ \t\u00a0\u2003\x00é"), max_size=8),
+    st.sampled_from(["alice", "a:b", "$x", "a,b", "#", ",", "x" * 244, "x" * 245, "x" * 254, "x" * 255]),
+)
+PERSONAL_OPTIONS = {
+    namespace: PersonalChannels(hub_config(user_personal_channel_namespace=namespace))
+    for namespace in ("", "personal")
+}
+
+
+@given(user=USER_IDS, namespace=st.sampled_from(["", "personal"]))
+def test_the_quick_check_agrees_with_the_channel_grammar(user: str, namespace: str) -> None:
+    """``channel``/``parsed``/``user_of`` decide without parsing; they must say what the parser says."""
+    personal = PERSONAL_OPTIONS[namespace]
+    name = personal.prefix + user
+    try:
+        parsed = parse_channel(name)
+        expected = parsed.namespace == namespace and parsed.allowed_users == (user,) and not parsed.private
+    except InvalidChannel:
+        expected = False
+    assert (personal.channel(user) == name) is expected
+    assert (personal.channel(user) is None) is not expected
+    assert (personal.user_of(name) == user) is expected
+    if expected:
+        assert personal.parsed(user) == parse_channel(name)
 
 
 async def test_a_single_connection_per_user_the_newest_wins(make_hub: HubFactory, raw_client: Any) -> None:
