@@ -34,7 +34,6 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -174,9 +173,9 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
         )
     )
     port = free_port()
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--config", str(config), "--port", str(port),
-         "--data-dir", str(work / "data")],
+    hub = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "serve", "--config", str(config), "--port", str(port),
+        "--data-dir", str(work / "data"),
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
     )  # fmt: skip
@@ -192,7 +191,7 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
                         break
                 except httpx.TransportError:
                     pass
-                if time.monotonic() > deadline or hub.poll() is not None:
+                if time.monotonic() > deadline or hub.returncode is not None:
                     raise RuntimeError("the hub did not start")
                 await asyncio.sleep(0.1)  # readiness probe of another process
 
@@ -287,21 +286,26 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
             for phase, got in rows.items():
                 keys = [k for k in got[0] if k.endswith("_s")]
                 medians[phase] = {k: round(statistics.median(row[k] for row in got), 3) for k in keys}
-            print(json.dumps({"medians": medians, "online": args.online, "recipients": args.recipients,
-                              "store": args.store, "personal_history": args.personal_history}), flush=True)  # fmt: skip
+            totals = {"online": args.online, "recipients": args.recipients, "store": args.store}
+            print(
+                json.dumps({"medians": medians, **totals, "personal_history": args.personal_history}),
+                flush=True,
+            )
     finally:
         for device in devices:
             if device.transport is not None:
                 device.transport.disconnect()
         hub.send_signal(signal.SIGTERM)
         try:
-            hub.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(hub.wait(), 30)
+        except TimeoutError:
             hub.kill()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--online", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)

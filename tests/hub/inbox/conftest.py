@@ -5,11 +5,10 @@ helpers for RPC, the server API and personal-channel pushes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 import httpx
 import pytest

@@ -1,7 +1,7 @@
-"""Counts never drift, end to end: random concurrent notify/mark sequences through two real nodes (``switchboard
-serve`` processes on a fresh Redis, sharing one PostgreSQL schema) from several devices per user, over the
-protocol: notifies through either node's server API, marks through either node's API and through the
-devices' ``inbox.mark`` RPC (by ids, up to a cursor, all).
+"""Counts never drift, end to end: random concurrent notify/mark sequences through two real nodes
+(``switchboard serve`` processes on a fresh Redis, sharing one PostgreSQL schema) from several devices per
+user, over the protocol: notifies through either node's server API, marks through either node's API and
+through the devices' ``inbox.mark`` RPC (by ids, up to a cursor, all).
 
 Each device keeps what a badge shows: the counts of the highest version pushed on its personal channel.
 Afterwards, for every user, every device's badge equals a fresh ``inbox.counts`` (asked of either node),
@@ -161,8 +161,8 @@ async def stored_counts(dsn: str, tenant: str, user: str) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE seen_at IS NULL), count(*)"
-            " FROM inbox_items WHERE tenant = $1 AND user_id = $2 AND archived_at IS NULL",
+            "SELECT count(*) FILTER (WHERE read_at IS NULL), count(*) FILTER (WHERE seen_at IS NULL),"
+            " count(*) FROM inbox_items WHERE tenant = $1 AND user_id = $2 AND archived_at IS NULL",
             tenant,
             user,
         )
@@ -198,7 +198,9 @@ async def scenario(nodes: list[HubNode], dsn: str, tenant: str, steps: list[tupl
 
 @pytest.fixture
 def two_nodes(
-    make_nodes: NodesFactory, redis_server: RedisServer, postgres: PostgresServer
+    make_nodes: NodesFactory,  # noqa: F811 (the fixture imported above)
+    redis_server: RedisServer,
+    postgres: PostgresServer,
 ) -> Iterator[tuple[list[HubNode], str]]:
     """Two nodes on a fresh Redis sharing a fresh PostgreSQL schema; the DSN for the stored counts."""
     dsn = asyncio.run(fresh_database(postgres))

@@ -4,7 +4,6 @@ In-app ``delivered`` is recorded for recipients with a connected device. On SQLi
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
