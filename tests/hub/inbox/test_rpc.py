@@ -4,11 +4,17 @@ them, and garbage."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import tempfile
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from hub import codes
 from hub.app import Switchboard
 from hub.hooks import Hooks
 from tests.conftest import test_config as hub_config
@@ -204,3 +210,67 @@ async def test_the_hub_s_methods_cannot_be_shadowed(inbox_hub: InboxHubFactory, 
     alice = await raw_client(hub, connect={"token": token("alice")})
     assert await rpc_data(alice, "inbox.counts") == {"unread": 0, "unseen": 0, "total": 0, "version": 0}
     assert await rpc_data(alice, "inboxes") == {"mine": "alice"}
+
+
+# -- structured-but-wrong data, as the protocol fuzzers of issue 10 send it --------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    ["limit", "cursor", "status", "archived", "categories", "action", "ids", "up_to", "all", "preferences",
+     "channels", "enabled", "user"]
+)  # fmt: skip
+_data = st.one_of(_json, st.dictionaries(_fields, _json, max_size=4))
+_METHODS = ["inbox.list", "inbox.counts", "inbox.mark", "inbox.preferences.get", "inbox.preferences.set"]
+
+
+class Sink:
+    """A transport that keeps what it was given."""
+
+    name = "sink"
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        self.frames.extend(messages)
+        return 0
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = self.closed or (code, reason)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(st.tuples(st.sampled_from(_METHODS), _data), min_size=1, max_size=8))
+def test_random_data_gets_an_answer_or_107_never_a_crash(calls: list[tuple[str, Any]]) -> None:
+    asyncio.run(_random_calls(calls))
+
+
+async def _random_calls(calls: list[tuple[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory() as data_dir:
+        sb = Switchboard(hub_config(data_dir=data_dir, user_subscribe_to_personal=True))
+        await sb.start()
+        try:
+            await sb.notify("comment", ["ann"])
+            sink = Sink()
+            client = sb.node.new_session(sink, scope={})
+            await client.handle_frame(orjson.dumps({"id": 1, "connect": {"token": token("ann")}}))
+            for n, (method, data) in enumerate(calls, start=2):
+                await client.handle_frame(orjson.dumps({"id": n, "rpc": {"method": method, "data": data}}))
+            sb.node.scheduler.flush()
+            replies = [orjson.loads(line) for frame in sink.frames for line in frame.split(b"\n") if line]
+            answers = {r["id"]: r for r in replies if r.get("id", 0) >= 2}
+            assert sorted(answers) == list(range(2, len(calls) + 2)), replies
+            for answer in answers.values():
+                assert "rpc" in answer or answer["error"]["code"] == 107, answer
+            assert sink.closed is None
+            counts = await sb.inbox.counts("", "ann")
+            assert counts.total in (0, 1) and counts.unread <= counts.total
+            client.disconnect(codes.CONNECTION_CLOSED.error())
+            await sb.node.end_session(client)
+        finally:
+            await sb.stop()
