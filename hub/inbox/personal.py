@@ -44,7 +44,7 @@ from channels.names import (
 from hub import codes
 from hub.config import Config
 from hub.control import ControlUnavailable, Target
-from hub.logs import ThrottledLog
+from hub.inbox.logs import log_limited
 
 if TYPE_CHECKING:
     from hub.client import Client
@@ -65,7 +65,6 @@ class PersonalChannels:
         )
         self._claimed: weakref.WeakSet[Client] = weakref.WeakSet()
         """This node's connections whose claim it has applied (the older ones, for every later claim)."""
-        self._unnamed = ThrottledLog(log)
 
     def channel(self, user: str) -> str | None:
         """The personal channel of ``user``; None for anonymous and for ids the grammar cannot carry."""
@@ -105,7 +104,7 @@ class PersonalChannels:
             return channels
         name = self.channel(user)
         if name is None:
-            self._unnamed("user id %r cannot name a personal channel: not subscribed to one", user[:100])
+            log_limited(log, logging.WARNING, "user id %r cannot name a personal channel", user[:100])
             return channels
         return channels if name in channels else (*channels, name)
 

