@@ -45,9 +45,10 @@ from hub.outbound.service import Outbound
 from hub.readiness import BrokerWatch
 from hub.transport_http import EMULATION_PATH, STREAM_PATHS, emulation, stream_session
 from hub.transport_websocket import websocket_session
-from inbox.inbox import InboxOptions, InboxStore, Router
+from inbox.inbox import InboxOptions, InboxStore
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.model import NotifyResult
+from inbox.outbox import Router
 from presence.occupancy import Occupancy
 from presence.occupancy_memory import MemoryOccupancy
 from presence.presence import PresenceManager

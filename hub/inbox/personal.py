@@ -44,7 +44,7 @@ from channels.names import (
 from hub import codes
 from hub.config import Config
 from hub.control import ControlUnavailable, Target
-from hub.inbox.logs import log_limited
+from hub.logs import log_limited
 
 if TYPE_CHECKING:
     from hub.client import Client

@@ -55,7 +55,7 @@ from channels.publication import Publication
 from hub import codes
 from hub.codes import ClientError
 from hub.control import ControlUnavailable
-from hub.inbox.logs import log_limited
+from hub.logs import log_limited
 from inbox.errors import InboxError, InvalidInput, NotFound, StoreError
 from inbox.inbox import MAX_DELIVERY_REPORTS, InboxStore
 from inbox.model import (
