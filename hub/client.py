@@ -756,6 +756,7 @@ class Client:
         node.registry.begin_subscribe(key, self)
         try:
             await node.acquire_channel(key)
+            await node.occupy(key)
         except BaseException:
             self._rollback(sub)
             await node.release_channel(key)

@@ -263,8 +263,16 @@ class Node:
                 self._broker_keys.add(key)
                 self.positions.begin(key)
 
+    async def occupy(self, key: ChannelKey) -> None:
+        """A subscriber of ``key`` is being set up here: channel occupancy across the nodes counts this node
+        before the subscriber is answered (``hub.outbound``; nothing when no webhook wants it)."""
+        if self.events is not None:
+            await self.events.occupy(key)
+
     async def release_channel(self, key: ChannelKey) -> None:
         """Stop the broker's delivery of ``key`` if no local subscriber (active or being set up) is left."""
+        if self.events is not None:
+            self.events.channel_changed(key)  # a subscriber set up and rolled back leaves no share behind
         if key not in self._broker_keys:
             return
         async with self._channel_lock(key):

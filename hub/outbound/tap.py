@@ -160,15 +160,39 @@ class EventTap:
             payload["tags"] = dict(tags)
         self._emit(tenant, Topic.PUBLICATION, payload)
 
-    def channel_changed(self, key: ChannelKey) -> None:
-        """The registry's watch: ``key`` got its first, or lost its last, local subscriber."""
+    def _watched(self, key: ChannelKey) -> bool:
+        """Whether ``key``'s occupancy is wanted by a route (or this node holds a share of it)."""
         namespace = channel_namespace(key[1])
         routes = self.routes
-        if not (
+        return (
             routes.wants(Topic.CHANNEL_OCCUPIED, key[0], namespace)
             or routes.wants(Topic.CHANNEL_VACATED, key[0], namespace)
             or key in self.held
-        ):
+        )
+
+    async def occupy(self, key: ChannelKey) -> None:
+        """A subscriber of ``key`` is being set up on this node: the node's share is in the backend before
+        the subscriber is answered, so no other node can report the channel vacated while it is subscribed
+        here (after its reply, a subscriber elsewhere leaving saw this share). A backend that fails leaves
+        it to the reconcile loop, with its retries: the subscribe does not fail for it."""
+        if key in self.held or not self._watched(key):
+            return
+        async with self._occupancy_lock:
+            if key in self.held or not self.registry.has_local(key):
+                return
+            try:
+                transitions = await self.occupancy.update([(key, True)])
+            except PresenceUnavailable as exc:
+                self._warn("occupancy", f"channel occupancy not updated (retrying): {exc}")
+                self.channel_changed(key)
+                return
+            self.held.add(key)
+            self._report(transitions)
+
+    def channel_changed(self, key: ChannelKey) -> None:
+        """The registry's watch: ``key`` got its first, or lost its last, local subscriber (active or being
+        set up: the node also calls it when it releases a channel)."""
+        if not self._watched(key):
             return
         self._dirty.add(key)
         if self._reconcile is None or self._reconcile.done():
@@ -259,7 +283,7 @@ class EventTap:
             keys, self._dirty = self._dirty, set()
             async with self._occupancy_lock:
                 changes = [
-                    (key, has) for key in keys if (has := key in self.registry.fanout) != (key in self.held)
+                    (key, has) for key in keys if (has := self.registry.has_local(key)) != (key in self.held)
                 ]
                 if not changes:
                     continue

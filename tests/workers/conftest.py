@@ -18,7 +18,8 @@ from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.outbox import RetryPolicy, Topic
 from inbox.preferences import PreferencePolicy
-from tests.inbox.conftest import fresh_database, postgres, store_kind  # noqa: F401
+from tests.inbox.conftest import store_kind  # noqa: F401
+from tests.postgres_servers import fresh_database
 from tests.workers.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"switchboard-webhook-test-key-32b").decode()
