@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from channels.errors import UnknownNamespace
-from channels.names import ChannelName
+from channels.names import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, ChannelName
+from channels.schema import DataSchema
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -71,6 +75,15 @@ class NamespaceOptions:
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    data_format: str = "json"
+    """What a publication's data is: ``json`` (a JSON document, Centrifugo's only kind) or ``binary`` (any
+    bytes: Protobuf clients and MQTT send and receive them raw, every JSON speaker as a base64 string)."""
+    data_schema: DataSchema | None = None
+    """A JSON Schema every publication's data must pass, whatever way it comes in (compiled once)."""
+
+    @property
+    def binary(self) -> bool:
+        return self.data_format == "binary"
 
     @property
     def history_enabled(self) -> bool:
@@ -86,7 +99,13 @@ class NamespaceOptions:
                 continue
             if key not in known:
                 raise ValueError(f"unknown namespace option {key!r}")
-            if key in ("history_ttl", "history_meta_ttl"):
+            if key == "data_format":
+                if value not in DATA_FORMATS:
+                    raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {value!r}")
+                values[key] = value
+            elif key == "data_schema":
+                values[key] = _data_schema(value)
+            elif key in ("history_ttl", "history_meta_ttl"):
                 values[key] = parse_duration(value)
             elif key == "history_size":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -99,17 +118,41 @@ class NamespaceOptions:
         opts = cls(**values)
         if (opts.history_size > 0) != (opts.history_ttl > 0):
             raise ValueError("history_size and history_ttl must be set together")
+        if opts.binary and opts.data_schema is not None:
+            raise ValueError('data_schema checks JSON data: it cannot be set with data_format = "binary"')
         return opts
+
+
+DATA_FORMATS = ("json", "binary")
+
+
+def _data_schema(value: Any) -> DataSchema | None:
+    """A ``data_schema`` option: a table (or JSON text, from the environment), compiled now; InvalidFeedConfig
+    (a ValueError) says what is wrong with it. A DataSchema (options merged again) is kept as it is."""
+    if value is None or isinstance(value, DataSchema):
+        return value
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"data_schema is not JSON: {exc}") from None
+    if not isinstance(value, (Mapping, bool)):
+        raise ValueError(f"data_schema must be a table (a JSON Schema), got {value!r:.80}")
+    return DataSchema(value)
 
 
 class Namespaces:
     """The options of the unnamed namespace plus every configured namespace."""
 
-    __slots__ = ("default", "_by_name")
+    __slots__ = ("default", "_by_name", "_binary")
 
     def __init__(self, default: NamespaceOptions, named: dict[str, NamespaceOptions] | None = None) -> None:
         self.default = default
         self._by_name = dict(named or {})
+        self._binary = frozenset(
+            name for name, opts in [("", default), *self._by_name.items()] if opts.binary
+        )
+        """Namespaces with ``data_format = "binary"`` ("" is the unnamed one)."""
 
     def options_for(self, channel: ChannelName) -> NamespaceOptions:
         if not channel.namespace:
@@ -121,3 +164,12 @@ class Namespaces:
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def binary(self, channel: str) -> bool:
+        """Whether the namespace of the channel named ``channel`` carries binary data (False for a name in
+        no configured namespace). Reads the name without parsing it: the fan-out asks per publication."""
+        if not self._binary:
+            return False
+        bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+        namespace, sep, _ = bare.partition(NAMESPACE_BOUNDARY)
+        return (namespace if sep else "") in self._binary

@@ -65,6 +65,7 @@ from hub.config import ApiKey
 from hub.control import ControlUnavailable, Target
 from hub.logs import log_limited
 from hub.node import Node
+from hub.wire import BadData, binary_data, json_view
 from presence.presence import PresenceUnavailable
 
 log = logging.getLogger("switchboard.api")
@@ -209,9 +210,16 @@ def _tags(p: Mapping[str, Any]) -> dict[str, str] | None:
     return tags or None
 
 
-def _payload(p: Mapping[str, Any]) -> bytes:
-    """``data`` (any JSON) or ``b64data``: the hub carries JSON documents only (JSON subscribers must be
-    able to read every publication), so ``b64data`` must decode to JSON text."""
+def _payload(p: Mapping[str, Any], binary: bool = False) -> bytes:
+    """``data`` (any JSON) or ``b64data``. In a JSON namespace JSON subscribers must be able to read every
+    publication, so ``b64data`` must decode to JSON text. In a binary namespace (``binary``) the data is
+    bytes: ``b64data``, or ``data`` as a base64 string (how every JSON surface writes binary data)."""
+    if binary:
+        raw = p.get("b64data") if p.get("b64data") not in (None, "") else p.get("data")
+        try:
+            return binary_data(raw)
+        except BadData as exc:
+            raise codes.error_invalid_data(str(exc)) from None
     if "b64data" in p and p["b64data"] not in (None, ""):
         raw = p["b64data"]
         if not isinstance(raw, str):
@@ -343,7 +351,7 @@ class ServerAPI:
             tenant,
             channel,
             opts,
-            _payload(p),
+            _payload(p, opts.binary),
             tags=_tags(p),
             idempotency_key=_optional_str(p, "idempotency_key"),
             skip_history=_bool(p, "skip_history"),
@@ -354,7 +362,11 @@ class ServerAPI:
         names = p.get("channels")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise codes.error_bad_request()
-        data, tags = _payload(p), _tags(p)
+        if "data" not in p and p.get("b64data") in (None, ""):
+            raise codes.error_bad_request()
+        tags = _tags(p)
+        payloads: dict[bool, bytes | ClientError] = {}
+        """The data as a JSON and as a binary namespace take it, each read once (an error is per channel)."""
         key, skip = _optional_str(p, "idempotency_key"), _bool(p, "skip_history")
         responses: list[dict[str, Any]] = []
         for name in names:
@@ -363,6 +375,14 @@ class ServerAPI:
                     channel, opts = self._channel(p, name)
                 except UnknownNamespace:
                     raise codes.error_unknown_channel() from None
+                if opts.binary not in payloads:
+                    try:
+                        payloads[opts.binary] = _payload(p, opts.binary)
+                    except ClientError as exc:
+                        payloads[opts.binary] = exc
+                data = payloads[opts.binary]
+                if isinstance(data, ClientError):
+                    raise data
                 res = await self.node.publish_to(
                     tenant, channel, opts, data, tags=tags, idempotency_key=key, skip_history=skip
                 )
@@ -459,7 +479,10 @@ class ServerAPI:
             meta_ttl=opts.history_meta_ttl,
         )
         out: dict[str, Any] = {"epoch": hist.position.epoch, "offset": hist.position.offset}
-        out["publications"] = [codec_json.publication_dict(pub) for pub in hist.publications]
+        shown = json_view if opts.binary else None
+        out["publications"] = [
+            codec_json.publication_dict(pub if shown is None else shown(pub)) for pub in hist.publications
+        ]
         return out
 
     async def _history_remove(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCCont
 from hub.limits import CommandLimiter, Verdict
 from hub.logs import bind_session, log_limited, unbind_session
 from hub.recovery import Recovery, after_position, recover
-from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF
+from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF, BadData, binary_data, json_view
 from hub.writer import EventWriter, Transport, Writer
 from presence.presence import PresenceUnavailable
 
@@ -265,7 +265,9 @@ class Client:
         see the same values whatever the protocol, and JSON subscribers of the channel can read it (a
         binary payload would break their frames), so anything else is refused with 107. So is data nested
         deeper than the hub can write back (orjson writes 254 levels, reads 1024), whatever the protocol:
-        a hook may hand it back (an echo RPC), and a reply that cannot be written is a crash, no answer."""
+        a hook may hand it back (an echo RPC), and a reply that cannot be written is a crash, no answer.
+        (A namespace with ``data_format = "binary"`` takes any bytes: ``_cmd_publish`` reads its data with
+        ``_binary_data``.)"""
         raw = p.get("data")
         if raw is None:
             return raw
@@ -280,6 +282,13 @@ class Client:
         except codec_json.DecodeError:
             raise codes.error_bad_request() from None
         return value
+
+    @staticmethod
+    def _binary_data(value: Any) -> bytes:
+        try:
+            return binary_data(value)
+        except BadData as exc:
+            raise codes.error_invalid_data(str(exc)) from None
 
     def _log_extra(self) -> dict[str, Any]:
         return {"client": self.id, "user": self.user, "tenant": self.tenant, "transport": self.transport.name}
@@ -775,8 +784,8 @@ class Client:
                     if rec.publications and self.resume_as_events:
                         recovered = rec.publications
                     elif rec.publications:
-                        encoded = [self.codec.publication_dict(pub) for pub in rec.publications]
-                        result["publications"] = encoded
+                        shown = [self._shown(channel.raw, pub) for pub in rec.publications]
+                        result["publications"] = [self.codec.publication_dict(pub) for pub in shown]
                     if not rec.recovered:
                         node.metrics.recovery(False)
                         if reject_unrecovered:
@@ -965,18 +974,22 @@ class Client:
         if "data" not in p:
             raise codes.error_bad_request()
         channel, opts, _ = self._guarded(p, "publish")
-        data = self._data(p)
+        # A binary namespace's data is bytes for everyone (hooks too): raw from Protobuf, base64 from JSON.
+        data = self._binary_data(p["data"]) if opts.binary else self._data(p)
         hook = self.node.hooks.on_publish
         if hook is not None:
             res = await hook(PublishContext(self.id, self.user, self.tenant, channel.raw, data))
             if res is not None and res.replaces_data:
-                data = res.data
+                data = self._binary_data(res.data) if opts.binary else res.data
         sub = self.subs.get(channel.raw)
         info = sub.info if sub is not None else ClientInfo(self.user, self.id, self.conn_info)
-        try:
-            encoded = codec_json.data_bytes(data)
-        except codec_json.DecodeError:
-            raise codes.error_bad_request() from None
+        if opts.binary:
+            encoded = data
+        else:
+            try:
+                encoded = codec_json.data_bytes(data)
+            except codec_json.DecodeError:
+                raise codes.error_bad_request() from None
         await self.node.publish_to(self.tenant, channel, opts, encoded, info=info)
         return {}
 
@@ -1034,7 +1047,8 @@ class Client:
         if hist.position.offset:
             out["offset"] = hist.position.offset
         if hist.publications:
-            out["publications"] = [self.codec.publication_dict(pub) for pub in hist.publications]
+            shown = [self._shown(key[1], pub) for pub in hist.publications]
+            out["publications"] = [self.codec.publication_dict(pub) for pub in shown]
         return out
 
     async def _cmd_rpc(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
@@ -1061,11 +1075,17 @@ class Client:
 
     def push_publication(self, channel: str, pub: Publication) -> None:
         """One publication outside the fan-out (recovery, the subscription's buffer)."""
-        frame = self.codec.encode_publication_push(channel, pub)
+        frame = self.codec.encode_publication_push(channel, self._shown(channel, pub))
         if self.events is not None:
             self.deliver_event(channel, frame, pub)
         else:
             self.writer.push(frame)
+
+    def _shown(self, channel: str, pub: Publication) -> Publication:
+        """``pub`` as this connection's format shows it: a binary namespace's data as base64 to JSON."""
+        if self.fmt != PROTOBUF and self.node.namespaces.binary(channel):
+            return json_view(pub)
+        return pub
 
     def deliver_event(self, channel: str, frame: bytes, pub: Publication | None = None) -> None:
         """The fan-out's push for an SSE stream: the publication moves the resume point first."""

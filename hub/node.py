@@ -27,12 +27,13 @@ from hub.config import Config
 from hub.control import Control, LocalControl
 from hub.hooks import Hooks, RPCContext
 from hub.inbox.personal import PersonalChannels
+from hub.ingest.metrics import FeedMetrics
 from hub.logs import bind_session, log_limited
 from hub.memory import Trimmer
 from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
-from hub.wire import CODECS, JSON_EVENTS, JSON_UNI
+from hub.wire import CODECS, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
 from hub.writer import Backlog, FlushScheduler, Transport
 from presence.presence import PresenceManager
 
@@ -97,6 +98,7 @@ class Node:
         """Gives memory back to the system after slow connections holding much were cut (``hub.memory``)."""
         self.scheduler = FlushScheduler(backlog=Backlog(config.node_queue_max_size, self.trimmer.dropped))
         self.metrics = Metrics(config.namespaces)
+        self.feed_metrics = FeedMetrics(self.metrics)
         self.sessions: set[Client] = set()
         self.started = False
         self.started_at = 0.0
@@ -326,6 +328,16 @@ class Node:
         idempotency_key: str | None = None,
         skip_history: bool = False,
     ) -> PublishResult:
+        """Publish ``data`` (the publication's bytes: JSON text, or any bytes in a binary namespace) to
+        ``channel`` of ``tenant``. Every way in ends here (client publish, server API, ingest, MQTT, the
+        embedding API), so the namespace's ``data_schema`` is enforced here: data it refuses is neither
+        delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``)."""
+        schema = opts.data_schema
+        if schema is not None:
+            reason = schema.check_json(data)
+            if reason is not None:
+                self.feed_metrics.refused(channel.raw)
+                raise codes.error_invalid_data(reason)
         history = (
             HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)
             if opts.history_enabled and not skip_history
@@ -359,15 +371,22 @@ class Node:
         idempotency_key: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> PublishResult:
-        """Publish from the server side (embedding programs, the server API). ``data`` is any JSON value."""
+        """Publish from the server side (embedding programs). ``data`` is any JSON value; in a binary
+        namespace, bytes (or a base64 string). ValueError for a bad channel or data its namespace refuses."""
         try:
             name = parse_channel(channel)
             opts = self.namespaces.options_for(name)
         except (InvalidChannel, UnknownNamespace) as exc:
             raise ValueError(f"bad channel {channel!r}: {exc}") from None
-        return await self.publish_to(
-            tenant, name, opts, codec.data_bytes(data), tags=tags, idempotency_key=idempotency_key
-        )
+        payload = binary_data(data) if opts.binary else codec.data_bytes(data)
+        try:
+            return await self.publish_to(
+                tenant, name, opts, payload, tags=tags, idempotency_key=idempotency_key
+            )
+        except codes.ClientError as exc:
+            if exc.code == 107:  # data the namespace refuses (data_schema)
+                raise ValueError(exc.message) from None
+            raise
 
     # ---------------------------------------------------------------- server-side control of connections
 
@@ -429,7 +448,9 @@ class Node:
             self.insufficient_state(key)  # before the delivery: a positioned client must not skip
         tables = self.registry.fanout.get(key)
         if tables is not None:
-            # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes.
+            # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes. A binary
+            # namespace's data goes to JSON formats as base64 (one view, made once).
+            shown = json_view(pub) if self.namespaces.binary(key[1]) else pub
             delivered = 0
             uni_frame = b""
             for fmt, subs in enumerate(tables):
@@ -437,11 +458,11 @@ class Node:
                     continue
                 delivered += len(subs)
                 if fmt == JSON_EVENTS:
-                    frame = uni_frame or CODECS[fmt].encode_publication_push(key[1], pub)
+                    frame = uni_frame or CODECS[fmt].encode_publication_push(key[1], shown)
                     for push in subs.values():
                         push(frame, pub)
                     continue
-                frame = CODECS[fmt].encode_publication_push(key[1], pub)
+                frame = CODECS[fmt].encode_publication_push(key[1], pub if fmt == PROTOBUF else shown)
                 if fmt == JSON_UNI:
                     uni_frame = frame
                 for push in subs.values():

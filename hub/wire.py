@@ -8,10 +8,19 @@ publication once per format that has subscribers, never once per subscriber.
 - ``PROTOBUF``: the Protobuf variant (WebSocket subprotocol ``centrifuge-protobuf``, binary frames).
 - ``JSON_EVENTS``: ``JSON_UNI`` for ``uni_sse``, whose every event carries a resume id: its subscribers are
   handed the publication beside the frame (``push(frame, pub)``) to advance their stream positions.
+
+Binary data (namespaces with ``data_format = "binary"``): a publication's data is any bytes. The Protobuf
+format carries them as they are; every JSON format (and every other JSON surface: the server API, the
+console) carries them as a JSON string holding their base64 (RFC 4648 section 4, padded): ``json_view``
+makes that publication once per publication, beside the raw one. JSON speakers publish binary data the
+same way, as a base64 string (``binary_data``); the server API also takes Centrifugo's ``b64data``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 from typing import Any, Protocol
 
 from channels.publication import ClientInfo, Publication
@@ -59,3 +68,25 @@ CODECS: tuple[Codec, ...] = (codec_json, codec_json_uni, codec_protobuf, codec_j
 """Indexed by format."""
 
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
+
+
+class BadData(ValueError):
+    """Data its namespace cannot take; the message says why, in words for the sender."""
+
+
+def json_view(pub: Publication) -> Publication:
+    """``pub`` as JSON speakers get a binary publication: its data a JSON string of its base64."""
+    return dataclasses.replace(pub, data=b'"' + base64.b64encode(pub.data) + b'"')
+
+
+def binary_data(value: Any) -> bytes:
+    """A binary namespace's data from a publisher: bytes as they are (Protobuf, hooks, the embedding API),
+    a string as base64 (JSON speakers). BadData for anything else or for a string that is not base64."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise BadData("a binary namespace takes data as a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):  # a non-ASCII string is a ValueError
+        raise BadData("data is not base64 (RFC 4648, standard alphabet, padded)") from None

@@ -25,6 +25,7 @@ The console never subscribes to every channel: the node taps the one inspected c
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -179,7 +180,13 @@ class Stream:
             return
         data = pub.data
         body: dict[str, Any] = {"offset": pub.offset, "time": time.time(), "size": len(data)}
-        if len(data) > PREVIEW_BYTES:
+        if self.node.namespaces.binary(key[1]):
+            # Any bytes: shown as base64, as every JSON surface shows binary data (hub.wire)
+            body["data"] = base64.b64encode(data[:PREVIEW_BYTES]).decode()
+            body["binary"] = True
+            if len(data) > PREVIEW_BYTES:
+                body["truncated"] = True
+        elif len(data) > PREVIEW_BYTES:
             body["data"] = data[:PREVIEW_BYTES].decode(errors="replace")
             body["truncated"] = True
         else:

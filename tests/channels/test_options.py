@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,7 +99,8 @@ def test_parse_duration_numbers_are_seconds(value: float) -> None:
 def test_defaults_are_closed() -> None:
     opts = NamespaceOptions()
     assert not opts.history_enabled
-    assert not any(getattr(opts, f.name) for f in dataclasses.fields(opts))
+    assert opts.data_format == "json" and not opts.binary
+    assert not any(getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "data_format")
 
 
 def test_from_mapping() -> None:
@@ -158,3 +161,43 @@ def test_namespaces_copies_its_input() -> None:
     named["other"] = NamespaceOptions()
     with pytest.raises(UnknownNamespace):
         table.options_for(parse_channel("other:x"))
+
+
+SCHEMA = {"type": "object", "properties": {"t": {"type": "number", "maximum": 500}}, "required": ["t"]}
+
+
+def test_data_schema_is_compiled_once_from_a_table_or_json_text() -> None:
+    for given_as in (SCHEMA, orjson.dumps(SCHEMA).decode()):
+        opts = NamespaceOptions.from_mapping({"data_schema": given_as})
+        assert opts.data_schema is not None
+        assert opts.data_schema.check({"t": 20}) is None
+        assert opts.data_schema.check_json(b'{"t": 900}') == "data/t: 900 is greater than the maximum of 500"
+    # merged again (environment overrides over a file): the compiled schema is kept as it is
+    again = NamespaceOptions.from_mapping({"data_schema": opts.data_schema})
+    assert again.data_schema is opts.data_schema
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"data_format": "text"}, "data_format must be one of json, binary"),
+        ({"data_format": True}, "data_format must be one of"),
+        ({"data_schema": 5}, "data_schema must be a table"),
+        ({"data_schema": "{not json"}, "data_schema is not JSON"),
+        ({"data_schema": {"type": "nope"}}, "invalid data schema"),
+        ({"data_schema": {"$ref": "https://example.com/s.json"}}, "invalid data schema"),
+        ({"data_format": "binary", "data_schema": SCHEMA}, "cannot be set with data_format"),
+    ],
+)
+def test_bad_data_options_are_refused_with_the_reason(table: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)):
+        NamespaceOptions.from_mapping(table)
+
+
+def test_binary_namespaces_are_found_from_the_name_alone() -> None:
+    binary = NamespaceOptions(data_format="binary")
+    table = Namespaces(NamespaceOptions(), {"cam": binary, "chat": NamespaceOptions()})
+    assert table.binary("cam:front") and table.binary("$cam:front") and table.binary("cam:x#alice")
+    assert not table.binary("chat:room") and not table.binary("camera") and not table.binary("nope:x")
+    assert Namespaces(binary).binary("anything") and not Namespaces(binary).binary("cam:x")
+    assert not Namespaces(NamespaceOptions()).binary("cam:front")

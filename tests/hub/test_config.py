@@ -293,3 +293,26 @@ def test_defaults() -> None:
     )
     assert not cfg.websocket_compression and cfg.websocket_fast_path
     assert cfg.namespace_table().default == NamespaceOptions()
+
+
+def test_a_data_schema_is_compiled_at_load_and_a_bad_one_names_its_namespace(tmp_path: Path) -> None:
+    good = """
+[[namespaces]]
+name = "sensors"
+data_schema = { type = "object", required = ["t"], properties = { t = { type = "number" } } }
+
+[[namespaces]]
+name = "cam"
+data_format = "binary"
+"""
+    cfg = load_config(write(tmp_path, good), env={})
+    schema = cfg.namespaces["sensors"].data_schema
+    assert schema is not None and schema.check({"t": "hot"}) == 'data/t: "hot" is not of type "number"'
+    assert cfg.namespaces["cam"].binary and cfg.namespace_table().binary("cam:front")
+    bad = good.replace('type = "number"', 'type = "numbr"')
+    with pytest.raises(ConfigError, match=r"namespace sensors: invalid data schema"):
+        load_config(write(tmp_path, bad), env={})
+    env = {"SWITCHBOARD_CHANNEL_DATA_SCHEMA": '{"type": "object"}', "SWITCHBOARD_CHANNEL_DATA_FORMAT": "json"}
+    assert load_config(None, env=env).channel.data_schema is not None
+    with pytest.raises(ConfigError, match=r"SWITCHBOARD_CHANNEL_\*: data_schema is not JSON"):
+        load_config(None, env={"SWITCHBOARD_CHANNEL_DATA_SCHEMA": "{"})

@@ -1,0 +1,1 @@
+"""Readings in from collectors (placeholder; the package docstring is written with the endpoint)."""
