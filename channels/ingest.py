@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 __all__ = [
+    "CUT_OFF",
     "IngestLimits",
     "LineError",
     "Parsed",
@@ -48,6 +49,8 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_MAX_ERRORS = 100
+CUT_OFF = "the batch holds more than {} lines: this and the rest refused"
+"""The reason of the one error that refuses the lines past ``max_lines``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +115,14 @@ class Parsed(Generic[T]):
             self.errors.append(LineError(line, reason))
 
 
-def split_lines(body: bytes, limits: IngestLimits, parsed: Parsed[Any]) -> Iterator[tuple[int, bytes]]:
-    """The batch's lines as ``(number, bytes)``, numbered from 1 and without their line ending (``\\n``; a
-    ``\\r`` before it is dropped too). Blank lines are skipped but counted. A line longer than
-    ``max_line_bytes`` is refused here; past ``max_lines`` the rest of the batch is refused with one error."""
-    start, number, end = 0, 0, len(body)
+def split_lines(
+    body: bytes, limits: IngestLimits, parsed: Parsed[Any], first_line: int = 1
+) -> Iterator[tuple[int, bytes]]:
+    """The batch's lines as ``(number, bytes)``, numbered from ``first_line`` (1: a whole batch; a later
+    number: a chunk of one, cut at a line end) and without their line ending (``\\n``; a ``\\r`` before it
+    is dropped too). Blank lines are skipped but counted. A line longer than ``max_line_bytes`` is refused
+    here; past line ``max_lines`` the rest of ``body`` is refused with one error."""
+    start, number, end = 0, first_line - 1, len(body)
     while start < end:
         stop = body.find(b"\n", start)
         if stop < 0:
@@ -125,7 +131,7 @@ def split_lines(body: bytes, limits: IngestLimits, parsed: Parsed[Any]) -> Itera
         if number > limits.max_lines:
             rest = body.count(b"\n", start) + (0 if body.endswith(b"\n") else 1)
             # Listed even past max_errors: the sender must learn that the rest was cut off.
-            reason = f"the batch holds more than {limits.max_lines} lines: this and the rest refused"
+            reason = CUT_OFF.format(limits.max_lines)
             parsed.errors.append(LineError(number, reason))
             parsed.refused += rest
             return
@@ -187,11 +193,12 @@ def _reading(number: int, obj: Any, limits: IngestLimits) -> Reading | str:
     return Reading(number, channel, data, key, time_ms)
 
 
-def parse_json_lines(body: bytes, limits: IngestLimits | None = None) -> Parsed[Reading]:
-    """Readings from a JSON lines batch (format in the module docstring); never raises for the content."""
+def parse_json_lines(body: bytes, limits: IngestLimits | None = None, first_line: int = 1) -> Parsed[Reading]:
+    """Readings from a JSON lines batch (format in the module docstring), or from a chunk of one whose first
+    line is number ``first_line``; never raises for the content."""
     limits = limits or IngestLimits()
     parsed: Parsed[Reading] = Parsed(max_errors=limits.max_errors)
-    for number, line in split_lines(body, limits, parsed):
+    for number, line in split_lines(body, limits, parsed, first_line):
         # orjson's own nesting limit (1024) stops a deep line before our depth check walks it.
         try:
             obj = orjson.loads(line)

@@ -308,9 +308,11 @@ def _parse_line(number: int, raw: bytes, multiplier: int, limits: IngestLimits) 
     return _tokenized(number, text, multiplier, limits)
 
 
-def _points(body: bytes, precision: int, limits: IngestLimits, parsed: Parsed[Any]) -> Iterator[Point]:
+def _points(
+    body: bytes, precision: int, limits: IngestLimits, parsed: Parsed[Any], first_line: int = 1
+) -> Iterator[Point]:
     """The batch's points, in line order; each refused line goes to ``parsed``."""
-    for number, raw in split_lines(body, limits, parsed):
+    for number, raw in split_lines(body, limits, parsed, first_line):
         try:
             point = _parse_line(number, raw, precision, limits)
         except _Refused as exc:
@@ -320,12 +322,15 @@ def _points(body: bytes, precision: int, limits: IngestLimits, parsed: Parsed[An
             yield point
 
 
-def parse_line_protocol(body: bytes, precision: int = 1, limits: IngestLimits | None = None) -> Parsed[Point]:
-    """Points from a line protocol batch; ``precision`` is nanoseconds per timestamp unit
-    (``parse_precision``). Never raises for the content: each bad line is a LineError."""
+def parse_line_protocol(
+    body: bytes, precision: int = 1, limits: IngestLimits | None = None, first_line: int = 1
+) -> Parsed[Point]:
+    """Points from a line protocol batch (or a chunk of one whose first line is number ``first_line``);
+    ``precision`` is nanoseconds per timestamp unit (``parse_precision``). Never raises for the content:
+    each bad line is a LineError."""
     limits = limits or IngestLimits()
     parsed: Parsed[Point] = Parsed(max_errors=limits.max_errors)
-    parsed.items.extend(_points(body, precision, limits, parsed))
+    parsed.items.extend(_points(body, precision, limits, parsed, first_line))
     return parsed
 
 

@@ -44,7 +44,9 @@ def parse_channel(name: str, max_length: int = MAX_LENGTH) -> ChannelName:
         raise InvalidChannel("empty channel name")
     if len(name) > max_length:
         raise InvalidChannel(f"channel name longer than {max_length}")
-    if not name.isprintable() or any(ch.isspace() for ch in name):
+    # isprintable() is False for every whitespace character but the ASCII space (Unicode separators and
+    # controls are not printable): one more scan for " " covers the rest, at C speed.
+    if not name.isprintable() or " " in name:
         raise InvalidChannel("channel name has whitespace or control characters")
     bare = name[1:] if name.startswith(PRIVATE_PREFIX) else name
     namespace, sep, _ = bare.partition(NAMESPACE_BOUNDARY)

@@ -92,13 +92,14 @@ DEV_KEY = ApiKey("", None)
 # ---------------------------------------------------------------- sans-I/O: authentication
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a request presents: ``X-API-Key``, else ``Authorization: apikey <key>``."""
+def presented_key(headers: Mapping[str, str], schemes: Sequence[str] = ("apikey",)) -> str | None:
+    """The key a request presents: ``X-API-Key``, else ``Authorization: <scheme> <key>`` for one of
+    ``schemes`` (``apikey``; ingest also takes InfluxDB's ``token``, what Telegraf's influxdb_v2 sends)."""
     key = headers.get("x-api-key")
     if key:
         return key.strip()
     scheme, _, value = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "apikey" and value.strip():
+    if scheme.lower() in schemes and value.strip():
         return value.strip()
     return None
 
@@ -537,8 +538,11 @@ class ServerAPI:
 
     # ------------------------------------------------------------ HTTP
 
-    async def _admit(self, request: Request) -> tuple[ApiKey | None, Response | None]:
-        """The caller's key, or the response that refuses the request (nothing else happens then)."""
+    async def admit(
+        self, request: Request, schemes: Sequence[str] = ("apikey",), what: str = "server API"
+    ) -> tuple[ApiKey | None, Response | None]:
+        """The caller's key, or the response that refuses the request (nothing else happens then). The
+        ingest endpoints (``what``) are admitted by the same keys, the same way."""
         remote = request.client.host if request.client else ""
         if self.node.stopping:
             return None, Response(status_code=503)
@@ -546,16 +550,17 @@ class ServerAPI:
             if self.node.config.dev_mode:
                 return DEV_KEY, None
             log_limited(
-                log, logging.WARNING, "server API request from %s refused: no API key configured", remote
+                log, logging.WARNING, "%s request from %s refused: no API key configured", what, remote
             )
             return None, Response(status_code=404)
-        presented = presented_key(request.headers)
+        presented = presented_key(request.headers, schemes)
         principal = authenticate(presented, self.keys)
         if principal is None:
             log_limited(
                 log,
                 logging.WARNING,
-                "server API request from %s refused: %s API key",
+                "%s request from %s refused: %s API key",
+                what,
                 remote,
                 "missing" if presented is None else "wrong",
             )
@@ -564,21 +569,10 @@ class ServerAPI:
 
     async def _body(self, request: Request) -> bytes | None:
         """The body, or None when it is over ``api_max_body_size`` (read no further than the limit)."""
-        limit = self.node.config.api_max_body_size
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, self.node.config.api_max_body_size)
 
     async def _read(self, request: Request) -> tuple[ApiKey | None, bytes, Response | None]:
-        principal, refused = await self._admit(request)
+        principal, refused = await self.admit(request)
         if refused is not None or principal is None:
             return None, b"", refused
         try:
@@ -669,6 +663,21 @@ class ServerAPI:
                 reply.update(error_body(err.code, err.message) if err is not None else {"result": result})
             lines.append(orjson.dumps(reply))
         return Response(b"\n".join(lines), media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """A request's body, or None when it is over ``limit`` bytes (read no further than the limit)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _bounded(

@@ -38,6 +38,8 @@ from hub.inbox.api import api_methods
 from hub.inbox.rpc import RESERVED_PREFIX, rpc_methods
 from hub.inbox.service import Notifications
 from hub.metrics import HubCollector, MetricsServer, OutboxCollector, build_registry, exposition
+from hub.ingest.endpoint import Ingest
+from hub.ingest.metrics import FeedCollector
 from hub.node import Node, new_node_id
 from hub.outbound.api import WebhookAPI
 from hub.outbound.routes import retry_policy
@@ -136,12 +138,15 @@ class Switchboard:
         self.metrics_registry = build_registry(
             HubCollector(node.metrics, lambda: node.sessions, lambda: len(node.registry.fanout))
         )
+        self.metrics_registry.register(FeedCollector(node.feed_metrics))
         self.metrics_server: MetricsServer | None = None
         # Events out (webhooks, email): the hub's events go to the outbox of the inbox's store
         # (``outbox_store``); this node delivers them unless ``workers_in_process`` is off.
         self.outbound = Outbound(self.config, node, self.documents, _occupancy(self.config, self.redis, node))
         self.metrics_registry.register(OutboxCollector(self.outbound.metrics))
         self.api = ServerAPI(node)
+        self.ingest = Ingest(node, self.api)
+        """Readings from collectors, in batches (``hub.ingest``)."""
         node.info_sources.append(node_figures(self.documents, self.redis))
         store = _console_store(self.config, self.redis)
         self.console = Console(self.config, node, self.api, self.documents, store)
@@ -168,6 +173,9 @@ class Switchboard:
                 Route("/health", self._health),
                 Route("/ready", self._ready),
                 Route("/metrics", self._metrics),
+                Route("/ingest/influx", self.ingest.influx, methods=["POST"]),
+                Route("/api/v2/write", self.ingest.influx, methods=["POST"]),
+                Route("/ingest/jsonl", self.ingest.jsonl, methods=["POST"]),
                 Route("/api", self.api.root_endpoint, methods=["POST"]),
                 Route("/api/{method}", self.api.method_endpoint, methods=["POST"]),
             ],

@@ -23,6 +23,7 @@ from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_web
 from inbox.errors import InvalidInput
 from inbox.model import DeliveryChannel, check_category, parse_channels
 from inbox.preferences import CategoryPolicy, PreferencePolicy
+from hub.ingest.settings import IngestSettings, parse_ingest
 
 log = logging.getLogger("switchboard.config")
 
@@ -217,6 +218,17 @@ class Config:
     user_personal_single_connection: bool = False
     """Keep one connection per user across all nodes: a newer connection closes the older ones (3504)."""
 
+    ingest_max_body_size: int = 4194304
+    """Bytes an ingest request's body may have as sent (gzipped or not); larger: HTTP 413."""
+    ingest_max_decompressed_size: int = 16777216
+    """Bytes a gzipped ingest body may inflate to; larger: HTTP 413 (a zip bomb stops there)."""
+    ingest_max_lines: int = 100000
+    """Lines one ingest request may hold; the rest is refused (listed as one error)."""
+    ingest_max_concurrent: int = 4
+    """Ingest requests one node works on at once; another gets HTTP 429 with Retry-After."""
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    """``[[ingest.line_protocol]]`` routes (``hub.ingest.settings``)."""
+
     api_keys: list[ApiKey] = field(default_factory=list)
     inbox: PreferencePolicy = field(default_factory=PreferencePolicy)
     """``[inbox]``: the delivery channels of each notification category by default, and which are
@@ -254,7 +266,7 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox")
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox", "ingest")
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
@@ -442,6 +454,8 @@ def load_config(
             cfg.email = parse_email(value)
         elif key == "inbox":
             cfg.inbox = inbox_policy(value)
+        elif key == "ingest":
+            cfg.ingest = parse_ingest(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -572,6 +586,10 @@ def validate(cfg: Config) -> None:
         "sse_retry_ms",
         "api_max_body_size",
         "api_batch_max_parallel",
+        "ingest_max_body_size",
+        "ingest_max_decompressed_size",
+        "ingest_max_lines",
+        "ingest_max_concurrent",
     )
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(f"unknown log_level {cfg.log_level!r}")

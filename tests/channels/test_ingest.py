@@ -130,3 +130,41 @@ def test_json_depth(value: Any, limit: int) -> None:
         return 0
 
     assert json_depth(value, limit) == min(depth(value), limit + 1)
+
+
+def _chunks(body: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
+    """``body`` cut after the line ends nearest ``cuts``: (number of the chunk's first line, chunk)."""
+    ends = sorted({body.find(b"\n", min(c, len(body))) + 1 for c in cuts} - {0})
+    out, start, line = [], 0, 1
+    for end in [*ends, len(body)]:
+        if end > start:
+            out.append((line, body[start:end]))
+            line += body.count(b"\n", start, end)
+            start = end
+    return out
+
+
+_lines = st.sampled_from(
+    [
+        b'{"channel": "a", "data": 1}',
+        b"",
+        b"not json",
+        b'{"channel": "b", "data": {"x": [1]}, "key": "k"}',
+        b"[1]",
+    ]
+)
+
+
+@given(st.lists(_lines, max_size=30), st.lists(st.integers(0, 2000), max_size=5))
+def test_a_batch_parsed_in_chunks_is_the_batch_parsed_whole(lines: list[bytes], cuts: list[int]) -> None:
+    """The endpoint parses a big batch a chunk at a time (each cut at a line end, numbered from its first
+    line): the readings and refusals are those of the whole batch, line numbers included."""
+    body = b"\n".join(lines)
+    whole = parse_json_lines(body)
+    items: list[Reading] = []
+    errors: list[LineError] = []
+    for first, chunk in _chunks(body, cuts):
+        part = parse_json_lines(chunk, first_line=first)
+        items += part.items
+        errors += part.errors
+    assert items == whole.items and errors == whole.errors

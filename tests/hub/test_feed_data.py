@@ -18,7 +18,7 @@ from channels.schema import DataSchema
 from hub import wire
 from tests.conftest import TIMEOUT, RunningHub, token
 from tests.conftest import test_config as base_config
-from tests.hub.test_sdk_channels import connected, subscribed
+from tests.hub.test_sdk_channels import Rec
 
 API_KEY = "feed-data-api-key"
 SCHEMA = {
@@ -98,7 +98,10 @@ async def test_a_schema_refuses_bad_data_on_every_way_in_and_none_of_it_is_deliv
     assert first["error"]["code"] == 107 and reason in first["error"]["message"]
     assert "result" in second  # chat has no schema
     body = await api(feeds, "batch", {"commands": [{"publish": {"channel": "sensors:boiler", "data": {}}}]})
-    assert body["replies"][0]["error"] == {"code": 107, "message": "invalid data: data: \"t\" is a required property"}
+    assert body["replies"][0]["error"] == {
+        "code": 107,
+        "message": 'invalid data: data: "t" is a required property',
+    }
     # the embedding API
     with pytest.raises(ValueError, match="invalid data: data/t: 900"):
         await feeds.sb.publish("sensors:boiler", {"t": 900})
@@ -123,8 +126,6 @@ async def test_binary_data_goes_raw_to_protobuf_and_as_base64_to_json_encoded_on
     viewer = Client(feeds.url, use_protobuf=True, token=token("viewer"), timeout=TIMEOUT)
     try:
         await camera.connect()
-        from tests.hub.test_sdk_channels import Rec
-
         rec = Rec()
         await viewer.connect()
         sub = viewer.new_subscription("cam:front", events=rec)
@@ -178,7 +179,8 @@ async def test_binary_data_goes_raw_to_protobuf_and_as_base64_to_json_encoded_on
         assert [p["data"] for p in reply["history"]["publications"]] == expected
         late = await raw_client(feeds, connect={"token": token("late")})
         reply = await late.command(
-            "subscribe", {"channel": "cam:front", "recover": True, "offset": 3, "epoch": reply["history"]["epoch"]}
+            "subscribe",
+            {"channel": "cam:front", "recover": True, "offset": 3, "epoch": reply["history"]["epoch"]},
         )
         assert [p["data"] for p in reply["subscribe"]["publications"]] == ["Bg==", "Bw=="]
     finally:
