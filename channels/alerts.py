@@ -10,8 +10,10 @@ A rule (one config table; ``parse_rules`` takes a list and checks that names are
     hysteresis = 2.0              # >= 0, default 0
     for = "30s"                   # minimum duration before firing, default 0 (number of seconds or "1m30s")
     publish_to = "alerts:plant"   # optional: the channel the hub publishes the events to
+    notify = ["alice", "bob"]     # optional: the users notified of each event (at most MAX_NOTIFY)
 
-Policy, per series (a rule, a channel it matches, and the reading's key, None for unkeyed feeds):
+Policy, per series (a rule, a tenant, a channel of it the rule matches, and the reading's key, None for
+unkeyed feeds):
 
 - **Violating**: ``above``: value > X; ``below``: value < X; ``outside``: value < LOW or value > HIGH.
 - **Firing** takes the condition holding for ``for`` seconds: the first violating reading starts it
@@ -60,6 +62,9 @@ __all__ = [
     "MISSING",
     "parse_rules",
 ]
+
+MAX_NOTIFY = 1000
+"""Users one rule may notify."""
 
 
 # -- JSON pointer (RFC 6901) -------------------------------------------------------------------------------
@@ -141,6 +146,8 @@ class AlertRule:
     min_duration: float = 0.0
     """Seconds the condition must hold before the alert fires (the config's ``for``)."""
     publish_to: str | None = None
+    notify: tuple[str, ...] = ()
+    """Users told of each event (the hub's notifications)."""
 
     def violates(self, value: float) -> bool:
         if self.condition is Condition.ABOVE:
@@ -167,7 +174,18 @@ class AlertRule:
         def bad(message: str) -> InvalidFeedConfig:
             return InvalidFeedConfig(f"alert rule {name!r}: {message}")
 
-        known = {"name", "channels", "field", "above", "below", "outside", "hysteresis", "for", "publish_to"}
+        known = {
+            "name",
+            "channels",
+            "field",
+            "above",
+            "below",
+            "outside",
+            "hysteresis",
+            "for",
+            "publish_to",
+            "notify",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise bad(f"unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -215,7 +233,29 @@ class AlertRule:
                 parse_channel(publish_to)
             except InvalidChannel as exc:
                 raise bad(f"'publish_to': {exc}") from None
-        return cls(name, channels, pointer, condition, low, high, float(hysteresis), min_duration, publish_to)
+            if compile_pattern(channels)(publish_to):
+                raise bad("'publish_to' matches 'channels': the alert's own events would be evaluated")
+        notify = data.get("notify", [])
+        if (
+            not isinstance(notify, (list, tuple))
+            or len(notify) > MAX_NOTIFY
+            or not all(isinstance(u, str) and 0 < len(u) <= 255 and u.isprintable() for u in notify)
+        ):
+            raise bad(
+                f"'notify' must be a list of at most {MAX_NOTIFY} user ids (printable, 1-255 characters)"
+            )
+        return cls(
+            name,
+            channels,
+            pointer,
+            condition,
+            low,
+            high,
+            float(hysteresis),
+            min_duration,
+            publish_to,
+            tuple(dict.fromkeys(notify)),
+        )
 
 
 def _is_number(value: Any) -> bool:
@@ -258,10 +298,12 @@ class AlertEvent:
     """When it was decided: the reading's time, or the ``advance`` clock."""
     since: float
     """When the condition began: the same in an episode's ``fired`` and ``cleared`` events."""
+    tenant: str = ""
 
     @property
     def id(self) -> str:
-        """Names the event across nodes that evaluate the same readings (publish each id once)."""
+        """Names the event across nodes that evaluate the same readings (publish each id once). The tenant
+        is not in it: an idempotency key is kept per (tenant, channel) by the broker."""
         return f"{self.rule.name}|{self.channel}|{self.key or ''}|{self.since!r}|{self.kind}"
 
 
@@ -280,7 +322,8 @@ class _Series:
         self.value = value
 
 
-_SeriesKey = tuple[int, str, str | None]
+_SeriesKey = tuple[int, str, str, str | None]
+"""(rule index, tenant, channel, key)."""
 
 
 class AlertEvaluator:
@@ -306,8 +349,11 @@ class AlertEvaluator:
             found = self._matching[channel] = [i for i, m in enumerate(self._matchers) if m(channel)]
         return found
 
-    def observe(self, channel: str, key: str | None, data: Any, time: float) -> list[AlertEvent]:
-        """Events that a reading (``data``: the publication's parsed JSON) causes."""
+    def observe(
+        self, channel: str, key: str | None, data: Any, time: float, tenant: str = ""
+    ) -> list[AlertEvent]:
+        """Events that a reading (``data``: the publication's parsed JSON) on ``channel`` of ``tenant``
+        causes."""
         events: list[AlertEvent] = []
         for index in self._rules_for(channel):
             rule = self.rules[index]
@@ -315,11 +361,11 @@ class AlertEvaluator:
             if not _is_number(value):
                 continue
             value = float(value)
-            series_key = (index, channel, key)
+            series_key = (index, tenant, channel, key)
             series = self._series.get(series_key)
             if series is None:
                 if rule.violates(value):
-                    self._start(series_key, rule, channel, key, value, time, events)
+                    self._start(series_key, rule, value, time, events)
                 continue
             if time < series.last_time:
                 continue  # older than what this series has seen
@@ -327,7 +373,9 @@ class AlertEvaluator:
             if series.state is _State.FIRING:
                 if rule.clears(value):
                     del self._series[series_key]
-                    events.append(AlertEvent("cleared", rule, channel, key, value, time, series.since))
+                    events.append(
+                        AlertEvent("cleared", rule, channel, key, value, time, series.since, tenant)
+                    )
                 else:
                     series.value = value
                 continue
@@ -337,18 +385,11 @@ class AlertEvaluator:
                 series.value = value
                 if time - series.since >= rule.min_duration:
                     series.state = _State.FIRING
-                    events.append(AlertEvent("fired", rule, channel, key, value, time, series.since))
+                    events.append(AlertEvent("fired", rule, channel, key, value, time, series.since, tenant))
         return events
 
     def _start(
-        self,
-        series_key: _SeriesKey,
-        rule: AlertRule,
-        channel: str,
-        key: str | None,
-        value: float,
-        time: float,
-        events: list[AlertEvent],
+        self, series_key: _SeriesKey, rule: AlertRule, value: float, time: float, events: list[AlertEvent]
     ) -> None:
         if len(self._series) >= self.max_tracked:
             self.dropped += 1
@@ -356,13 +397,14 @@ class AlertEvaluator:
         firing = rule.min_duration <= 0
         self._series[series_key] = _Series(_State.FIRING if firing else _State.PENDING, time, value)
         if firing:
-            events.append(AlertEvent("fired", rule, channel, key, value, time, time))
+            _, tenant, channel, key = series_key
+            events.append(AlertEvent("fired", rule, channel, key, value, time, time, tenant))
 
     def advance(self, now: float) -> list[AlertEvent]:
         """Fire the pending series whose condition has held for their rule's ``for`` by ``now`` (their last
         reading violated and none came since); ``now`` is on the readings' clock."""
         events: list[AlertEvent] = []
-        for (index, channel, key), series in self._series.items():
+        for (index, tenant, channel, key), series in self._series.items():
             rule = self.rules[index]
             if (
                 series.state is _State.PENDING
@@ -371,14 +413,18 @@ class AlertEvaluator:
             ):
                 series.state = _State.FIRING
                 series.last_time = now
-                events.append(AlertEvent("fired", rule, channel, key, series.value, now, series.since))
+                events.append(
+                    AlertEvent("fired", rule, channel, key, series.value, now, series.since, tenant)
+                )
         return events
 
     def firing(self) -> list[AlertEvent]:
         """The alerts firing now, each as the ``fired`` event it had (value and time of its last reading)."""
         return [
-            AlertEvent("fired", self.rules[index], channel, key, series.value, series.last_time, series.since)
-            for (index, channel, key), series in self._series.items()
+            AlertEvent(
+                "fired", self.rules[index], channel, key, series.value, series.last_time, series.since, tenant
+            )
+            for (index, tenant, channel, key), series in self._series.items()
             if series.state is _State.FIRING
         ]
 

@@ -49,7 +49,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from channels.errors import InvalidChannel, InvalidFeedConfig
 from channels.ingest import IngestLimits, Parsed, Reading, split_lines
-from channels.names import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, USER_BOUNDARY, parse_channel
+from channels.names import NAMESPACE_BOUNDARY, parse_channel, substitution_refused
 
 __all__ = [
     "ChannelTemplate",
@@ -446,14 +446,11 @@ class ChannelTemplate:
             else:
                 value, what = point.measurement, "the measurement"
             if channel:
-                if USER_BOUNDARY in value or any(ch.isspace() for ch in value):
-                    raise _Refused(
-                        f"{what} holds '#' or whitespace, which a channel name cannot take from it"
-                    )
-                if j < self.namespace_fixed_at and NAMESPACE_BOUNDARY in value:
-                    raise _Refused(f"{what} holds ':', which would choose the channel's namespace")
-                if j == 0 and value.startswith(PRIVATE_PREFIX):
-                    raise _Refused(f"{what} starts with '$', which would make the channel private")
+                refused = substitution_refused(
+                    value, starts_name=j == 0, before_namespace=j < self.namespace_fixed_at
+                )
+                if refused is not None:
+                    raise _Refused(f"{what} {refused}")
             out.append(value)
         return "".join(out)
 

@@ -38,6 +38,20 @@ class ChannelName:
         return self.allowed_users is None or user in self.allowed_users
 
 
+def substitution_refused(value: str, *, starts_name: bool, before_namespace: bool) -> str | None:
+    """Why ``value``, put into a channel name by a template (from a tag, a topic level, a channel part),
+    cannot be: it would change what the template's literal text decides (None when it can be). It may not
+    hold ``#`` (a user-limited channel) or whitespace; where it starts the name it may not start with ``$``
+    (a private channel); before the template's first literal ``:`` it may not hold ``:`` (the namespace)."""
+    if USER_BOUNDARY in value or any(ch.isspace() for ch in value):
+        return "holds '#' or whitespace, which a channel name cannot take from it"
+    if before_namespace and NAMESPACE_BOUNDARY in value:
+        return "holds ':', which would choose the channel's namespace"
+    if starts_name and value.startswith(PRIVATE_PREFIX):
+        return "starts with '$', which would make the channel private"
+    return None
+
+
 def parse_channel(name: str, max_length: int = MAX_LENGTH) -> ChannelName:
     """Parse a channel name; raise InvalidChannel when it breaks the grammar."""
     if not isinstance(name, str) or not name:

@@ -29,6 +29,7 @@ from hub.admin.console import Console
 from hub.admin.inspect import node_figures
 from hub.admin.store import ConsoleStore
 from hub.admin.store_sqlite import SqliteConsoleStore
+from hub.alerting import Alerts, PersonalChannels
 from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.demos import TYPING_RPC, Demos
@@ -146,6 +147,13 @@ class Switchboard:
         self.metrics_registry.register(OutboxCollector(self.outbound.metrics))
         self.api = ServerAPI(node)
         self.ingest = Ingest(node, self.api)
+        self.alerts = (
+            Alerts(node, self.config.alerts, PersonalChannels(node, self.config.alerts_user_channel))
+            if self.config.alerts
+            else None
+        )
+        """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified on their personal
+        channels (the inbox's notifier replaces ``PersonalChannels`` once the hub has one)."""
         """Readings from collectors, in batches (``hub.ingest``)."""
         node.info_sources.append(node_figures(self.documents, self.redis))
         store = _console_store(self.config, self.redis)
@@ -226,6 +234,8 @@ class Switchboard:
 
                     worker = partial(start_worker, self.config, self.node.id)
                 await self.outbound.start(self.outbox_store(), worker=worker)
+            if self.alerts is not None:
+                await self.alerts.start()
             if self.brokers is not None:
                 await self.brokers.start()
             if self.config.metrics_port and self.metrics_server is None:
@@ -242,6 +252,8 @@ class Switchboard:
     async def stop(self) -> None:
         if self.brokers is not None:
             await self.brokers.stop()
+        if self.alerts is not None:
+            await self.alerts.close()
         await self.node.stop()
         await self.outbound.stop()
         await self.notifications.stop()

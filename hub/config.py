@@ -12,18 +12,30 @@ import json
 import logging
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from channels.alerts import AlertRule
+from channels.errors import UnknownNamespace
+from channels.names import parse_channel
 from channels.options import NamespaceOptions, Namespaces, parse_duration
+from channels.pattern import compile_pattern
 from hub.codes import ConfigError
 from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_webhooks
 from inbox.errors import InvalidInput
 from inbox.model import DeliveryChannel, check_category, parse_channels
 from inbox.preferences import CategoryPolicy, PreferencePolicy
 from hub.ingest.settings import IngestSettings, parse_ingest
+from hub.ingest.settings import (
+    IngestSettings,
+    MqttSettings,
+    check_user_channel,
+    parse_alerts,
+    parse_ingest,
+    parse_mqtt,
+)
 
 log = logging.getLogger("switchboard.config")
 
@@ -228,6 +240,15 @@ class Config:
     """Ingest requests one node works on at once; another gets HTTP 429 with Retry-After."""
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """``[[ingest.line_protocol]]`` routes (``hub.ingest.settings``)."""
+    mqtt: MqttSettings | None = None
+    """The ``[mqtt]`` bridge's broker and routes; None: no bridge."""
+    mqtt_enabled: bool = True
+    """Whether this node runs the ``[mqtt]`` bridge (run it on one node of a hub: each bridge publishes
+    what it receives)."""
+    alerts: list[AlertRule] = field(default_factory=list)
+    """``[[alerts]]`` threshold rules (``channels.alerts``), evaluated on every node."""
+    alerts_user_channel: str = "personal:alerts#{user}"
+    """Where a rule's ``notify`` users are told of its events: ``{user}`` is the user's id."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     inbox: PreferencePolicy = field(default_factory=PreferencePolicy)
@@ -243,6 +264,14 @@ class Config:
         if self.doc_store == "auto":
             return bool(self.redis_urls)
         return self.doc_store == "redis"
+
+    def watch_patterns(self) -> list[Callable[[str], bool]]:
+        """Matchers of the channels some node must see every publication of (``hub.watch``): the alert
+        rules', and the MQTT bridge's outbound routes' (whichever node runs it)."""
+        patterns = [compile_pattern(rule.channels) for rule in self.alerts]
+        if self.mqtt is not None:
+            patterns += [route.matches for route in self.mqtt.publish]
+        return patterns
 
     def namespace_table(self) -> Namespaces:
         return Namespaces(self.channel, self.namespaces)
@@ -266,7 +295,7 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox", "ingest")
+_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox", "ingest", "mqtt", "alerts")
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
@@ -456,6 +485,10 @@ def load_config(
             cfg.inbox = inbox_policy(value)
         elif key == "ingest":
             cfg.ingest = parse_ingest(value)
+        elif key == "mqtt":
+            cfg.mqtt = parse_mqtt(value)
+        elif key == "alerts":
+            cfg.alerts = parse_alerts(value)
         elif key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, from_env=False))
         else:
@@ -629,6 +662,26 @@ def validate(cfg: Config) -> None:
     if len(set(keys)) != len(keys):
         raise ConfigError("an API key is configured twice")
     _validate_admin(cfg)
+    _validate_feeds(cfg)
+
+
+def _validate_feeds(cfg: Config) -> None:
+    """Alert notifications need a personal channel in a configured namespace."""
+    if any(rule.notify for rule in cfg.alerts):
+        check_user_channel(cfg.alerts_user_channel)
+        namespace = cfg.namespace_table()
+        try:
+            namespace.options_for(parse_channel(cfg.alerts_user_channel.replace("{user}", "u")))
+        except UnknownNamespace:
+            raise ConfigError(f"alerts_user_channel {cfg.alerts_user_channel!r}: no such namespace") from None
+    for rule in cfg.alerts:
+        if rule.publish_to is not None:
+            try:
+                cfg.namespace_table().options_for(parse_channel(rule.publish_to))
+            except UnknownNamespace:
+                raise ConfigError(
+                    f"alert rule {rule.name!r}: publish_to {rule.publish_to!r}: no such namespace"
+                ) from None
 
 
 def _validate_admin(cfg: Config) -> None:

@@ -33,6 +33,7 @@ from hub.memory import Trimmer
 from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
+from hub.watch import Watch
 from hub.wire import CODECS, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
 from hub.writer import Backlog, FlushScheduler, Transport
 from presence.presence import PresenceManager
@@ -130,6 +131,8 @@ class Node:
         shared control channel before ``start``."""
         self.events: EventTap | None = None
         """Where the node's events go out (webhooks: ``hub.outbound``); None when nothing wants them."""
+        self.watch = Watch(self, config.watch_patterns())
+        """Channels found by pattern as they are published to, tapped for the alerts and the MQTT bridge."""
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -144,6 +147,7 @@ class Node:
         if self.config.dev_mode:
             log.warning("node %s runs in development mode: anonymous access, public token secret", self.id)
         await self.broker.start()
+        self.watch.start()
         await self.control.start()
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         log.info("node %s started", self.id)
@@ -203,6 +207,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.trimmer.cancel()
+        await self.watch.close()
         await self.control.close()
         await self.broker.close()
         await self.presence.close()
@@ -338,12 +343,14 @@ class Node:
             if reason is not None:
                 self.feed_metrics.refused(channel.raw)
                 raise codes.error_invalid_data(reason)
+        key = (tenant, channel.raw)
+        if self.watch.patterns:  # alerts or MQTT routes configured: the nodes that watch it must see it
+            await self.watch.seen(key)
         history = (
             HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)
             if opts.history_enabled and not skip_history
             else None
         )
-        key = (tenant, channel.raw)
         try:
             result = await self.broker.publish(
                 key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key

@@ -119,9 +119,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def write_config(path: Path, **settings: Any) -> Path:
-    """The suite's node config with top-level ``settings`` added or replacing the defaults above; a list
-    of dicts is an array of tables (``webhooks=[{...}]``)."""
+def write_config(path: Path, *, tables: str = "", **settings: Any) -> Path:
+    """The suite's node config with top-level ``settings`` added or replacing the defaults above (a list of
+    dicts is an array of tables: ``webhooks=[{...}]``), and ``tables`` (TOML text: more namespaces,
+    ``[[alerts]]``, ``[mqtt]``...) at its end."""
     defaults = {
         "presence_ttl": PRESENCE_TTL,
         "presence_update_interval": PRESENCE_UPDATE_INTERVAL,
@@ -129,7 +130,7 @@ def write_config(path: Path, **settings: Any) -> Path:
     }
     named = {k: settings.pop(k) for k in list(settings) if k in defaults}
     values = {**defaults, **named}
-    tables = {
+    arrays = {
         k: settings.pop(k)
         for k in list(settings)
         if isinstance(settings[k], list) and settings[k] and all(isinstance(e, dict) for e in settings[k])
@@ -141,11 +142,12 @@ def write_config(path: Path, **settings: Any) -> Path:
         if key in settings:
             lines[i] = f"{key} = {_toml_value(settings.pop(key))}"
     extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in settings.items())
-    for name, entries in tables.items():  # arrays of tables ([[webhooks]]) after the top-level keys
+    for name, entries in arrays.items():  # arrays of tables ([[webhooks]]) after the top-level keys
         for entry in entries:
             extra += f"\n[[{name}]]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in entry.items())
     template = "\n".join(lines) + "\n" + extra + rest
-    path.write_text(template.format(secret=SECRET, api_key=API_KEY, **values))
+    text = template.format(secret=SECRET, api_key=API_KEY, **values)
+    path.write_text(text + ("\n" + tables if tables else ""))
     return path
 
 
@@ -369,14 +371,15 @@ class NodeSet(Sequence[HubNode]):
         doc_store: str | None = None,
         shared_data_dir: bool = False,
         max_descriptors: int | None = None,
+        tables: str = "",
         **settings: Any,
     ) -> list[HubNode]:
         """Start ``count`` nodes sharing ``redis`` (default: the set's) with ``settings`` in their config;
         the processes start at once and are awaited together. Each node has a data directory of its own
         unless ``shared_data_dir`` (one disk for all, as SQLite documents across nodes need);
-        ``max_descriptors`` is each process's RLIMIT_NOFILE."""
+        ``max_descriptors`` is each process's RLIMIT_NOFILE; ``tables`` is TOML text added to the config."""
         self._configs += 1
-        config = write_config(self.workdir / f"hub-{self._configs}.toml", **settings)
+        config = write_config(self.workdir / f"hub-{self._configs}.toml", tables=tables, **settings)
         args: list[str] = []
         for url in self.redis if redis is None else redis:
             args += ["--redis", url]

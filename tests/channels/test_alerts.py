@@ -394,3 +394,28 @@ def test_a_condition_that_held_long_enough_is_firing(options: dict[str, Any], sc
         if max([times[-1], *ticks]) - times[0] >= oracle.min_duration:
             mine = [e for _, e in events if e.key == key]
             assert mine and mine[-1].kind == "fired"
+
+
+def test_tenants_are_separate_series() -> None:
+    ev = evaluator(above=90, **{"for": 5})
+    ev.observe("plant:b", None, {"t": 91}, 0, tenant="acme")
+    assert ev.observe("plant:b", None, {"t": 91}, 3, tenant="beta") == []  # beta's own pending series
+    (fired,) = ev.observe("plant:b", None, {"t": 91}, 5, tenant="acme")
+    assert (fired.tenant, fired.since) == ("acme", 0)
+    assert ev.observe("plant:b", None, {"t": 0}, 6, tenant="beta") == []  # beta's clear is not acme's
+    assert [(e.tenant, e.kind) for e in ev.observe("plant:b", None, {"t": 0}, 7, tenant="acme")] == [
+        ("acme", "cleared")
+    ]
+
+
+def test_users_to_notify() -> None:
+    rule = AlertRule.from_mapping({**BASE, "above": 1, "notify": ["alice", "bob", "alice"]})
+    assert rule.notify == ("alice", "bob")
+    for bad in (["a b\x00"], "alice", [""], [1], ["x"] * 1001):
+        with pytest.raises(InvalidFeedConfig, match="'notify' must be a list"):
+            AlertRule.from_mapping({**BASE, "above": 1, "notify": bad})
+
+
+def test_an_alert_that_would_evaluate_its_own_events_is_refused() -> None:
+    with pytest.raises(InvalidFeedConfig, match="'publish_to' matches 'channels'"):
+        AlertRule.from_mapping({**BASE, "above": 1, "publish_to": "plant:alerts"})

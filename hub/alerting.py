@@ -1,0 +1,235 @@
+"""Threshold alerts on a running hub: the ``[[alerts]]`` rules (``channels.alerts``) evaluated on every node,
+their events published once across nodes, and the users of each rule notified.
+
+- **What is evaluated**: every publication of every channel a rule matches, whatever way it came in. The
+  node learns such channels as they are published to and taps them (``hub.watch``): every node that
+  evaluates sees the same publications, in the broker's order, from the one that made the channel known.
+- **The clock** is the readings' own: a publication's time (``Publication.time``, set once when it is
+  published, the same on every node), and the wall clock for ``advance`` (a condition held past ``for``
+  with no reading since). So every node decides the same events with the same ``since``.
+- **Once across nodes**: an event goes to the rule's ``publish_to`` channel with ``AlertEvent.id`` as its
+  idempotency key; the broker keeps the first and suppresses the others' (``IDEMPOTENCY_TTL``, 5 minutes:
+  every node decides within that of the others). Only the node whose publication was not suppressed
+  notifies the rule's users; without ``publish_to`` each notification carries its own idempotency key.
+- **Notifications** go through an ``AlertNotifier``: ``PersonalChannels`` publishes the event on each
+  user's personal channel (``alerts_user_channel``, ``personal:alerts#{user}``). When the hub gets its
+  inbox, the composition root hands an inbox-backed notifier instead; nothing else changes.
+- **Bounds**: the evaluator's (series tracked, channels cached); events waiting to be published
+  (``MAX_QUEUE``: past it the oldest are dropped, counted and logged); the watch's.
+- A reading whose data is not JSON (a binary namespace, or garbage) is skipped; so is one the rule's
+  field does not hold a number in (``channels.alerts``).
+
+The event's data (what ``publish_to`` subscribers and notified users get)::
+
+    {"alert": "boiler-hot", "kind": "fired", "channel": "plant:boiler.b7", "key": null,
+     "field": "/temp", "condition": "above", "threshold": 90.0, "value": 93.5,
+     "since": 1700000000000, "time": 1700000030000}
+
+(``threshold`` is ``[low, high]`` for ``outside``; times in milliseconds since the epoch.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from channels.alerts import AlertEvaluator, AlertEvent, AlertRule, Condition
+from channels.errors import InvalidChannel, UnknownNamespace
+from channels.names import ChannelKey, parse_channel
+from channels.pattern import compile_pattern
+from channels.publication import ClientInfo, Publication
+from hub import codec_json
+from hub.codes import ClientError
+from hub.ingest.settings import user_channel
+from hub.logs import log_limited
+
+if TYPE_CHECKING:
+    from hub.node import Node
+
+log = logging.getLogger("switchboard.alerts")
+
+ADVANCE = 1.0
+"""Seconds between two looks for conditions held past their ``for`` without a reading since."""
+MAX_QUEUE = 10_000
+"""Events waiting to be published."""
+
+
+def event_data(event: AlertEvent) -> dict[str, Any]:
+    rule = event.rule
+    threshold: Any = [rule.low, rule.high] if rule.condition is Condition.OUTSIDE else rule.low
+    return {
+        "alert": rule.name,
+        "kind": event.kind,
+        "channel": event.channel,
+        "key": event.key,
+        "field": rule.field.text,
+        "condition": rule.condition.value,
+        "threshold": threshold,
+        "value": event.value,
+        "since": round(event.since * 1000),
+        "time": round(event.time * 1000),
+    }
+
+
+class AlertNotifier(Protocol):
+    """Tells users of an alert event (the inbox, once the hub has one; their personal channels until then)."""
+
+    async def notify(
+        self, tenant: str, users: Sequence[str], event: AlertEvent, data: dict[str, Any]
+    ) -> None:
+        """Tell each of ``users`` (of ``tenant``) about ``event``; ``event.id`` names it across nodes, so a
+        notifier that can should not tell a user twice of one id. Raises nothing for a user it cannot
+        reach (it logs); an unavailable backend may raise."""
+
+
+class PersonalChannels:
+    """Notifies by publishing the event on each user's personal channel (``alerts_user_channel``)."""
+
+    def __init__(self, node: Node, template: str) -> None:
+        self.node = node
+        self.template = template
+
+    async def notify(
+        self, tenant: str, users: Sequence[str], event: AlertEvent, data: dict[str, Any]
+    ) -> None:
+        payload = codec_json.data_bytes(data)
+        for user in users:
+            name = user_channel(self.template, user)
+            try:
+                channel = parse_channel(name)
+                opts = self.node.namespaces.options_for(channel)
+            except (InvalidChannel, UnknownNamespace) as exc:
+                log_limited(log, logging.WARNING, "alert notification to %s impossible: %s", name, exc)
+                continue
+            await self.node.publish_to(
+                tenant, channel, opts, payload, idempotency_key=f"{event.id}|{user}", info=_INFO
+            )
+
+
+_INFO = ClientInfo("", "alerts")
+"""Who publishes alert events, as subscribers see it."""
+
+
+class Alerts:
+    """The alert rules of one node (policies in the module docstring)."""
+
+    def __init__(self, node: Node, rules: Sequence[AlertRule], notifier: AlertNotifier) -> None:
+        self.node = node
+        self.notifier = notifier
+        self.evaluator = AlertEvaluator(rules)
+        self.dropped = 0
+        """Events dropped because MAX_QUEUE were waiting."""
+        self._queue: deque[AlertEvent] = deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        matchers = [compile_pattern(rule.channels) for rule in rules]
+        node.watch.listen(lambda name: any(match(name) for match in matchers), self)
+
+    async def start(self) -> None:
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._advance_loop()), loop.create_task(self._publish_loop())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # ------------------------------------------------------------ ChannelTap (on the fan-out path)
+
+    def publication(self, key: ChannelKey, pub: Publication) -> None:
+        if self.node.namespaces.binary(key[1]):
+            return
+        try:
+            data = orjson.loads(pub.data)
+        except orjson.JSONDecodeError:
+            return
+        feed_key = getattr(pub, "key", "") or None  # the reading's key, where publications carry one
+        self._emit(self.evaluator.observe(key[1], feed_key, data, pub.time / 1000, key[0]))
+
+    def join(self, key: ChannelKey, info: ClientInfo) -> None:
+        pass
+
+    def leave(self, key: ChannelKey, info: ClientInfo) -> None:
+        pass
+
+    # ------------------------------------------------------------ events
+
+    def advance(self, now: float) -> None:
+        """Fire the conditions held past their ``for`` by ``now`` (wall clock, seconds)."""
+        self._emit(self.evaluator.advance(now))
+
+    def _emit(self, events: list[AlertEvent]) -> None:
+        for event in events:
+            self.node.feed_metrics.alert_events[event.kind] += 1
+            if len(self._queue) >= MAX_QUEUE:
+                self._queue.popleft()
+                self.dropped += 1
+                log_limited(log, logging.WARNING, "%d alert events waiting: the oldest dropped", MAX_QUEUE)
+            self._queue.append(event)
+        if events:
+            self._wakeup.set()
+
+    async def _advance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ADVANCE)
+            try:
+                self.advance(time.time())
+            except Exception:
+                log.exception("alert evaluation failed")
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                event = self._queue.popleft()
+                try:
+                    await self.deliver(event)
+                except Exception:
+                    log.exception("alert event %s could not be delivered", event.id)
+
+    async def deliver(self, event: AlertEvent) -> None:
+        """Publish ``event`` on its rule's ``publish_to`` (once across nodes) and notify its users."""
+        rule = event.rule
+        data = event_data(event)
+        log_limited(
+            log,
+            logging.INFO,
+            "alert %s %s on %s (value %s)",
+            rule.name,
+            event.kind,
+            event.channel,
+            event.value,
+        )
+        if rule.publish_to is not None:
+            channel = parse_channel(rule.publish_to)
+            opts = self.node.namespaces.options_for(channel)
+            try:
+                result = await self.node.publish_to(
+                    event.tenant,
+                    channel,
+                    opts,
+                    codec_json.data_bytes(data),
+                    idempotency_key=event.id,
+                    info=_INFO,
+                )
+            except ClientError as exc:
+                log_limited(log, logging.WARNING, "alert event not published to %s: %s", rule.publish_to, exc)
+                return
+            if result.suppressed:
+                return  # another node published (and notified) this one
+        if rule.notify:
+            try:
+                await self.notifier.notify(event.tenant, rule.notify, event, data)
+            except ClientError as exc:
+                log_limited(log, logging.WARNING, "alert notification of %s failed: %s", rule.name, exc)
