@@ -154,6 +154,12 @@ class Switchboard:
         )
         """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified on their personal
         channels (the inbox's notifier replaces ``PersonalChannels`` once the hub has one)."""
+        self.mqtt: Any = None
+        """The MQTT bridge (``workers.mqtt``) when ``[mqtt]`` is configured and this node runs it."""
+        if self.config.mqtt is not None and self.config.mqtt_enabled:
+            from workers.mqtt import MqttBridge  # a worker, run in the node (no `switchboard worker` yet)
+
+            self.mqtt = MqttBridge(node, self.config.mqtt)
         """Readings from collectors, in batches (``hub.ingest``)."""
         node.info_sources.append(node_figures(self.documents, self.redis))
         store = _console_store(self.config, self.redis)
@@ -236,6 +242,8 @@ class Switchboard:
                 await self.outbound.start(self.outbox_store(), worker=worker)
             if self.alerts is not None:
                 await self.alerts.start()
+            if self.mqtt is not None:
+                await self.mqtt.start()
             if self.brokers is not None:
                 await self.brokers.start()
             if self.config.metrics_port and self.metrics_server is None:
@@ -254,6 +262,8 @@ class Switchboard:
             await self.brokers.stop()
         if self.alerts is not None:
             await self.alerts.close()
+        if self.mqtt is not None:
+            await self.mqtt.close()
         await self.node.stop()
         await self.outbound.stop()
         await self.notifications.stop()

@@ -6,6 +6,7 @@ Every call passes ``env`` explicitly, so the process environment never leaks int
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,43 @@ data_format = "binary"
     assert load_config(None, env=env).channel.data_schema is not None
     with pytest.raises(ConfigError, match=r"SWITCHBOARD_CHANNEL_\*: data_schema is not JSON"):
         load_config(None, env={"SWITCHBOARD_CHANNEL_DATA_SCHEMA": "{"})
+
+
+MQTT = """
+[mqtt]
+url = "mqtt://user:p%40ss@broker.local"
+tenant = "acme"
+[[mqtt.subscribe]]
+topic = "plant/+/temperature"
+channel = "sensors:{1}"
+[[mqtt.publish]]
+channel = "commands:{1}"
+topic = "plant/{1}/command"
+"""
+
+
+def test_the_mqtt_table(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MQTT), env={})
+    assert cfg.mqtt is not None and cfg.mqtt_enabled
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("broker.local", 1883, False)
+    assert (cfg.mqtt.username, cfg.mqtt.password, cfg.mqtt.tenant) == ("user", "p@ss", "acme")
+    assert cfg.mqtt.subscribe[0].route("plant/p1/temperature") == ("sensors:p1", None)
+    assert [m("commands:x") for m in cfg.watch_patterns()] == [True]
+    assert not load_config(write(tmp_path, MQTT), env={"SWITCHBOARD_MQTT_ENABLED": "false"}).mqtt_enabled
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (("mqtt://user:p%40ss@broker.local", "http://broker.local"), "expected mqtt://host[:port]"),
+        (('tenant = "acme"', "tenant = 5"), "[mqtt] tenant must be a string"),
+        (('tenant = "acme"', "keepalive = 1"), "keepalive must be an integer from 5 to 3600"),
+        (('tenant = "acme"', 'reconnect_min = "1m"\nreconnect_max = "1s"'), "reconnect_min must be positive"),
+        (('tenant = "acme"', "qos = 2"), "[mqtt]: unknown key 'qos'"),
+        (('channel = "sensors:{1}"', 'channel = "sensors:{2}"'), "[[mqtt.subscribe]] number 1:"),
+        (('topic = "plant/{1}/command"', 'topic = "plant/#"'), "[[mqtt.publish]] number 1:"),
+    ],
+)
+def test_a_bad_mqtt_table_says_what_is_wrong(tmp_path: Path, change: tuple[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(write(tmp_path, MQTT.replace(*change)), env={})

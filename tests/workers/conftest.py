@@ -1,5 +1,5 @@
 """Fixtures of the worker tests: outbox stores on real time (leases and retries must really pass), on
-SQLite and PostgreSQL (``store_kind``), and a webhook receiver."""
+SQLite and PostgreSQL (``store_kind``), a webhook receiver, and a Mosquitto broker (``mosquitto``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from inbox.inbox_sqlite import SqliteInbox
 from inbox.outbox import RetryPolicy, Topic
 from inbox.preferences import PreferencePolicy
 from tests.inbox.conftest import store_kind  # noqa: F401
+from tests.mqtt_broker import mosquitto  # noqa: F401
 from tests.postgres_servers import fresh_database
 from tests.workers.receiver import Receiver
 
