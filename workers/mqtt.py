@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import socket
 import ssl
 from collections import deque
 from typing import TYPE_CHECKING
@@ -120,6 +121,9 @@ class MqttBridge:
             timeout=10.0,
             tls_context=ssl.create_default_context() if s.tls else None,
             max_queued_incoming_messages=s.max_queue,
+            # PUBACKs go out at once: Nagle's algorithm held each tiny one back until the broker's delayed
+            # ACK (~40 ms), and the broker sends only a window of QoS 1 messages per round trip.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _run(self) -> None:
