@@ -49,7 +49,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from channels.errors import InvalidChannel, InvalidFeedConfig
 from channels.ingest import IngestLimits, Parsed, Reading, split_lines
-from channels.names import NAMESPACE_BOUNDARY, parse_channel, substitution_refused
+from channels.names import parse_channel, parse_template, render_template
 
 __all__ = [
     "ChannelTemplate",
@@ -402,57 +402,29 @@ class ChannelTemplate:
     def parse(cls, text: str) -> ChannelTemplate:
         if not isinstance(text, str) or not text:
             raise InvalidFeedConfig(f"a template must be a non-empty string, got {text!r}")
-        parts: list[str | tuple[str]] = []
-        literal, pos = "", 0
-        for match in _PLACEHOLDER.finditer(text):
-            literal += text[pos : match.start()]
-            pos = match.end()
-            token = match.group()
-            if token in ("{{", "}}"):
-                literal += token[0]
-                continue
-            if match.group(1) is None:
-                raise InvalidFeedConfig(
-                    f"template {text!r}: unmatched {token!r} at {match.start() + 1} "
-                    "(placeholders are {measurement} and {tag:NAME}; {{ and }} for braces)"
-                )
-            if literal:
-                parts.append(literal)
-                literal = ""
-            name = match.group(1)
-            parts.append(("",) if name == "measurement" else (name[4:],))
-        literal += text[pos:]
-        if literal:
-            parts.append(literal)
-        fixed = next(
-            (j for j, p in enumerate(parts) if isinstance(p, str) and NAMESPACE_BOUNDARY in p), len(parts)
+        parts, fixed = parse_template(text, _PLACEHOLDER, "placeholders are {measurement} and {tag:NAME}")
+        named = tuple(
+            p if isinstance(p, str) else ("",) if p[0] == "measurement" else (p[0][4:],) for p in parts
         )
-        return cls(text, tuple(parts), fixed)
+        return cls(text, named, fixed)
 
     def render(self, point: Point, *, channel: bool) -> str:
         """The name for ``point``; raises _Refused (a tag missing, or for a channel a value that would change
         what the literal parts decide)."""
         tags = dict(point.tags)
-        out: list[str] = []
-        for j, part in enumerate(self.parts):
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            if part[0]:
-                value = tags.get(part[0])
-                if value is None:
-                    raise _Refused(f"tag {part[0]!r} is missing (the template {self.text!r} needs it)")
-                what = f"tag {part[0]!r}"
-            else:
-                value, what = point.measurement, "the measurement"
-            if channel:
-                refused = substitution_refused(
-                    value, starts_name=j == 0, before_namespace=j < self.namespace_fixed_at
-                )
-                if refused is not None:
-                    raise _Refused(f"{what} {refused}")
-            out.append(value)
-        return "".join(out)
+
+        def value_of(name: str) -> tuple[str, str]:
+            if not name:
+                return point.measurement, "the measurement"
+            value = tags.get(name)
+            if value is None:
+                raise _Refused(f"tag {name!r} is missing (the template {self.text!r} needs it)")
+            return value, f"tag {name!r}"
+
+        try:
+            return render_template(self.parts, self.namespace_fixed_at, value_of, channel=channel)
+        except ValueError as exc:
+            raise _Refused(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

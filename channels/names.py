@@ -11,10 +11,12 @@ The channel's identity is ``(tenant, name)``: the same name in two tenants is tw
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from channels.errors import InvalidChannel
+from channels.errors import InvalidChannel, InvalidFeedConfig
 
 ChannelKey: TypeAlias = tuple[str, str]
 """(tenant, channel name): the identity of a channel everywhere below the client session."""
@@ -51,6 +53,65 @@ def substitution_refused(value: str, *, starts_name: bool, before_namespace: boo
     if starts_name and value.startswith(PRIVATE_PREFIX):
         return "starts with '$', which would make the channel private"
     return None
+
+
+TemplateParts: TypeAlias = tuple[str | tuple[str], ...]
+"""A name template: literal text, or a 1-tuple holding a placeholder's name."""
+
+
+def parse_template(text: str, placeholder: re.Pattern[str], usage: str) -> tuple[TemplateParts, int]:
+    """The parts of a name template, and the index of the first part holding a literal ``:`` (placeholders
+    before it may not hold one). ``placeholder`` matches ``{{``, ``}}``, a placeholder (its name in group
+    1) or a stray brace; ``usage`` names the placeholders for the error. InvalidFeedConfig for a bad one."""
+    parts: list[str | tuple[str]] = []
+    literal, pos = "", 0
+    for match in placeholder.finditer(text):
+        literal += text[pos : match.start()]
+        pos = match.end()
+        token = match.group()
+        if token in ("{{", "}}"):
+            literal += token[0]
+            continue
+        if match.group(1) is None:
+            raise InvalidFeedConfig(
+                f"template {text!r}: unmatched {token!r} at {match.start() + 1} "
+                f"({usage}; {{{{ and }}}} for braces)"
+            )
+        if literal:
+            parts.append(literal)
+            literal = ""
+        parts.append((match.group(1),))
+    literal += text[pos:]
+    if literal:
+        parts.append(literal)
+    fixed = next(
+        (j for j, p in enumerate(parts) if isinstance(p, str) and NAMESPACE_BOUNDARY in p), len(parts)
+    )
+    return tuple(parts), fixed
+
+
+def render_template(
+    parts: TemplateParts,
+    namespace_fixed_at: int,
+    value_of: Callable[[str], tuple[str, str]],
+    *,
+    channel: bool,
+) -> str:
+    """The name with each placeholder's value (``value_of(name)``: the value and how to call it in an
+    error) put in; for a channel, ValueError when a value would change what the literal text decides
+    (``substitution_refused``)."""
+    out: list[str] = []
+    for j, part in enumerate(parts):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        value, what = value_of(part[0])
+        if channel:
+            refused = substitution_refused(value, starts_name=j == 0, before_namespace=j < namespace_fixed_at)
+            if refused is not None:
+                raise ValueError(f"{what} {refused}")
+        out.append(value)
+    return "".join(out)
 
 
 def parse_channel(name: str, max_length: int = MAX_LENGTH) -> ChannelName:

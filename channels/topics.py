@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.errors import InvalidChannel, InvalidFeedConfig
-from channels.names import NAMESPACE_BOUNDARY, parse_channel, substitution_refused
+from channels.names import TemplateParts, parse_channel, parse_template, render_template
 
 __all__ = ["MAX_TOPIC_BYTES", "ChannelRoute", "TopicFilter", "TopicRoute", "check_topic"]
 
@@ -108,57 +108,27 @@ class _Template:
     """Literal text and ``{N}`` / ``{#}`` placeholders (``{{`` and ``}}`` for braces)."""
 
     text: str
-    parts: tuple[str | tuple[str], ...]
+    parts: TemplateParts
     namespace_fixed_at: int
 
     @classmethod
     def parse(cls, text: Any, what: str) -> _Template:
         if not isinstance(text, str) or not text:
             raise InvalidFeedConfig(f"{what} must be a non-empty string, got {text!r}")
-        parts: list[str | tuple[str]] = []
-        literal, pos = "", 0
-        for match in _PLACEHOLDER.finditer(text):
-            literal += text[pos : match.start()]
-            pos = match.end()
-            token = match.group()
-            if token in ("{{", "}}"):
-                literal += token[0]
-                continue
-            if match.group(1) is None:
-                raise InvalidFeedConfig(
-                    f"{what} {text!r}: unmatched {token!r} (placeholders are {{1}}, {{2}}, ... and {{#}})"
-                )
-            if literal:
-                parts.append(literal)
-                literal = ""
-            parts.append((match.group(1),))
-        literal += text[pos:]
-        if literal:
-            parts.append(literal)
-        fixed = next(
-            (j for j, p in enumerate(parts) if isinstance(p, str) and NAMESPACE_BOUNDARY in p), len(parts)
-        )
-        return cls(text, tuple(parts), fixed)
+        parts, fixed = parse_template(text, _PLACEHOLDER, "placeholders are {1}, {2}, ... and {#}")
+        return cls(text, parts, fixed)
 
     def names(self) -> set[str]:
         return {p[0] for p in self.parts if isinstance(p, tuple)}
 
     def render(self, values: Mapping[str, str], *, channel: bool) -> str:
         """The text with the values put in; ValueError (the reason) where a channel could not take one."""
-        out: list[str] = []
-        for j, part in enumerate(self.parts):
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            value = values[part[0]]
-            if channel:
-                refused = substitution_refused(
-                    value, starts_name=j == 0, before_namespace=j < self.namespace_fixed_at
-                )
-                if refused is not None:
-                    raise ValueError(f"topic level {value[:80]!r} {refused}")
-            out.append(value)
-        return "".join(out)
+        return render_template(
+            self.parts,
+            self.namespace_fixed_at,
+            lambda name: (values[name], f"topic level {values[name][:80]!r}"),
+            channel=channel,
+        )
 
 
 @dataclass(frozen=True, slots=True)
