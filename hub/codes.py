@@ -78,7 +78,7 @@ def error_bad_request() -> ClientError:
     return ClientError(107, "bad request")
 
 
-def error_invalid_data(reason: str) -> ClientError:
+def error_invalid_data(reason: str = "its namespace refuses it") -> ClientError:
     """Data its namespace refuses (``data_schema``, ``data_format``): 107, with the reason in one line.
     Centrifugo has no such error: a bad request it is, and the message tells the sender what to fix."""
     return ClientError(107, f"invalid data: {reason}")

@@ -180,7 +180,7 @@ class Stream:
             return
         data = pub.data
         body: dict[str, Any] = {"offset": pub.offset, "time": time.time(), "size": len(data)}
-        if self.node.namespaces.binary(key[1]):
+        if self.node is not None and self.node.namespaces.binary(key[1]):  # (tests give no node)
             # Any bytes: shown as base64, as every JSON surface shows binary data (hub.wire)
             body["data"] = base64.b64encode(data[:PREVIEW_BYTES]).decode()
             body["binary"] = True
