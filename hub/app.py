@@ -38,9 +38,9 @@ from hub.hooks import Hooks
 from hub.inbox.api import api_methods
 from hub.inbox.rpc import RESERVED_PREFIX, rpc_methods
 from hub.inbox.service import Notifications
-from hub.metrics import HubCollector, MetricsServer, OutboxCollector, build_registry, exposition
 from hub.ingest.endpoint import Ingest
 from hub.ingest.metrics import FeedCollector
+from hub.metrics import HubCollector, MetricsServer, OutboxCollector, build_registry, exposition
 from hub.node import Node, new_node_id
 from hub.outbound.api import WebhookAPI
 from hub.outbound.routes import retry_policy

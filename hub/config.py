@@ -23,11 +23,6 @@ from channels.names import parse_channel
 from channels.options import NamespaceOptions, Namespaces, parse_duration
 from channels.pattern import compile_pattern
 from hub.codes import ConfigError
-from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_webhooks
-from inbox.errors import InvalidInput
-from inbox.model import DeliveryChannel, check_category, parse_channels
-from inbox.preferences import CategoryPolicy, PreferencePolicy
-from hub.ingest.settings import IngestSettings, parse_ingest
 from hub.ingest.settings import (
     IngestSettings,
     MqttSettings,
@@ -36,6 +31,10 @@ from hub.ingest.settings import (
     parse_ingest,
     parse_mqtt,
 )
+from hub.outbound.settings import EmailSettings, Webhook, parse_email, parse_webhooks
+from inbox.errors import InvalidInput
+from inbox.model import DeliveryChannel, check_category, parse_channels
+from inbox.preferences import CategoryPolicy, PreferencePolicy
 
 log = logging.getLogger("switchboard.config")
 
@@ -295,7 +294,19 @@ def _env_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-_TABLES = ("channel", "namespaces", "dev_mode", "api_keys", "redis_urls", "webhooks", "email", "inbox", "ingest", "mqtt", "alerts")
+_TABLES = (
+    "channel",
+    "namespaces",
+    "dev_mode",
+    "api_keys",
+    "redis_urls",
+    "webhooks",
+    "email",
+    "inbox",
+    "ingest",
+    "mqtt",
+    "alerts",
+)
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
 
 
