@@ -873,7 +873,7 @@ class Client:
             self.insufficient_state(name)
             return
         sub.active = True
-        buffered = self.node.registry.finish_subscribe(sub.key, self, push)
+        buffered = self.node.registry.finish_subscribe(sub.key, self, push, join_leave=sub.push_join_leave)
         for pub in [*prep.recovered, *after_position(buffered, prep.offset)]:
             self.push_publication(name, pub)
         if self.events is not None and prep.result.get("recovered") is False:

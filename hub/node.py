@@ -533,15 +533,15 @@ class Node:
             tap.leave(key, info)
 
     def _push_join_leave(self, key: ChannelKey, encoder: str, info: ClientInfo) -> None:
-        tables = self.registry.fanout.get(key)
+        """Push a join or leave to the subscribers of ``key`` that asked for them (and to them only: the
+        registry keeps them apart, so a room where nobody asked costs nothing per join, whatever its size)."""
+        tables = self.registry.join_leave.get(key)
         if tables is None:
             return
-        for fmt, subs in enumerate(tables):
-            frame = b""
-            for client in subs:
-                sub = client.subs.get(key[1])
-                if sub is not None and sub.push_join_leave:
-                    frame = frame or getattr(CODECS[fmt], encoder)(key[1], info)
+        for fmt, clients in enumerate(tables):
+            if clients:
+                frame = getattr(CODECS[fmt], encoder)(key[1], info)
+                for client in clients:
                     client.writer.push(frame)
 
     # ---------------------------------------------------------------- session clock

@@ -5,7 +5,12 @@ encoded once per format that has subscribers, and a delivery is one dict iterati
 client's ``push`` (its bound ``Writer.push``; for the streaming formats, a method that also takes the
 publication, to track resume positions). A subscription being set up sits in
 ``pending`` with a buffer: publications that arrive meanwhile are kept for it and handed over when it
-becomes active, so none is lost between reading history and joining the fan-out. What a buffer holds
+becomes active, so none is lost between reading history and joining the fan-out.
+
+Beside the fan-out, each channel's subscribers that asked for join/leave pushes have tables of their own
+(``join_leave``, one per format): a join or leave is pushed to them alone, so its cost is that of its
+deliveries, never a walk over the whole room (a room of 18,000 where nobody asked costs what a room of one
+does). What a buffer holds
 counts against its connection's write bound (``Writer.hold``): a client subscribing to a busy channel while
 the history read is slow is a slow consumer (3008) once that passes ``client_queue_max_size``, and its
 buffer takes nothing more, rather than growing for as long as the read takes.
@@ -39,7 +44,7 @@ Push = Callable[..., None]
 
 
 class Registry:
-    __slots__ = ("clients", "users", "fanout", "pending", "formats", "watch")
+    __slots__ = ("clients", "users", "fanout", "join_leave", "pending", "formats", "watch")
 
     def __init__(self, formats: int = 1) -> None:
         self.formats = formats
@@ -47,6 +52,8 @@ class Registry:
         self.users: dict[tuple[str, str], set[Client]] = {}
         self.fanout: dict[ChannelKey, list[dict[Client, Push]]] = {}
         """Each channel's subscribers, one table per wire format (index: ``Client.fmt``)."""
+        self.join_leave: dict[ChannelKey, list[dict[Client, None]]] = {}
+        """Each channel's subscribers that asked for join/leave pushes (a subset of ``fanout``), by format."""
         self.pending: dict[ChannelKey, dict[Client, list[Publication]]] = {}
         self.watch: Callable[[ChannelKey], None] | None = None
         """Called when a channel gains its first active subscriber here, or loses its last (channel
@@ -104,17 +111,24 @@ class Registry:
                 buffered.append(pub)
                 writer.hold(size)
 
-    def finish_subscribe(self, key: ChannelKey, client: Client, push: Push) -> list[Publication]:
-        """Move ``client`` into the fan-out of ``key``; return what was buffered meanwhile."""
+    def finish_subscribe(
+        self, key: ChannelKey, client: Client, push: Push, *, join_leave: bool = False
+    ) -> list[Publication]:
+        """Move ``client`` into the fan-out of ``key`` (and, with ``join_leave``, among those told of joins
+        and leaves); return what was buffered meanwhile."""
         buffered = self._drop_pending(key, client)
         tables = self.fanout.get(key)
+        first = tables is None
         if tables is None:
             tables = self.fanout[key] = [{} for _ in range(self.formats)]
-            tables[client.fmt][client] = push
-            if self.watch is not None:
-                self.watch(key)
-            return buffered
         tables[client.fmt][client] = push
+        if join_leave:
+            watching = self.join_leave.get(key)
+            if watching is None:
+                watching = self.join_leave[key] = [{} for _ in range(self.formats)]
+            watching[client.fmt][client] = None
+        if first and self.watch is not None:
+            self.watch(key)
         return buffered
 
     def cancel_subscribe(self, key: ChannelKey, client: Client) -> None:
@@ -136,13 +150,14 @@ class Registry:
 
     def remove_subscriber(self, key: ChannelKey, client: Client) -> None:
         """Take ``client`` off ``key`` (active or still being set up)."""
-        tables = self.fanout.get(key)
-        if tables is not None and client in tables[client.fmt]:
-            del tables[client.fmt][client]
-            if not any(tables):
-                del self.fanout[key]
-                if self.watch is not None:
-                    self.watch(key)
+        for index in (self.fanout, self.join_leave):
+            tables = index.get(key)
+            if tables is not None and client in tables[client.fmt]:
+                del tables[client.fmt][client]
+                if not any(tables):
+                    del index[key]
+                    if index is self.fanout and self.watch is not None:
+                        self.watch(key)
         waiting = self.pending.get(key)
         if waiting is not None and client in waiting:
             self._drop_pending(key, client)
