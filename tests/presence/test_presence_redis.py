@@ -128,6 +128,18 @@ async def test_stats_exact_across_nodes(redis_server: RedisServer, make_node: No
         assert await node.stats(ROOM) == PresenceStats(num_clients=4, num_users=2)
 
 
+async def test_a_crowd_joining_at_once_is_recorded(redis_server: RedisServer, make_node: NodeFactory) -> None:
+    """Issue 15: 300 subscribes of one room at once took a pooled Redis connection each; past redis-py's
+    100 the rest failed ("Too many connections", the subscribe answered 100). They share the shard's
+    pipelined connection now."""
+    node = await make_node([redis_server.url])
+    crowd = [ClientInfo(f"u{i}", f"c{i}") for i in range(300)]
+    await asyncio.gather(*(node.add(ROOM, info) for info in crowd))
+    assert await node.stats(ROOM) == PresenceStats(num_clients=300, num_users=300)
+    await asyncio.gather(*(node.remove(ROOM, info.client) for info in crowd))
+    assert await node.get(ROOM) == {}
+
+
 # -- expiry ------------------------------------------------------------------------------------------------
 
 
