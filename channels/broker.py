@@ -67,6 +67,12 @@ class BrokerEventHandler(Protocol):
 
 
 class Broker(Protocol):
+    pipelined: bool
+    """True when a publish waits for a round trip and publishes *started* one after another (each call run
+    up to its first suspension, e.g. as tasks created in order) are accepted in that order, per channel,
+    or fail: a session may then have several publishes in flight (``hub.client``). False where that order
+    would not hold, or where nothing is gained (a memory broker's publish never suspends)."""
+
     def set_handler(self, handler: BrokerEventHandler) -> None: ...
 
     async def start(self) -> None: ...

@@ -42,6 +42,9 @@ class _Stream:
 class MemoryBroker:
     """Broker for one process. ``publish`` calls the handler synchronously: fan-out is done on return."""
 
+    pipelined = False
+    """A publish never suspends: nothing to gain from having several in flight."""
+
     def __init__(self, *, clock: Callable[[], float] | None = None, sweep_interval: float = 30.0) -> None:
         self._handler: BrokerEventHandler | None = None
         self._streams: dict[ChannelKey, _Stream] = {}

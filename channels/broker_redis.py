@@ -170,12 +170,18 @@ class RedisBroker:
     """Broker over Redis shards (standalone, consistent-hashed standalone servers, or a cluster).
 
     ``node_id`` names this node in logs. ``publish`` returns once the script ran on Redis; delivery to
-    this node's own handler comes back through pub/sub like everyone else's, in Redis order.
+    this node's own handler comes back through pub/sub like everyone else's, in Redis order. Its command
+    is written before its first suspension (``Shard.send``), so publishes started one after another run
+    in that order on Redis (``pipelined``, standalone only).
     """
 
     def __init__(self, shards: RedisShards, *, node_id: str) -> None:
         self.shards = shards
         self.node_id = node_id
+        self.pipelined = not shards.cluster
+        """Standalone shards write each command in call order on one connection (``Shard.send``), so
+        publishes started one after another are accepted in that order; a cluster's pooled connections
+        keep no order."""
         self._handler: BrokerEventHandler | None = None
         self._subscribed: dict[ChannelKey, Shard] = {}
         self._hooked: set[int] = set()
@@ -289,7 +295,7 @@ class RedisBroker:
             _ms(IDEMPOTENCY_TTL),
         ]
         try:
-            suppressed, result = await shard.eval(PUBLISH_SCRIPT, keys, args)
+            suppressed, result = await shard.eval(PUBLISH_SCRIPT, keys, args, ordered=True)
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
         offset, _, epoch = result.partition(b":")

@@ -102,11 +102,19 @@ def _server_identity(url: str) -> str:
 
 
 class Script:
-    """A Lua script run with EVALSHA, falling back to EVAL (which also loads it) on NOSCRIPT."""
+    """A Lua script run with EVALSHA, falling back to EVAL (which also loads it) on NOSCRIPT.
+
+    Every script is loaded (SCRIPT LOAD) on each new command connection before anything else is sent on
+    it, so a restarted Redis (an empty script cache) answers the first EVALSHA too: no NOSCRIPT, and no
+    retry that another command could overtake (see ``Shard.eval``)."""
+
+    known: list[Script] = []
+    """Every script made: what a new connection loads."""
 
     def __init__(self, lua: str) -> None:
         self.lua = lua
         self.sha = hashlib.sha1(lua.encode()).hexdigest()
+        Script.known.append(self)
 
 
 class _Pipe(asyncio.Protocol):
@@ -151,8 +159,9 @@ class _Pipe(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(ShardUnavailable(f"connection lost: {exc or 'closed by server'}"))
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def send(self, packed: bytes, fut: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
         if not self.alive:
             fut.set_exception(ShardUnavailable("connection lost"))
             return fut
@@ -445,6 +454,12 @@ class Shard:
         self._state = asyncio.Event()
         self._pipe: _Pipe | None = None
         self._pipe_lock = asyncio.Lock()
+        self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
+        """Commands sent while the command connection is (re)connecting, in call order."""
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.sent = 0
+        """Commands sent on the command connection so far (standalone): tells ``eval`` whether another
+        command went out after one of its own."""
         self._tasks: set[asyncio.Future[None]] = set()
 
     async def check(self) -> None:
@@ -575,22 +590,72 @@ class Shard:
                 return await self.redis.execute_command(*args)
             except DOWN_ERRORS as exc:
                 raise ShardUnavailable(f"redis {self.name}: {exc}") from exc
+        return await self._reply(self.send(args))
+
+    def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Standalone: send one command now, without waiting; its reply comes through the future. Commands
+        reach Redis in the order of these calls, and Redis runs them in that order, also while the
+        connection is being (re)established (they wait for it, in order). Callers that must keep an order
+        (a session's pipelined publishes) rely on this: the command takes its place in the call."""
+        self.sent += 1
+        packed = hiredis.pack_command(args)
         pipe = self._pipe
-        if pipe is None or not pipe.alive:
+        if pipe is not None and pipe.alive and not self._queued:
+            return pipe.send(packed)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((packed, fut))
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+        return fut
+
+    async def _reconnect(self) -> None:
+        """Connect the command connection, then send what was queued meanwhile, in order (or fail it all)."""
+        try:
             pipe = await self._connect_pipe()
-        fut = pipe.send(hiredis.pack_command(args))
+        except ShardUnavailable as exc:
+            queued, self._queued = self._queued, []
+            for _, fut in queued:
+                if not fut.done():
+                    fut.set_exception(ShardUnavailable(str(exc)))
+            return
+        finally:
+            self._reconnecting = None
+        queued, self._queued = self._queued, []
+        for packed, fut in queued:
+            if not fut.done():  # one whose caller gave up (timeout) is not run later behind its back
+                pipe.send(packed, fut)
+
+    async def _reply(self, fut: asyncio.Future[Any]) -> Any:
+        """The reply of a command sent with ``send``, within connect_timeout (see ``execute``)."""
         try:
             async with asyncio.timeout(self.connect_timeout):
                 return await fut
         except TimeoutError as exc:
-            pipe.abort()  # a server that stopped answering: every waiter fails now, the next call reconnects
+            if self._pipe is not None:  # a server that stopped answering: every waiter fails now, the next
+                self._pipe.abort()  # call reconnects
             raise ShardUnavailable(f"redis {self.name} did not answer in {self.connect_timeout} s") from exc
 
-    async def eval(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
-        """Run ``script`` (EVALSHA, then EVAL if Redis does not know it yet)."""
+    async def eval(
+        self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any], *, ordered: bool = False
+    ) -> Any:
+        """Run ``script`` (EVALSHA, then EVAL if Redis does not know it yet).
+
+        ``ordered``: the caller relies on the order of its calls (``send``). A NOSCRIPT (the script cache
+        was flushed by hand: a new connection loads every script first) is then retried with EVAL only if
+        nothing was sent after the EVALSHA, which would otherwise run before the retry; else the call fails
+        as unavailable (it did not run), and the calls after it keep their order."""
+        if self.cluster:
+            try:
+                return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                return await self.execute("EVAL", script.lua, len(keys), *keys, *args)
+        fut = self.send(("EVALSHA", script.sha, len(keys), *keys, *args))
+        mine = self.sent
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:
+            return await self._reply(fut)
+        except rexc.NoScriptError as exc:
+            if ordered and self.sent != mine:
+                raise ShardUnavailable(f"redis {self.name}: {exc} (a later command went out first)") from exc
             return await self.execute("EVAL", script.lua, len(keys), *keys, *args)
 
     async def _connect_pipe(self) -> _Pipe:
@@ -601,7 +666,8 @@ class Shard:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     await self._open(lambda: pipe, *self._address)
-                    for fut in [pipe.send(hiredis.pack_command(cmd)) for cmd in self._hello(select=True)]:
+                    hello = [*self._hello(select=True), *(("SCRIPT", "LOAD", s.lua) for s in Script.known)]
+                    for fut in [pipe.send(hiredis.pack_command(cmd)) for cmd in hello]:
                         await fut
             except (OSError, TimeoutError, rexc.ResponseError, ShardUnavailable) as exc:
                 pipe.abort()
@@ -614,8 +680,9 @@ class Shard:
     async def publish(self, channel: str, data: bytes) -> None:
         """PUBLISH (SPUBLISH in cluster mode). Raises ShardUnavailable if Redis cannot be reached."""
         try:
-            if isinstance(self.redis, aioredis.RedisCluster):
+            if self.cluster:
                 rc = self.redis
+                assert isinstance(rc, aioredis.RedisCluster)
                 if not rc.nodes_manager.slots_cache:
                     await rc.initialize()
                 node = rc.nodes_manager.get_node_from_slot(key_slot(channel.encode()))

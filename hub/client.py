@@ -15,6 +15,7 @@ Before ``connect`` only ``connect`` (and pongs) are accepted: anything else ends
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -52,6 +53,11 @@ HISTORY_MAX_LIMIT = 300
 
 FLAG_REJECT_UNRECOVERED = 2
 """SubscribeRequest.flag bit: reply 112 instead of ``recovered: false`` (centrifuge-python's get_state)."""
+
+PIPELINE_MAX = 64
+"""Publishes one session may have in flight at once on a broker that pipelines them (``Broker.pipelined``);
+with as many, or with client_max_message_size bytes of their data in flight, the next one waits for the
+oldest (and the session reads nothing meanwhile)."""
 
 _METHODS = (
     "connect",
@@ -122,6 +128,20 @@ class _Prepared:
     offset: int
     recovered: list[Publication] = field(default_factory=list)
     """Recovered publications to push as publications (``resume_as_events``), not inside the result."""
+
+
+@dataclass(slots=True)
+class _Reply:
+    """A command's reply in its place while publishes are in flight (``Client._inflight``): ``frame`` once
+    known (b"": the command answers nothing); ``task``, the publish a pipelined publish waits for."""
+
+    frame: bytes | None = None
+    task: asyncio.Task[Any] | None = None
+    size: int = 0
+
+
+def _method_of(cmd: dict[str, Any]) -> str | None:
+    return next((m for m in _METHODS if m in cmd), None)
 
 
 def _recovery_request(raw: Any) -> dict[str, Any]:
@@ -200,6 +220,9 @@ class Client:
         "limiter",
         "_graceful",
         "_ended",
+        "_inflight",
+        "_inflight_bytes",
+        "_in_frame",
         "__weakref__",
     )
 
@@ -255,7 +278,13 @@ class Client:
         self._unusable = False
         self._identity = ("", DEFAULT_TENANT)
         self.busy = False
-        """A frame's commands are being handled (pongs wait behind them)."""
+        """A frame's commands are being handled, or publishes of the session are in flight (pongs wait
+        behind them; a graceful disconnect waits for their replies)."""
+        self._in_frame = False
+        self._inflight: collections.deque[_Reply] = collections.deque()
+        """Pipelined publishes not yet answered and the replies behind them, in command order (see
+        ``_pipeline_publish``)."""
+        self._inflight_bytes = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
@@ -319,11 +348,17 @@ class Client:
             log_limited(log, logging.WARNING, "bad frame: %s", exc, extra=self._log_extra())
             self.disconnect(codes.BAD_REQUEST.error())
             return
-        self.busy = True
+        self.busy = self._in_frame = True
         try:
             for cmd in commands:
                 if self._closing or self._graceful is not None:
                     return
+                if self._inflight and _method_of(cmd) not in (None, "publish"):
+                    # Any other command waits for the publishes in flight to be answered, so it sees their
+                    # effects (history, presence, a subscribe's recovery) as if each had been awaited.
+                    await self._settle()
+                    if self._closing or self._graceful is not None:
+                        return
                 try:
                     await self._handle_command(cmd)
                 except Disconnect as exc:
@@ -332,12 +367,18 @@ class Client:
                 except _StopFrame:
                     return
         finally:
-            self.busy = False
-            if self._graceful is not None:
-                self.disconnect(self._graceful)
-            if self.awaiting_pong:
-                # A slow command kept the client's pong waiting behind it: the pong timeout starts now.
-                self.last_ping = time.monotonic()
+            self._in_frame = False
+            if not self._inflight:
+                self._answered()
+
+    def _answered(self) -> None:
+        """Every command read so far is answered: a disconnect waiting for that goes ahead."""
+        self.busy = False
+        if self._graceful is not None:
+            self.disconnect(self._graceful)
+        if self.awaiting_pong:
+            # A slow command kept the client's pong waiting behind it: the pong timeout starts now.
+            self.last_ping = time.monotonic()
 
     async def handle_emulated(self, data: str | bytes) -> None:
         """Commands of an emulation session, POSTed beside its stream: handled one request at a time, in
@@ -356,7 +397,7 @@ class Client:
         if isinstance(cmd_id, bool) or not isinstance(cmd_id, int) or cmd_id < 0:
             log_limited(log, logging.WARNING, "bad command id %r", cmd_id, extra=self._log_extra())
             raise codes.BAD_REQUEST.error()
-        method = next((m for m in _METHODS if m in cmd), None)
+        method = _method_of(cmd)
         if method is None and cmd_id == 0:
             return  # an empty command is the pong to our ping
         if self.limiter is not None and self._over_rate(cmd_id, method or "unknown"):
@@ -373,7 +414,7 @@ class Client:
         if method is None:
             log_limited(log, logging.INFO, "unknown method in command %d", cmd_id, extra=self._log_extra())
             self.node.metrics.command_error("unknown", 104)
-            self.writer.push(self.codec.encode_error(cmd_id, 104, "method not found"))
+            self._reply(self.codec.encode_error(cmd_id, 104, "method not found"))
             return
         if cmd_id == 0 and method != "send":
             log_limited(log, logging.WARNING, "%s without id", method, extra=self._log_extra())
@@ -389,23 +430,30 @@ class Client:
             if not isinstance(params, dict):
                 raise codes.error_bad_request()
             result = await getattr(self, "_cmd_" + method)(cmd_id, params)
-        except ClientError as exc:
+        except Disconnect as exc:
             self.node.metrics.command_error(method, exc.code)
-            log_limited(
-                log, logging.INFO, "%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra()
-            )
-            if cmd_id:
-                self.writer.push(self.codec.encode_error(cmd_id, exc.code, exc.message, exc.temporary))
-            if method == "connect":
+            raise
+        except Exception as exc:
+            if reply := self._failure(method, cmd_id, exc):
+                self._reply(reply)
+            if method == "connect" and isinstance(exc, ClientError):
                 # As Centrifuge: a connection whose connect failed takes no more commands; the SDKs open
                 # a new one (after getting a new token, for 109).
                 self._unusable = True
                 raise _StopFrame from None
             return
-        except Disconnect as exc:
-            self.node.metrics.command_error(method, exc.code)
-            raise
-        except (BrokerUnavailable, PresenceUnavailable) as exc:
+        if cmd_id and result is not None:
+            self._reply(self.codec.encode_reply(cmd_id, method, result))
+
+    def _failure(self, method: str, cmd_id: int, exc: BaseException) -> bytes:
+        """The error reply of a command that raised ``exc`` (b"" for a command without id), logged and
+        counted as its kind deserves."""
+        if isinstance(exc, ClientError):
+            log_limited(
+                log, logging.INFO, "%s failed: %d %s", method, exc.code, exc.message, extra=self._log_extra()
+            )
+            code, message, temporary = exc.code, exc.message, exc.temporary
+        elif isinstance(exc, (BrokerUnavailable, PresenceUnavailable)):
             # Redis is away: the command fails, temporarily (the SDKs retry), and nothing claims success.
             log_limited(
                 log,
@@ -415,18 +463,19 @@ class Client:
                 exc or type(exc).__name__,
                 extra=self._log_extra(),
             )
-            self.node.metrics.command_error(method, 100)
-            if cmd_id:
-                self.writer.push(self.codec.encode_error(cmd_id, 100, "internal server error", True))
-            return
-        except Exception:
-            log.exception("%s crashed", method, extra=self._log_extra())
-            self.node.metrics.command_error(method, 100)
-            if cmd_id:
-                self.writer.push(self.codec.encode_error(cmd_id, 100, "internal server error", True))
-            return
-        if cmd_id and result is not None:
-            self.writer.push(self.codec.encode_reply(cmd_id, method, result))
+            code, message, temporary = 100, "internal server error", True
+        else:
+            log.error("%s crashed", method, exc_info=exc, extra=self._log_extra())
+            code, message, temporary = 100, "internal server error", True
+        self.node.metrics.command_error(method, code)
+        return self.codec.encode_error(cmd_id, code, message, temporary) if cmd_id else b""
+
+    def _reply(self, frame: bytes) -> None:
+        """Write a reply in command order: behind the replies of the publishes still in flight, if any."""
+        if self._inflight:
+            self._inflight.append(_Reply(frame))
+        else:
+            self.writer.push(frame)
 
     def _over_rate(self, cmd_id: int, method: str) -> bool:
         """Spend a token on this command (``hub.limits``): False to go on; True when it was refused (111);
@@ -451,8 +500,7 @@ class Client:
         if self.limiter.refused == 1:  # one line per streak, not one per refused command
             log_limited(log, logging.INFO, "command rate limit exceeded", extra=self._log_extra())
         if cmd_id:
-            reply = self.codec.encode_error(cmd_id, refusal.code, refusal.message, refusal.temporary)
-            self.writer.push(reply)
+            self._reply(self.codec.encode_error(cmd_id, refusal.code, refusal.message, refusal.temporary))
         return True
 
     # ---------------------------------------------------------------- connect / refresh
@@ -970,7 +1018,7 @@ class Client:
             return False
         return bool(self.user) or for_anonymous
 
-    async def _cmd_publish(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_publish(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any] | None:
         if "data" not in p:
             raise codes.error_bad_request()
         channel, opts, _ = self._guarded(p, "publish")
@@ -990,8 +1038,77 @@ class Client:
                 encoded = codec_json.data_bytes(data)
             except codec_json.DecodeError:
                 raise codes.error_bad_request() from None
+        if self.node.broker.pipelined and cmd_id:
+            await self._pipeline_publish(cmd_id, channel, opts, encoded, info)
+            return None  # answered in its place once the broker has (``_published``)
         await self.node.publish_to(self.tenant, channel, opts, encoded, info=info)
         return {}
+
+    async def _pipeline_publish(
+        self, cmd_id: int, channel: ChannelName, opts: NamespaceOptions, data: bytes, info: ClientInfo
+    ) -> None:
+        """Start a publish and go on with the next command without waiting for the broker (each publish
+        would otherwise cost the session a Redis round trip, and a publisher could not go faster than one
+        publication per round trip).
+
+        Order: the broker accepts publishes in the order they start (``Broker.pipelined``), and they start
+        in command order (tasks run their first step in creation order, and ``Node.publish_to`` hands the
+        publication to the broker before its first suspension): one client's publications of a channel are
+        accepted, delivered and numbered in the order it sent them, whatever fails in between (a failed one
+        is answered with its error and takes no place). Replies go out in command order (``_reply``), and
+        any other command waits until the publishes before it are answered (``handle_frame``), so a history
+        or presence read after a publish sees it, as it would had the session awaited each.
+
+        Bounds: PIPELINE_MAX publishes and client_max_message_size bytes of their data in flight; past
+        either, this waits for the oldest.
+        """
+        inflight, size = self._inflight, len(data)
+        limit = self.node.config.client_max_message_size
+        while inflight and (len(inflight) >= PIPELINE_MAX or self._inflight_bytes + size > limit):
+            await self._settle_one()
+        if self._closing:
+            return  # the connection is going: nothing to answer, nothing started on its behalf
+        task = asyncio.get_running_loop().create_task(
+            self.node.publish_to(self.tenant, channel, opts, data, info=info)
+        )
+        entry = _Reply(task=task, size=size)
+        inflight.append(entry)
+        self._inflight_bytes += size
+        task.add_done_callback(partial(self._published, entry, cmd_id))
+
+    def _published(self, entry: _Reply, cmd_id: int, task: asyncio.Task[Any]) -> None:
+        """A pipelined publish is done: its reply takes its place; the replies now at the head go out."""
+        self._inflight_bytes -= entry.size
+        if task.cancelled():  # the loop is going away: the publish may or may not have been accepted
+            entry.frame = self.codec.encode_error(cmd_id, 100, "internal server error", True)
+        elif (exc := task.exception()) is None:
+            entry.frame = self.codec.encode_reply(cmd_id, "publish", {})
+        elif isinstance(exc, Disconnect):
+            entry.frame = b""
+            self.node.metrics.command_error("publish", exc.code)
+            self.disconnect(exc)
+        else:
+            entry.frame = self._failure("publish", cmd_id, exc)
+        inflight = self._inflight
+        while inflight and inflight[0].frame is not None:
+            frame = inflight.popleft().frame
+            if frame:
+                self.writer.push(frame)
+        if not inflight and not self._in_frame:
+            self._answered()
+
+    async def _settle_one(self) -> None:
+        """Wait until the oldest publish in flight is answered (with the replies behind it, up to the next
+        one in flight)."""
+        head = self._inflight[0].task
+        assert head is not None  # a ready reply never stays at the head
+        # its done callback (``_published``) was added first, so it has run when this wait returns
+        await asyncio.wait((head,))
+
+    async def _settle(self) -> None:
+        """Wait until every publish in flight is answered."""
+        while self._inflight:
+            await self._settle_one()
 
     def _guarded(self, p: dict[str, Any], feature: str) -> tuple[ChannelName, NamespaceOptions, ChannelKey]:
         """The channel of a publish/presence/history command, checked against its namespace: the feature is
@@ -1204,6 +1321,8 @@ class Client:
         self.writer.discard()
         was_connected = self.state is State.CONNECTED
         self._move(State.CLOSED)
+        if self._inflight:  # the session ends once its publishes are settled, as when it awaited each
+            await asyncio.wait([e.task for e in self._inflight if e.task is not None])
         node = self.node
         node.registry.remove_client(self)
         for sub in list(self.subs.values()):

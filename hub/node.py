@@ -345,6 +345,9 @@ class Node:
                 raise codes.error_invalid_data(reason)
         key = (tenant, channel.raw)
         if self.watch.patterns:  # alerts or MQTT routes configured: the nodes that watch it must see it
+            # A suspension before the broker, but the order of one channel's publishes holds (a pipelined
+            # session relies on it): a later publish to this channel waits on the same announcement
+            # (``Watch.seen``) and resumes after this one, which hands its publication over first.
             await self.watch.seen(key)
         history = (
             HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)

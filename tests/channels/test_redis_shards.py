@@ -415,6 +415,36 @@ async def test_script_is_loaded_on_first_use(redis_server: RedisServer, make_sha
     assert await shard.eval(script, ["k"], [b"b"]) == [b"k", b"b"]
 
 
+
+async def test_ordered_scripts_never_run_out_of_order_after_a_script_flush(
+    redis_server: RedisServer, make_shards: Any
+) -> None:
+    """A session's pipelined publishes rely on their scripts running in call order. After SCRIPT FLUSH the
+    first EVALSHA answers NOSCRIPT while a later one is already sent: retrying the first with EVAL would
+    run it after the later one (had the script come back meanwhile), so it fails instead (it did not run)
+    and the later one keeps its place. A new connection loads every script first: no NOSCRIPT at all."""
+    from channels.redis_shards import Script
+
+    shards = await make_shards([redis_server.url])
+    shard = shards.shards[0]
+    script = Script("redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]")
+    assert await shard.eval(script, ["log"], ["0"], ordered=True) == b"0"
+    redis_server.command("SCRIPT", "FLUSH")
+    first = asyncio.ensure_future(shard.eval(script, ["log"], ["a"], ordered=True))
+    second = asyncio.ensure_future(shard.eval(script, ["log"], ["b"], ordered=True))
+    done = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(done[0], ShardUnavailable) and done[1] == b"b"
+    assert await shard.execute("LRANGE", "log", 0, -1) == [b"0", b"b"]
+    redis_server.command("SCRIPT", "FLUSH")
+    redis_server.command("CLIENT", "KILL", "TYPE", "normal")  # the command connection is dropped
+    with pytest.raises(ShardUnavailable):
+        await shard.execute("PING")  # the loss is noticed; the next call reconnects
+    redis_server.command("CONFIG", "RESETSTAT")
+    calls = [shard.eval(script, ["log"], [str(n)], ordered=True) for n in range(3)]
+    assert await asyncio.gather(*calls) == [b"0", b"1", b"2"]
+    stats = redis_server.command("INFO", "commandstats")
+    assert b"cmdstat_eval:" not in stats and b"failed_calls=0" in stats.split(b"cmdstat_evalsha:")[1][:80]
+
 async def test_cluster_failover_moves_sharded_subscriptions(make_shards: Any) -> None:
     """A replica takes over a master's slots (CLUSTER FAILOVER): Redis drops the sharded subscriptions of
     those slots on the old master; they are subscribed again on the new one and on_reconnect fires."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from channels.redis_shards import route_of
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.redis_proxy import Proxy
@@ -161,5 +163,34 @@ async def test_a_lagging_pubsub_stream_gives_no_publication_twice(
         assert [(await bob.push("pub"))["pub"]["offset"]] == [4]  # not 2 or 3 again
         assert [(await carol.push("pub"))["pub"]["offset"]] == [4]
         assert [(await alice.push("pub"))["pub"]["offset"] for _ in range(4)] == [1, 2, 3, 4]
+    finally:
+        await proxy.close()
+
+
+async def test_a_sessions_publishes_are_pipelined_in_order(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer
+) -> None:
+    """Issue 15: a session awaited each publish script before reading its next command, so one publisher
+    got one publication per Redis round trip and nothing coalesced. Its publishes now go to Redis back to
+    back while their replies are still on the way: Redis runs them in command order (offsets follow the
+    commands) and the replies come back in command order."""
+    proxy = Proxy(redis_server.port)
+    await proxy.start()
+    try:
+        hub = await make_hub(redis_urls=[proxy.url], node_name="a", redis_connect_timeout=5.0)
+        alice = await raw_client(hub, connect={"token": token("alice")})
+        bob = await raw_client(hub, connect={"token": token("bob")})
+        for client in (alice, bob):
+            assert "error" not in await client.command("subscribe", {"channel": "chat:room"})
+        proxy.hold_commands()  # Redis's answers to the node's commands wait in the proxy; pub/sub flows
+        for n in range(20):
+            cmd = {"id": 100 + n, "publish": {"channel": "chat:room", "data": {"n": n}}}
+            await alice.send_raw(orjson.dumps(cmd).decode())
+        got = [(await bob.push("pub"))["pub"] for _ in range(20)]  # all ran while none was answered
+        assert [(p["data"]["n"], p["offset"]) for p in got] == [(n, n + 1) for n in range(20)]
+        proxy.release_commands()
+        await alice.reply(119)
+        answered = [m["id"] for m in alice._inbox if "id" in m]
+        assert answered == list(range(100, 119))  # in command order, the last one taken above
     finally:
         await proxy.close()

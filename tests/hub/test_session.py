@@ -10,6 +10,7 @@ The properties at the end are the ones that matter: recovery without gaps or dup
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,14 +22,16 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from channels.broker_memory import MemoryBroker
+from channels.errors import BrokerUnavailable
 from channels.names import ChannelKey
 from channels.options import NamespaceOptions
 from hub.auth import mint_token
-from hub.client import Client, State
+from hub.client import PIPELINE_MAX, Client, State
 from hub.config import DEV_CHANNEL_OPTIONS, Config
 from hub.hooks import Hooks
 from hub.node import Node
 from presence.presence_memory import MemoryPresence
+from tests.conftest import TIMEOUT
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 
@@ -468,6 +471,153 @@ async def test_unsubscribe_while_subscribing_leaves_no_presence_behind() -> None
     assert "news" not in conn.client.subs
     assert not node.registry.has_local(("", "news"))
     assert await node.presence.get(("", "news")) == {}
+
+
+class PipelinedBroker(MemoryBroker):
+    """The real MemoryBroker behaving as Redis does with pipelined publishes: a publish takes its place at
+    once (offset, delivery), and is answered later, when the test opens its gate. Publishes numbered in
+    ``refuse`` (0-based, in call order) fail before taking a place, as one whose Redis is away."""
+
+    pipelined = True
+
+    def __init__(self, refuse: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Future[None]] = []
+        self.refuse = refuse
+        self.calls = 0
+
+    async def publish(self, key: ChannelKey, data: bytes, **kw: Any):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls - 1 in self.refuse:
+            raise BrokerUnavailable("refused")
+        result = await super().publish(key, data, **kw)
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+        return result
+
+    async def open(self, *indexes: int) -> None:
+        """Answer these publishes (their gates), and let the session write what follows."""
+        for i in indexes:
+            self.gates[i].set_result(None)
+        for _ in range(5):  # the publish's task, then its done callback
+            await asyncio.sleep(0)
+
+
+async def _publisher_and_subscriber(node: Node) -> tuple[Conn, Conn]:
+    pub, sub = Conn(node), Conn(node)
+    for conn in (pub, sub):
+        await conn.connect()
+    await sub.send("subscribe", {"channel": "room"})
+    node.scheduler.flush()
+    pub.transport.take(), sub.transport.take()
+    return pub, sub
+
+
+async def _publish(conn: Conn, n: int | None) -> None:
+    """Send a publish (without data when ``n`` is None) and return once the session reads on: at once on
+    a broker that pipelines (bounded: a session that awaits the gated broker would hang here)."""
+    params: dict[str, Any] = {"channel": "room"} if n is None else {"channel": "room", "data": {"n": n}}
+    async with asyncio.timeout(TIMEOUT):
+        await conn.send("publish", params)
+
+
+def _replies(conn: Conn) -> list[tuple[int, str]]:
+    return [(m["id"], "ok" if "publish" in m else str(m["error"]["code"])) for m in conn.transport.take()]
+
+
+async def test_pipelined_publishes_are_answered_in_command_order() -> None:
+    """A session goes on reading while its publishes are in flight on a broker that pipelines them; the
+    replies go out in command order, whatever order the broker answers in; a command refused at once (bad
+    request) is answered in its place too."""
+    broker = PipelinedBroker()
+    node = make_node(broker=broker)
+    pub, sub = await _publisher_and_subscriber(node)
+    for n in range(3):
+        await _publish(pub, n)  # returns with the publish in flight
+    await _publish(pub, None)  # no data: 107 at once, but behind the three
+    await _publish(pub, 3)
+    await asyncio.sleep(0)  # the publishes start (the transport awaits its next frame meanwhile)
+    assert len(broker.gates) == 4  # every publish with data was handed to the broker: none waited
+    node.scheduler.flush()
+    pubs = [(m["push"]["pub"]["data"]["n"], m["push"]["pub"]["offset"]) for m in sub.transport.take()]
+    assert pubs == [(0, 1), (1, 2), (2, 3), (3, 4)]  # accepted and delivered in command order
+    assert _replies(pub) == []
+    await broker.open(3, 2, 1)  # the broker answers the later ones first: nothing may overtake the first
+    node.scheduler.flush()
+    assert _replies(pub) == []
+    await broker.open(0)
+    node.scheduler.flush()
+    assert _replies(pub) == [(2, "ok"), (3, "ok"), (4, "ok"), (5, "107"), (6, "ok")]
+    assert not pub.client.busy
+
+
+async def test_a_publish_failing_in_the_middle_of_a_pipeline_takes_no_place() -> None:
+    broker = PipelinedBroker(refuse=(2,))
+    node = make_node(broker=broker)
+    pub, sub = await _publisher_and_subscriber(node)
+    for n in range(5):
+        await _publish(pub, n)
+    await asyncio.sleep(0)
+    await broker.open(*range(len(broker.gates)))
+    node.scheduler.flush()
+    assert _replies(pub) == [(2, "ok"), (3, "ok"), (4, "100"), (5, "ok"), (6, "ok")]
+    pubs = [(m["push"]["pub"]["data"]["n"], m["push"]["pub"]["offset"]) for m in sub.transport.take()]
+    assert pubs == [(0, 1), (1, 2), (3, 3), (4, 4)]
+
+
+async def test_a_command_after_pipelined_publishes_waits_for_their_answers() -> None:
+    """A history read (any command but a publish) after publishes in flight runs once they are answered,
+    and its reply follows theirs: the client sees its publishes in it, as if it had awaited each."""
+    broker = PipelinedBroker()
+    node = make_node(broker=broker)
+    pub, _ = await _publisher_and_subscriber(node)
+    for n in range(2):
+        await _publish(pub, n)
+    history = asyncio.ensure_future(pub.send("history", {"channel": "room", "limit": 10}))
+    for _ in range(20):
+        await asyncio.sleep(0)  # give the history command every chance to overtake (it must not)
+    assert not history.done()
+    await broker.open(0, 1)
+    await history
+    node.scheduler.flush()
+    out = pub.transport.take()
+    assert [m["id"] for m in out] == [2, 3, 4]
+    assert [p["data"]["n"] for p in out[2]["history"]["publications"]] == [0, 1]
+
+
+async def test_publishes_in_flight_are_bounded() -> None:
+    broker = PipelinedBroker()
+    node = make_node(broker=broker)
+    pub, _ = await _publisher_and_subscriber(node)
+    for n in range(PIPELINE_MAX):
+        await _publish(pub, n)
+    await asyncio.sleep(0)
+    late = asyncio.ensure_future(pub.send("publish", {"channel": "room", "data": {"n": PIPELINE_MAX}}))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not late.done() and len(broker.gates) == PIPELINE_MAX  # it waits: the session reads no more
+    await broker.open(0)
+    await late
+    assert len(broker.gates) == PIPELINE_MAX + 1
+    await broker.open(*range(1, PIPELINE_MAX + 1))
+    node.scheduler.flush()
+    assert _replies(pub) == [(2 + n, "ok") for n in range(PIPELINE_MAX + 1)]
+
+
+async def test_a_session_ends_once_its_publishes_in_flight_are_settled() -> None:
+    broker = PipelinedBroker()
+    node = make_node(broker=broker)
+    pub, _ = await _publisher_and_subscriber(node)
+    await _publish(pub, 0)
+    await asyncio.sleep(0)
+    ended = asyncio.ensure_future(node.end_session(pub.client))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not ended.done()
+    await broker.open(0)
+    await ended
+    assert pub.transport.writes_after_close == 0
 
 
 async def test_publications_during_the_history_read_are_delivered_once() -> None:
