@@ -36,7 +36,13 @@ Every process (redis-server on free ports, never the system one on 6379; hub nod
 stopped by its pid; every step is bounded in time. Results: bench/results/cluster-<time>.jsonl (gitignored),
 logs in bench/results/logs/cluster-<time>/.
 
+The anchor (issue 15): with --anchor REV every cell also runs on that commit's hub (checked out with
+`git worktree add --detach` into a temporary directory, removed at the end), right after (or before: the
+order alternates) this checkout's, and the table is printed for each, with the goal's ratio (3 nodes on
+Redis / one memory-broker node, saturated deliveries/s) side by side.
+
 usage: .venv/bin/python bench/cluster.py [--quick] [--n 900] [--channels 1,6] [--layouts ...] [--repeats R]
+       [--anchor REV]
 """
 from __future__ import annotations
 
@@ -154,6 +160,7 @@ def pick_prefix(urls: list[str], channels: int) -> tuple[str, list[int]]:
 # ------------------------------------------------------------------------------- one cell
 
 def node_argv(port: int, name: str, redis_urls: list[str], data_dir: str, a) -> list[str]:
+    """The command line of one node (run with cwd and PYTHONPATH at the hub's checkout)."""
     argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--config", a.hub_config_path, "--node-name", name, "--data-dir", data_dir]
     for url in redis_urls:
@@ -162,11 +169,11 @@ def node_argv(port: int, name: str, redis_urls: list[str], data_dir: str, a) -> 
 
 
 def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[RedisProc], a,
-             logdir: str) -> dict:
+             logdir: str, hub: tuple[str, str] = ("hub", ROOT)) -> dict:
     nodes, nshards = LAYOUTS[layout]
     shards = redis[:nshards]
     cell = {"layout": layout, "nodes": nodes, "shards": nshards, "channels": channels,
-            "channel_prefix": prefix if channels > 1 else "bench", "n": a.n, "repeat": rep}
+            "channel_prefix": prefix if channels > 1 else "bench", "n": a.n, "repeat": rep, "hub": hub[0]}
     bg, waited = fanout.wait_quiet(a.quiet_threshold, a.quiet_wait)
     cell.update({"bg_cores_before": bg, "quiet_wait_s": waited})
     for r in shards:
@@ -178,13 +185,14 @@ def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[Redi
     t_start = time.monotonic()
     try:
         for k, port in enumerate(ports):
-            log_path = os.path.join(logdir, f"{layout}-c{channels}-r{rep}-node{k + 1}.log")
+            log_path = os.path.join(logdir, f"{hub[0]}-{layout}-c{channels}-r{rep}-node{k + 1}.log")
             logs.append(log_path)
             data_dir = os.path.join(data_root, f"node{k + 1}")
             with open(log_path, "w") as log:
                 procs.append(subprocess.Popen(
                     node_argv(port, f"node{k + 1}", [r.url for r in shards], data_dir, a),
-                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                    cwd=hub[1], env=dict(os.environ, PYTHONPATH=hub[1]), stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         for k, (proc, port) in enumerate(zip(procs, ports, strict=True)):
             why = fanout.wait_ready(proc, port, a.ready_timeout)
             if why:
@@ -399,6 +407,23 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
     return "\n".join(out), summary
 
 
+def goal_lines(cells: list[dict], a, hubs: list[str]) -> str:
+    """Issue 15's goal: 3 nodes on Redis deliver >= 0.7x one memory-broker node's deliveries/s (saturate)."""
+    out = ["", "Goal: 3nodes-redis saturated dlv/s >= 0.7x 1node-memory's (same N, same run):"]
+    for ch in a.channel_list:
+        parts = []
+        for hub in hubs:
+            mine = [c for c in cells if c["hub"] == hub and c["channels"] == ch]
+            mem = aggregate([c for c in mine if c["layout"] == BASE])
+            red = aggregate([c for c in mine if c["layout"] == "3nodes-redis"])
+            if mem.get("sat_dps") and red.get("sat_dps"):
+                r, m = red["sat_dps"], mem["sat_dps"]
+                parts.append(f"{hub} {r:,.0f}/{m:,.0f} = {r / m:.2f}x")
+        if parts:
+            out.append(f"  {ch} channel{'s' if ch > 1 else ''}: " + "; ".join(parts))
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 # ------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -425,6 +450,7 @@ def main() -> int:
                     help="keep history (default 0: pure fan-out, as bench/fanout.py)")
     ap.add_argument("--history-ttl", type=int, default=300, help="seconds, with --history-size")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--anchor", default=None, help="git revision whose hub runs every cell too")
     a = ap.parse_args()
     q = a.quick
     a.steady_s = a.steady_s if a.steady_s is not None else (1.5 if q else 5.0)
@@ -461,6 +487,14 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE,
                            (a.n + 1000 if hard == resource.RLIM_INFINITY else min(hard, a.n + 1000), hard))
 
+    hubs = [("hub", ROOT)]
+    anchor_dir = None
+    if a.anchor:
+        anchor_dir = tempfile.mkdtemp(prefix="bench-cluster-anchor-")
+        os.rmdir(anchor_dir)
+        subprocess.run(["git", "worktree", "add", "--detach", anchor_dir, a.anchor], cwd=ROOT, check=True,
+                       capture_output=True)
+        hubs.append(("anchor", anchor_dir))
     nredis = max(LAYOUTS[x][1] for x in a.layout_list)
     redis = [RedisProc(logdir, f"shard{i}") for i in range(nredis)]
     out_path = a.out or os.path.join(RESULTS, f"cluster-{stamp}.jsonl")
@@ -489,15 +523,16 @@ def main() -> int:
             for rep in range(a.repeats):
                 for ch in a.channel_list:
                     order = a.layout_list if rep % 2 == 0 else a.layout_list[::-1]
-                    for lay in order:
-                        c = run_cell(lay, ch, prefixes[ch], rep, redis, a, logdir)
+                    for lay, hub in [(lay, h) for lay in order
+                                     for h in (hubs if rep % 2 == 0 else hubs[::-1])]:
+                        c = run_cell(lay, ch, prefixes[ch], rep, redis, a, logdir, hub)
                         c["kind"] = "cell"
                         c["noisy"] = is_noisy(c, a)
                         cells.append(c)
                         out.write(json.dumps(c) + "\n")
                         out.flush()
                         st, sa = c.get("steady") or {}, c.get("saturate") or {}
-                        print(f"[{time.monotonic() - t0:6.1f}s] {lay:<15} c{ch} r{rep} "
+                        print(f"[{time.monotonic() - t0:6.1f}s] {hub[0]:<6} {lay:<15} c{ch} r{rep} "
                               f"steady p50/p99 {fmt(st.get('p50_ms'), '.2f')}/"
                               f"{fmt(st.get('p99_ms'), '.2f')} ms "
                               f"hub {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
@@ -506,11 +541,19 @@ def main() -> int:
                               f"redis {fmt(sa.get('redis_cpu_us_per_publication'), '.1f')} us/pub | "
                               f"{c['cell_seconds']}s" + (" | noisy" if c["noisy"] else "")
                               + (f" | ERROR {c['error'][:200]}" if "error" in c else ""), flush=True)
-            table, summary = report(cells, a)
-            out.write(json.dumps(summary, default=str) + "\n")
+            tables = []
+            for name, _ in hubs:
+                table, summary = report([c for c in cells if c["hub"] == name], a)
+                summary["hub"] = name
+                tables.append(f"### {name}" + (f" ({a.anchor})" if name == "anchor" else "") + "\n" + table)
+                out.write(json.dumps(summary, default=str) + "\n")
+            table = "\n\n".join(tables) + goal_lines(cells, a, [h for h, _ in hubs])
     finally:
         for r in redis:
             r.stop()
+        if anchor_dir is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", anchor_dir], cwd=ROOT,
+                           capture_output=True)
     print()
     print(table)
     print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}  "
