@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+
+SUBSCRIBE = re.compile(rb"\*\d+\r\n\$\d+\r\n[ps]?subscribe\r\n", re.IGNORECASE)
+"""A (S/P)SUBSCRIBE command as the client writes it (RESP): the word itself anywhere in what a connection
+sends (a Lua script's text, loaded on a command connection, may hold it) does not make it a pub/sub one."""
 
 
 class Proxy:
@@ -46,7 +51,7 @@ class Proxy:
 
         async def up() -> None:
             while data := await cr.read(65536):
-                if b"subscribe" in data.lower():
+                if SUBSCRIBE.search(data):
                     state["pubsub"] = True
                 sw.write(data)
                 await sw.drain()
