@@ -370,6 +370,20 @@ class AlertEvaluator:
             if time < series.last_time:
                 continue  # older than what this series has seen
             series.last_time = time
+            if (
+                series.state is _State.PENDING
+                and time - series.since >= rule.min_duration
+                and not rule.violates(value)
+            ):
+                # Its last reading violated and none came until this one, which breaks the condition: it held
+                # for the rule's ``for`` before this reading (its last value stands until the next one). A
+                # node whose ``advance`` ran in the gap fired then; every node must decide alike on the
+                # readings' clock, whenever its timer runs. Then this reading is taken as by a firing series.
+                series.state = _State.FIRING
+                fired_at = series.since + rule.min_duration
+                events.append(
+                    AlertEvent("fired", rule, channel, key, series.value, fired_at, series.since, tenant)
+                )
             if series.state is _State.FIRING:
                 if rule.clears(value):
                     del self._series[series_key]

@@ -162,6 +162,27 @@ def test_a_break_in_the_condition_starts_the_duration_over() -> None:
     assert kinds(ev.observe("plant:b", None, {"t": 92}, 21)) == [("fired", 92, 21)]
 
 
+def test_a_condition_that_held_long_enough_fires_even_when_the_next_reading_breaks_it() -> None:
+    """On the readings' clock a value stands until the next reading: one that breaks a condition held for
+    the rule's ``for`` finds the alert due and fires it first (as a node whose timer ran in the gap did),
+    so every node evaluating the same readings decides the same events (test_two_nodes_... in
+    tests/hub/test_alerting.py failed 2 runs in 3 before: one node fired by its timer, the other dropped)."""
+    ev = evaluator(above=90, hysteresis=5, **{"for": 10})
+    ev.observe("plant:b", None, {"t": 95}, 0)
+    assert ev.observe("plant:b", None, {"t": 93}, 4) == []
+    fired = ev.observe("plant:b", None, {"t": 88}, 12)
+    assert kinds(fired) == [("fired", 93, 10)]  # 88 is inside the band: it stays firing
+    assert kinds(ev.observe("plant:b", None, {"t": 84}, 13)) == [("cleared", 84, 13)]
+    timer = evaluator(above=90, hysteresis=5, **{"for": 10})  # the same readings, with a tick in the gap
+    timer.observe("plant:b", None, {"t": 95}, 0)
+    timer.observe("plant:b", None, {"t": 93}, 4)
+    assert [e.id for e in timer.advance(11)] == [e.id for e in fired]
+    assert timer.observe("plant:b", None, {"t": 88}, 12) == []
+    cleared = evaluator(above=90, hysteresis=5, **{"for": 10})  # broken below the band: fired, then cleared
+    cleared.observe("plant:b", None, {"t": 95}, 0)
+    assert kinds(cleared.observe("plant:b", None, {"t": 50}, 30)) == [("fired", 95, 10), ("cleared", 50, 30)]
+
+
 def test_below_and_outside() -> None:
     ev = evaluator(below=5, hysteresis=1)
     assert kinds(ev.observe("plant:b", None, {"t": 4.5}, 0)) == [("fired", 4.5, 0)]
@@ -357,10 +378,16 @@ def test_fires_only_after_the_condition_held_for_the_duration(
     oracle = Oracle(options)
     for index, event in events:
         if event.kind == "fired":
-            times = violating_run(oracle, log, event.key or "", index)
+            t, k, v = log[index]
+            # Fired by the reading that broke the condition: it had held from `since` until this reading
+            # (the last value stands until the next), long enough; it fired as it was due, before it.
+            broke = k == event.key and v is not None and not oracle.violates(v)
+            times = violating_run(oracle, log, event.key or "", index - 1 if broke else index)
             assert times and times[0] == event.since  # the condition held from `since` on, unbroken
             assert event.time - event.since >= oracle.min_duration
             assert oracle.violates(event.value)
+            if broke:
+                assert event.time == event.since + oracle.min_duration <= t
 
 
 @given(rules, steps)
