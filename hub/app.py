@@ -116,6 +116,8 @@ class Switchboard:
             self.node.control = RedisControl(self.node, self.redis)
             self.brokers = BrokerWatch(self.redis.unreachable, self.config.node_info_interval)
         self._start_lock = asyncio.Lock()
+        self.started = False
+        """Every part runs (``start`` finished): what ``/ready`` waits for."""
         # Documents: the embedded SQLite store under data_dir (opened on first use), or Redis (doc_store);
         # with Redis configured, documents' updates, awareness and writer lease travel between nodes over it.
         doc_relay = None
@@ -224,7 +226,11 @@ class Switchboard:
 
     # lifecycle
     async def start(self) -> None:
+        """Start every part; idempotent. ``started`` (and ``/ready``) only once all of them run: a node that
+        answered ready before its alert rules or bridges listened would take publications they miss."""
         async with self._start_lock:
+            if self.started:
+                return
             if self.redis is not None and not self.node.started:
                 await self.redis.start()
             if not self.node.started:
@@ -251,6 +257,7 @@ class Switchboard:
                     self.metrics_registry, self.config.host, self.config.metrics_port
                 )
                 await self.metrics_server.start()
+            self.started = True
 
     async def drain(self) -> None:
         """Disconnect every client with 3001 (reconnect) in batches (``Node.drain``). Call it from your
@@ -275,6 +282,7 @@ class Switchboard:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+        self.started = False
 
     def outbox_store(self) -> InboxStore | None:
         """Where events out are stored: the inbox's store (its outbox commits with its changes); None when
@@ -333,7 +341,7 @@ class Switchboard:
     # ASGI
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
-        if kind != "lifespan" and not self.node.started:
+        if kind != "lifespan" and not self.started:
             await self.start()  # mounted in a host app whose lifespan does not start us
         if kind == "websocket" and _route_path(scope).startswith(DOC_PREFIX):
             await self.documents.websocket(scope, _route_path(scope), receive, send)
@@ -369,7 +377,7 @@ class Switchboard:
         return Response(body, headers={"Content-Type": content_type})
 
     async def _ready(self, request: Request) -> JSONResponse:
-        if not self.node.started or self.node.stopping:
+        if not self.started or self.node.stopping:
             return JSONResponse({"status": "not ready"}, status_code=503)
         if self.brokers is not None and self.brokers.down:
             return JSONResponse({"status": "not ready", "reason": self.brokers.reason()}, status_code=503)
