@@ -405,7 +405,29 @@ class NodeSet(Sequence[HubNode]):
             t.join()
         if failures:
             raise failures[0]
+        if (self.redis if redis is None else redis) and len(self.running()) > 1:
+            self.wait_until_acquainted()
         return new
+
+    def running(self) -> list[HubNode]:
+        return [n for n in self.nodes if n.running]
+
+    def wait_until_acquainted(self) -> None:
+        """Return once every running node lists every other in the server API's ``info`` (the control
+        channel's announcements): a node ready on its own may not know the others yet, and what it asks of
+        "every node" (a survey, a watch announcement) would leave out the ones it has not heard."""
+        names = {n.name for n in self.running()}
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with httpx.Client(timeout=2.0) as http:
+            for node in self.running():
+                while True:
+                    with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
+                        answer = http.post(f"{node.http}/api/info", json={}, headers={"X-API-Key": API_KEY})
+                        if {n["name"] for n in answer.json()["result"]["nodes"]} >= names:
+                            break
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"node {node.name} does not know all of {sorted(names)}")
+                    time.sleep(0.05)  # polling interval: announcements are another process's events
 
     async def add(self, count: int = 3, **kw: Any) -> list[HubNode]:
         return await asyncio.to_thread(self.add_blocking, count, **kw)
