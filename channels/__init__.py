@@ -1,6 +1,7 @@
 """Channels: names, namespace options, publications and the Broker that carries them; and the sans-I/O
 pieces of live feeds: fossil deltas (``fossil``), batch ingest parsers (``ingest``, ``lineprotocol``),
-threshold alerts (``alerts``) and data schemas (``schema``).
+threshold alerts (``alerts``), data schemas (``schema``), and a reading's key and a subscriber's rate
+(``feeds``).
 
 This package is the bottom layer: it imports no other package of ours.
 
@@ -11,6 +12,9 @@ Error tree::
      +-- UnknownNamespace      the name's namespace is not configured
      +-- UnrecoverablePosition a history query asked for a position the stream no longer holds
      +-- BrokerUnavailable     the broker cannot accept or serve a request right now
+     +-- TooManyKeys           a publication would add a key past the channel's max_keys (cache recovery)
+     +-- BadKey                (channels.feeds) a publication's key cannot be read (also ValueError)
+     +-- BadRate               (channels.feeds) a subscriber asked for a bad max_rate (also ValueError)
      +-- BadDelta              a fossil delta is malformed or does not apply to its base (also ValueError)
      +-- InvalidFeedConfig     an alert rule, ingest mapping or data schema in the config is invalid
                                (also ValueError)

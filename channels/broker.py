@@ -18,7 +18,12 @@ Obligations of every implementation:
   the read falls in. A stream only disappears after meta ttl without publications, so a stream created
   after that never falls in the window of the one before: its epoch differs, and a reader who held a
   position of the old stream (or of the empty one, across a window boundary, a Redis restart or a
-  failover) is told it cannot recover rather than being handed a gap.
+  failover) is told it cannot recover rather than being handed a gap;
+- with ``HistoryPolicy.latest_keys``, the stream also keeps the latest publication of each key
+  (``Publication.key``; ``""`` when the namespace has none) for cache recovery (``latest``): written in
+  the same step as the history, dropped with the stream (idle past its meta ttl, or a new epoch) and by
+  ``remove_history``. A publication that would add a key past ``latest_keys`` raises TooManyKeys and is
+  not published.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class HistoryPolicy:
     size: int
     ttl: float
     meta_ttl: float = 0.0
+    latest_keys: int = 0
+    """Keep the latest publication of each key, for at most this many keys (0: keep none)."""
 
 
 class BrokerEventHandler(Protocol):
@@ -94,7 +101,10 @@ class Broker(Protocol):
         tags: dict[str, str] | None = None,
         history: HistoryPolicy | None = None,
         idempotency_key: str | None = None,
-    ) -> PublishResult: ...
+        feed_key: str = "",
+    ) -> PublishResult:
+        """Publish ``data`` on the channel ``key``. ``feed_key`` is the reading's key in a keyed feed
+        (``Publication.key`` on every node; kept as that key's latest with ``history.latest_keys``)."""
 
     async def publish_join(self, key: ChannelKey, info: ClientInfo) -> None: ...
 
@@ -115,7 +125,13 @@ class Broker(Protocol):
         ``since`` is from another epoch.
         """
 
-    async def remove_history(self, key: ChannelKey) -> None: ...
+    async def latest(self, key: ChannelKey, *, meta_ttl: float = 0.0) -> HistoryResult:
+        """The latest publication of each key of ``key`` (a channel published with
+        ``HistoryPolicy.latest_keys``), in offset order, and the stream's position, read together. Like
+        ``history``, a read keeps nothing: a channel without a stream has none, at its derived epoch."""
+
+    async def remove_history(self, key: ChannelKey) -> None:
+        """Drop the publications (and the latest of each key); keep the position."""
 
     async def barrier(self, key: ChannelKey) -> None:
         """Return once every publication of ``key`` accepted before this call has been handed to the

@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy, derived_epoch
-from channels.errors import UnrecoverablePosition
+from channels.errors import TooManyKeys, UnrecoverablePosition
 from channels.names import ChannelKey
 from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
 
@@ -25,13 +25,15 @@ DEFAULT_META_TTL = 90 * 86400.0
 
 
 class _Stream:
-    __slots__ = ("epoch", "top", "pubs", "touched")
+    __slots__ = ("epoch", "top", "pubs", "touched", "latest")
 
     def __init__(self, epoch: str, now: float) -> None:
         self.epoch = epoch
         self.top = 0
         self.pubs: deque[Publication] = deque()
         self.touched = now
+        self.latest: dict[str, Publication] = {}
+        """The latest publication of each key (``HistoryPolicy.latest_keys``), oldest first."""
 
     def drop_expired(self, now: float) -> None:
         pubs = self.pubs
@@ -105,6 +107,7 @@ class MemoryBroker:
         tags: dict[str, str] | None = None,
         history: HistoryPolicy | None = None,
         idempotency_key: str | None = None,
+        feed_key: str = "",
     ) -> PublishResult:
         now = self._clock()
         if idempotency_key:
@@ -112,10 +115,17 @@ class MemoryBroker:
             seen = self._idempotent.get((key, idempotency_key))
             if seen is not None:
                 return PublishResult(seen[1].position, suppressed=True)
-        pub = Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000))
+        pub = Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000), key=feed_key)
         if history is not None and history.size > 0 and history.ttl > 0:
             stream = self._stream(key, now, history.meta_ttl, create=True)
             assert stream is not None
+            if history.latest_keys:
+                latest = stream.latest
+                if feed_key in latest:
+                    del latest[feed_key]  # re-inserted below: the dict stays in offset order
+                elif len(latest) >= history.latest_keys:
+                    raise TooManyKeys(f"{key[1]} keeps the latest of {history.latest_keys} keys already")
+                latest[feed_key] = pub
             stream.top += 1
             stream.touched = now
             pub.offset = stream.top
@@ -180,6 +190,13 @@ class MemoryBroker:
             pubs = pubs[:limit]
         return HistoryResult(pubs, position)
 
+    async def latest(self, key: ChannelKey, *, meta_ttl: float = 0.0) -> HistoryResult:
+        now = self._clock()
+        stream = self._stream(key, now, meta_ttl, create=False)
+        if stream is None:
+            return HistoryResult([], StreamPosition(0, self._derived_epoch(key, now, meta_ttl)))
+        return HistoryResult(list(stream.latest.values()), StreamPosition(stream.top, stream.epoch))
+
     async def barrier(self, key: ChannelKey) -> None:
         """Nothing is ever in flight: ``publish`` hands the publication over before it returns."""
 
@@ -187,6 +204,7 @@ class MemoryBroker:
         stream = self._streams.get(key)
         if stream is not None:
             stream.pubs.clear()
+            stream.latest.clear()
 
     def sweep(self) -> None:
         """Drop expired publications, idle streams and old idempotency keys."""

@@ -9,6 +9,9 @@ tenant and the prefix, and shares one hash slot in a cluster):
 - ``{prefix}:meta:{route}``  a hash: ``e`` epoch, ``s`` top offset; expires meta_ttl (default 90 days, as
   broker_memory) after the last publish. When it is missing the stream is started over with a new epoch;
 - ``{prefix}:idem:{route}:<key>``  the result of a publish with that idempotency key, for IDEMPOTENCY_TTL;
+- ``{prefix}:last:{route}``  (with ``HistoryPolicy.latest_keys``) a hash: each feed key's latest
+  publication as ``<offset>:<body>``; at most ``latest_keys`` fields (a publication that would add one
+  more is refused by the script, nothing written); expires with the meta, dropped when a new epoch starts;
 - ``{prefix}:ch:{route}``  the pub/sub channel (sharded pub/sub in a cluster; ``/<db>`` appended on a db other
   than 0, since pub/sub ignores the db: ``RedisShards.channel``). Every message is one type byte and a
   payload: ``P<offset>:<epoch>:<body>`` a publication (``P0::<body>`` without history; the epoch lets a
@@ -40,7 +43,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from channels.broker import IDEMPOTENCY_TTL, BrokerEventHandler, HistoryPolicy
 from channels.broker_memory import DEFAULT_META_TTL
-from channels.errors import BrokerUnavailable, UnrecoverablePosition
+from channels.errors import BrokerUnavailable, TooManyKeys, UnrecoverablePosition
 from channels.names import ChannelKey
 from channels.publication import ClientInfo, HistoryResult, Publication, PublishResult, StreamPosition
 from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, route_of
@@ -63,8 +66,9 @@ end
 PUBLISH_SCRIPT = Script(
     DERIVED_EPOCH_LUA
     + """
--- KEYS: stream, meta, idempotency
--- ARGV: body, size, ttl_ms, meta_ttl_ms, channel, publish command, use_idem, idem_ttl_ms
+-- KEYS: stream, meta, idempotency, latest
+-- ARGV: body, size, ttl_ms, meta_ttl_ms, channel, publish command, use_idem, idem_ttl_ms, latest_keys,
+--       feed key
 if ARGV[7] == '1' then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {1, seen} end
@@ -72,13 +76,17 @@ end
 local offset = 0
 local epoch = ''
 local size = tonumber(ARGV[2])
+local keep = tonumber(ARGV[9])
 if size > 0 then
   epoch = redis.call('HGET', KEYS[2], 'e')
   if not epoch then
     -- a new stream (or its meta expired): whatever history is left belongs to no epoch any more
     epoch = derived_epoch(KEYS[2], tonumber(ARGV[4]))
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', KEYS[1], KEYS[4])
     redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
+  end
+  if keep > 0 and redis.call('HLEN', KEYS[4]) >= keep and redis.call('HEXISTS', KEYS[4], ARGV[10]) == 0 then
+    return {2, ''}
   end
   offset = redis.call('HINCRBY', KEYS[2], 's', 1)
   local t = redis.call('TIME')
@@ -87,6 +95,10 @@ if size > 0 then
   redis.call('XADD', KEYS[1], 'MAXLEN', size, offset .. '-0', 'd', ARGV[1], 'x', deadline)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  if keep > 0 then
+    redis.call('HSET', KEYS[4], ARGV[10], offset .. ':' .. ARGV[1])
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  end
 end
 redis.call(ARGV[6], ARGV[5], 'P' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
 local result = offset .. ':' .. epoch
@@ -145,6 +157,19 @@ return {epoch, top, out}
 )
 
 
+LATEST_SCRIPT = Script(
+    DERIVED_EPOCH_LUA
+    + """
+-- KEYS: meta, latest
+-- ARGV: meta_ttl_ms
+-- Read-only, as HISTORY_SCRIPT: the position and every key's latest publication in one step.
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then return {derived_epoch(KEYS[1], tonumber(ARGV[1])), 0, {}} end
+return {epoch, tonumber(redis.call('HGET', KEYS[1], 's')), redis.call('HGETALL', KEYS[2])}
+"""
+)
+
+
 def _info_row(info: ClientInfo | None) -> list[Any] | None:
     return None if info is None else [info.user, info.client, info.conn_info, info.chan_info]
 
@@ -154,12 +179,17 @@ def _info_of(row: list[Any] | None) -> ClientInfo | None:
 
 
 def encode_body(pub: Publication) -> bytes:
-    return msgpack.packb([pub.data, _info_row(pub.info), pub.tags, pub.time], use_bin_type=True)  # type: ignore[no-any-return]
+    row: list[Any] = [pub.data, _info_row(pub.info), pub.tags, pub.time]
+    if pub.key:
+        row.append(pub.key)
+    return msgpack.packb(row, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def decode_body(body: bytes, offset: int) -> Publication:
-    data, info, tags, ms = msgpack.unpackb(body, raw=False)
-    return Publication(data=data, offset=offset, info=_info_of(info), tags=tags, time=ms)
+    """A publication from its body; one written before feed keys existed (four members) has the key ''."""
+    data, info, tags, ms, *rest = msgpack.unpackb(body, raw=False)
+    key = rest[0] if rest else ""
+    return Publication(data=data, offset=offset, info=_info_of(info), tags=tags, time=ms, key=key)
 
 
 def _ms(seconds: float) -> int:
@@ -268,9 +298,11 @@ class RedisBroker:
         tags: dict[str, str] | None = None,
         history: HistoryPolicy | None = None,
         idempotency_key: str | None = None,
+        feed_key: str = "",
     ) -> PublishResult:
         route, shard = self._where(key)
-        body = encode_body(Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000)))
+        now_ms = int(time.time() * 1000)
+        body = encode_body(Publication(data=data, info=info, tags=tags, time=now_ms, key=feed_key))
         channel = self.shards.channel("ch", route, shard=shard)
         with_history = history is not None and history.size > 0 and history.ttl > 0
         if not with_history and not idempotency_key:
@@ -283,6 +315,7 @@ class RedisBroker:
             self.shards.key("hist", route),
             self.shards.key("meta", route),
             f"{self.shards.key('idem', route)}:{idempotency_key or ''}",
+            self.shards.key("last", route),
         ]
         args = [
             body,
@@ -293,11 +326,16 @@ class RedisBroker:
             "SPUBLISH" if self.shards.cluster else "PUBLISH",
             "1" if idempotency_key else "0",
             _ms(IDEMPOTENCY_TTL),
+            history.latest_keys if history is not None and with_history else 0,
+            feed_key,
         ]
         try:
             suppressed, result = await shard.eval(PUBLISH_SCRIPT, keys, args, ordered=True)
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+        if suppressed == 2:
+            assert history is not None
+            raise TooManyKeys(f"{key[1]} keeps the latest of {history.latest_keys} keys already")
         offset, _, epoch = result.partition(b":")
         return PublishResult(StreamPosition(int(offset), epoch.decode()), suppressed=bool(suppressed))
 
@@ -348,10 +386,25 @@ class RedisBroker:
         ]
         return HistoryResult(pubs, position)
 
+    async def latest(self, key: ChannelKey, *, meta_ttl: float = 0.0) -> HistoryResult:
+        route, shard = self._where(key)
+        keys = [self.shards.key("meta", route), self.shards.key("last", route)]
+        try:
+            epoch_b, top, fields = await shard.eval(LATEST_SCRIPT, keys, [_ms(meta_ttl or DEFAULT_META_TTL)])
+        except DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc
+        pubs = []
+        for i in range(1, len(fields), 2):
+            offset, _, body = fields[i].partition(b":")
+            pubs.append(decode_body(body, int(offset)))
+        pubs.sort(key=lambda pub: pub.offset)
+        return HistoryResult(pubs, StreamPosition(int(top), epoch_b.decode()))
+
     async def remove_history(self, key: ChannelKey) -> None:
-        """Drop the publications, keep the position (epoch and top offset), as broker_memory does."""
+        """Drop the publications (and each key's latest), keep the position (epoch and top offset), as
+        broker_memory does."""
         route, shard = self._where(key)
         try:
-            await shard.execute("DEL", self.shards.key("hist", route))
+            await shard.execute("DEL", self.shards.key("hist", route), self.shards.key("last", route))
         except DOWN_ERRORS as exc:
             raise BrokerUnavailable(f"redis {shard.name}: {exc}") from exc

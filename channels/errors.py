@@ -28,3 +28,8 @@ class BadDelta(ChannelError, ValueError):
 class InvalidFeedConfig(ChannelError, ValueError):
     """A feed setting from the operator's config (alert rule, ingest mapping, data schema) is invalid; the
     message names the setting and what is wrong with it."""
+
+
+class TooManyKeys(ChannelError):
+    """A publication would add a key to a channel that keeps the latest value of ``max_keys`` keys already;
+    nothing was published."""

@@ -15,6 +15,15 @@ from channels.errors import UnknownNamespace
 from channels.names import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, ChannelName
 from channels.schema import DataSchema
 
+DELTA_TYPES = ("fossil",)
+"""Delta encodings the hub speaks (the Centrifuge protocol's ``delta`` values)."""
+
+MAX_RATE_LIMIT = 1000.0
+"""The largest ``max_rate`` a namespace may grant (a conflation period of 1 ms)."""
+
+MAX_KEYS_LIMIT = 1_000_000
+"""The largest ``max_keys`` a namespace may set."""
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -75,6 +84,21 @@ class NamespaceOptions:
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    force_recovery_mode: str = "stream"
+    """How a recovering subscriber catches up: "stream" (every publication it missed, from history) or
+    "cache" (the latest publication, of each key where keyed; every subscribe recovers so)."""
+    allowed_delta_types: tuple[str, ...] = ()
+    """Delta encodings a subscriber may ask for (``delta`` in its subscribe request): "fossil"."""
+    conflation: str = ""
+    """"latest": a subscriber gets at most ``max_rate`` publications a second per channel and key, always
+    the newest; one that reads slowly gets fewer, never a stale one, and is not disconnected for it."""
+    max_rate: float = 0.0
+    """Publications a second per channel (and per key) a conflated subscriber gets at most."""
+    key_field: str = ""
+    """JSON pointer to the member of a publication's data that holds its key (``/sensor``): conflation and
+    the latest value per key go by it. Empty: one value per channel."""
+    max_keys: int = 1000
+    """Keys a channel keeps latest values of (cache recovery), and a conflated subscription tracks."""
     data_format: str = "json"
     """What a publication's data is: ``json`` (a JSON document, Centrifugo's only kind) or ``binary`` (any
     bytes: Protobuf clients and MQTT send and receive them raw, every JSON speaker as a base64 string)."""
@@ -111,6 +135,8 @@ class NamespaceOptions:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"history_size must be a non-negative integer, got {value!r}")
                 values[key] = value
+            elif key in _FEED_OPTIONS:
+                values[key] = _FEED_OPTIONS[key](value)
             else:
                 if not isinstance(value, bool):
                     raise ValueError(f"option {key} must be true or false, got {value!r}")
@@ -120,6 +146,7 @@ class NamespaceOptions:
             raise ValueError("history_size and history_ttl must be set together")
         if opts.binary and opts.data_schema is not None:
             raise ValueError('data_schema checks JSON data: it cannot be set with data_format = "binary"')
+        _check_feed_options(opts)
         return opts
 
 
@@ -139,6 +166,81 @@ def _data_schema(value: Any) -> DataSchema | None:
     if not isinstance(value, (Mapping, bool)):
         raise ValueError(f"data_schema must be a table (a JSON Schema), got {value!r:.80}")
     return DataSchema(value)
+
+
+def _one_of(name: str, allowed: tuple[str, ...]) -> Any:
+    def read(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return str(value)
+
+    return read
+
+
+def _delta_types(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value  # a string: from the environment
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"allowed_delta_types must be a list of strings, got {value!r}")
+    types = tuple(v.strip() for v in items if v.strip())
+    for name in types:
+        if name not in DELTA_TYPES:
+            raise ValueError(f"unknown delta type {name!r} (known: {', '.join(DELTA_TYPES)})")
+    return types
+
+
+def _max_rate(value: Any) -> float:
+    if isinstance(value, str):  # from the environment
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"max_rate must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"max_rate must be a number, got {value!r}")
+    if not 0 <= value <= MAX_RATE_LIMIT:  # 0: no conflation (the default)
+        raise ValueError(f"max_rate must be from 0 to {MAX_RATE_LIMIT}, got {value!r}")
+    return float(value)
+
+
+def _key_field(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"key_field must be a JSON pointer string, got {value!r}")
+    if value:
+        from channels.feeds import key_pointer  # feeds reads pointers with alerts, which imports this module
+
+        key_pointer(value)  # ValueError when it is not a pointer to a member
+    return value
+
+
+def _max_keys(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_KEYS_LIMIT:
+        raise ValueError(f"max_keys must be an integer from 1 to {MAX_KEYS_LIMIT}, got {value!r}")
+    return value
+
+
+_FEED_OPTIONS = {
+    "force_recovery_mode": _one_of("force_recovery_mode", ("stream", "cache")),
+    "allowed_delta_types": _delta_types,
+    "conflation": _one_of("conflation", ("", "latest")),
+    "max_rate": _max_rate,
+    "key_field": _key_field,
+    "max_keys": _max_keys,
+}
+
+
+def _check_feed_options(opts: NamespaceOptions) -> None:
+    """The live-feed options together: what one needs of the others."""
+    if opts.force_recovery_mode == "cache" and not opts.history_enabled:
+        raise ValueError('force_recovery_mode = "cache" needs history (history_size and history_ttl)')
+    if opts.conflation and not opts.max_rate:
+        raise ValueError('conflation = "latest" needs max_rate (publications a second)')
+    if opts.max_rate and not opts.conflation:
+        raise ValueError('max_rate is the rate of conflation: set conflation = "latest" too')
+    if opts.conflation and opts.history_enabled and opts.force_recovery_mode != "cache":
+        # A conflated subscriber's stream position can be past a publication of another key it has not
+        # been sent yet: recovering the stream from there would leave that key stale.
+        raise ValueError('conflation with history needs force_recovery_mode = "cache"')
+    if opts.key_field and not (opts.conflation or opts.force_recovery_mode == "cache"):
+        raise ValueError('key_field is used by conflation and by force_recovery_mode = "cache": set one')
 
 
 class Namespaces:

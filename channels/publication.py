@@ -40,6 +40,9 @@ class Publication:
     tags: dict[str, str] | None = None
     time: int = 0
     """Milliseconds since the epoch at which the broker accepted it."""
+    key: str = ""
+    """The reading's key in a keyed feed (the namespace's ``key_field``): conflation and the latest value
+    per key go by it. '' when the namespace has no key field (one value per channel)."""
     expires_at: float = field(default=0.0, repr=False)
     """Monotonic deadline after which history drops it (broker-internal)."""
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from channels.broker import IDEMPOTENCY_TTL, HistoryPolicy
 from channels.broker_memory import DEFAULT_META_TTL, MemoryBroker
 from channels.broker_redis import RedisBroker
-from channels.errors import BrokerUnavailable, ChannelError, UnrecoverablePosition
+from channels.errors import BrokerUnavailable, ChannelError, TooManyKeys, UnrecoverablePosition
 from channels.names import ChannelKey
 from channels.publication import ClientInfo, Publication, StreamPosition
 from channels.redis_shards import RedisShards, route_of
@@ -257,6 +257,64 @@ async def test_remove_history_keeps_position(setup: Setup) -> None:
     )
     assert offsets((await setup.broker.history(KEY)).publications) == [4]
     await setup.broker.remove_history(("", "never-published"))
+
+
+LATEST = HistoryPolicy(size=1, ttl=60.0, latest_keys=3)
+"""Cache recovery's table: history of one, the latest of up to three keys."""
+
+
+async def test_latest_keeps_each_keys_newest_in_offset_order(setup: Setup) -> None:
+    """(Issue 12.) With ``latest_keys`` a stream keeps the latest publication of each key beside its history
+    (which holds one here): read with the position in one step, in offset order, keys on every node."""
+    broker = setup.broker
+    await broker.subscribe(KEY)
+    empty = await broker.latest(KEY)
+    assert empty.publications == [] and empty.position.offset == 0 and empty.position.epoch
+    info = ClientInfo("u", "c")
+    for i, key in enumerate(["a", "b", "a", "c", "b", ""][:5]):
+        await broker.publish(KEY, b'{"n":%d}' % i, history=LATEST, feed_key=key, info=info, tags={"t": key})
+    latest = await broker.latest(KEY)
+    assert [(p.key, p.offset, p.data) for p in latest.publications] == [
+        ("a", 3, b'{"n":2}'),
+        ("c", 4, b'{"n":3}'),
+        ("b", 5, b'{"n":4}'),
+    ]
+    assert latest.position == StreamPosition(5, empty.position.epoch)
+    assert latest.publications[0].info == info and latest.publications[0].tags == {"t": "a"}
+    delivered = await setup.handler.pubs_n(5)
+    assert [p.key for _, p in delivered] == ["a", "b", "a", "c", "b"]
+    assert offsets((await broker.history(KEY)).publications) == [5]  # history keeps its own size
+
+
+async def test_a_key_past_latest_keys_is_refused_and_nothing_is_published(setup: Setup) -> None:
+    broker = setup.broker
+    await broker.subscribe(KEY)
+    for key in "abc":
+        await broker.publish(KEY, b"1", history=LATEST, feed_key=key)
+    with pytest.raises(TooManyKeys):
+        await broker.publish(KEY, b"2", history=LATEST, feed_key="d")
+    assert (await broker.publish(KEY, b"3", history=LATEST, feed_key="b")).position.offset == 4
+    await setup.handler.pubs_n(4)
+    assert [p.data for _, p in setup.handler.pubs] == [b"1", b"1", b"1", b"3"]
+    assert sorted(p.key for p in (await broker.latest(KEY)).publications) == ["a", "b", "c"]
+
+
+async def test_remove_history_drops_the_latest_too(setup: Setup) -> None:
+    broker = setup.broker
+    for key in "ab":
+        await broker.publish(KEY, b"1", history=LATEST, feed_key=key)
+    await broker.remove_history(KEY)
+    latest = await broker.latest(KEY)
+    assert latest.publications == [] and latest.position.offset == 2
+    await broker.publish(KEY, b"2", history=LATEST, feed_key="d")  # room again
+    assert [p.key for p in (await broker.latest(KEY)).publications] == ["d"]
+
+
+async def test_reading_the_latest_keeps_nothing(setup: Setup) -> None:
+    key = ("t", f"fresh:{next(FRESH)}")
+    told = await setup.broker.latest(key)
+    assert await stream_keys(setup, key) == 0
+    assert told.position == (await setup.broker.history(key, limit=0)).position
 
 
 async def test_history_size_trims_oldest(setup: Setup) -> None:
@@ -516,6 +574,24 @@ async def test_an_empty_stream_read_before_a_redis_restart_is_not_recovered_afte
     assert first.offset == 1 and first.epoch != told.epoch
     with pytest.raises(UnrecoverablePosition):
         await broker.history(KEY, since=told)
+
+
+async def test_the_latest_table_expires_with_the_meta_and_dies_with_its_epoch(
+    redis_server: RedisServer, make_broker: Any
+) -> None:
+    """(Issue 12.) The latest of each key lives in one hash beside the stream: it expires with the meta ttl
+    (not the history ttl: a last value outlives the history of one), and a stream started over (its meta
+    gone) starts with an empty table, so no value of the old epoch is served with the new one."""
+    broker, _ = await make_broker([redis_server.url], prefix="pfx")
+    policy = HistoryPolicy(1, 30.0, meta_ttl=100.0, latest_keys=10)
+    for key in "ab":
+        await broker.publish(KEY, b"1", history=policy, feed_key=key)
+    route = route_of(*KEY)
+    last = f"pfx:last:{{{route}}}"
+    assert 95_000 < int(redis_server.command("PTTL", last).strip()[1:]) <= 100_000
+    redis_server.command("DEL", f"pfx:meta:{{{route}}}")  # what expiry does to an idle stream
+    await broker.publish(KEY, b"2", history=policy, feed_key="c")
+    assert [(p.key, p.offset) for p in (await broker.latest(KEY)).publications] == [("c", 1)]
 
 
 async def test_a_stream_whose_meta_expired_never_gets_its_epoch_back(

@@ -96,11 +96,17 @@ def test_parse_duration_numbers_are_seconds(value: float) -> None:
     assert parse_duration(repr(value)) == value
 
 
+FEED_DEFAULTS = {"force_recovery_mode": "stream", "max_keys": 1000}
+"""Options whose defaults are a mode or a bound, not something opened."""
+
+
 def test_defaults_are_closed() -> None:
     opts = NamespaceOptions()
     assert not opts.history_enabled
     assert opts.data_format == "json" and not opts.binary
-    assert not any(getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name != "data_format")
+    assert {
+        f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if getattr(opts, f.name)
+    } == {**FEED_DEFAULTS, "data_format": "json"}
 
 
 def test_from_mapping() -> None:
@@ -201,3 +207,66 @@ def test_binary_namespaces_are_found_from_the_name_alone() -> None:
     assert not table.binary("chat:room") and not table.binary("camera") and not table.binary("nope:x")
     assert Namespaces(binary).binary("anything") and not Namespaces(binary).binary("cam:x")
     assert not Namespaces(NamespaceOptions()).binary("cam:front")
+
+
+# ---------------------------------------------------------------- live-feed options (issue 12)
+
+FEED = {
+    "conflation": "latest",
+    "max_rate": 10,
+    "key_field": "/sensor/id",
+    "history_size": 1,
+    "history_ttl": "1h",
+    "force_recovery_mode": "cache",
+    "allowed_delta_types": ["fossil"],
+    "max_keys": 5000,
+}
+
+
+def test_feed_options() -> None:
+    opts = NamespaceOptions.from_mapping(FEED)
+    assert (opts.conflation, opts.max_rate, opts.key_field) == ("latest", 10.0, "/sensor/id")
+    assert (opts.force_recovery_mode, opts.allowed_delta_types, opts.max_keys) == ("cache", ("fossil",), 5000)
+    # From the environment everything is a string.
+    env = NamespaceOptions.from_mapping({**FEED, "max_rate": "2.5", "allowed_delta_types": "fossil"})
+    assert (env.max_rate, env.allowed_delta_types) == (2.5, ("fossil",))
+    assert NamespaceOptions.from_mapping({"allowed_delta_types": []}).allowed_delta_types == ()
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"conflation": "newest"}, "conflation must be one of"),
+        ({"conflation": True}, "conflation must be one of"),
+        ({"conflation": "latest"}, "needs max_rate"),
+        ({"max_rate": 5}, "set conflation"),
+        ({"conflation": "latest", "max_rate": -1}, "max_rate must be from 0"),
+        ({"conflation": "latest", "max_rate": 1e9}, "max_rate must be from 0"),
+        ({"conflation": "latest", "max_rate": float("nan")}, "max_rate must be a number"),
+        ({"conflation": "latest", "max_rate": "fast"}, "max_rate must be a number"),
+        ({"conflation": "latest", "max_rate": True}, "max_rate must be a number"),
+        ({"conflation": "latest", "max_rate": 5, "key_field": "sensor"}, "must be empty or start with '/'"),
+        ({"conflation": "latest", "max_rate": 5, "key_field": "/a~2"}, "'~' must be followed"),
+        ({"conflation": "latest", "max_rate": 5, "key_field": 5}, "key_field must be a JSON pointer"),
+        ({"key_field": "/sensor"}, "key_field is used by conflation"),
+        ({"force_recovery_mode": "cache"}, "needs history"),
+        (
+            {"force_recovery_mode": "latest", "history_size": 1, "history_ttl": 60},
+            "force_recovery_mode must be",
+        ),
+        (
+            {"conflation": "latest", "max_rate": 5, "history_size": 1, "history_ttl": 60},
+            'needs force_recovery_mode = "cache"',
+        ),
+        ({"allowed_delta_types": ["zstd"]}, "unknown delta type"),
+        ({"allowed_delta_types": "fossil,zstd"}, "unknown delta type"),
+        ({"allowed_delta_types": [1]}, "must be a list of strings"),
+        ({"allowed_delta_types": {"fossil": 1}}, "must be a list of strings"),
+        ({"max_keys": 0}, "max_keys must be an integer from 1"),
+        ({"max_keys": 10**7}, "max_keys must be an integer from 1"),
+        ({"max_keys": "10"}, "max_keys must be an integer from 1"),
+    ],
+)
+def test_bad_feed_options_are_refused_with_a_reason(table: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        NamespaceOptions.from_mapping(table)
