@@ -33,7 +33,7 @@ import orjson
 from hub import codec_protobuf, codes, sse, wire
 from hub.control import ControlUnavailable
 from hub.logs import log_limited
-from hub.writer import EventWriter, Writer
+from hub.writer import EventWriter, Writer, limit_send_buffer
 
 if TYPE_CHECKING:
     from hub.client import Client
@@ -146,6 +146,10 @@ class StreamTransport:
             else socket_transport.get_write_buffer_size()
         )
         return self._queued + held
+
+    def limit_send_buffer(self, size: int) -> None:
+        """The kernel holds about ``size`` unsent bytes (a stream with conflated subscriptions)."""
+        limit_send_buffer(self._socket_transport(), size)
 
     def close(self, code: int, reason: str) -> None:
         # The code went out as a disconnect push (the session writes it before closing); a stream just ends.

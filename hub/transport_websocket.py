@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from hub import wire
+from hub.writer import limit_send_buffer
 from hub.ws_frames import OP_BINARY, OP_TEXT, FrameCache
 from hub.ws_uvicorn import RAW_EXTENSION
 
@@ -47,6 +48,10 @@ class RawWebSocketTransport:
 
     def unsent_bytes(self) -> int:
         return self._raw.unsent_bytes()  # type: ignore[no-any-return]
+
+    def limit_send_buffer(self, size: int) -> None:
+        """The kernel holds about ``size`` unsent bytes (a connection with conflated subscriptions)."""
+        limit_send_buffer(self._raw.transport, size)
 
 
 class AsgiWebSocketTransport:

@@ -7,6 +7,12 @@ plus what is held for it elsewhere: publications buffered while a subscription i
 ``max_bytes`` is a slow consumer: it calls ``on_slow`` (the session then closes with 3008) and takes no more
 messages. Others are never held up by it.
 
+A Writer also holds the conflation slots of its connection's conflated subscriptions (``KeyedSlots``,
+one per subscription, beside the queued messages): one publication per key at most, the newest, flushed at
+the rate the subscription was granted by the node's ``SlotClock``. A connection whose transport is backed
+up skips those flushes instead of queueing: it gets fewer, fresher publications, and is never a slow
+consumer for them.
+
 Node-wide, the ``Backlog`` of the scheduler adds up what every writer's transport holds unsent. Each
 connection's bound alone lets N slow connections hold N x ``max_bytes``; past the node's ``limit``
 (``node_queue_max_size``) the connections holding the most are cut as slow consumers, largest first, until
@@ -17,7 +23,11 @@ node can give the freed memory back to the system (``hub.memory``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
+import math
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -40,6 +50,18 @@ class Transport(Protocol):
 
     def unsent_bytes(self) -> int:
         """The bytes written that have not gone out yet (what ``write_messages`` returned, as of now)."""
+
+
+def limit_send_buffer(socket_transport: Any, size: int) -> None:
+    """Let the kernel hold about ``size`` bytes unsent for this connection (SO_SNDBUF; Linux doubles the
+    value it is given, hence half). Left to itself it grows the buffer to megabytes on a fast link, where a
+    reader that stops reading leaves stale frames the hub cannot see (they are not in the transport's
+    backlog any more) and cannot replace with newer ones. Best effort: a transport without a socket, or a
+    socket that refuses, keeps its buffer."""
+    sock = socket_transport.get_extra_info("socket") if socket_transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size // 2, 4096))
 
 
 class Backlog:
@@ -161,6 +183,7 @@ class Writer:
         "scheduler",
         "on_slow",
         "on_write_error",
+        "slots",
     )
 
     def __init__(
@@ -184,6 +207,8 @@ class Writer:
         """What the transport held unsent at the last flush (this writer's share of the node's Backlog)."""
         self.dirty = False
         self.closed = False
+        self.slots: dict[str, KeyedSlots] | None = None
+        """The conflation slots of each conflated subscription, by channel (None until the first)."""
 
     def push(self, message: bytes) -> None:
         if self.closed:
@@ -245,7 +270,41 @@ class Writer:
         self.closed = True
         self.pending = []
         self.pending_bytes = 0
+        self.slots = None
         self.scheduler.backlog.leave(self, dropped=True)
+
+    def backlog(self) -> int:
+        """What this connection has waiting, as last measured: unsent by the transport at the last flush,
+        pending in the writer and held for it elsewhere (cheap: no call into the transport)."""
+        return self.unsent + self.pending_bytes + self.held_bytes
+
+    def measure_backlog(self) -> int:
+        """``backlog`` with the transport asked afresh (it may have caught up since the last flush)."""
+        unsent = self.transport.unsent_bytes()
+        if unsent != self.unsent:
+            self.scheduler.backlog.change(self, unsent)
+        return unsent + self.pending_bytes + self.held_bytes
+
+    def open_slots(
+        self, channel: str, emit: Callable[[Any], int], period: float, max_keys: int, clock: SlotClock
+    ) -> KeyedSlots:
+        """Conflation slots for the subscription to ``channel`` (see ``KeyedSlots``)."""
+        slots = KeyedSlots(self, clock, emit, period, max_keys)
+        if self.slots is None:
+            self.slots = {}
+            # The kernel's share of the backlog must be small too, or skipping flushes comes too late.
+            limit = getattr(self.transport, "limit_send_buffer", None)
+            if limit is not None:
+                limit(clock.threshold)
+        self.slots[channel] = slots
+        return slots
+
+    def close_slots(self, channel: str) -> None:
+        """The subscription to ``channel`` ended: what its slots hold is dropped."""
+        if self.slots is not None:
+            slots = self.slots.pop(channel, None)
+            if slots is not None:
+                slots.close()
 
     def close(self) -> None:
         """Flush what is pending now and take no more (what the transport holds still goes out)."""
@@ -253,6 +312,191 @@ class Writer:
             self.flush()
             self.closed = True
             self.scheduler.backlog.leave(self, dropped=False)
+
+
+INF = math.inf
+EPSILON = 1e-6
+"""Seconds of slack in "has the period passed": a flush at ``last + period`` must find it passed whatever
+the rounding of the two sums (a key may go out a microsecond early, never be rescheduled forever)."""
+
+
+class KeyedSlots:
+    """The conflation slots of one subscription on one connection: the newest publication of each key
+    not yet sent, and when each key was last sent. The policy, per key, with ``period`` = 1 / rate:
+
+    - a publication whose key was not sent within the last ``period`` goes out at once (``emit`` pushes
+      it into the writer), unless the connection is backed up (``Writer.backlog`` over the clock's
+      ``threshold``);
+    - otherwise it waits in its key's slot, replacing what the slot held (the newest wins), until the
+      ``SlotClock`` flushes the slots: held keys whose period has passed go out, oldest held first, while
+      the connection's fresh backlog (``Writer.measure_backlog``) is under the threshold; the rest wait
+      for the next flush. A connection over the threshold skips the flush (one period later it is looked
+      at again), so a slow reader is sent fewer and fresher publications, never more than it can take.
+
+    So a key is sent at most once per ``period``, each key's publications reach the subscriber as a
+    subsequence of those published, in order, the last one always among them once publishing stops (and
+    the reader keeps up), and nothing here grows with the publication rate: memory is one entry per key,
+    at most ``max_keys`` keys (sent within the last period, or held). A key past that is refused
+    (``offer`` returns False) and the caller sends its publication another way.
+    """
+
+    __slots__ = ("writer", "clock", "emit", "period", "max_keys", "held", "sent", "due", "closed", "_pruned")
+
+    def __init__(
+        self, writer: Writer, clock: SlotClock, emit: Callable[[Any], int], period: float, max_keys: int
+    ) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.emit = emit
+        """Send one item now (push its frame into the writer); returns the bytes pushed."""
+        self.period = period
+        self.max_keys = max_keys
+        self.held: dict[str, Any] = {}
+        """Key -> the newest item not yet sent, in the order the keys started waiting."""
+        self.sent: dict[str, float] = {}
+        """Key -> when it was last sent (clock time); older than a period means nothing."""
+        self.due = INF
+        """When the clock flushes these slots next (INF: not scheduled)."""
+        self.closed = False
+        self._pruned = -INF
+
+    def offer(self, key: str, item: Any, now: float) -> bool:
+        """A publication of ``key`` (``item``, as ``emit`` takes it) at clock time ``now``: sent, held, or
+        False when ``max_keys`` keys are held or were sent within the last period."""
+        held = self.held
+        if key in held:
+            held[key] = item  # newest wins; the flush already scheduled sends it
+            return True
+        last = self.sent.get(key)
+        if last is None:
+            if len(self.sent) + len(held) >= self.max_keys and not self._prune(now):
+                return False
+        elif now - last < self.period - EPSILON:
+            held[key] = item
+            self._schedule(last + self.period)
+            return True
+        if self.writer.backlog() > self.clock.threshold:
+            held[key] = item
+            self._schedule(now + self.period)
+            return True
+        self.sent[key] = now
+        self.emit(item)
+        return True
+
+    def _prune(self, now: float) -> bool:
+        """Forget keys sent more than a period ago and not held (they say nothing any more); at most once
+        per period, so a subscription kept full does not pay a scan per publication. True if there is
+        room for one more key now."""
+        if now - self._pruned >= self.period:
+            self._pruned = now
+            horizon = now - self.period
+            held = self.held
+            self.sent = {k: t for k, t in self.sent.items() if t > horizon or k in held}
+        return len(self.sent) + len(self.held) < self.max_keys
+
+    def _schedule(self, when: float) -> None:
+        if when < self.due:
+            self.clock.schedule(self, when)
+
+    def flush(self, now: float) -> None:
+        """Send the held keys whose period has passed (the clock calls this when due)."""
+        if self.closed or self.writer.closed or not self.held:
+            return
+        threshold = self.clock.threshold
+        room = threshold - self.writer.measure_backlog()
+        if room <= 0:
+            self._schedule(now + self.period)  # backed up: skip this flush, not queue behind the backlog
+            return
+        held, sent, period = self.held, self.sent, self.period
+        next_due = INF
+        for key in list(held):
+            last = sent.get(key)
+            if last is not None and now - last < period - EPSILON:
+                next_due = min(next_due, last + period)
+                continue
+            sent[key] = now
+            room -= self.emit(held.pop(key))
+            if room <= 0:
+                next_due = now + self.clock.grain  # the rest as soon as this much has gone out
+                break
+        if held:
+            self._schedule(next_due)
+
+    def close(self) -> None:
+        self.closed = True
+        self.held = {}
+        self.sent = {}
+
+
+class SlotClock:
+    """The node's clock of conflation slots: calls each ``KeyedSlots.flush`` when it is due, from one timer.
+
+    Due times are rounded up to ``grain`` seconds, so slots due about the same time flush in one callback
+    (subscribers flushed together mostly hold the same delta base: their encodes are shared) and the
+    timer fires at most 1 / ``grain`` times a second however many subscriptions wait. ``threshold`` is
+    the backlog (bytes) over which a connection skips flushes (``client_conflation_backlog``)."""
+
+    __slots__ = ("threshold", "grain", "_loop", "_buckets", "_heap", "_timer", "_timer_at")
+
+    def __init__(self, threshold: int, grain: float = 0.01, loop: asyncio.AbstractEventLoop | None = None):
+        self.threshold = threshold
+        self.grain = grain
+        self._loop = loop
+        self._buckets: dict[float, list[KeyedSlots]] = {}
+        self._heap: list[float] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = INF
+
+    def now(self) -> float:
+        """The clock's time (the event loop's)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
+
+    def schedule(self, slots: KeyedSlots, when: float) -> None:
+        """Flush ``slots`` at ``when`` (rounded up to the grain), or at the time already set if sooner."""
+        when = math.ceil(when / self.grain) * self.grain
+        if when >= slots.due:
+            return
+        slots.due = when  # an entry in a later bucket is now stale: ``fire`` skips it
+        bucket = self._buckets.get(when)
+        if bucket is None:
+            bucket = self._buckets[when] = []
+            heapq.heappush(self._heap, when)
+            if when < self._timer_at:
+                self._arm(when)
+        bucket.append(slots)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self.fire)
+
+    def fire(self) -> None:
+        """Flush every bucket that is due; arm the timer for the next."""
+        self._timer, self._timer_at = None, INF
+        now = self.now()
+        heap = self._heap
+        while heap and heap[0] <= now + 1e-9:
+            when = heapq.heappop(heap)
+            for slots in self._buckets.pop(when):
+                if slots.due != when:
+                    continue
+                slots.due = INF
+                try:
+                    slots.flush(max(now, when))
+                except Exception:  # one broken subscription must not stop the flushes after it
+                    log.exception("conflation flush failed")
+        if heap:
+            self._arm(heap[0])
+
+    def pending(self) -> int:
+        """Subscriptions waiting for a flush (entries in the buckets, stale ones included)."""
+        return sum(map(len, self._buckets.values()))
 
 
 class EventWriter(Writer):
