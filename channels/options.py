@@ -146,6 +146,9 @@ class NamespaceOptions:
             raise ValueError("history_size and history_ttl must be set together")
         if opts.binary and opts.data_schema is not None:
             raise ValueError('data_schema checks JSON data: it cannot be set with data_format = "binary"')
+        if opts.binary and (opts.conflation or opts.allowed_delta_types or opts.key_field):
+            # A feed subscription frames JSON itself, and keys and deltas are read from JSON data.
+            raise ValueError('conflation, key_field and allowed_delta_types need data_format = "json"')
         _check_feed_options(opts)
         return opts
 

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace, UnrecoverablePosition
+from channels.feeds import BadRate, granted_rate
 from channels.names import ChannelKey, ChannelName, parse_channel
-from channels.options import NamespaceOptions
+from channels.options import DELTA_TYPES, NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
 from hub import codec_json, codes, sse
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.codes import ClientError, Disconnect
+from hub.feeds import DELTA_FORMATS, FeedItem, FeedSubscription, delta_chain
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.limits import CommandLimiter, Verdict
 from hub.logs import bind_session, log_limited, unbind_session
@@ -119,6 +121,17 @@ class Subscription:
     missed: bool = False
     """The node missed publications of the channel while this (positioned) subscription was being set up:
     it is told to resubscribe as soon as its reply is out."""
+    feed: FeedSubscription | None = None
+    """How a conflated or delta-encoded subscription is delivered (``hub.feeds``), once active."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FeedPlan:
+    """What a subscription gets besides the plain fan-out: delta compression, conflation at ``rate``."""
+
+    delta: bool
+    rate: float
+    """Publications a second per key (0: not conflated)."""
 
 
 @dataclass(slots=True)
@@ -127,7 +140,11 @@ class _Prepared:
     result: dict[str, Any]
     offset: int
     recovered: list[Publication] = field(default_factory=list)
-    """Recovered publications to push as publications (``resume_as_events``), not inside the result."""
+    """Recovered publications to push as publications (``resume_as_events``, or through a conflated
+    subscription's slots), not inside the result."""
+    plan: _FeedPlan | None = None
+    base: FeedItem | None = None
+    """The last publication of a delta chain in the result: the subscription's delta base."""
 
 
 @dataclass(slots=True)
@@ -802,9 +819,15 @@ class Client:
         node = self.node
         key = (self.tenant, channel.raw)
         history = opts.history_enabled
-        recoverable = history and (opts.force_recovery or req.get("recoverable") is True or server_side)
+        cache = opts.force_recovery_mode == "cache"
+        recoverable = history and (
+            cache or opts.force_recovery or req.get("recoverable") is True or server_side
+        )
         positioned = history and (opts.force_positioning or req.get("positioned") is True or recoverable)
         push_join_leave = opts.join_leave and (opts.force_push_join_leave or req.get("join_leave") is True)
+        plan = self._feed_plan(opts, req)
+        conflated = plan is not None and plan.rate > 0
+        base: FeedItem | None = None
         info = ClientInfo(self.user, self.id, self.conn_info, chan_info)
         sub = Subscription(
             channel, key, opts, info, recoverable, positioned, push_join_leave, expires_at, server_side
@@ -823,20 +846,27 @@ class Client:
         recovered: list[Publication] = []
         try:
             if positioned:
-                want_recover = req.get("recover") is True
+                # Cache mode: every subscribe recovers (Centrifuge's AutoCacheRecover), so a dashboard shows
+                # the latest values at once whether or not its SDK can ask (centrifuge-js ``since: {}``).
+                want_recover = req.get("recover") is True or cache
                 if want_recover:
                     since = StreamPosition(_int(req.get("offset", 0), "offset"), _str(req, "epoch", False))
-                    rec = await self._recover(key, since, opts)
+                    if cache:
+                        rec = await self._recover_cache(key, since, opts, conflated=conflated)
+                    else:
+                        rec = await self._recover(key, since, opts)
                     result["was_recovering"] = True
                     result["recovered"] = rec.recovered
-                    if rec.publications and self.resume_as_events:
+                    if rec.publications and (self.resume_as_events or conflated):
                         recovered = rec.publications
+                    elif rec.publications and plan is not None and plan.delta:
+                        result["publications"], base = delta_chain(self.fmt, rec.publications)
                     elif rec.publications:
                         shown = [self._shown(channel.raw, pub) for pub in rec.publications]
                         result["publications"] = [self.codec.publication_dict(pub) for pub in shown]
                     if not rec.recovered:
                         node.metrics.recovery(False)
-                        if reject_unrecovered:
+                        if reject_unrecovered and not cache:  # as Centrifuge: the flag is stream recovery's
                             raise codes.error_unrecoverable_position()
                     else:
                         node.metrics.recovery(True)
@@ -871,7 +901,54 @@ class Client:
         if expires_at:
             result["expires"] = True
             result["ttl"] = _ttl(expires_at)
-        return _Prepared(sub, result, offset, recovered)
+        if plan is not None and plan.delta:
+            result["delta"] = True
+        return _Prepared(sub, result, offset, recovered, plan, base)
+
+    def _feed_plan(self, opts: NamespaceOptions, req: dict[str, Any]) -> _FeedPlan | None:
+        """Delta compression (the request's ``delta``, granted where the namespace's
+        ``allowed_delta_types`` has it, over JSON or Protobuf) and conflation (the namespace's rate, or
+        the lower ``max_rate`` the request's ``data`` asks for); None for a plain subscription. An unknown
+        delta type ends the connection (3501), as Centrifuge does; a bad ``max_rate`` is refused (107)."""
+        asked = req.get("delta", "")
+        delta = False
+        if asked != "":
+            if not isinstance(asked, str) or asked not in DELTA_TYPES:
+                log_limited(log, logging.WARNING, "unknown delta type %.40r", asked, extra=self._log_extra())
+                raise codes.BAD_REQUEST.error()
+            delta = asked in opts.allowed_delta_types and self.fmt in DELTA_FORMATS
+        rate = 0.0
+        if opts.conflation:
+            data = req.get("data")
+            if self.fmt == PROTOBUF and data is not None:
+                try:
+                    data = orjson.loads(data)
+                except (orjson.JSONDecodeError, TypeError):
+                    data = None  # the application's own bytes: they ask for no rate
+            try:
+                rate = granted_rate(data, opts.max_rate)
+            except BadRate as exc:
+                refusal = codes.error_bad_request()
+                raise ClientError(refusal.code, f"{refusal.message}: {exc}") from None
+        return _FeedPlan(delta, rate) if delta or rate else None
+
+    async def _recover_cache(
+        self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions, *, conflated: bool
+    ) -> Recovery:
+        """Cache recovery (``force_recovery_mode = "cache"``): the latest publication of each key, in
+        offset order, ``recovered: true``; ``recovered: false`` when there is none. A subscriber already
+        at the stream's top gets nothing (it holds the latest), except a conflated one of a keyed channel:
+        its position can be past another key's publication it was not sent. Not conflated, more keys than
+        ``client_recovery_max_publication_limit`` are not recovered (the reply would outgrow the queue);
+        a conflated subscription takes any number (its slots send them at its rate)."""
+        latest = await self.node.broker.latest(key, meta_ttl=opts.history_meta_ttl)
+        top, pubs = latest.position, latest.publications
+        at_top = 0 < since.offset == top.offset and since.epoch == top.epoch
+        if not pubs or (at_top and not (conflated and opts.key_field)):
+            return Recovery([], at_top, top)
+        if not conflated and len(pubs) > self.node.config.client_recovery_max_publication_limit:
+            return Recovery([], False, top)
+        return Recovery(pubs, True, top)
 
     async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
         broker = self.node.broker
@@ -914,17 +991,35 @@ class Client:
         if self.state is State.CLOSED or self.subs.get(sub.channel.raw) is not sub:
             return
         name = sub.channel.raw
+        node = self.node
         push: Any = self.writer.push if self.fmt != JSON_EVENTS else partial(self.deliver_event, name)
+        plan = prep.plan
+        feed: FeedSubscription | None = None
+        if plan is not None:
+            memo = node.registry.memo(sub.key) if plan.delta else None
+            feed = sub.feed = push = FeedSubscription(self, name, delta=plan.delta, memo=memo)
+            feed.base = prep.base
+            if plan.rate:
+                feed.conflate(plan.rate, sub.options.max_keys, node.slot_clock)
         if sub.missed:
             # What it buffered has a gap: nothing of it goes out; it resubscribes and recovers.
-            self.node.registry.finish_subscribe(sub.key, self, push)
+            node.registry.finish_subscribe(sub.key, self, push, feed=feed is not None)
             self.insufficient_state(name)
             return
         sub.active = True
-        buffered = self.node.registry.finish_subscribe(sub.key, self, push, join_leave=sub.push_join_leave)
-        for pub in [*prep.recovered, *after_position(buffered, prep.offset)]:
-            self.push_publication(name, pub)
-        if self.events is not None and prep.result.get("recovered") is False:
+        buffered = node.registry.finish_subscribe(
+            sub.key, self, push, join_leave=sub.push_join_leave, feed=feed is not None
+        )
+        pubs = [*prep.recovered, *after_position(buffered, prep.offset)]
+        if feed is not None:
+            now = node.slot_clock.now()
+            for pub in pubs:
+                feed.offer(FeedItem(pub), now)
+        else:
+            for pub in pubs:
+                self.push_publication(name, pub)
+        cache = sub.options.force_recovery_mode == "cache"  # there, not recovered means "no value yet"
+        if self.events is not None and prep.result.get("recovered") is False and not cache:
             notice = {"channel": name, "epoch": prep.result["epoch"]}
             self.events.push_event(b"unrecovered", orjson.dumps(notice))
         if sub.options.join_leave:
@@ -951,6 +1046,8 @@ class Client:
         if self.events is not None:
             self.events.forget(sub.channel.raw)
         self.node.registry.remove_subscriber(sub.key, self)
+        if sub.feed is not None:
+            sub.feed.close()
         return True
 
     async def _after_detach(self, sub: Subscription) -> None:

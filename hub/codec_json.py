@@ -103,6 +103,23 @@ def encode_publication_push(channel: str, pub: Publication) -> bytes:
     return orjson.dumps({"push": {"channel": channel, "pub": publication_dict(pub)}})
 
 
+def encode_delta_publication_push(channel: str, pub: Publication, payload: bytes, delta: bool) -> bytes:
+    """``pub`` for a subscription that negotiated delta compression: its ``data`` is a JSON *string*, the
+    full JSON text of the data (``delta`` False) or a fossil delta against what the subscriber holds
+    (``delta`` True), as the SDKs expect once ``delta: true`` was in the subscribe result. ``payload`` is
+    UTF-8 (JSON text, or a delta of it: ``channels.fossil`` keeps deltas of UTF-8 valid UTF-8)."""
+    return orjson.dumps({"push": {"channel": channel, "pub": delta_publication_dict(pub, payload, delta)}})
+
+
+def delta_publication_dict(pub: Publication, payload: bytes, delta: bool) -> dict[str, Any]:
+    """``publication_dict`` for a delta subscription (see ``encode_delta_publication_push``)."""
+    out = publication_dict(pub)
+    out["data"] = payload.decode()
+    if delta:
+        out["delta"] = True
+    return out
+
+
 def encode_join_push(channel: str, info: ClientInfo) -> bytes:
     return encode_push(channel, "join", {"info": info_dict(info)})
 

@@ -48,7 +48,9 @@ __all__ = [
     "data_bytes",
     "decode_commands",
     "decode_emulation_request",
+    "delta_publication_dict",
     "encode",
+    "encode_delta_publication_push",
     "encode_error",
     "encode_join_push",
     "encode_leave_push",
@@ -771,8 +773,12 @@ def _push(channel: str, kind_key: bytes, body: bytes, data: bytes = b"", tail: b
     )
 
 
-def encode_publication_push(channel: str, pub: Publication) -> bytes:
-    data = pub.data
+def encode_publication_push(
+    channel: str, pub: Publication, data: bytes | None = None, delta: bool = False
+) -> bytes:
+    """``pub`` as a push; ``data`` (default: ``pub.data``) and ``delta`` for a delta subscription."""
+    if data is None:
+        data = pub.data
     size = len(data)
     head = b"\x22" + (_VARINTS[size] if size < _NV else _uvarint(size)) if size else b""
     tail = b""
@@ -785,7 +791,24 @@ def encode_publication_push(channel: str, pub: Publication) -> bytes:
         tail += b"\x30" + (_VARINTS[offset] if offset < _NV else _uvarint(offset))
     if pub.tags:
         tail += _tags(pub.tags)
+    if delta:
+        tail += b"\x40\x01"  # Publication.delta = 8, true
     return _push(channel, b"\x22", head, data, tail)
+
+
+def encode_delta_publication_push(channel: str, pub: Publication, payload: bytes, delta: bool) -> bytes:
+    """``pub`` for a subscription that negotiated delta compression: ``data`` is ``payload`` (the data, or a
+    fossil delta against what the subscriber holds) and ``Publication.delta`` (8) says which."""
+    return encode_publication_push(channel, pub, payload, delta)
+
+
+def delta_publication_dict(pub: Publication, payload: bytes, delta: bool) -> dict[str, Any]:
+    """``publication_dict`` for a delta subscription."""
+    out = publication_dict(pub)
+    out["data"] = payload
+    if delta:
+        out["delta"] = True
+    return out
 
 
 def encode_join_push(channel: str, info: ClientInfo) -> bytes:

@@ -122,6 +122,10 @@ class Config:
     node_queue_max_size: int = 268435456
     """Bytes all connections of the node together may have waiting to be written; past it the ones holding
     the most are closed as slow consumers (3008) until the total is back under it (0: no node-wide bound)."""
+    client_conflation_backlog: int = 65536
+    """Bytes a connection may have waiting to be written before its conflated subscriptions skip flushes
+    (it gets fewer, fresher publications instead of a longer queue); at most half client_queue_max_size
+    is used, so conflated deliveries never make a connection a slow consumer."""
     client_ping_interval: float = 25.0
     client_pong_timeout: float = 8.0
     client_expired_close_delay: float = 25.0
@@ -635,6 +639,7 @@ def validate(cfg: Config) -> None:
         "ingest_max_lines",
         "ingest_max_concurrent",
     )
+    _require_positive(cfg, "client_conflation_backlog")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         raise ConfigError(f"unknown log_level {cfg.log_level!r}")
     if cfg.log_format not in ("text", "json"):

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
-from channels.errors import BrokerUnavailable, InvalidChannel, UnknownNamespace
+from channels.errors import BrokerUnavailable, InvalidChannel, TooManyKeys, UnknownNamespace
+from channels.feeds import BadKey, reading_key
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, PublishResult
@@ -25,6 +26,7 @@ from hub.auth import TokenVerifier
 from hub.client import Client, State
 from hub.config import Config
 from hub.control import Control, LocalControl
+from hub.feeds import FeedItem
 from hub.hooks import Hooks, RPCContext
 from hub.inbox.personal import PersonalChannels
 from hub.ingest.metrics import FeedMetrics
@@ -34,8 +36,8 @@ from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
 from hub.watch import Watch
-from hub.wire import CODECS, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
-from hub.writer import Backlog, FlushScheduler, Transport
+from hub.wire import CODECS, FEED, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
+from hub.writer import Backlog, FlushScheduler, SlotClock, Transport
 from presence.presence import PresenceManager
 
 if TYPE_CHECKING:
@@ -98,6 +100,8 @@ class Node:
         self.trimmer = Trimmer()
         """Gives memory back to the system after slow connections holding much were cut (``hub.memory``)."""
         self.scheduler = FlushScheduler(backlog=Backlog(config.node_queue_max_size, self.trimmer.dropped))
+        self.slot_clock = SlotClock(min(config.client_conflation_backlog, config.client_queue_max_size // 2))
+        """Flushes the conflation slots of every connection (``hub.writer``)."""
         self.metrics = Metrics(config.namespaces)
         self.feed_metrics = FeedMetrics(self.metrics)
         self.sessions: set[Client] = set()
@@ -332,17 +336,29 @@ class Node:
         tags: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         skip_history: bool = False,
+        feed_key: str | None = None,
     ) -> PublishResult:
         """Publish ``data`` (the publication's bytes: JSON text, or any bytes in a binary namespace) to
         ``channel`` of ``tenant``. Every way in ends here (client publish, server API, ingest, MQTT, the
         embedding API), so the namespace's ``data_schema`` is enforced here: data it refuses is neither
-        delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``)."""
+        delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``). In a
+        keyed namespace the reading's key is read from the data (``key_field``) unless ``feed_key`` gives
+        it; a key that cannot be read is refused (107), so is a key more than the channel keeps (106, cache
+        recovery's ``max_keys``)."""
         schema = opts.data_schema
         if schema is not None:
             reason = schema.check_json(data)
             if reason is not None:
                 self.feed_metrics.refused(channel.raw)
                 raise codes.error_invalid_data(reason)
+        if feed_key is None:
+            feed_key = ""
+            if opts.key_field:
+                try:
+                    feed_key = reading_key(opts.key_field, data)
+                except BadKey as exc:
+                    refusal = codes.error_bad_request()
+                    raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
         key = (tenant, channel.raw)
         if self.watch.patterns:  # alerts or MQTT routes configured: the nodes that watch it must see it
             # A suspension before the broker, but the order of one channel's publishes holds (a pipelined
@@ -350,14 +366,28 @@ class Node:
             # (``Watch.seen``) and resumes after this one, which hands its publication over first.
             await self.watch.seen(key)
         history = (
-            HistoryPolicy(opts.history_size, opts.history_ttl, opts.history_meta_ttl)
+            HistoryPolicy(
+                opts.history_size,
+                opts.history_ttl,
+                opts.history_meta_ttl,
+                opts.max_keys if opts.force_recovery_mode == "cache" else 0,
+            )
             if opts.history_enabled and not skip_history
             else None
         )
         try:
             result = await self.broker.publish(
-                key, data, info=info, tags=tags, history=history, idempotency_key=idempotency_key
+                key,
+                data,
+                info=info,
+                tags=tags,
+                history=history,
+                idempotency_key=idempotency_key,
+                feed_key=feed_key,
             )
+        except TooManyKeys as exc:
+            log_limited(log, logging.WARNING, "publish refused: %s", exc, extra={"tenant": key[0]})
+            raise codes.error_limit_exceeded() from None
         except BrokerUnavailable:
             log_limited(
                 log,
@@ -467,6 +497,12 @@ class Node:
                 if not subs:
                     continue
                 delivered += len(subs)
+                if fmt == FEED:  # feed subscriptions frame it themselves, from one shared item
+                    item = FeedItem(pub)
+                    now = self.slot_clock.now()
+                    for feed in subs.values():
+                        feed.offer(item, now)
+                    continue
                 if fmt == JSON_EVENTS:
                     frame = uni_frame or CODECS[fmt].encode_publication_push(key[1], shown)
                     for push in subs.values():

@@ -3,8 +3,10 @@
 The fan-out table maps a channel to one ``{client: push}`` per wire format (``hub.wire``): a publication is
 encoded once per format that has subscribers, and a delivery is one dict iteration and one call of the
 client's ``push`` (its bound ``Writer.push``; for the streaming formats, a method that also takes the
-publication, to track resume positions). A subscription being set up sits in
-``pending`` with a buffer: publications that arrive meanwhile are kept for it and handed over when it
+publication, to track resume positions). After the formats' tables comes the ``FEED`` table (``hub.wire``):
+the feed subscriptions (conflated or delta-encoded, ``hub.feeds``) by client, which frame each publication
+themselves; each channel with some has a ``DeltaMemo`` here, shared by them. A subscription being set up
+sits in ``pending`` with a buffer: publications that arrive meanwhile are kept for it and handed over when it
 becomes active, so none is lost between reading history and joining the fan-out.
 
 Beside the fan-out, each channel's subscribers that asked for join/leave pushes have tables of their own
@@ -19,8 +21,9 @@ buffer takes nothing more, rather than growing for as long as the read takes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from channels.fossil import DeltaMemo
 from channels.names import ChannelKey
 from channels.publication import Publication
 
@@ -44,17 +47,21 @@ Push = Callable[..., None]
 
 
 class Registry:
-    __slots__ = ("clients", "users", "fanout", "join_leave", "pending", "formats", "watch")
+    __slots__ = ("clients", "users", "fanout", "join_leave", "pending", "formats", "memos", "watch")
 
     def __init__(self, formats: int = 1) -> None:
         self.formats = formats
+        """Tables per channel: one per wire format, and the FEED table after them (its index)."""
         self.clients: dict[str, Client] = {}
         self.users: dict[tuple[str, str], set[Client]] = {}
-        self.fanout: dict[ChannelKey, list[dict[Client, Push]]] = {}
-        """Each channel's subscribers, one table per wire format (index: ``Client.fmt``)."""
+        self.fanout: dict[ChannelKey, list[dict[Client, Any]]] = {}
+        """Each channel's subscribers, one table per wire format (index: ``Client.fmt``), then the feed
+        subscriptions (index ``formats``: ``FeedSubscription`` by client)."""
+        self.pending: dict[ChannelKey, dict[Client, list[Publication]]] = {}
+        self.memos: dict[ChannelKey, DeltaMemo] = {}
+        """The delta memo of each channel with feed subscriptions."""
         self.join_leave: dict[ChannelKey, list[dict[Client, None]]] = {}
         """Each channel's subscribers that asked for join/leave pushes (a subset of ``fanout``), by format."""
-        self.pending: dict[ChannelKey, dict[Client, list[Publication]]] = {}
         self.watch: Callable[[ChannelKey], None] | None = None
         """Called when a channel gains its first active subscriber here, or loses its last (channel
         occupancy, ``hub.outbound``); None: nobody watches."""
@@ -112,16 +119,17 @@ class Registry:
                 writer.hold(size)
 
     def finish_subscribe(
-        self, key: ChannelKey, client: Client, push: Push, *, join_leave: bool = False
+        self, key: ChannelKey, client: Client, push: Any, *, join_leave: bool = False, feed: bool = False
     ) -> list[Publication]:
-        """Move ``client`` into the fan-out of ``key`` (and, with ``join_leave``, among those told of joins
-        and leaves); return what was buffered meanwhile."""
+        """Move ``client`` into the fan-out of ``key`` (its format's table, or with ``feed`` the FEED table,
+        ``push`` then being its ``FeedSubscription``; with ``join_leave``, among those told of joins and
+        leaves too); return what was buffered meanwhile."""
         buffered = self._drop_pending(key, client)
         tables = self.fanout.get(key)
         first = tables is None
         if tables is None:
-            tables = self.fanout[key] = [{} for _ in range(self.formats)]
-        tables[client.fmt][client] = push
+            tables = self.fanout[key] = [{} for _ in range(self.formats + 1)]
+        tables[self.formats if feed else client.fmt][client] = push
         if join_leave:
             watching = self.join_leave.get(key)
             if watching is None:
@@ -130,6 +138,13 @@ class Registry:
         if first and self.watch is not None:
             self.watch(key)
         return buffered
+
+    def memo(self, key: ChannelKey) -> DeltaMemo:
+        """The delta memo of ``key``'s feed subscriptions (made for the first; dropped with the last)."""
+        memo = self.memos.get(key)
+        if memo is None:
+            memo = self.memos[key] = DeltaMemo()
+        return memo
 
     def cancel_subscribe(self, key: ChannelKey, client: Client) -> None:
         """Forget a subscription that failed to set up."""
@@ -150,14 +165,24 @@ class Registry:
 
     def remove_subscriber(self, key: ChannelKey, client: Client) -> None:
         """Take ``client`` off ``key`` (active or still being set up)."""
-        for index in (self.fanout, self.join_leave):
-            tables = index.get(key)
-            if tables is not None and client in tables[client.fmt]:
+        tables = self.fanout.get(key)
+        if tables is not None:
+            feeds = tables[self.formats]
+            if client in tables[client.fmt]:
                 del tables[client.fmt][client]
-                if not any(tables):
-                    del index[key]
-                    if index is self.fanout and self.watch is not None:
-                        self.watch(key)
+            elif client in feeds:
+                del feeds[client]
+                if not feeds:
+                    self.memos.pop(key, None)
+            if not any(tables):
+                del self.fanout[key]
+                if self.watch is not None:
+                    self.watch(key)
+        watching = self.join_leave.get(key)
+        if watching is not None and client in watching[client.fmt]:
+            del watching[client.fmt][client]
+            if not any(watching):
+                del self.join_leave[key]
         waiting = self.pending.get(key)
         if waiting is not None and client in waiting:
             self._drop_pending(key, client)

@@ -67,6 +67,10 @@ JSON, JSON_UNI, PROTOBUF, JSON_EVENTS = 0, 1, 2, 3
 CODECS: tuple[Codec, ...] = (codec_json, codec_json_uni, codec_protobuf, codec_json_uni)
 """Indexed by format."""
 
+FEED = len(CODECS)
+"""Not a format: the registry's fan-out table after the formats' tables holds the feed subscriptions
+(conflated, or delta-encoded: ``hub.feeds``), each of which takes every publication and frames it itself."""
+
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 
 

@@ -193,6 +193,8 @@ def test_data_schema_is_compiled_once_from_a_table_or_json_text() -> None:
         ({"data_schema": {"type": "nope"}}, "invalid data schema"),
         ({"data_schema": {"$ref": "https://example.com/s.json"}}, "invalid data schema"),
         ({"data_format": "binary", "data_schema": SCHEMA}, "cannot be set with data_format"),
+        ({"data_format": "binary", "conflation": "latest", "max_rate": 5}, 'need data_format = "json"'),
+        ({"data_format": "binary", "allowed_delta_types": ["fossil"]}, 'need data_format = "json"'),
     ],
 )
 def test_bad_data_options_are_refused_with_the_reason(table: dict[str, object], words: str) -> None:
