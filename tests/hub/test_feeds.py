@@ -210,10 +210,17 @@ async def test_a_slow_reader_gets_fewer_fresher_updates_and_is_never_disconnecte
     latest: dict[str, int] = {}
     stop = asyncio.Event()
 
-    async def reader(delay: float) -> tuple[list[tuple[str, int]], websockets.ClientConnection]:
+    subscribed = [asyncio.Event(), asyncio.Event()]
+
+    async def reader(
+        delay: float, ready: asyncio.Event
+    ) -> tuple[list[tuple[str, int]], websockets.ClientConnection]:
         # max_queue 1: the client library stops reading the socket while one frame waits for us.
         ws = await websockets.connect(hub.url, max_size=None, max_queue=1, ping_interval=None)
         await ws.send('{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"feed:line"}}')
+        while not ready.is_set():  # until the subscribe reply
+            if any(orjson.loads(line).get("id") == 2 for line in (await ws.recv()).splitlines()):
+                ready.set()
         got: list[tuple[str, int]] = []
         held: dict[str, int] = {}
         while not stop.is_set() or held != latest:
@@ -228,10 +235,12 @@ async def test_a_slow_reader_gets_fewer_fresher_updates_and_is_never_disconnecte
             await asyncio.sleep(delay)
         return got, ws
 
-    readers = [asyncio.create_task(reader(delay)) for delay in (0.0, 0.1)]
+    readers = [
+        asyncio.create_task(reader(delay, ready)) for delay, ready in zip((0.0, 0.1), subscribed, strict=True)
+    ]
     node = hub.sb.node
-    while len(node.registry.fanout.get(("", "feed:line"), [{}] * 5)[-1]) < 2:
-        await asyncio.sleep(0.01)  # both subscribed (polled: the readers' own tasks subscribe)
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(ready.wait() for ready in subscribed))
     pad = "x" * 8000
     peak_pending = peak_held = 0
     start = time.monotonic()

@@ -18,6 +18,8 @@ from tests.conftest import RunningHub
 from tests.hub.test_feeds import FEEDS, sensors
 from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 - the fixture that installs the SDK
 
+pytestmark = pytest.mark.usefixtures("centrifuge_js")
+
 SCRIPT = Path(__file__).parent / "js_sdk" / "feeds.mjs"
 
 
@@ -67,7 +69,7 @@ async def run(hub: RunningHub, protocol: str, channel: str, options: dict[str, A
 
 
 @pytest.mark.parametrize("protocol", ["json", "protobuf"])
-async def test_js_sdk_decodes_fossil_deltas(feeds: RunningHub, centrifuge_js: Path, protocol: str) -> None:
+async def test_js_sdk_decodes_fossil_deltas(feeds: RunningHub, protocol: str) -> None:
     node = await run(feeds, protocol, "alarms:js", {"delta": "fossil"})
     await node.next("subscribed")
     for n in range(20):
@@ -84,7 +86,7 @@ async def test_js_sdk_decodes_fossil_deltas(feeds: RunningHub, centrifuge_js: Pa
     ("protocol", "options"), [("json", {"since": {}, "delta": "fossil"}), ("protobuf", {})]
 )
 async def test_js_sdk_opened_mid_stream_shows_every_sensor_at_once(
-    feeds: RunningHub, centrifuge_js: Path, protocol: str, options: dict[str, Any]
+    feeds: RunningHub, protocol: str, options: dict[str, Any]
 ) -> None:
     for n in range(40):
         await feeds.sb.node.publish("feed:js", {"sensor": f"t{n % 8}", "value": n})
@@ -99,7 +101,7 @@ async def test_js_sdk_opened_mid_stream_shows_every_sensor_at_once(
     assert await node.proc.wait() == 0
 
 
-async def test_js_sdk_rendering_slowly_stays_current(make_hub: Any, centrifuge_js: Path) -> None:
+async def test_js_sdk_rendering_slowly_stays_current(make_hub: Any) -> None:
     """A dashboard that blocks 100 ms on every publication while 8 sensors publish 25 a second each, over
     the namespace's 10: it is never disconnected, each sensor's values arrive in order, and it ends with
     the newest, having been sent fewer than were published. (Node reads the socket in large chunks between

@@ -1,6 +1,6 @@
-"""Live feeds through the official centrifuge-python SDK: fossil delta compression (``delta=DeltaType.FOSSIL``)
-over JSON and Protobuf, and the latest value of every key on subscribe and after a reconnect (cache
-recovery), with the SDK unchanged."""
+"""Live feeds through the official centrifuge-python SDK: fossil delta compression
+(``delta=DeltaType.FOSSIL``) over JSON and Protobuf, and the latest value of every key on subscribe and
+after a reconnect (cache recovery), with the SDK unchanged."""
 
 from __future__ import annotations
 
