@@ -50,7 +50,8 @@ NODE_INFO_INTERVAL = 0.5
 
 # The namespaces every node serves. "chat": presence, join/leave, history and recovery, subscribers may
 # publish and read presence/history (what the centrifuge SDK tests use); the unnamed namespace: everything
-# open to everyone, with history and recovery; "nohist": plain fan-out.
+# open to everyone, with history and recovery; "nohist": plain fan-out; "feeds": a keyed sensor feed
+# (conflation at 10 a second per sensor, the latest of each on subscribe, fossil deltas).
 CONFIG_TEMPLATE = """\
 token_hmac_secret_key = "{secret}"
 allow_anonymous_connect_without_token = true
@@ -97,6 +98,20 @@ allow_presence_for_subscriber = true
 name = "nohist"
 allow_subscribe_for_client = true
 allow_publish_for_client = true
+
+[[namespaces]]
+name = "feeds"
+conflation = "latest"
+max_rate = 10
+key_field = "/sensor"
+history_size = 1
+history_ttl = 300
+force_recovery_mode = "cache"
+allowed_delta_types = ["fossil"]
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_client = true
+allow_publish_for_anonymous = true
 """
 
 
