@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 import websockets
 
+from tests import nodes as harness
 from tests.conftest import TIMEOUT, RawClient
-from tests.nodes import NodesFactory, make_nodes  # noqa: F401 - the fixture
+from tests.nodes import NodesFactory
 from tests.redis_servers import RedisServer
+
+make_nodes = harness.make_nodes
 
 MB = 1024 * 1024
 
