@@ -8,10 +8,10 @@ plus what is held for it elsewhere: publications buffered while a subscription i
 messages. Others are never held up by it.
 
 A Writer also holds the conflation slots of its connection's conflated subscriptions (``KeyedSlots``,
-one per subscription, beside the queued messages): one publication per key at most, the newest, flushed at
-the rate the subscription was granted by the node's ``SlotClock``. A connection whose transport is backed
-up skips those flushes instead of queueing: it gets fewer, fresher publications, and is never a slow
-consumer for them.
+one per subscription, beside the queued messages): one publication per key at most, the newest, flushed
+together at most at the rate the subscription was granted, by the node's ``SlotClock``. A connection whose
+transport is backed up skips those flushes instead of queueing: it gets fewer, fresher publications, and
+is never a slow consumer for them.
 
 Node-wide, the ``Backlog`` of the scheduler adds up what every writer's transport holds unsent. Each
 connection's bound alone lets N slow connections hold N x ``max_bytes``; past the node's ``limit``
@@ -317,30 +317,32 @@ class Writer:
 INF = math.inf
 EPSILON = 1e-6
 """Seconds of slack in "has the period passed": a flush at ``last + period`` must find it passed whatever
-the rounding of the two sums (a key may go out a microsecond early, never be rescheduled forever)."""
+the rounding of the two sums (a batch may go out a microsecond early, never be rescheduled forever)."""
 
 
 class KeyedSlots:
-    """The conflation slots of one subscription on one connection: the newest publication of each key
-    not yet sent, and when each key was last sent. The policy, per key, with ``period`` = 1 / rate:
+    """The conflation slots of one subscription on one connection: the newest publication of each key not
+    yet sent. The policy, with ``period`` = 1 / rate:
 
-    - a publication whose key was not sent within the last ``period`` goes out at once (``emit`` pushes
-      it into the writer), unless the connection is backed up (``Writer.backlog`` over the clock's
-      ``threshold``);
-    - otherwise it waits in its key's slot, replacing what the slot held (the newest wins), until the
-      ``SlotClock`` flushes the slots: held keys whose period has passed go out, oldest held first, while
-      the connection's fresh backlog (``Writer.measure_backlog``) is under the threshold; the rest wait
-      for the next flush. A connection over the threshold skips the flush (one period later it is looked
-      at again), so a slow reader is sent fewer and fresher publications, never more than it can take.
+    - the subscription is flushed at most once per period: a flush sends the newest publication of every
+      key that changed since the last one, as one batch (one frame, as the writer joins one tick's
+      pushes), oldest key first;
+    - a publication to a quiet subscription (nothing held, the last flush a period ago or more) goes out
+      at once, and starts a period;
+    - a publication of a key already held replaces it (the newest wins);
+    - a connection whose backlog (``Writer.measure_backlog``) is over the clock's ``threshold`` skips the
+      flush (one period later it is looked at again): a slow reader is sent fewer, fresher batches, never
+      queued behind; a batch larger than the room under the threshold is sent in parts, each as soon as
+      the backlog allows, and the next period starts when its last part has gone.
 
-    So a key is sent at most once per ``period``, each key's publications reach the subscriber as a
-    subsequence of those published, in order, the last one always among them once publishing stops (and
-    the reader keeps up), and nothing here grows with the publication rate: memory is one entry per key,
-    at most ``max_keys`` keys (sent within the last period, or held). A key past that is refused
-    (``offer`` returns False) and the caller sends its publication another way.
+    So a subscriber gets at most one batch (frame) per period and each key at most once per period; each
+    key's publications reach it as a subsequence of those published, in order, the last one always among
+    them once publishing stops (and the reader keeps up); and nothing here grows with the publication
+    rate: memory is one entry per key with a publication waiting, at most ``max_keys``. A key past that is
+    refused (``offer`` returns False) and the caller sends its publication another way.
     """
 
-    __slots__ = ("writer", "clock", "emit", "period", "max_keys", "held", "sent", "due", "closed", "_pruned")
+    __slots__ = ("writer", "clock", "emit", "period", "max_keys", "held", "carry", "last", "due", "closed")
 
     def __init__(
         self, writer: Writer, clock: SlotClock, emit: Callable[[Any], int], period: float, max_keys: int
@@ -352,80 +354,71 @@ class KeyedSlots:
         self.period = period
         self.max_keys = max_keys
         self.held: dict[str, Any] = {}
-        """Key -> the newest item not yet sent, in the order the keys started waiting."""
-        self.sent: dict[str, float] = {}
-        """Key -> when it was last sent (clock time); older than a period means nothing."""
+        """Key -> the newest item not yet sent, for the next batch (in the order the keys started waiting)."""
+        self.carry: dict[str, Any] = {}
+        """What is left of the batch being sent (keys not sent yet in this period)."""
+        self.last = -INF
+        """When the last batch (or the last part of it) went out: the next one goes a period later."""
         self.due = INF
         """When the clock flushes these slots next (INF: not scheduled)."""
         self.closed = False
-        self._pruned = -INF
 
     def offer(self, key: str, item: Any, now: float) -> bool:
         """A publication of ``key`` (``item``, as ``emit`` takes it) at clock time ``now``: sent, held, or
-        False when ``max_keys`` keys are held or were sent within the last period."""
+        False when ``max_keys`` keys are waiting already."""
+        if key in self.carry:
+            self.carry[key] = item  # not sent yet in this period: the newest goes
+            return True
         held = self.held
         if key in held:
             held[key] = item  # newest wins; the flush already scheduled sends it
             return True
-        last = self.sent.get(key)
-        if last is None:
-            if len(self.sent) + len(held) >= self.max_keys and not self._prune(now):
-                return False
-        elif now - last < self.period - EPSILON:
-            held[key] = item
-            self._schedule(last + self.period)
-            return True
-        if self.writer.backlog() > self.clock.threshold:
+        if len(held) + len(self.carry) >= self.max_keys:
+            return False
+        if not held and not self.carry and now - self.last >= self.period - EPSILON:
+            if self.writer.backlog() <= self.clock.threshold:
+                self.last = now  # a quiet subscription: at once, and a period starts
+                self.emit(item)
+                return True
             held[key] = item
             self._schedule(now + self.period)
             return True
-        self.sent[key] = now
-        self.emit(item)
+        held[key] = item
+        self._schedule(max(self.last + self.period, now))
         return True
-
-    def _prune(self, now: float) -> bool:
-        """Forget keys sent more than a period ago and not held (they say nothing any more); at most once
-        per period, so a subscription kept full does not pay a scan per publication. True if there is
-        room for one more key now."""
-        if now - self._pruned >= self.period:
-            self._pruned = now
-            horizon = now - self.period
-            held = self.held
-            self.sent = {k: t for k, t in self.sent.items() if t > horizon or k in held}
-        return len(self.sent) + len(self.held) < self.max_keys
 
     def _schedule(self, when: float) -> None:
         if when < self.due:
             self.clock.schedule(self, when)
 
     def flush(self, now: float) -> None:
-        """Send the held keys whose period has passed (the clock calls this when due)."""
-        if self.closed or self.writer.closed or not self.held:
+        """Send the next batch, or the rest of this one (the clock calls this when due)."""
+        if self.closed or self.writer.closed or not (self.held or self.carry):
             return
-        threshold = self.clock.threshold
-        room = threshold - self.writer.measure_backlog()
+        room = self.clock.threshold - self.writer.measure_backlog()
         if room <= 0:
             self._schedule(now + self.period)  # backed up: skip this flush, not queue behind the backlog
             return
-        held, sent, period = self.held, self.sent, self.period
-        next_due = INF
-        for key in list(held):
-            last = sent.get(key)
-            if last is not None and now - last < period - EPSILON:
-                next_due = min(next_due, last + period)
-                continue
-            sent[key] = now
-            room -= self.emit(held.pop(key))
+        if not self.carry:
+            if now - self.last < self.period - EPSILON:
+                self._schedule(self.last + self.period)
+                return
+            self.carry, self.held = self.held, {}
+        carry = self.carry
+        for key in list(carry):
+            room -= self.emit(carry.pop(key))
             if room <= 0:
-                next_due = now + self.clock.grain  # the rest as soon as this much has gone out
                 break
-        if held:
-            self._schedule(next_due)
+        self.last = now
+        if carry:
+            self._schedule(now + self.clock.grain)  # the rest of the batch as soon as the backlog allows
+        elif self.held:
+            self._schedule(now + self.period)
 
     def close(self) -> None:
         self.closed = True
         self.held = {}
-        self.sent = {}
+        self.carry = {}
 
 
 class SlotClock:

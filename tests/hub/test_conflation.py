@@ -82,9 +82,12 @@ class Sink:
     def __init__(self) -> None:
         self.unsent = 0
         self.written: list[bytes] = []
+        self.writes: list[list[bytes]] = []
+        """The messages of each write (one frame each)."""
 
     def write_messages(self, messages: list[bytes]) -> int:
         self.written += messages
+        self.writes.append(messages)
         return self.unsent
 
     def close(self, code: int, reason: str) -> None:
@@ -159,8 +162,7 @@ def test_a_conflated_subscriber_sees_a_subsequence_of_each_key_ending_with_the_l
             feed.loop.advance(arg)
         else:
             feed.sink.unsent = arg
-        held = feed.slots.held
-        assert len(held) + len(feed.slots.sent) <= 100
+        assert len(feed.slots.held) + len(feed.slots.carry) <= 8  # one entry per key
         # Never queued behind a backlog past the threshold (plus the one frame that crossed it).
         assert feed.writer.pending_bytes <= threshold + 2 * FRAME
     # Publishing stops, the reader catches up: every key ends with its last value.
@@ -189,18 +191,20 @@ def test_a_conflated_subscriber_sees_a_subsequence_of_each_key_ending_with_the_l
         last_sent[key] = t
 
 
-def test_a_reading_under_the_rate_goes_out_at_once() -> None:
+def test_a_quiet_subscription_gets_a_reading_at_once_a_busy_one_gets_batches() -> None:
     feed = Feed(rate=10.0)
-    for i in range(5):
-        assert feed.publish(f"s{i}", i)  # five keys, one reading each: no waiting
-    assert [k for k, _ in feed.received()] == ["s0", "s1", "s2", "s3", "s4"]
-    feed.loop.advance(0.05)
-    assert feed.publish("s0", 10)  # within the period of s0: held
-    assert feed.received()[-1] == ("s4", 4)
-    assert feed.publish("s0", 11)  # the newest replaces it
-    feed.loop.advance(0.06)  # s0's period has passed
-    assert feed.received()[-1] == ("s0", 11)
-    assert ("s0", 10) not in feed.received()
+    assert feed.publish("s0", 0)  # quiet: at once
+    assert feed.received() == [("s0", 0)]
+    for i in range(1, 5):
+        assert feed.publish(f"s{i}", i)  # within the period: held for the next batch
+    assert feed.publish("s1", 11)  # the newest replaces what s1 held
+    assert feed.received() == [("s0", 0)]
+    feed.loop.advance(0.1)  # the period has passed: the batch, in one write (one frame)
+    assert feed.received() == [("s0", 0), ("s1", 11), ("s2", 2), ("s3", 3), ("s4", 4)]
+    assert [len(write) for write in feed.sink.writes] == [1, 4]
+    feed.loop.advance(1.0)
+    assert feed.publish("s0", 20)  # quiet again: at once
+    assert feed.received()[-1] == ("s0", 20)
 
 
 def test_a_backed_up_connection_skips_flushes_and_gets_only_the_newest() -> None:
@@ -226,25 +230,27 @@ def test_memory_is_bounded_by_the_keys_not_the_rate() -> None:
     assert feed.writer.pending_bytes == 0
 
 
-def test_a_key_past_max_keys_is_refused_and_idle_keys_make_room() -> None:
+def test_a_key_past_max_keys_is_refused_until_a_flush_makes_room() -> None:
     feed = Feed(rate=10.0, max_keys=3)
-    assert all(feed.publish(f"k{i}", i) for i in range(3))
-    assert not feed.publish("k3", 3)  # three keys sent within the period
-    feed.loop.advance(0.2)  # their period is over: they say nothing any more
-    assert feed.publish("k3", 4)
+    assert feed.publish("k0", 0)  # at once: nothing waits
+    assert all(feed.publish(f"k{i}", i) for i in range(1, 4))  # three wait
+    assert not feed.publish("k4", 4)
+    assert feed.publish("k1", 10)  # a waiting key is fine
+    feed.loop.advance(0.2)  # the batch went
+    assert feed.publish("k4", 5)
 
 
-def test_budget_splits_a_large_flush_over_several_ticks() -> None:
+def test_a_batch_larger_than_the_room_goes_in_parts() -> None:
     feed = Feed(rate=1.0, threshold=1000)
     feed.sink.unsent = feed.writer.unsent = 2000
     for i in range(100):
         feed.publish(f"k{i}", i)
     assert feed.received() == []
     feed.sink.unsent = 0
-    feed.loop.advance(1.0)  # the first flush: about threshold bytes, the rest a grain later each
-    assert 0 < len(feed.received()) < 100
-    feed.loop.advance(0.5)
+    feed.loop.advance(1.5)  # the batch: about threshold bytes per write, a grain apart
     assert sorted(v for _, v in feed.received()) == list(range(100))
+    assert len(feed.sink.writes) > 5
+    assert all(sum(map(len, write)) <= 1000 + 2 * FRAME for write in feed.sink.writes)
 
 
 def test_closed_slots_send_nothing_and_hold_nothing() -> None:
