@@ -27,8 +27,14 @@ second per subscriber with and without delta, and what slow subscribers got (rea
 close codes). JSON lines go to bench/results/feeds-<time>.jsonl. Every process is started here and
 stopped by its pid; every step is bounded in time.
 
+``--micro`` measures in-process, without sockets, what a delivery costs the hub with and without fossil
+deltas: ``--dashboards`` subscribers of one channel (JSON, then Protobuf; plain, then delta), 5,000
+readings of the same feed handed to the node's fan-out and flushed to counting transports: process CPU per
+delivery and bytes per delivery.
+
 usage: .venv/bin/python bench/feeds.py [--quick] [--sensors 10000] [--channels 100] [--dashboards 1000]
        [--duration 30] [--max-rate 10] [--phases conflated,baseline]
+       .venv/bin/python bench/feeds.py --micro [--dashboards 1000]
 """
 
 from __future__ import annotations
@@ -399,6 +405,105 @@ async def phase(a: argparse.Namespace, port: int, server: subprocess.Popen[bytes
     return result
 
 
+# ------------------------------------------------------------------------------- in-process: CPU per delivery
+
+
+class Sink:
+    """A transport that only counts: what a delivery costs the hub up to the socket write."""
+
+    name = "sink"
+
+    def __init__(self, fmt: int) -> None:
+        self.fmt = fmt
+        self.bytes = 0
+
+    def write_messages(self, messages: list[bytes]) -> int:
+        self.bytes += sum(map(len, messages))
+        return 0
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+    def unsent_bytes(self) -> int:
+        return 0
+
+
+async def micro(subscribers: int, publications: int) -> list[dict[str, Any]]:
+    """Server CPU per delivery (process time of the fan-out, the encodes and the writers' flushes) and bytes
+    per delivery, for one channel of ``subscribers`` without and with fossil deltas, over JSON and Protobuf,
+    with the same readings (one channel, one sensor after another, as in the feed)."""
+    from centrifuge.protocol import client_pb2
+
+    from channels.broker_memory import MemoryBroker
+    from channels.options import NamespaceOptions
+    from channels.publication import Publication
+    from hub.config import Config
+    from hub.hooks import Hooks
+    from hub.node import Node
+    from hub.wire import JSON, PROTOBUF
+    from presence.presence_memory import MemoryPresence
+
+    def command(fmt: int, cmd: dict[str, Any]) -> bytes:
+        if fmt == JSON:
+            return orjson.dumps(cmd)
+        body = client_pb2.Command(**cmd).SerializeToString()
+        size, prefix = len(body), bytearray()
+        while True:
+            prefix.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+            size >>= 7
+            if not size:
+                return bytes(prefix) + body
+
+    ns = NamespaceOptions.from_mapping(
+        {
+            "allowed_delta_types": ["fossil"],
+            "allow_subscribe_for_client": True,
+            "allow_subscribe_for_anonymous": True,
+        }
+    )
+    readings = [reading(i % 100, i, 0) for i in range(publications)]
+    rows = []
+    for fmt_name, fmt in (("json", JSON), ("protobuf", PROTOBUF)):
+        for delta in (False, True):
+            cfg = Config(
+                allow_anonymous_connect_without_token=True, namespaces={"bench": ns}, node_name="micro"
+            )
+            node = Node(cfg, MemoryBroker(), MemoryPresence(), Hooks())
+            sinks = []
+            for _ in range(subscribers):
+                sink = Sink(fmt)
+                client = node.new_session(sink, scope={})
+                await client.handle_frame(command(fmt, {"id": 1, "connect": {}}))
+                sub = {"channel": "bench:plant", **({"delta": "fossil"} if delta else {})}
+                await client.handle_frame(command(fmt, {"id": 2, "subscribe": sub}))
+                sinks.append(sink)
+            node.scheduler.flush()
+            for sink in sinks:
+                sink.bytes = 0
+            key = ("", "bench:plant")
+            cpu0 = time.process_time()
+            for offset, data in enumerate(readings, 1):
+                node.handle_publication(key, Publication(data, offset=offset, key=f"s{offset % 100}"), "e")
+                node.scheduler.flush()
+            cpu = time.process_time() - cpu0
+            deliveries = subscribers * publications
+            rows.append(
+                {
+                    "phase": "micro",
+                    "format": fmt_name,
+                    "delta": delta,
+                    "subscribers": subscribers,
+                    "publications": publications,
+                    "cpu_us_per_delivery": round(cpu / deliveries * 1e6, 2),
+                    "cpu_us_per_publication": round(cpu / publications * 1e6, 1),
+                    "bytes_per_delivery": round(sum(s.bytes for s in sinks) / deliveries, 1),
+                    "reading_bytes": round(sum(map(len, readings)) / len(readings), 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -423,6 +528,9 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", default="main", choices=["main", "publisher"])
+    ap.add_argument(
+        "--micro", action="store_true", help="in-process: CPU and bytes per delivery, with and without delta"
+    )
     ap.add_argument("--quick", action="store_true", help="2,000 sensors, 200 dashboards, 10 s phases")
     ap.add_argument("--sensors", type=int, default=None)
     ap.add_argument("--channels", type=int, default=None)
@@ -449,6 +557,13 @@ def main() -> None:
         runner(publisher(a.url, a.ns, a.sensors, a.channels, a.duration, conns=4))
         return
     os.makedirs(RESULTS, exist_ok=True)
+    if a.micro:
+        rows = runner(micro(subscribers=a.dashboards, publications=2000 if a.quick else 5000))
+        with open(
+            a.out or os.path.join(RESULTS, f"feeds-micro-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"), "a"
+        ) as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        return
     config = os.path.join(RESULTS, "hub-feeds.toml")
     with open(config, "w") as f:
         f.write(CONFIG.format(max_rate=a.max_rate))

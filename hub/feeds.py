@@ -53,6 +53,8 @@ _DELTA_CODECS: dict[int, Any] = {JSON: codec_json, PROTOBUF: codec_protobuf}
 _PLAIN = -1
 _FULL = 0
 """Frame variants besides deltas (which are keyed by their base item's ``seq``, from 1 on)."""
+_FORMATS = 8
+"""More than there are formats: a frame's key in ``FeedItem.frames`` is ``variant * _FORMATS + format``."""
 
 _sequence = itertools.count(1)
 
@@ -66,7 +68,8 @@ class FeedItem:
     def __init__(self, pub: Publication) -> None:
         self.seq = next(_sequence)
         self.pub = pub
-        self.frames: dict[tuple[int, int], bytes] = {}
+        self.frames: dict[int, bytes] = {}
+        """Frames made of it: by ``variant * _FORMATS + format`` (variant: plain, full, or a base's seq)."""
 
 
 class FeedSubscription:
@@ -106,39 +109,39 @@ class FeedSubscription:
             self.emit(item)
 
     def emit(self, item: FeedItem) -> int:
-        """Frame ``item`` for this subscriber and push it; the bytes pushed."""
-        frame = self.frame(item)
-        if self.fmt == JSON_EVENTS:
+        """Frame ``item`` for this subscriber (a shared frame when another needed the same) and push it; a
+        delta subscription's base becomes ``item``. Returns the bytes pushed."""
+        fmt = self.fmt
+        base = None
+        if not self.delta:
+            variant = _PLAIN
+        else:
+            base = self.base
+            self.base = item
+            variant = _FULL if base is None else base.seq
+        frames = item.frames
+        frame = frames.get(variant * _FORMATS + fmt)
+        if frame is None:
+            frame = frames[variant * _FORMATS + fmt] = self._encode(item, variant, base)
+        if fmt == JSON_EVENTS:
             self.client.deliver_event(self.channel, frame, item.pub)
         else:
             self._push(frame)
         return len(frame)
 
-    def frame(self, item: FeedItem) -> bytes:
-        """The push of ``item`` as this subscriber needs it (a shared frame when another needed the same);
-        a delta subscription's base becomes ``item``."""
-        fmt = self.fmt
+    def _encode(self, item: FeedItem, variant: int, base: FeedItem | None) -> bytes:
+        """The frame of ``item`` in this subscriber's format: plain, full for delta (the data as the SDKs
+        expect it once delta is negotiated), or as a delta against ``base`` (full when a delta would be no
+        smaller)."""
         pub = item.pub
-        if not self.delta:
-            variant = _PLAIN
-            payload, is_delta = pub.data, False
-        else:
-            base = self.base
-            self.base = item
-            if base is None:
-                payload, is_delta = pub.data, False
-            else:
-                assert self.memo is not None
-                payload, is_delta = self.memo.payload(base.seq, base.pub.data, item.seq, pub.data)
-            variant = base.seq if is_delta and base is not None else _FULL
-        frame = item.frames.get((variant, fmt))
-        if frame is None:
-            if variant == _PLAIN:
-                frame = CODECS[fmt].encode_publication_push(self.channel, pub)
-            else:
-                frame = _DELTA_CODECS[fmt].encode_delta_publication_push(self.channel, pub, payload, is_delta)
-            item.frames[(variant, fmt)] = frame
-        return frame
+        if variant == _PLAIN:
+            return CODECS[self.fmt].encode_publication_push(self.channel, pub)
+        codec = _DELTA_CODECS[self.fmt]
+        if variant == _FULL:
+            return codec.encode_delta_publication_push(self.channel, pub, pub.data, False)  # type: ignore[no-any-return]
+        assert base is not None and self.memo is not None
+        payload, is_delta = self.memo.payload(base.seq, base.pub.data, item.seq, pub.data)
+        return codec.encode_delta_publication_push(self.channel, pub, payload, is_delta)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """The subscription ended: its slots (and what they hold) go."""

@@ -169,9 +169,9 @@ def test_a_conflated_subscriber_sees_a_subsequence_of_each_key_ending_with_the_l
     feed.sink.unsent = 0
     for _ in range(200):
         feed.loop.advance(feed.period)
-        if not feed.slots.held:
+        if not (feed.slots.held or feed.slots.carry):
             break
-    assert not feed.slots.held
+    assert not (feed.slots.held or feed.slots.carry)
     assert not feed.slow  # never a slow consumer for conflated deliveries
 
     received: dict[str, list[int]] = {}
