@@ -395,7 +395,10 @@ class KeyedSlots:
         """Send the next batch, or the rest of this one (the clock calls this when due)."""
         if self.closed or self.writer.closed or not (self.held or self.carry):
             return
-        room = self.clock.threshold - self.writer.measure_backlog()
+        # What the writer last saw unsent can only have shrunk since: ask the transport only when over.
+        room = self.clock.threshold - self.writer.backlog()
+        if room <= 0:
+            room = self.clock.threshold - self.writer.measure_backlog()
         if room <= 0:
             self._schedule(now + self.period)  # backed up: skip this flush, not queue behind the backlog
             return
