@@ -44,12 +44,9 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 import orjson
@@ -58,6 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
+import fanout  # noqa: E402 - its process helpers (free_port, wait_ready, stop_server)
 import procstat  # noqa: E402
 
 from channels.fossil import apply_delta  # noqa: E402
@@ -504,27 +502,6 @@ async def micro(subscribers: int, publications: int) -> list[dict[str, Any]]:
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"hub exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("hub not ready in 30 s")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", default="main", choices=["main", "publisher"])
@@ -574,25 +551,22 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * a.dashboards + 100)), hard))
     rows = []
     for name in a.phases.split(","):
-        port = free_port()
+        port = fanout.free_port()
         log = open(os.path.join(RESULTS, f"hub-feeds-{name}.log"), "wb")  # noqa: SIM115 - closed below
         server = subprocess.Popen(
             [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_ready(server, port)
+            not_ready = fanout.wait_ready(server, port, 30)
+            if not_ready:
+                raise SystemExit(f"hub: {not_ready}")
             row = runner(phase(a, port, server, "feeds" if name == "conflated" else "raw"))
             row.update({"sensors": a.sensors, "channels": a.channels, "max_rate": a.max_rate})
             rows.append(row)
             print(json.dumps(row), flush=True)
         finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(15)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            fanout.stop_server(server)
             log.close()
     with open(out, "a") as f:
         for row in rows:

@@ -15,20 +15,16 @@ import pytest
 
 from tests import conftest
 from tests.conftest import RunningHub
+from tests.hub import test_feeds
 from tests.hub.test_feeds import FEEDS, sensors
 from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 - the fixture that installs the SDK
+
+feeds = test_feeds.feeds
+"""A hub with the feed namespaces of test_feeds."""
 
 pytestmark = pytest.mark.usefixtures("centrifuge_js")
 
 SCRIPT = Path(__file__).parent / "js_sdk" / "feeds.mjs"
-
-
-@pytest.fixture
-async def feeds(make_hub: Any) -> RunningHub:
-    cfg = conftest.test_config()
-    cfg.namespaces = {**cfg.namespaces, **FEEDS}
-    hub: RunningHub = await make_hub(cfg)
-    return hub
 
 
 class Node:

@@ -12,18 +12,13 @@ import orjson
 import pytest
 from centrifuge import Client, DeltaType
 
-from tests import conftest
 from tests.conftest import TIMEOUT, RunningHub
-from tests.hub.test_feeds import FEEDS, sensors
+from tests.hub import test_feeds
+from tests.hub.test_feeds import sensors
 from tests.hub.test_sdk_channels import connected, subscribed
 
-
-@pytest.fixture
-async def feeds(make_hub: Any) -> RunningHub:
-    cfg = conftest.test_config()
-    cfg.namespaces = {**cfg.namespaces, **FEEDS}
-    hub: RunningHub = await make_hub(cfg)
-    return hub
+feeds = test_feeds.feeds
+"""A hub with the feed namespaces of test_feeds."""
 
 
 @pytest.fixture(params=["json", "protobuf"])
