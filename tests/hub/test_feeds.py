@@ -505,3 +505,49 @@ async def test_an_events_subscriber_that_falls_behind_is_cut_and_told_what_it_lo
         assert [p["offset"] for p in again["publications"]] == list(range(last_seen + 1, n + 1))
     else:
         assert again["offset"] - last_seen > 0  # what it lost, to reload or report
+
+
+# -- unidirectional streams ---------------------------------------------------------------------------------
+
+
+async def test_an_sse_stream_gets_the_latest_of_every_key_and_conflated_readings_with_resume_ids() -> None:
+    """A uni_sse stream subscribed by its token to a keyed feed: the latest of every key, then live
+    readings, each event carrying the resume point past it; no ``unrecovered`` event for a feed that has a
+    value (nor for one that has none yet: there, not recovered means "nothing yet")."""
+    from hub.auth import mint_token
+    from tests.hub import test_sse_resume as sse
+    from tests.hub.test_session import SECRET, make_node
+
+    written = asyncio.Event()
+
+    class Sink(sse.SseSink):
+        def write_messages(self, messages: list[bytes]) -> int:
+            written.set()
+            return super().write_messages(messages)
+
+    async def until(sink: Sink, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(TIMEOUT):
+            while len(sse.pubs(sse.events(sink.data))) < count:
+                written.clear()
+                await written.wait()  # the slot clock's flush, in this loop
+        return sse.events(sink.data)
+
+    node = make_node(namespaces=FEEDS)
+    await node.start()
+    try:
+        for n in range(6):
+            await node.publish("feed:sse", {"sensor": f"t{n % 3}", "n": n})
+        sink = Sink()
+        client = node.new_session(sink, scope={})
+        token = mint_token(SECRET, "u", channels=["feed:sse", "feed:nothing"])
+        await client.connect_unidirectional({"token": token})
+        got = await until(sink, 3)
+        assert [p for _, p in sse.pubs(got)] == [{"sensor": f"t{i}", "n": 3 + i} for i in range(3)]
+        assert not any(ev.get("event") == "unrecovered" for ev in got)
+        ids = [ev["id"] for ev in got if "data" in ev and "pub" in orjson.loads(ev["data"])]
+        assert len(set(ids)) == 3  # each event moves the resume point
+        await node.publish("feed:sse", {"sensor": "t9", "n": 9})
+        assert sse.pubs(await until(sink, 4))[-1] == ("feed:sse", {"sensor": "t9", "n": 9})
+        await node.end_session(client)
+    finally:
+        await node.stop()
