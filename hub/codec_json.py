@@ -112,9 +112,14 @@ def encode_delta_publication_push(channel: str, pub: Publication, payload: bytes
 
 
 def delta_publication_dict(pub: Publication, payload: bytes, delta: bool) -> dict[str, Any]:
-    """``publication_dict`` for a delta subscription (see ``encode_delta_publication_push``)."""
+    """``publication_dict`` for a delta subscription (see ``encode_delta_publication_push``). Data that is
+    not UTF-8 (no JSON text; not a delta of one) cannot be a JSON string: it goes as ``publication_dict``
+    has it, never as a delta."""
     out = publication_dict(pub)
-    out["data"] = payload.decode()
+    try:
+        out["data"] = payload.decode()
+    except UnicodeDecodeError:
+        return out
     if delta:
         out["delta"] = True
     return out

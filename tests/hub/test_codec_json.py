@@ -202,3 +202,13 @@ def test_publication_data_takes_no_more_memory_than_its_length(size: int) -> Non
         tracemalloc.stop()
     assert len(kept[0]) == size + 10
     assert used < 100 * (size + 10 + 100)
+
+
+def test_a_delta_subscriptions_data_is_a_json_string_unless_it_cannot_be_one() -> None:
+    """(Issue 12.) Once delta is negotiated the SDKs read ``data`` as a string (the JSON text, or a fossil
+    delta of it, ``delta: true``); bytes that are not UTF-8 cannot be one and go as they would to anyone."""
+    pub = Publication(data=b'{"t":1}', offset=3)
+    assert codec.delta_publication_dict(pub, b'{"t":1}', False) == {"data": '{"t":1}', "offset": 3}
+    assert codec.delta_publication_dict(pub, b"7\n3@0,2:2}1Xy;", True)["delta"] is True
+    raw = orjson.loads(codec.encode_delta_publication_push("c", pub, b"\xff\xfe", True))
+    assert "delta" not in raw["push"]["pub"] and raw["push"]["pub"]["data"] == {"t": 1}
