@@ -85,6 +85,7 @@ _DURATIONS = {
     "outbox_retention",
     "document_changed_wait",
     "document_changed_max_wait",
+    "inbox_expire_interval",
 }
 
 
@@ -226,6 +227,8 @@ class Config:
     under ``data_dir`` (one process, or nodes sharing that directory)."""
     inbox_fsync: bool = False
     """SQLite inbox: fsync every change (survives power loss; without it, a crash of the process)."""
+    inbox_expire_interval: float = 10.0
+    """Seconds between this node's sweeps of expired inbox items (``hub.inbox.expiry``); 0: no sweeps here."""
     user_subscribe_to_personal: bool = False
     """Centrifugo's option: every connection of a user is subscribed server-side to the personal channel
     ``<user_personal_channel_namespace>:#<user>`` (``#<user>`` in the unnamed namespace)."""
@@ -618,6 +621,8 @@ def _validate_inbox(cfg: Config) -> None:
         raise ConfigError(f"user_personal_channel_namespace {namespace!r} is not a configured namespace")
     if cfg.user_personal_single_connection and not cfg.user_subscribe_to_personal:
         raise ConfigError("user_personal_single_connection needs user_subscribe_to_personal")
+    if cfg.inbox_expire_interval < 0:
+        raise ConfigError("inbox_expire_interval must not be negative (0 turns the sweep off)")
 
 
 def validate(cfg: Config) -> None:

@@ -10,7 +10,7 @@ methods, the server API's inbox methods, and the pushes that keep every device's
   Centrifuge ``rpc`` command.
 - ``api``: ``notify``, ``inbox_list``, ``inbox_counts``, ``inbox_mark``, ``preferences``,
   ``notification_status`` in the server API.
-- ``logs``: the inbox's log lines that can repeat, each kind rate-limited.
+- ``expiry``: the periodic sweep of expired items, whose new counts are pushed like any change.
 
 This module imports nothing: ``hub.node`` imports ``personal`` while the others import ``hub.node``.
 

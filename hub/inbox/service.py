@@ -55,6 +55,7 @@ from channels.publication import Publication
 from hub import codes
 from hub.codes import ClientError
 from hub.control import ControlUnavailable
+from hub.inbox.expiry import ExpirySweep
 from hub.logs import log_limited
 from inbox.errors import InboxError, InvalidInput, NotFound, StoreError
 from inbox.inbox import MAX_DELIVERY_REPORTS, InboxStore
@@ -190,11 +191,15 @@ class Notifications:
         self.node = node
         self.store = store
         self.tracker = DeliveryTracker(node, store)
+        self.expiry = ExpirySweep(store, self.push_swept, node.config.inbox_expire_interval)
+        """Deletes expired items every ``inbox_expire_interval`` and pushes the new counts."""
 
     async def start(self) -> None:
         self.tracker.start()
+        self.expiry.start()
 
     async def stop(self) -> None:
+        await self.expiry.stop()
         await self.tracker.stop()
 
     # -- notify -------------------------------------------------------------------------------------

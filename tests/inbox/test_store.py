@@ -321,6 +321,36 @@ async def test_expired_items_are_neither_listed_nor_counted_and_the_sweep_keeps_
     assert await stored_counts(store, T, "alice") == swept[0].counts
 
 
+async def test_sweeps_of_several_nodes_at_once_remove_each_item_once(
+    make_store: MakeStore, clock: Clock
+) -> None:
+    """Every node sweeps (hub/inbox/expiry.py): sweeps racing on one database must count each removal
+    once, and the newest counts each pushes (highest version per user) must be the user's counts."""
+    nodes = [await make_store(), await make_store()]
+    users = [f"u{k}" for k in range(12)]
+    for k, u in enumerate(users):
+        await nodes[k % 2].notify(note(u))  # one that stays
+        for i in range(k % 4 + 1):
+            await nodes[i % 2].notify(note(u, expire_at=clock.now + 5 + i))
+    clock.advance(10)
+    pushed: dict[str, Counts] = {}
+    rounds = 0
+    while True:
+        batches = await asyncio.gather(*(nodes[k % 2].expire(limit=3) for k in range(6)))
+        swept = [s for batch in batches for s in batch]
+        if not swept:
+            break
+        rounds += 1
+        for s in swept:
+            if s.user not in pushed or s.counts.version > pushed[s.user].version:
+                pushed[s.user] = s.counts
+    assert rounds >= 2  # the limit made them share the work
+    for k, u in enumerate(users):
+        expected = await stored_counts(nodes[0], T, u)
+        assert (expected.total, expected.unread) == (1, 1)
+        assert await nodes[1].counts(T, u) == expected == pushed[u]
+
+
 # -- delivery tracking and the outbox ------------------------------------------------------------------
 
 

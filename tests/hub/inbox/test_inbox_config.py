@@ -11,7 +11,7 @@ import pytest
 
 from hub.app import Switchboard
 from hub.codes import ConfigError
-from hub.config import Config, load_config
+from hub.config import Config, load_config, validate
 from inbox.errors import StoreError
 from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
@@ -24,6 +24,7 @@ IN_APP, WEBHOOK, EMAIL = DeliveryChannel.IN_APP, DeliveryChannel.WEBHOOK, Delive
 TOML = """
 database_url = "postgresql://hub@db.internal:5432/switchboard"
 inbox_fsync = true
+inbox_expire_interval = "2m"
 user_subscribe_to_personal = true
 user_personal_channel_namespace = "personal"
 user_personal_single_connection = true
@@ -55,6 +56,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_keys_from_a_file(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, TOML), env={})
     assert cfg.database_url == "postgresql://hub@db.internal:5432/switchboard" and cfg.inbox_fsync
+    assert cfg.inbox_expire_interval == 120.0
     assert cfg.user_subscribe_to_personal and cfg.user_personal_single_connection
     assert cfg.user_personal_channel_namespace == "personal"
     assert cfg.inbox == PreferencePolicy(
@@ -69,7 +71,7 @@ def test_the_keys_from_a_file(tmp_path: Path) -> None:
 
 def test_the_defaults() -> None:
     cfg = Config()
-    assert (cfg.database_url, cfg.inbox_fsync) == ("", False)
+    assert (cfg.database_url, cfg.inbox_fsync, cfg.inbox_expire_interval) == ("", False, 10.0)
     assert not (cfg.user_subscribe_to_personal or cfg.user_personal_single_connection)
     assert cfg.user_personal_channel_namespace == ""
     assert cfg.inbox == PreferencePolicy()
@@ -80,10 +82,12 @@ def test_the_environment(tmp_path: Path) -> None:
     env = {
         "SWITCHBOARD_DATABASE_URL": "postgres://localhost/hub",
         "SWITCHBOARD_USER_SUBSCRIBE_TO_PERSONAL": "true",
+        "SWITCHBOARD_INBOX_EXPIRE_INTERVAL": "0",
         "SWITCHBOARD_INBOX": '{"categories": {"alerts": {"critical": true}}}',
     }
     cfg = load_config(None, env=env)
     assert cfg.database_url == "postgres://localhost/hub" and cfg.user_subscribe_to_personal
+    assert cfg.inbox_expire_interval == 0.0
     assert cfg.inbox.categories == {"alerts": CategoryPolicy(critical=True)}
 
 
@@ -94,6 +98,8 @@ def test_the_environment(tmp_path: Path) -> None:
         'database_url = "/var/lib/inbox.db"\n',
         'user_personal_channel_namespace = "personal"\n',  # not a configured namespace
         "user_personal_single_connection = true\n",  # needs user_subscribe_to_personal
+        "inbox_expire_interval = -1\n",  # not a duration
+        'inbox_expire_interval = "soon"\n',
         "inbox = 1\n",
         "[inbox]\nchannels = ['sms']\n",
         "[inbox]\nchannels = 'in_app'\n",
@@ -109,6 +115,11 @@ def test_the_environment(tmp_path: Path) -> None:
 def test_bad_values_are_config_errors(tmp_path: Path, toml: str) -> None:
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, toml), env={})
+
+
+def test_a_negative_sweep_interval_is_refused_from_python_too() -> None:
+    with pytest.raises(ConfigError, match="inbox_expire_interval"):
+        validate(Config(inbox_expire_interval=-1.0))
 
 
 @pytest.mark.parametrize("raw", ["[]", "not json", '{"channels": ["sms"]}'])
