@@ -48,6 +48,7 @@ from inbox.model import (
     NotificationStatus,
     NotifyResult,
     Page,
+    TenantCounts,
     UserCounts,
     check_id,
     check_tenant,
@@ -123,6 +124,11 @@ class InboxStore(Protocol):
 
     async def counts(self, tenant: str, user: str) -> Counts: ...
 
+    async def tenant_counts(self, tenant: str) -> TenantCounts:
+        """The counts of every user of ``tenant`` added up: a sum over the tenant's counter rows (one per
+        user who ever had an item), for an operator's page, not for every request."""
+        ...
+
     async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
         """Apply a mark and append ``inbox.changed`` (when something changed)."""
         ...
@@ -194,8 +200,10 @@ class InboxStore(Protocol):
         tenant: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        before_id: int | None = None,
     ) -> list[TaskInfo]:
-        """Tasks in id order after ``after_id`` (``state=DEAD``: the dead letters)."""
+        """Tasks in id order after ``after_id`` (``state=DEAD``: the dead letters); with ``before_id``,
+        the tasks below it (and after ``after_id``) newest first: the most recent ones."""
         ...
 
     async def replay(
@@ -211,10 +219,10 @@ class InboxStore(Protocol):
 
     async def attempts(self, task_id: int) -> list[Attempt]: ...
 
-    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
+    async def outbox_depth(self, tenant: str | None = None) -> dict[tuple[str, TaskState], int]:
         """Tasks per (destination, state) that are pending or dead (the done ones are not counted): the
-        queue depth and the dead letters, for metrics. A count over the tasks: call it now and then, not
-        per event."""
+        queue depth and the dead letters, for metrics (of ``tenant`` only, when given). A count over the
+        tasks: call it now and then, not per event."""
         ...
 
     async def prune(self, *, before: float, limit: int = 10000) -> int:
@@ -336,8 +344,15 @@ def record_outcome(
 
 
 def check_task_query(
-    state: object, destination: object, tenant: object, after_id: object = 0, limit: object = 1
+    state: object,
+    destination: object,
+    tenant: object,
+    after_id: object = 0,
+    limit: object = 1,
+    before_id: object = None,
 ) -> None:
+    if before_id is not None:
+        check_id("before_id", before_id)
     if state is not None:
         check_kind("state", state, TaskState)
     if destination is not None:
@@ -412,9 +427,9 @@ def counts_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, Counts]:
 
 
 OUTBOX_DEPTH = (
-    "SELECT destination, state, count(*) FROM outbox_tasks WHERE state IN ('pending', 'dead') GROUP BY 1, 2"
+    "SELECT destination, state, count(*) FROM outbox_tasks WHERE state IN ('pending', 'dead'){} GROUP BY 1, 2"
 )
-"""The query behind ``outbox_depth`` (the same in both stores)."""
+"""The query behind ``outbox_depth`` (the same in both stores): ``{}`` is the tenant's condition or ""."""
 
 ITEM_COLUMNS = (
     "i.id, i.seq, i.category, i.notification_id, i.first_notification_id, n.content, i.group_key, i.count,"

@@ -73,9 +73,11 @@ from inbox.model import (
     NotificationStatus,
     NotifyResult,
     Page,
+    TenantCounts,
     UserCounts,
     advance_delivery,
     check_id,
+    check_tenant,
 )
 from inbox.outbox import (
     Attempt,
@@ -220,6 +222,10 @@ MIGRATIONS: list[str] = [
     INSERT INTO inbox_meta VALUES ('origin', substr(md5(random()::text || clock_timestamp()::text), 1, 12))
         ON CONFLICT DO NOTHING;
     """,
+    # 4: a destination's tasks by id (webhook_tasks by destination, a console's most recent deliveries)
+    """
+    CREATE INDEX outbox_tasks_destination ON outbox_tasks (destination, id);
+    """,
 ]
 LATEST = len(MIGRATIONS)
 
@@ -237,6 +243,11 @@ LEFT JOIN (
     GROUP BY user_id
 ) e ON e.user_id = u.user_id
 """
+_TENANT_COUNTS = (
+    "SELECT count(*), sum(unread), sum(unseen), sum(total) FROM inbox_counts WHERE tenant = $1 AND total > 0"
+)
+"""``tenant_counts``: users with no item counted (every one archived or swept) are not
+counted as users, and add nothing to the sums."""
 _BUMP_COUNTS = """
 INSERT INTO inbox_counts AS c (tenant, user_id, unread, unseen, total, version)
 SELECT $1, x.u, x.a, x.b, x.t, 1
@@ -607,6 +618,11 @@ class PostgresInbox:
         check_owner(tenant, user)
         return counts_from_rows(await self._read(_COUNTS, tenant, [user], self.options.clock()))[user]
 
+    async def tenant_counts(self, tenant: str) -> TenantCounts:
+        check_tenant(tenant)
+        rows = await self._read(_TENANT_COUNTS, tenant)
+        return TenantCounts(*(int(v or 0) for v in rows[0]))
+
     async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
         check_owner(tenant, user)
         check_kind("mark", mark, Mark)
@@ -905,15 +921,20 @@ class PostgresInbox:
         tenant: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        before_id: int | None = None,
     ) -> list[TaskInfo]:
-        check_task_query(state, destination, tenant, after_id, limit)
+        check_task_query(state, destination, tenant, after_id, limit, before_id)
         p = _Params(after_id, limit)
         where = _task_filter(p, state, destination, tenant)
+        order = "t.id"
+        if before_id is not None:
+            where += f" AND t.id < {p.add(before_id)}"
+            order = "t.id DESC"
         rows = await self._read(
             "SELECT t.id, t.event_id, t.destination, t.tenant, e.topic, t.state, t.attempts,"
             " t.next_attempt_at,"
             " t.last_error, t.created_at, t.updated_at, e.payload FROM outbox_tasks t"
-            f" JOIN outbox_events e ON e.id = t.event_id WHERE t.id > $1{where} ORDER BY t.id LIMIT $2",
+            f" JOIN outbox_events e ON e.id = t.event_id WHERE t.id > $1{where} ORDER BY {order} LIMIT $2",
             *p.values,
         )
         return [
@@ -961,8 +982,12 @@ class PostgresInbox:
 
         return await self._tx(body)
 
-    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
-        rows = await self._read(OUTBOX_DEPTH)
+    async def outbox_depth(self, tenant: str | None = None) -> dict[tuple[str, TaskState], int]:
+        if tenant is None:
+            rows = await self._read(OUTBOX_DEPTH.format(""))
+        else:
+            check_tenant(tenant)
+            rows = await self._read(OUTBOX_DEPTH.format(" AND tenant = $1"), tenant)
         return {(str(d), TaskState(s)): int(n) for d, s, n in rows}
 
     async def attempts(self, task_id: int) -> list[Attempt]:

@@ -74,9 +74,11 @@ from inbox.model import (
     NotificationStatus,
     NotifyResult,
     Page,
+    TenantCounts,
     UserCounts,
     advance_delivery,
     check_id,
+    check_tenant,
 )
 from inbox.outbox import (
     Attempt,
@@ -218,6 +220,10 @@ MIGRATIONS: list[str] = [
         ON CONFLICT DO NOTHING;
     INSERT INTO inbox_meta (key, value) VALUES ('origin', lower(hex(randomblob(6)))) ON CONFLICT DO NOTHING;
     """,
+    # 4: a destination's tasks by id (webhook_tasks by destination, a console's most recent deliveries)
+    """
+    CREATE INDEX outbox_tasks_destination ON outbox_tasks (destination, id);
+    """,
 ]
 LATEST = len(MIGRATIONS)
 
@@ -234,6 +240,11 @@ LEFT JOIN (
     GROUP BY user_id
 ) e ON e.user_id = u.value
 """
+_TENANT_COUNTS = (
+    "SELECT count(*), sum(unread), sum(unseen), sum(total) FROM inbox_counts WHERE tenant = ? AND total > 0"
+)
+"""``tenant_counts``: users with no item counted (every one archived or swept) are not
+counted as users, and add nothing to the sums."""
 _BUMP_COUNTS = """
 INSERT INTO inbox_counts (tenant, user_id, unread, unseen, total, version) VALUES (?, ?, ?, ?, ?, 1)
 ON CONFLICT (tenant, user_id) DO UPDATE SET
@@ -607,6 +618,11 @@ class SqliteInbox:
         )
         return counts_from_rows(rows)[user]
 
+    async def tenant_counts(self, tenant: str) -> TenantCounts:
+        check_tenant(tenant)
+        rows = await self._read(_TENANT_COUNTS, (tenant,))
+        return TenantCounts(*(int(v or 0) for v in rows[0]))
+
     async def mark(self, tenant: str, user: str, mark: Mark) -> MarkResult:
         check_owner(tenant, user)
         check_kind("mark", mark, Mark)
@@ -888,15 +904,21 @@ class SqliteInbox:
         tenant: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        before_id: int | None = None,
     ) -> list[TaskInfo]:
-        check_task_query(state, destination, tenant, after_id, limit)
+        check_task_query(state, destination, tenant, after_id, limit, before_id)
         where, params = _task_filter(state, destination, tenant)
         params.update(after=after_id, limit=limit)
+        order = "t.id"
+        if before_id is not None:
+            where += " AND t.id < :before"
+            params["before"] = before_id
+            order = "t.id DESC"
         rows = await self._read(
             "SELECT t.id, t.event_id, t.destination, t.tenant, e.topic, t.state, t.attempts,"
             " t.next_attempt_at,"
             " t.last_error, t.created_at, t.updated_at, e.payload FROM outbox_tasks t"
-            f" JOIN outbox_events e ON e.id = t.event_id WHERE t.id > :after{where} ORDER BY t.id"
+            f" JOIN outbox_events e ON e.id = t.event_id WHERE t.id > :after{where} ORDER BY {order}"
             f" LIMIT :limit",
             params,
         )
@@ -943,8 +965,12 @@ class SqliteInbox:
             )
         return len(list(rows))
 
-    async def outbox_depth(self) -> dict[tuple[str, TaskState], int]:
-        rows = await self._read(OUTBOX_DEPTH)
+    async def outbox_depth(self, tenant: str | None = None) -> dict[tuple[str, TaskState], int]:
+        if tenant is None:
+            rows = await self._read(OUTBOX_DEPTH.format(""))
+        else:
+            check_tenant(tenant)
+            rows = await self._read(OUTBOX_DEPTH.format(" AND tenant = ?"), (tenant,))
         return {(str(d), TaskState(s)): int(n) for d, s, n in rows}
 
     async def attempts(self, task_id: int) -> list[Attempt]:

@@ -722,6 +722,21 @@ class UserCounts:
     counts: Counts
 
 
+@dataclass(frozen=True, slots=True)
+class TenantCounts:
+    """The counts of a tenant's users added up (the console): ``users`` with at least one item counted,
+    and the sums of their ``unread``, ``unseen`` and ``total``. From the counter rows, so expired items
+    not swept yet are still in them until the next sweep."""
+
+    users: int = 0
+    unread: int = 0
+    unseen: int = 0
+    total: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"users": self.users, "unread": self.unread, "unseen": self.unseen, "total": self.total}
+
+
 # -- parsing JSON params -----------------------------------------------------------------------------
 
 

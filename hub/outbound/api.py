@@ -5,7 +5,8 @@ tenant only (the key's, or the ``tenant`` an unbound key names, as every method 
 - ``webhook_tasks`` ``{state?: pending|done|dead, destination?, after_id?, limit? (1-100, 20), payload?}``
   -> ``{tasks: [{id, event_id, webhook_id, destination, topic, state, attempts, next_attempt_at,
   last_error, created_at, updated_at, payload?}], next_after_id}`` in id order (``next_after_id``: pass it
-  back for the next page; null on the last);
+  back for the next page; null on the last); with ``before_id`` the tasks below that id, newest first, and
+  ``next_before_id`` instead (the most recent deliveries: ``before_id`` 9223372036854775807);
 - ``webhook_attempts`` ``{task_id}`` -> ``{attempts: [{attempt, worker, verdict, status, error, at}]}``;
 - ``webhook_replay`` ``{ids: [...] (at most 1000) | destination | all: true}`` -> ``{replayed: n}``: those
   dead letters are pending again with a fresh attempt budget (the same webhook-id).
@@ -125,13 +126,14 @@ class WebhookAPI:
         return task
 
     async def tasks(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:
-        _fields(p, {"state", "destination", "after_id", "limit", "payload"})
+        _fields(p, {"state", "destination", "after_id", "before_id", "limit", "payload"})
         raw_state = p.get("state")
         try:
             state = TaskState(raw_state) if raw_state is not None else None
         except ValueError:
             raise bad("state must be pending, done or dead") from None
         after = _count(p, "after_id", 0, 0, 2**63 - 1)
+        before = _count(p, "before_id", 1, 1, 2**63 - 1) if "before_id" in p else None
         limit = _count(p, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         with_payload = p.get("payload", False)
         if not isinstance(with_payload, bool):
@@ -139,12 +141,18 @@ class WebhookAPI:
         store = self._store()
         found: list[TaskInfo] = await self._guard(
             store.tasks(
-                state=state, destination=_name(p, "destination"), tenant=tenant, after_id=after, limit=limit
+                state=state,
+                destination=_name(p, "destination"),
+                tenant=tenant,
+                after_id=after,
+                limit=limit,
+                before_id=before,
             )
         )
+        more = found[-1].id if len(found) == limit else None
         return {
             "tasks": [task_dict(t, store.origin, with_payload) for t in found],
-            "next_after_id": found[-1].id if len(found) == limit else None,
+            "next_after_id" if before is None else "next_before_id": more,
         }
 
     async def attempts(self, tenant: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -157,6 +157,12 @@ async def test_the_server_api_lists_explains_and_replays_deliveries(
     listed = (await api(hub, "webhook_tasks", {"state": "dead", "payload": True}))["result"]
     [task] = listed["tasks"]
     assert listed["next_after_id"] is None
+    recent = (await api(hub, "webhook_tasks", {"before_id": 2**63 - 1, "limit": 1}))["result"]
+    assert [t["id"] for t in recent["tasks"]] == [task["id"]] and recent["next_before_id"] == task["id"]
+    assert (await api(hub, "webhook_tasks", {"before_id": task["id"]}))["result"] == {
+        "tasks": [],
+        "next_before_id": None,
+    }
     assert task["destination"] == "webhook:main" and task["topic"] == "publication"
     assert task["payload"]["data"] == {"n": 1} and task["attempts"] == 1
     assert task["webhook_id"] in {r.webhook_id for r in receiver.requests}
@@ -195,6 +201,10 @@ GARBAGE: list[tuple[str, Any]] = [
     ("webhook_tasks", {"destination": "bad\nname"}),
     ("webhook_tasks", {"payload": "yes"}),
     ("webhook_tasks", {"everything": True}),
+    ("webhook_tasks", {"before_id": 0}),
+    ("webhook_tasks", {"before_id": "9"}),
+    ("webhook_tasks", {"before_id": None}),
+    ("webhook_tasks", {"before_id": 2**63}),
     ("webhook_attempts", {}),
     ("webhook_attempts", {"task_id": 0}),
     ("webhook_attempts", {"task_id": "1"}),

@@ -19,6 +19,7 @@ from inbox.model import (
     Notification,
     Outcome,
     StatusFilter,
+    TenantCounts,
 )
 from inbox.outbox import AttemptResult, Destination, OutboxEvent, RetryPolicy, TaskState, Topic, Verdict
 from inbox.preferences import CategoryPolicy, CategoryPreference, PreferencePolicy, Preferences
@@ -507,6 +508,47 @@ async def test_retries_back_off_then_dead_letter_then_replay(make_store: MakeSto
     assert await store.replay([task.id]) == 0  # not a dead letter any more
 
 
+async def test_the_console_s_reads_recent_tasks_depth_and_tenant_counts(make_store: MakeStore) -> None:
+    store = await make_store(route=route_all)
+    for k in range(5):
+        await store.notify(note(f"u{k}"))
+    await store.notify(Notification("acme", ("ann",), "comment", {}))
+    tasks = await store.tasks(tenant=T, destination="webhook:main", limit=100)
+    assert len(tasks) == 5
+    ids = [t.id for t in tasks]
+    newest = await store.tasks(tenant=T, destination="webhook:main", before_id=2**63 - 1, limit=2)
+    assert [t.id for t in newest] == ids[:-3:-1]  # the two most recent, newest first
+    older = await store.tasks(tenant=T, destination="webhook:main", before_id=newest[-1].id, limit=10)
+    assert [t.id for t in older] == ids[-3::-1]
+    window = await store.tasks(destination="webhook:main", after_id=ids[0], before_id=ids[3])
+    assert [t.id for t in window] == [ids[2], ids[1]]
+    [claimed] = await store.claim("w1", ["webhook:main"], limit=1)  # the oldest: u0's
+    await store.record("w1", claimed, AttemptResult(ok=False, error="gone", retryable=False))
+    assert await store.outbox_depth(tenant=T) == {
+        ("webhook:main", TaskState.PENDING): 4,
+        ("webhook:main", TaskState.DEAD): 1,
+        ("audit", TaskState.PENDING): 5,
+    }
+    assert await store.outbox_depth(tenant="nobody") == {}
+    everyone = await store.outbox_depth()
+    assert (everyone[("webhook:main", TaskState.PENDING)], everyone[("audit", TaskState.PENDING)]) == (5, 6)
+    await store.mark(T, "u0", Mark(MarkAction.READ, everything=True))
+    await store.mark(T, "u1", Mark(MarkAction.SEEN, everything=True))
+    await store.mark(T, "u2", Mark(MarkAction.ARCHIVED, everything=True))
+    assert await store.tenant_counts(T) == TenantCounts(users=4, unread=3, unseen=2, total=4)  # read implies seen
+    assert await store.tenant_counts("acme") == TenantCounts(1, 1, 1, 1)
+    assert await store.tenant_counts("nobody") == TenantCounts()
+    for bad in (
+        lambda: store.tasks(before_id=0),
+        lambda: store.tasks(before_id=True),
+        lambda: store.tasks(before_id="9"),
+        lambda: store.outbox_depth(tenant="x" * 256),
+        lambda: store.tenant_counts(None),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidInput):
+            await bad()
+
+
 async def test_a_4xx_is_not_retried_and_a_lost_lease_goes_to_another_worker(
     make_store: MakeStore, clock: Clock
 ) -> None:
@@ -671,12 +713,12 @@ async def test_an_older_schema_is_migrated_and_keeps_its_data(make_store: MakeSt
     assert (await new.counts(T, "bob")).unread == 0
     await new.notify(note("alice"))  # the outbox of version 2 is there
     assert len(await new.claim("w", ["webhook:main"])) == 1
-    assert await schema_versions(new) == [1, 2, 3]
+    assert await schema_versions(new) == [1, 2, 3, 4]
 
 
 async def test_nodes_starting_together_on_a_new_database_migrate_it_once(make_store: MakeStore) -> None:
     nodes = await asyncio.gather(*(make_store() for _ in range(3)))
-    assert await schema_versions(nodes[0]) == [1, 2, 3]
+    assert await schema_versions(nodes[0]) == [1, 2, 3, 4]
     await nodes[1].notify(note("alice"))
     assert (await nodes[2].counts(T, "alice")).total == 1
 
