@@ -178,6 +178,7 @@ class Switchboard:
         """The notification inbox (and outbox) store: PostgreSQL when ``database_url`` names one, else
         SQLite under ``data_dir``; opened (and migrated) by ``start``, closed by ``stop``."""
         self.notifications = Notifications(node, self.inbox)
+        self.console.inbox = self.inbox
         """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
         _check_reserved(self.hooks.rpc)
         node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))

@@ -13,17 +13,25 @@ Endpoints (JSON bodies and answers; every one under ``/admin`` answers 404 while
     GET  /admin/api/user             ?tenant=&user=         every connection on every node
     GET  /admin/api/documents        ?tenant=               open documents on every node
     GET  /admin/api/document         ?tenant=&name=         connections, awareness, content preview
+    GET  /admin/api/notifications    ?tenant=               the tenant's inbox counts added up, and every
+                                                            destination of events out with its queue, dead
+                                                            letters and RECENT_DELIVERIES most recent tasks
+    GET  /admin/api/deliveries       ?tenant=&state=&destination=&after_id=&limit=   a page of deliveries
+                                                            (dead letters: state=dead), as webhook_tasks
+    GET  /admin/api/delivery         ?tenant=&task_id=      one delivery, its payload and every attempt
+    GET  /admin/api/inbox            ?tenant=&user=&cursor= one user's counts and a page of their items
     GET  /admin/api/audit            ?limit=&before=
     GET  /admin/api/events           ?tenant=&channel=      live events (``hub.admin.stream``)
     POST /admin/api/action           {"action", "tenant", ...}: publish, purge, disconnect, unsubscribe,
-                                     refresh; run by the server API (``hub.api``), so its checks and
-                                     errors are the API's
+                                     refresh, replay (dead letters: ``ids``, ``destination`` or ``all``);
+                                     run by the server API (``hub.api``), so its checks and errors are
+                                     the API's
 
-The inbox's Notifications and deliveries view (per-tenant counts, webhook endpoints with their recent
-attempts, dead letters with replay) joins this table when the inbox exists in the code: its GET endpoints
-beside ``/api/documents`` (``_signed_in``), its replay as one more entry of ``ACTIONS`` if the server API
-offers it, else a POST of its own (``_signed_in(..., post=True)``, audited like ``_action``); its page joins
-``VIEWS`` in ``static/admin/views.js``.
+The Notifications and deliveries view reads the inbox store for what the server API has no method for
+(a tenant's counts added up, its queue depth per destination) and goes through the API's inbox and
+webhook methods (``inbox_counts``, ``inbox_list``, ``webhook_tasks``, ``webhook_attempts``,
+``webhook_replay``) for the rest, so their bounds, tenants and errors are theirs. Destinations are shown
+from the configuration without a secret (``hub.admin.deliveries``).
 
 Policies:
 
@@ -63,6 +71,7 @@ from channels.errors import InvalidChannel, UnknownNamespace
 from channels.names import parse_channel
 from channels.pattern import BadPattern, compile_pattern
 from hub.admin import auth
+from hub.admin.deliveries import destinations, serves
 from hub.admin.inspect import document_peers, open_documents, user_connections
 from hub.admin.store import AuditEntry, ConsoleStore, StoreUnavailable
 from hub.admin.stream import Roster, Stream
@@ -70,6 +79,9 @@ from hub.codes import ClientError
 from hub.config import ApiKey, Config
 from hub.control import ControlUnavailable
 from hub.logs import log_limited
+from inbox.errors import InvalidInput
+from inbox.errors import StoreError as InboxUnavailable
+from inbox.outbox import TaskState
 from presence.presence import PresenceUnavailable
 from sync.protocol import SyncError
 
@@ -77,6 +89,7 @@ if TYPE_CHECKING:
     from hub.api import ServerAPI
     from hub.docs import Documents
     from hub.node import Node
+    from inbox.inbox import InboxStore
 
 log = logging.getLogger("switchboard.admin")
 
@@ -85,6 +98,12 @@ MAX_NAME = 255
 MAX_HISTORY = 100
 MAX_AUDIT = 200
 MAX_PREVIEW = 262144
+MAX_DELIVERIES = 100
+"""A page of deliveries (the server API's ``webhook_tasks`` bound)."""
+RECENT_DELIVERIES = 10
+"""The most recent deliveries shown per destination."""
+INBOX_PAGE = 20
+NEWEST = 2**63 - 1
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -107,6 +126,7 @@ ACTIONS = {
     "disconnect": "disconnect",
     "unsubscribe": "unsubscribe",
     "refresh": "refresh",
+    "replay": "webhook_replay",
 }
 """Console actions and the server API method each one is."""
 CONSOLE_KEY = ApiKey("", None)
@@ -170,6 +190,8 @@ class Console:
         self.api = api
         self.documents = documents
         self.store = store
+        self.inbox: InboxStore | None = None
+        """The notification inbox (and outbox) store, once the app has one (``hub/app.py`` sets it)."""
         self.creds = auth.credentials(
             config.admin_password,
             config.admin_password_hash,
@@ -200,6 +222,10 @@ class Console:
             ("/api/user", self._user),
             ("/api/documents", self._documents),
             ("/api/document", self._document),
+            ("/api/notifications", self._notifications),
+            ("/api/deliveries", self._deliveries),
+            ("/api/delivery", self._delivery),
+            ("/api/inbox", self._inbox),
             ("/api/audit", self._audit),
         ]
         self.router = Router(
@@ -296,7 +322,7 @@ class Console:
             except BadRequest as exc:
                 log_limited(log, logging.WARNING, "admin request from %s refused: %s", remote, exc)
                 return _error(400, str(exc))
-            except (ControlUnavailable, StoreUnavailable, PresenceUnavailable) as exc:
+            except (ControlUnavailable, StoreUnavailable, PresenceUnavailable, InboxUnavailable) as exc:
                 log_limited(log, logging.WARNING, "admin request: %s", exc or type(exc).__name__)
                 return _error(503, f"not available now: {exc or type(exc).__name__}")
 
@@ -565,6 +591,81 @@ class Console:
                 else:
                     out["content"] = orjson.Fragment(content)
         return _json(out)
+
+    # ------------------------------------------------------------ notifications and deliveries
+
+    async def _api_result(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A server API call whose error is the caller's bad request (the API's code and reason)."""
+        result, err = await self._call(method, params)
+        if err is not None:
+            raise BadRequest(f"{err.code} {err.message}")
+        assert result is not None
+        return result
+
+    def _inbox_store(self) -> InboxStore:
+        if self.inbox is None:
+            raise InboxUnavailable("the inbox is not open")
+        return self.inbox
+
+    async def _notifications(self, request: Request, session: auth.Session) -> Response:
+        tenant = _param(request, "tenant")
+        store = self._inbox_store()
+        dests = destinations(self.config)
+        try:
+            counts = await store.tenant_counts(tenant)
+            depth = await store.outbox_depth(tenant) if dests else {}
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+        for dest in dests:
+            name = dest["destination"]
+            dest["for_tenant"] = serves(dest, tenant)
+            dest["pending"] = depth.get((name, TaskState.PENDING), 0)
+            dest["dead"] = depth.get((name, TaskState.DEAD), 0)
+            recent, err = await self._call(
+                "webhook_tasks",
+                {"tenant": tenant, "destination": name, "before_id": NEWEST, "limit": RECENT_DELIVERIES},
+            )
+            dest["recent"] = recent["tasks"] if recent is not None else []
+            if err is not None:
+                dest["error"] = f"{err.code} {err.message}"
+        return _json({"tenant": tenant, "inbox": counts.as_dict(), "destinations": dests})
+
+    async def _deliveries(self, request: Request, session: auth.Session) -> Response:
+        params: dict[str, Any] = {
+            "tenant": _param(request, "tenant"),
+            "state": _param(request, "state", default="dead"),
+            "after_id": _int_param(request, "after_id", 0, 0, NEWEST),
+            "limit": _int_param(request, "limit", 20, 1, MAX_DELIVERIES),
+        }
+        destination = _param(request, "destination")
+        if destination:
+            params["destination"] = destination
+        return _json(await self._api_result("webhook_tasks", params))
+
+    async def _delivery(self, request: Request, session: auth.Session) -> Response:
+        tenant = _param(request, "tenant")
+        task_id = _int_param(request, "task_id", 0, 1, NEWEST)
+        if not task_id:
+            raise BadRequest("task_id is required")
+        found = await self._api_result(
+            "webhook_tasks", {"tenant": tenant, "after_id": task_id - 1, "limit": 1, "payload": True}
+        )
+        tasks = [t for t in found["tasks"] if t["id"] == task_id]
+        if not tasks:
+            raise BadRequest(f"no delivery {task_id} in this tenant")
+        attempts = await self._api_result("webhook_attempts", {"tenant": tenant, "task_id": task_id})
+        return _json({"tenant": tenant, "task": tasks[0], "attempts": attempts["attempts"]})
+
+    async def _inbox(self, request: Request, session: auth.Session) -> Response:
+        tenant = _param(request, "tenant")
+        user = _param(request, "user", required=True)
+        query: dict[str, Any] = {"tenant": tenant, "user": user, "limit": INBOX_PAGE, "archived": "include"}
+        cursor = _param(request, "cursor")
+        if cursor:
+            query["cursor"] = cursor
+        counts = await self._api_result("inbox_counts", {"tenant": tenant, "user": user})
+        page = await self._api_result("inbox_list", query)
+        return _json({"tenant": tenant, "user": user, "counts": counts, **page})
 
     async def _audit(self, request: Request, session: auth.Session) -> Response:
         limit = _int_param(request, "limit", 50, 1, MAX_AUDIT)

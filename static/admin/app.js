@@ -4,6 +4,7 @@ import * as api from "./api.js";
 import * as events from "./events.js";
 import { h, replace } from "./dom.js";
 import { VIEWS } from "./views.js";
+import "./notifications.js";
 
 const TENANT_KEY = "switchboard-console-tenant";
 

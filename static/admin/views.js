@@ -8,7 +8,7 @@ import { fmtAgo, fmtBytes, fmtDuration, fmtTime, h, json, replace, table } from 
 
 const TAIL_KEPT = 200;
 
-class View extends HTMLElement {
+export class View extends HTMLElement {
   setup(ctx) {
     this.ctx = ctx;
     this.unlisten = [];
@@ -391,9 +391,7 @@ customElements.define("sb-documents", DocumentsView);
 customElements.define("sb-document", DocumentView);
 customElements.define("sb-audit", AuditView);
 
-// The navigation. The inbox's Notifications view (per-tenant counts, webhook endpoints and their attempts,
-// dead letters with replay) joins here as {name: "notifications", tag: "sb-notifications", nav: true},
-// with its endpoints beside the others in hub/admin/console.py.
+// The navigation. sb-notifications is defined in notifications.js (app.js loads it).
 export const VIEWS = [
   { name: "cluster", title: "Cluster", tag: "sb-cluster", nav: true },
   { name: "channels", title: "Channels", tag: "sb-channels", nav: true },
@@ -401,5 +399,6 @@ export const VIEWS = [
   { name: "users", title: "Users", tag: "sb-users", nav: true },
   { name: "documents", title: "Documents", tag: "sb-documents", nav: true },
   { name: "document", title: "Document", tag: "sb-document", parent: "documents" },
+  { name: "notifications", title: "Notifications", tag: "sb-notifications", nav: true },
   { name: "audit", title: "Audit log", tag: "sb-audit", nav: true },
 ];

@@ -346,7 +346,7 @@ async def test_sweeps_of_several_nodes_at_once_remove_each_item_once(
             if s.user not in pushed or s.counts.version > pushed[s.user].version:
                 pushed[s.user] = s.counts
     assert rounds >= 2  # the limit made them share the work
-    for k, u in enumerate(users):
+    for u in users:
         expected = await stored_counts(nodes[0], T, u)
         assert (expected.total, expected.unread) == (1, 1)
         assert await nodes[1].counts(T, u) == expected == pushed[u]
@@ -535,7 +535,8 @@ async def test_the_console_s_reads_recent_tasks_depth_and_tenant_counts(make_sto
     await store.mark(T, "u0", Mark(MarkAction.READ, everything=True))
     await store.mark(T, "u1", Mark(MarkAction.SEEN, everything=True))
     await store.mark(T, "u2", Mark(MarkAction.ARCHIVED, everything=True))
-    assert await store.tenant_counts(T) == TenantCounts(users=4, unread=3, unseen=2, total=4)  # read implies seen
+    # read implies seen; archived items are not counted
+    assert await store.tenant_counts(T) == TenantCounts(users=4, unread=3, unseen=2, total=4)
     assert await store.tenant_counts("acme") == TenantCounts(1, 1, 1, 1)
     assert await store.tenant_counts("nobody") == TenantCounts()
     for bad in (

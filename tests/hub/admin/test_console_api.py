@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.admin.console import ACTIONS
 from tests.conftest import TIMEOUT, RunningHub, token
 
 ADMIN = "admin-password-for-tests"
@@ -398,13 +399,16 @@ async def test_streams_are_bounded_per_node_and_one_per_session(
             max_leaves=20,
         ).map(lambda v: json.dumps(v).encode()),
         st.fixed_dictionaries(
-            {"action": st.sampled_from(["publish", "purge", "disconnect", "unsubscribe", "refresh", "x"])},
+            {"action": st.sampled_from([*ACTIONS, "x"])},
             optional={
                 "tenant": st.none() | st.integers() | st.text(max_size=300),
                 "user": st.none() | st.integers() | st.text(max_size=30),
                 "channel": st.none() | st.integers() | st.text(max_size=300),
                 "data": st.none() | st.text(max_size=20),
                 "disconnect": st.none() | st.integers() | st.dictionaries(st.text(max_size=6), st.integers()),
+                "ids": st.none() | st.integers() | st.lists(st.integers() | st.text(max_size=3), max_size=3),
+                "all": st.none() | st.booleans() | st.text(max_size=4),
+                "destination": st.none() | st.integers() | st.text(max_size=140),
             },
         ).map(lambda v: json.dumps(v).encode()),
     )

@@ -1,7 +1,9 @@
 """The console in a real browser (Debian's Chromium through Playwright, tests/browser.py): signed in, it
 shows a user's connection join and leave live, and disconnects that user with a code the user's own
 client (the official centrifuge-python SDK) receives; a read-only session cannot act (its buttons are
-disabled and the endpoint refuses); failed sign-ins are throttled. Each page is saved as a screenshot."""
+disabled and the endpoint refuses); failed sign-ins are throttled; a webhook's dead letter shows in the
+Notifications view with its attempts, and a replay delivers it to the real receiver once it recovers.
+Each page is saved as a screenshot."""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from typing import Any
 import pytest
 from centrifuge import Client
 
+from hub.outbound.settings import parse_webhooks
 from tests.conftest import TIMEOUT, token
 from tests.hub.test_sdk_channels import Rec
+from tests.workers.conftest import SECRET
+from tests.workers.receiver import Receiver
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -157,3 +162,67 @@ async def test_documents_view(browser_hubs: Any, context: Any, artifacts: Path, 
     await page.goto(f"{hub.http}/admin/#/document?name=notes/plan")
     await page.get_by_test_id("doc-content").get_by_text("ship the console").wait_for()
     await shot(page, artifacts, "console-document")
+
+
+async def test_a_dead_letter_is_shown_and_replayed(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    receiver = await Receiver(SECRET).start()
+    receiver.plan = lambda _id, _n: "refuse"  # a 400: a dead letter at once
+    try:
+        hook = {"name": "backend", "url": receiver.url, "secret": SECRET, "events": ["notification.created"]}
+        hub = await browser_hubs(
+            admin_password=ADMIN,
+            admin_readonly_password=READONLY,
+            data_dir=str(tmp_path),
+            webhooks=parse_webhooks([hook]),
+        )
+        await hub.sb.notify("comment", ["alice"], title="Your report is ready")
+        await receiver.wait_for(lambda: len(receiver.requests) == 1)
+
+        # A read-only session sees the dead letter and cannot replay it.
+        viewer = await sign_in(context, hub, READONLY)
+        await viewer.goto(f"{hub.http}/admin/#/notifications")
+        dead_row = viewer.get_by_test_id("dead-row")
+        await dead_row.wait_for()  # the page refreshes itself until the refusal is recorded
+        assert await dead_row.get_by_test_id("replay").is_disabled()
+        assert await viewer.get_by_test_id("replay-all").is_disabled()
+        await shot(viewer, artifacts, "console-notifications-readonly")
+        await viewer.close()
+        await context.clear_cookies()  # sign in again, as an admin
+
+        page = await sign_in(context, hub, ADMIN)
+        await page.goto(f"{hub.http}/admin/#/notifications")
+        dead_row = page.get_by_test_id("dead-row")
+        await dead_row.wait_for()
+        assert "HTTP 400" in (await dead_row.text_content() or "")
+        await page.get_by_test_id("tenant-counts").get_by_text("1").first.wait_for()
+        destination = page.locator('[data-testid="destination"][data-destination="webhook:backend"]')
+        await destination.locator('[data-testid="delivery-state"][data-state="dead"]').wait_for()
+        await shot(page, artifacts, "console-notifications")
+
+        # One delivery: its attempts and payload.
+        await dead_row.get_by_role("link").click()
+        await page.get_by_test_id("attempt-row").filter(has_text="400").wait_for()
+        assert "Your report is ready" in (await page.get_by_test_id("delivery-detail").text_content() or "")
+        await shot(page, artifacts, "console-delivery")
+
+        # The receiver recovers; a replay delivers the same event (same webhook-id) once.
+        receiver.plan = lambda _id, _n: "ok"
+        await page.get_by_test_id("replay-one").click()
+        detail = page.get_by_test_id("delivery-detail")
+        # The delivery shows again, no longer dead: pending until the worker takes it, then done.
+        await detail.locator('dd [data-state="pending"], dd [data-state="done"]').first.wait_for()
+        await receiver.wait_for(lambda: len(receiver.processed()) == 1)
+        [delivered] = receiver.processed().values()
+        assert delivered[0].webhook_id == receiver.requests[0].webhook_id
+        await page.get_by_test_id("no-dead-letters").wait_for()
+        await destination.locator('[data-testid="delivery-state"][data-state="done"]').wait_for()
+        await shot(page, artifacts, "console-notifications-replayed")
+
+        await page.get_by_test_id("nav-audit").click()
+        replay = page.get_by_test_id("audit-row").filter(has_text="replay")
+        await replay.filter(has_text="ok").first.wait_for()
+        await shot(page, artifacts, "console-audit-replay")
+    finally:
+        await receiver.stop()
