@@ -32,7 +32,7 @@ from hub.admin.store_sqlite import SqliteConsoleStore
 from hub.alerting import Alerts, PersonalChannels
 from hub.api import ServerAPI
 from hub.config import Config, load_config
-from hub.demos import TYPING_RPC, Demos
+from hub.demos import NOTIFY_RPC, TYPING_RPC, Demos
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
 from hub.hooks import Hooks
 from hub.inbox.api import api_methods
@@ -172,6 +172,7 @@ class Switchboard:
         """The landing page at ``/`` and the demos under ``/demo`` (``hub.demos``): development mode only."""
         if self.demos.enabled:
             self.hooks.rpc.setdefault(TYPING_RPC, self.demos.typing)
+            self.hooks.rpc.setdefault(NOTIFY_RPC, self.demos.notify)
         self.demos.announce()
         self.api.add_methods(WebhookAPI(self.outbound).handlers())
         self.inbox: InboxStore = _inbox_store(self.config, self.outbound.routes.route)
@@ -179,6 +180,7 @@ class Switchboard:
         SQLite under ``data_dir``; opened (and migrated) by ``start``, closed by ``stop``."""
         self.notifications = Notifications(node, self.inbox)
         self.console.inbox = self.inbox
+        self.demos.notifications = self.notifications
         """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
         _check_reserved(self.hooks.rpc)
         node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))

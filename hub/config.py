@@ -63,6 +63,12 @@ DEV_CHANNEL_OPTIONS = NamespaceOptions(
     allow_user_limited_channels=True,
 )
 
+DEV_PERSONAL_NAMESPACE = "personal"
+DEV_PERSONAL_OPTIONS = NamespaceOptions(history_size=10, history_ttl=300.0, force_recovery=True)
+"""Development mode's personal channels (``personal:#<user>``, every connection of a user subscribed
+server-side, for the inbox's pushes): a short history so a reconnecting SDK recovers what it missed, and
+nothing a client may do in them by itself (no subscribe, publish, history or presence of its own)."""
+
 _DURATIONS = {
     "client_ping_interval",
     "client_pong_timeout",
@@ -565,6 +571,11 @@ def load_config(
         cfg.doc_anonymous_access = cfg.doc_token_access = "write"
         if not channel_env:
             cfg.channel = DEV_CHANNEL_OPTIONS
+        asked = ENV_PREFIX + "USER_SUBSCRIBE_TO_PERSONAL" in env or cfg.user_personal_channel_namespace
+        if not asked:  # the inbox's pushes reach every device of a user (the bell demo)
+            cfg.user_subscribe_to_personal = True
+            cfg.user_personal_channel_namespace = DEV_PERSONAL_NAMESPACE
+            cfg.namespaces.setdefault(DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS)
     validate(cfg)
     return cfg
 

@@ -7,9 +7,10 @@ Endpoints (every one answers 404 outside development mode)::
     GET  /demo/<name>         a demo's page (static/demo/<name>.html); 503 with the build instructions
                               while its bundle is missing
     GET  /demo/<file>         the demos' stylesheet (static/demo) and bundles (static/demo/dist)
-    POST /demo/token          {"name": "Alice"} -> {"token", "user", "name", "expires_in"}
+    POST /demo/token          {"name": "Alice"} -> {"token", "user", "name", "expires_in", "personal"}
 
-and the RPC method ``demo.typing`` (``{"channel": ...}``) for the chat's typing indicator.
+and the RPC methods ``demo.typing`` (``{"channel": ...}``) for the chat's typing indicator and
+``demo.notify`` (``{}``) for the bell's "send me a notification".
 
 Policies:
 
@@ -32,7 +33,8 @@ Policies:
   cannot post it) of at most ``MAX_TOKEN_BODY`` bytes, a name of at most ``MAX_DISPLAY_NAME`` printable
   characters with a letter or digit, tokens valid for ``TOKEN_TTL`` (the pages refresh them). Anything
   else is a 4xx with ``{"error": reason}`` and one INFO line, rate-limited per kind
-  (``hub.logs.log_limited``).
+  (``hub.logs.log_limited``). ``personal`` is the user's personal channel, where the inbox's pushes
+  arrive (null when ``user_subscribe_to_personal`` is off: the bell says so).
 - ``demo.typing`` publishes ``{"typing": true}`` into a channel the caller is subscribed to, without
   history (``skip_history``): typing indicators pass through the channel's subscribers and are never
   stored, replayed by recovery, or counted against the channel's history size. The publication carries
@@ -40,8 +42,16 @@ Policies:
   what a publish takes: an active subscription and a namespace that lets this subscriber publish (103
   otherwise); a bad request is 107. Its data is fixed, so a client controls nothing but how often it
   calls, as for any publish (``client_command_rate_limit``), and no ``on_publish`` hook is asked.
+- ``demo.notify`` stores a notification for the caller's own user (its tenant, from its token) through
+  the inbox (``Notifications.notify_params``: stored, counted, pushed to every device like any other),
+  with content the hub picks from ``SAMPLES``: the caller sends ``{}`` (or nothing) and chooses nothing.
+  Bounds: ``NOTIFY_BURST`` at once and ``NOTIFY_RATE`` a second per user (111 past it; at most
+  ``MAX_NOTIFY_SENDERS`` users are remembered, the least recent forgotten first), and every demo
+  notification expires after ``NOTIFY_TTL``, so the expiry sweep empties a demo inbox by itself. An
+  anonymous caller gets 103, any data but ``{}`` 107. It opens nothing development mode has not: the
+  server API is open there, and ``notify`` with it.
 
-Adding a demo (the notification bell and the sensor dashboard will): a ``Demo`` entry in ``DEMOS``, its
+Adding a demo (the sensor dashboard will): a ``Demo`` entry in ``DEMOS``, its
 page ``static/demo/<name>.html`` loading ``<name>.js``, its entry module ``static/demo/src/<name>.js``
 (``build.mjs`` bundles every ``src/*.js``; shared code lives in ``src/lib``), and its npm packages in
 ``static/demo/package.json`` (then ``npm install`` to update the lock). A demo that needs a part of the
@@ -51,9 +61,12 @@ hub which may be off (the inbox, feeds) says so on its page, as the chat says wh
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import re
 import string
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,9 +81,11 @@ from hub import codes
 from hub.auth import mint_token
 from hub.config import Config
 from hub.hooks import RPCContext
+from hub.limits import TokenBucket
 from hub.logs import log_limited
 
 if TYPE_CHECKING:
+    from hub.inbox.service import Notifications
     from hub.node import Node
 
 log = logging.getLogger("switchboard.demos")
@@ -85,6 +100,21 @@ MAX_TOKEN_BODY = 1024
 MAX_DISPLAY_NAME = 40
 MAX_USER_ID = 32
 BUILD_COMMAND = "make demos"
+NOTIFY_RPC = "demo.notify"
+NOTIFY_CATEGORY = "demo"
+NOTIFY_TTL = 3600
+"""Seconds a demo notification lives (then the expiry sweep deletes it)."""
+NOTIFY_RATE = 1.0
+NOTIFY_BURST = 10
+MAX_NOTIFY_SENDERS = 1000
+SAMPLES = (
+    ("New comment on “Launch plan”", "Dana: Looks good to me, let's ship it on Monday."),
+    ("Your export is ready", "orders-2024.csv (2.3 MB) can be downloaded for the next 24 hours."),
+    ("Build #{n} passed", "main · 214 tests · 3 min 12 s"),
+    ("Omar mentioned you", "“@you can you review the pricing table before the call?”"),
+    ("Payment received", "Invoice INV-{n} was paid in full."),
+)
+"""What ``demo.notify`` sends, in turn (``{n}``: the demo's running number on this node)."""
 
 FILE_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -127,6 +157,12 @@ DEMOS = (
         "CodeMirror 6 on a shared Yjs document through the stock y-websocket provider, with the "
         "others' cursors and names.",
     ),
+    Demo(
+        "bell",
+        "Notification bell",
+        "A badge with exact counts on every device of a user, the inbox page by page, mark read and "
+        "mark all read, live from the personal channel (the official centrifuge SDK).",
+    ),
 )
 
 
@@ -159,6 +195,10 @@ class Demos:
         self.node = node
         self.folder = folder if folder is not None else demo_folder()
         self.enabled = config.dev_mode and bool(config.token_hmac_secret_key)
+        self.notifications: Notifications | None = None
+        """The inbox calls (``hub.inbox.service``), set by the app once it has them (``demo.notify``)."""
+        self._senders: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self._sent = itertools.count(1)
 
     # ------------------------------------------------------------ ASGI
 
@@ -262,7 +302,10 @@ class Demos:
             return _error(exc.status, str(exc))
         user = user_id(name)
         token = mint_token(self.config.token_hmac_secret_key, user, ttl=TOKEN_TTL, info={"name": name})
-        return _json({"token": token, "user": user, "name": name, "expires_in": TOKEN_TTL})
+        personal = self.node.personal.channel(user) if self.config.user_subscribe_to_personal else None
+        return _json(
+            {"token": token, "user": user, "name": name, "expires_in": TOKEN_TTL, "personal": personal}
+        )
 
     async def _token_name(self, request: Request) -> str:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -311,6 +354,45 @@ class Demos:
             client.tenant, sub.channel, opts, TYPING_DATA, info=sub.info, skip_history=True
         )
 
+    # ------------------------------------------------------------ RPC demo.notify
+
+    async def notify(self, ctx: RPCContext) -> dict[str, Any]:
+        """``demo.notify``: a notification for the caller's own user (module docstring)."""
+        if ctx.data not in (None, {}):
+            raise codes.error_bad_request()
+        if not ctx.user:
+            raise codes.error_permission_denied()
+        if self.notifications is None:
+            raise codes.error_not_available()
+        if not self._admit((ctx.tenant, ctx.user)):
+            log_limited(log, logging.INFO, "demo.notify refused: more than %d at once", NOTIFY_BURST)
+            raise codes.error_too_many_requests()
+        n = next(self._sent)
+        title, body = SAMPLES[(n - 1) % len(SAMPLES)]
+        result = await self.notifications.notify_params(
+            ctx.tenant,
+            {
+                "recipients": [ctx.user],
+                "category": NOTIFY_CATEGORY,
+                "title": title.format(n=n),
+                "body": body.format(n=n),
+                "data": {"demo": n},
+                "expire_at": time.time() + NOTIFY_TTL,
+            },
+        )
+        [recipient] = result.recipients
+        return {"notification_id": result.notification_id, "item_id": recipient.item_id}
+
+    def _admit(self, sender: tuple[str, str]) -> bool:
+        now = time.monotonic()
+        bucket = self._senders.pop(sender, None)
+        if bucket is None:
+            bucket = TokenBucket(NOTIFY_RATE, NOTIFY_BURST, now)
+            if len(self._senders) >= MAX_NOTIFY_SENDERS:
+                self._senders.popitem(last=False)  # the least recent sender
+        self._senders[sender] = bucket
+        return bucket.take(now)
+
     def announce(self) -> None:
         """One log line: where the demos are, or what to run to build them."""
         if not self.enabled:
@@ -326,9 +408,11 @@ class Demos:
             )
         else:
             log.warning(
-                "demos: %s (%s); POST /demo/token signs a development token for any name",
+                "demos: %s (%s); POST /demo/token signs a development token for any name, "
+                "the RPC %s stores a notification for the caller",
                 where,
                 ", ".join(d.name for d in DEMOS),
+                NOTIFY_RPC,
             )
 
 

@@ -13,7 +13,15 @@ import pytest
 
 from channels.options import NamespaceOptions
 from hub.codes import ConfigError, HubError
-from hub.config import DEV_CHANNEL_OPTIONS, DEV_SECRET, Config, dev_requested, load_config
+from hub.config import (
+    DEV_CHANNEL_OPTIONS,
+    DEV_PERSONAL_NAMESPACE,
+    DEV_PERSONAL_OPTIONS,
+    DEV_SECRET,
+    Config,
+    dev_requested,
+    load_config,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -106,6 +114,22 @@ def test_dev_mode_when_nothing_is_given() -> None:
     assert cfg.channel == DEV_CHANNEL_OPTIONS
     assert cfg.channel.history_enabled and cfg.channel.allow_publish_for_anonymous
     assert (cfg.host, cfg.port) == (Config.host, Config.port)
+    # personal channels for the inbox's pushes (the bell demo), closed to clients
+    assert cfg.user_subscribe_to_personal and cfg.user_personal_channel_namespace == DEV_PERSONAL_NAMESPACE
+    assert cfg.namespaces == {DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS}
+    personal = cfg.namespaces[DEV_PERSONAL_NAMESPACE]
+    assert personal.history_enabled and not any(
+        getattr(personal, f"allow_{op}_for_{who}")
+        for op in ("subscribe", "publish", "history", "presence")
+        for who in ("client", "anonymous", "subscriber")
+        if hasattr(personal, f"allow_{op}_for_{who}")
+    )
+
+
+def test_dev_mode_leaves_personal_channels_off_when_asked() -> None:
+    env = {"SWITCHBOARD_USER_SUBSCRIBE_TO_PERSONAL": "false"}
+    cfg = load_config(None, env=env, allow_dev_mode=True)
+    assert cfg.dev_mode and not cfg.user_subscribe_to_personal and cfg.namespaces == {}
 
 
 def test_no_dev_mode_when_the_environment_gives_a_key() -> None:

@@ -1,7 +1,8 @@
 """The landing page, the demo pages and their server-side helpers (hub/demos.py) without a browser: off
 outside development mode, pages and files served with a strict policy and nothing else, what the pages
-say while the bundles are missing, the development token endpoint (and garbage sent to it), and the
-``demo.typing`` RPC (published without history, only by a subscriber allowed to publish)."""
+say while the bundles are missing, the development token endpoint (and garbage sent to it), the
+``demo.typing`` RPC (published without history, only by a subscriber allowed to publish), and the
+``demo.notify`` RPC (a sample notification for the caller, bounded per user)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,31 @@ from hypothesis import strategies as st
 
 from channels.options import NamespaceOptions
 from hub import demos
-from hub.demos import DEMOS, MAX_DISPLAY_NAME, MAX_TOKEN_BODY, MAX_USER_ID, TOKEN_TTL, TYPING_RPC, user_id
+from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
+from hub.demos import (
+    DEMOS,
+    MAX_DISPLAY_NAME,
+    MAX_TOKEN_BODY,
+    MAX_USER_ID,
+    NOTIFY_RPC,
+    TOKEN_TTL,
+    TYPING_RPC,
+    user_id,
+)
 from hub.logs import LIMITED_BURST
-from tests.conftest import SECRET, TIMEOUT, RawClient, RunningHub
+from tests.conftest import SECRET, TIMEOUT, RawClient, RunningHub, token
 
-PATHS = ("/", "/demo", "/demo/", "/demo/chat", "/demo/editor", "/demo/chat.js", "/demo/demo.css")
+PATHS = (
+    "/",
+    "/demo",
+    "/demo/",
+    "/demo/chat",
+    "/demo/editor",
+    "/demo/bell",
+    "/demo/chat.js",
+    "/demo/bell.js",
+    "/demo/demo.css",
+)
 
 
 @pytest.fixture
@@ -100,7 +121,8 @@ async def test_landing_page_links_every_demo_and_the_console(dev_hub: RunningHub
 
 
 async def test_missing_bundles_say_what_to_run(dev_hub: RunningHub) -> None:
-    fake_bundle(dev_hub, "editor")
+    for built in DEMOS[1:]:
+        fake_bundle(dev_hub, built.name)
     async with httpx.AsyncClient(base_url=dev_hub.http) as http:
         landing = await http.get("/")
         chat = await http.get("/demo/chat")
@@ -178,6 +200,7 @@ async def test_a_token_names_its_user_and_shows_the_name_to_others(
     body = r.json()
     shown = " ".join(name.split())
     assert (body["user"], body["name"], body["expires_in"]) == (user, shown, TOKEN_TTL)
+    assert body["personal"] is None  # personal channels are off in this hub (load_config turns them on)
     claims = jwt.decode(body["token"], SECRET, algorithms=["HS256"])
     assert claims["sub"] == user and claims["info"] == {"name": shown}
     assert abs(claims["exp"] - (time.time() + TOKEN_TTL)) < 60
@@ -333,3 +356,90 @@ async def test_typing_needs_a_subscription_and_the_right_to_publish(make_hub: An
     assert "subscribe" in await carol.command("subscribe", {"channel": "news:today"})
     reply = await carol.command("rpc", {"method": TYPING_RPC, "data": {"channel": "news:today"}})
     assert reply["error"]["code"] == 103  # its subscribers may not publish
+
+
+# ---------------------------------------------------------------- RPC demo.notify
+
+
+async def personal_dev_hub(make_hub: Any, tmp_path: Path) -> RunningHub:
+    """A development-mode hub with personal channels, as load_config makes one (hub.config)."""
+    hub: RunningHub = await make_hub(
+        dev_mode=True,
+        data_dir=str(tmp_path / "data"),
+        user_subscribe_to_personal=True,
+        user_personal_channel_namespace=DEV_PERSONAL_NAMESPACE,
+        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS},
+    )
+    return hub
+
+
+async def test_notify_stores_a_sample_for_the_caller_and_every_device_gets_it(
+    make_hub: Any, tmp_path: Path, raw_client: Any
+) -> None:
+    hub = await personal_dev_hub(make_hub, tmp_path)
+    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+        body = (await token_for(http, "Alice")).json()
+    assert body["personal"] == "personal:#alice"
+    phone: RawClient = await raw_client(hub, connect={"token": body["token"]})
+    laptop: RawClient = await raw_client(hub, connect={"token": body["token"]})
+    reply = await phone.command("rpc", {"method": NOTIFY_RPC, "data": {}})
+    sent = reply["rpc"]["data"]
+    for device in (phone, laptop):
+        push = await device.push("pub")
+        assert push["channel"] == "personal:#alice"
+        data = push["pub"]["data"]
+        assert data["type"] == "inbox.notification" and data["item"]["id"] == sent["item_id"]
+        assert data["counts"] == {"unread": 1, "unseen": 1, "total": 1, "version": 1}
+    page = (await phone.command("rpc", {"method": "inbox.list", "data": {}}))["rpc"]["data"]
+    [item] = page["items"]
+    assert (item["category"], item["title"], item["notification_id"]) == (
+        "demo",
+        demos.SAMPLES[0][0],
+        sent["notification_id"],
+    )
+    assert abs(item["expire_at"] - (time.time() + demos.NOTIFY_TTL)) < 60  # the sweep empties it later
+    reply = await laptop.command("rpc", {"method": NOTIFY_RPC})  # no data at all is {} too
+    assert "rpc" in reply, reply
+
+
+async def test_notify_is_bounded_per_user_and_refuses_garbage_and_anonymous_callers(
+    make_hub: Any, tmp_path: Path, raw_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demos, "NOTIFY_BURST", 3)
+    monkeypatch.setattr(demos, "NOTIFY_RATE", 0.001)  # no refill while the test runs
+    hub = await personal_dev_hub(make_hub, tmp_path)
+    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+        alice_token = (await token_for(http, "Alice")).json()["token"]
+        bob_token = (await token_for(http, "Bob")).json()["token"]
+    alice: RawClient = await raw_client(hub, connect={"token": alice_token})
+    again: RawClient = await raw_client(hub, connect={"token": alice_token})  # the same user elsewhere
+    bob: RawClient = await raw_client(hub, connect={"token": bob_token})
+    anonymous: RawClient = await raw_client(hub, connect={})
+    for data in ("x", 7, [], {"title": "mine"}, {"recipients": ["bob"]}):
+        reply = await alice.command("rpc", {"method": NOTIFY_RPC, "data": data})
+        assert reply["error"]["code"] == 107, data
+    assert (await anonymous.command("rpc", {"method": NOTIFY_RPC, "data": {}}))["error"]["code"] == 103
+    codes = [
+        "rpc" if "rpc" in r else r["error"]["code"]
+        for r in [await c.command("rpc", {"method": NOTIFY_RPC, "data": {}}) for c in (alice, again) * 2]
+    ]
+    assert codes == ["rpc", "rpc", "rpc", 111]  # the user's burst, whichever connection asks
+    assert "rpc" in await bob.command("rpc", {"method": NOTIFY_RPC, "data": {}})  # bob has his own
+    assert (await hub.sb.notifications.counts("", "alice")).total == 3
+
+
+def test_notify_remembers_a_bounded_number_of_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.config import Config
+
+    monkeypatch.setattr(demos, "MAX_NOTIFY_SENDERS", 3)
+    site = demos.Demos(Config(dev_mode=True), node=None)  # type: ignore[arg-type]
+    for k in range(10):
+        assert site._admit(("", f"user{k}"))
+    assert list(site._senders) == [("", "user7"), ("", "user8"), ("", "user9")]
+
+
+async def test_without_development_mode_there_is_no_notify_rpc(make_hub: Any, raw_client: Any) -> None:
+    hub = await make_hub(user_subscribe_to_personal=True, user_personal_channel_namespace="personal")
+    client: RawClient = await raw_client(hub, connect={"token": token("alice")})
+    reply = await client.command("rpc", {"method": NOTIFY_RPC, "data": {}})
+    assert reply["error"]["code"] == 104

@@ -15,6 +15,7 @@
 
 import { Centrifuge } from 'centrifuge'
 import { colorOf, endpoint, fetchToken, identify } from './lib/identity.js'
+import { el, showConnection } from './lib/page.js'
 import { Presence, displayName } from './lib/presence.js'
 
 const HISTORY_ON_OPEN = 50
@@ -30,18 +31,6 @@ const ROOM_NAME = /^[a-z0-9][a-z0-9-]{0,31}$/
 const ROOMS_KEY = 'switchboard-demo-rooms'
 
 const byId = (id) => document.getElementById(id)
-
-function el (tag, props = {}, ...children) {
-  const node = document.createElement(tag)
-  for (const [key, value] of Object.entries(props)) {
-    if (key === 'dataset') Object.assign(node.dataset, value)
-    else if (key === 'className') node.className = value
-    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value)
-    else node.setAttribute(key, value)
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined))
-  return node
-}
 
 class Conversation {
   constructor (channel, kind, title, peer = '') {
@@ -374,16 +363,6 @@ function renderTyping () {
   }
 }
 
-function setState (state, ctx) {
-  const node = byId('state')
-  node.dataset.state = state
-  if (state === 'connected') node.dataset.connects = String(Number(node.dataset.connects) + 1)
-  const again = Number(node.dataset.connects) > 0
-  node.textContent = state === 'connected'
-    ? 'connected'
-    : state === 'connecting' ? (again ? 'reconnecting…' : 'connecting…') : `disconnected: ${ctx.reason} (${ctx.code})`
-}
-
 // ------------------------------------------------------------------ start
 
 async function main () {
@@ -409,9 +388,9 @@ async function main () {
     // Tokens expire (TOKEN_TTL in hub/demos.py): the SDK asks for a new one before they do.
     getToken: async () => (await fetchToken(me.name)).token
   })
-  centrifuge.on('connecting', (ctx) => setState('connecting', ctx))
-  centrifuge.on('connected', (ctx) => setState('connected', ctx))
-  centrifuge.on('disconnected', (ctx) => setState('disconnected', ctx))
+  centrifuge.on('connecting', (ctx) => showConnection('connecting', ctx))
+  centrifuge.on('connected', (ctx) => showConnection('connected', ctx))
+  centrifuge.on('disconnected', (ctx) => showConnection('disconnected', ctx))
   byId('app').hidden = false
   const first = window.location.hash.slice(1)
   openRoom(ROOM_NAME.test(first) ? first : DEFAULT_ROOMS[0])

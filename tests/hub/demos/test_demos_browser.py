@@ -7,6 +7,9 @@ development mode, each person in a browser context of their own:
   with what they missed, exactly once; a gap longer than recovery reaches shows the reload banner;
 - editor: two pages editing at once converge (with the hub's copy), each shows the other's cursor with
   its name, and an expired token makes the page reconnect with a new one;
+- bell: two pages of one user (two devices) show the same badge and list: a notification sent from one
+  appears on both, a mark on one moves the other's badge, the backend's notifications arrive live, the
+  list pages through its cursor, and a device that was offline reads its counts again at the reconnect;
 - the landing page leads to the demos.
 
 Each page is saved as a screenshot (tests/browser.py prints where). Pages must log no error: a script
@@ -22,6 +25,8 @@ import httpx
 import pytest
 
 from hub import demos
+from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
+from inbox.model import Mark, MarkAction
 from tests.conftest import TIMEOUT, RunningHub
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("demo_bundles")]
@@ -77,12 +82,16 @@ async def shot(person: Person, artifacts: Path, name: str) -> None:
 
 async def dev_hub(browser_hubs: Any, tmp_path: Path, **overrides: Any) -> RunningHub:
     """A hub as development mode configures it (hub.config.load_config): the tests' open unnamed namespace
-    is development mode's, and tokens may write documents."""
+    is development mode's, tokens may write documents, and every connection of a user is subscribed to its
+    personal channel (personal:#<user>, development mode's namespace)."""
     hub: RunningHub = await browser_hubs(
         dev_mode=True,
         doc_token_access="write",
         doc_anonymous_access="write",
         data_dir=str(tmp_path),
+        user_subscribe_to_personal=True,
+        user_personal_channel_namespace=DEV_PERSONAL_NAMESPACE,
+        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS},
         **overrides,
     )
     return hub
@@ -250,3 +259,87 @@ async def test_the_landing_page_leads_to_the_demos(
     await page.get_by_role("link", name="Chat").click()
     await page.get_by_test_id("join-form").wait_for()
     assert page.url == f"{hub.http}/demo/chat"
+
+
+class Bell:
+    """One device's bell page."""
+
+    def __init__(self, person: Person) -> None:
+        self.person, self.page = person, person.page
+
+    def badge(self, unread: int) -> Any:
+        return self.page.locator(f'[data-testid="badge"][data-unread="{unread}"]')
+
+    def item(self, title: str) -> Any:
+        return self.page.get_by_test_id("item").filter(has_text=title)
+
+    async def shows(self, unread: int) -> None:
+        # An empty badge is hidden, so wait for it to be there rather than visible.
+        await self.badge(unread).wait_for(state="attached" if unread == 0 else "visible")
+
+
+async def test_the_bell_keeps_every_device_of_a_user_exact(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path)
+    phone, laptop = [Bell(await join(new_context, hub, "/demo/bell", "Alice")) for _ in range(2)]
+    for device in (phone, laptop):
+        await device.page.get_by_test_id("empty").wait_for()
+        await device.page.locator('[data-testid="badge"][data-version="0"]').wait_for(state="attached")
+        assert await device.page.get_by_test_id("personal").text_content() == "personal:#alice"
+
+    # Sent from one device, it shows on both, with the badge.
+    await phone.page.get_by_test_id("send").click()
+    title = demos.SAMPLES[0][0]
+    for device in (phone, laptop):
+        await device.item(title).wait_for()
+        await device.shows(1)
+    # Marked read on the other device: the first one's badge and list follow.
+    await laptop.item(title).get_by_test_id("mark-read").click()
+    await phone.shows(0)
+    await phone.page.locator('[data-testid="item"][data-read="true"]').filter(has_text=title).wait_for()
+
+    # The backend's notifications arrive live; "mark all read" on one device clears both badges.
+    for i in range(3):
+        await hub.sb.notify("comment", ["alice"], title=f"From the backend {i}")
+    for device in (phone, laptop):
+        await device.item("From the backend 2").wait_for()
+        await device.shows(3)
+    await shot(phone.person, artifacts, "bell-phone")
+    await shot(laptop.person, artifacts, "bell-laptop")
+    await phone.page.get_by_test_id("mark-all-read").click()
+    await laptop.shows(0)
+    assert await laptop.page.locator('[data-testid="item"][data-read="false"]').count() == 0
+
+    # Page by page: the first page after a reload, then the older ones through the cursor.
+    for i in range(22):
+        await hub.sb.notify("digest", ["alice"], title=f"Digest {i}")
+    await laptop.shows(22)
+    await laptop.page.reload()
+    await laptop.person.state(state="connected").wait_for()
+    await laptop.page.get_by_test_id("item").nth(19).wait_for()
+    assert await laptop.page.get_by_test_id("item").count() == 20
+    assert await laptop.page.get_by_test_id("item").first.text_content() != ""
+    await laptop.item("Digest 21").wait_for()  # newest first
+    await laptop.page.get_by_test_id("older").click()
+    await laptop.page.get_by_test_id("item").nth(25).wait_for()  # 1 + 3 + 22
+    assert await laptop.page.get_by_test_id("older").is_hidden()
+
+    # A device that was offline for more changes than its personal channel's history keeps (10), so the
+    # SDK cannot recover them: the page reads counts and list again at the reconnect, and is exact.
+    await phone.page.context.set_offline(True)
+    await phone.person.state(state="connecting").wait_for()
+    await hub.sb.notifications.mark("", "alice", Mark(MarkAction.READ, everything=True))
+    for i in range(DEV_PERSONAL_OPTIONS.history_size + 1):
+        await hub.sb.notify("comment", ["alice"], title=f"While the phone was away {i}")
+    await phone.page.context.set_offline(False)
+    await phone.person.state(state="connected", connects="2").wait_for()
+    await phone.item("While the phone was away 10").wait_for()
+    await phone.shows(11)
+    assert await phone.page.locator('[data-testid="item"][data-read="false"]').count() == 11
+    counts = await hub.sb.notifications.counts("", "alice")
+    await phone.page.locator(f'[data-testid="badge"][data-version="{counts.version}"]').wait_for()
+    await shot(phone.person, artifacts, "bell-phone-reconnected")
+    for device in (phone, laptop):
+        errors = [e for e in device.person.errors if "ERR_INTERNET_DISCONNECTED" not in e]
+        assert errors == [], errors
