@@ -18,7 +18,10 @@ Policies:
   is one indexed query.
 - Bounded: at most ``BATCH`` items a transaction and ``MAX_BATCHES`` transactions a sweep; what is left
   waits for the next sweep. The pushes of a batch go out (``Notifications.push_swept``: at most
-  ``PUSH_CONCURRENCY`` in flight) before the next batch is deleted.
+  ``PUSH_CONCURRENCY`` in flight) before the next batch is deleted: one per user and batch, each with the
+  next version (a device sees no version skipped, so it has no reason to read its inbox again), and never
+  more pushes than items deleted. Pushing once per user at the end of a sweep would send fewer when a
+  user's items span batches, but skip versions, and every such device would then read its inbox again.
 - A store that fails is logged (``hub.logs.log_limited``) and tried again at the next interval; the loop
   never ends on an error. A push that fails is the pushes' business (counted and logged there): the
   change is stored, and the next ``inbox.counts`` or push shows it.
