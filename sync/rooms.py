@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Doc
 
+from sync.edit import EditLimits, EditResult
 from sync.journal import Journal
 from sync.protocol import LimitExceeded
 from sync.relay import DocLink, DocumentRelay
@@ -370,7 +371,7 @@ class DocumentRooms:
         room = await self.acquire(key)
         try:
             yield room.doc
-            await self._settled(room)
+            await self.settled(room)
         finally:
             self.release(room)
 
@@ -381,12 +382,33 @@ class DocumentRooms:
         room = await self.acquire(key)
         try:
             result = room.transact(fn)
-            await self._settled(room)
+            await self.settled(room)
             return result
         finally:
             self.release(room)
 
-    async def _settled(self, room: DocRoom) -> None:
+    async def edit(
+        self,
+        key: DocKey,
+        ops: Any,
+        *,
+        if_version: str | None = None,
+        unit: str = "utf16",
+        limits: EditLimits = EditLimits(),
+    ) -> EditResult:
+        """Apply an agent's JSON ops (``sync.edit``) to the live document in one transaction
+        (``DocRoom.edit``); return once settled, as ``transact``. Raises ``EditRejected`` (nothing
+        applied)."""
+        await self.has_room()
+        room = await self.acquire(key)
+        try:
+            result = room.edit(ops, if_version=if_version, unit=unit, limits=limits)
+            await self.settled(room)
+            return result
+        finally:
+            self.release(room)
+
+    async def settled(self, room: DocRoom) -> None:
         """Journaled edits are durable; edits this node does not write have left it for the writer."""
         await self.journal.flush()
         if room.link is not None:
