@@ -3,7 +3,6 @@ seen by a connected client, versions and the 409 rebase, the agent's presence, a
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from sync.agents import RENEW_INTERVAL, Agent
 from sync.edit import StaleVersion
 from sync.version import Version
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.hub.test_docs_js import NodeFactory, node, node_clients  # noqa: F401  (fixtures)
 from tests.hub.ydocs import WsYClient, YConnect
 
 KEY = "edit-test-api-key"
@@ -136,10 +136,8 @@ async def test_a_stale_if_version_gets_409_with_the_content_to_rebase_on(
     person = await yconnect(edit_hub, "memo", token=WRITER)
     person.text.insert(5, " by ann")
     await person.flush()
-    await edit_hub.sb.documents.transact("memo", lambda doc: None)  # a round trip: ann's edit is in
-    async with asyncio.timeout(TIMEOUT):
-        while (await edit_hub.sb.documents.content("memo"))["text"] != "draft by ann":
-            await asyncio.sleep(0.01)
+    watcher = await yconnect(edit_hub, "memo", token=WRITER)
+    await watcher.until(lambda: str(watcher.text) == "draft by ann")  # relayed: the hub has it
     op = {"op": "text.replace", "path": ["text"], "find": "draft", "text": "final"}
     stale = await edit(http, "memo", {"ops": [op], "if_version": version})
     assert stale.status_code == 409
@@ -223,7 +221,7 @@ async def test_a_token_s_user_names_the_agent_by_default(
 
 
 async def test_a_server_side_agent_session_holds_its_presence(
-    edit_hub: RunningHub, yconnect: YConnect, monkeypatch: pytest.MonkeyPatch
+    edit_hub: RunningHub, yconnect: YConnect
 ) -> None:
     person = await yconnect(edit_hub, "session", token=WRITER)
     async with edit_hub.sb.documents.agent("session", Agent("Helper", "#30bced")) as session:
@@ -240,6 +238,42 @@ async def test_a_server_side_agent_session_holds_its_presence(
     await person.until(lambda: not agents(person))
     with pytest.raises(RuntimeError):
         await session.edit([{"op": "text.insert", "path": ["text"], "index": 0, "text": "late"}])
+
+
+async def test_the_official_yjs_client_sees_the_edit_then_the_agent_s_cursor_then_its_removal(
+    edit_hub: RunningHub,
+    http: httpx.AsyncClient,
+    node: NodeFactory,  # noqa: F811
+) -> None:
+    """yjs + y-websocket in Node: the edit arrives at once, the agent's state decodes as y-codemirror.next
+    reads a remote cursor (the range the edit wrote, in the Y.Text it edited, in UTF-16 units), and the
+    hub's removal (null state, clock + 1) is one y-protocols' Awareness accepts."""
+    watcher = await node("watch", f"ws://127.0.0.1:{edit_hub.port}/doc", "js", WRITER)
+    await watcher.event("synced")
+    ops = [{"op": "text.insert", "path": ["text"], "index": 0, "text": "héllo 😀 wörld"}]
+    ops.append({"op": "text.replace", "path": ["text"], "find": "😀", "text": "🙂🙂"})
+    r = await edit(http, "js", {"ops": ops, "agent": {"name": "Summarizer", "color": "#6eeb83"}})
+    assert r.status_code == 200, r.text
+    final = "héllo 🙂🙂 wörld"
+    await watcher.event("text", lambda e: e["text"] == final)
+
+    def bots(event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in event["states"] if s["state"].get("bot")]
+
+    shown = await watcher.event("awareness", lambda e: any(s["cursor"] for s in bots(e)))
+    assert shown["text"] == final  # the update came first: the cursor names characters the client has
+    (agent,) = bots(shown)
+    assert agent["state"]["user"] == {
+        "name": "Summarizer",
+        "color": "#6eeb83",
+        "colorLight": "#6eeb8333",
+        "bot": True,
+    }
+    assert agent["cursor"] == {"anchor": 6, "head": 10}
+    assert r.json()["ranges"][-1] == {"op": 1, "path": ["text"], "start": 6, "end": 10}
+    later = watcher.events.index(shown)
+    gone = await watcher.event("awareness", lambda e: watcher.events.index(e) > later and not bots(e))
+    assert gone["states"] == []
 
 
 # ---------------------------------------------------------------- auth
