@@ -18,7 +18,10 @@ The y-sync session of one connection, as y-websocket's server runs it:
   every other peer, after the journal made it durable;
 - awareness is applied by the y-protocols rule and every accepted entry is relayed to ALL peers, the
   sender included; query-awareness is answered with every state;
-- when a peer leaves, the awareness states it announced are removed and the others are told.
+- when a peer leaves, the awareness states it announced are removed and the others are told;
+- server-side holders (agents, ``sync.agents``) announce states of their own (``announce``: the next clock
+  of their client id, relayed and published like a peer's, under the same bounds) and remove them
+  (``withdraw``) as a leaving peer's are removed.
 
 Policies:
 
@@ -41,7 +44,8 @@ Policies:
 - Size: ``max_document_size`` is checked before applying, against the stored size (snapshot plus log
   since, an upper bound of the encoded document) plus the bytes of updates still waiting for missing
   dependencies; only when that bound would pass the limit is the exact size computed. Server-side edits
-  (``DocumentRooms.open``) are trusted and not size-checked.
+  (``DocumentRooms.open``) are trusted and not size-checked; agents' JSON edits (``edit``) are checked
+  the same way, against the size of their operations.
 
 Across nodes (``link`` set, see ``sync.relay``): every change integrated from this node's peers or the
 server-side API is also published to the other nodes holding the document, and changes from them

@@ -18,11 +18,11 @@
   (a document connection's reader, the server-side API) waits for ``has_room`` before taking more, so a
   slow store or Redis slows the writers down instead of growing memory. The clock also stores the rooms
   that relayed remote changes unjournaled while the journal was full (``DocRoom.store_unjournaled``).
-- ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
-  connected peers and the store like any client's. They return once the edits are durable on the
-  document's writer node; on another node (with a relay), once they were published to the other nodes
-  (the writer stores them within a batch after they arrive; if that node dies first, the holders' next
-  writer stores them, see ``sync.relay_redis``).
+- ``open(key)`` / ``transact(key, fn)`` / ``edit(key, ops)`` (an agent's JSON ops, ``sync.edit``) are the
+  server-side API: edits made through them reach the connected peers and the store like any client's.
+  They return once the edits are durable on the document's writer node; on another node (with a relay),
+  once they were published to the other nodes (the writer stores them within a batch after they arrive;
+  if that node dies first, the holders' next writer stores them, see ``sync.relay_redis``).
 
 With a ``relay`` (``sync.relay``; several nodes share the documents) a load is: attach (subscribe to the
 document's messages, buffered), load from the store, bind the room, run the sync exchange with the other
