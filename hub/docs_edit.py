@@ -44,6 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from hub.api import read_body
+from hub.ingest.body import BodyRefused
 from hub.logs import log_limited
 from sync.agents import Agent
 from sync.edit import UNITS, EditRejected, EditResult, EditTooLarge, StaleVersion
@@ -60,13 +61,6 @@ FIELDS = frozenset({"ops", "if_version", "agent", "unit"})
 AGENT_FIELDS = frozenset({"name", "color"})
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @dataclass(frozen=True, slots=True)
 class EditRequest:
     ops: Any
@@ -78,26 +72,26 @@ class EditRequest:
 def parse_request(body: bytes) -> EditRequest:
     """The request's fields, checked for type (the ops are ``sync.edit``'s to judge).
 
-    Raises ``BadRequest``."""
+    Raises ``BodyRefused``."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(400, f"the body is not JSON: {exc}") from None
+        raise BodyRefused(400, f"the body is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise BadRequest(400, 'the body is a JSON object: {"ops": [...]}')
+        raise BodyRefused(400, 'the body is a JSON object: {"ops": [...]}')
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
-        raise BadRequest(
+        raise BodyRefused(
             400, f"unknown field {unknown[0][:40]!r}; the fields are {', '.join(sorted(FIELDS))}"
         )
     if "ops" not in raw:
-        raise BadRequest(400, "missing field 'ops' (a list of operations)")
+        raise BodyRefused(400, "missing field 'ops' (a list of operations)")
     if_version = raw.get("if_version")
     if if_version is not None and not isinstance(if_version, str):
-        raise BadRequest(400, "if_version must be a string (a version this endpoint answered)")
+        raise BodyRefused(400, "if_version must be a string (a version this endpoint answered)")
     unit = raw.get("unit", "utf16")
     if unit not in UNITS:
-        raise BadRequest(400, f"unit must be one of {', '.join(UNITS)}")
+        raise BodyRefused(400, f"unit must be one of {', '.join(UNITS)}")
     agent = None
     if "agent" in raw:
         agent = parse_agent(raw["agent"])
@@ -106,17 +100,17 @@ def parse_request(body: bytes) -> EditRequest:
 
 def parse_agent(raw: Any) -> Agent:
     if not isinstance(raw, dict):
-        raise BadRequest(400, 'agent is an object: {"name": "...", "color": "#rrggbb"}')
+        raise BodyRefused(400, 'agent is an object: {"name": "...", "color": "#rrggbb"}')
     unknown = sorted(set(raw) - AGENT_FIELDS)
     if unknown:
-        raise BadRequest(400, f"agent: unknown field {unknown[0][:40]!r}")
+        raise BodyRefused(400, f"agent: unknown field {unknown[0][:40]!r}")
     if "name" not in raw:
-        raise BadRequest(400, "agent: missing field 'name'")
+        raise BodyRefused(400, "agent: missing field 'name'")
     agent = Agent(raw["name"], raw.get("color"))
     try:
         agent.state()
     except ValueError as exc:
-        raise BadRequest(400, f"agent: {exc}") from None
+        raise BodyRefused(400, f"agent: {exc}") from None
     return agent
 
 
@@ -146,11 +140,11 @@ async def serve(documents: Documents, request: Request, name: str) -> Response:
     try:
         body = await read_body(request, limit)
         if body is None:
-            raise BadRequest(413, f"the body is larger than {limit} bytes (doc_edit_max_body_size)")
+            raise BodyRefused(413, f"the body is larger than {limit} bytes (doc_edit_max_body_size)")
         edit = parse_request(body)
     except ClientDisconnect:
         return refuse(name, 400, "the client left before its body ended")
-    except BadRequest as bad:
+    except BodyRefused as bad:
         return refuse(name, bad.status, bad.message)
     agent = edit.agent or default_agent(access.user)
     try:
