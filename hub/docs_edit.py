@@ -152,9 +152,7 @@ async def serve(documents: Documents, request: Request, name: str) -> Response:
             name, edit.ops, tenant=access.tenant, if_version=edit.if_version, agent=agent, unit=edit.unit
         )
     except StaleVersion as stale:
-        content, version = await documents.read(name, tenant=access.tenant)
-        log_limited(log, logging.INFO, "edit of document %r refused (409): %s", name, stale.reason)
-        return JSONResponse({"error": stale.reason, "version": version, "content": content}, status_code=409)
+        return await rebase(documents, name, access.tenant, stale)
     except EditRejected as rejected:
         status = 413 if isinstance(rejected, EditTooLarge) else 422
         return refuse(name, status, rejected.reason, op=rejected.op)
@@ -162,6 +160,17 @@ async def serve(documents: Documents, request: Request, name: str) -> Response:
         return refuse(name, 503, exc.reason)
     log.debug("document %r edited by agent %r: %d ops", name, agent.name, len(edit.ops))
     return JSONResponse(answer(result))
+
+
+async def rebase(documents: Documents, name: str, tenant: str, stale: StaleVersion) -> Response:
+    """The 409: the document's content and version now, read together (not ``stale.current``, which
+    another change may have passed meanwhile)."""
+    try:
+        content, version = await documents.read(name, tenant=tenant)
+    except SyncError as exc:
+        return refuse(name, 503, exc.reason)
+    log_limited(log, logging.INFO, "edit of document %r refused (409): %s", name, stale.reason)
+    return JSONResponse({"error": stale.reason, "version": version, "content": content}, status_code=409)
 
 
 def refuse(name: str, status: int, message: str, op: int | None = None) -> JSONResponse:

@@ -192,8 +192,8 @@ class AgentSession:
 
     def _announce(self) -> None:
         room = self._room
-        if room is None or self._closed:
-            return
+        if room is None or self._closed or room.closed:
+            return  # a closed room: the next edit takes the document again and announces there
         shown = room.announce(self, self.client_id, self._state)
         if not shown and self.shown is not shown:
             log.info("document %r: the awareness of agent %r was refused by a bound", self.key[1], self.name)
