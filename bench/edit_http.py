@@ -2,9 +2,9 @@
 (GET /doc/{name}/content), measured in one run on one hub process.
 
 A hub (``python -m hub serve``, SQLite store) holds one document of ``--chars`` characters written in
-pieces of 1,240 characters at the start and the end; ``--watchers`` y-websocket connections have it open (each is sent every edit and every
-awareness change of the agent: the relay is part of an edit's cost). Then, alternated ``--rounds`` times,
-``--requests`` requests one at a time of each phase:
+pieces of 1,240 characters at the start and the end; ``--watchers`` y-websocket connections have it open
+(each is sent every edit and every awareness change of the agent: the relay is part of an edit's cost).
+Then, alternated ``--rounds`` times, ``--requests`` requests one at a time of each phase:
 
 - ``content``: GET /content (the document as JSON and its version: the baseline);
 - ``edit``: POST /edit, one ``text.insert`` shown as an agent (awareness announced, cursor moved; one
@@ -72,7 +72,7 @@ async def seed(http: httpx.AsyncClient, chars: int) -> None:
 
 async def phase(http: httpx.AsyncClient, name: str, n: int, version: list[str]) -> list[float]:
     times = []
-    for i in range(n):
+    for _ in range(n):
         start = time.perf_counter()
         if name == "content":
             r = await http.get(f"/doc/{DOC}/content")
@@ -169,9 +169,8 @@ def main() -> int:
     base_wall = statistics.median(results["content"]["wall"])
     base_cpu = statistics.median(results["content"]["cpu"])
     print(f"{a.requests} requests x {a.rounds} rounds per phase, one at a time, phases alternated")
-    print(
-        f"{'phase':<9} {'median ms':>10} {'p99 ms':>8} {'vs content':>11} {'CPU us/req':>11} {'vs content':>11}"
-    )
+    head = f"{'phase':<9} {'median ms':>10} {'p99 ms':>8} {'vs content':>11}"
+    print(f"{head} {'CPU us/req':>11} {'vs content':>11}")
     for name in PHASES:
         wall = sorted(results[name]["wall"])
         median = statistics.median(wall)
