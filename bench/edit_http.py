@@ -6,11 +6,12 @@ pieces of 1,240 characters at the start and the end; ``--watchers`` y-websocket 
 (each is sent every edit and every awareness change of the agent: the relay is part of an edit's cost).
 Then, alternated ``--rounds`` times, ``--requests`` requests one at a time of each phase:
 
+- ``health``: GET /health (the floor: what any HTTP request costs this hub);
 - ``content``: GET /content (the document as JSON and its version: the baseline);
 - ``edit``: POST /edit, one ``text.insert`` shown as an agent (awareness announced, cursor moved; one
   agent, so its presence lingers between requests as it does for an agent editing in steps);
 - ``edit-if``: the same with ``if_version`` (the version the previous answer carried);
-- ``replace``: ``text.replace`` of the first match of a word (the document searched).
+- ``replace``: ``text.replace`` of the first match of a word (the document searched), back and forth.
 
 Per phase: the median and p99 wall time of a request, and the hub's CPU per request (schedstat of its
 process tree, bench/procstat.py), both as a ratio to ``content`` measured in the same run. The machine is
@@ -44,7 +45,7 @@ from fanout import free_port, stop_server, wait_ready  # noqa: E402
 KEY = "bench-edit-key"
 DOC = "bench-doc"
 WORDS = "lorem ipsum dolor sit amet, consectetur adipiscing elit. é😀 "
-PHASES = ("content", "edit", "edit-if", "replace")
+PHASES = ("health", "content", "edit", "edit-if", "replace")
 AGENT = {"name": "Bench agent", "color": "#ee6352"}
 
 
@@ -72,19 +73,17 @@ async def seed(http: httpx.AsyncClient, chars: int) -> None:
 
 async def phase(http: httpx.AsyncClient, name: str, n: int, version: list[str]) -> list[float]:
     times = []
-    for _ in range(n):
+    for i in range(n):
         start = time.perf_counter()
-        if name == "content":
+        if name == "health":
+            r = await http.get("/health")
+        elif name == "content":
             r = await http.get(f"/doc/{DOC}/content")
             version[0] = r.headers["etag"].strip('"')
         else:
-            if name == "replace":
-                op: dict[str, Any] = {
-                    "op": "text.replace",
-                    "path": ["text"],
-                    "find": "adipiscing",
-                    "text": "ADIPISCING",
-                }
+            if name == "replace":  # back and forth, so a match is always there
+                find, text = ("adipiscing", "ADIPISCING") if i % 2 == 0 else ("ADIPISCING", "adipiscing")
+                op: dict[str, Any] = {"op": "text.replace", "path": ["text"], "find": find, "text": text}
             else:
                 op = {"op": "text.insert", "path": ["text"], "index": 0, "text": "agent "}
             body: dict[str, Any] = {"ops": [op], "agent": AGENT}
