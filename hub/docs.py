@@ -82,7 +82,7 @@ from hub.writer_stream import StreamingWriter
 from hub.ws_frames import OP_BINARY, FrameCache, fragment
 from hub.ws_uvicorn import OPTIONS_EXTENSION, RAW_EXTENSION
 from sync import protocol
-from sync.agents import Agent, AgentSession, Desk
+from sync.agents import Agent, AgentEdits, AgentSession
 from sync.awareness import AwarenessLimits
 from sync.content import document_json
 from sync.edit import EditResult
@@ -385,7 +385,7 @@ class Documents:
             relay=relay,
             write_backlog=config.doc_write_backlog_max_size,
         )
-        self.desk = Desk(self.rooms, config.doc_edit_presence_linger)
+        self.agent_edits = AgentEdits(self.rooms, config.doc_edit_presence_linger)
         """Edits of agents that hold no session (``edit``, ``POST /doc/{name}/edit``)."""
         self.peers: set[DocPeer] = set()
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -655,11 +655,11 @@ class Documents:
         once settled, as ``transact``. ``if_version``: only if the document is still at that version (else
         ``StaleVersion``, with the ``current`` one). ``agent`` (a name, or an ``Agent`` with a colour): shown
         in the document while it works, its cursor at what it edited, until ``doc_edit_presence_linger``
-        seconds after its last edit (``sync.agents.Desk``). Raises ``EditRejected`` (nothing applied),
+        seconds after its last edit (``sync.agents.AgentEdits``). Raises ``EditRejected`` (nothing applied),
         ``ValueError`` for a bad agent name or colour, ``SyncError`` when the document cannot be opened."""
         if isinstance(agent, str):
             agent = Agent(agent)
-        return await self.desk.edit((tenant, name), ops, agent=agent, if_version=if_version, unit=unit)
+        return await self.agent_edits.edit((tenant, name), ops, agent=agent, if_version=if_version, unit=unit)
 
     def agent(self, name: str, agent: Agent | str, *, tenant: str = "", unit: str = "utf16") -> AgentSession:
         """An agent's session in the document (``sync.agents.AgentSession``), for a server-side agent that
@@ -669,7 +669,7 @@ class Documents:
         agent name or colour."""
         if isinstance(agent, str):
             agent = Agent(agent)
-        return AgentSession(self.rooms, (tenant, name), agent, unit=unit, limits=self.desk.limits)
+        return AgentSession(self.rooms, (tenant, name), agent, unit=unit, limits=self.agent_edits.limits)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -683,6 +683,6 @@ class Documents:
         if self.peers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout)
-        self.desk.close()
+        self.agent_edits.close()
         await self.rooms.close()
         self._stopping = False

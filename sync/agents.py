@@ -5,7 +5,7 @@ a collaborator.
 ``AgentSession`` is one agent in one document for as long as it is open: it holds the room (the document
 stays loaded), announces the agent's state ``{user: {name, color, colorLight, bot}, bot: true, cursor}``
 under an awareness client id of its own, and moves the cursor to the range each of its edits changed.
-``Desk`` serves agents that hold no session (an HTTP request, one call): an agent's presence is shown
+``AgentEdits`` serves agents that hold no session (an HTTP request, one call): an agent's presence is shown
 from its edit until ``linger`` seconds after it, and the next edit of the same agent in the same document
 within that time reuses it, so an agent editing in steps shows as one collaborator whose cursor moves.
 
@@ -25,7 +25,7 @@ Policies:
 - A room closed under a session (a failed store write, see ``sync.rooms``) is acquired again by its next
   edit, and the state announced again there.
 - Bounds: the awareness bounds of the document hold for agents too (``sync.awareness``): a state they
-  refuse is not shown (the edit still applies). ``Desk`` keeps at most ``MAX_LINGERING`` presences per
+  refuse is not shown (the edit still applies). ``AgentEdits`` keeps at most ``MAX_LINGERING`` presences per
   node; past it a presence ends with its edit.
 """
 
@@ -216,7 +216,7 @@ class _Shown:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class Desk:
+class AgentEdits:
     """Edits by agents that hold no session, each shown while it works and ``linger`` seconds after."""
 
     def __init__(self, rooms: DocumentRooms, linger: float, limits: EditLimits = EditLimits()) -> None:

@@ -1,5 +1,5 @@
 """sync.agents: an agent's session in a document (presence, cursor, renewal, removal, a room closed under
-it) and the desk of sessionless edits (one presence per agent, lingering, bounded)."""
+it) and AgentEdits, the edits of agents without a session (one presence per agent, lingering, bounded)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from sync import agents
-from sync.agents import Agent, AgentSession, Desk
+from sync.agents import Agent, AgentEdits, AgentSession
 from sync.content import document_json
 from sync.edit import InvalidEdit
 from sync.room import DocRoom
@@ -113,31 +113,31 @@ def test_a_bad_agent_is_refused_at_once() -> None:
             AgentSession(rooms, KEY, agent)
 
 
-async def test_the_desk_shows_one_agent_per_document_until_it_lingered(tmp_path: Path) -> None:
+async def test_sessionless_edits_show_one_agent_per_document_until_it_lingered(tmp_path: Path) -> None:
     async with rooms_at(tmp_path / "d.sqlite3") as rooms:
-        desk = Desk(rooms, linger=60.0)
-        await desk.edit(KEY, INSERT, agent=Agent("Writer"))
-        await desk.edit(KEY, INSERT, agent=Agent("Writer", "#ee6352"))
-        await desk.edit(KEY, INSERT, agent=Agent("Other"))
-        await desk.edit(KEY, INSERT)  # no agent: nobody shown
+        edits = AgentEdits(rooms, linger=60.0)
+        await edits.edit(KEY, INSERT, agent=Agent("Writer"))
+        await edits.edit(KEY, INSERT, agent=Agent("Writer", "#ee6352"))
+        await edits.edit(KEY, INSERT, agent=Agent("Other"))
+        await edits.edit(KEY, INSERT)  # no agent: nobody shown
         room = rooms.rooms[KEY]
         shown = sorted((s["user"]["name"], s["user"]["color"]) for s in states(room).values())
         assert shown == [("Other", Agent("Other").state()["user"]["color"]), ("Writer", "#ee6352")]
-        assert len(desk) == 2 and room.users == 2
-        desk.close()
-        assert states(room) == {} and len(desk) == 0 and room.users == 0
+        assert len(edits) == 2 and room.users == 2
+        edits.close()
+        assert states(room) == {} and len(edits) == 0 and room.users == 0
         assert document_json(room.doc) == {"text": "hihihihi"}
 
 
-async def test_without_linger_the_agent_leaves_with_its_edit_and_the_desk_is_bounded(
+async def test_without_linger_the_agent_leaves_with_its_edit_and_lingering_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rooms_at(tmp_path / "d.sqlite3") as rooms:
-        await Desk(rooms, linger=0.0).edit(KEY, INSERT, agent=Agent("Quick"))
+        await AgentEdits(rooms, linger=0.0).edit(KEY, INSERT, agent=Agent("Quick"))
         assert states(rooms.rooms[KEY]) == {}
         monkeypatch.setattr(agents, "MAX_LINGERING", 1)
-        desk = Desk(rooms, linger=60.0)
-        await desk.edit(KEY, INSERT, agent=Agent("First"))
-        await desk.edit(KEY, INSERT, agent=Agent("Second"))  # past the bound: ends with its edit
+        edits = AgentEdits(rooms, linger=60.0)
+        await edits.edit(KEY, INSERT, agent=Agent("First"))
+        await edits.edit(KEY, INSERT, agent=Agent("Second"))  # past the bound: ends with its edit
         assert [s["user"]["name"] for s in states(rooms.rooms[KEY]).values()] == ["First"]
-        desk.close()
+        edits.close()
