@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Map, Text, XmlElement, XmlFragment, XmlText
 
@@ -418,11 +418,71 @@ OPS = st.lists(
 )
 
 
+SMALL = st.integers(0, 7)
+PLAUSIBLE = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "op": st.just("text.insert"),
+                "path": st.just(["text"]),
+                "index": SMALL,
+                "text": st.text(min_size=1, max_size=4),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("text.delete"),
+                "path": st.just(["text"]),
+                "index": SMALL,
+                "length": st.integers(1, 3),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("text.replace"),
+                "path": st.just(["text"]),
+                "find": st.sampled_from(["a", "bc", "zz"]),
+                "text": st.text(max_size=3),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("map.set"),
+                "path": st.just(["meta"]),
+                "key": st.sampled_from(["k", "n"]),
+                "value": JSON,
+            }
+        ),
+        st.fixed_dictionaries(
+            {"op": st.just("map.delete"), "path": st.just(["meta"]), "key": st.sampled_from(["k", "n", "zz"])}
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("array.insert"),
+                "path": st.sampled_from([["list"], ["meta", "list"]]),
+                "index": st.integers(0, 3),
+                "values": st.lists(JSON, min_size=1, max_size=2),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"op": st.just("array.delete"), "path": st.just(["list"]), "index": st.integers(0, 3)}
+        ),
+    ),
+    min_size=1,
+    max_size=5,
+)
+"""Well-typed ops that may or may not fit the document: some edits apply, others fail at a later op."""
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     body=st.one_of(
         st.binary(max_size=200),
         JSON.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries({"ops": PLAUSIBLE}).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries({"ops": PLAUSIBLE, "unit": st.sampled_from(["utf16", "codepoint"])}).map(
+            lambda v: json.dumps(v).encode()
+        ),
         st.fixed_dictionaries(
             {"ops": OPS | JSON},
             optional={"if_version": JSON | st.just("AA==.AAAAAAAAAAAAAAAA"), "unit": JSON, "agent": JSON},
@@ -444,6 +504,7 @@ async def test_garbage_edits_never_fail_the_server_and_apply_whole_or_not_at_all
     before = await documents.read("garbage")
     r = await edit(http, "garbage", body)
     assert r.status_code in (200, 400, 409, 413, 422), (body, r.status_code, r.text)
+    event(f"HTTP {r.status_code}")
     if r.status_code == 200:
         assert r.json()["version"] == (await documents.read("garbage"))[1]
     else:
