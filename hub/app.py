@@ -33,7 +33,7 @@ from hub.alerting import Alerts, PersonalChannels
 from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.demos import NOTIFY_RPC, TYPING_RPC, Demos
-from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, Documents
+from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, EDIT_SUFFIX, Documents
 from hub.hooks import Hooks
 from hub.inbox.api import api_methods
 from hub.inbox.rpc import RESERVED_PREFIX, rpc_methods
@@ -356,6 +356,9 @@ class Switchboard:
             path = _route_path(scope)
             if path.startswith(DOC_PREFIX) and path.endswith(CONTENT_SUFFIX):
                 await self.documents.content_endpoint(scope, path, receive, send)
+                return
+            if path.startswith(DOC_PREFIX) and path.endswith(EDIT_SUFFIX):
+                await self.documents.edit_endpoint(scope, path, receive, send)
                 return
             stream = STREAM_PATHS.get(path)
             if stream is not None:

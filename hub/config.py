@@ -79,6 +79,7 @@ _DURATIONS = {
     "sse_heartbeat_interval",
     "doc_unload_delay",
     "doc_ping_interval",
+    "doc_edit_presence_linger",
     "presence_ttl",
     "presence_update_interval",
     "node_info_interval",
@@ -163,6 +164,10 @@ class Config:
     """Client ids one document connection may announce awareness states for."""
     doc_max_awareness_size: int = 524288
     """Bytes of all awareness states of one document together."""
+    doc_edit_max_body_size: int = 1048576
+    """Bytes of one ``POST /doc/{name}/edit`` body."""
+    doc_edit_presence_linger: float = 2.0
+    """Seconds an agent stays shown in a document (its cursor at what it edited) after its last edit."""
     sse_heartbeat_interval: float = 15.0
     sse_retry_ms: int = 2000
     shutdown_batch_size: int = 500
@@ -607,9 +612,12 @@ def _validate_docs(cfg: Config) -> None:
         "doc_max_awareness_state_size",
         "doc_max_awareness_states",
         "doc_max_awareness_size",
+        "doc_edit_max_body_size",
     )
     if cfg.doc_unload_delay < 0:
         raise ConfigError("doc_unload_delay must not be negative")
+    if cfg.doc_edit_presence_linger < 0:
+        raise ConfigError("doc_edit_presence_linger must not be negative")
     if cfg.doc_max_awareness_state_size > cfg.doc_max_awareness_size:
         raise ConfigError("doc_max_awareness_state_size must not exceed doc_max_awareness_size")
 

@@ -1,5 +1,6 @@
-"""Collaborative documents over the y-websocket protocol: ``/doc/{name}`` (WebSocket) and
-``GET /doc/{name}/content`` (HTTP), plus the server-side API (``Switchboard.documents``).
+"""Collaborative documents over the y-websocket protocol: ``/doc/{name}`` (WebSocket),
+``GET /doc/{name}/content`` and ``POST /doc/{name}/edit`` (HTTP, the latter in ``hub.docs_edit``), plus the
+server-side API (``Switchboard.documents``, agents' edits and presence in ``sync.agents``).
 
 A connection is one document (the provider's URL is ``<server url>/<room name>?<params>``). The session:
 
@@ -70,7 +71,7 @@ from pycrdt import Doc
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from hub import wire
+from hub import docs_edit, wire
 from hub.api import authenticate, presented_key
 from hub.auth import TokenExpired, TokenInvalid, TokenVerifier
 from hub.config import Config
@@ -81,13 +82,16 @@ from hub.writer_stream import StreamingWriter
 from hub.ws_frames import OP_BINARY, FrameCache, fragment
 from hub.ws_uvicorn import OPTIONS_EXTENSION, RAW_EXTENSION
 from sync import protocol
+from sync.agents import Agent, AgentEdits, AgentSession
 from sync.awareness import AwarenessLimits
 from sync.content import document_json
+from sync.edit import EditResult
 from sync.protocol import LimitExceeded, SyncError, UpdateRejected
 from sync.relay import DocumentRelay
 from sync.room import AWARENESS_REFUSED, COALESCED, DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey, DocumentStore, StoreError
+from sync.version import document_version
 
 log = logging.getLogger("switchboard.docs")
 
@@ -95,6 +99,7 @@ T = TypeVar("T")
 
 DOC_PREFIX = "/doc/"
 CONTENT_SUFFIX = "/content"
+EDIT_SUFFIX = docs_edit.EDIT_SUFFIX
 MAX_NAME_LENGTH = 255
 FRAME_SLACK = 1024
 """Bytes a frame may exceed ``doc_max_update_size`` by (message type, lengths): larger ones get 1009."""
@@ -380,6 +385,8 @@ class Documents:
             relay=relay,
             write_backlog=config.doc_write_backlog_max_size,
         )
+        self.agent_edits = AgentEdits(self.rooms, config.doc_edit_presence_linger)
+        """Edits of agents that hold no session (``edit``, ``POST /doc/{name}/edit``)."""
         self.peers: set[DocPeer] = set()
         self._per_user: Counter[tuple[str, str]] = Counter()
         self._stopping = False
@@ -551,35 +558,11 @@ class Documents:
     async def _content_response(self, request: Request, name: str) -> JSONResponse:
         if request.method not in ("GET", "HEAD"):
             return JSONResponse({"error": "method not allowed"}, status_code=405)
-        if not valid_name(name):
-            return JSONResponse({"error": "bad document name"}, status_code=400)
-        token = request.query_params.get("token", "")
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if not token and scheme.lower() == "bearer":
-            token = value.strip()
-        tenant: str
-        key = authenticate(presented_key(request.headers), self.config.server_api_keys())
-        if not token and key is not None:
-            # The server API key reads any document of its tenant (an unbound key: ?tenant=, default "").
-            named = request.query_params.get("tenant")
-            if key.tenant is not None and named is not None and named != key.tenant:
-                return JSONResponse({"error": "the API key is bound to another tenant"}, status_code=403)
-            tenant = key.tenant if key.tenant is not None else (named or "")
-        else:
-            try:
-                tenant = authorize(self.config, self.verifier, token, name).tenant
-            except Denied as denied:
-                log_limited(
-                    log,
-                    logging.INFO,
-                    "content of document %r refused: %s",
-                    name,
-                    denied.reason,
-                )
-                status = 401 if denied.code == UNAUTHORIZED else 403
-                return JSONResponse({"error": denied.reason}, status_code=status)
+        access = self.http_access(request, name)
+        if isinstance(access, JSONResponse):
+            return access
         try:
-            content = await self.content(name, tenant=tenant)
+            content, version = await self.read(name, tenant=access.tenant)
         except SyncError as exc:
             log_limited(
                 log,
@@ -589,7 +572,43 @@ class Documents:
                 exc.reason,
             )
             return JSONResponse({"error": exc.reason}, status_code=503)
-        return JSONResponse(content)
+        return JSONResponse(content, headers={"ETag": f'"{version}"'})
+
+    def http_access(self, request: Request, name: str, write: bool = False) -> Access | JSONResponse:
+        """Who a document's HTTP request is (``/content``, ``/edit``), or the refusal to answer: the token
+        (``?token=`` or ``Authorization: Bearer``) as a document connection's, or the server API key for any
+        document of its tenant (an unbound key: ``?tenant=``, default ""). ``write``: write access needed."""
+        if not valid_name(name):
+            return JSONResponse({"error": "bad document name"}, status_code=400)
+        what = "edit" if write else "content"
+        token = request.query_params.get("token", "")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if not token and scheme.lower() == "bearer":
+            token = value.strip()
+        key = authenticate(presented_key(request.headers), self.config.server_api_keys())
+        if not token and key is not None:
+            named = request.query_params.get("tenant")
+            if key.tenant is not None and named is not None and named != key.tenant:
+                log_limited(log, logging.INFO, "%s of document %r refused: key of another tenant", what, name)
+                return JSONResponse({"error": "the API key is bound to another tenant"}, status_code=403)
+            return Access(key.tenant if key.tenant is not None else (named or ""), "", True)
+        try:
+            access = authorize(self.config, self.verifier, token, name)
+            if write and not access.write:
+                raise Denied(FORBIDDEN, f"read-only: no write access to document {name!r}")
+        except Denied as denied:
+            log_limited(log, logging.INFO, "%s of document %r refused: %s", what, name, denied.reason)
+            status = 401 if denied.code == UNAUTHORIZED else 403
+            return JSONResponse({"error": denied.reason}, status_code=status)
+        return access
+
+    # ---------------------------------------------------------------- the HTTP edit endpoint (agents)
+
+    async def edit_endpoint(self, scope: dict[str, Any], path: str, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        name = path[len(DOC_PREFIX) : -len(EDIT_SUFFIX)]
+        response = await docs_edit.serve(self, request, name)
+        await response(scope, receive, send)
 
     # ---------------------------------------------------------------- server-side API
 
@@ -610,11 +629,47 @@ class Documents:
 
     async def content(self, name: str, *, tenant: str = "") -> dict[str, Any]:
         """The document's current content as JSON (``sync.content``)."""
+        content, _ = await self.read(name, tenant=tenant)
+        return content
+
+    async def read(self, name: str, *, tenant: str = "") -> tuple[dict[str, Any], str]:
+        """The document's current content as JSON (``sync.content``) and its version (``sync.version``),
+        read together: the version is exactly that content's."""
         room = await self.rooms.acquire((tenant, name))
         try:
-            return document_json(room.doc)
+            return document_json(room.doc), document_version(room.doc).encode()
         finally:
             self.rooms.release(room)
+
+    async def edit(
+        self,
+        name: str,
+        ops: Any,
+        *,
+        tenant: str = "",
+        if_version: str | None = None,
+        agent: Agent | str | None = None,
+        unit: str = "utf16",
+    ) -> EditResult:
+        """Apply ``ops`` (``sync.edit``'s JSON operations) to the live document in one transaction; return
+        once settled, as ``transact``. ``if_version``: only if the document is still at that version (else
+        ``StaleVersion``, with the ``current`` one). ``agent`` (a name, or an ``Agent`` with a colour): shown
+        in the document while it works, its cursor at what it edited, until ``doc_edit_presence_linger``
+        seconds after its last edit (``sync.agents.AgentEdits``). Raises ``EditRejected`` (nothing applied),
+        ``ValueError`` for a bad agent name or colour, ``SyncError`` when the document cannot be opened."""
+        if isinstance(agent, str):
+            agent = Agent(agent)
+        return await self.agent_edits.edit((tenant, name), ops, agent=agent, if_version=if_version, unit=unit)
+
+    def agent(self, name: str, agent: Agent | str, *, tenant: str = "", unit: str = "utf16") -> AgentSession:
+        """An agent's session in the document (``sync.agents.AgentSession``), for a server-side agent that
+        works a while: ``async with sb.documents.agent("notes", "Summarizer") as session:`` shows the agent
+        (awareness, ``bot: true``) until the block ends; ``await session.edit(ops)`` moves its cursor to
+        what each edit changed, ``session.move(anchor, head)`` anywhere. Raises ``ValueError`` for a bad
+        agent name or colour."""
+        if isinstance(agent, str):
+            agent = Agent(agent)
+        return AgentSession(self.rooms, (tenant, name), agent, unit=unit, limits=self.agent_edits.limits)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -628,5 +683,6 @@ class Documents:
         if self.peers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self.config.shutdown_timeout)
+        self.agent_edits.close()
         await self.rooms.close()
         self._stopping = False

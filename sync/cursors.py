@@ -45,6 +45,8 @@ RelativePosition: TypeAlias = dict[str, Any]
 
 CURSOR_FIELD = "cursor"
 USER_FIELD = "user"
+BOT_FIELD = "bot"
+"""True in an agent's state (and in its ``user``): a client tells agents from people by either."""
 MAX_NAME_LENGTH = 64
 
 PALETTE = ("#30bced", "#6eeb83", "#ffbc42", "#ecd444", "#ee6352", "#9ac2c9", "#8acb88", "#1be7ff")
@@ -106,7 +108,8 @@ def agent_state(
     head: RelativePosition | None = None,
     color: str | None = None,
 ) -> dict[str, Any]:
-    """The awareness state of an agent: who (``user.bot`` is true) and, when given, its cursor."""
+    """The awareness state of an agent: who (``bot`` and ``user.bot`` are true) and, when given, its
+    cursor."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
         raise ValueError(f"an agent's name is 1 to {MAX_NAME_LENGTH} printable characters")
     if color is None:
@@ -116,6 +119,7 @@ def agent_state(
     cursor = None if anchor is None or head is None else {"anchor": anchor, "head": head}
     return {
         USER_FIELD: {"name": name, "color": color, "colorLight": color + "33", "bot": True},
+        BOT_FIELD: True,
         CURSOR_FIELD: cursor,
     }
 

@@ -18,7 +18,10 @@ The y-sync session of one connection, as y-websocket's server runs it:
   every other peer, after the journal made it durable;
 - awareness is applied by the y-protocols rule and every accepted entry is relayed to ALL peers, the
   sender included; query-awareness is answered with every state;
-- when a peer leaves, the awareness states it announced are removed and the others are told.
+- when a peer leaves, the awareness states it announced are removed and the others are told;
+- server-side holders (agents, ``sync.agents``) announce states of their own (``announce``: the next clock
+  of their client id, relayed and published like a peer's, under the same bounds) and remove them
+  (``withdraw``) as a leaving peer's are removed.
 
 Policies:
 
@@ -41,7 +44,8 @@ Policies:
 - Size: ``max_document_size`` is checked before applying, against the stored size (snapshot plus log
   since, an upper bound of the encoded document) plus the bytes of updates still waiting for missing
   dependencies; only when that bound would pass the limit is the exact size computed. Server-side edits
-  (``DocumentRooms.open``) are trusted and not size-checked.
+  (``DocumentRooms.open``) are trusted and not size-checked; agents' JSON edits (``edit``) are checked
+  the same way, against the size of their operations.
 
 Across nodes (``link`` set, see ``sync.relay``): every change integrated from this node's peers or the
 server-side API is also published to the other nodes holding the document, and changes from them
@@ -67,10 +71,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import orjson
 from pycrdt import Doc, TransactionEvent
 
 from sync import protocol
 from sync.awareness import AwarenessLimits, AwarenessStates
+from sync.edit import EditLimits, EditResult, EditTooLarge, apply_edit, parse_ops
 from sync.journal import Journal
 from sync.protocol import AwarenessEntry, LimitExceeded, ProtocolError, SyncError, UpdateRejected
 from sync.store import DocKey, StoredDocument, StoreError
@@ -215,12 +221,35 @@ class DocRoom:
         if self.peers.pop(peer, None) is None:
             return
         self._answering.discard(peer)
-        removed = self.awareness.remove_owner(peer, time.monotonic() if now is None else now)
-        if removed:
-            encoded = protocol.encode_awareness(removed)
-            self._broadcast(protocol.awareness(encoded))
-            if self.link is not None:
-                self.link.publish_awareness(id(peer), encoded)
+        self.withdraw(peer, now)
+
+    # ---------------------------------------------------------------- server-side awareness (agents)
+
+    def announce(self, owner: object, client_id: int, state: bytes, now: float | None = None) -> bool:
+        """Set the awareness state of ``client_id`` on behalf of ``owner``, a server-side holder (an
+        agent, ``sync.agents``), as a client renews its own: the next clock, relayed to every peer and
+        published to the other nodes like a peer's. False when a bound refused it (``sync.awareness``)."""
+        if self.closed:
+            return False
+        entry = AwarenessEntry(client_id, self.awareness.clock(client_id) + 1, state)
+        accepted = self.awareness.apply([entry], owner, time.monotonic() if now is None else now)
+        if accepted:
+            self._announced(owner, accepted)
+        return bool(accepted)
+
+    def withdraw(self, owner: object, now: float | None = None) -> None:
+        """Remove every state ``owner`` (a peer, or a server-side holder) still owns, as y-protocols'
+        ``removeAwarenessStates`` does: state ``null`` with the clock + 1, which every Yjs ``Awareness``
+        accepts (its rule: a newer clock, or a ``null`` at the same clock). Told to every peer and node."""
+        removed = self.awareness.remove_owner(owner, time.monotonic() if now is None else now)
+        if removed and not self.closed:
+            self._announced(owner, removed)
+
+    def _announced(self, owner: object, entries: list[AwarenessEntry]) -> None:
+        encoded = protocol.encode_awareness(entries)
+        self._broadcast(protocol.awareness(encoded))
+        if self.link is not None:
+            self.link.publish_awareness(id(owner), encoded)
 
     def withdraw_awareness(self, now: float | None = None) -> None:
         """The room is closing with its peers still joined (a failed write): remove their awareness and
@@ -304,10 +333,7 @@ class DocRoom:
             if update != EMPTY_UPDATE:
                 raise WriteRefused("read-only: update not applied")
             return
-        if self.size + self.unintegrated + len(update) > limits.max_document_size:
-            self.size = len(self.doc.get_update())
-            if self.size + self.unintegrated + len(update) > limits.max_document_size:
-                raise LimitExceeded(f"document too large (limit {limits.max_document_size} bytes)")
+        self.make_room(len(update))
         # yrs reserves a table entry for every client the update's first count claims before it reads one:
         # 6 bytes claiming 450 million clients cost 0.5 GB and 0.4 s. A client section takes 3 bytes or more.
         reader = protocol.Reader(update)
@@ -337,6 +363,15 @@ class DocRoom:
                 # them against the size limit until they are integrated, so gaps cannot grow unbounded.
                 self._waiting.append((len(update), ends))
                 self.unintegrated += len(update)
+
+    def make_room(self, size: int) -> None:
+        """Raise ``LimitExceeded`` when ``size`` more bytes would pass ``max_document_size``: checked
+        against the stored size (an upper bound), and only when that would pass it, the exact size."""
+        limit = self.limits.max_document_size
+        if self.size + self.unintegrated + size > limit:
+            self.size = len(self.doc.get_update())
+            if self.size + self.unintegrated + size > limit:
+                raise LimitExceeded(f"document too large (limit {limit} bytes)")
 
     def _missing_ends(self, update: bytes) -> dict[int, int]:
         """The clients whose structs in ``update`` the document does not have yet, with the clock each
@@ -499,6 +534,33 @@ class DocRoom:
         """Run ``fn`` on the document in one transaction; its changes are logged and relayed."""
         with self.doc.transaction(origin=origin):
             return fn(self.doc)
+
+    def edit(
+        self,
+        ops: Any,
+        *,
+        if_version: str | None = None,
+        unit: str = "utf16",
+        limits: EditLimits = EditLimits(),
+    ) -> EditResult:
+        """Apply an agent's JSON ops (``sync.edit``) in one transaction; its changes are logged and relayed
+        as ``transact``'s. Raises ``EditRejected`` (nothing applied; ``EditTooLarge`` also when the edit's
+        ops would take the document past ``max_document_size``), ``StoreError`` on a closed room."""
+        if self.closed:
+            raise StoreError("the document was closed; open it again")
+        parse_ops(ops, limits)  # a malformed edit says so before its size is judged against the document
+        try:
+            size = len(orjson.dumps(ops))
+        except (
+            TypeError,
+            orjson.JSONEncodeError,
+        ):  # an integer past 64 bits in a path: the dry run refuses it
+            size = 0
+        try:
+            self.make_room(size)
+        except LimitExceeded as exc:
+            raise EditTooLarge(exc.reason) from None
+        return apply_edit(self.doc, ops, if_version=if_version, unit=unit, limits=limits, origin="agent")
 
     # ---------------------------------------------------------------- compaction
 

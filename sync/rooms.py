@@ -18,11 +18,11 @@
   (a document connection's reader, the server-side API) waits for ``has_room`` before taking more, so a
   slow store or Redis slows the writers down instead of growing memory. The clock also stores the rooms
   that relayed remote changes unjournaled while the journal was full (``DocRoom.store_unjournaled``).
-- ``open(key)`` / ``transact(key, fn)`` are the server-side API: edits made through them reach the
-  connected peers and the store like any client's. They return once the edits are durable on the
-  document's writer node; on another node (with a relay), once they were published to the other nodes
-  (the writer stores them within a batch after they arrive; if that node dies first, the holders' next
-  writer stores them, see ``sync.relay_redis``).
+- ``open(key)`` / ``transact(key, fn)`` / ``edit(key, ops)`` (an agent's JSON ops, ``sync.edit``) are the
+  server-side API: edits made through them reach the connected peers and the store like any client's.
+  They return once the edits are durable on the document's writer node; on another node (with a relay),
+  once they were published to the other nodes (the writer stores them within a batch after they arrive;
+  if that node dies first, the holders' next writer stores them, see ``sync.relay_redis``).
 
 With a ``relay`` (``sync.relay``; several nodes share the documents) a load is: attach (subscribe to the
 document's messages, buffered), load from the store, bind the room, run the sync exchange with the other
@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Doc
 
+from sync.edit import EditLimits, EditResult
 from sync.journal import Journal
 from sync.protocol import LimitExceeded
 from sync.relay import DocLink, DocumentRelay
@@ -370,7 +371,7 @@ class DocumentRooms:
         room = await self.acquire(key)
         try:
             yield room.doc
-            await self._settled(room)
+            await self.settled(room)
         finally:
             self.release(room)
 
@@ -381,12 +382,33 @@ class DocumentRooms:
         room = await self.acquire(key)
         try:
             result = room.transact(fn)
-            await self._settled(room)
+            await self.settled(room)
             return result
         finally:
             self.release(room)
 
-    async def _settled(self, room: DocRoom) -> None:
+    async def edit(
+        self,
+        key: DocKey,
+        ops: Any,
+        *,
+        if_version: str | None = None,
+        unit: str = "utf16",
+        limits: EditLimits = EditLimits(),
+    ) -> EditResult:
+        """Apply an agent's JSON ops (``sync.edit``) to the live document in one transaction
+        (``DocRoom.edit``); return once settled, as ``transact``. Raises ``EditRejected`` (nothing
+        applied)."""
+        await self.has_room()
+        room = await self.acquire(key)
+        try:
+            result = room.edit(ops, if_version=if_version, unit=unit, limits=limits)
+            await self.settled(room)
+            return result
+        finally:
+            self.release(room)
+
+    async def settled(self, room: DocRoom) -> None:
         """Journaled edits are durable; edits this node does not write have left it for the writer."""
         await self.journal.flush()
         if room.link is not None:

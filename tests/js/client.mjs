@@ -6,7 +6,8 @@
 //     holds every word of every id in EXPECT_IDS (comma-separated, COUNT each), print it, keep running
 //     until stdin closes (so awareness stays up while the test looks), then exit 0.
 //   node client.mjs watch URL ROOM TOKEN
-//     sync; print the text and awareness states whenever they change.
+//     sync; print the text and awareness states whenever they change (each state's cursor decoded to
+//     indexes of the text, as y-codemirror.next draws it).
 //   node client.mjs refused URL ROOM TOKEN
 //     connect; print the permission-denied reason and the close code; exit 0.
 import * as Y from 'yjs'
@@ -24,8 +25,17 @@ const origWarn = console.warn
 console.warn = (...args) => { denied.push(args.join(' ')); origWarn(...args) }
 const provider = new WebsocketProvider(url, room, doc, { WebSocketPolyfill: WebSocket, params, disableBc: true })
 const text = doc.getText('text')
+// y-codemirror.next's reading of a remote cursor: relative positions decoded to indexes of the Y.Text
+const index = (json) => {
+  const absolute = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(json), doc)
+  return absolute !== null && absolute.type === text ? absolute.index : null
+}
 const states = () => Array.from(provider.awareness.getStates().entries())
-  .filter(([client]) => client !== doc.clientID).map(([client, state]) => ({ client, state }))
+  .filter(([client]) => client !== doc.clientID).map(([client, state]) => ({
+    client,
+    state,
+    cursor: state.cursor ? { anchor: index(state.cursor.anchor), head: index(state.cursor.head) } : null
+  }))
 
 if (mode === 'refused') {
   provider.once('connection-close', (event) => {
@@ -35,7 +45,7 @@ if (mode === 'refused') {
 } else if (mode === 'watch') {
   provider.on('sync', (synced) => { if (synced) out({ event: 'synced', text: text.toString() }) })
   text.observe(() => out({ event: 'text', text: text.toString() }))
-  provider.awareness.on('change', () => out({ event: 'awareness', states: states() }))
+  provider.awareness.on('change', () => out({ event: 'awareness', text: text.toString(), states: states() }))
 } else {
   const count = parseInt(countArg, 10)
   const expectIds = expectArg.split(',')

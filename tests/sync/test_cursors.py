@@ -18,6 +18,7 @@ def test_agent_state_is_what_the_editor_bindings_read() -> None:
     state = agent_state("Summarizer", anchor, head, color="#ee6352")
     assert state == {
         "user": {"name": "Summarizer", "color": "#ee6352", "colorLight": "#ee635233", "bot": True},
+        "bot": True,
         "cursor": {"anchor": {"item": {"client": 5, "clock": 0}, "assoc": 0}, "head": head},
     }
     assert head == {"item": {"client": 5, "clock": 3}, "assoc": -1}

@@ -538,3 +538,44 @@ async def test_a_room_that_just_became_the_writer_is_not_compacted_before_it_mer
             stored.apply_update(update)
         assert str(stored.get("text", type=Text)) == "stored by the last writer"
         room.close()
+
+
+async def test_server_side_awareness_is_announced_renewed_and_withdrawn_as_y_protocols_does(
+    tmp_path: Path,
+) -> None:
+    """An agent's state (``DocRoom.announce``): the next clock each time, relayed to every peer; its
+    removal (``withdraw``): ``null`` with the clock + 1, which a y-protocols Awareness accepts; a state
+    announced again after that takes a newer clock still, so no client holds it for stale."""
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        link = connect(room, alice)
+        await pump(room, [link])
+        agent = object()
+        assert room.announce(agent, 77, b'{"user":{"name":"bot"},"bot":true}')
+        assert room.announce(agent, 77, b'{"user":{"name":"bot"},"bot":true,"cursor":null}')
+        entries = [e for m in link.inbox for e in protocol.decode_awareness(protocol.decode(m).update)]  # type: ignore[union-attr]
+        assert [(e.client_id, e.clock) for e in entries] == [(77, 1), (77, 2)]
+        await pump(room, [link])
+        assert alice.states() == {77: {"user": {"name": "bot"}, "bot": True, "cursor": None}}
+        room.withdraw(agent)
+        (message,) = link.inbox
+        assert protocol.decode_awareness(protocol.decode(message).update) == [  # type: ignore[union-attr]
+            AwarenessEntry(77, 3, protocol.NULL_STATE)
+        ]
+        await pump(room, [link])
+        assert alice.states() == {}
+        room.withdraw(agent)  # nothing owned any more: nothing sent
+        assert link.inbox == []
+        assert room.announce(agent, 77, b"{}") and room.awareness.clock(77) == 4
+
+
+async def test_awareness_bounds_hold_for_server_side_states(tmp_path: Path) -> None:
+    limits = RoomLimits(awareness=AwarenessLimits(max_state_size=100, max_ids_per_owner=1, max_bytes=150))
+    async with rooms_at(tmp_path / "d.sqlite3", limits=limits) as rooms:
+        room = await rooms.acquire(KEY)
+        agent, other = object(), object()
+        assert room.announce(agent, 1, b'"' + b"x" * 98 + b'"')
+        assert not room.announce(agent, 2, b"{}")  # one id per owner
+        assert not room.announce(other, 3, b'"' + b"y" * 60 + b'"')  # the document's bytes
+        assert room.announce(other, 3, b"{}")
