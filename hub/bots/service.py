@@ -4,15 +4,19 @@ connection on any node.
 Wire format (every SDK: ``rpc`` and the ``message`` event):
 
 - A bot (``hub.bots.identity``) calls ``bot.serve`` with ``{"prefix": "agent.weather."}`` (a prefix that
-  starts with ``bot_rpc_prefix``) -> ``{"prefixes": [...]}``, every prefix it serves now; ``bot.unserve``
-  with ``{"prefix": ...}`` -> ``{"removed": true|false}``. Its prefixes go when its connection does.
+  starts with ``bot_rpc_prefix``) -> ``{"prefixes": [...], "channel": ":bot"}``, every prefix it serves
+  now; ``bot.unserve`` with ``{"prefix": ...}`` -> ``{"removed": true|false}``. Its prefixes go when its
+  connection does. Before the first ``bot.serve`` reply of a connection the hub sends it a ``subscribe``
+  push of the channel ``:bot`` (a name no real channel can have: server-side, never in the broker):
+  requests arrive as publications of it, which every SDK hands to its server-side publication handler
+  (centrifuge-python 0.7 drops ``message`` pushes, so they cannot carry requests).
 - A client calls ``rpc("agent.weather.today", data)``. No hook of the application serves that method, so
   the hub picks a bot of the longest registered prefix: one on this node if any (the one with the fewest
   calls waiting), else it asks every node (survey ``bots.find``) and hands the call to the node with the
-  most room (``Control.ask``, ``bots.call``). The bot gets a ``message`` push::
+  most room (``Control.ask``, ``bots.call``). The bot gets a publication of ``:bot`` with the data::
 
-      {"bot_request": {"id": "17", "method": "agent.weather.today", "user": "ann", "client": "<id>",
-                       "data": <the caller's data>}}
+      {"id": "17", "method": "agent.weather.today", "user": "ann", "client": "<caller's client id>",
+       "data": <the caller's data>}
 
 - The bot answers with ``rpc("bot.reply", {"id": "17", "result": <any JSON>})`` or ``{"id": "17", "error":
   {"code": 400-1999, "message": "..."}}`` -> ``{}``; the caller's ``rpc`` resolves with ``result`` as its
@@ -41,11 +45,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from channels.publication import Publication
 from hub import codes
 from hub.bots.routes import LimitReached, Pending, Routes
 from hub.codes import ClientError
@@ -59,6 +65,9 @@ if TYPE_CHECKING:
     from hub.node import Node
 
 log = logging.getLogger("switchboard.bots")
+
+BOT_CHANNEL = ":bot"
+"""The server-side channel a bot gets its requests on (the grammar refuses it: no real channel clashes)."""
 
 RpcHandler = Callable[[RPCContext], Awaitable[Any]]
 
@@ -112,6 +121,8 @@ class Bots:
         self.pending: Pending[asyncio.Future[bytes]] = Pending(cfg.bot_rpc_max_pending)
         self.callers: dict[tuple[str, str], int] = {}
         """Calls waiting per caller (tenant, user; an anonymous connection: ``#`` and its client id)."""
+        self.told: set[str] = set()
+        """Bot connections sent the ``subscribe`` push of ``BOT_CHANNEL``."""
 
     def listen(self) -> None:
         """Answer the other nodes' surveys (on the node's control channel as set now: call again after
@@ -170,7 +181,8 @@ class Bots:
         try:
             body = {"id": request, "method": method, "user": user, "client": client_id}
             body["data"] = orjson.Fragment(data)  # type: ignore[assignment]
-            bot.push_message(orjson.dumps({"bot_request": body}))
+            pub = Publication(orjson.dumps(body), time=int(time.time() * 1000))
+            bot.writer.push(bot.codec.encode_publication_push(BOT_CHANNEL, pub))
             async with asyncio.timeout(self.timeout):
                 return await done
         except TimeoutError:
@@ -252,7 +264,10 @@ class Bots:
         except LimitReached as exc:
             log_limited(log, logging.WARNING, "bot.serve refused: %s", exc, extra=bot.log_fields())
             raise _limit(str(exc)) from None
-        return {"prefixes": self.routes.prefixes(bot.id)}
+        if bot.id not in self.told:
+            self.told.add(bot.id)
+            bot.writer.push(bot.codec.encode_push(BOT_CHANNEL, "subscribe", {}))
+        return {"prefixes": self.routes.prefixes(bot.id), "channel": BOT_CHANNEL}
 
     async def _unserve(self, ctx: RPCContext) -> Any:
         bot = self._bot(ctx)
@@ -291,6 +306,7 @@ class Bots:
     def gone(self, client: Client) -> None:
         """``client``'s connection has ended: its prefixes go, every call it had fails at once (503)."""
         self.routes.drop(client.id)
+        self.told.discard(client.id)
         for done in self.pending.drop(client.id):
             if not done.done():
                 done.set_exception(error_bot_gone())
