@@ -16,17 +16,9 @@ from hub import codes
 from hub.app import Switchboard
 from tests.conftest import token
 from tests.hub.bots.conftest import bot_config, bot_token
+from tests.hub.bots.conftest import writable_json as _json
 from tests.hub.inbox.test_rpc import Sink
 
-_json: Any = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=10,
-)
 _fields = st.sampled_from(["prefix", "id", "result", "error", "code", "message", "x"])
 _values = st.one_of(
     _json,

@@ -14,6 +14,7 @@ from hub.auth import TokenExpired, TokenInvalid, TokenVerifier, mint_token
 from hub.bots.identity import is_bot, shown_info
 from tests.conftest import SECRET
 from tests.hub.bots.conftest import BOT_SECRET
+from tests.hub.bots.conftest import writable_json as _json
 
 VERIFIER = TokenVerifier(hmac_secret=SECRET, bot_hmac_secret=BOT_SECRET)
 
@@ -40,11 +41,6 @@ def test_only_the_bot_key_carries_the_claim() -> None:
         VERIFIER.verify_subscription(mint_token(BOT_SECRET, "b", channel="c"))
 
 
-_json: Any = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 _info = st.one_of(_json, st.dictionaries(st.sampled_from(["bot", "name", "b", "bots"]), _json, max_size=3))
 
 
