@@ -1291,15 +1291,19 @@ class Client:
             return {}
         return {"data": self.codec.Fragment(orjson.dumps(value))}
 
-    def answer_later(self, cmd_id: int, method: str, work: Coroutine[Any, Any, bytes | None]) -> None:
+    def answer_later(
+        self, cmd_id: int, method: str, work: Coroutine[Any, Any, bytes | None]
+    ) -> asyncio.Task[bytes | None]:
         """Answer command ``cmd_id`` when ``work`` is done (its JSON result as the reply's data) and go on
         reading meanwhile: a call to a bot may wait for seconds, and the session's other commands do not
         wait behind it. The reply goes out when it is ready, out of command order (the protocol matches
         replies by id). Work still running when the connection ends is cancelled. Whoever calls this
-        bounds how much work a connection may start (``hub.bots``: per user)."""
+        bounds how much work a connection may start (``hub.bots``: per user); it learns that the work is
+        over from the task returned (a task cancelled before it started never runs its ``finally``)."""
         task = asyncio.get_running_loop().create_task(work)
         self._later.add(task)
         task.add_done_callback(partial(self._answered_later, cmd_id, method))
+        return task
 
     def _answered_later(self, cmd_id: int, method: str, task: asyncio.Task[bytes | None]) -> None:
         self._later.discard(task)

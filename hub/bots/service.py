@@ -152,21 +152,21 @@ class Bots:
             log_limited(log, logging.INFO, "bot calls of one user at the bound", extra=client.log_fields())
             raise _limit(f"{self.max_per_user} calls to bots waiting (bot_rpc_max_pending_per_user)")
         self.callers[caller] = waiting + 1
-        client.answer_later(cmd_id, "rpc", self._call(caller, client, method, encoded))
+        task = client.answer_later(cmd_id, "rpc", self._call(client, method, encoded))
+        task.add_done_callback(lambda _: self._released(caller))
 
-    async def _call(self, caller: tuple[str, str], client: Client, method: str, data: bytes) -> bytes:
-        try:
-            tenant = client.tenant
-            bots = self.routes.bots_for(tenant, method)
-            if bots:
-                return await self._local(bots, method, data, client.user, client.id)
-            return await self._remote(tenant, method, data, client.user, client.id)
-        finally:
-            left = self.callers[caller] - 1
-            if left:
-                self.callers[caller] = left
-            else:
-                del self.callers[caller]
+    def _released(self, caller: tuple[str, str]) -> None:
+        left = self.callers[caller] - 1
+        if left:
+            self.callers[caller] = left
+        else:
+            del self.callers[caller]
+
+    async def _call(self, client: Client, method: str, data: bytes) -> bytes:
+        bots = self.routes.bots_for(client.tenant, method)
+        if bots:
+            return await self._local(bots, method, data, client.user, client.id)
+        return await self._remote(client.tenant, method, data, client.user, client.id)
 
     async def _local(self, bots: list[str], method: str, data: bytes, user: str, client_id: str) -> bytes:
         """Hand the call to one of ``bots`` (this node's) and wait for its reply."""

@@ -83,3 +83,20 @@ async def _garbage(sb: Switchboard, calls: list[tuple[bool, str, Any]]) -> None:
             session.disconnect(codes.CONNECTION_CLOSED.error())
             await sb.node.end_session(session)
     assert sb.bots.routes.size == 0 and not sb.bots.callers and not sb.bots.told
+
+
+async def test_a_caller_gone_before_its_call_started_leaves_nothing_counted(tmp_path: Any) -> None:
+    sb = Switchboard(bot_config(data_dir=str(tmp_path)))
+    await sb.start()
+    try:
+        person = sb.node.new_session(Sink(), scope={})
+        await person.handle_frame(orjson.dumps({"id": 1, "connect": {"token": token("ann")}}))
+        await person.handle_frame(orjson.dumps({"id": 2, "rpc": {"method": "agent.ask", "data": {}}}))
+        assert sb.bots.callers == {("", "ann"): 1}  # counted, its task not yet started
+        started = set(person._later)
+        person.disconnect(codes.CONNECTION_CLOSED.error())
+        await sb.node.end_session(person)  # cancels the call's task before its first step
+        await asyncio.wait(started)  # its done callbacks were added before this wait's
+        assert all(task.cancelled() for task in started) and sb.bots.callers == {}
+    finally:
+        await sb.stop()
