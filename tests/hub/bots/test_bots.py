@@ -248,3 +248,18 @@ def test_the_application_cannot_take_the_bot_methods() -> None:
     with pytest.raises(ValueError, match="bot"):
         sb.rpc("bot.serve")
     assert mint_token(BOT_SECRET, "x") != mint_token(SECRET, "x")
+
+
+async def test_a_bot_serves_its_own_tenant_only(make_hub: Any, raw_client: Any) -> None:
+    hub = await make_hub(bot_config())
+    bot = await raw_client(hub, connect={"token": bot_token("helper", tenant="acme")})
+    served = await bot.command("rpc", {"method": "bot.serve", "data": {"prefix": "agent."}})
+    assert "rpc" in served
+    other = await raw_client(hub, connect={"token": token("ann")})  # the default tenant
+    assert (await _error(other, "agent.ask"))["code"] == 108
+    same = await raw_client(hub, connect={"token": token("bea", tenant="acme")})
+    await same.send_raw('{"id": 1, "rpc": {"method": "agent.ask", "data": {"q": 1}}}')
+    request = (await bot.push("pub"))["pub"]["data"]
+    assert request["user"] == "bea"
+    await bot.command("rpc", {"method": "bot.reply", "data": {"id": request["id"], "result": "ok"}})
+    assert (await same.reply(1))["rpc"] == {"data": "ok"}
