@@ -31,6 +31,7 @@ from hub.admin.store import ConsoleStore
 from hub.admin.store_sqlite import SqliteConsoleStore
 from hub.alerting import Alerts, PersonalChannels
 from hub.api import ServerAPI
+from hub.bots.service import BOT_PREFIX, Bots
 from hub.config import Config, load_config
 from hub.demos import NOTIFY_RPC, TYPING_RPC, Demos
 from hub.docs import CONTENT_SUFFIX, DOC_PREFIX, EDIT_SUFFIX, Documents
@@ -184,6 +185,10 @@ class Switchboard:
         """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
         _check_reserved(self.hooks.rpc)
         node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))
+        self.bots = node.bots = Bots(node)
+        """Bot connections and the RPC methods they serve (``hub.bots``)."""
+        node.builtin_rpc.update(self.bots.methods())
+        self.bots.listen()
         for method, handler in api_methods(self.notifications).items():
             self.api.register(method, handler)
         node.delivered = self.notifications.tracker.observe
@@ -432,8 +437,8 @@ def _inbox_store(config: Config, route: Router) -> InboxStore:
 
 def _check_reserved(methods: Any) -> None:
     for method in methods:
-        if isinstance(method, str) and method.startswith(RESERVED_PREFIX):
-            raise ValueError(f"RPC method {method!r}: the {RESERVED_PREFIX}* methods are the hub's own")
+        if isinstance(method, str) and method.startswith((RESERVED_PREFIX, BOT_PREFIX)):
+            raise ValueError(f"RPC method {method!r}: the inbox.* and bot.* methods are the hub's own")
 
 
 def create_app(config: Config | None = None, hooks: Hooks | None = None) -> Switchboard:

@@ -5,7 +5,13 @@ with an ECDSA public key. PyJWT does the cryptography; this module maps claims t
 tells an expired token (the SDKs refresh it: error 109) from an invalid one (terminal: disconnect 3500).
 
 Connection claims: sub (user id, "" for anonymous), exp, iat, info (any JSON), channels (server-side
-subscriptions), tenant. Subscription claims: sub, channel, exp, info, tenant (must match the connection's).
+subscriptions), tenant, bot (``true``: the connection is a bot, ``hub.bots``). Who may carry ``bot``: only a
+token signed with ``bot_token_hmac_secret_key`` (HS256/384/512), a key of its own that the service minting
+people's tokens never holds; a ``bot`` claim on any other token, a ``bot`` that is not a boolean, and a
+bot's ``info`` that is not an object are invalid tokens (3500). A token signed with the bot key but without
+``bot: true`` is a person's connection token like any other.
+
+Subscription claims: sub, channel, exp, info, tenant (must match the connection's).
 Document claims (``/doc/{name}``, a connection token): sub, exp, tenant, and ``docs``: ``{"read": [...],
 "write": [...]}``, lists of document names or prefixes ending in ``*`` (see ``hub.docs``).
 
@@ -48,6 +54,8 @@ class ConnectClaims:
     info: bytes | None
     channels: tuple[str, ...]
     tenant: str
+    bot: bool = False
+    """The token's ``bot: true``, signed with the bot key (``hub.bots``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +104,11 @@ class TokenVerifier:
         audience: str = "",
         issuer: str = "",
         require_exp: bool = False,
+        bot_hmac_secret: str = "",
     ) -> None:
         self._require_exp = require_exp
         self._hmac = hmac_secret
+        self._bot_hmac = bot_hmac_secret
         self._rsa = _load_key(rsa_public_key)
         self._ec = _load_key(ecdsa_public_key)
         self._audience = audience or None
@@ -118,14 +128,16 @@ class TokenVerifier:
             raise TokenInvalid(f"no key configured for algorithm {alg!r}")
         return key
 
-    def _decode(self, token: str, now: float | None) -> dict[str, Any]:
+    def _decode(self, token: str, now: float | None, *, bot_key: bool = False) -> dict[str, Any]:
         if not isinstance(token, str) or not token:
             raise TokenInvalid("empty token")
         try:
             alg = jwt.get_unverified_header(token).get("alg", "")
         except jwt.PyJWTError as exc:
             raise TokenInvalid(str(exc)) from None
-        key = self._key_for(alg)
+        if bot_key and alg not in _HMAC:
+            raise TokenInvalid("a bot token is signed with HS256, HS384 or HS512")
+        key = self._bot_hmac if bot_key else self._key_for(alg)
         try:
             claims = jwt.decode(
                 token,
@@ -149,8 +161,28 @@ class TokenVerifier:
             raise TokenExpired("token expired")
         return claims
 
+    def _decode_connect(self, token: str, now: float | None) -> tuple[dict[str, Any], bool]:
+        """The claims of a connection token and whether the bot key signed it (tried second, only when
+        the token's signature does not verify with the ordinary keys)."""
+        try:
+            return self._decode(token, now), False
+        except TokenInvalid as first:
+            if not self._bot_hmac:
+                raise
+            try:
+                return self._decode(token, now, bot_key=True), True
+            except TokenInvalid:
+                raise first from None
+
     def verify_connect(self, token: str, now: float | None = None) -> ConnectClaims:
-        claims = self._decode(token, now)
+        claims, bot_key = self._decode_connect(token, now)
+        bot = claims.get("bot", False)
+        if not isinstance(bot, bool):
+            raise TokenInvalid("bot must be true or false")
+        if bot and not bot_key:
+            raise TokenInvalid("a bot claim on a token not signed with bot_token_hmac_secret_key")
+        if bot and not isinstance(claims.get("info", {}), dict):
+            raise TokenInvalid("a bot token's info must be an object")
         if "channel" in claims:
             # A subscription token must never open a connection (Centrifugo refuses it too): it would
             # log its user in, and into the default tenant when it carries none.
@@ -164,6 +196,7 @@ class TokenVerifier:
             info=_info(claims),
             channels=tuple(channels),
             tenant=_str_claim(claims, "tenant"),
+            bot=bot,
         )
 
     def verify_subscription(self, token: str, now: float | None = None) -> SubscriptionClaims:
@@ -252,6 +285,7 @@ def mint_token(
     tenant: str | None = None,
     channel: str | None = None,
     docs: dict[str, list[str]] | None = None,
+    bot: bool | None = None,
     algorithm: str = "HS256",
     now: float | None = None,
 ) -> str:
@@ -270,4 +304,6 @@ def mint_token(
         payload["channel"] = channel
     if docs is not None:
         payload["docs"] = docs
+    if bot is not None:
+        payload["bot"] = bot
     return jwt.encode(payload, secret, algorithm=algorithm)

@@ -20,7 +20,7 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -34,10 +34,11 @@ from channels.options import DELTA_TYPES, NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
 from hub import codec_json, codes, sse
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
+from hub.bots.identity import channel_limit, command_limiter, shown_info
 from hub.codes import ClientError, Disconnect
 from hub.feeds import DELTA_FORMATS, FeedItem, FeedSubscription, delta_chain
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
-from hub.limits import CommandLimiter, Verdict
+from hub.limits import Verdict
 from hub.logs import bind_session, log_limited, unbind_session
 from hub.recovery import Recovery, after_position, recover
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF, BadData, binary_data, json_view
@@ -240,6 +241,8 @@ class Client:
         "_inflight",
         "_inflight_bytes",
         "_in_frame",
+        "bot",
+        "_later",
         "__weakref__",
     )
 
@@ -264,9 +267,8 @@ class Client:
         """The writer of an SSE stream whose every event carries the resume point (stream positions of the
         recoverable subscriptions); None on other transports."""
         self._emulated = asyncio.Lock() if self.emulation else None
-        rate, burst = node.config.client_command_rate_limit, node.config.client_command_rate_burst
-        self.limiter = CommandLimiter(rate, burst, time.monotonic()) if rate > 0 else None
-        """The command rate limit (``hub.limits``); None when it is off."""
+        self.limiter = command_limiter(node.config, False, time.monotonic())
+        """The command rate limit (``hub.limits``); None when it is off. A bot's, once it is one."""
         self._graceful: Disconnect | None = None
         """A disconnect waiting for the command in progress to finish (``disconnect_gracefully``)."""
         self._ended: Disconnect | None = None
@@ -302,6 +304,10 @@ class Client:
         """Pipelined publishes not yet answered and the replies behind them, in command order (see
         ``_pipeline_publish``)."""
         self._inflight_bytes = 0
+        self.bot = False
+        """The connection token's ``bot`` claim (``hub.bots``)."""
+        self._later: set[asyncio.Task[Any]] = set()
+        """Commands answered when their work is done (``answer_later``)."""
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
@@ -565,19 +571,21 @@ class Client:
                 reply_data = res.data
         if not authenticated and not node.config.allow_anonymous_connect_without_token:
             raise codes.error_unauthorized()
+        self.bot = claims is not None and claims.bot
+        info = shown_info(info, self.bot)
         self.user, self.conn_info, self.tenant, self.expires_at = user, info, tenant, expires_at
         # Refresh tokens must name whom the connection token named (a hook may have changed user/tenant).
         self._identity = (claims.user, claims.tenant) if claims is not None else (user, tenant)
         self.name = name[:64]
         self.version = version[:64]
-        channel_limit = node.config.client_channel_limit
-        if len(set(channels)) > channel_limit:
+        limit = channel_limit(node.config, self.bot)
+        if len(set(channels)) > limit:
             # As Centrifuge: a connection is never set up holding more channels than the limit (3505, final:
             # a reconnect with the same token would be refused the same way).
             log.warning(
                 "connect names %d channels, over client_channel_limit %d",
                 len(set(channels)),
-                channel_limit,
+                limit,
                 extra=self._log_extra(),
             )
             raise codes.CHANNEL_LIMIT.error()
@@ -643,6 +651,8 @@ class Client:
             raise
         self._move(State.CONNECTED)
         self.last_ping = time.monotonic()
+        if self.bot:
+            self.limiter = command_limiter(node.config, True, self.last_ping)
         node.registry.add_client(self)
         self.writer.push(reply)
         for prep in prepared:
@@ -699,7 +709,7 @@ class Client:
 
     async def _cmd_refresh(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
         claims = self._verify_connect_token(_str(p, "token"))
-        if (claims.user, claims.tenant) != self._identity:
+        if (claims.user, claims.tenant) != self._identity or claims.bot != self.bot:
             log_limited(log, logging.WARNING, "refresh token for another user", extra=self._log_extra())
             raise codes.INVALID_TOKEN.error()
         self.expires_at = float(claims.exp or 0)
@@ -724,7 +734,7 @@ class Client:
             raise codes.error_unknown_channel() from None
         if name in self.subs:
             raise codes.error_already_subscribed()
-        if len(self.subs) >= node.config.client_channel_limit:
+        if len(self.subs) >= channel_limit(node.config, self.bot):
             raise codes.error_limit_exceeded()
         chan_info: bytes | None = None
         expires_at = 0.0
@@ -1265,17 +1275,50 @@ class Client:
             out["publications"] = [self.codec.publication_dict(pub) for pub in shown]
         return out
 
-    async def _cmd_rpc(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any]:
+    async def _cmd_rpc(self, cmd_id: int, p: dict[str, Any]) -> dict[str, Any] | None:
         method = p.get("method", "")
         if not isinstance(method, str):
             raise codes.error_bad_request()
         handler = self.node.builtin_rpc.get(method) or self.node.hooks.rpc.get(method)
         if handler is None:
+            bots = self.node.bots
+            if bots is not None and bots.serves(method):
+                bots.dispatch(self, cmd_id, method, self._data(p))
+                return None  # answered when its bot replies (``answer_later``)
             raise codes.error_method_not_found()
         value = await handler(RPCContext(self.id, self.user, self.tenant, method, self._data(p)))
         if value is None:
             return {}
         return {"data": self.codec.Fragment(orjson.dumps(value))}
+
+    def answer_later(
+        self, cmd_id: int, method: str, work: Coroutine[Any, Any, bytes | None]
+    ) -> asyncio.Task[bytes | None]:
+        """Answer command ``cmd_id`` when ``work`` is done (its JSON result as the reply's data) and go on
+        reading meanwhile: a call to a bot may wait for seconds, and the session's other commands do not
+        wait behind it. The reply goes out when it is ready, out of command order (the protocol matches
+        replies by id). Work still running when the connection ends is cancelled. Whoever calls this
+        bounds how much work a connection may start (``hub.bots``: per user); it learns that the work is
+        over from the task returned (a task cancelled before it started never runs its ``finally``)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._later.add(task)
+        task.add_done_callback(partial(self._answered_later, cmd_id, method))
+        return task
+
+    def _answered_later(self, cmd_id: int, method: str, task: asyncio.Task[bytes | None]) -> None:
+        self._later.discard(task)
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        if exc is None:
+            value = task.result()
+            result = {} if value is None else {"data": self.codec.Fragment(value)}
+            self._reply(self.codec.encode_reply(cmd_id, method, result))
+        elif isinstance(exc, Disconnect):
+            self.node.metrics.command_error(method, exc.code)
+            self.disconnect(exc)
+        else:
+            self._reply(self._failure(method, cmd_id, exc))
 
     async def _cmd_send(self, cmd_id: int, p: dict[str, Any]) -> None:
         hook = self.node.hooks.on_message
@@ -1422,6 +1465,10 @@ class Client:
             await asyncio.wait([e.task for e in self._inflight if e.task is not None])
         node = self.node
         node.registry.remove_client(self)
+        for task in self._later:
+            task.cancel()
+        if self.bot and node.bots is not None:
+            node.bots.gone(self)  # its callers fail now, not at their timeout
         for sub in list(self.subs.values()):
             try:
                 await self._remove_subscription(sub)

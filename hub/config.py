@@ -93,6 +93,7 @@ _DURATIONS = {
     "document_changed_wait",
     "document_changed_max_wait",
     "inbox_expire_interval",
+    "bot_rpc_timeout",
 }
 
 
@@ -142,6 +143,30 @@ class Config:
     client_command_rate_limit: float = 0.0
     client_command_rate_burst: int = 200
     client_user_connection_limit: int = 0
+    bot_token_hmac_secret_key: str = ""
+    """Signs bot tokens (``"bot": true``, ``hub.bots``): only a token signed with it may carry the claim;
+    empty: no connection is a bot."""
+    bot_client_channel_limit: int = 0
+    """Channels one bot connection may hold (0: client_channel_limit)."""
+    bot_command_rate_limit: float = -1.0
+    """Commands a second one bot connection may send (-1: client_command_rate_limit; 0: no limit)."""
+    bot_command_rate_burst: int = 0
+    """The bots' burst (0: client_command_rate_burst)."""
+    bot_rpc_prefix: str = "agent."
+    """RPC methods bot connections serve: a bot registers prefixes that start with it (``bot.serve``), and
+    a call of a method under it that no hook serves goes to a bot (empty: no routing to bots)."""
+    bot_rpc_timeout: float = 30.0
+    """Seconds a call waits for its bot's reply; then error 504."""
+    bot_rpc_max_pending: int = 64
+    """Calls one bot connection may have unanswered (then another bot of its prefix; all full: 106)."""
+    bot_rpc_max_pending_per_user: int = 16
+    """Calls to bots one user (one connection when anonymous) may have unanswered on a node; past it: 106."""
+    bot_rpc_max_data_size: int = 32768
+    """Bytes of a call's data, and of a bot's result, at most (JSON); past it: 106."""
+    bot_rpc_max_prefixes: int = 8
+    """Prefixes one bot connection may serve at once."""
+    bot_rpc_max_routes: int = 10000
+    """Prefix registrations of all bot connections of a node together."""
     websocket_fast_path: bool = True
     websocket_compression: bool = False
     doc_anonymous_access: str = "none"
@@ -703,6 +728,35 @@ def validate(cfg: Config) -> None:
         raise ConfigError("an API key is configured twice")
     _validate_admin(cfg)
     _validate_feeds(cfg)
+    _validate_bots(cfg)
+
+
+BOT_RPC_PREFIX_MAX = 64
+_RESERVED_RPC = ("bot.", "inbox.")
+
+
+def _validate_bots(cfg: Config) -> None:
+    """Bot keys and bounds (``hub.bots``)."""
+    if cfg.bot_token_hmac_secret_key and cfg.bot_token_hmac_secret_key == cfg.token_hmac_secret_key:
+        raise ConfigError("bot_token_hmac_secret_key must differ from token_hmac_secret_key")
+    if cfg.bot_client_channel_limit < 0 or cfg.bot_command_rate_burst < 0:
+        raise ConfigError("bot_client_channel_limit and bot_command_rate_burst must not be negative")
+    if cfg.bot_command_rate_limit < 0 and cfg.bot_command_rate_limit != -1:
+        raise ConfigError("bot_command_rate_limit must be -1 (as clients), 0 (off) or positive")
+    _require_positive(
+        cfg,
+        "bot_rpc_timeout",
+        "bot_rpc_max_pending",
+        "bot_rpc_max_pending_per_user",
+        "bot_rpc_max_data_size",
+        "bot_rpc_max_prefixes",
+        "bot_rpc_max_routes",
+    )
+    prefix = cfg.bot_rpc_prefix
+    if len(prefix) > BOT_RPC_PREFIX_MAX or any(c.isspace() for c in prefix):
+        raise ConfigError(f"bot_rpc_prefix must be at most {BOT_RPC_PREFIX_MAX} characters, no spaces")
+    if prefix and any(prefix.startswith(r) or r.startswith(prefix) for r in _RESERVED_RPC):
+        raise ConfigError(f"bot_rpc_prefix {prefix!r} overlaps the hub's own methods (bot.*, inbox.*)")
 
 
 def _validate_feeds(cfg: Config) -> None:

@@ -130,6 +130,12 @@ class Control(Protocol):
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         """Every live node's answer (this node's included) to the added survey ``op``, by node id."""
+
+    async def ask(self, node_id: str, op: str, args: list[Any], within: float) -> Any:
+        """Node ``node_id``'s answer to the added survey ``op``, waited for up to ``within`` seconds (a
+        bot's reply, ``hub.bots``); ``ControlUnavailable`` when that node is not live, leaves meanwhile or
+        does not answer in time."""
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         """The users (named ones, not anonymous) subscribed to ``channel`` on any node: at most ``limit``
         + 1 of them (more than ``limit`` means "too many", not the whole audience)."""
@@ -246,6 +252,12 @@ class LocalControl:
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         return {self.node.id: await self.handlers[op](args)}
+
+    async def ask(self, node_id: str, op: str, args: list[Any], within: float) -> Any:
+        if node_id != self.node.id:
+            raise ControlUnavailable(f"no node {node_id!r} here")
+        return await self.handlers[op](args)
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         return _channel_users(self.node, tenant, channel, limit)
 
@@ -509,6 +521,18 @@ class RedisControl:
         mine = await self.handlers[op](args)
         answers = await self._survey("x", [op, args])
         return {self.node.id: mine, **answers}
+
+    async def ask(self, node_id: str, op: str, args: list[Any], within: float) -> Any:
+        if node_id == self.node.id:
+            return await self.handlers[op](args)
+        self._check_up()
+        if node_id not in self.peers():
+            raise ControlUnavailable(f"node {node_id} is not live")
+        answers = await self._survey("x", [op, args], to=node_id, within=within)
+        if node_id not in answers:
+            raise ControlUnavailable(f"node {node_id} left before it answered")
+        return answers[node_id]
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         self._check_up()
         users = _channel_users(self.node, tenant, channel, limit)
@@ -569,8 +593,12 @@ class RedisControl:
 
     # ------------------------------------------------------------ surveys
 
-    async def _survey(self, op: str, args: list[Any], *, to: str | None = None) -> dict[str, Any]:
-        """Ask every live node (or only ``to``) and return their answers by node id."""
+    async def _survey(
+        self, op: str, args: list[Any], *, to: str | None = None, within: float | None = None
+    ) -> dict[str, Any]:
+        """Ask every live node (or only ``to``) and return their answers by node id, waiting up to
+        ``within`` seconds (default ``survey_timeout``)."""
+        timeout = self.survey_timeout if within is None else within
         waiting = {to} if to is not None else set(self.peers())
         if not waiting:
             return {}
@@ -581,13 +609,13 @@ class RedisControl:
         channel = self.everyone if to is None else self.inbox_of(self._shards, to)
         try:
             await self.shard.publish(channel, _pack(msg))
-            async with asyncio.timeout(self.survey_timeout):
+            async with asyncio.timeout(timeout):
                 await survey.done
         except ShardUnavailable as exc:
             raise ControlUnavailable(str(exc)) from exc
         except TimeoutError:
             missing = ", ".join(sorted(survey.waiting))
-            raise ControlUnavailable(f"no answer to {op} from {missing} in {self.survey_timeout} s") from None
+            raise ControlUnavailable(f"no answer to {op} from {missing} in {timeout} s") from None
         finally:
             del self._surveys[request]
         return survey.answers

@@ -41,6 +41,7 @@ from hub.writer import Backlog, FlushScheduler, SlotClock, Transport
 from presence.presence import PresenceManager
 
 if TYPE_CHECKING:
+    from hub.bots.service import Bots
     from hub.outbound.tap import EventTap
 
 log = logging.getLogger("switchboard.node")
@@ -91,6 +92,7 @@ class Node:
             audience=config.token_audience,
             issuer=config.token_issuer,
             require_exp=config.token_require_exp,
+            bot_hmac_secret=config.bot_token_hmac_secret_key,
         )
         self.id = node_id or new_node_id(config)
         self.version = VERSION
@@ -127,6 +129,8 @@ class Node:
         """Personal channels and the one-connection-per-user rule (``hub.inbox.personal``)."""
         self.builtin_rpc: dict[str, Callable[[RPCContext], Awaitable[Any]]] = {}
         """RPC methods of the hub itself (``inbox.*``); looked up before the application's, never shadowed."""
+        self.bots: Bots | None = None
+        """Routes calls of ``bot_rpc_prefix`` methods to bot connections (``hub.bots``); set by the app."""
         self.delivered: Callable[[ChannelKey, Publication, int], None] | None = None
         """Told of every publication with tags that reached local subscribers, and how many (the inbox's
         delivery tracking); None: nobody asks."""

@@ -100,6 +100,7 @@ def user_connections(node: Node, tenant: str, user: str) -> dict[str, Any]:
                 "node": node.id,
                 "client": c.id,
                 "user": c.user,
+                "bot": c.bot,
                 "transport": c.transport.name,
                 "protocol": "protobuf" if c.fmt == PROTOBUF else "json",
                 "sdk": {"name": c.name, "version": c.version},

@@ -41,6 +41,7 @@ from channels.publication import ClientInfo, Publication
 from hub import sse
 from hub.admin import presence_diff as pd
 from hub.admin.inspect import _json_preview
+from hub.bots.identity import is_bot
 from hub.limits import TokenBucket
 from presence.presence import PresenceUnavailable
 
@@ -97,6 +98,8 @@ class Roster:
 
 def meta_of(info: ClientInfo) -> dict[str, Any]:
     meta: dict[str, Any] = {"client": info.client, "user": info.user}
+    if is_bot(info.conn_info):
+        meta["bot"] = True
     if info.conn_info is not None:
         meta["conn_info"] = _json_preview(info.conn_info)
     if info.chan_info is not None:

@@ -8,6 +8,9 @@ import { fmtAgo, fmtBytes, fmtDuration, fmtTime, h, json, replace, table } from 
 
 const TAIL_KEPT = 200;
 
+/** The "bot" badge of a connection the hub marks as a bot (its token's bot claim; hub.bots). */
+const botBadge = (bot) => (bot ? h("span", { class: "chip bot", "data-testid": "bot-badge", title: "a bot connection (its token's bot claim)" }, "bot") : null);
+
 export class View extends HTMLElement {
   setup(ctx) {
     this.ctx = ctx;
@@ -211,7 +214,7 @@ class ChannelView extends View {
 
   showPresence(d) {
     const rows = metas(this.state).map((m) => h("tr", { "data-testid": "presence-row", "data-user": m.user, "data-client": m.client },
-      h("td", { class: "mono" }, m.user || "(anonymous)"), h("td", { class: "mono" }, m.client),
+      h("td", { class: "mono" }, m.user || "(anonymous)", botBadge(m.bot)), h("td", { class: "mono" }, m.client),
       h("td", { class: "mono data" }, m.conn_info !== undefined ? json(m.conn_info) : ""),
       h("td", null, h("a", { href: `#/users?user=${encodeURIComponent(m.user)}` }, "user"))));
     replace(this.presence,
@@ -276,7 +279,7 @@ class UsersView extends View {
       const rows = d.connections.map((c) => {
         const subs = h("select", { "data-testid": "unsubscribe-channel" }, c.subscriptions.map((s) => h("option", { value: s }, s)));
         return h("tr", { "data-testid": "connection-row", "data-client": c.client },
-          h("td", { class: "mono" }, c.client), h("td", { class: "mono" }, c.node),
+          h("td", { class: "mono" }, c.client, botBadge(c.bot)), h("td", { class: "mono" }, c.node),
           h("td", null, c.transport, " / ", c.protocol),
           h("td", null, c.sdk.name || "–", c.sdk.version ? ` ${c.sdk.version}` : ""),
           h("td", null, fmtTime(c.connected_at)), h("td", null, c.expires_at ? fmtTime(c.expires_at) : "never"),

@@ -1,9 +1,9 @@
 """The console in a real browser (Debian's Chromium through Playwright, tests/browser.py): signed in, it
-shows a user's connection join and leave live, and disconnects that user with a code the user's own
-client (the official centrifuge-python SDK) receives; a read-only session cannot act (its buttons are
-disabled and the endpoint refuses); failed sign-ins are throttled; a webhook's dead letter shows in the
-Notifications view with its attempts, and a replay delivers it to the real receiver once it recovers.
-Each page is saved as a screenshot."""
+shows a user's connection join and leave live, marks a bot's presence with a "bot" badge, and disconnects
+that user with a code the user's own client (the official centrifuge-python SDK) receives; a read-only
+session cannot act (its buttons are disabled and the endpoint refuses); failed sign-ins are throttled; a
+webhook's dead letter shows in the Notifications view with its attempts, and a replay delivers it to the
+real receiver once it recovers. Each page is saved as a screenshot."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from centrifuge import Client
 
 from hub.outbound.settings import parse_webhooks
 from tests.conftest import TIMEOUT, token
+from tests.hub.bots.conftest import BOT_SECRET, bot_token
 from tests.hub.test_sdk_channels import Rec
 from tests.workers.conftest import SECRET
 from tests.workers.receiver import Receiver
@@ -27,7 +28,12 @@ READONLY = "readonly-password-for-tests"
 
 
 async def console_hub(browser_hubs: Any, tmp_path: Path) -> Any:
-    return await browser_hubs(admin_password=ADMIN, admin_readonly_password=READONLY, data_dir=str(tmp_path))
+    return await browser_hubs(
+        admin_password=ADMIN,
+        admin_readonly_password=READONLY,
+        data_dir=str(tmp_path),
+        bot_token_hmac_secret_key=BOT_SECRET,
+    )
 
 
 async def sign_in(context: Any, hub: Any, password: str) -> Any:
@@ -65,6 +71,16 @@ async def test_console_watches_a_user_live_and_disconnects_it(
         # The join appears without a reload: the presence diff came over the page's event stream.
         alice_row = page.locator('[data-testid="presence-row"][data-user="alice"]')
         await alice_row.wait_for()
+        # A bot joins: its row has the "bot" badge, alice's has none.
+        bot = Client(hub.url, token=bot_token("helper"), timeout=TIMEOUT)
+        await bot.connect()
+        await bot.new_subscription("chat:room").subscribe()
+        helper_row = page.locator('[data-testid="presence-row"][data-user="helper"]')
+        await helper_row.get_by_test_id("bot-badge").wait_for()
+        assert await alice_row.get_by_test_id("bot-badge").count() == 0
+        await shot(page, artifacts, "console-presence-bot")
+        await bot.disconnect()
+        await helper_row.wait_for(state="detached")
         await sub.publish({"text": "hello from alice"})
         await page.get_by_test_id("tail-item").get_by_text("hello from alice").wait_for()
         await shot(page, artifacts, "console-channel")
