@@ -10,20 +10,17 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from pycrdt import Doc, Text
 
 from hub.logs import LIMITED_BURST
 from sync import protocol
 from sync.protocol import AwarenessEntry
 from tests.conftest import TIMEOUT
-from tests.hub.ydocs import RawDocSocket, WsYClient, yclient_at
+from tests.hub.ydocs import RawDocSocket, WsYClient, flood, text_update, yclient_at
 from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
 from tests.redis_servers import RedisServer
 from tests.sync.yclient import YClient
@@ -39,13 +36,6 @@ async def clients() -> AsyncIterator[list[WsYClient]]:
     for conn in opened:
         with contextlib.suppress(Exception):
             await conn.close()
-
-
-def text_update(text: str, client_id: int = 7) -> bytes:
-    """A Yjs update inserting ``text`` into the root text ``text`` of an empty document."""
-    doc: Doc[Any] = Doc(client_id=client_id)
-    doc.get("text", type=Text).insert(0, text)
-    return doc.get_update()
 
 
 async def seeded(url: str, size: int, sockets: list[RawDocSocket], clients: list[WsYClient]) -> WsYClient:
@@ -209,28 +199,6 @@ class SlowStoreNode(HubNode):
         serve = super().command()
         assert serve[1:4] == ["-m", "hub", "serve"], serve
         return [sys.executable, "-m", "tests.hub.slow_store_serve", str(self.delay), *serve[3:]]
-
-
-async def flood(sock: RawDocSocket, for_seconds: float, update_size: int = 50_000) -> int:
-    """Send updates (insert ``update_size`` bytes, then delete them) for ``for_seconds``, waiting whenever
-    the socket does not take more; return the bytes sent."""
-    doc: Doc[Any] = Doc(client_id=4242)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    text = doc.get("text", type=Text)
-    sent = 0
-    deadline = time.monotonic() + for_seconds
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(for_seconds):
-            while time.monotonic() < deadline:
-                text.insert(0, "f" * update_size)
-                del text[0:update_size]
-                messages = [protocol.update(u) for u in updates]
-                updates.clear()
-                sock.send(*messages)
-                sent += sum(len(m) for m in messages)
-                await sock.writer.drain()  # blocks while the node does not read (TCP backpressure)
-    return sent
 
 
 async def test_a_slow_store_slows_writers_down_instead_of_growing_the_journal(
