@@ -1,9 +1,10 @@
 """Every attack of issue 10 at once, against one running hub, for a bounded time.
 
 ``python -m tests.attacker --url http://127.0.0.1:8000 --api-key K --secret S --seconds 60`` runs each
-attack below in rounds, all of them at the same time, until the time is up, and prints a JSON object: for
-each attack, how often each outcome came back (``close 3008``, ``error 103``, ``http 413``, ``step2``...).
-Used by tests/hub/test_attack_soak.py (a second process beside the normal traffic) and bench/attack_soak.py.
+attack below in rounds, all of them at the same time, until the time is up. It prints a line ``attacking``
+when the attacks begin, then a JSON object: for each attack, how often each outcome came back (``close
+3008``, ``error 103``, ``http 413``, ``step2``...). Used by tests/hub/test_attack_soak.py (a second process
+beside the normal traffic) and bench/attack_soak.py.
 
 The attacker holds a valid token of its own (it signs with ``--secret``: a registered user turned hostile)
 and the server API key (``--api-key``: a leaked key, or a backend that misbehaves); what it does with them
@@ -67,9 +68,14 @@ from tests.hub.ydocs import RawDocSocket, flood, text_update
 
 ROUND_TIMEOUT = 3 * TIMEOUT
 """Most one round of an attack may take (it counts ``timeout`` past it)."""
+LAST_ROUND_GRACE = 2.0
+"""Seconds past the deadline the last round of an attack may take (it counts ``cut short`` past them)."""
 FEED = "nohist:attack-feed"
 BIG_DOCUMENT = 1_000_000
 """Characters of the document the sync step 1 flood asks for (each step 2 is a diff of that size)."""
+
+STARTED = "attacking"
+"""The line ``python -m tests.attacker`` prints when its attacks begin (the JSON of outcomes follows it)."""
 
 Outcomes = Counter[str]
 
@@ -162,9 +168,30 @@ async def ws_outcome(client: RawClient) -> str:
     return f"close {code}"
 
 
-async def raw_ws(t: Target, user: str | None = None, **kw: Any) -> RawClient:
+class HandshakeRefused(Exception):
+    """The node answered a WebSocket handshake with something else than 101, or cut it (its unfinished-request
+    limit cuts the connection arriving longest, the attacker's own included): an outcome, not a failure."""
+
+
+async def open_raw(url: str, rcvbuf: int | None = None) -> RawDocSocket:
+    """``RawDocSocket.open``, its refusals raised as HandshakeRefused."""
+    try:
+        return await RawDocSocket.open(url, rcvbuf=rcvbuf)
+    except (AssertionError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise HandshakeRefused(repr(exc)[:100]) from exc
+
+
+async def open_ws(t: Target) -> websockets.ClientConnection:
+    """A WebSocket to the client endpoint, its refusals raised as HandshakeRefused."""
+    try:
+        return await websockets.connect(t.ws, max_size=None, open_timeout=TIMEOUT)
+    except (websockets.InvalidStatus, websockets.InvalidHandshake, ConnectionError) as exc:
+        raise HandshakeRefused(repr(exc)[:100]) from exc
+
+
+async def raw_ws(t: Target, user: str | None = None) -> RawClient:
     """A protocol-level client connected (``connect`` sent and answered) as ``user``, or only opened."""
-    ws = await websockets.connect(t.ws, max_size=None, open_timeout=TIMEOUT, **kw)
+    ws = await open_ws(t)
     client = RawClient(ws)
     if user is not None:
         reply = await client.command("connect", {"token": t.token(user)})
@@ -185,7 +212,7 @@ def text_frame(data: str | bytes) -> bytes:
 
 
 async def sync_step1_flood(t: Target, out: Outcomes) -> None:
-    sock = await RawDocSocket.open(t.doc_url("attack-big", "mallory-docs"))
+    sock = await open_raw(t.doc_url("attack-big", "mallory-docs"))
     try:
         burst = [protocol.update(text_update("!", client_id=t.rng.randrange(1000, 2**31)))]
         burst += [protocol.sync_step1(b"\x01\x05\x00")] * 300  # "I have nothing of client 5": a full diff
@@ -207,7 +234,7 @@ async def sync_step1_flood(t: Target, out: Outcomes) -> None:
 
 async def seed_big_document(t: Target) -> None:
     """Write BIG_DOCUMENT characters into ``attack-big`` unless it holds them already."""
-    sock = await RawDocSocket.open(t.doc_url("attack-big", "mallory-docs"))
+    sock = await open_raw(t.doc_url("attack-big", "mallory-docs"))
     try:
         sock.send(protocol.sync_step1(b"\x00"))
         async with asyncio.timeout(TIMEOUT):
@@ -228,9 +255,14 @@ async def seed_big_document(t: Target) -> None:
 
 async def awareness(t: Target, out: Outcomes) -> None:
     name = f"attack-aware-{t.rng.randrange(4)}"
-    big = await RawDocSocket.open(t.doc_url(name))  # anonymous: read-only, as in the issue
-    crowd = [await RawDocSocket.open(t.doc_url(name)) for _ in range(6)]
+    sockets: list[RawDocSocket] = []
     try:
+        big = await open_raw(t.doc_url(name))  # anonymous: read-only, as in the issue
+        sockets.append(big)
+        crowd = []
+        for _ in range(6):
+            crowd.append(await open_raw(t.doc_url(name)))
+            sockets.append(crowd[-1])
         state = orjson.dumps({"name": "x" * 200_000})
         big.send(
             protocol.awareness(
@@ -244,12 +276,12 @@ async def awareness(t: Target, out: Outcomes) -> None:
         code = await big.close_code()
         out[f"close {code}"] += 1
     finally:
-        for sock in [big, *crowd]:
+        for sock in sockets:
             sock.abort()
 
 
 async def doc_write_flood(t: Target, out: Outcomes) -> None:
-    sock = await RawDocSocket.open(t.doc_url(f"attack-flood-{t.rng.randrange(4)}", "mallory-docs"))
+    sock = await open_raw(t.doc_url(f"attack-flood-{t.rng.randrange(4)}", "mallory-docs"))
     try:
         out["bytes sent"] += await flood(sock, for_seconds=2.0, client_id=t.rng.randrange(10_000, 2**31))
     finally:
@@ -263,17 +295,18 @@ async def slow_readers(t: Target, out: Outcomes) -> None:
     """Four WebSocket subscribers and four SSE streams of FEED that never read, while 6 MB go through it
     (past what the kernel's socket buffers hold on loopback, and ``client_queue_max_size``); then each is
     read to its end: cut (the node closed it) or not."""
-    sockets = []
-    for _ in range(4):
-        sock = await RawDocSocket.open(t.ws, rcvbuf=4096)
-        token = t.token("mallory-slow")
-        sock.writer.write(
-            text_frame(orjson.dumps({"id": 1, "connect": {"token": token}}))
-            + text_frame(orjson.dumps({"id": 2, "subscribe": {"channel": FEED}}))
-        )
-        sockets.append(sock)
-    streams = unread_sse_streams(t.port, 4, t.token("mallory-slow", channels=[FEED]))
+    sockets: list[RawDocSocket] = []
+    streams: list[socket.socket] = []
     try:
+        for _ in range(4):
+            sock = await open_raw(t.ws, rcvbuf=4096)
+            sockets.append(sock)
+            token = t.token("mallory-slow")
+            sock.writer.write(
+                text_frame(orjson.dumps({"id": 1, "connect": {"token": token}}))
+                + text_frame(orjson.dumps({"id": 2, "subscribe": {"channel": FEED}}))
+            )
+        streams = unread_sse_streams(t.port, 4, t.token("mallory-slow", channels=[FEED]))
         pad = "x" * 60_000
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
             for _ in range(6):
@@ -299,29 +332,25 @@ async def connection_flood(t: Target, out: Outcomes) -> None:
     """``t.connections`` client connections and as many document connections of one user at once."""
     clients: list[RawClient] = []
     docs: list[RawDocSocket] = []
-    try:
-        for _ in range(t.connections):
-            ws = await websockets.connect(t.ws, max_size=None, open_timeout=TIMEOUT)
-            clients.append(RawClient(ws))
-        replies = await asyncio.gather(
-            *(c.command("connect", {"token": t.token("mallory-many")}) for c in clients),
-            return_exceptions=True,
-        )
-        for client, reply in zip(clients, replies, strict=True):
-            if isinstance(reply, dict) and "connect" in reply:
-                out["connected"] += 1
-            elif isinstance(reply, websockets.ConnectionClosed):
-                out[f"close {client.ws.close_code}"] += 1
-            else:
-                out[f"other {reply!r:.60}"] += 1
-        for _ in range(t.connections):
-            docs.append(await RawDocSocket.open(t.doc_url("attack-many", "mallory-many")))
-        for sock in docs:
-            opcode, payload = await sock.read_message()
-            if opcode == 0x8:
-                out[f"doc close {struct.unpack('!H', payload[:2])[0]}"] += 1
-            else:
-                out["doc joined"] += 1
+
+    async def client_connection() -> None:
+        client = RawClient(await open_ws(t))
+        clients.append(client)
+        try:
+            reply = await client.command("connect", {"token": t.token("mallory-many")})
+            out[reply_outcome(reply, "connected")] += 1
+        except websockets.ConnectionClosed:
+            out[f"close {client.ws.close_code}"] += 1
+
+    async def doc_connection() -> None:
+        sock = await open_raw(t.doc_url("attack-many", "mallory-many"))
+        docs.append(sock)
+        opcode, payload = await sock.read_message()
+        out[f"doc close {struct.unpack('!H', payload[:2])[0]}" if opcode == 0x8 else "doc joined"] += 1
+
+    try:  # all at once: those past the limit are refused
+        await asyncio.gather(*(client_connection() for _ in range(t.connections)))
+        await asyncio.gather(*(doc_connection() for _ in range(t.connections)))
     finally:
         for client in clients:
             client.ws.transport.abort()
@@ -332,13 +361,16 @@ async def connection_flood(t: Target, out: Outcomes) -> None:
 async def unfinished_requests(t: Target, out: Outcomes) -> None:
     """``t.unfinished`` connections that send nothing and four that trickle a header: each ends with 408
     (the header timeout) or 503 (cut to make room for a newer connection)."""
-    conns = [await asyncio.open_connection("127.0.0.1", t.port) for _ in range(t.unfinished)]
-    trickled = [await asyncio.open_connection("127.0.0.1", t.port) for _ in range(4)]
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    trickled: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     tasks = []
-    for _, writer in trickled:
-        writer.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        tasks.append(asyncio.create_task(trickle(writer)))
     try:
+        for _ in range(t.unfinished):
+            conns.append(await asyncio.open_connection("127.0.0.1", t.port))
+        for _ in range(4):
+            trickled.append(await asyncio.open_connection("127.0.0.1", t.port))
+            trickled[-1][1].write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            tasks.append(asyncio.create_task(trickle(trickled[-1][1])))
         for reader, _ in conns + trickled:
             try:
                 async with asyncio.timeout(TIMEOUT * 2):
@@ -481,7 +513,7 @@ async def bad_tokens(t: Target, out: Outcomes) -> None:
         out[f"{kind}: {await ws_outcome(client)}"] += 1
     for kind in ("garbage", "expired", "bad time"):
         url = t.doc_url("attack-private") + "?token=" + urllib.parse.quote(tokens[kind])
-        sock = await RawDocSocket.open(url)
+        sock = await open_raw(url)
         try:
             out[f"doc {kind}: close {await sock.close_code()}"] += 1
         finally:
@@ -525,24 +557,42 @@ ATTACKS: dict[str, Attack] = {
 
 
 async def rounds(t: Target, attack: Attack, out: Outcomes, deadline: float, pause: float) -> None:
-    """Rounds of ``attack`` until ``deadline`` (the one under way finishes), ``pause`` seconds apart."""
-    while time.monotonic() < deadline:
+    """Rounds of ``attack``, ``pause`` seconds apart, until ``deadline`` (the one under way gets
+    LAST_ROUND_GRACE more) and at least one round completed (``complete``): on a busy machine an attack
+    still gets made whole once, for at most ROUND_TIMEOUT past the deadline."""
+    hard_deadline = deadline + ROUND_TIMEOUT
+    while True:
+        now = time.monotonic()
+        if now >= hard_deadline or (now >= deadline and out["complete"]):
+            return
         out["rounds"] += 1
+        left = (deadline - now if out["complete"] else hard_deadline - now) + LAST_ROUND_GRACE
+        bound = min(ROUND_TIMEOUT, left)
         try:
-            async with asyncio.timeout(ROUND_TIMEOUT):
+            async with asyncio.timeout(bound):
                 await attack(t, out)
+            out["complete"] += 1
         except TimeoutError:
-            out["timeout"] += 1
+            out["timeout" if bound == ROUND_TIMEOUT else "cut short"] += 1
+        except HandshakeRefused:
+            out["handshake refused"] += 1
         except Exception as exc:  # an outcome the attacker did not plan for: counted, the next round goes on
             out[f"exception {type(exc).__name__}"] += 1
         await asyncio.sleep(pause)  # the attacker's pace
 
 
 async def attack(
-    t: Target, seconds: float, *, pause: float = 0.2, only: list[str] | None = None
+    t: Target,
+    seconds: float,
+    *,
+    pause: float = 0.2,
+    only: list[str] | None = None,
+    started: Callable[[], None] = lambda: None,
 ) -> dict[str, dict[str, int]]:
-    """Every attack of ATTACKS (or ``only`` those) at once for ``seconds``; their outcome counts."""
+    """Every attack of ATTACKS (or ``only`` those) at once for ``seconds``; their outcome counts.
+    ``started`` is called when the attacks begin (after the large document was written)."""
     await seed_big_document(t)
+    started()
     outcomes: dict[str, Outcomes] = {name: Counter() for name in (only or ATTACKS)}
     deadline = time.monotonic() + seconds
     async with asyncio.TaskGroup() as group:
@@ -567,7 +617,9 @@ def main(argv: list[str] | None = None) -> None:
         if name not in ATTACKS:
             parser.error(f"no attack {name!r}: {', '.join(ATTACKS)}")
     target = Target(args.url.rstrip("/"), args.api_key, args.secret, args.connections, args.unfinished)
-    result = asyncio.run(attack(target, args.seconds, pause=args.pause, only=only))
+    result = asyncio.run(
+        attack(target, args.seconds, pause=args.pause, only=only, started=lambda: print(STARTED, flush=True))
+    )
     json.dump(result, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")
 
