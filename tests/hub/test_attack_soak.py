@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
+import tests.nodes as harness
 from tests.attacker import STARTED
 from tests.conftest import SECRET, TIMEOUT
-import tests.nodes as harness
 from tests.nodes import API_KEY, ROOT, NodesFactory
 from tests.soak import MB, SOAK_SETTINGS, NormalTraffic
 
