@@ -334,7 +334,11 @@ async def connection_flood(t: Target, out: Outcomes) -> None:
     docs: list[RawDocSocket] = []
 
     async def client_connection() -> None:
-        client = RawClient(await open_ws(t))
+        try:
+            client = RawClient(await open_ws(t))
+        except HandshakeRefused:
+            out["handshake refused"] += 1
+            return
         clients.append(client)
         try:
             reply = await client.command("connect", {"token": t.token("mallory-many")})
@@ -343,7 +347,11 @@ async def connection_flood(t: Target, out: Outcomes) -> None:
             out[f"close {client.ws.close_code}"] += 1
 
     async def doc_connection() -> None:
-        sock = await open_raw(t.doc_url("attack-many", "mallory-many"))
+        try:
+            sock = await open_raw(t.doc_url("attack-many", "mallory-many"))
+        except HandshakeRefused:
+            out["doc handshake refused"] += 1
+            return
         docs.append(sock)
         opcode, payload = await sock.read_message()
         out[f"doc close {struct.unpack('!H', payload[:2])[0]}" if opcode == 0x8 else "doc joined"] += 1
