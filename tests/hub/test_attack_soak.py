@@ -29,7 +29,7 @@ from tests.soak import MB, SOAK_SETTINGS, NormalTraffic
 
 make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
-ATTACK_SECONDS = 8.0
+ATTACK_SECONDS = 6.0
 RSS_CEILING = 200 * MB
 """The node's RSS stays under this while it is attacked. It starts at about 70 MB and, on this machine,
 peaks at 92-97 MB in this test (101 MB after 4 minutes of bench/attack_soak.py): the bounds fill (16 MiB for
