@@ -130,6 +130,7 @@ class Control(Protocol):
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         """Every live node's answer (this node's included) to the added survey ``op``, by node id."""
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         """The users (named ones, not anonymous) subscribed to ``channel`` on any node: at most ``limit``
         + 1 of them (more than ``limit`` means "too many", not the whole audience)."""
@@ -246,6 +247,7 @@ class LocalControl:
 
     async def survey(self, op: str, args: list[Any]) -> dict[str, Any]:
         return {self.node.id: await self.handlers[op](args)}
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         return _channel_users(self.node, tenant, channel, limit)
 
@@ -509,6 +511,7 @@ class RedisControl:
         mine = await self.handlers[op](args)
         answers = await self._survey("x", [op, args])
         return {self.node.id: mine, **answers}
+
     async def subscribers(self, tenant: str, channel: str, limit: int) -> set[str]:
         self._check_up()
         users = _channel_users(self.node, tenant, channel, limit)

@@ -16,14 +16,17 @@ from pathlib import Path
 import orjson
 import pytest
 
+import tests.nodes as harness
 from hub.logs import LIMITED_BURST
 from sync import protocol
 from sync.protocol import AwarenessEntry
 from tests.conftest import TIMEOUT
 from tests.hub.ydocs import RawDocSocket, WsYClient, flood, text_update, yclient_at
-from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
+from tests.nodes import HubNode, NodesFactory, eventually, user_token
 from tests.redis_servers import RedisServer
 from tests.sync.yclient import YClient
+
+make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
 MB = 1024 * 1024
 
@@ -117,7 +120,9 @@ async def test_awareness_cannot_crowd_out_a_document(
     with node.sample_rss() as rss:
         attacker = await RawDocSocket.open(url)
         sockets.append(attacker)
-        attacker.send(*[protocol.awareness(protocol.encode_awareness(entries[i : i + 4])) for i in range(0, 32, 4)])
+        attacker.send(
+            *[protocol.awareness(protocol.encode_awareness(entries[i : i + 4])) for i in range(0, 32, 4)]
+        )
         assert await attacker.close_code() == 4413
 
         # Within the per-state bound: 40 connections x 8 states x 16,000 bytes (5 MB) against the
@@ -154,7 +159,7 @@ async def test_connections_that_do_not_read_hold_at_most_doc_queue_max_size(
     for _ in range(8):
         sockets.append(await RawDocSocket.open(url, rcvbuf=4096))
     with node.sample_rss() as rss:
-        for i in range(60):
+        for _ in range(60):
             editor.text.insert(0, "p" * 512_000)
             await editor.flush()
             del editor.text[0:512_000]
@@ -191,7 +196,8 @@ async def test_late_joiners_that_do_not_read_share_one_copy_of_a_large_document(
 
 
 class SlowStoreNode(HubNode):
-    """A node whose SQLite store waits ``delay`` seconds before every write (tests/hub/slow_store_serve.py)."""
+    """A node whose SQLite store waits ``delay`` seconds before every write
+    (tests/hub/slow_store_serve.py)."""
 
     delay = 0.5
 
@@ -219,7 +225,7 @@ async def test_a_slow_store_slows_writers_down_instead_of_growing_the_journal(
         attacker = await RawDocSocket.open(node.doc_url("flooded"))
         sockets.append(attacker)
         with node.sample_rss() as rss:
-            sent = await flood(attacker, for_seconds=4.0)
+            await flood(attacker, for_seconds=4.0)
             await edit_reaches(other, watcher, "still written")  # slowly, at the store's pace
         assert rss.peak - rss.start < 40 * MB, rss
         assert len(log_lines(node, "document store is behind")) == 1, node.log()
@@ -244,7 +250,7 @@ async def test_a_stopped_redis_slows_writers_down_instead_of_growing_the_queues(
     with node.sample_rss() as rss:
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
-            sent = await flood(attacker, for_seconds=4.0)
+            await flood(attacker, for_seconds=4.0)
         finally:
             os.kill(redis_server.proc.pid, signal.SIGCONT)
         other = await yclient_at(node.doc_url("other"), opened=clients)
