@@ -104,9 +104,10 @@ def test_defaults_are_closed() -> None:
     opts = NamespaceOptions()
     assert not opts.history_enabled
     assert opts.data_format == "json" and not opts.binary
-    assert {
-        f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if getattr(opts, f.name)
-    } == {**FEED_DEFAULTS, "data_format": "json"}
+    assert {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if getattr(opts, f.name)} == {
+        **FEED_DEFAULTS,
+        "data_format": "json",
+    }
 
 
 def test_from_mapping() -> None:
