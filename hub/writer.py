@@ -13,6 +13,11 @@ together at most at the rate the subscription was granted, by the node's ``SlotC
 transport is backed up skips those flushes instead of queueing: it gets fewer, fresher publications, and
 is never a slow consumer for them.
 
+Chunks of a streamed reply (``channels.streams``) are pushed with ``push_chunk``: a chunk of the same
+stream as the message queued last joins it, and at the flush each such run goes out as one publication
+(``channels.streams.coalesce``), encoded for this connection alone. Only runs cost an encoding here; a
+chunk alone goes out as the frame the fan-out encoded once for every subscriber.
+
 Node-wide, the ``Backlog`` of the scheduler adds up what every writer's transport holds unsent. Each
 connection's bound alone lets N slow connections hold N x ``max_bytes``; past the node's ``limit``
 (``node_queue_max_size``) the connections holding the most are cut as slow consumers, largest first, until
@@ -31,6 +36,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from channels.streams import coalesce
 from hub import sse
 from hub.logs import log_limited
 
@@ -184,6 +190,7 @@ class Writer:
         "on_slow",
         "on_write_error",
         "slots",
+        "run",
     )
 
     def __init__(
@@ -209,6 +216,8 @@ class Writer:
         self.closed = False
         self.slots: dict[str, KeyedSlots] | None = None
         """The conflation slots of each conflated subscription, by channel (None until the first)."""
+        self.run: _Run | None = None
+        """The chunks of one stream queued last (``push_chunk``), joined at the flush."""
 
     def push(self, message: bytes) -> None:
         if self.closed:
@@ -221,8 +230,31 @@ class Writer:
             self.dirty = True
             self.scheduler.mark(self)
 
+    def push_chunk(
+        self, frame: bytes, stream: tuple[Any, str], pub: Any, encode: Callable[[Any], bytes]
+    ) -> None:
+        """A chunk of ``stream`` (channel and stream id), ``frame`` being it encoded: joined with the
+        chunks of the same stream queued right before it (``encode`` makes the joined publication's
+        frame at the flush), else queued as ``frame``. Counted against the bound at its frame's size."""
+        run = self.run
+        pending = self.pending
+        if run is not None and run.stream == stream and run.index == len(pending) - 1 and not self.closed:
+            run.pubs.append(pub)
+            self.pending_bytes += len(frame)
+            if self.pending_bytes + self.held_bytes > self.max_bytes:
+                self._slow()
+            return
+        self.push(frame)
+        if not self.closed:
+            self.run = _Run(stream, len(self.pending) - 1, [pub], encode)
+
     def flush(self) -> None:
         self.dirty = False
+        run = self.run
+        if run is not None:
+            self.run = None
+            if len(run.pubs) > 1 and not self.closed:
+                self.pending[run.index] = run.joined()
         if self.closed or not self.pending:
             return
         messages = self.pending
@@ -271,6 +303,7 @@ class Writer:
         self.pending = []
         self.pending_bytes = 0
         self.slots = None
+        self.run = None
         self.scheduler.backlog.leave(self, dropped=True)
 
     def backlog(self) -> int:
@@ -312,6 +345,23 @@ class Writer:
             self.flush()
             self.closed = True
             self.scheduler.backlog.leave(self, dropped=False)
+
+
+class _Run:
+    """Chunks of one stream queued one after another for one connection, at ``index`` of its pending
+    messages."""
+
+    __slots__ = ("stream", "index", "pubs", "encode")
+
+    def __init__(self, stream: tuple[Any, str], index: int, pubs: list[Any], encode: Callable[[Any], bytes]):
+        self.stream = stream
+        self.index = index
+        self.pubs = pubs
+        self.encode = encode
+
+    def joined(self) -> bytes:
+        (pub,) = coalesce(self.pubs)
+        return self.encode(pub)
 
 
 INF = math.inf
