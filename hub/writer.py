@@ -244,17 +244,22 @@ class Writer:
             if self.pending_bytes + self.held_bytes > self.max_bytes:
                 self._slow()
             return
+        self._end_run()
         self.push(frame)
         if not self.closed:
             self.run = _Run(stream, len(self.pending) - 1, [pub], encode)
 
-    def flush(self) -> None:
-        self.dirty = False
+    def _end_run(self) -> None:
+        """The run queued last is complete: its chunks become one frame in its place."""
         run = self.run
         if run is not None:
             self.run = None
             if len(run.pubs) > 1 and not self.closed:
                 self.pending[run.index] = run.joined()
+
+    def flush(self) -> None:
+        self.dirty = False
+        self._end_run()
         if self.closed or not self.pending:
             return
         messages = self.pending
