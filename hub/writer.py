@@ -190,7 +190,10 @@ class Writer:
         "on_slow",
         "on_write_error",
         "slots",
-        "run",
+        "run_stream",
+        "run_index",
+        "run_pubs",
+        "run_encode",
     )
 
     def __init__(
@@ -216,8 +219,12 @@ class Writer:
         self.closed = False
         self.slots: dict[str, KeyedSlots] | None = None
         """The conflation slots of each conflated subscription, by channel (None until the first)."""
-        self.run: _Run | None = None
-        """The chunks of one stream queued last (``push_chunk``), joined at the flush."""
+        self.run_stream: tuple[Any, str] | None = None
+        """The stream whose chunks were queued last (``push_chunk``), at ``run_index`` of ``pending``:
+        ``run_pubs`` is its chunk, or its chunks (a list) to be joined at the flush by ``run_encode``."""
+        self.run_index = -1
+        self.run_pubs: Any = None
+        self.run_encode: Callable[[Any], bytes] | None = None
 
     def push(self, message: bytes) -> None:
         if self.closed:
@@ -235,31 +242,39 @@ class Writer:
     ) -> None:
         """A chunk of ``stream`` (channel and stream id), ``frame`` being it encoded: joined with the
         chunks of the same stream queued right before it (``encode`` makes the joined publication's
-        frame at the flush), else queued as ``frame``. Counted against the bound at its frame's size."""
-        run = self.run
-        pending = self.pending
-        if run is not None and run.stream == stream and run.index == len(pending) - 1 and not self.closed:
-            run.pubs.append(pub)
+        frame at the flush), else queued as ``frame``. Counted against the bound at its frame's size.
+        Costs a few attribute writes when it is not joined (no object per delivery)."""
+        if stream == self.run_stream and self.run_index == len(self.pending) - 1 and not self.closed:
+            pubs = self.run_pubs
+            if isinstance(pubs, list):
+                pubs.append(pub)
+            else:
+                self.run_pubs = [pubs, pub]
             self.pending_bytes += len(frame)
             if self.pending_bytes + self.held_bytes > self.max_bytes:
                 self._slow()
             return
-        self._end_run()
+        if self.run_stream is not None:
+            self._end_run()
         self.push(frame)
         if not self.closed:
-            self.run = _Run(stream, len(self.pending) - 1, [pub], encode)
+            self.run_stream = stream
+            self.run_index = len(self.pending) - 1
+            self.run_pubs = pub
+            self.run_encode = encode
 
     def _end_run(self) -> None:
-        """The run queued last is complete: its chunks become one frame in its place."""
-        run = self.run
-        if run is not None:
-            self.run = None
-            if len(run.pubs) > 1 and not self.closed:
-                self.pending[run.index] = run.joined()
+        """The run queued last is complete: its chunks, if several, become one frame in its place."""
+        pubs, encode = self.run_pubs, self.run_encode
+        self.run_stream = self.run_pubs = self.run_encode = None
+        if isinstance(pubs, list) and encode is not None and not self.closed:
+            (joined,) = coalesce(pubs)
+            self.pending[self.run_index] = encode(joined)
 
     def flush(self) -> None:
         self.dirty = False
-        self._end_run()
+        if self.run_stream is not None:
+            self._end_run()
         if self.closed or not self.pending:
             return
         messages = self.pending
@@ -308,7 +323,7 @@ class Writer:
         self.pending = []
         self.pending_bytes = 0
         self.slots = None
-        self.run = None
+        self.run_stream = self.run_pubs = self.run_encode = None
         self.scheduler.backlog.leave(self, dropped=True)
 
     def backlog(self) -> int:
@@ -350,23 +365,6 @@ class Writer:
             self.flush()
             self.closed = True
             self.scheduler.backlog.leave(self, dropped=False)
-
-
-class _Run:
-    """Chunks of one stream queued one after another for one connection, at ``index`` of its pending
-    messages."""
-
-    __slots__ = ("stream", "index", "pubs", "encode")
-
-    def __init__(self, stream: tuple[Any, str], index: int, pubs: list[Any], encode: Callable[[Any], bytes]):
-        self.stream = stream
-        self.index = index
-        self.pubs = pubs
-        self.encode = encode
-
-    def joined(self) -> bytes:
-        (pub,) = coalesce(self.pubs)
-        return self.encode(pub)
 
 
 INF = math.inf

@@ -305,7 +305,7 @@ def test_consecutive_chunks_of_a_stream_go_out_as_one_frame_others_as_queued() -
     joined = orjson.loads(written[0][1:])
     assert joined == {"stream": {"id": "a", "seq": 1, "from": 0}, "text": "a0a1"}
     assert written[1:] == [b"ordinary", _frame(a[2]), _frame(b0)]  # alone: the frame as encoded once
-    assert slow == [] and writer.pending == [] and writer.run is None
+    assert slow == [] and writer.pending == [] and writer.run_stream is None
 
 
 def test_joined_chunks_count_against_the_bound() -> None:
@@ -313,4 +313,4 @@ def test_joined_chunks_count_against_the_bound() -> None:
     for n in range(10):
         pub = _chunk("a", n, "x" * 10)
         writer.push_chunk(_frame(pub), ("ch", "a"), pub, _frame)
-    assert slow == [1] and writer.closed and writer.run is None
+    assert slow == [1] and writer.closed and writer.run_stream is None
