@@ -37,45 +37,26 @@ from hub.node import Node  # noqa: E402
 from hub.wire import JSON, PROTOBUF  # noqa: E402
 from presence.presence_memory import MemoryPresence  # noqa: E402
 
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+import feeds  # noqa: E402
+from feeds import command  # noqa: E402
+
 OPEN = {"allow_subscribe_for_client": True, "allow_subscribe_for_anonymous": True}
 PLAIN = NamespaceOptions.from_mapping(OPEN)
 STREAMS = NamespaceOptions.from_mapping({**OPEN, "streams": True})
 
 
-class Sink:
+class Sink(feeds.Sink):
     """A transport that counts what it is handed: writes, messages, bytes."""
 
-    name = "sink"
-
     def __init__(self, fmt: int) -> None:
-        self.fmt = fmt
-        self.writes = self.messages = self.bytes = 0
+        super().__init__(fmt)
+        self.writes = self.messages = 0
 
     def write_messages(self, messages: list[bytes]) -> int:
         self.writes += 1
         self.messages += len(messages)
-        self.bytes += sum(map(len, messages))
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        pass
-
-    def unsent_bytes(self) -> int:
-        return 0
-
-
-def command(fmt: int, cmd: dict[str, Any]) -> bytes:
-    if fmt == JSON:
-        return orjson.dumps(cmd)
-    from centrifuge.protocol import client_pb2
-
-    body = client_pb2.Command(**cmd).SerializeToString()
-    size, prefix = len(body), bytearray()
-    while True:
-        prefix.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
-        size >>= 7
-        if not size:
-            return bytes(prefix) + body
+        return super().write_messages(messages)
 
 
 async def subscribed_node(fmt: int, subscribers: int) -> tuple[Node, list[Sink]]:
