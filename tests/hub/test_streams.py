@@ -21,6 +21,7 @@ from channels.publication import Publication
 from channels.streams import StreamView
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.conftest import test_config as suite_config
+from tests.nodes import eventually, make_nodes  # noqa: F401 - a fixture
 from tests.redis_servers import RedisServer
 
 AGENT = NamespaceOptions(
@@ -306,3 +307,96 @@ async def test_two_nodes_on_redis_a_late_subscriber_on_the_other_node_gets_the_t
         for p in (await two.sb.node.broker.history(("", "agent:room"))).publications
     ]
     assert texts == ["one two three"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+stream_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=70), json_values),
+        "seq": st.one_of(st.integers(-2, 3), json_values),
+        "final": json_values,
+        "from": json_values,
+        "abandoned": json_values,
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(
+        st.fixed_dictionaries(
+            {"stream": st.one_of(stream_fields, json_values)}, optional={"text": json_values}
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+async def test_garbage_stream_fields_are_refused_or_taken_never_a_crash(
+    agent_hub: RunningHub, chunks: list[dict[str, Any]]
+) -> None:
+    """Anything in ``stream`` and ``text``: each publish is accepted or refused with 106/107 (the
+    embedding API: ValueError or ClientError), and history holds only finished messages, each whole."""
+    from hub.codes import ClientError
+
+    channel = f"agent:g{next(_rooms)}"
+    for data in chunks:
+        try:
+            await agent_hub.sb.publish(channel, data)
+        except ValueError as exc:
+            assert str(exc).startswith("bad request"), exc
+        except ClientError as exc:
+            assert exc.code == 106, exc
+    result = await agent_hub.sb.node.broker.history(("", channel))
+    for pub in result.publications:
+        fields = orjson.loads(pub.data)["stream"]
+        assert fields["from"] == 0 and fields["final"] is True
+
+
+AGENT_TABLE = """
+[[namespaces]]
+name = "agent"
+streams = true
+history_size = 100
+history_ttl = 300
+force_recovery = true
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+"""
+
+
+async def test_switchboard_serve_nodes_on_redis_give_a_late_subscriber_the_text_so_far(
+    make_nodes: Any, raw_client: Any, redis_server: RedisServer
+) -> None:
+    """The same across two ``switchboard serve`` processes (the config file's ``streams`` option, the
+    control channel between processes): a subscriber of the second node that joins mid-stream gets the
+    text so far from the first, then the rest; history holds the message once."""
+    one, two = await make_nodes(2, redis=[redis_server.url], tables=AGENT_TABLE)
+
+    async def sees_both() -> bool:
+        reply = await two.api("info")
+        return len(reply.get("result", {}).get("nodes", [])) == 2
+
+    await eventually(sees_both)
+    bot = await raw_client(one, connect={"token": token("bot")})
+    assert "error" not in await bot.command("subscribe", {"channel": "agent:room"})
+    for seq, word in enumerate(["so ", "far "]):
+        assert "error" not in await bot.command(
+            "publish", {"channel": "agent:room", "data": chunk("m", seq, word)}
+        )
+    late = await raw_client(two, connect={"token": token("late")})
+    assert "error" not in await late.command("subscribe", {"channel": "agent:room"})
+    first = (await late.push("pub"))["pub"]
+    assert first["data"]["text"] == "so far " and first["data"]["stream"]["from"] == 0
+    reply = await bot.command(
+        "publish", {"channel": "agent:room", "data": chunk("m", 2, "so good", final=True)}
+    )
+    assert "error" not in reply, reply
+    view = view_of([first, *await pubs_until_final(late, "m")])
+    assert view.texts == {"m": "so far so good"} and (view.gaps, view.duplicates) == (0, 0)
+    kept = await two.api("history", {"channel": "agent:room", "limit": 10})
+    assert [p["data"]["text"] for p in kept["result"]["publications"]] == ["so far so good"]
