@@ -145,7 +145,6 @@ async def reply(count: int) -> list[dict[str, Any]]:
                             data = node.open_streams.accept(key, STREAMS, data, None, None).deliver.data
                         node.handle_publication(key, Publication(data), "")
                     node.scheduler.flush()  # one loop tick
-                node.open_streams.close()
                 row = {
                     "phase": "reply",
                     "format": fmt_name,

@@ -217,7 +217,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.trimmer.cancel()
-        self.open_streams.close()
+        await self.open_streams.close()
         await self.watch.close()
         await self.control.close()
         await self.broker.close()

@@ -30,6 +30,7 @@ Policies:
   timer per channel with open streams, set to its next expiry (``ChannelStreams.next_expiry``), never a
   walk over channels; a channel's state goes ``stream_idle_timeout`` after its last chunk (and with it the
   memory of which of its streams finished);
+- a node that stops finishes its open streams as they are (abandoned) before it closes its broker;
 - a chunk the broker could not take ends its stream on this node (``ChannelStreams.drop``): its publisher
   was told, and a later chunk of it is refused as out of order;
 - at most ``MAX_CHANNELS`` channels hold streams on one node: a new stream past it is refused (106);
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -132,10 +134,19 @@ class OpenStreams:
         """Answer other nodes' snapshot surveys (on the node's control channel, as set when it starts)."""
         self.node.control.answer(SNAPSHOT, self._answer)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The node is stopping: every open stream is finished as it is (abandoned), so history keeps
+        what people saw; a message the broker cannot take any more is logged and lost with the node."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        channels, self.channels = self.channels, {}
+        for key, streams in channels.items():
+            for message in streams.expire(math.inf):
+                try:
+                    await self._publish_abandoned(key, message)
+                except Exception as exc:
+                    log.warning("open stream of %s not finished at shutdown: %r", key[1], exc)
 
     def open_count(self) -> int:
         return sum(map(len, self.channels.values()))

@@ -400,3 +400,14 @@ async def test_switchboard_serve_nodes_on_redis_give_a_late_subscriber_the_text_
     assert view.texts == {"m": "so far so good"} and (view.gaps, view.duplicates) == (0, 0)
     kept = await two.api("history", {"channel": "agent:room", "limit": 10})
     assert [p["data"]["text"] for p in kept["result"]["publications"]] == ["so far so good"]
+
+
+async def test_a_node_that_stops_finishes_its_open_streams_as_they_are(make_hub: HubFactory) -> None:
+    hub = await make_hub(config())
+    node = hub.sb.node
+    await node.publish("agent:room", chunk("m", 0, "cut "))
+    await node.publish("agent:room", chunk("m", 1, "short"))
+    assert await history(hub, "agent:room") == []
+    await node.stop()
+    (kept,) = await history(hub, "agent:room")  # the memory broker's history outlives its close
+    assert kept["text"] == "cut short" and kept["stream"]["abandoned"] is True
