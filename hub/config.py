@@ -61,6 +61,7 @@ DEV_CHANNEL_OPTIONS = NamespaceOptions(
     allow_presence_for_client=True,
     allow_presence_for_anonymous=True,
     allow_user_limited_channels=True,
+    streams=True,  # the chat demo shows streamed replies (an ordinary publication passes unchanged)
 )
 
 DEV_PERSONAL_NAMESPACE = "personal"

@@ -10,6 +10,7 @@ development mode, each person in a browser context of their own:
 - bell: two pages of one user (two devices) show the same badge and list: a notification sent from one
   appears on both, a mark on one moves the other's badge, the backend's notifications arrive live, the
   list pages through its cursor, and a device that was offline reads its counts again at the reconnect;
+- chat: a streamed reply grows in place and is finished once, also on a page opened mid-stream;
 - the landing page leads to the demos.
 
 Each page is saved as a screenshot (tests/browser.py prints where). Pages must log no error: a script
@@ -22,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from channels.names import parse_channel
+from channels.publication import ClientInfo
 from hub import demos
 from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
 from inbox.model import Mark, MarkAction
@@ -343,3 +347,52 @@ async def test_the_bell_keeps_every_device_of_a_user_exact(
     for device in (phone, laptop):
         errors = [e for e in device.person.errors if "ERR_INTERNET_DISCONNECTED" not in e]
         assert errors == [], errors
+
+
+async def test_chat_shows_a_streamed_reply_growing_and_finished_once(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A server-side agent streams a reply into a room (development mode sets ``streams``): the page shows
+    one message that grows and is finished once; a page opened mid-stream shows the whole text (it is sent
+    the text so far first); a page opened afterwards has it once, from history."""
+    hub = await dev_hub(browser_hubs, tmp_path)
+    node = hub.sb.node
+    channel = parse_channel("chat.general")
+    opts = node.namespaces.options_for(channel)
+    agent = ClientInfo("agent", "agent-1", orjson.dumps({"name": "Agent"}))
+    words = ["Streamed ", "replies ", "grow ", "in ", "place, ", "then ", "finish."]
+
+    async def say(seq: int) -> None:
+        fields: dict[str, Any] = {"id": "reply-1", "seq": seq}
+        if seq == len(words) - 1:
+            fields["final"] = True
+        data = orjson.dumps({"stream": fields, "text": words[seq]})
+        await node.publish_to("", channel, opts, data, info=agent)
+
+    alice = await join(new_context, hub, "/demo/chat", "Alice")
+    await alice.page.locator('[data-testid="person"][data-user="alice"]').wait_for()  # subscribed
+    reply = '[data-testid="message"][data-stream="reply-1"]'
+    for seq in range(3):
+        await say(seq)
+    await (
+        alice.page.locator(f'{reply}[data-streaming="true"]')
+        .filter(has_text="Streamed replies grow")
+        .wait_for()
+    )
+    await shot(alice, artifacts, "chat-stream-growing")
+    bob = await join(new_context, hub, "/demo/chat", "Bob")  # mid-stream
+    await bob.page.locator(reply).filter(has_text="Streamed replies grow").wait_for()
+    for seq in range(3, len(words)):
+        await say(seq)
+    whole = "".join(words)
+    for person in (alice, bob):
+        await person.page.locator(f'{reply}[data-streaming="false"]').filter(has_text=whole).wait_for()
+        assert await person.page.locator(reply).count() == 1
+    await shot(bob, artifacts, "chat-stream-finished")
+    carol = await join(new_context, hub, "/demo/chat", "Carol")  # afterwards: from history
+    await carol.page.locator(f'{reply}[data-streaming="false"]').filter(has_text=whole).wait_for()
+    assert await carol.page.locator(reply).count() == 1
+    history = await node.broker.history(("", "chat.general"))
+    assert [orjson.loads(p.data)["text"] for p in history.publications] == [whole]
+    for person in (alice, bob, carol):
+        assert person.errors == [], (person.name, person.errors)
