@@ -17,10 +17,12 @@ import pytest
 from channels.publication import Publication
 from channels.streams import StreamView
 from tests.conftest import HubFactory, token
-from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 - a fixture
+from tests.hub import test_js_sdk
 from tests.hub.test_sdk_channels import Rec, connected, subscribed
 from tests.hub.test_sdk_recovery import drop_and_hold
 from tests.hub.test_streams import chunk, config
+
+centrifuge_js = test_js_sdk.centrifuge_js  # the fixture that installs the SDK
 
 WORDS = ["An ", "agent ", "writes ", "token ", "by ", "token."]
 

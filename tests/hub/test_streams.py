@@ -19,10 +19,13 @@ from hypothesis import strategies as st
 from channels.options import NamespaceOptions
 from channels.publication import Publication
 from channels.streams import StreamView
+from tests import nodes as harness
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.conftest import test_config as suite_config
-from tests.nodes import eventually, make_nodes  # noqa: F401 - a fixture
+from tests.nodes import eventually
 from tests.redis_servers import RedisServer
+
+make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
 AGENT = NamespaceOptions(
     history_size=100,
