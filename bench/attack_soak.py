@@ -36,7 +36,7 @@ from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, HERE]  # ROOT first: bench/inbox.py must not hide the inbox package
+sys.path[:0] = [ROOT, HERE]  # ROOT first: a bench script never hides a package of ours
 import procstat  # noqa: E402
 
 from tests.attacker import STARTED  # noqa: E402
