@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, TooManyKeys, UnknownNamespace
-from channels.feeds import BadKey, reading_key
+from channels.feeds import BadKey, publication_key
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, PublishResult
@@ -342,8 +342,10 @@ class Node:
         ``channel`` of ``tenant``. Every way in ends here (client publish, server API, ingest, MQTT, the
         embedding API), so the namespace's ``data_schema`` is enforced here: data it refuses is neither
         delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``). In a
-        keyed namespace the reading's key is read from the data (``key_field``) unless ``feed_key`` gives
-        it; a key that cannot be read is refused (107), so is a key more than the channel keeps (106, cache
+        keyed namespace the reading's key is read from the data (``key_field``); a key that came with the
+        reading (``feed_key``: ingest's, the MQTT bridge's) is its key, and must agree with the data's
+        (``channels.feeds.publication_key``); outside a keyed namespace it is ignored. A key that cannot be
+        read or disagrees is refused (107), so is a key more than the channel keeps (106, cache
         recovery's ``max_keys``)."""
         schema = opts.data_schema
         if schema is not None:
@@ -351,14 +353,11 @@ class Node:
             if reason is not None:
                 self.feed_metrics.refused(channel.raw)
                 raise codes.error_invalid_data(reason)
-        if feed_key is None:
-            feed_key = ""
-            if opts.key_field:
-                try:
-                    feed_key = reading_key(opts.key_field, data)
-                except BadKey as exc:
-                    refusal = codes.error_bad_request()
-                    raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
+        try:
+            key_of_reading = publication_key(opts.key_field, data, feed_key)
+        except BadKey as exc:
+            refusal = codes.error_bad_request()
+            raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
         key = (tenant, channel.raw)
         if self.watch.patterns:  # alerts or MQTT routes configured: the nodes that watch it must see it
             # A suspension before the broker, but the order of one channel's publishes holds (a pipelined
@@ -383,7 +382,7 @@ class Node:
                 tags=tags,
                 history=history,
                 idempotency_key=idempotency_key,
-                feed_key=feed_key,
+                feed_key=key_of_reading,
             )
         except TooManyKeys as exc:
             log_limited(log, logging.WARNING, "publish refused: %s", exc, extra={"tenant": key[0]})
