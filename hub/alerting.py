@@ -11,9 +11,12 @@ their events published once across nodes, and the users of each rule notified.
   idempotency key; the broker keeps the first and suppresses the others' (``IDEMPOTENCY_TTL``, 5 minutes:
   every node decides within that of the others). Only the node whose publication was not suppressed
   notifies the rule's users; without ``publish_to`` each notification carries its own idempotency key.
-- **Notifications** go through an ``AlertNotifier``: ``PersonalChannels`` publishes the event on each
-  user's personal channel (``alerts_user_channel``, ``personal:alerts#{user}``). When the hub gets its
-  inbox, the composition root hands an inbox-backed notifier instead; nothing else changes.
+- **Notifications** go through an ``AlertNotifier``. ``InboxAlerts`` (``alerts_notify = "inbox"``, the
+  default) makes one inbox notification per event for the rule's users: category ``alert``, the event's
+  data as its data, and a dedupe key derived from ``AlertEvent.id`` (``ALERT_DEDUPE_WINDOW``), so the
+  nodes sharing the inbox's store never store one event twice, whichever of them delivers it (with or
+  without ``publish_to``). ``PersonalChannels`` (``"channel"``) publishes the event on each user's
+  personal channel (``alerts_user_channel``, ``personal:alerts#{user}``) with an idempotency key.
 - **Bounds**: the evaluator's (series tracked, channels cached); events waiting to be published
   (``MAX_QUEUE``: past it the oldest are dropped, counted and logged); the watch's.
 - A reading whose data is not JSON (a binary namespace, or garbage) is skipped; so is one the rule's
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -49,6 +53,8 @@ from hub import codec_json
 from hub.codes import ClientError
 from hub.ingest.settings import user_channel
 from hub.logs import log_limited
+from inbox.errors import InvalidInput
+from inbox.model import MAX_BODY_LENGTH, MAX_TITLE_LENGTH, Notification, NotifyResult
 
 if TYPE_CHECKING:
     from hub.node import Node
@@ -79,7 +85,7 @@ def event_data(event: AlertEvent) -> dict[str, Any]:
 
 
 class AlertNotifier(Protocol):
-    """Tells users of an alert event (the inbox, once the hub has one; their personal channels until then)."""
+    """Tells users of an alert event (the inbox, or their personal channels)."""
 
     async def notify(
         self, tenant: str, users: Sequence[str], event: AlertEvent, data: dict[str, Any]
@@ -111,6 +117,64 @@ class PersonalChannels:
             await self.node.publish_to(
                 tenant, channel, opts, payload, idempotency_key=f"{event.id}|{user}", info=_INFO
             )
+
+
+ALERT_CATEGORY = "alert"
+"""The inbox category of alert notifications (``[inbox.categories.alert]`` sets its channels, critical)."""
+ALERT_DEDUPE_WINDOW = 7 * 86400.0
+"""Seconds an event's dedupe key is kept in the inbox: a node deciding the same event later (its clock
+behind, a replay) stores nothing."""
+
+
+def dedupe_key(event: AlertEvent) -> str:
+    """The inbox dedupe key of ``event``: its id, hashed to a bounded length (a channel and a key may each be
+    255 characters)."""
+    return "alert:" + hashlib.blake2b(event.id.encode(), digest_size=20).hexdigest()
+
+
+def notification_of(
+    tenant: str, users: Sequence[str], event: AlertEvent, data: dict[str, Any]
+) -> Notification:
+    """The inbox notification of ``event`` for ``users`` (InvalidInput for users the inbox refuses)."""
+    rule = event.rule
+    where = event.channel + (f" ({event.key})" if event.key else "")
+    threshold = data["threshold"]
+    limit = f"{threshold[0]}..{threshold[1]}" if isinstance(threshold, list) else threshold
+    return Notification(
+        tenant=tenant,
+        recipients=tuple(dict.fromkeys(users)),
+        category=ALERT_CATEGORY,
+        data=data,
+        title=f"{rule.name} {event.kind}"[:MAX_TITLE_LENGTH],
+        body=f"{where}: {rule.field.text} = {event.value} ({rule.condition.value} {limit})"[:MAX_BODY_LENGTH],
+        dedupe_key=dedupe_key(event),
+        dedupe_window=ALERT_DEDUPE_WINDOW,
+    )
+
+
+class Notifier(Protocol):
+    """What ``InboxAlerts`` needs of the inbox (``hub.inbox.service.Notifications``)."""
+
+    async def notify(self, notification: Notification) -> NotifyResult: ...
+
+
+class InboxAlerts:
+    """Notifies through the inbox: one notification per event, deduplicated across nodes by its id."""
+
+    def __init__(self, notifications: Notifier) -> None:
+        self.notifications = notifications
+
+    async def notify(
+        self, tenant: str, users: Sequence[str], event: AlertEvent, data: dict[str, Any]
+    ) -> None:
+        try:
+            notification = notification_of(tenant, users, event, data)
+        except InvalidInput as exc:
+            log_limited(log, logging.WARNING, "alert notification of %s impossible: %s", event.rule.name, exc)
+            return
+        result = await self.notifications.notify(notification)
+        if result.deduplicated:
+            log.debug("alert event %s was stored by another node", event.id)
 
 
 _INFO = ClientInfo("", "alerts")

@@ -29,7 +29,7 @@ from hub.admin.console import Console
 from hub.admin.inspect import node_figures
 from hub.admin.store import ConsoleStore
 from hub.admin.store_sqlite import SqliteConsoleStore
-from hub.alerting import Alerts, PersonalChannels
+from hub.alerting import AlertNotifier, Alerts, InboxAlerts, PersonalChannels
 from hub.api import ServerAPI
 from hub.config import Config, load_config
 from hub.demos import NOTIFY_RPC, TYPING_RPC, Demos
@@ -149,13 +149,6 @@ class Switchboard:
         self.metrics_registry.register(OutboxCollector(self.outbound.metrics))
         self.api = ServerAPI(node)
         self.ingest = Ingest(node, self.api)
-        self.alerts = (
-            Alerts(node, self.config.alerts, PersonalChannels(node, self.config.alerts_user_channel))
-            if self.config.alerts
-            else None
-        )
-        """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified on their personal
-        channels (the inbox's notifier replaces ``PersonalChannels`` once the hub has one)."""
         self.mqtt: Any = None
         """The MQTT bridge (``workers.mqtt``) when ``[mqtt]`` is configured and this node runs it."""
         if self.config.mqtt is not None and self.config.mqtt_enabled:
@@ -182,6 +175,14 @@ class Switchboard:
         self.console.inbox = self.inbox
         self.demos.notifications = self.notifications
         """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
+        notifier: AlertNotifier = (
+            InboxAlerts(self.notifications)
+            if self.config.alerts_notify == "inbox"
+            else PersonalChannels(node, self.config.alerts_user_channel)
+        )
+        self.alerts = Alerts(node, self.config.alerts, notifier) if self.config.alerts else None
+        """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified through the inbox (or
+        on their personal channels: ``alerts_notify``)."""
         _check_reserved(self.hooks.rpc)
         node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))
         for method, handler in api_methods(self.notifications).items():

@@ -95,6 +95,10 @@ _DURATIONS = {
 }
 
 
+ALERTS_NOTIFY = ("inbox", "channel")
+"""The values of ``alerts_notify``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     """A server API key. ``tenant`` None: the key acts on any tenant (each call names one, default "");
@@ -259,8 +263,12 @@ class Config:
     what it receives)."""
     alerts: list[AlertRule] = field(default_factory=list)
     """``[[alerts]]`` threshold rules (``channels.alerts``), evaluated on every node."""
+    alerts_notify: str = "inbox"
+    """How a rule's ``notify`` users are told of its events: ``"inbox"`` (a notification of category
+    ``alert``, once per event across nodes) or ``"channel"`` (a publication on ``alerts_user_channel``)."""
     alerts_user_channel: str = "personal:alerts#{user}"
-    """Where a rule's ``notify`` users are told of its events: ``{user}`` is the user's id."""
+    """Where a rule's ``notify`` users are told of its events with ``alerts_notify = "channel"``: ``{user}``
+    is the user's id."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     inbox: PreferencePolicy = field(default_factory=PreferencePolicy)
@@ -698,8 +706,12 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_feeds(cfg: Config) -> None:
-    """Alert notifications need a personal channel in a configured namespace."""
-    if any(rule.notify for rule in cfg.alerts):
+    """Alert notifications go to the inbox, or need a personal channel in a configured namespace."""
+    if cfg.alerts_notify not in ALERTS_NOTIFY:
+        raise ConfigError(
+            f"alerts_notify must be one of {', '.join(ALERTS_NOTIFY)}, got {cfg.alerts_notify!r}"
+        )
+    if cfg.alerts_notify == "channel" and any(rule.notify for rule in cfg.alerts):
         check_user_channel(cfg.alerts_user_channel)
         namespace = cfg.namespace_table()
         try:

@@ -40,7 +40,12 @@ ROUTES = {
     "line_protocol": [
         {"measurements": ["boiler"], "channel": "plant:{measurement}.{tag:host}", "tags_field": "tags"},
         {"measurements": ["cpu"], "channel": "telegraf:{tag:host}", "time_field": ""},
-        {"measurements": ["meter"], "channel": "dash:{measurement}", "key": "{tag:sensor}", "tags_field": "t"},
+        {
+            "measurements": ["meter"],
+            "channel": "dash:{measurement}",
+            "key": "{tag:sensor}",
+            "tags_field": "t",
+        },
     ]
 }
 DASH = NamespaceOptions.from_mapping(  # one channel, many sensors: conflated, the latest of each on subscribe
