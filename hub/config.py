@@ -92,11 +92,15 @@ _DURATIONS = {
     "document_changed_wait",
     "document_changed_max_wait",
     "inbox_expire_interval",
+    "mqtt_lease_ttl",
 }
 
 
 ALERTS_NOTIFY = ("inbox", "channel")
 """The values of ``alerts_notify``."""
+MQTT_LEASE_TTL = (0.3, 3600.0)
+"""The bounds of ``mqtt_lease_ttl``: a shorter lease would be renewed more often than Redis round trips
+allow on a busy machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +265,9 @@ class Config:
     mqtt_enabled: bool = True
     """Whether this node runs the ``[mqtt]`` bridge (run it on one node of a hub: each bridge publishes
     what it receives)."""
+    mqtt_lease_ttl: float = 10.0
+    """Seconds the MQTT bridge's lease lasts (renewed every third of it): a standby candidate takes over
+    within it when the one running the bridge dies (``workers.lease``)."""
     alerts: list[AlertRule] = field(default_factory=list)
     """``[[alerts]]`` threshold rules (``channels.alerts``), evaluated on every node."""
     alerts_notify: str = "inbox"
@@ -707,6 +714,9 @@ def validate(cfg: Config) -> None:
 
 def _validate_feeds(cfg: Config) -> None:
     """Alert notifications go to the inbox, or need a personal channel in a configured namespace."""
+    low, high = MQTT_LEASE_TTL
+    if not low <= cfg.mqtt_lease_ttl <= high:
+        raise ConfigError(f"mqtt_lease_ttl must be from {low} to {high} seconds")
     if cfg.alerts_notify not in ALERTS_NOTIFY:
         raise ConfigError(
             f"alerts_notify must be one of {', '.join(ALERTS_NOTIFY)}, got {cfg.alerts_notify!r}"

@@ -1,7 +1,10 @@
 """The MQTT bridge: readings from an MQTT broker into channels, and channels out to MQTT topics.
 
-Runs inside a node when ``[mqtt]`` is configured and ``mqtt_enabled`` (the default); run it on one node of
-a hub (``SWITCHBOARD_MQTT_ENABLED=false`` on the others): each bridge publishes what it receives. The
+Its candidates are the nodes with ``[mqtt]`` configured and ``mqtt_enabled`` (the default), and
+``switchboard worker`` processes with ``[mqtt]``; exactly one of them runs it at a time, the one holding
+the bridge's lease (``workers.lease``: in Redis, one per deployment; a process without Redis runs it
+alone), since each bridge would publish every message it receives. The others stand by: they take over
+within a third of ``mqtt_lease_ttl`` when the holder stops, within ``mqtt_lease_ttl`` when it dies. The
 mapping is ``channels.topics`` (routes, the guard on what a topic level may put in a channel name), the
 settings ``hub.ingest.settings.MqttSettings``.
 
@@ -212,6 +215,8 @@ class MqttBridge:
     # ------------------------------------------------------------ out (ChannelTap, on the fan-out path)
 
     def publication(self, key: ChannelKey, pub: Publication) -> None:
+        if self._task is None:  # a standby candidate (or closed): the running bridge sends it
+            return
         if key[0] != self.settings.tenant or (pub.info is not None and pub.info.client == BRIDGE_INFO.client):
             return
         for route in self.settings.publish:
