@@ -256,6 +256,7 @@ class Switchboard:
                 await self.mqtt_leader.start()
             if self.brokers is not None:
                 await self.brokers.start()
+            await self.demos.start()
             if self.config.metrics_port and self.metrics_server is None:
                 self.metrics_server = MetricsServer(
                     self.metrics_registry, self.config.host, self.config.metrics_port
@@ -315,6 +316,7 @@ class Switchboard:
             await self.alerts.close()
         if self.mqtt_leader is not None:
             await self.mqtt_leader.stop()
+        await self.demos.stop()
         await self.node.stop()
         await self.outbound.stop()
         await self.notifications.stop()

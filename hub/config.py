@@ -69,6 +69,25 @@ DEV_PERSONAL_OPTIONS = NamespaceOptions(history_size=10, history_ttl=300.0, forc
 server-side, for the inbox's pushes): a short history so a reconnecting SDK recovers what it missed, and
 nothing a client may do in them by itself (no subscribe, publish, history or presence of its own)."""
 
+DEV_SENSORS_NAMESPACE = "sensors"
+DEV_SENSORS_OPTIONS = NamespaceOptions.from_mapping(
+    {
+        "conflation": "latest",
+        "max_rate": 5,
+        "key_field": "/sensor",
+        "max_keys": 100,
+        "history_size": 1,
+        "history_ttl": 3600,
+        "force_recovery_mode": "cache",
+        "allowed_delta_types": ["fossil"],
+        "allow_subscribe_for_client": True,
+        "allow_subscribe_for_anonymous": True,
+    }
+)
+"""Development mode's sensor feed (the sensor dashboard demo, ``hub.demo_sensors``): one channel, a key per
+sensor, at most 5 readings a second per sensor to each dashboard, the latest of every sensor on subscribe,
+fossil deltas; clients may subscribe, never publish (the hub's simulator does)."""
+
 _DURATIONS = {
     "client_ping_interval",
     "client_pong_timeout",
@@ -591,6 +610,7 @@ def load_config(
             cfg.user_subscribe_to_personal = True
             cfg.user_personal_channel_namespace = DEV_PERSONAL_NAMESPACE
             cfg.namespaces.setdefault(DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS)
+        cfg.namespaces.setdefault(DEV_SENSORS_NAMESPACE, DEV_SENSORS_OPTIONS)  # the sensor dashboard demo
     validate(cfg)
     return cfg
 
