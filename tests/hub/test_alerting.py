@@ -3,6 +3,7 @@ users are notified, and across two nodes on Redis each event is published exactl
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -138,6 +139,44 @@ async def test_two_nodes_sharing_the_inbox_notify_each_event_once(
         ]
         assert items[1]["data"]["kind"] == "fired" and items[1]["data"]["value"] == 96.0
         assert "plant:boiler.b7: /temp = 96.0 (above 90.0)" == items[1]["body"]
+
+
+async def test_a_node_that_starts_watching_mid_episode_decides_the_same_event(
+    make_hub: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Node b starts after the episode began (and after a fired it): it sees the channel from its own first
+    reading on, reads the channel's history first, and decides the episode's ``since`` as a did, so its
+    event is the same one (suppressed) and nobody is told twice. Without the history it would begin the
+    series at its first reading and fire a second event 1 s later."""
+
+    def node(name: str) -> Any:
+        return alert_config(redis_urls=[redis_server.url], node_name=name, data_dir=str(tmp_path / name))
+
+    a: RunningHub = await make_hub(node("a"))
+    await publish(a.http, "plant:boiler.b7", {"temp": 70})
+    await publish(a.http, "plant:boiler.b7", {"temp": 95})  # the episode starts on a alone
+
+    async def fired_on_a() -> bool:
+        return len(await history(a.http, "alerts:plant")) == 1
+
+    await eventually(fired_on_a)
+    b: RunningHub = await make_hub(node("b"))
+    await publish(b.http, "plant:boiler.b7", {"temp": 96})  # b announces the channel: both watch it
+
+    async def b_decided() -> bool:
+        return b.sb.node.feed_metrics.alert_events["fired"] == 1
+
+    await eventually(b_decided)
+    await asyncio.sleep(1.5)  # past the rule's 'for' after b's first reading: a second event would be out
+    events = await history(a.http, "alerts:plant")
+    assert [e["kind"] for e in events] == ["fired"], events
+    await publish(b.http, "plant:boiler.b7", {"temp": 80})
+
+    async def cleared() -> bool:
+        return [e["kind"] for e in await history(a.http, "alerts:plant")] == ["fired", "cleared"]
+
+    await eventually(cleared)
+    assert all(h.sb.node.feed_metrics.alert_events["cleared"] == 1 for h in (a, b))
 
 
 async def api(http: str, method: str, params: Any) -> Any:
