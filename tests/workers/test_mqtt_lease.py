@@ -21,7 +21,7 @@ from hub.codes import ConfigError
 from hub.config import load_config
 from tests.conftest import TIMEOUT, RunningHub
 from tests.mqtt_broker import Mosquitto
-from tests.nodes import ROOT, eventually
+from tests.nodes import ROOT, STARTUP_TIMEOUT, eventually
 from tests.redis_servers import RedisServer
 from tests.workers.test_mqtt import KEY, bridge_config, history, mqtt_client
 from workers.lease import Leader
@@ -182,7 +182,10 @@ async def test_switchboard_worker_runs_the_bridge_for_nodes_that_do_not(
             await send(mosquitto, 5)  # QoS 1 to the broker; the bridge takes what arrives once it runs
             return await history(node, "sensors:plant.p5.temperature") != []
 
-        await eventually(bridged, every=0.3)
+        try:  # the worker imports the hub and connects first: as long as a node takes to start
+            await eventually(bridged, within=STARTUP_TIMEOUT, every=0.3)
+        except TimeoutError:
+            raise AssertionError((tmp_path / "worker.log").read_text()[-3000:]) from None
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, TIMEOUT) == 0
     finally:
