@@ -95,6 +95,7 @@ class Simulator:
         self.running = asyncio.Event()
         self.running.set()
         self._parked = asyncio.Event()
+        self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -120,6 +121,12 @@ class Simulator:
         if self._task is not None:
             await self._parked.wait()
 
+    async def until(self, published: int) -> None:
+        """Return once ``published`` readings were published in all (what tests wait on)."""
+        while self.published < published:
+            self._progress.clear()
+            await self._progress.wait()
+
     def resume(self) -> None:
         self.running.set()
 
@@ -130,6 +137,7 @@ class Simulator:
             await self.node.publish_to("", self.channel, self.opts, codec_json.data_bytes(value), info=INFO)
             self.published += 1
             self.latest[value["sensor"]] = value
+            self._progress.set()
         except ClientError as exc:  # the broker away: the next reading tries again
             log_limited(log, logging.WARNING, "sensor demo reading not published: %s", exc)
 

@@ -467,8 +467,7 @@ async def test_the_sensor_feed_runs_in_development_mode_only_and_gives_each_sens
     )
     simulator = hub.sb.demos.simulator
     async with asyncio.timeout(TIMEOUT):
-        while len(simulator.latest) < len(SENSORS):
-            await asyncio.sleep(0.05)  # a task of the hub: nothing to wait on but its progress
+        await simulator.until(len(SENSORS))  # one reading of each sensor, in turn
     await simulator.pause()
     client: RawClient = await raw_client(hub, connect={})
     reply = await client.command("subscribe", {"channel": SENSORS_CHANNEL})

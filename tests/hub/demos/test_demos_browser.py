@@ -275,8 +275,7 @@ async def test_the_sensor_dashboard_shows_every_sensors_latest_value_at_once(
     hub = await dev_hub(browser_hubs, tmp_path)
     simulator = hub.sb.demos.simulator
     async with asyncio.timeout(TIMEOUT):
-        while len(simulator.latest) < len(SENSORS) or simulator.step < 3 * len(SENSORS):
-            await asyncio.sleep(0.05)  # the hub's own feed: several readings of every sensor
+        await simulator.until(3 * len(SENSORS))  # the hub's own feed: several readings of every sensor
     await simulator.pause()  # nothing new from here: what the page shows comes from the hub's cache
     latest = {key: reading["value"] for key, reading in simulator.latest.items()}
     viewer = Person(await context.new_page(), "viewer")
