@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, TooManyKeys, UnknownNamespace
-from channels.feeds import BadKey, reading_key
+from channels.feeds import BadKey, publication_key
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, PublishResult
@@ -354,8 +354,10 @@ class Node:
         ``channel`` of ``tenant``. Every way in ends here (client publish, server API, ingest, MQTT, the
         embedding API), so the namespace's ``data_schema`` is enforced here: data it refuses is neither
         delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``). In a
-        keyed namespace the reading's key is read from the data (``key_field``) unless ``feed_key`` gives
-        it; a key that cannot be read is refused (107), so is a key more than the channel keeps (106, cache
+        keyed namespace the reading's key is read from the data (``key_field``); a key that came with the
+        reading (``feed_key``: ingest's, the MQTT bridge's) is its key, and must agree with the data's
+        (``channels.feeds.publication_key``); outside a keyed namespace it is ignored. A key that cannot be
+        read or disagrees is refused (107), so is a key more than the channel keeps (106, cache
         recovery's ``max_keys``).
 
         In a ``streams`` namespace each publication goes through ``hub.streams`` (before the first
@@ -369,14 +371,11 @@ class Node:
             if reason is not None:
                 self.feed_metrics.refused(channel.raw)
                 raise codes.error_invalid_data(reason)
-        if feed_key is None:
-            feed_key = ""
-            if opts.key_field:
-                try:
-                    feed_key = reading_key(opts.key_field, data)
-                except BadKey as exc:
-                    refusal = codes.error_bad_request()
-                    raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
+        try:
+            key_of_reading = publication_key(opts.key_field, data, feed_key)
+        except BadKey as exc:
+            refusal = codes.error_bad_request()
+            raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
         key = (tenant, channel.raw)
         held = opts.streams and not stream_message
         if held:
@@ -401,7 +400,7 @@ class Node:
         )
         try:
             result = await self._publish_checked(
-                key, data, info, tags, history, idempotency_key, feed_key, held
+                key, data, info, tags, history, idempotency_key, key_of_reading, held
             )
         except TooManyKeys as exc:
             log_limited(log, logging.WARNING, "publish refused: %s", exc, extra={"tenant": key[0]})

@@ -11,6 +11,8 @@ development mode, each person in a browser context of their own:
   appears on both, a mark on one moves the other's badge, the backend's notifications arrive live, the
   list pages through its cursor, and a device that was offline reads its counts again at the reconnect;
 - chat: a streamed reply grows in place and is finished once, also on a page opened mid-stream;
+- sensors: a dashboard opened mid-stream shows the latest value of every sensor at once, from the hub's
+  cache alone (the simulator paused), then stays current with fossil deltas;
 - the landing page leads to the demos.
 
 Each page is saved as a screenshot (tests/browser.py prints where). Pages must log no error: a script
@@ -29,7 +31,13 @@ import pytest
 from channels.names import parse_channel
 from channels.publication import ClientInfo
 from hub import demos
-from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
+from hub.config import (
+    DEV_PERSONAL_NAMESPACE,
+    DEV_PERSONAL_OPTIONS,
+    DEV_SENSORS_NAMESPACE,
+    DEV_SENSORS_OPTIONS,
+)
+from hub.demo_sensors import SENSORS
 from inbox.model import Mark, MarkAction
 from tests.conftest import TIMEOUT, RunningHub
 
@@ -95,7 +103,7 @@ async def dev_hub(browser_hubs: Any, tmp_path: Path, **overrides: Any) -> Runnin
         data_dir=str(tmp_path),
         user_subscribe_to_personal=True,
         user_personal_channel_namespace=DEV_PERSONAL_NAMESPACE,
-        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS},
+        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS, DEV_SENSORS_NAMESPACE: DEV_SENSORS_OPTIONS},
         **overrides,
     )
     return hub
@@ -263,6 +271,39 @@ async def test_the_landing_page_leads_to_the_demos(
     await page.get_by_role("link", name="Chat").click()
     await page.get_by_test_id("join-form").wait_for()
     assert page.url == f"{hub.http}/demo/chat"
+
+
+async def test_the_sensor_dashboard_shows_every_sensors_latest_value_at_once(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path)
+    simulator = hub.sb.demos.simulator
+    async with asyncio.timeout(TIMEOUT):
+        await simulator.until(3 * len(SENSORS))  # the hub's own feed: several readings of every sensor
+    await simulator.pause()  # nothing new from here: what the page shows comes from the hub's cache
+    latest = {key: reading["value"] for key, reading in simulator.latest.items()}
+    viewer = Person(await context.new_page(), "viewer")
+    await viewer.page.goto(f"{hub.http}/demo/sensors")
+    await viewer.state(state="connected").wait_for()
+    await viewer.page.locator('[data-testid="feed"][data-recovered="true"]').wait_for()
+    for key, value in latest.items():  # each the newest reading, once, without a new one published
+        card = f'[data-testid="sensor"][data-sensor="{key}"]'
+        await viewer.page.locator(f'{card}[data-value="{value}"][data-updates="1"]').wait_for()
+    assert await viewer.page.get_by_test_id("sensor").count() == len(SENSORS)
+    await shot(viewer, artifacts, "sensors-open")
+
+    simulator.resume()  # live: every sensor moves on, and the readings after the first come as deltas
+    await viewer.page.wait_for_function(
+        """(n) => [...document.querySelectorAll('[data-testid=sensor]')]
+            .filter((card) => Number(card.dataset.updates) >= 3).length === n""",
+        arg=len(SENSORS),
+    )
+    await viewer.page.wait_for_function("() => Number(document.getElementById('stats').dataset.deltas) > 0")
+    lines = viewer.page.locator("#chart polyline")
+    assert await lines.count() == len(SENSORS)
+    assert len((await lines.first.get_attribute("points") or "").split()) >= 3
+    await shot(viewer, artifacts, "sensors-live")
+    assert viewer.errors == []
 
 
 class Bell:
