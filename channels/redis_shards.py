@@ -59,7 +59,6 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
 
-
 class ShardUnavailable(ConnectionError):
     """The shard's Redis cannot be reached now."""
 
@@ -428,6 +427,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """)
+
 
 class Shard:
     """One Redis server (standalone) or the whole cluster (cluster mode): commands and pub/sub.

@@ -104,6 +104,7 @@ FULL_LOG_SPACING = 10.0
 RESYNC_BACKOFF_MIN = 0.1
 RESYNC_BACKOFF_MAX = 2.0
 
+
 def _pack(message: list[Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
 
