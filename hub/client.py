@@ -1385,8 +1385,20 @@ class Client:
         self.writer.push(self.codec.encode({"push": {"message": {"data": self.codec.Fragment(data)}}}))
 
     async def server_subscribe(self, name: str) -> bool:
-        """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push)."""
+        """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push). A connection
+        at its ``client_channel_limit`` is left as it is (as Centrifuge's ``Client.Subscribe`` refuses it)."""
         if self.state is not State.CONNECTED or self._closing or name in self.subs:
+            return False
+        limit = channel_limit(self.node.config, self.bot)
+        if len(self.subs) >= limit:
+            log_limited(
+                log,
+                logging.WARNING,
+                "server-side subscribe to %r refused: client_channel_limit %d reached",
+                name,
+                limit,
+                extra=self._log_extra(),
+            )
             return False
         channel = parse_channel(name)
         opts = self.node.namespaces.options_for(channel)
