@@ -264,7 +264,10 @@ class Switchboard:
             await self.demos.start()
             if self.config.metrics_port and self.metrics_server is None:
                 self.metrics_server = MetricsServer(
-                    self.metrics_registry, self.config.host, self.config.metrics_port
+                    self.metrics_registry,
+                    self.config.host,
+                    self.config.metrics_port,
+                    accept_errors=self.node.metrics.accept_errors,
                 )
                 await self.metrics_server.start()
             self.started = True

@@ -41,7 +41,7 @@ from hub.feeds import DELTA_FORMATS, FeedItem, FeedSubscription, delta_chain
 from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCContext, SubscribeContext
 from hub.limits import Verdict
 from hub.logs import bind_session, log_limited, unbind_session
-from hub.recovery import Recovery, after_position, recover
+from hub.recovery import Recovery, after_position, publications_size, recover, recovery_room
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF, BadData, binary_data, json_view
 from hub.writer import EventWriter, Transport, Writer
 from presence.presence import PresenceUnavailable
@@ -244,6 +244,7 @@ class Client:
         "_inflight",
         "_inflight_bytes",
         "_in_frame",
+        "_recovering",
         "bot",
         "_later",
         "__weakref__",
@@ -303,6 +304,9 @@ class Client:
         """A frame's commands are being handled, or publishes of the session are in flight (pongs wait
         behind them; a graceful disconnect waits for their replies)."""
         self._in_frame = False
+        self._recovering = 0
+        """Bytes of recovered publications granted to subscriptions not yet activated (a connect's, whose
+        one reply carries them all), counted with the writer's backlog against ``recovery_room``."""
         self._inflight: collections.deque[_Reply] = collections.deque()
         """Pipelined publishes not yet answered and the replies behind them, in command order (see
         ``_pipeline_publish``)."""
@@ -964,7 +968,7 @@ class Client:
             return Recovery([], at_top, top)
         if not conflated and len(pubs) > self.node.config.client_recovery_max_publication_limit:
             return Recovery([], False, top)
-        return Recovery(pubs, True, top)
+        return Recovery(pubs, True, top) if conflated else self._within_room(Recovery(pubs, True, top))
 
     async def _recover(self, key: ChannelKey, since: StreamPosition, opts: NamespaceOptions) -> Recovery:
         broker = self.node.broker
@@ -976,7 +980,30 @@ class Client:
         except UnrecoverablePosition:
             top = (await broker.history(key, limit=0, meta_ttl=opts.history_meta_ttl)).position
             return recover(since, None, top)
-        return recover(since, hist.publications, hist.position)
+        return self._within_room(recover(since, hist.publications, hist.position))
+
+    def _within_room(self, rec: Recovery) -> Recovery:
+        """``rec``, or ``recovered: false`` when its publications would not fit the room left under the
+        write bound (``recovery_room``): a reply the writer refuses would close the client with 3008, and
+        it would come back for the same recovery, forever."""
+        if not rec.publications:
+            return rec
+        size = publications_size(rec.publications)
+        room = recovery_room(self.writer.max_bytes, self.writer.backlog() + self._recovering)
+        if size > room:
+            log_limited(
+                log,
+                logging.WARNING,
+                "recovery of %d publications (%d bytes) over the %d bytes left under client_queue_max_size:"
+                " not recovered",
+                len(rec.publications),
+                size,
+                room,
+                extra=self._log_extra(),
+            )
+            return Recovery([], False, rec.position)
+        self._recovering += size
+        return rec
 
     def _abandoned(self, sub: Subscription) -> bool:
         """The connection ended, or the subscription was removed, while it was being set up."""
@@ -1004,6 +1031,7 @@ class Client:
     async def _activate(self, prep: _Prepared) -> None:
         """Join the fan-out (synchronously, right after the reply was written) and announce the join."""
         sub = prep.sub
+        self._recovering = 0  # the reply holding the recovered publications is in the writer now
         if self.state is State.CLOSED or self.subs.get(sub.channel.raw) is not sub:
             return
         name = sub.channel.raw
@@ -1364,8 +1392,20 @@ class Client:
         self.writer.push(self.codec.encode({"push": {"message": {"data": self.codec.Fragment(data)}}}))
 
     async def server_subscribe(self, name: str) -> bool:
-        """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push)."""
+        """Subscribe this connection to ``name`` from the server side (the ``subscribe`` push). A connection
+        at its ``client_channel_limit`` is left as it is (as Centrifuge's ``Client.Subscribe`` refuses it)."""
         if self.state is not State.CONNECTED or self._closing or name in self.subs:
+            return False
+        limit = channel_limit(self.node.config, self.bot)
+        if len(self.subs) >= limit:
+            log_limited(
+                log,
+                logging.WARNING,
+                "server-side subscribe to %r refused: client_channel_limit %d reached",
+                name,
+                limit,
+                extra=self._log_extra(),
+            )
             return False
         channel = parse_channel(name)
         opts = self.node.namespaces.options_for(channel)

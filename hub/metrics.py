@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from hub import codes
+from hub.listener import Listener, bind_sockets
 
 _KNOWN_CODES = frozenset(
     value.code for value in vars(codes).values() if isinstance(value, codes.DisconnectCode)
@@ -421,24 +422,38 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 class MetricsServer:
     """``GET /metrics`` on a port of its own: a minimal HTTP/1.1 server in the event loop (one request per
-    connection). Anything but ``GET /metrics`` gets 404; a malformed request 400."""
+    connection). Anything but ``GET /metrics`` gets 404; a malformed request 400.
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    It accepts through ``hub.listener.Listener``, as the main port does: out of descriptors, it says so
+    (rate-limited), counts ``accept_errors`` and answers a scrape 503 from one reserved descriptor, where
+    the event loop's own server would print a traceback a second outside the node's log."""
+
+    def __init__(
+        self, registry: CollectorRegistry, host: str, port: int, accept_errors: Counter[str] | None = None
+    ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
-        self._server: asyncio.Server | None = None
+        self.accept_errors = accept_errors
+        self._listeners: list[Listener] = []
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        for sock in bind_sockets(self.host, self.port, 100):
+            listener = Listener(sock, self._protocol, accept_errors=self.accept_errors, reserved=1)
+            listener.start()
+            self._listeners.append(listener)
+        self.port = self._listeners[0].socket.getsockname()[1]
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
+    def _protocol(self) -> asyncio.Protocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._handle)
+
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
+        for listener in listeners:
+            await listener.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -157,8 +157,6 @@ class Node:
         self.started_at = time.monotonic()
         self.stopping = False
         self._drained.clear()
-        if self.config.dev_mode:
-            log.warning("node %s runs in development mode: anonymous access, public token secret", self.id)
         await self.broker.start()
         self.watch.start()
         self.open_streams.start()

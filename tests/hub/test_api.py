@@ -149,6 +149,32 @@ async def test_subscribe_pushes_then_publications_arrive_then_unsubscribe(hub, h
     assert "news" not in hub.sb.node.registry.user_clients("", "ann")[0].subs
 
 
+async def test_subscribe_holds_to_the_client_channel_limit(make_hub, raw_client) -> None:
+    """A backend cannot subscribe a connection past the limit the client itself is held to (Centrifuge's
+    server-side Subscribe refuses it too): that connection is left as it is, the others are subscribed."""
+    hub = await make_hub(api_config(client_channel_limit=2))
+    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+        await _subscribe_at_the_limit(hub, http, raw_client)
+
+
+async def _subscribe_at_the_limit(hub: RunningHub, http: httpx.AsyncClient, raw_client: Any) -> None:
+    full: RawClient = await raw_client(hub, connect={"token": token("ann")})
+    room: RawClient = await raw_client(hub, connect={"token": token("ann")})
+    for name in ("a", "b"):
+        assert "subscribe" in await full.command("subscribe", {"channel": name})
+    assert (await full.command("subscribe", {"channel": "c"}))["error"][
+        "code"
+    ] == 106  # the client's own bound
+    assert await result(http, "subscribe", {"user": "ann", "channel": "news"}) == {}
+    assert (await room.push("subscribe"))["channel"] == "news"
+    subs = sorted(sorted(c.subs) for c in hub.sb.node.registry.user_clients("", "ann"))
+    assert subs == [["a", "b"], ["news"]]
+    # under the limit again, the backend's subscribe goes through
+    await full.command("unsubscribe", {"channel": "a"})
+    assert await result(http, "subscribe", {"user": "ann", "channel": "news"}) == {}
+    assert (await full.push("subscribe"))["channel"] == "news"
+
+
 async def test_subscribe_targets_one_client_when_asked(hub, http, raw_client) -> None:
     for _ in range(3):
         await raw_client(hub, connect={"token": token("ann")})

@@ -9,7 +9,9 @@ from pathlib import Path
 from hub import codes
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [*sorted((ROOT / "hub").glob("*.py")), *sorted((ROOT / "sync").glob("*.py"))]
+PACKAGES = ("hub", "sync", "workers", "inbox", "presence", "channels")
+"""Every package whose code answers clients, subpackages included (hub/bots, hub/inbox, hub/admin, ...)."""
+SOURCES = sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
 HOOK_ONLY = {codes.error_expired().code}
 """110: a code for the application's hooks; the hub itself never answers it."""
 NOT_ON_THE_WIRE = {codes.CONNECTION_CLOSED.code}
@@ -27,16 +29,21 @@ def readme_codes() -> tuple[set[int], set[int]]:
 
 
 def sent_errors() -> set[int]:
-    """Error codes the hub's own code raises (``error_<name>()`` outside hub/codes.py)."""
+    """Error codes the hub's own code raises outside hub/codes.py: ``codes.error_<name>()`` (or the name
+    imported), and ``ClientError(<number>, ...)`` written out (as hub/bots does for 503 and 504)."""
     defined = {name: fn().code for name, fn in vars(codes).items() if name.startswith("error_")}
     used: set[int] = set()
     for path in SOURCES:
-        if path.name != "codes.py":
-            used |= {
-                defined[name]
-                for name in re.findall(r"\b(error_[a-z_]+)\(", path.read_text())
-                if name in defined
-            }
+        if path == ROOT / "hub" / "codes.py":
+            continue
+        text = path.read_text()
+        local = set(re.findall(r"^def (error_[a-z_]+)\(", text, re.MULTILINE))  # a package's own helpers
+        used |= {
+            defined[name]
+            for prefix, name in re.findall(r"(codes\.)?\b(error_[a-z_]+)\(", text)
+            if name in defined and (prefix or name not in local)
+        }
+        used |= {int(n) for n in re.findall(r"\bClientError\(\s*(\d+)\b", text)}
     return used
 
 
@@ -49,7 +56,7 @@ def sent_disconnects() -> set[int]:
     defined = defined_disconnects()
     used: set[int] = set()
     for path in SOURCES:
-        if path.name == "codes.py":
+        if path == ROOT / "hub" / "codes.py":
             continue
         for name in re.findall(r"\bcodes\.([A-Z_]+)\b", path.read_text()):
             if name in defined:

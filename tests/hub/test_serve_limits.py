@@ -24,6 +24,7 @@ from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
 from hub.logs import LIMITED_BURST
 from tests.attacker import trickle
 from tests.conftest import TIMEOUT
+from tests.hub.test_cli import _free_port
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
 
 make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
@@ -159,6 +160,37 @@ async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_re
     await eventually(counted)  # the node gets its descriptors back as it sees the connections close
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         assert (await http.get(f"{node.http}/ready")).status_code == 200
+
+
+async def test_the_metrics_port_out_of_descriptors_says_so_too(make_nodes: NodesFactory) -> None:
+    """The metrics port accepts as the main one does: out of descriptors, a rate-limited line in the node's
+    log and a count in ``switchboard_accept_errors_total`` (before: a traceback a second from the event
+    loop, outside the log's format, counted nowhere)."""
+    port = _free_port()
+    (node,) = await make_nodes(1, max_descriptors=256, metrics_port=port)
+    idle = []
+    try:
+        for _ in range(300):  # idle scrapes (no request head): more than the node can hold
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+
+        async def logged() -> bool:
+            return "accept() failed with EMFILE" in node.log()
+
+        await eventually(logged)
+        assert node.log().count("accept() failed with EMFILE") <= LIMITED_BURST + 10
+        assert "out of system resource" not in node.log()
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+    async def counted() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            return metric(text, "switchboard_accept_errors_total", errno="EMFILE") >= 1
+        return False
+
+    await eventually(counted)
 
 
 @pytest.mark.parametrize("path", ["/connection/uni_http_stream", "/connection/http_stream"])

@@ -160,6 +160,11 @@ async def test_development_mode_with_an_api_key_says_the_api_is_closed(server_pr
     output = await read_output(proc)
     assert "development mode: anonymous clients may connect" in output
     assert "server API is open" not in output
+    # one place says it: the header and one line per open thing (hub.devmode), no summary of its own
+    open_things = exposures(load_config(None, env={"SWITCHBOARD_API_KEY": "k"}, allow_dev_mode=True))
+    said = [line for line in output.splitlines() if "development mode" in line]
+    assert len(said) == 1 + len(open_things), output
+    assert all(f"development mode: {thing}" in output for thing in open_things)
 
 
 async def test_procfile_production_start_from_the_environment(server_process) -> None:  # noqa: F811
