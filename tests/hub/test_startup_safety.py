@@ -209,7 +209,9 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 def test_exposures_follow_the_configuration() -> None:
     dev = load_config(None, env={}, allow_dev_mode=True)
-    assert len(exposures(dev)) == 6
+    lines = exposures(dev)
+    assert len(lines) == 7, lines  # six kinds of opening, and the demo namespace sensors
+    assert lines[-1].startswith("namespace sensors: subscribe allowed to every client"), lines
     closed = conftest.test_config(
         allow_anonymous_connect_without_token=False, api_key="k", channel=NamespaceOptions(), namespaces={}
     )
