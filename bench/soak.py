@@ -185,28 +185,45 @@ async def until_either(work: Any, stop: asyncio.Event, bounce: asyncio.Event) ->
         task.result()
 
 
-# ---------------------------------------------------------------- WebSocket subscribers
+RECONNECT_ON = (OSError, websockets.WebSocketException, TimeoutError, httpx.HTTPError)
 
 
-class Subscriber:
+class Client:
+    """One simulated client of node ``index % len(urls)``: sessions one after the other until ``stop``; a
+    session ends when ``bounce`` is set (the client comes back) or its connection fails (counted)."""
+
+    kind = "client"
+
     def __init__(self, urls: list[str], index: int, channel: str, stats: Stats) -> None:
         self.urls = urls
         self.node = index % len(urls)
+        self.index = index
         self.channel = channel
         self.stats = stats
         self.tally = Tally()
-        self.epoch = ""
-        self.ws: Any = None
-        self.ready = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event, bounce: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await self._session(stop, bounce)
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                self.stats.errors[f"subscriber: {type(exc).__name__}: {str(exc)[:80]}"] += 1
+            except RECONNECT_ON as exc:
+                self.stats.errors[f"{self.kind}: {type(exc).__name__}: {str(exc)[:80]}"] += 1
                 await asyncio.sleep(0.5)
+
+    async def _session(self, stop: asyncio.Event, bounce: asyncio.Event) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- WebSocket subscribers
+
+
+class Subscriber(Client):
+    kind = "subscriber"
+
+    def __init__(self, urls: list[str], index: int, channel: str, stats: Stats) -> None:
+        super().__init__(urls, index, channel, stats)
+        self.epoch = ""
+        self.ready = asyncio.Event()
 
     async def _session(self, stop: asyncio.Event, bounce: asyncio.Event) -> None:
         url = self.urls[self.node] + "/connection/websocket"
@@ -276,25 +293,17 @@ async def short_lived(url: str, channel: str, stats: Stats) -> None:
 # ---------------------------------------------------------------- SSE streams
 
 
-class SseStream:
-    def __init__(self, urls: list[str], index: int, channel: str, stats: Stats) -> None:
-        self.urls = urls
-        self.node = index % len(urls)
-        self.channel = channel
-        self.stats = stats
-        self.tally = Tally()
+class SseStream(Client):
+    kind = "sse"
+
+    def __init__(self, urls: list[str], index: int, channel: str, stats: Stats, client: httpx.AsyncClient) -> None:
+        super().__init__(urls, index, channel, stats)
+        self.client = client
         self.last_id = ""
         self.token = mint_token(SECRET, f"sse-{index}", channels=[channel])
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event, bounce: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self._session(client, stop, bounce)
-            except (httpx.HTTPError, OSError) as exc:
-                self.stats.errors[f"sse: {type(exc).__name__}"] += 1
-                await asyncio.sleep(0.5)
-
-    async def _session(self, client: httpx.AsyncClient, stop: asyncio.Event, bounce: asyncio.Event) -> None:
+    async def _session(self, stop: asyncio.Event, bounce: asyncio.Event) -> None:
+        client = self.client
         headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
         params = {"cf_connect": json.dumps({"token": self.token})}
         url = self.urls[self.node] + "/connection/uni_sse"
@@ -340,13 +349,14 @@ class SseStream:
 # ---------------------------------------------------------------- documents
 
 
-class Editor:
+class Editor(Client):
+    """A y-websocket client editing document ``name`` (its ``channel``) at ``rate`` edits/s."""
+
+    kind = "editor"
+
     def __init__(self, urls: list[str], index: int, name: str, stats: Stats) -> None:
-        self.urls = urls
-        self.node = index % len(urls)
+        super().__init__(urls, index, name, stats)
         self.name = name
-        self.index = index
-        self.stats = stats
         self.doc: Doc[Any] = Doc()
         self.text = self.doc.get("t", type=Text)
         self.outbox: list[bytes] = []
@@ -358,15 +368,6 @@ class Editor:
     def _changed(self, event: Any) -> None:
         if not self.applying:  # our own edits go out; a remote change came from the server
             self.outbox.append(event.update)
-
-    async def run(self, stop: asyncio.Event, bounce: asyncio.Event, rate: float) -> None:
-        self.rate = rate
-        while not stop.is_set():
-            try:
-                await self._session(stop, bounce)
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                self.stats.errors[f"editor: {type(exc).__name__}: {str(exc)[:80]}"] += 1
-                await asyncio.sleep(0.5)
 
     async def _session(self, stop: asyncio.Event, bounce: asyncio.Event) -> None:
         url = f"{self.urls[self.node]}/doc/{self.name}"
@@ -553,18 +554,20 @@ async def drive(layout: str, nodes: list[Node], a: argparse.Namespace) -> dict[s
     stop = asyncio.Event()
     subs = [Subscriber(ws_urls, i, channels[i % len(channels)], stats) for i in range(a.subscribers)]
     sub_bounce = [asyncio.Event() for _ in subs]
-    streams = [SseStream(http_urls, i, channels[i % len(channels)], stats) for i in range(a.sse)]
-    sse_bounce = [asyncio.Event() for _ in streams]
     editors = [Editor(ws_urls, i, f"soak-doc-{i % a.docs}", stats) for i in range(a.docs * a.editors)]
+    for e in editors:
+        e.rate = a.edit_rate
     ed_bounce = [asyncio.Event() for _ in editors]
     limits = httpx.Limits(max_connections=a.sse + 10, max_keepalive_connections=a.sse + 10)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30, read=None)) as sse_client:
+        streams = [SseStream(http_urls, i, channels[i % len(channels)], stats, sse_client) for i in range(a.sse)]
+        sse_bounce = [asyncio.Event() for _ in streams]
         tasks = [asyncio.ensure_future(s.run(stop, b)) for s, b in zip(subs, sub_bounce, strict=True)]
-        tasks += [asyncio.ensure_future(s.run(sse_client, stop, b)) for s, b in zip(streams, sse_bounce, strict=True)]
+        tasks += [asyncio.ensure_future(s.run(stop, b)) for s, b in zip(streams, sse_bounce, strict=True)]
         async with asyncio.timeout(120):
             await asyncio.gather(*(s.ready.wait() for s in subs))
         log(f"{layout}: {len(subs)} subscribers, {len(streams)} SSE streams; starting publications and editors")
-        tasks += [asyncio.ensure_future(e.run(stop, b, a.edit_rate)) for e, b in zip(editors, ed_bounce, strict=True)]
+        tasks += [asyncio.ensure_future(e.run(stop, b)) for e, b in zip(editors, ed_bounce, strict=True)]
         pub_stop = asyncio.Event()
         pub_task = asyncio.ensure_future(publisher(http_urls, channels, a.rate, pub_stop, stats))
         started = time.monotonic()
