@@ -6,9 +6,9 @@
   not empty, flushed, and dropped. An acquire during that unload waits for it and loads afresh.
 - ``max_open`` bounds the rooms of a node: past it, idle rooms are unloaded early, and if every room is
   in use ``acquire`` raises ``LimitExceeded`` (nothing is loaded).
-- One clock task every ``TICK`` seconds expires stale awareness states, drops the rooms' shared full-state
-  answers (``DocRoom.forget_full_state``) and, every ``keepalive_interval``, sends each peer an empty
-  awareness update (see ``sync.room.KEEPALIVE``).
+- One clock task every ``TICK`` seconds expires stale awareness states, drops the rooms' shared
+  full-state answers nobody asked for lately (``DocRoom.forget_full_state``) and, every
+  ``keepalive_interval``, sends each peer an empty awareness update (see ``sync.room.KEEPALIVE``).
 - The store is opened on the first acquire, so a node that never serves documents creates no file.
 - A failed store write closes the rooms it touched (their peers get the ``StoreError`` and reconnect);
   the next acquire reloads what the store holds (after the failed room's link closed: a new link of the
@@ -318,7 +318,7 @@ class DocumentRooms:
                 last_keepalive = now
             for room in list(self.rooms.values()):
                 try:
-                    room.forget_full_state()
+                    room.forget_full_state(now)
                     room.expire_awareness(now)
                     if keepalive:
                         room.keepalive()
