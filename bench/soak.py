@@ -169,7 +169,9 @@ class Stats:
 
 def frames(raw: str | bytes) -> list[dict[str, Any]]:
     """One WebSocket message of the JSON protocol: replies and pushes, one per line."""
-    return [orjson.loads(line) for line in (raw.encode() if isinstance(raw, str) else raw).split(b"\n") if line]
+    return [
+        orjson.loads(line) for line in (raw.encode() if isinstance(raw, str) else raw).split(b"\n") if line
+    ]
 
 
 async def until_either(work: Any, stop: asyncio.Event, bounce: asyncio.Event) -> None:
@@ -296,7 +298,9 @@ async def short_lived(url: str, channel: str, stats: Stats) -> None:
 class SseStream(Client):
     kind = "sse"
 
-    def __init__(self, urls: list[str], index: int, channel: str, stats: Stats, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, urls: list[str], index: int, channel: str, stats: Stats, client: httpx.AsyncClient
+    ) -> None:
         super().__init__(urls, index, channel, stats)
         self.client = client
         self.last_id = ""
@@ -436,7 +440,9 @@ class Node:
         if redis_url:
             argv += ["--redis", redis_url]
         with open(self.log_path, "w") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         self.rss: list[tuple[float, int]] = []
 
     def wait(self) -> None:
@@ -482,7 +488,9 @@ def machine_busy_s() -> float:
 # ---------------------------------------------------------------- one layout
 
 
-async def publisher(urls: list[str], channels: list[str], rate: float, stop: asyncio.Event, stats: Stats) -> None:
+async def publisher(
+    urls: list[str], channels: list[str], rate: float, stop: asyncio.Event, stats: Stats
+) -> None:
     """Open loop at ``rate`` publications/s in all, channels and nodes in turn, over the server API."""
     limits = httpx.Limits(max_connections=MAX_PUBLISHING, max_keepalive_connections=MAX_PUBLISHING)
     async with httpx.AsyncClient(headers={"X-API-Key": API_KEY}, timeout=30, limits=limits) as client:
@@ -560,13 +568,18 @@ async def drive(layout: str, nodes: list[Node], a: argparse.Namespace) -> dict[s
     ed_bounce = [asyncio.Event() for _ in editors]
     limits = httpx.Limits(max_connections=a.sse + 10, max_keepalive_connections=a.sse + 10)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30, read=None)) as sse_client:
-        streams = [SseStream(http_urls, i, channels[i % len(channels)], stats, sse_client) for i in range(a.sse)]
+        streams = [
+            SseStream(http_urls, i, channels[i % len(channels)], stats, sse_client) for i in range(a.sse)
+        ]
         sse_bounce = [asyncio.Event() for _ in streams]
         tasks = [asyncio.ensure_future(s.run(stop, b)) for s, b in zip(subs, sub_bounce, strict=True)]
         tasks += [asyncio.ensure_future(s.run(stop, b)) for s, b in zip(streams, sse_bounce, strict=True)]
         async with asyncio.timeout(120):
             await asyncio.gather(*(s.ready.wait() for s in subs))
-        log(f"{layout}: {len(subs)} subscribers, {len(streams)} SSE streams; starting publications and editors")
+        log(
+            f"{layout}: {len(subs)} subscribers, {len(streams)} SSE streams; "
+            "starting publications and editors"
+        )
         tasks += [asyncio.ensure_future(e.run(stop, b)) for e, b in zip(editors, ed_bounce, strict=True)]
         pub_stop = asyncio.Event()
         pub_task = asyncio.ensure_future(publisher(http_urls, channels, a.rate, pub_stop, stats))
@@ -592,7 +605,9 @@ async def drive(layout: str, nodes: list[Node], a: argparse.Namespace) -> dict[s
                     sse_bounce[rng.randrange(len(streams))].set()
                 if editors:
                     ed_bounce[rng.randrange(len(editors))].set()
-                t = asyncio.ensure_future(short_lived(ws_urls[k % len(nodes)], channels[k % len(channels)], stats))
+                t = asyncio.ensure_future(
+                    short_lived(ws_urls[k % len(nodes)], channels[k % len(channels)], stats)
+                )
                 short.add(t)
                 t.add_done_callback(short.discard)
                 k += 1
@@ -616,7 +631,10 @@ async def drive(layout: str, nodes: list[Node], a: argparse.Namespace) -> dict[s
         for t in [*tasks, *short]:
             t.cancel()
         await asyncio.gather(*tasks, *short, return_exceptions=True)
-    tail = sum(max(0, stats.final_offset.get(r.channel, 0) - r.tally.last.get(r.channel, 0)) for r in [*subs, *streams])
+    tail = sum(
+        max(0, stats.final_offset.get(r.channel, 0) - r.tally.last.get(r.channel, 0))
+        for r in [*subs, *streams]
+    )
     receivers = [*subs, *streams]
     result: dict[str, Any] = {
         "layout": layout,
@@ -706,16 +724,19 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
         out.append(
             f"publications {r['published']:,} (failed {r['publish_failed']}, publisher waited "
             f"{r['publish_waits']} times), deliveries {r['received']:,}, "
-            f"lost {r['lost_gaps'] + r['lost_tail']} (gaps {r['lost_gaps']}, never reached {r['lost_tail']}), "
+            f"lost {r['lost_gaps'] + r['lost_tail']} "
+            f"(gaps {r['lost_gaps']}, never reached {r['lost_tail']}), "
             f"duplicates {r['duplicates']}"
         )
         lat = r["latency_ms"]
         out.append(
-            f"latency ms p50 {fmt(lat['p50'])} p99 {fmt(lat['p99'])} max {fmt(lat['max'])} over {lat['n']:,}; "
+            f"latency ms p50 {fmt(lat['p50'])} p99 {fmt(lat['p99'])} max {fmt(lat['max'])} "
+            f"over {lat['n']:,}; "
             f"p99 per minute {r['latency_p99_per_min']}"
         )
         out.append(
-            f"documents {r['docs_converged']['documents']}, not converged {r['docs_converged']['not_converged']}, "
+            f"documents {r['docs_converged']['documents']}, "
+            f"not converged {r['docs_converged']['not_converged']}, "
             f"edits {r['edits']:,}; presence checks {r['presence_checks']}; node CPU s {r['node_cpu_s']}"
         )
         if r["client_errors"]:
