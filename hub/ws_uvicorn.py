@@ -41,6 +41,9 @@ from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol as FrameParser
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from hub.logs import log_limited
 
@@ -95,18 +98,68 @@ class _NoWait:
 _NO_WAIT = _NoWait()
 
 
+def _fresh_parser(conn: ServerProtocol) -> None:
+    """websockets' ``ServerProtocol.parse`` keeps the handshake request (a local of its generator's frame,
+    2-3 KB with its headers) for the connection's life, since it goes on to parse frames. Waiting at a frame
+    boundary with nothing buffered, the connection gets the base class's frame parser instead, which holds
+    nothing else. Anywhere else (a frame half read), or if websockets changed, it keeps its parser."""
+    inner = getattr(conn.parser, "gi_yieldfrom", None)
+    waiting = getattr(inner, "gi_yieldfrom", None)
+    if (
+        getattr(inner, "gi_code", None) is not FrameParser.parse.__code__
+        or getattr(waiting, "gi_code", None) is not StreamReader.at_eof.__code__
+        or conn.reader.buffer
+        or conn.reader.eof
+    ):
+        return
+    parser = FrameParser.parse(conn)
+    next(parser)  # to its first wait for data, as websockets starts its own
+    conn.parser = parser
+
+
 class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
+    # Every attribute uvicorn's class sets, and ours, in slots: uvicorn's instance dict outgrows the shared
+    # keys of a split dict (over 30 names) and then takes 1.6 KB a connection.
+    __slots__ = (
+        *(
+            "config",
+            "app",
+            "loop",
+            "logger",
+            "root_path",
+            "asgi_version",
+            "app_state",
+            "connections",
+            "tasks",
+        ),
+        *("default_headers", "transport", "server", "client", "scheme", "queue", "handshake_initiated"),
+        *(
+            "handshake_complete",
+            "close_sent",
+            "disconnected",
+            "close_timer",
+            "close_timeout",
+            "initial_response",
+        ),
+        *("conn", "read_paused", "writable", "ping_interval", "ping_timeout", "ping_timer", "pong_timer"),
+        *("pending_ping_payload", "ping_sent_at", "last_ping_rtt", "frames", "curr_msg_data_type"),
+        *("request", "response", "scope"),
+        *("on_drain", "_handler", "_handling", "_held", "_ending"),
+    )
     shutdown_code = 3001
     shutdown_reason = "shutdown"
-    on_drain: Callable[[], None] | None = None
-    """Called when the socket's write buffer drained below its low-water mark (``limit_write_buffer``)."""
-    _handler: MessageHandler | None = None
-    """Serves the messages after ``serve_messages`` (None: the ASGI app reads them with ``receive``)."""
-    _handling: asyncio.Task[None] | None = None
-    """The coroutine of the message (or of the end) being handled, as a task."""
-    _held: list[Any] | None = None
-    """Events that arrived while one was being handled, in order (None when there are none)."""
-    _ending = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.on_drain: Callable[[], None] | None = None
+        """Called when the socket's write buffer drained below its low-water mark (``limit_write_buffer``)."""
+        self._handler: MessageHandler | None = None
+        """Serves the messages after ``serve_messages`` (None: the ASGI app reads them with ``receive``)."""
+        self._handling: asyncio.Task[None] | None = None
+        """The coroutine of the message (or of the end) being handled, as a task."""
+        self._held: list[Any] | None = None
+        """Events that arrived while one was being handled, in order (None when there are none)."""
+        self._ending = False
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -182,6 +235,8 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         # The handshake is over: what only it needed goes (uvicorn keeps them for the connection's life).
         self.request = self.response = None  # type: ignore[assignment]
         self.scope = None  # type: ignore[assignment]
+        self.default_headers = []  # the Date header list current when it connected
+        _fresh_parser(self.conn)
         while not queued.empty():
             self._relay(queued.get_nowait())
 
