@@ -86,6 +86,7 @@ def pure_config() -> str:
     """PURE_CONFIG, plus 0 (off) for each limit of UNLIMITED this checkout's hub knows."""
     import dataclasses
 
+    sys.path.insert(0, ROOT)  # before bench/, whose inbox.py would shadow the inbox package hub imports
     from hub.config import Config
     known = {f.name for f in dataclasses.fields(Config)}
     extra = [f"{k} = {v}   # off: the bench's own load must not be throttled\n"

@@ -249,22 +249,32 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         self._handle(event)
 
     def _handle(self, event: Any) -> None:
-        handler = self._handler
-        if handler is None:
+        if self._handler is None:
             return  # the session has ended (a disconnect event after the one that ended it)
-        if event["type"] == "websocket.receive":
-            data = event.get("text")
-            if data is None:
-                data = event.get("bytes") or b""
-            coro = handler.message(data)
-        elif not self._ending:
-            self._ending = True
-            coro = handler.ended()
-        else:
-            return  # a second disconnect event (close_with's, then the socket's): ended once
-        task = self._handling = self.loop.create_task(coro)
+        task = self._handling = self.loop.create_task(self._serve(event))
         self.tasks.add(task)  # uvicorn's shutdown waits for these
         task.add_done_callback(self._handled)
+
+    async def _serve(self, event: Any) -> None:
+        """Hand ``event`` over, then what arrived meanwhile, in order, in this one task: the messages of
+        one read are handled in one loop tick, so what they make the node write to its connections goes
+        out in one frame per connection (a task per message would flush after each)."""
+        while True:
+            handler = self._handler
+            if handler is None:
+                return
+            if event["type"] == "websocket.receive":
+                data = event.get("text")
+                if data is None:
+                    data = event.get("bytes") or b""
+                await handler.message(data)
+            elif not self._ending:
+                self._ending = True
+                await handler.ended()
+            held = self._held
+            if not held:
+                return
+            event = held.pop(0)
 
     def _handled(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
