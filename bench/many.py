@@ -122,6 +122,9 @@ async def hold(a: argparse.Namespace) -> int:
         line = await reader.readline()
         if not line or line.strip() == b"stop":
             break
+        if line.strip() == b"halt":  # no more connects: what is held stays, the checks count on it
+            for t in tasks:
+                t.cancel()
         print(json.dumps({**state, "pending": sum(1 for t in tasks if not t.done())}), flush=True)
     return 0
 
@@ -135,9 +138,9 @@ class Holder:
              "--channels", str(a.channels), "--prefix", a.prefix, "--concurrency", str(a.concurrency)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
-    def ask(self, timeout: float = 30.0) -> dict:
+    def ask(self, timeout: float = 30.0, what: str = "report") -> dict:
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write("report\n")
+        self.proc.stdin.write(what + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
@@ -295,6 +298,10 @@ def run(a: argparse.Namespace) -> int:
             if last.get("subscribed", 0) + last.get("failed", 0) >= a.n:
                 break
         connect_s = time.monotonic() - t0
+        for h in holders:  # connects still in flight are dropped: the checks need a set that holds still
+            h.ask(what="halt")
+        time.sleep(3)
+        last = total(holders)
         held = last.get("subscribed", 0)
         print(f"held: {held:,} subscribed connections of {a.n:,} after {connect_s:.0f} s "
               f"({held / connect_s:,.0f}/s)" + ("" if held >= a.n else " -- NOT ALL: see below"), flush=True)
