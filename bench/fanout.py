@@ -87,6 +87,7 @@ def pure_config() -> str:
     """PURE_CONFIG, plus 0 (off) for each limit of UNLIMITED this checkout's hub knows."""
     import dataclasses
 
+    sys.path.insert(0, ROOT)  # before bench/, whose inbox.py would shadow the inbox package hub imports
     from hub.config import Config
 
     known = {f.name for f in dataclasses.fields(Config)}

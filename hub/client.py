@@ -42,6 +42,7 @@ from hub.hooks import ConnectingContext, MessageContext, PublishContext, RPCCont
 from hub.limits import Verdict
 from hub.logs import bind_session, log_limited, unbind_session
 from hub.recovery import Recovery, after_position, publications_size, recover, recovery_room
+from hub.wheel import NEVER
 from hub.wire import CODECS, JSON, JSON_EVENTS, PROTOBUF, BadData, binary_data, json_view
 from hub.writer import EventWriter, Transport, Writer
 from presence.presence import PresenceUnavailable
@@ -151,6 +152,11 @@ class _Prepared:
     """The text so far of the channel's open streams (``hub.streams``), pushed before what was buffered."""
 
 
+_NO_INFLIGHT: collections.deque[Any] = collections.deque(maxlen=0)
+"""``Client._inflight`` of a session that has not published: empty, and (maxlen 0) nothing appended to it
+could stay."""
+
+
 @dataclass(slots=True)
 class _Reply:
     """A command's reply in its place while publishes are in flight (``Client._inflight``): ``frame`` once
@@ -247,6 +253,7 @@ class Client:
         "_recovering",
         "bot",
         "_later",
+        "clock_due",
         "__weakref__",
     )
 
@@ -288,8 +295,9 @@ class Client:
         self.conn_info: bytes | None = None
         self.expires_at = 0.0
         self.subs: dict[str, Subscription] = {}
-        self._leaving: set[asyncio.Task[None]] = set()
-        """Subscriptions left synchronously (insufficient state) whose backend cleanup is still running."""
+        self._leaving: set[asyncio.Task[None]] | None = None
+        """Subscriptions left synchronously (insufficient state) whose backend cleanup is still running
+        (None until the first: an idle connection holds no empty set)."""
         self.created = time.monotonic()
         self.last_ping = 0.0
         self.awaiting_pong = False
@@ -307,14 +315,18 @@ class Client:
         self._recovering = 0
         """Bytes of recovered publications granted to subscriptions not yet activated (a connect's, whose
         one reply carries them all), counted with the writer's backlog against ``recovery_room``."""
-        self._inflight: collections.deque[_Reply] = collections.deque()
+        self._inflight: collections.deque[_Reply] = _NO_INFLIGHT
         """Pipelined publishes not yet answered and the replies behind them, in command order (see
-        ``_pipeline_publish``)."""
+        ``_pipeline_publish``). A shared empty deque, never appended to, until the first publish: an empty
+        deque takes 760 bytes, and most connections never publish."""
         self._inflight_bytes = 0
         self.bot = False
         """The connection token's ``bot`` claim (``hub.bots``)."""
-        self._later: set[asyncio.Task[Any]] = set()
-        """Commands answered when their work is done (``answer_later``)."""
+        self._later: set[asyncio.Task[Any]] | None = None
+        """Commands answered when their work is done (``answer_later``); made at the first (most
+        connections never call a bot)."""
+        self.clock_due = NEVER
+        """The second the session clock looks at this session next (``hub.wheel``)."""
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r} tenant={self.tenant!r} {self.state.value}>"
@@ -418,6 +430,23 @@ class Client:
         try:
             async with self._emulated:
                 await self.handle_frame(data)
+        finally:
+            unbind_session(bound)
+
+    async def message(self, data: str | bytes) -> None:
+        """One message of a transport that reads by callbacks (``hub.ws_uvicorn.MessageHandler``), handled
+        in a task of its own that logs as the session."""
+        bound = bind_session(self.log_fields)
+        try:
+            await self.handle_frame(data)
+        finally:
+            unbind_session(bound)
+
+    async def ended(self) -> None:
+        """The connection of a transport that reads by callbacks is closing or gone: end the session."""
+        bound = bind_session(self.log_fields)
+        try:
+            await self.node.end_session(self)
         finally:
             unbind_session(bound)
 
@@ -660,6 +689,7 @@ class Client:
         self.last_ping = time.monotonic()
         if self.bot:
             self.limiter = command_limiter(node.config, True, self.last_ping)
+        node.clock_session(self)  # its first ping, or its token's expiry if sooner
         node.registry.add_client(self)
         self.writer.push(reply)
         for prep in prepared:
@@ -720,6 +750,7 @@ class Client:
             log_limited(log, logging.WARNING, "refresh token for another user", extra=self._log_extra())
             raise codes.INVALID_TOKEN.error()
         self.expires_at = float(claims.exp or 0)
+        self.node.clock_session(self)
         result: dict[str, Any] = {"client": self.id, "version": self.node.version}
         if self.expires_at:
             result["expires"] = True
@@ -850,6 +881,8 @@ class Client:
             channel, key, opts, info, recoverable, positioned, push_join_leave, expires_at, server_side
         )
         self.subs[channel.raw] = sub
+        if expires_at:
+            node.clock_session(self)
         node.registry.begin_subscribe(key, self)
         try:
             await node.acquire_channel(key)
@@ -1125,6 +1158,7 @@ class Client:
             raise codes.error_permission_denied()
         claims = self._verify_subscription_token(_str(p, "token"), name)
         sub.expires_at = float(claims.exp or 0)
+        self.node.clock_session(self)
         result: dict[str, Any] = {}
         if sub.expires_at:
             result["expires"] = True
@@ -1205,6 +1239,8 @@ class Client:
         either, this waits for the oldest.
         """
         inflight, size = self._inflight, len(data)
+        if inflight is _NO_INFLIGHT:
+            inflight = self._inflight = collections.deque()
         limit = self.node.config.client_max_message_size
         while inflight and (len(inflight) >= PIPELINE_MAX or self._inflight_bytes + size > limit):
             await self._settle_one()
@@ -1336,12 +1372,15 @@ class Client:
         bounds how much work a connection may start (``hub.bots``: per user); it learns that the work is
         over from the task returned (a task cancelled before it started never runs its ``finally``)."""
         task = asyncio.get_running_loop().create_task(work)
+        if self._later is None:
+            self._later = set()
         self._later.add(task)
         task.add_done_callback(partial(self._answered_later, cmd_id, method))
         return task
 
     def _answered_later(self, cmd_id: int, method: str, task: asyncio.Task[bytes | None]) -> None:
-        self._later.discard(task)
+        if self._later is not None:
+            self._later.discard(task)
         if task.cancelled() or self._closing:
             return
         exc = task.exception()
@@ -1443,11 +1482,14 @@ class Client:
             body = {"code": codes.UNSUBSCRIBE_INSUFFICIENT, "reason": "insufficient state"}
             self.writer.push(self.codec.encode_push(name, "unsubscribe", body))
             task = asyncio.get_running_loop().create_task(self._after_detach(sub))
+            if self._leaving is None:
+                self._leaving = set()
             self._leaving.add(task)
             task.add_done_callback(self._left)
 
     def _left(self, task: asyncio.Task[None]) -> None:
-        self._leaving.discard(task)
+        if self._leaving is not None:
+            self._leaving.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("leaving a channel failed: %r", task.exception(), extra=self._log_extra())
 
@@ -1512,7 +1554,7 @@ class Client:
             await asyncio.wait([e.task for e in self._inflight if e.task is not None])
         node = self.node
         node.registry.remove_client(self)
-        for task in self._later:
+        for task in self._later or ():
             task.cancel()
         if self.bot and node.bots is not None:
             node.bots.gone(self)  # its callers fail now, not at their timeout

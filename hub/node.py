@@ -39,6 +39,7 @@ from hub.positions import ChannelPositions
 from hub.registry import Registry
 from hub.streams import OpenStreams
 from hub.watch import Watch
+from hub.wheel import TimerWheel
 from hub.wire import CODECS, FEED, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
 from hub.writer import Backlog, FlushScheduler, SlotClock, Transport
 from presence.presence import PresenceManager
@@ -52,6 +53,8 @@ log = logging.getLogger("switchboard.node")
 VERSION = "0.1.0"
 TICK = 1.0
 """Seconds between two passes of the session clock."""
+EPSILON = 0.001
+"""Seconds past a strict deadline at which the session clock looks (``now - start > limit`` holds then)."""
 POSITION_CHECK_BACKOFF: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8, 1.6)
 """Seconds between the attempts of a position check after a reconnect (then: recover, as if missed)."""
 
@@ -110,6 +113,8 @@ class Node:
         self.metrics = Metrics(config.namespaces)
         self.feed_metrics = FeedMetrics(self.metrics)
         self.sessions: set[Client] = set()
+        self.wheel: TimerWheel[Client] = TimerWheel(time.monotonic())
+        """The session clock's buckets: each session at the second it is next due for a look."""
         self.started = False
         self.started_at = 0.0
         self.stopping = False
@@ -236,6 +241,7 @@ class Node:
         client = Client(self, transport, remote=f"{remote[0]}:{remote[1]}" if remote else "", headers=headers)
         bind_session(client.log_fields)  # the connection's task logs with this session's fields from here on
         self.sessions.add(client)
+        self.clock_session(client)
         if client.emulation:
             self.streams[client.session] = client
         if self.stopping:
@@ -244,6 +250,7 @@ class Node:
 
     async def end_session(self, client: Client) -> None:
         self.sessions.discard(client)
+        self.wheel.discard(client)
         self.streams.pop(client.session, None)
         try:
             await client.closed()
@@ -646,32 +653,70 @@ class Node:
                 log.exception("session clock failed")
 
     def tick(self, now: float, wall: float) -> None:
-        """One pass over the sessions: pings, missing pongs, expired connections and subscriptions."""
+        """One pass of the session clock: the connections due this second (``hub.wheel``) get their pings,
+        missing pongs, expired tokens and subscriptions and handshake deadlines looked at; each is put back
+        at the second its next one falls due. An idle connection is looked at about once a ping interval."""
         cfg = self.config
         if now >= self._next_presence_refresh:
             self._next_presence_refresh = now + cfg.presence_update_interval
             self._refresh_presence()
-        for client in list(self.sessions):
-            if client.state is State.CONNECTING:
-                if now - client.created > cfg.client_stale_close_delay:
-                    client.disconnect(codes.STALE.error())
-                continue
-            if client.state is not State.CONNECTED:
-                continue
-            if client.awaiting_pong:
-                if not client.busy and now - client.last_ping > cfg.client_pong_timeout:
-                    client.disconnect(codes.NO_PONG.error())
-                    continue
-            elif now - client.last_ping >= cfg.client_ping_interval:
-                client.send_ping(now)
-            grace = cfg.client_expired_close_delay
-            if client.expires_at and wall > client.expires_at + grace:
-                client.disconnect(codes.EXPIRED.error())
-                continue
-            for sub in client.subs.values():
-                if sub.expires_at and wall > sub.expires_at + grace:
-                    client.disconnect(codes.SUB_EXPIRED.error())
-                    break
+        for client in self.wheel.take(now):
+            due = self._check_session(client, now, wall)
+            if due is not None:
+                self.wheel.schedule(client, due)
+
+    def clock_session(self, client: Client) -> None:
+        """Something about ``client`` may fall due sooner than the clock looks at it next (a new session, a
+        connect, a token or subscription expiry set): have it looked at then."""
+        if client.state is not State.CLOSED:
+            self.wheel.schedule(client, self._due(client, time.monotonic(), time.time()))
+
+    def _check_session(self, client: Client, now: float, wall: float) -> float | None:
+        """Act on what is due about ``client`` at ``now`` (``wall`` on the wall clock); the next time to
+        look at it (None: it is ending)."""
+        cfg = self.config
+        if client.state is State.CONNECTING:
+            if now - client.created > cfg.client_stale_close_delay:
+                client.disconnect(codes.STALE.error())
+                return None
+            return self._due(client, now, wall)
+        if client.state is not State.CONNECTED or client._closing:
+            return None
+        if client.awaiting_pong:
+            if now - client.last_ping > cfg.client_pong_timeout and not client.busy:
+                client.disconnect(codes.NO_PONG.error())
+                return None
+        elif now - client.last_ping >= cfg.client_ping_interval:
+            client.send_ping(now)
+        grace = cfg.client_expired_close_delay
+        if client.expires_at and wall > client.expires_at + grace:
+            client.disconnect(codes.EXPIRED.error())
+            return None
+        for sub in client.subs.values():
+            if sub.expires_at and wall > sub.expires_at + grace:
+                client.disconnect(codes.SUB_EXPIRED.error())
+                return None
+        return self._due(client, now, wall)
+
+    def _due(self, client: Client, now: float, wall: float) -> float:
+        """When something about ``client`` falls due next (``_check_session`` acts on a strict ``>``: a hair
+        past each deadline)."""
+        cfg = self.config
+        if client.state is State.CONNECTING:
+            return client.created + cfg.client_stale_close_delay + EPSILON
+        if client.awaiting_pong:
+            due = client.last_ping + cfg.client_pong_timeout + EPSILON
+            if due <= now:  # past it, but busy: the pong waits behind a command; look again next second
+                due = now + TICK
+        else:
+            due = client.last_ping + cfg.client_ping_interval
+        grace = cfg.client_expired_close_delay
+        if client.expires_at:
+            due = min(due, now + client.expires_at + grace - wall + EPSILON)
+        for sub in client.subs.values():
+            if sub.expires_at:
+                due = min(due, now + sub.expires_at + grace - wall + EPSILON)
+        return due
 
     def _refresh_presence(self) -> None:
         """Re-add every presence entry of this node's connections, so that a shared presence backend keeps
@@ -722,6 +767,7 @@ class Node:
                 client.disconnect(codes.EXPIRED.error())
                 continue
             client.expires_at = expire_at
+            self.clock_session(client)
             if client.unidirectional:
                 body: dict[str, Any] = {"expires": bool(expire_at)}
                 if expire_at:

@@ -1,7 +1,10 @@
 """The bidirectional WebSocket transport of the client protocol (``/connection/websocket``).
 
 The connection handler reads ASGI events and hands frames to the client session; the Transport only
-writes and closes. Two transports: ``RawWebSocketTransport`` writes pre-built frames through the uvicorn
+writes and closes. Under the hub's own uvicorn protocol the handler returns once the session exists, and the
+protocol calls the session for each message (``serve_messages``): an idle connection holds no task.
+
+Two transports: ``RawWebSocketTransport`` writes pre-built frames through the uvicorn
 extension (see ``hub.ws_uvicorn``); ``AsgiWebSocketTransport`` works under any ASGI server with one writer
 task per connection awaiting ``send()``.
 """
@@ -146,6 +149,12 @@ async def websocket_session(node: Node, scope: dict[str, Any], receive: Any, sen
     transport: RawWebSocketTransport | AsgiWebSocketTransport
     transport = RawWebSocketTransport(raw, fmt) if raw is not None else AsgiWebSocketTransport(send, fmt)
     client = node.new_session(transport, scope)
+    serve_messages = getattr(raw, "serve_messages", None)
+    if serve_messages is not None:
+        # The protocol hands each message to the session from now on: no task, no receive loop, no
+        # coroutine frames held while the connection is idle (hub.ws_uvicorn).
+        serve_messages(client)
+        return
     try:
         while True:
             message = await receive()
