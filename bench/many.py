@@ -66,6 +66,7 @@ allow_presence_for_anonymous = true
 
 # =============================================================================== holder process
 
+
 async def hold(a: argparse.Namespace) -> int:
     from picows import WSListener, WSMsgType, ws_connect
 
@@ -82,7 +83,9 @@ async def hold(a: argparse.Namespace) -> int:
         def on_ws_connected(self, t) -> None:
             state["connected"] += 1
             ch = f"{a.prefix}{self.i % a.channels}"
-            t.send(WSMsgType.TEXT, b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"%s"}}' % ch.encode())
+            t.send(
+                WSMsgType.TEXT, b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"%s"}}' % ch.encode()
+            )
 
         def on_ws_frame(self, t, frame) -> None:
             if frame.msg_type == WSMsgType.CLOSE:
@@ -93,7 +96,7 @@ async def hold(a: argparse.Namespace) -> int:
                 elif line.startswith(b'{"id":2'):
                     state["subscribed" if b'"subscribe"' in line else "failed"] += 1
                 elif b'"pub"' in line:
-                    key = (self.i, line[line.find(b'"probe":'):][:40])
+                    key = (self.i, line[line.find(b'"probe":') :][:40])
                     if key in seen:
                         state["dup"] += 1
                     seen.add(key)
@@ -131,12 +134,33 @@ async def hold(a: argparse.Namespace) -> int:
 
 # =============================================================================== orchestrator
 
+
 class Holder:
     def __init__(self, first: int, n: int, a: argparse.Namespace, urls: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [PY, os.path.abspath(__file__), "hold", "--urls", ",".join(urls), "--first", str(first), "--n", str(n),
-             "--channels", str(a.channels), "--prefix", a.prefix, "--concurrency", str(a.concurrency)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            [
+                PY,
+                os.path.abspath(__file__),
+                "hold",
+                "--urls",
+                ",".join(urls),
+                "--first",
+                str(first),
+                "--n",
+                str(n),
+                "--channels",
+                str(a.channels),
+                "--prefix",
+                a.prefix,
+                "--concurrency",
+                str(a.concurrency),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def ask(self, timeout: float = 30.0, what: str = "report") -> dict:
         assert self.proc.stdin and self.proc.stdout
@@ -167,14 +191,16 @@ def total(holders: list[Holder]) -> dict:
     return out
 
 
-def probe_checks(ports: list[int], a: argparse.Namespace, holders: list[Holder], per_channel: dict) -> list[str]:
+def probe_checks(
+    ports: list[int], a: argparse.Namespace, holders: list[Holder], per_channel: dict
+) -> list[str]:
     """On every node: a publish reaches each subscriber of its channel once (on every node), presence_stats
     answers the channel's whole count, and presence on a probe channel lists the probes of every node."""
     from websockets.sync.client import connect
 
     lines = []
     probes = []
-    for k, port in enumerate(ports):
+    for port in ports:
         ws = connect(f"ws://127.0.0.1:{port}/connection/websocket", open_timeout=60, close_timeout=5)
         ws.send('{"id":1,"connect":{}}')
         json.loads(ws.recv(60).split("\n")[0])
@@ -187,7 +213,9 @@ def probe_checks(ports: list[int], a: argparse.Namespace, holders: list[Holder],
     for k, ws in enumerate(probes):
         ch = f"{a.prefix}{k % a.channels}"
         expected += per_channel.get(ch, 0)
-        ws.send(json.dumps({"id": 3, "publish": {"channel": ch, "data": {"probe": f"node{k}-{time.time_ns()}"}}}))
+        ws.send(
+            json.dumps({"id": 3, "publish": {"channel": ch, "data": {"probe": f"node{k}-{time.time_ns()}"}}})
+        )
         while '"id":3' not in (r := ws.recv(60)):
             pass
         ok = '"publish"' in r
@@ -198,12 +226,16 @@ def probe_checks(ports: list[int], a: argparse.Namespace, holders: list[Holder],
         ws.send('{"id":5,"presence":{"channel":"manyprobe"}}')
         while '"id":5' not in (r := ws.recv(60)):
             pass
-        pres = json.loads([x for x in r.split("\n") if '"id":5' in x][0]).get("presence", {}).get("presence", {})
-        lines.append(f"node{k + 1}: publish to {ch} {'ok' if ok else 'FAILED: ' + r[:200]}; presence_stats "
-                     f"{stats.get('num_clients')} clients (subscribed there: {per_channel.get(ch, 0)}) "
-                     f"{'ok' if stats.get('num_clients') == per_channel.get(ch, 0) else 'MISMATCH'}; presence of "
-                     f"manyprobe lists {len(pres)} of {len(ports)} probes "
-                     f"{'ok' if len(pres) == len(ports) else 'MISMATCH'}")
+        pres = (
+            json.loads([x for x in r.split("\n") if '"id":5' in x][0]).get("presence", {}).get("presence", {})
+        )
+        lines.append(
+            f"node{k + 1}: publish to {ch} {'ok' if ok else 'FAILED: ' + r[:200]}; presence_stats "
+            f"{stats.get('num_clients')} clients (subscribed there: {per_channel.get(ch, 0)}) "
+            f"{'ok' if stats.get('num_clients') == per_channel.get(ch, 0) else 'MISMATCH'}; presence of "
+            f"manyprobe lists {len(pres)} of {len(ports)} probes "
+            f"{'ok' if len(pres) == len(ports) else 'MISMATCH'}"
+        )
     end = time.monotonic() + 60
     got = 0
     while time.monotonic() < end:
@@ -213,8 +245,10 @@ def probe_checks(ports: list[int], a: argparse.Namespace, holders: list[Holder],
             break
         time.sleep(1)
     t = total(holders)
-    lines.append(f"publications delivered to held subscribers: {got} of {expected} expected "
-                 f"({'ok' if got == expected else 'MISMATCH'}), duplicates {t.get('dup', 0)}")
+    lines.append(
+        f"publications delivered to held subscribers: {got} of {expected} expected "
+        f"({'ok' if got == expected else 'MISMATCH'}), duplicates {t.get('dup', 0)}"
+    )
     for ws in probes:
         ws.close()
     return lines
@@ -257,8 +291,11 @@ def run(a: argparse.Namespace) -> int:
     cfg_path = os.path.join(RESULTS, "hub-many.toml")
     with open(cfg_path, "w") as f:
         f.write(CONFIG)
-    print(f"ulimit -n: {resource.getrlimit(resource.RLIMIT_NOFILE)}; {os.cpu_count()} cores; N={a.n} over "
-          f"{a.nodes} nodes, {a.channels} channels", flush=True)
+    print(
+        f"ulimit -n: {resource.getrlimit(resource.RLIMIT_NOFILE)}; {os.cpu_count()} cores; N={a.n} over "
+        f"{a.nodes} nodes, {a.channels} channels",
+        flush=True,
+    )
     redis = RedisProc(logdir, "many")
     redis.start()
     nodes: list[subprocess.Popen] = []
@@ -269,10 +306,32 @@ def run(a: argparse.Namespace) -> int:
         for k, port in enumerate(ports):
             log = open(os.path.join(logdir, f"node{k + 1}.log"), "w")
             logs.append(log)
-            nodes.append(subprocess.Popen(
-                [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port), "--config", cfg_path,
-                 "--node-name", f"n{k + 1}", "--data-dir", tempfile.mkdtemp(prefix=f"many-n{k + 1}-"),
-                 "--redis", redis.url], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        PY,
+                        "-m",
+                        "hub",
+                        "serve",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--config",
+                        cfg_path,
+                        "--node-name",
+                        f"n{k + 1}",
+                        "--data-dir",
+                        tempfile.mkdtemp(prefix=f"many-n{k + 1}-"),
+                        "--redis",
+                        redis.url,
+                    ],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
         for proc, port in zip(nodes, ports, strict=True):
             why = fanout.wait_ready(proc, port, 60)
             if why:
@@ -292,9 +351,12 @@ def run(a: argparse.Namespace) -> int:
         while time.monotonic() < deadline:
             time.sleep(5)
             last = total(holders)
-            print(f"[{time.monotonic() - t0:5.0f}s] connected {last.get('connected', 0):,} subscribed "
-                  f"{last.get('subscribed', 0):,} failed {last.get('failed', 0)} closed {last.get('closed', 0)}",
-                  flush=True)
+            print(
+                f"[{time.monotonic() - t0:5.0f}s] connected {last.get('connected', 0):,} subscribed "
+                f"{last.get('subscribed', 0):,} failed {last.get('failed', 0)} "
+                f"closed {last.get('closed', 0)}",
+                flush=True,
+            )
             if last.get("subscribed", 0) + last.get("failed", 0) >= a.n:
                 break
         connect_s = time.monotonic() - t0
@@ -303,8 +365,11 @@ def run(a: argparse.Namespace) -> int:
         time.sleep(3)
         last = total(holders)
         held = last.get("subscribed", 0)
-        print(f"held: {held:,} subscribed connections of {a.n:,} after {connect_s:.0f} s "
-              f"({held / connect_s:,.0f}/s)" + ("" if held >= a.n else " -- NOT ALL: see below"), flush=True)
+        print(
+            f"held: {held:,} subscribed connections of {a.n:,} after {connect_s:.0f} s "
+            f"({held / connect_s:,.0f}/s)" + ("" if held >= a.n else " -- NOT ALL: see below"),
+            flush=True,
+        )
         time.sleep(2)
         c0 = [procstat.cpu(p.pid) for p in nodes]
         r0 = procstat.cpu(redis.proc.pid)
@@ -320,15 +385,22 @@ def run(a: argparse.Namespace) -> int:
         hold_cpu = sum(procstat.cpu_delta_s(x, y)["cpu_s"] for x, y in zip(h0, h1, strict=True)) / a.idle_s
         red_cpu = procstat.cpu_delta_s(r0, r1)["cpu_s"] / a.idle_s
         for k, (x, y) in enumerate(zip(rss0, rss, strict=True)):
-            print(f"node{k + 1}: RSS {y / 1024:,.0f} MB (started at {x / 1024:,.0f} MB), idle CPU "
-                  f"{node_cpu[k] * 100:.1f}% of a core")
+            print(
+                f"node{k + 1}: RSS {y / 1024:,.0f} MB (started at {x / 1024:,.0f} MB), idle CPU "
+                f"{node_cpu[k] * 100:.1f}% of a core"
+            )
         conns = max(held, 1)
-        print(f"nodes: RSS {sum(rss) / 1024:,.0f} MB in all, {(sum(rss) - sum(rss0)) / conns:.1f} KB per held "
-              f"connection over the nodes' start; idle CPU {sum(node_cpu) * 100:.1f}% of a core in all "
-              f"({sum(node_cpu) / conns * 1e6:.2f} us/s per connection)")
-        print(f"redis: used_memory {mem['used_memory'] / 2**20:,.1f} MB (started at {redis_mem0 / 2**20:.1f}), "
-              f"{(mem['used_memory'] - redis_mem0) / conns:.0f} bytes per connection; RSS {redis_rss / 1024:,.0f} MB "
-              f"(started {redis_rss0 / 1024:.0f}); idle CPU {red_cpu * 100:.1f}% of a core")
+        print(
+            f"nodes: RSS {sum(rss) / 1024:,.0f} MB in all, {(sum(rss) - sum(rss0)) / conns:.1f} KB per held "
+            f"connection over the nodes' start; idle CPU {sum(node_cpu) * 100:.1f}% of a core in all "
+            f"({sum(node_cpu) / conns * 1e6:.2f} us/s per connection)"
+        )
+        print(
+            f"redis: used_memory {mem['used_memory'] / 2**20:,.1f} MB (started at {redis_mem0 / 2**20:.1f}), "
+            f"{(mem['used_memory'] - redis_mem0) / conns:.0f} bytes per connection; "
+            f"RSS {redis_rss / 1024:,.0f} MB "
+            f"(started {redis_rss0 / 1024:.0f}); idle CPU {red_cpu * 100:.1f}% of a core"
+        )
         print(f"holders: idle CPU {hold_cpu * 100:.1f}% of a core (answering pings)", flush=True)
         # the checks: with every client held each channel's count is known; else presence's count on node 1
         if time.monotonic() - t_start < a.budget_s - 90:
@@ -336,15 +408,19 @@ def run(a: argparse.Namespace) -> int:
                 counts = {f"{a.prefix}{c}": len(range(c, a.n, a.channels)) for c in range(a.channels)}
             else:
                 counts = presence_counts(ports[0], a)
-                print("not every client is held: the counts checked are node 1's presence_stats, compared "
-                      "with every other node's answer and with the deliveries")
+                print(
+                    "not every client is held: the counts checked are node 1's presence_stats, compared "
+                    "with every other node's answer and with the deliveries"
+                )
             for line in probe_checks(ports, a, holders, counts):
                 print(line, flush=True)
         else:
             print("no time left in the budget for the checks")
         h = total(holders)
-        print(f"at the end: connected {h.get('connected', 0):,} subscribed {h.get('subscribed', 0):,} closed "
-              f"{h.get('closed', 0)}; whole run {time.monotonic() - t_start:.0f} s")
+        print(
+            f"at the end: connected {h.get('connected', 0):,} subscribed {h.get('subscribed', 0):,} closed "
+            f"{h.get('closed', 0)}; whole run {time.monotonic() - t_start:.0f} s"
+        )
         bad = 0
         for k in range(a.nodes):
             n_err, excerpt = fanout.scan_log(os.path.join(logdir, f"node{k + 1}.log"))

@@ -79,10 +79,12 @@ def write_config() -> str:
 
 # ------------------------------------------------------------------------------- idle
 
+
 def anchor_checkout(rev: str) -> str:
     """``rev``'s tree under bench/results/anchor-<rev> (``git archive``, no worktree): the hub before."""
-    sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
     path = os.path.join(RESULTS, f"anchor-{sha}")
     if not os.path.isdir(path):
         os.makedirs(path)
@@ -129,10 +131,13 @@ def idle(a: argparse.Namespace) -> int:
                 out.write(json.dumps(c) + "\n")
                 out.flush()
                 i = c.get("idle") or {}
-                print(f"{v:<9} N={a.n} r{rep}: {fanout.fmt(i.get('idle_kb_per_conn'), '.2f')} KB/conn, "
-                      f"idle CPU {fanout.fmt(i.get('idle_server_cpu_util'), '.3f')} cores over {a.idle_s:g} s, "
-                      f"connect {fanout.fmt(i.get('connect_s'), '.1f')} s"
-                      + (f" ERROR {c['error'][:300]}" if "error" in c else ""), flush=True)
+                print(
+                    f"{v:<9} N={a.n} r{rep}: {fanout.fmt(i.get('idle_kb_per_conn'), '.2f')} KB/conn, "
+                    f"idle CPU {fanout.fmt(i.get('idle_server_cpu_util'), '.3f')} cores over {a.idle_s:g} s, "
+                    f"connect {fanout.fmt(i.get('connect_s'), '.1f')} s"
+                    + (f" ERROR {c['error'][:300]}" if "error" in c else ""),
+                    flush=True,
+                )
     print()
     print(f"N={a.n}, {a.repeats} runs each, medians (bench/memory.py idle, box shared with other sessions):")
     figures = {}
@@ -141,11 +146,15 @@ def idle(a: argparse.Namespace) -> int:
         cpu = [g["idle"]["idle_server_cpu_util"] for g in cells if g["variant"] == v and "idle" in g]
         if kb:
             figures[v] = statistics.median(kb)
-            print(f"  {v:<9} {statistics.median(kb):6.2f} KB/conn (runs {', '.join(f'{x:.2f}' for x in kb)}); "
-                  f"idle CPU {statistics.median(cpu) * 100:.1f}% of a core")
+            print(
+                f"  {v:<9} {statistics.median(kb):6.2f} KB/conn (runs {', '.join(f'{x:.2f}' for x in kb)}); "
+                f"idle CPU {statistics.median(cpu) * 100:.1f}% of a core"
+            )
     if "hub" in figures and "baseline" in figures:
-        print(f"  hub/baseline {figures['hub'] / figures['baseline']:.2f}x; goal: hub <= 15 KB/conn: "
-              + ("PASS" if figures["hub"] <= 15 else "FAIL"))
+        print(
+            f"  hub/baseline {figures['hub'] / figures['baseline']:.2f}x; goal: hub <= 15 KB/conn: "
+            + ("PASS" if figures["hub"] <= 15 else "FAIL")
+        )
     if "hub" in figures and "hub-anchor" in figures:
         print(f"  hub/anchor ({a.anchor}) {figures['hub'] / figures['hub-anchor']:.2f}x")
     print(f"results: {os.path.relpath(out_path, os.getcwd())}")
@@ -154,8 +163,16 @@ def idle(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- breakdown
 
-STOP_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-              types.MethodDescriptorType, types.WrapperDescriptorType, types.GetSetDescriptorType)
+STOP_TYPES = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.CodeType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.GetSetDescriptorType,
+)
 
 
 def named_children(obj: object) -> list[tuple[str, object]]:
@@ -246,22 +263,43 @@ async def _breakdown(a: argparse.Namespace) -> int:
     server = _server_class()(uvicorn_config(app, cfg, app.node.metrics))
     server.metrics, server.drain, server.shutdown_timeout = app.node.metrics, app.drain, 5.0
     serving = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn's flag, no event to wait on
         await asyncio.sleep(0.05)
     node = app.node
     gc.collect()
     before = tracemalloc.take_snapshot()
-    client = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "load_client.py"), "--url",
-         f"ws://127.0.0.1:{cfg.port}{fanout.WS_PATH}", "--n", str(a.n), "--server-pid", str(os.getpid()),
-         "--idle-s", "60", "--steady-s", "0", "--sat-s", "0", "--warmup-s", "0"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = subprocess.Popen(  # noqa: ASYNC220 - the load process runs beside the loop
+        [
+            sys.executable,
+            os.path.join(HERE, "load_client.py"),
+            "--url",
+            f"ws://127.0.0.1:{cfg.port}{fanout.WS_PATH}",
+            "--n",
+            str(a.n),
+            "--server-pid",
+            str(os.getpid()),
+            "--idle-s",
+            "60",
+            "--steady-s",
+            "0",
+            "--sat-s",
+            "0",
+            "--warmup-s",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         t0 = time.monotonic()
         while sum(1 for c in node.sessions if c.subs) < a.n:
             if time.monotonic() - t0 > 120 or client.poll() is not None:
-                print("clients did not all subscribe:", client.stderr.read().decode()[-500:] if client.poll()
-                      is not None else "timeout", file=sys.stderr)
+                print(
+                    "clients did not all subscribe:",
+                    client.stderr.read().decode()[-500:] if client.poll() is not None else "timeout",
+                    file=sys.stderr,
+                )
                 return 2
             await asyncio.sleep(0.2)
         await asyncio.sleep(2)
@@ -294,7 +332,9 @@ def report_tracemalloc(before, after, n: int) -> None:
         by_file[f] += s.size_diff
         lines.append((s.size_diff, f"{f}:{frame.lineno}", s.count_diff))
     total = sum(by_file.values())
-    print(f"tracemalloc: {total / n:,.0f} bytes per connection allocated and still held after {n} connections")
+    print(
+        f"tracemalloc: {total / n:,.0f} bytes per connection allocated and still held after {n} connections"
+    )
     print("| file | bytes/conn |")
     print("|---|---|")
     for f, size in sorted(by_file.items(), key=lambda kv: -kv[1])[:20]:
@@ -311,10 +351,29 @@ def report_walk(one, two, node, app, server) -> None:
     import sys as _sys
 
     state = server.server_state
-    stop = {id(x) for x in (node, app, server, server.config, state, state.connections, state.tasks,
-                            server.config.loaded_app, asyncio.get_running_loop(), node.config, node.registry,
-                            node.presence, node.broker, node.sessions, node.scheduler, node.slot_clock,
-                            node.metrics, sys.modules)}
+    stop = {
+        id(x)
+        for x in (
+            node,
+            app,
+            server,
+            server.config,
+            state,
+            state.connections,
+            state.tasks,
+            server.config.loaded_app,
+            asyncio.get_running_loop(),
+            node.config,
+            node.registry,
+            node.presence,
+            node.broker,
+            node.sessions,
+            node.scheduler,
+            node.slot_clock,
+            node.metrics,
+            sys.modules,
+        )
+    }
 
     def task_of(protocol):
         for t in state.tasks:
@@ -336,8 +395,10 @@ def report_walk(one, two, node, app, server) -> None:
         by_path[path][0] += _sys.getsizeof(obj)
         by_path[path][1] += 1
     total = sum(v[0] for v in by_path.values())
-    print(f"\none connection's own objects (gc walk from its uvicorn protocol, shared ones left out): "
-          f"{total:,} bytes in {len(own)} objects (getsizeof; allocator overhead not included)")
+    print(
+        f"\none connection's own objects (gc walk from its uvicorn protocol, shared ones left out): "
+        f"{total:,} bytes in {len(own)} objects (getsizeof; allocator overhead not included)"
+    )
     print("| owner | bytes | objects |")
     print("|---|---|---|")
     for path, (size, count) in sorted(by_path.items(), key=lambda kv: -kv[1][0]):
@@ -350,9 +411,14 @@ def main() -> int:
     ap.add_argument("mode", nargs="?", default="idle", choices=["idle", "breakdown"])
     ap.add_argument("--n", type=int, default=None, help="connections (idle: 18000, breakdown: 2000)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--variants", default="baseline,hub",
-                    help="comma list of: baseline (websockets), hub (this checkout), hub-anchor (--anchor's hub)")
-    ap.add_argument("--anchor", default="902dc77", help="the commit hub-anchor runs (default: where this work began)")
+    ap.add_argument(
+        "--variants",
+        default="baseline,hub",
+        help="comma list of: baseline (websockets), hub (this checkout), hub-anchor (--anchor's hub)",
+    )
+    ap.add_argument(
+        "--anchor", default="902dc77", help="the commit hub-anchor runs (default: where this work began)"
+    )
     ap.add_argument("--anchor-tree", action="store_true", help="breakdown: of the --anchor commit's hub")
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--connect-timeout", type=float, default=600.0)

@@ -60,7 +60,6 @@ async def test_a_clock_pass_looks_only_at_the_sessions_due(make_hub: HubFactory,
     assert len(looked) == N  # each pinged at its interval, once
     assert all(c.awaiting_pong for c in node.sessions)
 
-
     async def read_forever(c: RawClient) -> None:
         while True:
             await c._read()  # answers pings
