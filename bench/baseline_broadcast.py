@@ -14,6 +14,7 @@ are joined with "\\n" into one frame (as the hub does), to exercise the client's
 
 usage: python bench/baseline_broadcast.py --port P [--host 127.0.0.1] [--loop asyncio|uvloop]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,11 +87,23 @@ async def handler(ws) -> None:
                     mine.append(ch)
                     replies.append(b'{"id":%d,"subscribe":{}}' % cid)
                 elif "connect" in cmd:
-                    replies.append(orjson.dumps({"id": cid, "connect": {
-                        "client": f"baseline-{next(CLIENT_IDS)}", "version": "baseline",
-                        "ping": 25, "pong": True}}))
+                    replies.append(
+                        orjson.dumps(
+                            {
+                                "id": cid,
+                                "connect": {
+                                    "client": f"baseline-{next(CLIENT_IDS)}",
+                                    "version": "baseline",
+                                    "ping": 25,
+                                    "pong": True,
+                                },
+                            }
+                        )
+                    )
                 else:
-                    replies.append(orjson.dumps({"id": cid, "error": {"code": 106, "message": "not available"}}))
+                    replies.append(
+                        orjson.dumps({"id": cid, "error": {"code": 106, "message": "not available"}})
+                    )
             if replies:
                 await ws.send(b"\n".join(replies).decode())
     except ConnectionClosed:
@@ -106,8 +119,15 @@ async def main(a) -> None:
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
-    async with serve(handler, a.host, a.port, process_request=process_request,
-                     compression=None, backlog=4096, max_size=1 << 20):
+    async with serve(
+        handler,
+        a.host,
+        a.port,
+        process_request=process_request,
+        compression=None,
+        backlog=4096,
+        max_size=1 << 20,
+    ):
         await stop
 
 
@@ -121,6 +141,7 @@ if __name__ == "__main__":
     COALESCE = a.coalesce
     if a.loop == "uvloop":
         import uvloop
+
         uvloop.run(main(a))
     else:
         asyncio.run(main(a))

@@ -44,6 +44,7 @@ Redis / one memory-broker node, saturated deliveries/s) side by side.
 usage: .venv/bin/python bench/cluster.py [--quick] [--n 900] [--channels 1,6] [--layouts ...] [--repeats R]
        [--anchor REV]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,6 +82,7 @@ PREFIXES = ["bench"] + [f"bench-{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 
 # ------------------------------------------------------------------------------- Redis
 
+
 class RedisProc:
     """A redis-server of our own: free loopback port, no persistence, own directory."""
 
@@ -94,14 +96,33 @@ class RedisProc:
     def start(self, timeout: float = 15.0) -> None:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--protected-mode", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self.dir,
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         end = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server on {self.port} exited ({self.proc.returncode}): "
-                                   f"see {self.log_path}")
+                raise RuntimeError(
+                    f"redis-server on {self.port} exited ({self.proc.returncode}): see {self.log_path}"
+                )
             try:
                 if self.client().ping():
                     return
@@ -112,6 +133,7 @@ class RedisProc:
 
     def client(self):
         import redis
+
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, protocol=2)
 
     def reset(self) -> None:
@@ -139,6 +161,7 @@ class RedisProc:
 def shard_split(urls: list[str], names: list[str]) -> list[int]:
     """Which shard (index into urls) each channel lands on, by the hub's own ring (anonymous = tenant "")."""
     from channels.redis_shards import RedisShards, route_of
+
     shards = RedisShards(urls)
     return [shards.shard_for(route_of("", name)).index for name in names]
 
@@ -159,21 +182,52 @@ def pick_prefix(urls: list[str], channels: int) -> tuple[str, list[int]]:
 
 # ------------------------------------------------------------------------------- one cell
 
+
 def node_argv(port: int, name: str, redis_urls: list[str], data_dir: str, a) -> list[str]:
     """The command line of one node (run with cwd and PYTHONPATH at the hub's checkout)."""
-    argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--config", a.hub_config_path, "--node-name", name, "--data-dir", data_dir]
+    argv = [
+        PY,
+        "-m",
+        "hub",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--config",
+        a.hub_config_path,
+        "--node-name",
+        name,
+        "--data-dir",
+        data_dir,
+    ]
     for url in redis_urls:
         argv += ["--redis", url]
     return argv
 
 
-def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[RedisProc], a,
-             logdir: str, hub: tuple[str, str] = ("hub", ROOT)) -> dict:
+def run_cell(
+    layout: str,
+    channels: int,
+    prefix: str,
+    rep: int,
+    redis: list[RedisProc],
+    a,
+    logdir: str,
+    hub: tuple[str, str] = ("hub", ROOT),
+) -> dict:
     nodes, nshards = LAYOUTS[layout]
     shards = redis[:nshards]
-    cell = {"layout": layout, "nodes": nodes, "shards": nshards, "channels": channels,
-            "channel_prefix": prefix if channels > 1 else "bench", "n": a.n, "repeat": rep, "hub": hub[0]}
+    cell = {
+        "layout": layout,
+        "nodes": nodes,
+        "shards": nshards,
+        "channels": channels,
+        "channel_prefix": prefix if channels > 1 else "bench",
+        "n": a.n,
+        "repeat": rep,
+        "hub": hub[0],
+    }
     bg, waited = fanout.wait_quiet(a.quiet_threshold, a.quiet_wait)
     cell.update({"bg_cores_before": bg, "quiet_wait_s": waited})
     for r in shards:
@@ -189,22 +243,41 @@ def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[Redi
             logs.append(log_path)
             data_dir = os.path.join(data_root, f"node{k + 1}")
             with open(log_path, "w") as log:
-                procs.append(subprocess.Popen(
-                    node_argv(port, f"node{k + 1}", [r.url for r in shards], data_dir, a),
-                    cwd=hub[1], env=dict(os.environ, PYTHONPATH=hub[1]), stdout=log,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        node_argv(port, f"node{k + 1}", [r.url for r in shards], data_dir, a),
+                        cwd=hub[1],
+                        env=dict(os.environ, PYTHONPATH=hub[1]),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         for k, (proc, port) in enumerate(zip(procs, ports, strict=True)):
             why = fanout.wait_ready(proc, port, a.ready_timeout)
             if why:
                 cell["error"] = f"node{k + 1}: {why}"
                 return cell
         urls = [f"ws://127.0.0.1:{p}{WS_PATH}" for p in ports]
-        cmd = [PY, os.path.join(HERE, "load_client.py"),
-               "--url", urls[0], "--sub-urls", ",".join(urls), "--n", str(a.n),
-               "--server-pid", ",".join(str(p.pid) for p in procs),
-               "--redis-pid", ",".join(str(r.proc.pid) for r in shards),
-               "--channel", prefix if channels > 1 else "bench", "--channels", str(channels),
-               *fanout.phase_args(a)]
+        cmd = [
+            PY,
+            os.path.join(HERE, "load_client.py"),
+            "--url",
+            urls[0],
+            "--sub-urls",
+            ",".join(urls),
+            "--n",
+            str(a.n),
+            "--server-pid",
+            ",".join(str(p.pid) for p in procs),
+            "--redis-pid",
+            ",".join(str(r.proc.pid) for r in shards),
+            "--channel",
+            prefix if channels > 1 else "bench",
+            "--channels",
+            str(channels),
+            *fanout.phase_args(a),
+        ]
         if not fanout.run_load_client(cmd, a, cell):
             return cell
         add_redis_net(cell)
@@ -213,9 +286,14 @@ def run_cell(layout: str, channels: int, prefix: str, rep: int, redis: list[Redi
                 cell.setdefault("error", f"node{k + 1} died during the run (status {proc.returncode})")
         # what each shard did over the whole cell (warm-up included): one publish script per publication,
         # plus the nodes' own traffic (control channel announcements, presence) wherever it lives
-        cell["redis_calls"] = [{k: v for k, v in r.calls().items()
-                                if k in ("evalsha", "eval", "publish", "spublish", "subscribe", "xadd")}
-                               for r in shards]
+        cell["redis_calls"] = [
+            {
+                k: v
+                for k, v in r.calls().items()
+                if k in ("evalsha", "eval", "publish", "spublish", "subscribe", "xadd")
+            }
+            for r in shards
+        ]
     finally:
         for proc in procs:
             fanout.stop_server(proc)
@@ -254,6 +332,7 @@ def add_redis_net(cell: dict) -> None:
 
 # ------------------------------------------------------------------------------- reporting
 
+
 def g(cell: dict, phase: str, key: str):
     return (cell.get(phase) or {}).get(key)
 
@@ -274,8 +353,10 @@ def ratio(v, base) -> str:
 def is_noisy(c: dict, a) -> bool:
     if (c.get("bg_cores_before") or 0) > a.quiet_threshold:
         return True
-    return any((g(c, ph, "box_steal_cores") or 0) > 0.1 or (g(c, ph, "other_cores") or 0) > a.noise_threshold
-               for ph in ("steady", "saturate"))
+    return any(
+        (g(c, ph, "box_steal_cores") or 0) > 0.1 or (g(c, ph, "other_cores") or 0) > a.noise_threshold
+        for ph in ("steady", "saturate")
+    )
 
 
 def aggregate(cells: list[dict]) -> dict:
@@ -284,20 +365,26 @@ def aggregate(cells: list[dict]) -> dict:
     ok = [c for c in ok if not c.get("noisy")] or ok
     m = {}
     for key, ph, field in (
-            ("steady_dps", "steady", "deliveries_per_s"), ("p50", "steady", "p50_ms"),
-            ("p99", "steady", "p99_ms"), ("steady_us", "steady", "server_cpu_us_per_delivery"),
-            ("steady_redis_us_pub", "steady", "redis_net_us_per_publication"),
-            ("steady_redis_us_dlv", "steady", "redis_net_us_per_delivery"),
-            ("steady_redis_gross_us_pub", "steady", "redis_cpu_us_per_publication"),
-            ("sat_dps", "saturate", "deliveries_per_s"), ("sat_pps", "saturate", "publications_per_s"),
-            ("sat_us", "saturate", "server_cpu_us_per_delivery"),
-            ("sat_redis_us_pub", "saturate", "redis_net_us_per_publication"),
-            ("sat_redis_us_dlv", "saturate", "redis_net_us_per_delivery"),
-            ("redis_idle_cores", "idle", "redis_idle_cpu_util"),
-            ("steady_other", "steady", "other_cores"), ("sat_other", "saturate", "other_cores"),
-            ("sat_hub_cores", "saturate", "server_cpu_util"),
-            ("sat_redis_cores", "saturate", "redis_cpu_util"),
-            ("sat_busy", "saturate", "box_busy_cores"), ("idle_kb", "idle", "idle_kb_per_conn")):
+        ("steady_dps", "steady", "deliveries_per_s"),
+        ("p50", "steady", "p50_ms"),
+        ("p99", "steady", "p99_ms"),
+        ("steady_us", "steady", "server_cpu_us_per_delivery"),
+        ("steady_redis_us_pub", "steady", "redis_net_us_per_publication"),
+        ("steady_redis_us_dlv", "steady", "redis_net_us_per_delivery"),
+        ("steady_redis_gross_us_pub", "steady", "redis_cpu_us_per_publication"),
+        ("sat_dps", "saturate", "deliveries_per_s"),
+        ("sat_pps", "saturate", "publications_per_s"),
+        ("sat_us", "saturate", "server_cpu_us_per_delivery"),
+        ("sat_redis_us_pub", "saturate", "redis_net_us_per_publication"),
+        ("sat_redis_us_dlv", "saturate", "redis_net_us_per_delivery"),
+        ("redis_idle_cores", "idle", "redis_idle_cpu_util"),
+        ("steady_other", "steady", "other_cores"),
+        ("sat_other", "saturate", "other_cores"),
+        ("sat_hub_cores", "saturate", "server_cpu_util"),
+        ("sat_redis_cores", "saturate", "redis_cpu_util"),
+        ("sat_busy", "saturate", "box_busy_cores"),
+        ("idle_kb", "idle", "idle_kb_per_conn"),
+    ):
         m[key] = med(g(c, ph, field) for c in ok)
     m["lost"] = sum((g(c, ph, "missing") or 0) for c in cells for ph in ("steady", "saturate"))
     m["errors"] = [c["error"] for c in cells if "error" in c]
@@ -307,8 +394,9 @@ def aggregate(cells: list[dict]) -> dict:
     calls = [c.get("redis_calls") for c in ok if c.get("redis_calls")]
     if calls:
         last = calls[-1]
-        m["shard_scripts"] = [sum(d.get(k, 0) for k in ("evalsha", "eval", "publish", "spublish"))
-                              for d in last]
+        m["shard_scripts"] = [
+            sum(d.get(k, 0) for k in ("evalsha", "eval", "publish", "spublish")) for d in last
+        ]
     cpu_each = [g(c, "saturate", "redis_cpu_s_each") for c in ok if g(c, "saturate", "redis_cpu_s_each")]
     if cpu_each:
         m["shard_cpu_s_sat"] = cpu_each[-1]
@@ -316,23 +404,32 @@ def aggregate(cells: list[dict]) -> dict:
 
 
 def report(cells: list[dict], a) -> tuple[str, dict]:
-    out = [f"Many nodes, one hub: N={a.n} WebSocket JSON subscribers spread round-robin over the nodes, "
-           f"1 publisher on node 1, {a.data_bytes} B data; steady {a.rate:,.0f} deliveries/s "
-           f"for {a.steady_s:g} s, "
-           f"saturate {a.sat_s:g} s ({a.window_deliveries} deliveries in flight); hub config: "
-           + (f"history {a.history_size} / {a.history_ttl} s, presence and join/leave off"
-              if a.history_size else "pure fan-out (history, presence, join/leave off)")
-           + f"; {os.cpu_count()} vCPUs."]
+    out = [
+        f"Many nodes, one hub: N={a.n} WebSocket JSON subscribers spread round-robin over the nodes, "
+        f"1 publisher on node 1, {a.data_bytes} B data; steady {a.rate:,.0f} deliveries/s "
+        f"for {a.steady_s:g} s, "
+        f"saturate {a.sat_s:g} s ({a.window_deliveries} deliveries in flight); hub config: "
+        + (
+            f"history {a.history_size} / {a.history_ttl} s, presence and join/leave off"
+            if a.history_size
+            else "pure fan-out (history, presence, join/leave off)"
+        )
+        + f"; {os.cpu_count()} vCPUs."
+    ]
     summary = {"kind": "summary", "groups": {}}
-    head = (f"{'layout':<15} {'steady dlv/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'hub us/dlv':>10} "
-            f"{'redis us/pub':>12} {'redis us/dlv':>12} | {'sat dlv/s':>9} {'hub us/dlv':>10} "
-            f"{'redis us/pub':>12} {'redis us/dlv':>12} {'hub/redis cores':>15} {'lost':>5}  notes")
+    head = (
+        f"{'layout':<15} {'steady dlv/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'hub us/dlv':>10} "
+        f"{'redis us/pub':>12} {'redis us/dlv':>12} | {'sat dlv/s':>9} {'hub us/dlv':>10} "
+        f"{'redis us/pub':>12} {'redis us/dlv':>12} {'hub/redis cores':>15} {'lost':>5}  notes"
+    )
     for ch in a.channel_list:
         prefix = next((c["channel_prefix"] for c in cells if c["channels"] == ch), "bench")
         fan = a.n // ch
         out.append("")
-        out.append(f"== {ch} channel{'s' if ch > 1 else ''}: each publication reaches {fan} subscribers"
-                   + (f" (channels {prefix}0..{prefix}{ch - 1})" if ch > 1 else " (channel bench)"))
+        out.append(
+            f"== {ch} channel{'s' if ch > 1 else ''}: each publication reaches {fan} subscribers"
+            + (f" (channels {prefix}0..{prefix}{ch - 1})" if ch > 1 else " (channel bench)")
+        )
         out.append(head)
         out.append("-" * len(head))
         aggs = {}
@@ -355,14 +452,18 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
                 notes.append("EVALSHA+PUBLISH per shard " + "/".join(f"{x:,}" for x in m["shard_scripts"]))
             if m.get("shard_cpu_s_sat") and len(m["shard_cpu_s_sat"]) > 1:
                 notes.append("shard CPU s (sat) " + "/".join(f"{x:.2f}" for x in m["shard_cpu_s_sat"]))
-            cores = ("-" if m["sat_hub_cores"] is None else
-                     f"{m['sat_hub_cores']:.2f}/{fmt(m['sat_redis_cores'], '.2f')}")
+            cores = (
+                "-"
+                if m["sat_hub_cores"] is None
+                else f"{m['sat_hub_cores']:.2f}/{fmt(m['sat_redis_cores'], '.2f')}"
+            )
             out.append(
                 f"{lay:<15} {fmt(m['steady_dps']):>12} {fmt(m['p50'], '.2f'):>7} {fmt(m['p99'], '.2f'):>7} "
                 f"{fmt(m['steady_us'], '.2f'):>10} {fmt(m['steady_redis_us_pub'], '.1f'):>12} "
                 f"{fmt(m['steady_redis_us_dlv'], '.3f'):>12} | {fmt(m['sat_dps']):>9} "
                 f"{fmt(m['sat_us'], '.2f'):>10} {fmt(m['sat_redis_us_pub'], '.1f'):>12} "
-                f"{fmt(m['sat_redis_us_dlv'], '.3f'):>12} {cores:>15} {m['lost']:>5}  {'; '.join(notes)}")
+                f"{fmt(m['sat_redis_us_dlv'], '.3f'):>12} {cores:>15} {m['lost']:>5}  {'; '.join(notes)}"
+            )
         b = aggs.get(BASE)
         if b:
             for lay, m in aggs.items():
@@ -372,7 +473,8 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
                     f"{lay + '/1node':<15} {ratio(m['steady_dps'], b['steady_dps']):>12} "
                     f"{ratio(m['p50'], b['p50']):>7} {ratio(m['p99'], b['p99']):>7} "
                     f"{ratio(m['steady_us'], b['steady_us']):>10} {'':>12} {'':>12} | "
-                    f"{ratio(m['sat_dps'], b['sat_dps']):>9} {ratio(m['sat_us'], b['sat_us']):>10}")
+                    f"{ratio(m['sat_dps'], b['sat_dps']):>9} {ratio(m['sat_us'], b['sat_us']):>10}"
+                )
         summary["groups"][str(ch)] = aggs
     out.append("")
     for c in cells:
@@ -388,8 +490,10 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
             out.append(f"! {tag}: the hub closed connections: {cl['close_codes']}")
         for ph in ("steady", "saturate"):
             if g(c, ph, "missing"):
-                out.append(f"! {tag} {ph}: {g(c, ph, 'missing')} deliveries missing, "
-                           f"{g(c, ph, 'subs_short')} subscribers short")
+                out.append(
+                    f"! {tag} {ph}: {g(c, ph, 'missing')} deliveries missing, "
+                    f"{g(c, ph, 'subs_short')} subscribers short"
+                )
     out.append(
         "Columns: dlv = delivery (one publication received by one subscriber); hub us/dlv = CPU of every "
         "node's process tree / deliveries; redis us/pub and us/dlv = CPU of the redis-server processes, "
@@ -402,7 +506,8 @@ def report(cells: list[dict], a) -> tuple[str, dict]:
         "are those of a crowded box; the CPU per delivery is the meaningful figure. Medians over the "
         "clean runs (all runs if none is clean); noisy = other processes used > "
         f"{a.noise_threshold:g} cores during a phase or > {a.quiet_threshold:g} cores just before "
-        "the cell, or steal > 0.1 cores.")
+        "the cell, or steal > 0.1 cores."
+    )
     summary["table"] = out
     return "\n".join(out), summary
 
@@ -426,6 +531,7 @@ def goal_lines(cells: list[dict], a, hubs: list[str]) -> str:
 
 # ------------------------------------------------------------------------------- main
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: short phases, about 1-2 min")
@@ -446,8 +552,12 @@ def main() -> int:
     ap.add_argument("--quiet-threshold", type=float, default=0.3)
     ap.add_argument("--quiet-wait", type=float, default=None, help="max s to wait for a quiet box per cell")
     ap.add_argument("--noise-threshold", type=float, default=0.25)
-    ap.add_argument("--history-size", type=int, default=0,
-                    help="keep history (default 0: pure fan-out, as bench/fanout.py)")
+    ap.add_argument(
+        "--history-size",
+        type=int,
+        default=0,
+        help="keep history (default 0: pure fan-out, as bench/fanout.py)",
+    )
     ap.add_argument("--history-ttl", type=int, default=300, help="seconds, with --history-size")
     ap.add_argument("--out", default=None)
     ap.add_argument("--anchor", default=None, help="git revision whose hub runs every cell too")
@@ -478,22 +588,29 @@ def main() -> int:
     if a.history_size:
         # publications also go into each channel's stream (XADD + trim in the publish script)
         config = config.replace("history_size = 0", f"history_size = {a.history_size}").replace(
-            "history_ttl = 0", f"history_ttl = {a.history_ttl}")
+            "history_ttl = 0", f"history_ttl = {a.history_ttl}"
+        )
         assert f"history_size = {a.history_size}" in config, "pure_config() changed: update bench/cluster.py"
     with open(a.hub_config_path, "w") as f:
         f.write(config)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < a.n + 1000:
-        resource.setrlimit(resource.RLIMIT_NOFILE,
-                           (a.n + 1000 if hard == resource.RLIM_INFINITY else min(hard, a.n + 1000), hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE,
+            (a.n + 1000 if hard == resource.RLIM_INFINITY else min(hard, a.n + 1000), hard),
+        )
 
     hubs = [("hub", ROOT)]
     anchor_dir = None
     if a.anchor:
         anchor_dir = tempfile.mkdtemp(prefix="bench-cluster-anchor-")
         os.rmdir(anchor_dir)
-        subprocess.run(["git", "worktree", "add", "--detach", anchor_dir, a.anchor], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", anchor_dir, a.anchor],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         hubs.append(("anchor", anchor_dir))
     nredis = max(LAYOUTS[x][1] for x in a.layout_list)
     redis = [RedisProc(logdir, f"shard{i}") for i in range(nredis)]
@@ -512,19 +629,35 @@ def main() -> int:
                 print(f"{ch} channels: prefix {prefixes[ch]!r}, shard of each channel {split}", flush=True)
             else:
                 prefixes[ch] = "bench"
-        meta = {"kind": "meta", "time": stamp, "argv": sys.argv[1:], "n": a.n, "channels": a.channel_list,
-                "layouts": a.layout_list, "rate": a.rate, "steady_s": a.steady_s, "sat_s": a.sat_s,
-                "warmup_s": a.warmup_s, "window_deliveries": a.window_deliveries, "data_bytes": a.data_bytes,
-                "redis_ports": [r.port for r in redis], "redis_version": redis_version,
-                "history_size": a.history_size, "history_ttl": a.history_ttl,
-                "channel_prefixes": prefixes, "cpus": os.cpu_count(), **fanout.versions()}
+        meta = {
+            "kind": "meta",
+            "time": stamp,
+            "argv": sys.argv[1:],
+            "n": a.n,
+            "channels": a.channel_list,
+            "layouts": a.layout_list,
+            "rate": a.rate,
+            "steady_s": a.steady_s,
+            "sat_s": a.sat_s,
+            "warmup_s": a.warmup_s,
+            "window_deliveries": a.window_deliveries,
+            "data_bytes": a.data_bytes,
+            "redis_ports": [r.port for r in redis],
+            "redis_version": redis_version,
+            "history_size": a.history_size,
+            "history_ttl": a.history_ttl,
+            "channel_prefixes": prefixes,
+            "cpus": os.cpu_count(),
+            **fanout.versions(),
+        }
         with open(out_path, "a") as out:
             out.write(json.dumps(meta) + "\n")
             for rep in range(a.repeats):
                 for ch in a.channel_list:
                     order = a.layout_list if rep % 2 == 0 else a.layout_list[::-1]
-                    for lay, hub in [(lay, h) for lay in order
-                                     for h in (hubs if rep % 2 == 0 else hubs[::-1])]:
+                    for lay, hub in [
+                        (lay, h) for lay in order for h in (hubs if rep % 2 == 0 else hubs[::-1])
+                    ]:
                         c = run_cell(lay, ch, prefixes[ch], rep, redis, a, logdir, hub)
                         c["kind"] = "cell"
                         c["noisy"] = is_noisy(c, a)
@@ -532,15 +665,19 @@ def main() -> int:
                         out.write(json.dumps(c) + "\n")
                         out.flush()
                         st, sa = c.get("steady") or {}, c.get("saturate") or {}
-                        print(f"[{time.monotonic() - t0:6.1f}s] {hub[0]:<6} {lay:<15} c{ch} r{rep} "
-                              f"steady p50/p99 {fmt(st.get('p50_ms'), '.2f')}/"
-                              f"{fmt(st.get('p99_ms'), '.2f')} ms "
-                              f"hub {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
-                              f"sat {fmt(sa.get('deliveries_per_s'))}/s "
-                              f"hub {fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
-                              f"redis {fmt(sa.get('redis_cpu_us_per_publication'), '.1f')} us/pub | "
-                              f"{c['cell_seconds']}s" + (" | noisy" if c["noisy"] else "")
-                              + (f" | ERROR {c['error'][:200]}" if "error" in c else ""), flush=True)
+                        print(
+                            f"[{time.monotonic() - t0:6.1f}s] {hub[0]:<6} {lay:<15} c{ch} r{rep} "
+                            f"steady p50/p99 {fmt(st.get('p50_ms'), '.2f')}/"
+                            f"{fmt(st.get('p99_ms'), '.2f')} ms "
+                            f"hub {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
+                            f"sat {fmt(sa.get('deliveries_per_s'))}/s "
+                            f"hub {fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
+                            f"redis {fmt(sa.get('redis_cpu_us_per_publication'), '.1f')} us/pub | "
+                            f"{c['cell_seconds']}s"
+                            + (" | noisy" if c["noisy"] else "")
+                            + (f" | ERROR {c['error'][:200]}" if "error" in c else ""),
+                            flush=True,
+                        )
             tables = []
             for name, _ in hubs:
                 table, summary = report([c for c in cells if c["hub"] == name], a)
@@ -552,12 +689,14 @@ def main() -> int:
         for r in redis:
             r.stop()
         if anchor_dir is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", anchor_dir], cwd=ROOT,
-                           capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", anchor_dir], cwd=ROOT, capture_output=True
+            )
     print()
     print(table)
-    print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}  "
-          f"logs: {os.path.relpath(logdir, os.getcwd())}")
+    print(
+        f"\nresults: {os.path.relpath(out_path, os.getcwd())}  logs: {os.path.relpath(logdir, os.getcwd())}"
+    )
     if any("error" in c for c in cells):
         rc = 1
     return rc

@@ -27,6 +27,7 @@ every step is bounded in time.
 usage: .venv/bin/python bench/fanout.py [--n 100,1000,5000] [--quick] [--variants hub,baseline]
        [--transports json,protobuf,sse] [--transport-n 1000|all]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ import procstat  # noqa: E402
 PY = sys.executable
 RESULTS = os.path.join(HERE, "results")
 WS_PATH = "/connection/websocket"
-CHANNEL = "bench"             # the load client's default --channel
+CHANNEL = "bench"  # the load client's default --channel
 
 # Pure fan-out: no history, presence or join/leave messages (Centrifugo option names). A config
 # file switches development mode off, so anonymous connect/subscribe/publish are allowed explicitly.
@@ -87,9 +88,13 @@ def pure_config() -> str:
     import dataclasses
 
     from hub.config import Config
+
     known = {f.name for f in dataclasses.fields(Config)}
-    extra = [f"{k} = {v}   # off: the bench's own load must not be throttled\n"
-             for k, v in UNLIMITED.items() if k in known]
+    extra = [
+        f"{k} = {v}   # off: the bench's own load must not be throttled\n"
+        for k, v in UNLIMITED.items()
+        if k in known
+    ]
     top, sep, tables = PURE_CONFIG.partition("\n[channel]")
     return top + "".join(extra) + sep + tables
 
@@ -98,13 +103,14 @@ TRANSPORTS = ("json", "protobuf", "sse")
 HUB_VARIANT = {"json": "hub", "protobuf": "hub-protobuf", "sse": "hub-sse"}
 PROTOBUF_CODEC = os.path.join(ROOT, "hub", "codec_protobuf.py")
 
-TARGET_CPU_RATIO = 2.0        # hub CPU per delivery <= 2x baseline at N=1000
+TARGET_CPU_RATIO = 2.0  # hub CPU per delivery <= 2x baseline at N=1000
 TARGET_CPU_N = 1000
-TARGET_IDLE_KB = 30.0         # idle memory <= 30 KB/conn at N=5000
+TARGET_IDLE_KB = 30.0  # idle memory <= 30 KB/conn at N=5000
 TARGET_IDLE_N = 5000
 
 
 # ------------------------------------------------------------------------------- processes
+
 
 def free_port() -> int:
     s = socket.socket()
@@ -142,7 +148,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        for pid in tree[1:]:          # children started by the server, if any survived it
+        for pid in tree[1:]:  # children started by the server, if any survived it
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -175,6 +181,7 @@ def hub_token_secret(a) -> str:
         return BENCH_SECRET
     if a.hub_config_path is None:
         from hub.config import DEV_SECRET
+
         return DEV_SECRET
     with open(a.hub_config_path, "rb") as f:
         return str(tomllib.load(f).get("token_hmac_secret_key") or "")
@@ -187,11 +194,24 @@ def server_argv(variant: str, port: int, a) -> list[str]:
             argv += ["--config", a.hub_config_path]
         return argv
     if variant == "baseline":
-        return [PY, os.path.join(HERE, "baseline_broadcast.py"), "--port", str(port),
-                "--loop", a.baseline_loop]
-    if variant == "baseline-coalesce":          # harness self-test: exercises the multi-push parser
-        return [PY, os.path.join(HERE, "baseline_broadcast.py"), "--port", str(port),
-                "--loop", a.baseline_loop, "--coalesce"]
+        return [
+            PY,
+            os.path.join(HERE, "baseline_broadcast.py"),
+            "--port",
+            str(port),
+            "--loop",
+            a.baseline_loop,
+        ]
+    if variant == "baseline-coalesce":  # harness self-test: exercises the multi-push parser
+        return [
+            PY,
+            os.path.join(HERE, "baseline_broadcast.py"),
+            "--port",
+            str(port),
+            "--loop",
+            a.baseline_loop,
+            "--coalesce",
+        ]
     raise SystemExit(f"unknown variant {variant!r}")
 
 
@@ -223,20 +243,34 @@ def scan_log(path: str) -> tuple[int, list[str]]:
     return len(bad), (bad[:5] + (["..."] if len(bad) > 5 else []) + lines[-5:] if bad else [])
 
 
-
 def phase_args(a: argparse.Namespace) -> list[str]:
     """The load client's phase and size flags, the same for every orchestrator (fanout.py, cluster.py)."""
-    return ["--rate", str(a.rate), "--steady-s", str(a.steady_s), "--sat-s", str(a.sat_s),
-            "--warmup-s", str(a.warmup_s), "--idle-s", str(a.idle_s),
-            "--window-deliveries", str(a.window_deliveries), "--drain-timeout", str(a.drain_timeout),
-            "--connect-timeout", str(a.connect_timeout), "--data-bytes", str(a.data_bytes)]
+    return [
+        "--rate",
+        str(a.rate),
+        "--steady-s",
+        str(a.steady_s),
+        "--sat-s",
+        str(a.sat_s),
+        "--warmup-s",
+        str(a.warmup_s),
+        "--idle-s",
+        str(a.idle_s),
+        "--window-deliveries",
+        str(a.window_deliveries),
+        "--drain-timeout",
+        str(a.drain_timeout),
+        "--connect-timeout",
+        str(a.connect_timeout),
+        "--data-bytes",
+        str(a.data_bytes),
+    ]
 
 
 def run_load_client(cmd: list[str], a: argparse.Namespace, cell: dict) -> bool:
     """Run the load client within a time limit derived from its phases and merge its JSON rows (one per
     phase) into ``cell``; its failure goes to ``cell["error"]``. False when it ran past the limit."""
-    limit = (a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s
-             + 3 * a.drain_timeout + 30)
+    limit = a.connect_timeout * 2 + a.idle_s + a.warmup_s + a.steady_s + a.sat_s + 3 * a.drain_timeout + 30
     try:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
@@ -257,6 +291,7 @@ def run_load_client(cmd: list[str], a: argparse.Namespace, cell: dict) -> bool:
         cell["client_stderr"] = r.stderr[-800:]
     return True
 
+
 def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
     cell = {"variant": variant, "n": n, "repeat": rep}
     bg, waited = wait_quiet(a.quiet_threshold, a.quiet_wait)
@@ -265,16 +300,31 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
     log_path = os.path.join(logdir, f"{variant}-N{n}-r{rep}.log")
     t_start = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(server_argv(variant, port, a), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            server_argv(variant, port, a),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             why = wait_ready(proc, port, a.ready_timeout)
             if why:
                 cell["error"] = f"server: {why}"
                 return cell
-            cmd = [PY, os.path.join(HERE, "load_client.py"),
-                   "--url", f"ws://127.0.0.1:{port}{WS_PATH}", "--n", str(n),
-                   "--server-pid", str(proc.pid), *phase_args(a), "--transport", transport_of(variant)]
+            cmd = [
+                PY,
+                os.path.join(HERE, "load_client.py"),
+                "--url",
+                f"ws://127.0.0.1:{port}{WS_PATH}",
+                "--n",
+                str(n),
+                "--server-pid",
+                str(proc.pid),
+                *phase_args(a),
+                "--transport",
+                transport_of(variant),
+            ]
             if transport_of(variant) == "sse":
                 cmd += ["--token", a.sse_token]
             if not run_load_client(cmd, a, cell):
@@ -295,6 +345,7 @@ def run_cell(variant: str, n: int, rep: int, a, logdir: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- reporting
+
 
 def g(cell: dict, phase: str, key: str):
     return (cell.get(phase) or {}).get(key)
@@ -355,14 +406,16 @@ def verdict(ok) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-VW = 23    # width of the variant column
+VW = 23  # width of the variant column
 
 
 def ratio_row(label: str, n: int, h: dict, b: dict) -> str:
     """CPU per delivery (steady, saturate) and idle memory of h over b."""
-    return (f"{label:<{VW}} {n:>5} | {'':>9} {fmt(ratio(h['steady_us'], b['steady_us']), '.2f') + 'x':>7} "
-            f"{'':>15} | {'':>9} {fmt(ratio(h['sat_us'], b['sat_us']), '.2f') + 'x':>7} {'':>5} | "
-            f"{fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f') + 'x':>7} |")
+    return (
+        f"{label:<{VW}} {n:>5} | {'':>9} {fmt(ratio(h['steady_us'], b['steady_us']), '.2f') + 'x':>7} "
+        f"{'':>15} | {'':>9} {fmt(ratio(h['sat_us'], b['sat_us']), '.2f') + 'x':>7} {'':>5} | "
+        f"{fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f') + 'x':>7} |"
+    )
 
 
 def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
@@ -373,18 +426,24 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
             if cells:
                 agg[(v, n)] = aggregate(cells, a)
     out = []
-    out.append(f"Fan-out, 127.0.0.1, {os.cpu_count()} CPUs shared by server and load client. "
-               f"steady: open loop {a.rate:,.0f} deliveries/s for {a.steady_s:g}s; "
-               f"saturate: closed loop, ceil({a.window_deliveries}/N) publications in flight "
-               f"for {a.sat_s:g}s; "
-               f"data {a.data_bytes} B; hub config: {a.hub_config_label}. "
-               f"Median of {a.repeats} run(s) per cell. The publisher speaks WebSocket JSON; "
-               f"subscribers: hub/baseline WebSocket JSON, hub-protobuf centrifuge-protobuf, "
-               f"hub-sse uni_sse.")
-    hdr = (f"{'variant':<{VW}} {'N':>5} | {'steady':>9} {'CPU':>7} {'p50 / p99':>15} | "
-           f"{'saturate':>9} {'CPU':>7} {'srv':>5} | {'idle':>7} | {'lost':>5} {'note':<10}")
-    sub = (f"{'':<{VW}} {'':>5} | {'deliv/s':>9} {'us/dlv':>7} {'ms':>15} | "
-           f"{'deliv/s':>9} {'us/dlv':>7} {'cores':>5} | {'KB/conn':>7} | {'dlv':>5} {'':<10}")
+    out.append(
+        f"Fan-out, 127.0.0.1, {os.cpu_count()} CPUs shared by server and load client. "
+        f"steady: open loop {a.rate:,.0f} deliveries/s for {a.steady_s:g}s; "
+        f"saturate: closed loop, ceil({a.window_deliveries}/N) publications in flight "
+        f"for {a.sat_s:g}s; "
+        f"data {a.data_bytes} B; hub config: {a.hub_config_label}. "
+        f"Median of {a.repeats} run(s) per cell. The publisher speaks WebSocket JSON; "
+        f"subscribers: hub/baseline WebSocket JSON, hub-protobuf centrifuge-protobuf, "
+        f"hub-sse uni_sse."
+    )
+    hdr = (
+        f"{'variant':<{VW}} {'N':>5} | {'steady':>9} {'CPU':>7} {'p50 / p99':>15} | "
+        f"{'saturate':>9} {'CPU':>7} {'srv':>5} | {'idle':>7} | {'lost':>5} {'note':<10}"
+    )
+    sub = (
+        f"{'':<{VW}} {'':>5} | {'deliv/s':>9} {'us/dlv':>7} {'ms':>15} | "
+        f"{'deliv/s':>9} {'us/dlv':>7} {'cores':>5} | {'KB/conn':>7} | {'dlv':>5} {'':<10}"
+    )
     out += [hdr, sub, "-" * len(hdr)]
     for n in ns:
         for v in cell_variants(n, a):
@@ -402,12 +461,13 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
                 note.append(f"{s['disconnects']}disc")
             if s["log_errors"]:
                 note.append("log-err")
-            lat = (f"{fmt(s['p50'], '.2f')} / {fmt(s['p99'], '.2f')}"
-                   if s["p50"] is not None else "-")
-            out.append(f"{v:<{VW}} {n:>5} | {fmt(s['steady_dps']):>9} {fmt(s['steady_us'], '.2f'):>7} "
-                       f"{lat:>15} | {fmt(s['sat_dps']):>9} {fmt(s['sat_us'], '.2f'):>7} "
-                       f"{fmt(s['sat_util'], '.2f'):>5} | {fmt(s['idle_kb'], '.1f'):>7} | "
-                       f"{s['lost']:>5} {' '.join(note)}")
+            lat = f"{fmt(s['p50'], '.2f')} / {fmt(s['p99'], '.2f')}" if s["p50"] is not None else "-"
+            out.append(
+                f"{v:<{VW}} {n:>5} | {fmt(s['steady_dps']):>9} {fmt(s['steady_us'], '.2f'):>7} "
+                f"{lat:>15} | {fmt(s['sat_dps']):>9} {fmt(s['sat_us'], '.2f'):>7} "
+                f"{fmt(s['sat_util'], '.2f'):>5} | {fmt(s['idle_kb'], '.1f'):>7} | "
+                f"{s['lost']:>5} {' '.join(note)}"
+            )
         for v in cell_variants(n, a):
             for ref in ("baseline", "hub"):
                 h, b = agg.get((v, n)), agg.get((ref, n))
@@ -421,16 +481,26 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
         rs, rsat = ratio(h["steady_us"], b["steady_us"]), ratio(h["sat_us"], b["sat_us"])
         ok_s = None if rs is None else rs <= TARGET_CPU_RATIO
         ok_sat = None if rsat is None else rsat <= TARGET_CPU_RATIO
-        out.append(f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
-                   f"steady {fmt(rs, '.2f')}x "
-                   f"({fmt(h['steady_us'], '.2f')} vs {fmt(b['steady_us'], '.2f')} us) "
-                   f"{verdict(ok_s)}; saturate {fmt(rsat, '.2f')}x "
-                   f"({fmt(h['sat_us'], '.2f')} vs {fmt(b['sat_us'], '.2f')} us) {verdict(ok_sat)}")
-        summary.update({"cpu_ratio_steady_n1000": rs, "cpu_ratio_saturate_n1000": rsat,
-                        "cpu_target_steady": verdict(ok_s), "cpu_target_saturate": verdict(ok_sat)})
+        out.append(
+            f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
+            f"steady {fmt(rs, '.2f')}x "
+            f"({fmt(h['steady_us'], '.2f')} vs {fmt(b['steady_us'], '.2f')} us) "
+            f"{verdict(ok_s)}; saturate {fmt(rsat, '.2f')}x "
+            f"({fmt(h['sat_us'], '.2f')} vs {fmt(b['sat_us'], '.2f')} us) {verdict(ok_sat)}"
+        )
+        summary.update(
+            {
+                "cpu_ratio_steady_n1000": rs,
+                "cpu_ratio_saturate_n1000": rsat,
+                "cpu_target_steady": verdict(ok_s),
+                "cpu_target_saturate": verdict(ok_sat),
+            }
+        )
     else:
-        out.append(f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
-                   f"not measured in this run")
+        out.append(
+            f"Target: hub CPU per delivery <= {TARGET_CPU_RATIO:g}x baseline at N={TARGET_CPU_N}: "
+            f"not measured in this run"
+        )
     for n in ns:
         parts = []
         b, j = agg.get(("baseline", n)), agg.get(("hub", n))
@@ -440,34 +510,52 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
                 continue
             rel = []
             if b:
-                rel.append(f"{fmt(ratio(s['steady_us'], b['steady_us']), '.2f')}x/"
-                           f"{fmt(ratio(s['sat_us'], b['sat_us']), '.2f')}x baseline")
+                rel.append(
+                    f"{fmt(ratio(s['steady_us'], b['steady_us']), '.2f')}x/"
+                    f"{fmt(ratio(s['sat_us'], b['sat_us']), '.2f')}x baseline"
+                )
             if j and t != "json":
-                rel.append(f"{fmt(ratio(s['steady_us'], j['steady_us']), '.2f')}x/"
-                           f"{fmt(ratio(s['sat_us'], j['sat_us']), '.2f')}x hub json")
-            parts.append(f"{t} {fmt(s['steady_us'], '.2f')}/{fmt(s['sat_us'], '.2f')}"
-                         + (f" ({', '.join(rel)})" if rel else ""))
+                rel.append(
+                    f"{fmt(ratio(s['steady_us'], j['steady_us']), '.2f')}x/"
+                    f"{fmt(ratio(s['sat_us'], j['sat_us']), '.2f')}x hub json"
+                )
+            parts.append(
+                f"{t} {fmt(s['steady_us'], '.2f')}/{fmt(s['sat_us'], '.2f')}"
+                + (f" ({', '.join(rel)})" if rel else "")
+            )
             summary.setdefault("transports", {}).setdefault(str(n), {})[t] = {
-                "steady_us": s["steady_us"], "sat_us": s["sat_us"], "idle_kb": s["idle_kb"],
+                "steady_us": s["steady_us"],
+                "sat_us": s["sat_us"],
+                "idle_kb": s["idle_kb"],
                 "steady_vs_baseline": ratio(s["steady_us"], b["steady_us"]) if b else None,
                 "sat_vs_baseline": ratio(s["sat_us"], b["sat_us"]) if b else None,
                 "steady_vs_hub_json": ratio(s["steady_us"], j["steady_us"]) if j else None,
-                "sat_vs_hub_json": ratio(s["sat_us"], j["sat_us"]) if j else None}
+                "sat_vs_hub_json": ratio(s["sat_us"], j["sat_us"]) if j else None,
+            }
         if parts:
             base = f"; baseline {fmt(b['steady_us'], '.2f')}/{fmt(b['sat_us'], '.2f')}" if b else ""
-            out.append(f"Transports at N={n}, hub CPU us/delivery steady/saturate: "
-                       + "; ".join(parts) + base)
+            out.append(
+                f"Transports at N={n}, hub CPU us/delivery steady/saturate: " + "; ".join(parts) + base
+            )
     h, b = agg.get(("hub", TARGET_IDLE_N)), agg.get(("baseline", TARGET_IDLE_N))
     if h and h["idle_kb"] is not None:
         ok = h["idle_kb"] <= TARGET_IDLE_KB
-        base = (f", baseline {fmt(b['idle_kb'], '.1f')} KB/conn, "
-                f"ratio {fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f')}x" if b else "")
-        out.append(f"Target: hub idle memory <= {TARGET_IDLE_KB:g} KB/conn at N={TARGET_IDLE_N}: "
-                   f"{h['idle_kb']:.1f} KB/conn {verdict(ok)}{base}")
+        base = (
+            f", baseline {fmt(b['idle_kb'], '.1f')} KB/conn, "
+            f"ratio {fmt(ratio(h['idle_kb'], b['idle_kb']), '.2f')}x"
+            if b
+            else ""
+        )
+        out.append(
+            f"Target: hub idle memory <= {TARGET_IDLE_KB:g} KB/conn at N={TARGET_IDLE_N}: "
+            f"{h['idle_kb']:.1f} KB/conn {verdict(ok)}{base}"
+        )
         summary.update({"idle_kb_n5000": h["idle_kb"], "idle_target": verdict(ok)})
     else:
-        out.append(f"Target: hub idle memory <= {TARGET_IDLE_KB:g} KB/conn at N={TARGET_IDLE_N}: "
-                   f"not measured in this run")
+        out.append(
+            f"Target: hub idle memory <= {TARGET_IDLE_KB:g} KB/conn at N={TARGET_IDLE_N}: "
+            f"not measured in this run"
+        )
     for (v, n), s in agg.items():
         for e in s["errors"]:
             out.append(f"! {v} N={n}: {e}")
@@ -475,8 +563,10 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
             out.append(f"! {v} N={n}: {s['lost']} deliveries missing after the drain timeout")
     for c in all_cells:
         if c.get("server_log_error_lines"):
-            out.append(f"! {c['variant']} N={c['n']}: {c['server_log_error_lines']} error-looking lines in "
-                       f"{c['server_log']}")
+            out.append(
+                f"! {c['variant']} N={c['n']}: {c['server_log_error_lines']} error-looking lines in "
+                f"{c['server_log']}"
+            )
             for ln in c.get("server_log_excerpt", [])[:6]:
                 out.append(f"    {ln[:200]}")
         cl = c.get("client") or {}
@@ -484,22 +574,26 @@ def report(all_cells: list[dict], ns: list[int], a) -> tuple[str, dict]:
             out.append(f"! {c['variant']} N={c['n']} client saw: {e}")
         if cl.get("close_codes"):
             out.append(f"! {c['variant']} N={c['n']} server closed connections: {cl['close_codes']}")
-    out.append("Columns: CPU us/dlv = server process-tree CPU / deliveries; srv cores = server CPU "
-               "utilisation while saturating (1.0 = one core); lost = deliveries missing; "
-               f"clean = runs without noise; noisy = no clean run: steal > 0.1 cores, other load > "
-               f"{a.quiet_threshold:g} cores before the cell or > {a.noise_threshold:g} cores "
-               f"during a phase. "
-               f"Medians use clean runs only.")
+    out.append(
+        "Columns: CPU us/dlv = server process-tree CPU / deliveries; srv cores = server CPU "
+        "utilisation while saturating (1.0 = one core); lost = deliveries missing; "
+        f"clean = runs without noise; noisy = no clean run: steal > 0.1 cores, other load > "
+        f"{a.quiet_threshold:g} cores before the cell or > {a.noise_threshold:g} cores "
+        f"during a phase. "
+        f"Medians use clean runs only."
+    )
     summary["table"] = out
     return "\n".join(out), summary
 
 
 # ------------------------------------------------------------------------------- main
 
+
 def versions() -> dict:
     out = {"python": platform.python_version(), "kernel": platform.release()}
     try:
         from importlib.metadata import version
+
         for pkg in ("websockets", "picows", "uvloop", "orjson", "uvicorn", "starlette"):
             try:
                 out[pkg] = version(pkg)
@@ -508,12 +602,19 @@ def versions() -> dict:
     except ImportError:
         pass
     try:
-        out["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True, timeout=5).stdout.strip() or None
+        out["git"] = (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
         # the hub measured is the working tree: say which of its files differ from HEAD
         out["git_uncommitted"] = subprocess.run(
             ["git", "-C", ROOT, "status", "--porcelain", "--", "hub", "channels", "presence"],
-            capture_output=True, text=True, timeout=5).stdout.splitlines()
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.splitlines()
     except Exception:  # noqa: BLE001
         pass
     return out
@@ -521,20 +622,35 @@ def versions() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", default=None, help="comma-separated subscriber counts (default 100,1000,5000; "
-                                              "--quick: 100,1000)")
+    ap.add_argument(
+        "--n",
+        default=None,
+        help="comma-separated subscriber counts (default 100,1000,5000; --quick: 100,1000)",
+    )
     ap.add_argument("--quick", action="store_true", help="short smoke run (about 1 min)")
-    ap.add_argument("--variants", default="baseline,hub",
-                    help="comma list of: hub, baseline, baseline-coalesce (self-test)")
-    ap.add_argument("--transports", default="json,protobuf,sse",
-                    help="what the hub's subscribers speak, comma list of: json (WebSocket JSON), "
-                         "protobuf (WebSocket centrifuge-protobuf), sse (uni_sse); the variants are hub, "
-                         "hub-protobuf, hub-sse")
-    ap.add_argument("--transport-n", default="1000",
-                    help="Ns at which protobuf and sse run (comma list, or 'all'); json runs at every N")
-    ap.add_argument("--hub-config", default="pure",
-                    help="'pure' (history/presence/join-leave off, written to bench/results/), "
-                         "'dev' (no --config) or a path to a TOML file")
+    ap.add_argument(
+        "--variants",
+        default="baseline,hub",
+        help="comma list of: hub, baseline, baseline-coalesce (self-test)",
+    )
+    ap.add_argument(
+        "--transports",
+        default="json,protobuf,sse",
+        help="what the hub's subscribers speak, comma list of: json (WebSocket JSON), "
+        "protobuf (WebSocket centrifuge-protobuf), sse (uni_sse); the variants are hub, "
+        "hub-protobuf, hub-sse",
+    )
+    ap.add_argument(
+        "--transport-n",
+        default="1000",
+        help="Ns at which protobuf and sse run (comma list, or 'all'); json runs at every N",
+    )
+    ap.add_argument(
+        "--hub-config",
+        default="pure",
+        help="'pure' (history/presence/join-leave off, written to bench/results/), "
+        "'dev' (no --config) or a path to a TOML file",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--rate", type=float, default=20000, help="steady phase, deliveries/s")
     ap.add_argument("--steady-s", type=float, default=None)
@@ -548,10 +664,18 @@ def main() -> int:
     ap.add_argument("--ready-timeout", type=float, default=30.0)
     ap.add_argument("--quiet-threshold", type=float, default=0.3, help="busy cores counted as a quiet box")
     ap.add_argument("--quiet-wait", type=float, default=None, help="max s to wait for a quiet box per cell")
-    ap.add_argument("--noise-threshold", type=float, default=0.25,
-                    help="cores used by other processes during a phase above which a run is noisy")
-    ap.add_argument("--retry-noisy", type=int, default=None,
-                    help="extra runs of a cell whose runs were all noisy (default 1; --quick 0)")
+    ap.add_argument(
+        "--noise-threshold",
+        type=float,
+        default=0.25,
+        help="cores used by other processes during a phase above which a run is noisy",
+    )
+    ap.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=None,
+        help="extra runs of a cell whose runs were all noisy (default 1; --quick 0)",
+    )
     ap.add_argument("--baseline-loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--out", default=None, help="JSON lines file (default bench/results/fanout-<time>.jsonl)")
     a = ap.parse_args()
@@ -568,10 +692,12 @@ def main() -> int:
     for t in a.transport_list:
         if t not in TRANSPORTS:
             ap.error(f"unknown transport {t!r}: choose among {','.join(TRANSPORTS)}")
-    a.transport_ns = (None if a.transport_n == "all"
-                      else [int(x) for x in a.transport_n.split(",") if x.strip()])
-    variants = sorted({v for n in ns for v in cell_variants(n, a)}, key=[
-        *a.variant_list, *HUB_VARIANT.values()].index)
+    a.transport_ns = (
+        None if a.transport_n == "all" else [int(x) for x in a.transport_n.split(",") if x.strip()]
+    )
+    variants = sorted(
+        {v for n in ns for v in cell_variants(n, a)}, key=[*a.variant_list, *HUB_VARIANT.values()].index
+    )
 
     os.makedirs(RESULTS, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -591,6 +717,7 @@ def main() -> int:
     a.sse_token = ""
     if "hub-sse" in variants:
         from hub.auth import mint_token
+
         a.sse_token = mint_token(hub_token_secret(a), "bench-sse", channels=[CHANNEL])
 
     # 5000 subscribers + 1 publisher: server and client each need N+ descriptors (inherited).
@@ -601,17 +728,33 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         soft = new
     if soft < max(ns) + 100:
-        print(f"warning: RLIMIT_NOFILE {soft} < N={max(ns)}; raise the hard limit (ulimit -Hn)",
-              file=sys.stderr)
+        print(
+            f"warning: RLIMIT_NOFILE {soft} < N={max(ns)}; raise the hard limit (ulimit -Hn)", file=sys.stderr
+        )
 
     out_path = a.out or os.path.join(RESULTS, f"fanout-{stamp}.jsonl")
-    meta = {"kind": "meta", "time": stamp, "argv": sys.argv[1:], "ns": ns, "variants": variants,
-            "rate": a.rate, "steady_s": a.steady_s, "sat_s": a.sat_s, "warmup_s": a.warmup_s,
-            "idle_s": a.idle_s, "window_deliveries": a.window_deliveries, "data_bytes": a.data_bytes,
-            "hub_config": a.hub_config_label, "baseline_loop": a.baseline_loop,
-            "transports": a.transport_list, "transport_n": a.transport_ns,
-            "protobuf_codec_present": os.path.exists(PROTOBUF_CODEC),
-            "cpus": os.cpu_count(), "nofile": soft, **versions()}
+    meta = {
+        "kind": "meta",
+        "time": stamp,
+        "argv": sys.argv[1:],
+        "ns": ns,
+        "variants": variants,
+        "rate": a.rate,
+        "steady_s": a.steady_s,
+        "sat_s": a.sat_s,
+        "warmup_s": a.warmup_s,
+        "idle_s": a.idle_s,
+        "window_deliveries": a.window_deliveries,
+        "data_bytes": a.data_bytes,
+        "hub_config": a.hub_config_label,
+        "baseline_loop": a.baseline_loop,
+        "transports": a.transport_list,
+        "transport_n": a.transport_ns,
+        "protobuf_codec_present": os.path.exists(PROTOBUF_CODEC),
+        "cpus": os.cpu_count(),
+        "nofile": soft,
+        **versions(),
+    }
     cells = []
     t0 = time.monotonic()
     with open(out_path, "a") as out:
@@ -619,7 +762,7 @@ def main() -> int:
         for rep in range(a.repeats):
             for n in ns:
                 here = cell_variants(n, a)
-                order = here if rep % 2 == 0 else here[::-1]   # alternate to spread drift
+                order = here if rep % 2 == 0 else here[::-1]  # alternate to spread drift
                 for v in order:
                     c = run_cell(v, n, rep, a, logdir)
                     c["kind"] = "cell"
@@ -628,14 +771,17 @@ def main() -> int:
                     out.write(json.dumps(c) + "\n")
                     out.flush()
                     st, sa, idle = c.get("steady") or {}, c.get("saturate") or {}, c.get("idle") or {}
-                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
-                          f"steady {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
-                          f"p50/p99 {fmt(st.get('p50_ms'), '.2f')}/{fmt(st.get('p99_ms'), '.2f')} ms | "
-                          f"sat {fmt(sa.get('deliveries_per_s'))}/s "
-                          f"{fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
-                          f"idle {fmt(idle.get('idle_kb_per_conn'), '.1f')} KB/conn | {c['cell_seconds']}s"
-                          + (" | noisy" if c["noisy"] else "")
-                          + (f" | ERROR {c['error'][:200]}" if "error" in c else ""), flush=True)
+                    print(
+                        f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
+                        f"steady {fmt(st.get('server_cpu_us_per_delivery'), '.2f')} us/dlv "
+                        f"p50/p99 {fmt(st.get('p50_ms'), '.2f')}/{fmt(st.get('p99_ms'), '.2f')} ms | "
+                        f"sat {fmt(sa.get('deliveries_per_s'))}/s "
+                        f"{fmt(sa.get('server_cpu_us_per_delivery'), '.2f')} us/dlv | "
+                        f"idle {fmt(idle.get('idle_kb_per_conn'), '.1f')} KB/conn | {c['cell_seconds']}s"
+                        + (" | noisy" if c["noisy"] else "")
+                        + (f" | ERROR {c['error'][:200]}" if "error" in c else ""),
+                        flush=True,
+                    )
         # cells whose every run was noisy get extra runs (bounded), after the main pass
         for n in ns:
             for v in cell_variants(n, a):
@@ -651,15 +797,19 @@ def main() -> int:
                     cells.append(c)
                     out.write(json.dumps(c) + "\n")
                     out.flush()
-                    print(f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
-                          "(rerun, all runs were noisy) "
-                          + ("noisy again" if c["noisy"] else "clean"), flush=True)
+                    print(
+                        f"[{time.monotonic() - t0:6.1f}s] {v:<{VW}} N={n:<5} r{rep} "
+                        "(rerun, all runs were noisy) " + ("noisy again" if c["noisy"] else "clean"),
+                        flush=True,
+                    )
         table, summary = report(cells, ns, a)
         out.write(json.dumps(summary) + "\n")
     print()
     print(table)
-    print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}  "
-          f"server logs: {os.path.relpath(logdir, os.getcwd())}")
+    print(
+        f"\nresults: {os.path.relpath(out_path, os.getcwd())}  "
+        f"server logs: {os.path.relpath(logdir, os.getcwd())}"
+    )
     return 1 if any("error" in c for c in cells) else 0
 
 

@@ -426,12 +426,28 @@ class Sink:
         return 0
 
 
+def command(fmt: int, cmd: dict[str, Any]) -> bytes:
+    """A client command as a session of format ``fmt`` (``hub.wire``) reads it: JSON, or one
+    length-prefixed Protobuf ``Command``."""
+    from centrifuge.protocol import client_pb2
+
+    from hub.wire import JSON
+
+    if fmt == JSON:
+        return orjson.dumps(cmd)
+    body = client_pb2.Command(**cmd).SerializeToString()
+    size, prefix = len(body), bytearray()
+    while True:
+        prefix.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            return bytes(prefix) + body
+
+
 async def micro(subscribers: int, publications: int) -> list[dict[str, Any]]:
     """Server CPU per delivery (process time of the fan-out, the encodes and the writers' flushes) and bytes
     per delivery, for one channel of ``subscribers`` without and with fossil deltas, over JSON and Protobuf,
     with the same readings (one channel, one sensor after another, as in the feed)."""
-    from centrifuge.protocol import client_pb2
-
     from channels.broker_memory import MemoryBroker
     from channels.options import NamespaceOptions
     from channels.publication import Publication
@@ -440,17 +456,6 @@ async def micro(subscribers: int, publications: int) -> list[dict[str, Any]]:
     from hub.node import Node
     from hub.wire import JSON, PROTOBUF
     from presence.presence_memory import MemoryPresence
-
-    def command(fmt: int, cmd: dict[str, Any]) -> bytes:
-        if fmt == JSON:
-            return orjson.dumps(cmd)
-        body = client_pb2.Command(**cmd).SerializeToString()
-        size, prefix = len(body), bytearray()
-        while True:
-            prefix.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
-            size >>= 7
-            if not size:
-                return bytes(prefix) + body
 
     ns = NamespaceOptions.from_mapping(
         {

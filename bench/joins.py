@@ -28,6 +28,7 @@ max(sizes) + batch + watchers connections; this sandbox caps a process at 20,000
 usage: .venv/bin/python bench/joins.py [--quick] [--sizes 1000,3000,9000,18000] [--brokers memory,redis]
        [--anchor REV | --no-anchor] [--batch 300] [--watchers 100] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,6 +83,7 @@ allow_presence_for_anonymous = true
 
 # =============================================================================== load client
 
+
 class Conn:
     """One client connection (picows listener); counts replies by command id and join/leave pushes."""
 
@@ -132,6 +134,7 @@ def client_classes():
                         counters["leaves"] += 1
                     continue
                 import orjson
+
                 msg = orjson.loads(line)
                 fut = conn.waiting.pop(msg.get("id", 0), None)
                 if "error" in msg:
@@ -154,11 +157,18 @@ class Load:
     def __init__(self, a) -> None:
         self.a = a
         self.pids = [a.server_pid]
-        self.counters = {"joins": 0, "leaves": 0, "errors": 0, "error_lines": [], "closed": 0,
-                         "disconnected": 0}
+        self.counters = {
+            "joins": 0,
+            "leaves": 0,
+            "errors": 0,
+            "error_lines": [],
+            "closed": 0,
+            "disconnected": 0,
+        }
         self.ids = 10
         self.Listener = client_classes()
         from picows import WSMsgType
+
         self.text = WSMsgType.TEXT
 
     def cmd(self, conn: Conn, body: bytes) -> asyncio.Future:
@@ -170,6 +180,7 @@ class Load:
 
     async def connect(self, n: int) -> list[Conn]:
         from picows import ws_connect
+
         out: list[Conn] = []
         sem = asyncio.Semaphore(self.a.concurrency)
 
@@ -178,8 +189,12 @@ class Load:
                 conn = Conn()
                 for attempt in range(3):
                     try:
-                        await ws_connect(lambda: self.Listener(conn, self.counters), self.a.url,
-                                         websocket_handshake_timeout=30, read_buffer_init_size=2048)
+                        await ws_connect(
+                            lambda: self.Listener(conn, self.counters),
+                            self.a.url,
+                            websocket_handshake_timeout=30,
+                            read_buffer_init_size=2048,
+                        )
                         break
                     except Exception:  # noqa: BLE001 - retried, then raised
                         if attempt == 2:
@@ -209,8 +224,10 @@ class Load:
 
     async def pushes(self, target: int, leaves: bool = False) -> None:
         """Wait (polling, bounded) until ``target`` join (and leave) pushes have arrived in all."""
+
         def got() -> int:
             return self.counters["joins"] + (self.counters["leaves"] if leaves else 0)
+
         end = time.monotonic() + self.a.timeout
         while got() < target:  # noqa: ASYNC110 - the picows callbacks count; a poll is the cheapest wait
             if time.monotonic() > end:
@@ -257,10 +274,14 @@ async def client_main(a) -> int:
         room += new
         fill_wall, fill_cpu = time.monotonic() - t0, load.cpu() - c0
         idle = await load.idle_rate()
-        row: dict = {"phase": "size", "size": size, "fill_clients": grow,
-                     "fill_ms_per_client": round(fill_wall * 1e3 / grow, 3),
-                     "fill_cpu_us_per_client": round(fill_cpu * 1e6 / grow, 1),
-                     "idle_cores": round(idle, 4)}
+        row: dict = {
+            "phase": "size",
+            "size": size,
+            "fill_clients": grow,
+            "fill_ms_per_client": round(fill_wall * 1e3 / grow, 3),
+            "fill_cpu_us_per_client": round(fill_cpu * 1e6 / grow, 1),
+            "idle_cores": round(idle, 4),
+        }
         quiet_sub, quiet_leave = [], []
         for _ in range(a.repeats):
             s = await load.measured(lambda: load.all(batch, sub), idle)
@@ -308,8 +329,10 @@ async def client_main(a) -> int:
 
 # =============================================================================== orchestrator
 
+
 def fanout_helpers():
     import fanout
+
     return fanout
 
 
@@ -329,17 +352,35 @@ def run_cell(server: str, root: str, broker: str, redis, a, logdir: str, config_
     t0 = time.monotonic()
     env = dict(os.environ, PYTHONPATH=root)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         try:
             why = fo.wait_ready(proc, port, 30)
             if why:
                 cell["error"] = why
                 return cell
-            cmd = [PY, os.path.abspath(__file__), "client", "--url", f"ws://127.0.0.1:{port}{WS_PATH}",
-                   "--server-pid", str(proc.pid), "--sizes", ",".join(map(str, a.sizes)),
-                   "--batch", str(a.batch), "--watchers", str(a.watchers), "--repeats", str(a.repeats),
-                   "--idle-s", str(a.idle_s), "--concurrency", str(a.concurrency)]
+            cmd = [
+                PY,
+                os.path.abspath(__file__),
+                "client",
+                "--url",
+                f"ws://127.0.0.1:{port}{WS_PATH}",
+                "--server-pid",
+                str(proc.pid),
+                "--sizes",
+                ",".join(map(str, a.sizes)),
+                "--batch",
+                str(a.batch),
+                "--watchers",
+                str(a.watchers),
+                "--repeats",
+                str(a.repeats),
+                "--idle-s",
+                str(a.idle_s),
+                "--concurrency",
+                str(a.concurrency),
+            ]
             try:
                 r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.cell_timeout)
             except subprocess.TimeoutExpired:
@@ -368,12 +409,16 @@ def fmt(v, spec=".1f") -> str:
 
 
 def report(cells: list[dict], a) -> str:
-    out = [f"Joins: one room (presence, join/leave, history 100); batch {a.batch} subscribes at once, "
-           f"{a.watchers} watchers (join_leave: true) in the watched phase; medians of {a.repeats}; "
-           f"server CPU net of idle; load average at start {os.getloadavg()[0]:.1f}."]
-    head = (f"{'hub':<8} {'broker':<7} {'size':>6} {'fill ms/cl':>10} {'sub us':>8} {'leave us':>9} "
-            f"{'w.sub us':>9} {'w.leave us':>10} {'join us/dlv':>11} {'leave us/dlv':>12} "
-            f"{'sub/first':>9} {'leave/first':>11} {'dlv/first':>9}")
+    out = [
+        f"Joins: one room (presence, join/leave, history 100); batch {a.batch} subscribes at once, "
+        f"{a.watchers} watchers (join_leave: true) in the watched phase; medians of {a.repeats}; "
+        f"server CPU net of idle; load average at start {os.getloadavg()[0]:.1f}."
+    ]
+    head = (
+        f"{'hub':<8} {'broker':<7} {'size':>6} {'fill ms/cl':>10} {'sub us':>8} {'leave us':>9} "
+        f"{'w.sub us':>9} {'w.leave us':>10} {'join us/dlv':>11} {'leave us/dlv':>12} "
+        f"{'sub/first':>9} {'leave/first':>11} {'dlv/first':>9}"
+    )
     out += ["", head, "-" * len(head)]
     by = {}
     for c in cells:
@@ -383,31 +428,43 @@ def report(cells: list[dict], a) -> str:
         by[(c["server"], c["broker"])] = rows
         first = rows[0] if rows else {}
         for r in rows:
+
             def rel(key, r=r, first=first):
-                return (f"{r[key] / first[key]:.2f}x" if first.get(key) and r.get(key) is not None else "-")
+                return f"{r[key] / first[key]:.2f}x" if first.get(key) and r.get(key) is not None else "-"
+
             out.append(
                 f"{c['server']:<8} {c['broker']:<7} {r['size']:>6} {fmt(r['fill_ms_per_client'], '.2f'):>10} "
                 f"{fmt(r.get('subscribe_us')):>8} {fmt(r.get('leave_us')):>9} "
                 f"{fmt(r.get('watched_subscribe_us')):>9} {fmt(r.get('watched_leave_us')):>10} "
                 f"{fmt(r.get('join_push_us_per_delivery'), '.2f'):>11} "
                 f"{fmt(r.get('leave_push_us_per_delivery'), '.2f'):>12} "
-                f"{rel('subscribe_us'):>9} {rel('leave_us'):>11} {rel('join_push_us_per_delivery'):>9}")
+                f"{rel('subscribe_us'):>9} {rel('leave_us'):>11} {rel('join_push_us_per_delivery'):>9}"
+            )
         if c.get("server_log_error_lines"):
-            out.append(f"! {c['server']} {c['broker']}: {c['server_log_error_lines']} error-looking lines: "
-                       + " | ".join(c["server_log_excerpt"][:3])[:400])
+            out.append(
+                f"! {c['server']} {c['broker']}: {c['server_log_error_lines']} error-looking lines: "
+                + " | ".join(c["server_log_excerpt"][:3])[:400]
+            )
     for broker in a.broker_list:
         mine, old = by.get(("hub", broker)), by.get(("anchor", broker))
         if mine and old:
             out.append("")
-            out.append(f"hub/anchor ({broker}): " + "; ".join(
-                f"{m['size']}: sub {m['subscribe_us'] / o['subscribe_us']:.2f}x, "
-                f"leave {m['leave_us'] / o['leave_us']:.2f}x"
-                for m, o in zip(mine, old, strict=False) if o.get("subscribe_us") and o.get("leave_us")))
+            out.append(
+                f"hub/anchor ({broker}): "
+                + "; ".join(
+                    f"{m['size']}: sub {m['subscribe_us'] / o['subscribe_us']:.2f}x, "
+                    f"leave {m['leave_us'] / o['leave_us']:.2f}x"
+                    for m, o in zip(mine, old, strict=False)
+                    if o.get("subscribe_us") and o.get("leave_us")
+                )
+            )
     out.append("")
-    out.append("Columns: fill = connect + subscribe of the clients that grew the room (wall ms per client); "
-               "sub/leave us = server CPU per subscribe / unsubscribe, nobody asking for join/leave pushes; "
-               "w.sub/w.leave = the same with the watchers in the room; us/dlv = (watched - quiet) CPU / "
-               "join (leave) pushes delivered; x/first = this size over the first size (flat: within 1.2x).")
+    out.append(
+        "Columns: fill = connect + subscribe of the clients that grew the room (wall ms per client); "
+        "sub/leave us = server CPU per subscribe / unsubscribe, nobody asking for join/leave pushes; "
+        "w.sub/w.leave = the same with the watchers in the room; us/dlv = (watched - quiet) CPU / "
+        "join (leave) pushes delivered; x/first = this size over the first size (flat: within 1.2x)."
+    )
     return "\n".join(out)
 
 
@@ -431,6 +488,7 @@ def main() -> int:
         if soft < need:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
         import uvloop
+
         return uvloop.run(client_main(a))
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,8 +527,12 @@ def main() -> int:
     if not a.no_anchor:
         anchor_dir = tempfile.mkdtemp(prefix="bench-joins-anchor-")
         os.rmdir(anchor_dir)
-        subprocess.run(["git", "worktree", "add", "--detach", anchor_dir, a.anchor], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", anchor_dir, a.anchor],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         servers.append(("anchor", anchor_dir))
     redis = None
     cells: list[dict] = []
@@ -478,33 +540,54 @@ def main() -> int:
     try:
         if "redis" in a.broker_list:
             import cluster
+
             redis = cluster.RedisProc(logdir, "joins")
             redis.start()
         with open(out_path, "a") as out:
-            out.write(json.dumps({"kind": "meta", "argv": sys.argv[1:], "sizes": a.sizes, "anchor": a.anchor,
-                                  "load": os.getloadavg(), **fanout_helpers().versions()}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "kind": "meta",
+                        "argv": sys.argv[1:],
+                        "sizes": a.sizes,
+                        "anchor": a.anchor,
+                        "load": os.getloadavg(),
+                        **fanout_helpers().versions(),
+                    }
+                )
+                + "\n"
+            )
             for i, broker in enumerate(a.broker_list):
                 order = servers if i % 2 == 0 else servers[::-1]
                 for name, root in order:
                     t0 = time.monotonic()
-                    cell = run_cell(name, root, broker, redis if broker == "redis" else None, a, logdir,
-                                    config_path)
+                    cell = run_cell(
+                        name, root, broker, redis if broker == "redis" else None, a, logdir, config_path
+                    )
                     cell["kind"] = "cell"
                     cells.append(cell)
                     out.write(json.dumps(cell) + "\n")
                     out.flush()
-                    print(f"[{name} {broker}] {time.monotonic() - t0:.0f}s "
-                          + (cell.get("error", "")[:300] or " ".join(
-                              f"{r['size']}:{r.get('subscribe_us')}/{r.get('leave_us')}us"
-                              for r in cell.get("sizes", []))), flush=True)
+                    print(
+                        f"[{name} {broker}] {time.monotonic() - t0:.0f}s "
+                        + (
+                            cell.get("error", "")[:300]
+                            or " ".join(
+                                f"{r['size']}:{r.get('subscribe_us')}/{r.get('leave_us')}us"
+                                for r in cell.get("sizes", [])
+                            )
+                        ),
+                        flush=True,
+                    )
             table = report(cells, a)
             out.write(json.dumps({"kind": "summary", "table": table}) + "\n")
     finally:
         if redis is not None:
             redis.stop()
         if anchor_dir is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", anchor_dir], cwd=ROOT,
-                           capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", anchor_dir], cwd=ROOT, capture_output=True
+            )
     print()
     print(table)
     print(f"\nresults: {os.path.relpath(out_path, os.getcwd())}")

@@ -41,6 +41,7 @@ usage: python bench/load_client.py --url ws://127.0.0.1:P/connection/websocket -
        [--transport json|protobuf|sse] [--token JWT]
        [--sub-urls URL,URL,...] [--server-pid PID,PID,...] [--redis-pid PID,...] [--channels C]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,26 +70,26 @@ time_ns = time.time_ns
 TS_RE = re.compile(rb'"ts":\s*(\d+)')
 INF = 1 << 62
 
-BUCKET_NS = 50_000            # latency histogram: 0.05 ms buckets up to 30 s
+BUCKET_NS = 50_000  # latency histogram: 0.05 ms buckets up to 30 s
 NB = 600_000
 hist = [0] * NB
 
 # ---- hot-path state (module globals) ----
 N = 1
-FANOUT = 1                    # subscribers per channel (N // --channels): deliveries per publication
+FANOUT = 1  # subscribers per channel (N // --channels): deliveries per publication
 W = 2
 RECORD = False
-DELIVERED = 0                 # deliveries in the current phase (all subscribers)
-PUBLISHED = 0                 # publications in the current phase
-PUMP_AT = INF                 # closed loop: pump() when DELIVERED reaches this
-DONE_AT = INF                 # drain: set done_fut when DELIVERED reaches this
+DELIVERED = 0  # deliveries in the current phase (all subscribers)
+PUBLISHED = 0  # publications in the current phase
+PUMP_AT = INF  # closed loop: pump() when DELIVERED reaches this
+DONE_AT = INF  # drain: set done_fut when DELIVERED reaches this
 STOPPED = True
 done_fut: asyncio.Future | None = None
 last_rx_ns = 0
 PUB_T = None
 CHANNEL = b"bench"
-CHANNELS = [CHANNEL]          # --channels > 1: the publisher goes round-robin over these
-PUB_COUNTS = [0]              # publications per channel in the current phase
+CHANNELS = [CHANNEL]  # --channels > 1: the publisher goes round-robin over these
+PUB_COUNTS = [0]  # publications per channel in the current phase
 PAD = b""
 SEQ = 0
 CMD_IDS = itertools.count(100)
@@ -96,10 +97,20 @@ CMD_IDS = itertools.count(100)
 SUBSCRIBED = 0
 FAILED = 0
 CLOSING = False
-MISMATCH: str | None = None   # the server does not speak the subscribers' transport: why
-ST = {"slow_path_deliveries": 0, "other_pushes": 0, "pings": 0, "fragmented": 0,
-      "disconnects": 0, "close_codes": {}, "errors": [], "bad_json": 0,
-      "pub_ok": 0, "pub_err": 0, "unknown_replies": 0}
+MISMATCH: str | None = None  # the server does not speak the subscribers' transport: why
+ST = {
+    "slow_path_deliveries": 0,
+    "other_pushes": 0,
+    "pings": 0,
+    "fragmented": 0,
+    "disconnects": 0,
+    "close_codes": {},
+    "errors": [],
+    "bad_json": 0,
+    "pub_ok": 0,
+    "pub_err": 0,
+    "unknown_replies": 0,
+}
 
 
 def note_error(what: str) -> None:
@@ -113,8 +124,11 @@ def publish() -> None:
     SEQ += 1
     i = SEQ % len(CHANNELS)
     PUB_COUNTS[i] += 1
-    PUB_T.send(TEXT, b'{"id":%d,"publish":{"channel":"%s","data":{"ts":%d,"seq":%d,"d":"%s"}}}'
-               % (next(CMD_IDS), CHANNELS[i], time_ns(), SEQ, PAD))
+    PUB_T.send(
+        TEXT,
+        b'{"id":%d,"publish":{"channel":"%s","data":{"ts":%d,"seq":%d,"d":"%s"}}}'
+        % (next(CMD_IDS), CHANNELS[i], time_ns(), SEQ, PAD),
+    )
 
 
 def pump() -> None:
@@ -159,9 +173,9 @@ def is_ping_in(p: bytes) -> bool:
 class Sub(WSListener):
     def __init__(self, ch: int = 0):
         super().__init__()
-        self.ch = ch          # index into CHANNELS
+        self.ch = ch  # index into CHANNELS
         self.t = None
-        self.state = 0        # 0 connect sent, 1 subscribe sent, 2 subscribed, -1 failed
+        self.state = 0  # 0 connect sent, 1 subscribe sent, 2 subscribed, -1 failed
         self.count = 0
         self.frags = None
 
@@ -258,8 +272,10 @@ def sub_lost(sub) -> None:
     ST["disconnects"] += 1
     if sub.state in (0, 1):
         if MISMATCH is None:
-            note_error(f"subscriber closed by the server before it was subscribed "
-                       f"({'connect' if sub.state == 0 else 'subscribe'} sent)")
+            note_error(
+                f"subscriber closed by the server before it was subscribed "
+                f"({'connect' if sub.state == 0 else 'subscribe'} sent)"
+            )
         sub.state = -1
         FAILED += 1
 
@@ -297,10 +313,10 @@ def on_other_frame(listener, t, frame) -> None:
 # ---------------------------------------------------------------- Protobuf subscribers
 
 PB_SUBPROTOCOL = "centrifuge-protobuf"
-PB_PONG = b"\x00"              # an empty Command, length-delimited
-PB_PUSH_TAG = 0x22             # Reply field 4 (push), wire type 2: the first byte of a push reply
+PB_PONG = b"\x00"  # an empty Command, length-delimited
+PB_PUSH_TAG = 0x22  # Reply field 4 (push), wire type 2: the first byte of a push reply
 PB_CONNECT = PB_SUBSCRIBE = b""
-pb = None                      # centrifuge.protocol.client_pb2, imported for --transport protobuf
+pb = None  # centrifuge.protocol.client_pb2, imported for --transport protobuf
 
 
 def varint(n: int) -> bytes:
@@ -334,7 +350,7 @@ def split_delimited(p: bytes) -> list[bytes]:
                 raise ValueError("length prefix over 10 bytes")
         if i + size > n:
             raise ValueError(f"message of {size} bytes runs past the frame ({n - i} left)")
-        out.append(p[i:i + size])
+        out.append(p[i : i + size])
         i += size
     return out
 
@@ -343,9 +359,10 @@ def pb_setup(channel: str) -> None:
     """Build the two commands a subscriber sends (connect, subscribe) with the generated classes."""
     global pb, PB_CONNECT, PB_SUBSCRIBE
     from centrifuge.protocol import client_pb2
+
     pb = client_pb2
     cmd = pb.Command(id=1)
-    cmd.connect.SetInParent()                       # an empty ConnectRequest: anonymous connect
+    cmd.connect.SetInParent()  # an empty ConnectRequest: anonymous connect
     PB_CONNECT = delimited(cmd.SerializeToString())
     cmd = pb.Command(id=2)
     cmd.subscribe.channel = channel
@@ -378,8 +395,11 @@ class PbSub(WSListener):
         self.t = transport
         proto = transport.response.headers.get("sec-websocket-protocol")
         if proto != PB_SUBPROTOCOL:
-            pb_mismatch(self, f"protobuf: the server did not accept subprotocol {PB_SUBPROTOCOL!r} "
-                              f"(Sec-WebSocket-Protocol: {proto!r})")
+            pb_mismatch(
+                self,
+                f"protobuf: the server did not accept subprotocol {PB_SUBPROTOCOL!r} "
+                f"(Sec-WebSocket-Protocol: {proto!r})",
+            )
             return
         transport.send(BINARY, PB_CONNECT)
 
@@ -388,8 +408,11 @@ class PbSub(WSListener):
         if mt == BINARY and frame.fin:
             self.handle(transport, frame.get_payload_as_bytes())
         elif mt == TEXT:
-            pb_mismatch(self, "protobuf: the server sent a text frame to a centrifuge-protobuf client: "
-                              f"{frame.get_payload_as_bytes()[:120]!r}")
+            pb_mismatch(
+                self,
+                "protobuf: the server sent a text frame to a centrifuge-protobuf client: "
+                f"{frame.get_payload_as_bytes()[:120]!r}",
+            )
         else:
             on_other_frame(self, transport, frame)
 
@@ -437,8 +460,11 @@ class PbSub(WSListener):
     def slow(self, t, p: bytes) -> None:
         global SUBSCRIBED, FAILED
         if p[:1] in (b"{", b"["):
-            pb_mismatch(self, "protobuf: the server answered a centrifuge-protobuf client in JSON "
-                              f"({p[:120]!r}): it has no Protobuf codec")
+            pb_mismatch(
+                self,
+                "protobuf: the server answered a centrifuge-protobuf client in JSON "
+                f"({p[:120]!r}): it has no Protobuf codec",
+            )
             return
         try:
             messages = [pb.Reply.FromString(m) if m else None for m in split_delimited(p)]
@@ -487,8 +513,11 @@ class PbSub(WSListener):
     def on_ws_disconnected(self, transport):
         if self.state in (0, 1) and not CLOSING and MISMATCH is None and self.replies == 0:
             # A hub that cannot read a binary command closes with 3501 before any reply.
-            pb_mismatch(self, "protobuf: the server closed the connection before answering the "
-                              f"Protobuf connect command (close codes so far: {ST['close_codes']})")
+            pb_mismatch(
+                self,
+                "protobuf: the server closed the connection before answering the "
+                f"Protobuf connect command (close codes so far: {ST['close_codes']})",
+            )
         sub_lost(self)
 
     def close(self) -> None:
@@ -497,7 +526,7 @@ class PbSub(WSListener):
 
 # ---------------------------------------------------------------- SSE subscribers
 
-SSE_REQUEST = b""              # the GET request every SSE subscriber sends (built in main)
+SSE_REQUEST = b""  # the GET request every SSE subscriber sends (built in main)
 
 
 class SseSub(asyncio.Protocol):
@@ -508,15 +537,15 @@ class SseSub(asyncio.Protocol):
 
     def __init__(self):
         self.t = None
-        self.state = 0          # 0 head pending, 1 connect push pending, 2 subscribed, -1 failed
+        self.state = 0  # 0 head pending, 1 connect push pending, 2 subscribed, -1 failed
         self.count = 0
         self.replies = 0
         self.head = b""
         self.chunked = False
-        self.raw = b""          # chunk-framed bytes not yet decoded (an incomplete size line)
-        self.chunk_left = 0     # bytes of chunk data still to come
-        self.crlf_left = 0      # bytes of the CRLF after a chunk's data still to skip
-        self.body = b""         # decoded bytes after the last complete event
+        self.raw = b""  # chunk-framed bytes not yet decoded (an incomplete size line)
+        self.chunk_left = 0  # bytes of chunk data still to come
+        self.crlf_left = 0  # bytes of the CRLF after a chunk's data still to skip
+        self.body = b""  # decoded bytes after the last complete event
 
     def connection_made(self, transport):
         self.t = transport
@@ -530,7 +559,7 @@ class SseSub(asyncio.Protocol):
                 if len(self.head) > 16384:
                     self.fail(f"sse: no end of the response head in {len(self.head)} bytes")
                 return
-            head, data = self.head[:end].decode("latin-1"), self.head[end + 4:]
+            head, data = self.head[:end].decode("latin-1"), self.head[end + 4 :]
             self.head = None
             status = head.split("\r\n", 1)[0]
             if status.split(" ")[1:2] != ["200"]:
@@ -551,8 +580,8 @@ class SseSub(asyncio.Protocol):
         if end < 0:
             self.body = body
             return
-        self.body = body[end + 2:]
-        self.events(body[:end + 2])
+        self.body = body[end + 2 :]
+        self.events(body[: end + 2])
 
     def dechunk(self, data: bytes) -> bytes:
         """RFC 9112 7.1: chunk = chunk-size [ext] CRLF chunk-data CRLF; last-chunk = "0" CRLF."""
@@ -562,7 +591,7 @@ class SseSub(asyncio.Protocol):
         while i < n:
             if self.chunk_left:
                 take = min(self.chunk_left, n - i)
-                out.append(buf[i:i + take])
+                out.append(buf[i : i + take])
                 i += take
                 self.chunk_left -= take
                 continue
@@ -600,7 +629,7 @@ class SseSub(asyncio.Protocol):
         for ev in p.split(b"\n\n"):
             data = [ln[5:].lstrip(b" ") for ln in ev.split(b"\n") if ln.startswith(b"data:")]
             if not data:
-                continue                      # a comment (heartbeat), retry: or id: only
+                continue  # a comment (heartbeat), retry: or id: only
             line = b"\n".join(data)
             try:
                 msg = orjson.loads(line)
@@ -608,7 +637,7 @@ class SseSub(asyncio.Protocol):
                 ST["bad_json"] += 1
                 continue
             if not isinstance(msg, dict) or not msg:
-                ST["pings"] += not msg        # `{}`: a ping, no pong on a unidirectional stream
+                ST["pings"] += not msg  # `{}`: a ping, no pong on a unidirectional stream
                 continue
             self.replies += 1
             if "disconnect" in msg:
@@ -618,8 +647,10 @@ class SseSub(asyncio.Protocol):
             if self.state == 1 and "connect" in msg:
                 subs = (msg["connect"] or {}).get("subs") or {}
                 if CHANNEL.decode() not in subs:
-                    self.fail(f"sse: the connect push has no subscription to {CHANNEL.decode()!r} "
-                              f"(is the token's channels claim honoured?): {line[:200]!r}")
+                    self.fail(
+                        f"sse: the connect push has no subscription to {CHANNEL.decode()!r} "
+                        f"(is the token's channels claim honoured?): {line[:200]!r}"
+                    )
                     return
                 self.state = 2
                 SUBSCRIBED += 1
@@ -716,6 +747,7 @@ class Pub(WSListener):
 
 # ---------------------------------------------------------------------------------------------
 
+
 def percentile(q: float):
     total = sum(hist)
     if total == 0:
@@ -778,8 +810,8 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         pump()
         await asyncio.sleep(seconds)
     else:
-        rate = a.rate / FANOUT                          # publications per second
-        cap = max(8, math.ceil(rate))                   # open loop, but at most ~1 s of backlog
+        rate = a.rate / FANOUT  # publications per second
+        cap = max(8, math.ceil(rate))  # open loop, but at most ~1 s of backlog
         interval = 1.0 / rate
         t_next = loop.time()
         end = t_next + seconds
@@ -818,30 +850,43 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
     redis_each = [procstat.cpu_delta_s(x0, x1)["cpu_s"] for x0, x1 in zip(r0, r1, strict=True)]
     redis_cpu = sum(redis_each)
     out = {
-        "phase": kind, "n": N, "seconds": round(secs, 3),
-        "published": PUBLISHED, "expected": target, "delivered": DELIVERED,
-        "missing": target - DELIVERED, "complete": complete,
-        "subs_short": short, "subs_extra": extra,
-        "pub_replies_ok": ST["pub_ok"] - pub_ok0, "pub_replies_err": ST["pub_err"] - pub_err0,
+        "phase": kind,
+        "n": N,
+        "seconds": round(secs, 3),
+        "published": PUBLISHED,
+        "expected": target,
+        "delivered": DELIVERED,
+        "missing": target - DELIVERED,
+        "complete": complete,
+        "subs_short": short,
+        "subs_extra": extra,
+        "pub_replies_ok": ST["pub_ok"] - pub_ok0,
+        "pub_replies_err": ST["pub_err"] - pub_err0,
         "deliveries_per_s": round(DELIVERED / secs) if secs > 0 else None,
         "publications_per_s": round(PUBLISHED / secs, 1) if secs > 0 else None,
-        "server_cpu_s": round(cpu["cpu_s"], 4), "server_user_s": round(cpu["user_s"], 2),
-        "server_sys_s": round(cpu["sys_s"], 2), "server_sched_s": round(cpu["sched_s"], 4),
+        "server_cpu_s": round(cpu["cpu_s"], 4),
+        "server_user_s": round(cpu["user_s"], 2),
+        "server_sys_s": round(cpu["sys_s"], 2),
+        "server_sched_s": round(cpu["sched_s"], 4),
         "server_cpu_us_per_delivery": round(cpu["cpu_s"] * 1e6 / DELIVERED, 3) if DELIVERED else None,
         "server_cpu_util": round(cpu["cpu_s"] / secs, 2) if secs > 0 else None,
         "client_cpu_us_per_delivery": round((cc1 - cc0) * 1e6 / DELIVERED, 3) if DELIVERED else None,
-        "box_busy_cores": busy, "box_steal_cores": steal,
+        "box_busy_cores": busy,
+        "box_steal_cores": steal,
         # busy cores not used by the server or this client: other load on the box (noise)
         "other_cores": round(busy - (cpu["cpu_s"] + redis_cpu + cc1 - cc0) / max(1e-9, w1 - w0), 2),
     }
     if a.redis_pids:
-        out.update({
-            "redis_cpu_s": round(redis_cpu, 4), "redis_cpu_s_each": [round(x, 4) for x in redis_each],
-            "redis_wall_s": round(w1 - w0, 3),
-            "redis_cpu_us_per_delivery": round(redis_cpu * 1e6 / DELIVERED, 3) if DELIVERED else None,
-            "redis_cpu_us_per_publication": round(redis_cpu * 1e6 / PUBLISHED, 2) if PUBLISHED else None,
-            "redis_cpu_util": round(redis_cpu / secs, 2) if secs > 0 else None,
-        })
+        out.update(
+            {
+                "redis_cpu_s": round(redis_cpu, 4),
+                "redis_cpu_s_each": [round(x, 4) for x in redis_each],
+                "redis_wall_s": round(w1 - w0, 3),
+                "redis_cpu_us_per_delivery": round(redis_cpu * 1e6 / DELIVERED, 3) if DELIVERED else None,
+                "redis_cpu_us_per_publication": round(redis_cpu * 1e6 / PUBLISHED, 2) if PUBLISHED else None,
+                "redis_cpu_util": round(redis_cpu / secs, 2) if secs > 0 else None,
+            }
+        )
     if len(CHANNELS) > 1:
         out["channels"] = len(CHANNELS)
         out["publications_per_channel"] = list(PUB_COUNTS)
@@ -851,8 +896,14 @@ async def run_phase(a, subs, kind: str, seconds: float, record: bool, server_pid
         out["target_deliveries_per_s"] = a.rate
         out["skipped_ticks"] = skipped
     if record:
-        out.update({"p50_ms": percentile(0.50), "p90_ms": percentile(0.90),
-                    "p99_ms": percentile(0.99), "max_ms": percentile(1.0)})
+        out.update(
+            {
+                "p50_ms": percentile(0.50),
+                "p90_ms": percentile(0.90),
+                "p99_ms": percentile(0.99),
+                "max_ms": percentile(1.0),
+            }
+        )
     return out
 
 
@@ -867,8 +918,13 @@ async def main(a) -> int:
     sub_urls = [u for u in a.sub_urls.split(",") if u] or [a.url]
     if a.channels > 1:
         if a.transport != "json" or N % a.channels:
-            emit({"phase": "client", "n": N,
-                  "error": "--channels > 1 needs --transport json and N a multiple of it"})
+            emit(
+                {
+                    "phase": "client",
+                    "n": N,
+                    "error": "--channels > 1 needs --transport json and N a multiple of it",
+                }
+            )
             return 2
         CHANNELS = [CHANNEL + b"%d" % i for i in range(a.channels)]
         PUB_COUNTS = [0] * a.channels
@@ -893,21 +949,26 @@ async def main(a) -> int:
             emit({"phase": "client", "n": N, "error": "--transport sse needs --token (channels claim)"})
             return 2
         query = urllib.parse.urlencode({"cf_connect": json.dumps({"token": a.token})})
-        SSE_REQUEST = (f"GET {a.sse_path}?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                       f"Accept: text/event-stream\r\n\r\n").encode()
+        SSE_REQUEST = (
+            f"GET {a.sse_path}?{query} HTTP/1.1\r\nHost: {url.netloc}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
 
     async def connect_one(i: int):
         if a.transport == "sse":
-            _, listener = await asyncio.wait_for(
-                loop.create_connection(SseSub, url.hostname, url.port), 20)
+            _, listener = await asyncio.wait_for(loop.create_connection(SseSub, url.hostname, url.port), 20)
         elif a.transport == "protobuf":
-            _, listener = await ws_connect(PbSub, a.url, websocket_handshake_timeout=20,
-                                           read_buffer_init_size=4096,
-                                           extra_headers={"Sec-WebSocket-Protocol": PB_SUBPROTOCOL})
+            _, listener = await ws_connect(
+                PbSub,
+                a.url,
+                websocket_handshake_timeout=20,
+                read_buffer_init_size=4096,
+                extra_headers={"Sec-WebSocket-Protocol": PB_SUBPROTOCOL},
+            )
         else:
             node, ch = i % len(sub_urls), (i // len(sub_urls)) % len(CHANNELS)
-            _, listener = await ws_connect(lambda: Sub(ch), sub_urls[node], websocket_handshake_timeout=20,
-                                           read_buffer_init_size=4096)
+            _, listener = await ws_connect(
+                lambda: Sub(ch), sub_urls[node], websocket_handshake_timeout=20, read_buffer_init_size=4096
+            )
         return listener
 
     async def one(i: int):
@@ -916,7 +977,7 @@ async def main(a) -> int:
         for attempt in range(3):
             async with sem:
                 if MISMATCH is not None:
-                    return                  # the server does not speak this transport: stop here
+                    return  # the server does not speak this transport: stop here
                 try:
                     subs.append(await connect_one(i))
                     return
@@ -929,16 +990,34 @@ async def main(a) -> int:
     t0 = time.perf_counter()
     try:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(N))), a.connect_timeout)
-        await wait_until(lambda: MISMATCH is not None or SUBSCRIBED + FAILED >= N, a.connect_timeout,
-                         "subscribe replies")
+        await wait_until(
+            lambda: MISMATCH is not None or SUBSCRIBED + FAILED >= N, a.connect_timeout, "subscribe replies"
+        )
     except Exception as e:  # noqa: BLE001 - reported
-        emit({"phase": "client", "n": N, "error": f"connect/subscribe: {e!r}",
-              "subscribed": SUBSCRIBED, "failed": FAILED, "connected": len(subs), **ST})
+        emit(
+            {
+                "phase": "client",
+                "n": N,
+                "error": f"connect/subscribe: {e!r}",
+                "subscribed": SUBSCRIBED,
+                "failed": FAILED,
+                "connected": len(subs),
+                **ST,
+            }
+        )
         return 2
     connect_s = time.perf_counter() - t0
     if MISMATCH is not None:
-        emit({"phase": "client", "n": N, "error": f"{MISMATCH} -- nothing measured",
-              "subscribed": SUBSCRIBED, "failed": FAILED, **ST})
+        emit(
+            {
+                "phase": "client",
+                "n": N,
+                "error": f"{MISMATCH} -- nothing measured",
+                "subscribed": SUBSCRIBED,
+                "failed": FAILED,
+                **ST,
+            }
+        )
         for s in subs:
             s.close()
         return 2
@@ -951,13 +1030,29 @@ async def main(a) -> int:
     await asyncio.sleep(a.idle_s)
     c1, r1 = cpu_sum(pids), [procstat.cpu(p) for p in a.redis_pids]
     rss_idle = rss_sum(pids)
-    redis_idle = {"redis_idle_cpu_util": round(sum(procstat.cpu_delta_s(x0, x1)["cpu_s"] for x0, x1
-                                                   in zip(r0, r1, strict=True)) / a.idle_s, 5)
-                  } if a.redis_pids else {}
-    emit({"phase": "idle", "n": N, "connect_s": round(connect_s, 2), "connect_retries": retries,
-          "rss_base_kb": rss_base, "rss_idle_kb": rss_idle,
-          "idle_kb_per_conn": round((rss_idle - rss_base) / N, 2),
-          "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3), **redis_idle})
+    redis_idle = (
+        {
+            "redis_idle_cpu_util": round(
+                sum(procstat.cpu_delta_s(x0, x1)["cpu_s"] for x0, x1 in zip(r0, r1, strict=True)) / a.idle_s,
+                5,
+            )
+        }
+        if a.redis_pids
+        else {}
+    )
+    emit(
+        {
+            "phase": "idle",
+            "n": N,
+            "connect_s": round(connect_s, 2),
+            "connect_retries": retries,
+            "rss_base_kb": rss_base,
+            "rss_idle_kb": rss_idle,
+            "idle_kb_per_conn": round((rss_idle - rss_base) / N, 2),
+            "idle_server_cpu_util": round(procstat.cpu_delta_s(c0, c1)["cpu_s"] / a.idle_s, 3),
+            **redis_idle,
+        }
+    )
 
     # ---- 3. publisher + warm-up ----
     PUB_T, pub = await ws_connect(Pub, a.url, websocket_handshake_timeout=20)
@@ -981,8 +1076,17 @@ async def main(a) -> int:
 
     # ---- close, bounded ----
     CLOSING = True
-    emit({"phase": "client", "n": N, "transport": a.transport, "subscribed": SUBSCRIBED,
-          "window_publications": W, "data_bytes": len(base) + len(PAD), **ST})
+    emit(
+        {
+            "phase": "client",
+            "n": N,
+            "transport": a.transport,
+            "subscribed": SUBSCRIBED,
+            "window_publications": W,
+            "data_bytes": len(base) + len(PAD),
+            **ST,
+        }
+    )
     for s in subs:
         s.close()
     ws_close(PUB_T)
@@ -994,17 +1098,31 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True)
     ap.add_argument("--n", type=int, required=True, help="subscribers")
-    ap.add_argument("--server-pid", required=True,
-                    help="the server's pid, or a comma list of them (several nodes: CPU and RSS summed)")
-    ap.add_argument("--sub-urls", default="",
-                    help="comma list of URLs the subscribers are spread over round-robin (default: --url); "
-                         "the publisher always uses --url")
+    ap.add_argument(
+        "--server-pid",
+        required=True,
+        help="the server's pid, or a comma list of them (several nodes: CPU and RSS summed)",
+    )
+    ap.add_argument(
+        "--sub-urls",
+        default="",
+        help="comma list of URLs the subscribers are spread over round-robin (default: --url); "
+        "the publisher always uses --url",
+    )
     ap.add_argument("--redis-pid", default="", help="comma list of redis-server pids: their CPU per phase")
     ap.add_argument("--channel", default="bench")
-    ap.add_argument("--channels", type=int, default=1,
-                    help="spread the subscribers over this many channels (--channel + index; json only)")
-    ap.add_argument("--transport", choices=["json", "protobuf", "sse"], default="json",
-                    help="what the subscribers speak (the publisher always speaks WebSocket JSON)")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="spread the subscribers over this many channels (--channel + index; json only)",
+    )
+    ap.add_argument(
+        "--transport",
+        choices=["json", "protobuf", "sse"],
+        default="json",
+        help="what the subscribers speak (the publisher always speaks WebSocket JSON)",
+    )
     ap.add_argument("--token", default="", help="sse: connection token whose channels claim names --channel")
     ap.add_argument("--sse-path", default="/connection/uni_sse")
     ap.add_argument("--data-bytes", type=int, default=100, help="size of the published JSON data")
@@ -1022,4 +1140,5 @@ if __name__ == "__main__":
     if soft < args.n + 200:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.n + 1000)), hard))
     import uvloop
+
     sys.exit(uvloop.run(main(args)))

@@ -8,6 +8,7 @@ over every thread, so a hub that uses worker threads or child processes is charg
 * ``user_s`` / ``sys_s``: utime / stime of /proc/<pid>/stat (whole thread group, clock ticks);
   they include threads that already exited, which the schedstat sum misses.
 """
+
 from __future__ import annotations
 
 import os

@@ -2,7 +2,8 @@
 at a steady rate below that, on SQLite and on PostgreSQL; with a baseline from the same run: the same
 receiver's request rate from a plain httpx loop (same concurrency, same body size, no outbox, no signing).
 
-    .venv/bin/python bench/webhooks.py [--events 3000] [--seconds 5] [--concurrency 8] [--stores sqlite,postgres]
+    .venv/bin/python bench/webhooks.py [--events 3000] [--seconds 5] [--concurrency 8]
+        [--stores sqlite,postgres]
 
 The receiver runs in a process of its own (the machine has 2 cores: the worker and the receiver each get
 one); it answers 200 at once and keeps, per request, the time from the event's creation (``t`` in its
@@ -134,8 +135,8 @@ def events(start: int, count: int) -> list[OutboxEvent]:
 
 
 async def until_empty(store: InboxStore) -> None:
-    while await store.tasks(state=TaskState.PENDING, limit=1):
-        await asyncio.sleep(0.01)  # polling the store: no event to wait on across the worker
+    while await store.tasks(state=TaskState.PENDING, limit=1):  # noqa: ASYNC110 - no event across the worker
+        await asyncio.sleep(0.01)  # polling the store
 
 
 async def measure(

@@ -10,6 +10,13 @@ member of a publication's data that holds the reading's key. Conflation (one new
 - data that is not JSON, or a member of another type (a float, a boolean, null, an array, an object), is
   refused: ``BadKey``, with a reason for the sender. Nothing is published.
 
+A reading that comes in with a key of its own (HTTP ingest's ``key``, a line protocol route's or an MQTT
+route's ``key`` template: ``feed_key``) is keyed as a client publish would be, so conflation and the latest
+value per key treat it alike: in a keyed namespace its key is that key, and the data's member, when it has
+one, must say the same (else ``BadKey``: a dashboard reads the sensor from the data, the hub conflates by
+the key, and the two must never disagree); in a namespace without ``key_field`` a given key is ignored (one
+value per channel, as a client publish there).
+
 A conflated subscriber may ask for a lower rate than its namespace grants in its subscribe request's
 ``data``, a JSON object (over Protobuf: the bytes of one): ``{"max_rate": 2}`` (publications a second, at
 least ``MIN_RATE``). Other members are the application's (the subscribe hook sees them all). A higher rate
@@ -38,6 +45,7 @@ __all__ = [
     "BadRate",
     "granted_rate",
     "key_pointer",
+    "publication_key",
     "reading_key",
 ]
 
@@ -83,6 +91,21 @@ def reading_key(key_field: str, data: bytes) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise BadKey(f"the key at {key_field} is longer than {MAX_KEY_LENGTH} characters")
     return key
+
+
+def publication_key(key_field: str, data: bytes, given: str | None) -> str:
+    """The key a reading is published under (module docstring): ``given`` (a key that came with it, or
+    None) checked against ``data``'s ``key_field`` member; ``""`` in a namespace without ``key_field``."""
+    if not key_field:
+        return ""
+    found = reading_key(key_field, data)
+    if given is None:
+        return found
+    if not isinstance(given, str) or len(given) > MAX_KEY_LENGTH:
+        raise BadKey(f"a key is a string of at most {MAX_KEY_LENGTH} characters")
+    if found and found != given:
+        raise BadKey(f"the key {given[:80]!r} is not the data's {key_field} ({found[:80]!r})")
+    return given
 
 
 def granted_rate(data: Any, namespace_rate: float) -> float:

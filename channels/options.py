@@ -14,6 +14,7 @@ import orjson
 from channels.errors import UnknownNamespace
 from channels.names import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, ChannelName
 from channels.schema import DataSchema
+from channels.streams import StreamLimits
 
 DELTA_TYPES = ("fossil",)
 """Delta encodings the hub speaks (the Centrifuge protocol's ``delta`` values)."""
@@ -104,6 +105,26 @@ class NamespaceOptions:
     bytes: Protobuf clients and MQTT send and receive them raw, every JSON speaker as a base64 string)."""
     data_schema: DataSchema | None = None
     """A JSON Schema every publication's data must pass, whatever way it comes in (compiled once)."""
+    streams: bool = False
+    """Publications may be chunks of streamed replies (``channels.streams``): checked in order and bounded
+    on every way in, delivered live, the finished message alone kept in history."""
+    stream_max_open: int = 8
+    """Streams open at once in one channel (``StreamLimits.max_open``)."""
+    stream_max_chunk_bytes: int = 16 * 1024
+    """Bytes of one chunk's data (``StreamLimits.max_chunk_bytes``)."""
+    stream_max_message_bytes: int = 256 * 1024
+    """Bytes of a finished message's text (``StreamLimits.max_message_bytes``)."""
+    stream_idle_timeout: float = 120.0
+    """Seconds without a chunk after which a stream is finished as it is, marked abandoned."""
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(
+            max_open=self.stream_max_open,
+            max_chunk_bytes=self.stream_max_chunk_bytes,
+            max_message_bytes=self.stream_max_message_bytes,
+            idle_timeout=self.stream_idle_timeout,
+        )
 
     @property
     def binary(self) -> bool:
@@ -129,14 +150,14 @@ class NamespaceOptions:
                 values[key] = value
             elif key == "data_schema":
                 values[key] = _data_schema(value)
-            elif key in ("history_ttl", "history_meta_ttl"):
+            elif key in ("history_ttl", "history_meta_ttl", "stream_idle_timeout"):
                 values[key] = parse_duration(value)
             elif key == "history_size":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"history_size must be a non-negative integer, got {value!r}")
                 values[key] = value
-            elif key in _FEED_OPTIONS:
-                values[key] = _FEED_OPTIONS[key](value)
+            elif key in _OPTION_READERS:
+                values[key] = _OPTION_READERS[key](value)
             else:
                 if not isinstance(value, bool):
                     raise ValueError(f"option {key} must be true or false, got {value!r}")
@@ -150,6 +171,7 @@ class NamespaceOptions:
             # A feed subscription frames JSON itself, and keys and deltas are read from JSON data.
             raise ValueError('conflation, key_field and allowed_delta_types need data_format = "json"')
         _check_feed_options(opts)
+        _check_stream_options(opts)
         return opts
 
 
@@ -220,7 +242,40 @@ def _max_keys(value: Any) -> int:
     return value
 
 
-_FEED_OPTIONS = {
+def _bounded_int(name: str, low: int, high: int) -> Any:
+    def read(value: Any) -> int:
+        if isinstance(value, str):  # from the environment
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return read
+
+
+STREAM_MAX_OPEN_LIMIT = 1000
+STREAM_MAX_BYTES_LIMIT = 16 * 1024 * 1024
+
+
+def _check_stream_options(opts: NamespaceOptions) -> None:
+    if not opts.streams:
+        return
+    if opts.binary:
+        raise ValueError('streams read JSON data: it cannot be set with data_format = "binary"')
+    if opts.conflation or opts.allowed_delta_types or opts.key_field:
+        # A conflated or delta subscriber would be sent some chunks and not others.
+        raise ValueError("streams cannot be set with conflation, key_field or allowed_delta_types")
+    if opts.stream_idle_timeout <= 0:
+        raise ValueError("stream_idle_timeout must be more than 0")
+
+
+_OPTION_READERS = {
+    "stream_max_open": _bounded_int("stream_max_open", 1, STREAM_MAX_OPEN_LIMIT),
+    "stream_max_chunk_bytes": _bounded_int("stream_max_chunk_bytes", 64, STREAM_MAX_BYTES_LIMIT),
+    "stream_max_message_bytes": _bounded_int("stream_max_message_bytes", 64, STREAM_MAX_BYTES_LIMIT),
     "force_recovery_mode": _one_of("force_recovery_mode", ("stream", "cache")),
     "allowed_delta_types": _delta_types,
     "conflation": _one_of("conflation", ("", "latest")),
@@ -249,7 +304,7 @@ def _check_feed_options(opts: NamespaceOptions) -> None:
 class Namespaces:
     """The options of the unnamed namespace plus every configured namespace."""
 
-    __slots__ = ("default", "_by_name", "_binary")
+    __slots__ = ("default", "_by_name", "_binary", "_streams")
 
     def __init__(self, default: NamespaceOptions, named: dict[str, NamespaceOptions] | None = None) -> None:
         self.default = default
@@ -258,6 +313,10 @@ class Namespaces:
             name for name, opts in [("", default), *self._by_name.items()] if opts.binary
         )
         """Namespaces with ``data_format = "binary"`` ("" is the unnamed one)."""
+        self._streams = frozenset(
+            name for name, opts in [("", default), *self._by_name.items()] if opts.streams
+        )
+        """Namespaces with ``streams`` set."""
 
     def options_for(self, channel: ChannelName) -> NamespaceOptions:
         if not channel.namespace:
@@ -273,8 +332,16 @@ class Namespaces:
     def binary(self, channel: str) -> bool:
         """Whether the namespace of the channel named ``channel`` carries binary data (False for a name in
         no configured namespace). Reads the name without parsing it: the fan-out asks per publication."""
-        if not self._binary:
-            return False
-        bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
-        namespace, sep, _ = bare.partition(NAMESPACE_BOUNDARY)
-        return (namespace if sep else "") in self._binary
+        return bool(self._binary) and _namespace_of(channel) in self._binary
+
+    def streams(self, channel: str) -> bool:
+        """Whether the namespace of the channel named ``channel`` has ``streams`` set (as ``binary``: read
+        without parsing, for the fan-out)."""
+        return bool(self._streams) and _namespace_of(channel) in self._streams
+
+
+def _namespace_of(channel: str) -> str:
+    """The namespace part of a channel name ("" for none), read without checking the name."""
+    bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+    namespace, sep, _ = bare.partition(NAMESPACE_BOUNDARY)
+    return namespace if sep else ""

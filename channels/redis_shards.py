@@ -404,6 +404,31 @@ class _PubSubConnection(asyncio.Protocol):
             self.shard._fire_reconnect()
 
 
+# A lease (one holder at a time, by TTL): the document writer's (sync.relay_redis), the MQTT bridge's
+# (workers.lease_redis). KEYS[1] lease, ARGV[1] holder id, ARGV[2] ttl ms -> 1 if the caller holds the lease
+# now (taken when free, renewed when its own), else 0.
+CLAIM_LEASE = Script("""
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+""")
+
+# KEYS[1] lease, ARGV[1] holder id -> 1 if it was the caller's and is deleted, else 0.
+RELEASE_LEASE = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
+
 class Shard:
     """One Redis server (standalone) or the whole cluster (cluster mode): commands and pub/sub.
 

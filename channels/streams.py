@@ -238,6 +238,17 @@ class ChannelStreams:
         idle = [s for s, state in self._open.items() if now - state.touched >= self.limits.idle_timeout]
         return [self._finish(stream, abandoned=True) for stream in idle]
 
+    def next_expiry(self) -> float | None:
+        """When the stream idle longest will be abandoned (``expire``); None while none is open."""
+        if not self._open:
+            return None
+        return min(state.touched for state in self._open.values()) + self.limits.idle_timeout
+
+    def drop(self, stream: str) -> None:
+        """Forget an open stream without finishing it (its latest chunk could not be published): nothing
+        is kept of it, and a later chunk of it is refused as out of order."""
+        self._open.pop(stream, None)
+
     def _finish(self, stream: str, abandoned: bool = False) -> Publication:
         state = self._open.pop(stream)
         message = self._whole(stream, state, final=True, abandoned=abandoned)
@@ -287,6 +298,58 @@ def coalesce(pubs: list[Publication]) -> list[Publication]:
         parsed[at] = joined
         out[at] = Publication(orjson.dumps(joined), info=pub.info, tags=pub.tags, time=pub.time)
     return out
+
+
+def after_snapshot(snapshot: list[Publication], pubs: list[Publication]) -> list[Publication]:
+    """``pubs`` (publications that arrived while a subscription was set up) without the chunks that
+    ``snapshot`` (the text so far of each open stream, sent before them) already covers: a chunk or run of
+    a stream whose last seq is at or before the snapshot's. Whole messages (from 0) and everything else
+    pass, so a subscriber gets each part of a text once."""
+    if not snapshot:
+        return pubs
+    covered: dict[str, int] = {}
+    for pub in snapshot:
+        data = _stream_data(pub)
+        if data is not None:
+            covered[data[STREAM]["id"]] = data[STREAM]["seq"]
+    out = []
+    for pub in pubs:
+        data = _stream_data(pub)
+        if data is not None and data[STREAM].get("from") != 0:
+            seen = covered.get(data[STREAM]["id"])
+            if seen is not None and data[STREAM]["seq"] <= seen:
+                continue
+        out.append(pub)
+    return out
+
+
+def merge_snapshots(snapshots: list[list[Publication]]) -> list[Publication]:
+    """The snapshots several holders answered for one channel, as one: each stream once, the one that
+    has got furthest (the highest seq) where two hold it."""
+    best: dict[str, tuple[int, Publication]] = {}
+    for snapshot in snapshots:
+        for pub in snapshot:
+            data = _stream_data(pub)
+            if data is None:
+                continue
+            stream, seq = data[STREAM]["id"], data[STREAM]["seq"]
+            if stream not in best or best[stream][0] < seq:
+                best[stream] = (seq, pub)
+    return [pub for _, pub in best.values()]
+
+
+def chunk_run(pub: Publication) -> str | None:
+    """The stream id of a chunk as published (no ``from``, not final), which a writer may join with the
+    chunk of the same stream queued before it (``coalesce``); None for any other publication. Cheap for
+    ordinary publications (their bytes are not parsed)."""
+    data = _stream_data(pub)
+    if data is None:
+        return None
+    fields = data[STREAM]
+    if "from" in fields or fields.get("final"):
+        return None
+    stream: str = fields["id"]
+    return stream
 
 
 def _with_stream(pub: Publication) -> dict[str, Any] | None:

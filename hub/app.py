@@ -29,7 +29,7 @@ from hub.admin.console import Console
 from hub.admin.inspect import node_figures
 from hub.admin.store import ConsoleStore
 from hub.admin.store_sqlite import SqliteConsoleStore
-from hub.alerting import Alerts, PersonalChannels
+from hub.alerting import AlertNotifier, Alerts, InboxAlerts, PersonalChannels
 from hub.api import ServerAPI
 from hub.bots.service import BOT_PREFIX, Bots
 from hub.config import Config, load_config
@@ -150,19 +150,12 @@ class Switchboard:
         self.metrics_registry.register(OutboxCollector(self.outbound.metrics))
         self.api = ServerAPI(node)
         self.ingest = Ingest(node, self.api)
-        self.alerts = (
-            Alerts(node, self.config.alerts, PersonalChannels(node, self.config.alerts_user_channel))
-            if self.config.alerts
-            else None
-        )
-        """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified on their personal
-        channels (the inbox's notifier replaces ``PersonalChannels`` once the hub has one)."""
         self.mqtt: Any = None
-        """The MQTT bridge (``workers.mqtt``) when ``[mqtt]`` is configured and this node runs it."""
+        """The MQTT bridge (``workers.mqtt``) when ``[mqtt]`` is configured and this node is a candidate."""
+        self.mqtt_leader: Any = None
+        """Runs the bridge while this process holds its lease (``workers.lease``): one per deployment."""
         if self.config.mqtt is not None and self.config.mqtt_enabled:
-            from workers.mqtt import MqttBridge  # a worker, run in the node (no `switchboard worker` yet)
-
-            self.mqtt = MqttBridge(node, self.config.mqtt)
+            self._mqtt_candidate()
         """Readings from collectors, in batches (``hub.ingest``)."""
         node.info_sources.append(node_figures(self.documents, self.redis))
         store = _console_store(self.config, self.redis)
@@ -183,6 +176,14 @@ class Switchboard:
         self.console.inbox = self.inbox
         self.demos.notifications = self.notifications
         """The inbox calls with their pushes (``hub.inbox.service``): what RPC, the API and ``notify`` use."""
+        notifier: AlertNotifier = (
+            InboxAlerts(self.notifications)
+            if self.config.alerts_notify == "inbox"
+            else PersonalChannels(node, self.config.alerts_user_channel)
+        )
+        self.alerts = Alerts(node, self.config.alerts, notifier) if self.config.alerts else None
+        """The ``[[alerts]]`` rules on this node (``hub.alerting``); users are notified through the inbox (or
+        on their personal channels: ``alerts_notify``)."""
         _check_reserved(self.hooks.rpc)
         node.builtin_rpc.update(rpc_methods(self.notifications, self.config.client_queue_max_size // 2))
         self.bots = node.bots = Bots(node)
@@ -256,16 +257,57 @@ class Switchboard:
                 await self.outbound.start(self.outbox_store(), worker=worker)
             if self.alerts is not None:
                 await self.alerts.start()
-            if self.mqtt is not None:
-                await self.mqtt.start()
+            if self.mqtt_leader is not None:
+                await self.mqtt_leader.start()
             if self.brokers is not None:
                 await self.brokers.start()
+            await self.demos.start()
             if self.config.metrics_port and self.metrics_server is None:
                 self.metrics_server = MetricsServer(
                     self.metrics_registry, self.config.host, self.config.metrics_port
                 )
                 await self.metrics_server.start()
             self.started = True
+
+    def _mqtt_candidate(self) -> None:
+        from workers.lease import Leader, Lease, LocalLease  # workers, run in the node or the worker
+        from workers.mqtt import MqttBridge
+
+        assert self.config.mqtt is not None
+        node, ttl = self.node, self.config.mqtt_lease_ttl
+        self.mqtt = MqttBridge(node, self.config.mqtt)
+        lease: Lease = LocalLease(node.id)
+        if self.redis is not None:
+            from workers.lease_redis import RedisLease
+
+            lease = RedisLease(self.redis, "mqtt-bridge", node.id, ttl)
+        metrics = node.feed_metrics
+        metrics.mqtt_bridge_active = 0
+
+        def changed(active: bool) -> None:
+            metrics.mqtt_bridge_active = int(active)
+
+        self.mqtt_leader = Leader("mqtt bridge", lease, self.mqtt.start, self.mqtt.close, ttl, changed)
+
+    async def start_bridge(self) -> None:
+        """What ``switchboard worker`` runs of a node for the MQTT bridge: Redis, the node (its broker and
+        control channel: the bridge publishes through it, and outbound routes learn channels through it)
+        and the bridge's candidacy; no inbox, no alerts, no HTTP."""
+        if self.config.mqtt is None:
+            raise ValueError("no [mqtt] configured")
+        if self.mqtt_leader is None:
+            self._mqtt_candidate()
+        if self.redis is not None:
+            await self.redis.start()
+        await self.node.start()
+        await self.mqtt_leader.start()
+
+    async def stop_bridge(self) -> None:
+        if self.mqtt_leader is not None:
+            await self.mqtt_leader.stop()
+        await self.node.stop()
+        if self.redis is not None:
+            await self.redis.close()
 
     async def drain(self) -> None:
         """Disconnect every client with 3001 (reconnect) in batches (``Node.drain``). Call it from your
@@ -277,8 +319,9 @@ class Switchboard:
             await self.brokers.stop()
         if self.alerts is not None:
             await self.alerts.close()
-        if self.mqtt is not None:
-            await self.mqtt.close()
+        if self.mqtt_leader is not None:
+            await self.mqtt_leader.stop()
+        await self.demos.stop()
         await self.node.stop()
         await self.outbound.stop()
         await self.notifications.stop()

@@ -203,7 +203,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Deliver webhooks and email from the outbox the nodes write to, until SIGTERM (``workers.process``)."""
+    """Deliver webhooks and email from the outbox the nodes write to, and be a candidate for the ``[mqtt]``
+    bridge (one per deployment, by a lease in Redis), until SIGTERM (``workers.process``)."""
     import asyncio
 
     from hub.logs import setup_logging
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     p_serve.add_argument("--doc-store", choices=("auto", "sqlite", "redis"), default=None)
     p_serve.set_defaults(func=serve)
     p_worker = sub.add_parser(
-        "worker", help="deliver webhooks and email (set workers_in_process = false on the nodes)"
+        "worker",
+        help="deliver webhooks and email, and run the [mqtt] bridge (one per deployment, by a Redis lease)",
     )
     p_worker.add_argument("--config", default=None, help="TOML config file (default: $SWITCHBOARD_CONFIG)")
     p_worker.add_argument(

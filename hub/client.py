@@ -32,6 +32,7 @@ from channels.feeds import BadRate, granted_rate
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import DELTA_TYPES, NamespaceOptions
 from channels.publication import ClientInfo, Publication, StreamPosition
+from channels.streams import after_snapshot
 from hub import codec_json, codes, sse
 from hub.auth import ConnectClaims, SubscriptionClaims, TokenExpired, TokenInvalid
 from hub.bots.identity import channel_limit, command_limiter, shown_info
@@ -146,6 +147,8 @@ class _Prepared:
     plan: _FeedPlan | None = None
     base: FeedItem | None = None
     """The last publication of a delta chain in the result: the subscription's delta base."""
+    snapshot: list[Publication] = field(default_factory=list)
+    """The text so far of the channel's open streams (``hub.streams``), pushed before what was buffered."""
 
 
 @dataclass(slots=True)
@@ -854,6 +857,7 @@ class Client:
         result: dict[str, Any] = {}
         offset = 0
         recovered: list[Publication] = []
+        snapshot: list[Publication] = []
         try:
             if positioned:
                 # Cache mode: every subscribe recovers (Centrifuge's AutoCacheRecover), so a dashboard shows
@@ -899,6 +903,8 @@ class Client:
                 if recoverable:
                     result["recoverable"] = True
                 result["positioned"] = True
+            if opts.streams:  # read after the history, while live chunks are buffered: see hub.streams
+                snapshot = await node.open_streams.snapshot(key)
             if self._abandoned(sub):
                 raise codes.error_internal()
             if opts.presence:
@@ -913,7 +919,7 @@ class Client:
             result["ttl"] = _ttl(expires_at)
         if plan is not None and plan.delta:
             result["delta"] = True
-        return _Prepared(sub, result, offset, recovered, plan, base)
+        return _Prepared(sub, result, offset, recovered, plan, base, snapshot)
 
     def _feed_plan(self, opts: NamespaceOptions, req: dict[str, Any]) -> _FeedPlan | None:
         """Delta compression (the request's ``delta``, granted where the namespace's
@@ -1020,7 +1026,8 @@ class Client:
         buffered = node.registry.finish_subscribe(
             sub.key, self, push, join_leave=sub.push_join_leave, feed=feed is not None
         )
-        pubs = [*prep.recovered, *after_position(buffered, prep.offset)]
+        live = after_position(buffered, prep.offset)
+        pubs = [*prep.recovered, *prep.snapshot, *after_snapshot(prep.snapshot, live)]
         if feed is not None:
             now = node.slot_clock.now()
             for pub in pubs:

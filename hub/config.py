@@ -64,6 +64,7 @@ DEV_CHANNEL_OPTIONS = NamespaceOptions(
     allow_presence_for_client=True,
     allow_presence_for_anonymous=True,
     allow_user_limited_channels=True,
+    streams=True,  # the chat demo shows streamed replies (an ordinary publication passes unchanged)
 )
 
 DEV_PERSONAL_NAMESPACE = "personal"
@@ -71,6 +72,25 @@ DEV_PERSONAL_OPTIONS = NamespaceOptions(history_size=10, history_ttl=300.0, forc
 """Development mode's personal channels (``personal:#<user>``, every connection of a user subscribed
 server-side, for the inbox's pushes): a short history so a reconnecting SDK recovers what it missed, and
 nothing a client may do in them by itself (no subscribe, publish, history or presence of its own)."""
+
+DEV_SENSORS_NAMESPACE = "sensors"
+DEV_SENSORS_OPTIONS = NamespaceOptions.from_mapping(
+    {
+        "conflation": "latest",
+        "max_rate": 5,
+        "key_field": "/sensor",
+        "max_keys": 100,
+        "history_size": 1,
+        "history_ttl": 3600,
+        "force_recovery_mode": "cache",
+        "allowed_delta_types": ["fossil"],
+        "allow_subscribe_for_client": True,
+        "allow_subscribe_for_anonymous": True,
+    }
+)
+"""Development mode's sensor feed (the sensor dashboard demo, ``hub.demo_sensors``): one channel, a key per
+sensor, at most 5 readings a second per sensor to each dashboard, the latest of every sensor on subscribe,
+fossil deltas; clients may subscribe, never publish (the hub's simulator does)."""
 
 _DURATIONS = {
     "client_ping_interval",
@@ -97,7 +117,15 @@ _DURATIONS = {
     "document_changed_max_wait",
     "inbox_expire_interval",
     "bot_rpc_timeout",
+    "mqtt_lease_ttl",
 }
+
+
+ALERTS_NOTIFY = ("inbox", "channel")
+"""The values of ``alerts_notify``."""
+MQTT_LEASE_TTL = (0.3, 3600.0)
+"""The bounds of ``mqtt_lease_ttl``: a shorter lease would be renewed more often than Redis round trips
+allow on a busy machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,10 +318,17 @@ class Config:
     mqtt_enabled: bool = True
     """Whether this node runs the ``[mqtt]`` bridge (run it on one node of a hub: each bridge publishes
     what it receives)."""
+    mqtt_lease_ttl: float = 10.0
+    """Seconds the MQTT bridge's lease lasts (renewed every third of it): a standby candidate takes over
+    within it when the one running the bridge dies (``workers.lease``)."""
     alerts: list[AlertRule] = field(default_factory=list)
     """``[[alerts]]`` threshold rules (``channels.alerts``), evaluated on every node."""
+    alerts_notify: str = "inbox"
+    """How a rule's ``notify`` users are told of its events: ``"inbox"`` (a notification of category
+    ``alert``, once per event across nodes) or ``"channel"`` (a publication on ``alerts_user_channel``)."""
     alerts_user_channel: str = "personal:alerts#{user}"
-    """Where a rule's ``notify`` users are told of its events: ``{user}`` is the user's id."""
+    """Where a rule's ``notify`` users are told of its events with ``alerts_notify = "channel"``: ``{user}``
+    is the user's id."""
 
     api_keys: list[ApiKey] = field(default_factory=list)
     inbox: PreferencePolicy = field(default_factory=PreferencePolicy)
@@ -611,6 +646,7 @@ def load_config(
             cfg.user_subscribe_to_personal = True
             cfg.user_personal_channel_namespace = DEV_PERSONAL_NAMESPACE
             cfg.namespaces.setdefault(DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS)
+        cfg.namespaces.setdefault(DEV_SENSORS_NAMESPACE, DEV_SENSORS_OPTIONS)  # the sensor dashboard demo
     validate(cfg)
     return cfg
 
@@ -765,8 +801,15 @@ def _validate_bots(cfg: Config) -> None:
 
 
 def _validate_feeds(cfg: Config) -> None:
-    """Alert notifications need a personal channel in a configured namespace."""
-    if any(rule.notify for rule in cfg.alerts):
+    """Alert notifications go to the inbox, or need a personal channel in a configured namespace."""
+    low, high = MQTT_LEASE_TTL
+    if not low <= cfg.mqtt_lease_ttl <= high:
+        raise ConfigError(f"mqtt_lease_ttl must be from {low} to {high} seconds")
+    if cfg.alerts_notify not in ALERTS_NOTIFY:
+        raise ConfigError(
+            f"alerts_notify must be one of {', '.join(ALERTS_NOTIFY)}, got {cfg.alerts_notify!r}"
+        )
+    if cfg.alerts_notify == "channel" and any(rule.notify for rule in cfg.alerts):
         check_user_channel(cfg.alerts_user_channel)
         namespace = cfg.namespace_table()
         try:

@@ -51,7 +51,10 @@ Policies:
   anonymous caller gets 103, any data but ``{}`` 107. It opens nothing development mode has not: the
   server API is open there, and ``notify`` with it.
 
-Adding a demo (the sensor dashboard will): a ``Demo`` entry in ``DEMOS``, its
+- The sensor dashboard's feed is simulated by the hub (``hub.demo_sensors``: 12 readings a second in all,
+  into development mode's ``sensors`` namespace), from start to stop.
+
+Adding a demo: a ``Demo`` entry in ``DEMOS``, its
 page ``static/demo/<name>.html`` loading ``<name>.js``, its entry module ``static/demo/src/<name>.js``
 (``build.mjs`` bundles every ``src/*.js``; shared code lives in ``src/lib``), and its npm packages in
 ``static/demo/package.json`` (then ``npm install`` to update the lock). A demo that needs a part of the
@@ -80,6 +83,7 @@ from starlette.types import Receive, Scope, Send
 from hub import codes
 from hub.auth import mint_token
 from hub.config import Config
+from hub.demo_sensors import Simulator
 from hub.hooks import RPCContext
 from hub.limits import TokenBucket
 from hub.logs import log_limited
@@ -158,6 +162,12 @@ DEMOS = (
         "others' cursors and names.",
     ),
     Demo(
+        "sensors",
+        "Sensor dashboard",
+        "A live chart of a plant's sensors: the latest value of each at once on open (cache recovery), "
+        "conflated to 5 readings a second, fossil deltas (the official centrifuge SDK).",
+    ),
+    Demo(
         "bell",
         "Notification bell",
         "A badge with exact counts on every device of a user, the inbox page by page, mark read and "
@@ -199,6 +209,16 @@ class Demos:
         """The inbox calls (``hub.inbox.service``), set by the app once it has them (``demo.notify``)."""
         self._senders: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
         self._sent = itertools.count(1)
+        self.simulator = Simulator(node) if self.enabled else None
+        """The sensor dashboard's simulated feed (``hub.demo_sensors``), development mode only."""
+
+    async def start(self) -> None:
+        if self.simulator is not None:
+            self.simulator.start()
+
+    async def stop(self) -> None:
+        if self.simulator is not None:
+            await self.simulator.stop()
 
     # ------------------------------------------------------------ ASGI
 

@@ -246,4 +246,3 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         child = logging.getLogger(name)
         child.handlers[:] = []
         child.propagate = True
-

@@ -12,14 +12,16 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.broker import Broker, HistoryPolicy
 from channels.errors import BrokerUnavailable, InvalidChannel, TooManyKeys, UnknownNamespace
-from channels.feeds import BadKey, reading_key
+from channels.feeds import BadKey, publication_key
 from channels.names import ChannelKey, ChannelName, parse_channel
 from channels.options import NamespaceOptions
 from channels.publication import ClientInfo, Publication, PublishResult
+from channels.streams import chunk_run
 from hub import codec_json as codec
 from hub import codes
 from hub.auth import TokenVerifier
@@ -35,6 +37,7 @@ from hub.memory import Trimmer
 from hub.metrics import Metrics
 from hub.positions import ChannelPositions
 from hub.registry import Registry
+from hub.streams import OpenStreams
 from hub.watch import Watch
 from hub.wire import CODECS, FEED, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
 from hub.writer import Backlog, FlushScheduler, SlotClock, Transport
@@ -141,6 +144,8 @@ class Node:
         """Where the node's events go out (webhooks: ``hub.outbound``); None when nothing wants them."""
         self.watch = Watch(self, config.watch_patterns())
         """Channels found by pattern as they are published to, tapped for the alerts and the MQTT bridge."""
+        self.open_streams = OpenStreams(self)
+        """The streamed replies published through this node (``hub.streams``)."""
         broker.set_handler(self)
 
     # ---------------------------------------------------------------- lifecycle
@@ -156,6 +161,7 @@ class Node:
             log.warning("node %s runs in development mode: anonymous access, public token secret", self.id)
         await self.broker.start()
         self.watch.start()
+        self.open_streams.start()
         await self.control.start()
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         log.info("node %s started", self.id)
@@ -215,6 +221,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.trimmer.cancel()
+        await self.open_streams.close()
         await self.watch.close()
         await self.control.close()
         await self.broker.close()
@@ -341,29 +348,41 @@ class Node:
         idempotency_key: str | None = None,
         skip_history: bool = False,
         feed_key: str | None = None,
+        stream_message: bool = False,
     ) -> PublishResult:
         """Publish ``data`` (the publication's bytes: JSON text, or any bytes in a binary namespace) to
         ``channel`` of ``tenant``. Every way in ends here (client publish, server API, ingest, MQTT, the
         embedding API), so the namespace's ``data_schema`` is enforced here: data it refuses is neither
         delivered nor stored, and the caller gets 107 with the reason (``codes.error_invalid_data``). In a
-        keyed namespace the reading's key is read from the data (``key_field``) unless ``feed_key`` gives
-        it; a key that cannot be read is refused (107), so is a key more than the channel keeps (106, cache
-        recovery's ``max_keys``)."""
+        keyed namespace the reading's key is read from the data (``key_field``); a key that came with the
+        reading (``feed_key``: ingest's, the MQTT bridge's) is its key, and must agree with the data's
+        (``channels.feeds.publication_key``); outside a keyed namespace it is ignored. A key that cannot be
+        read or disagrees is refused (107), so is a key more than the channel keeps (106, cache
+        recovery's ``max_keys``).
+
+        In a ``streams`` namespace each publication goes through ``hub.streams`` (before the first
+        suspension, so chunks are checked in the order their publishes start): a refused chunk is answered
+        with its error and nothing is delivered or stored; a chunk is delivered and not stored; the final
+        chunk is delivered and stored as the whole message. ``stream_message``: ``data`` is a message the
+        hub made of a stream (an abandoned one), published as it is, with history."""
         schema = opts.data_schema
-        if schema is not None:
+        if schema is not None and not stream_message:
             reason = schema.check_json(data)
             if reason is not None:
                 self.feed_metrics.refused(channel.raw)
                 raise codes.error_invalid_data(reason)
-        if feed_key is None:
-            feed_key = ""
-            if opts.key_field:
-                try:
-                    feed_key = reading_key(opts.key_field, data)
-                except BadKey as exc:
-                    refusal = codes.error_bad_request()
-                    raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
+        try:
+            key_of_reading = publication_key(opts.key_field, data, feed_key)
+        except BadKey as exc:
+            refusal = codes.error_bad_request()
+            raise codes.ClientError(refusal.code, f"{refusal.message}: {exc}") from None
         key = (tenant, channel.raw)
+        held = opts.streams and not stream_message
+        if held:
+            outcome = self.open_streams.accept(key, opts, data, info, tags)
+            data = outcome.deliver.data
+            if outcome.keep is None:
+                skip_history = True
         if self.watch.patterns:  # alerts or MQTT routes configured: the nodes that watch it must see it
             # A suspension before the broker, but the order of one channel's publishes holds (a pipelined
             # session relies on it): a later publish to this channel waits on the same announcement
@@ -380,14 +399,8 @@ class Node:
             else None
         )
         try:
-            result = await self.broker.publish(
-                key,
-                data,
-                info=info,
-                tags=tags,
-                history=history,
-                idempotency_key=idempotency_key,
-                feed_key=feed_key,
+            result = await self._publish_checked(
+                key, data, info, tags, history, idempotency_key, key_of_reading, held
             )
         except TooManyKeys as exc:
             log_limited(log, logging.WARNING, "publish refused: %s", exc, extra={"tenant": key[0]})
@@ -405,6 +418,34 @@ class Node:
         if self.events is not None:
             self.events.published(tenant, channel, data, info, tags, result)
         return result
+
+    async def _publish_checked(
+        self,
+        key: ChannelKey,
+        data: bytes,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryPolicy | None,
+        idempotency_key: str | None,
+        feed_key: str,
+        held: bool,
+    ) -> PublishResult:
+        """The broker's publish; a publication of a stream it does not take (``held``: accepted by
+        ``open_streams``) ends its stream on this node."""
+        try:
+            return await self.broker.publish(
+                key,
+                data,
+                info=info,
+                tags=tags,
+                history=history,
+                idempotency_key=idempotency_key,
+                feed_key=feed_key,
+            )
+        except BaseException:
+            if held:
+                self.open_streams.failed(key, data)
+            raise
 
     async def publish(
         self,
@@ -495,6 +536,10 @@ class Node:
             # Encoded once per format with subscribers; JSON_EVENTS shares JSON_UNI's bytes. A binary
             # namespace's data goes to JSON formats as base64 (one view, made once).
             shown = json_view(pub) if self.namespaces.binary(key[1]) else pub
+            run = None
+            if self.namespaces.streams(key[1]):
+                stream = chunk_run(pub)
+                run = None if stream is None else (key, stream)
             delivered = 0
             uni_frame = b""
             for fmt, subs in enumerate(tables):
@@ -515,6 +560,11 @@ class Node:
                 frame = CODECS[fmt].encode_publication_push(key[1], pub if fmt == PROTOBUF else shown)
                 if fmt == JSON_UNI:
                     uni_frame = frame
+                if run is not None:  # a stream's chunk: joined per connection with the one queued before
+                    encode = partial(CODECS[fmt].encode_publication_push, key[1])
+                    for client in subs:
+                        client.writer.push_chunk(frame, run, pub, encode)
+                    continue
                 for push in subs.values():
                     push(frame)
             self.metrics.fanout(key[1], delivered, pub.time)  # once per publication, not per subscriber

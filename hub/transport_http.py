@@ -98,6 +98,7 @@ class StreamTransport:
         "_ended",
         "_heartbeat",
         "_wrote",
+        "_was_reset",
     )
 
     def __init__(
@@ -130,6 +131,7 @@ class StreamTransport:
         """Set once the response has ended (the last chunk went out) or the peer is gone."""
         self._heartbeat = heartbeat
         self._wrote = False
+        self._was_reset = False
 
     def write_messages(self, messages: list[bytes]) -> int:
         if self._closed:
@@ -166,8 +168,10 @@ class StreamTransport:
     def _drop_unsent(self) -> None:
         self._queued -= sum(len(chunk) for chunk, _ in self._queue)  # a chunk in flight counts until it ends
         self._queue.clear()
-        if self._pending is not None:
-            self._reset()
+        # Reset whether or not a send waits: a stream cut by one burst (before any send had to wait) would
+        # otherwise neither end its response nor let its unread bytes go. Reset, the response is over.
+        if self._reset():
+            self._ended.set()
 
     def _write(self, chunk: bytes, more: bool = True) -> None:
         self._wrote = True
@@ -241,11 +245,12 @@ class StreamTransport:
     async def stop(self) -> bool:
         """Abandon a send still waiting: the peer is gone, or does not read. Under uvicorn the connection of
         a peer that does not read is reset: the bytes it left unread go at once (a closed socket would keep
-        them until it reads), and the response is not reported as left unfinished. True if it was reset."""
+        them until it reads), and the response is not reported as left unfinished. True if it was reset
+        (now, or when it was closed as slow)."""
         self._ended.set()
         task = self._pending
         if task is None:
-            return False
+            return self._was_reset
         reset = self._reset()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -261,6 +266,7 @@ class StreamTransport:
         if socket_transport is None:
             return False
         socket_transport.abort()
+        self._was_reset = True
         return True
 
     def _socket_transport(self) -> Any:

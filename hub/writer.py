@@ -13,6 +13,11 @@ together at most at the rate the subscription was granted, by the node's ``SlotC
 transport is backed up skips those flushes instead of queueing: it gets fewer, fresher publications, and
 is never a slow consumer for them.
 
+Chunks of a streamed reply (``channels.streams``) are pushed with ``push_chunk``: a chunk of the same
+stream as the message queued last joins it, and at the flush each such run goes out as one publication
+(``channels.streams.coalesce``), encoded for this connection alone. Only runs cost an encoding here; a
+chunk alone goes out as the frame the fan-out encoded once for every subscriber.
+
 Node-wide, the ``Backlog`` of the scheduler adds up what every writer's transport holds unsent. Each
 connection's bound alone lets N slow connections hold N x ``max_bytes``; past the node's ``limit``
 (``node_queue_max_size``) the connections holding the most are cut as slow consumers, largest first, until
@@ -31,6 +36,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from channels.streams import coalesce
 from hub import sse
 from hub.logs import log_limited
 
@@ -184,6 +190,10 @@ class Writer:
         "on_slow",
         "on_write_error",
         "slots",
+        "run_stream",
+        "run_index",
+        "run_pubs",
+        "run_encode",
     )
 
     def __init__(
@@ -209,6 +219,12 @@ class Writer:
         self.closed = False
         self.slots: dict[str, KeyedSlots] | None = None
         """The conflation slots of each conflated subscription, by channel (None until the first)."""
+        self.run_stream: tuple[Any, str] | None = None
+        """The stream whose chunks were queued last (``push_chunk``), at ``run_index`` of ``pending``:
+        ``run_pubs`` is its chunk, or its chunks (a list) to be joined at the flush by ``run_encode``."""
+        self.run_index = -1
+        self.run_pubs: Any = None
+        self.run_encode: Callable[[Any], bytes] | None = None
 
     def push(self, message: bytes) -> None:
         if self.closed:
@@ -221,8 +237,44 @@ class Writer:
             self.dirty = True
             self.scheduler.mark(self)
 
+    def push_chunk(
+        self, frame: bytes, stream: tuple[Any, str], pub: Any, encode: Callable[[Any], bytes]
+    ) -> None:
+        """A chunk of ``stream`` (channel and stream id), ``frame`` being it encoded: joined with the
+        chunks of the same stream queued right before it (``encode`` makes the joined publication's
+        frame at the flush), else queued as ``frame``. Counted against the bound at its frame's size.
+        Costs a few attribute writes when it is not joined (no object per delivery)."""
+        if stream == self.run_stream and self.run_index == len(self.pending) - 1 and not self.closed:
+            pubs = self.run_pubs
+            if isinstance(pubs, list):
+                pubs.append(pub)
+            else:
+                self.run_pubs = [pubs, pub]
+            self.pending_bytes += len(frame)
+            if self.pending_bytes + self.held_bytes > self.max_bytes:
+                self._slow()
+            return
+        if self.run_stream is not None:
+            self._end_run()
+        self.push(frame)
+        if not self.closed:
+            self.run_stream = stream
+            self.run_index = len(self.pending) - 1
+            self.run_pubs = pub
+            self.run_encode = encode
+
+    def _end_run(self) -> None:
+        """The run queued last is complete: its chunks, if several, become one frame in its place."""
+        pubs, encode = self.run_pubs, self.run_encode
+        self.run_stream = self.run_pubs = self.run_encode = None
+        if isinstance(pubs, list) and encode is not None and not self.closed:
+            (joined,) = coalesce(pubs)
+            self.pending[self.run_index] = encode(joined)
+
     def flush(self) -> None:
         self.dirty = False
+        if self.run_stream is not None:
+            self._end_run()
         if self.closed or not self.pending:
             return
         messages = self.pending
@@ -271,6 +323,7 @@ class Writer:
         self.pending = []
         self.pending_bytes = 0
         self.slots = None
+        self.run_stream = self.run_pubs = self.run_encode = None
         self.scheduler.backlog.leave(self, dropped=True)
 
     def backlog(self) -> int:

@@ -74,7 +74,15 @@ import msgpack  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from channels.redis_shards import DOWN_ERRORS, RedisShards, Script, Shard, ShardUnavailable, route_of
+from channels.redis_shards import (
+    CLAIM_LEASE,
+    DOWN_ERRORS,
+    RELEASE_LEASE,
+    RedisShards,
+    Shard,
+    ShardUnavailable,
+    route_of,
+)
 from sync.relay import LeaseCallback, RelayedRoom
 from sync.store import DocKey, StoreError
 
@@ -95,27 +103,6 @@ FULL_LOG_SPACING = 10.0
 
 RESYNC_BACKOFF_MIN = 0.1
 RESYNC_BACKOFF_MAX = 2.0
-
-# KEYS[1] lease, ARGV[1] node id, ARGV[2] ttl ms -> 1 if the caller holds the lease now, else 0.
-_CLAIM = Script("""
-local v = redis.call('GET', KEYS[1])
-if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-""")
-
-_RELEASE = Script("""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-""")
 
 
 def _pack(message: list[Any]) -> bytes:
@@ -534,10 +521,10 @@ class RedisDocumentRelay:
 
     async def _claim(self, shard: Shard, lease_key: str) -> bool:
         ttl_ms = max(1, int(self.lease_ttl * 1000))
-        return bool(await shard.eval(_CLAIM, [lease_key], [self.node_id, ttl_ms]))
+        return bool(await shard.eval(CLAIM_LEASE, [lease_key], [self.node_id, ttl_ms]))
 
     async def _release(self, shard: Shard, lease_key: str) -> None:
-        await shard.eval(_RELEASE, [lease_key], [self.node_id])
+        await shard.eval(RELEASE_LEASE, [lease_key], [self.node_id])
 
     async def close(self) -> None:
         tasks = [t for t in (self._upkeep, *self._tasks) if t is not None]

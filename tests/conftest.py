@@ -73,7 +73,10 @@ def test_config(**overrides: Any) -> Config:
         "locked": NamespaceOptions(presence=True, history_size=10, history_ttl=60.0),
         "nohist": NamespaceOptions(allow_subscribe_for_client=True, allow_publish_for_client=True),
         "personal": NamespaceOptions(
-            allow_user_limited_channels=True, history_size=10, history_ttl=60.0, allow_publish_for_subscriber=True
+            allow_user_limited_channels=True,
+            history_size=10,
+            history_ttl=60.0,
+            allow_publish_for_subscriber=True,
         ),
     }
     cfg = Config(
@@ -131,7 +134,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "websocket_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker("all_websocket_modes"):
+    if "websocket_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "all_websocket_modes"
+    ):
         metafunc.parametrize("websocket_mode", list(WEBSOCKET_MODES), indirect=True)
 
 
@@ -145,7 +150,8 @@ def websocket_mode(request: pytest.FixtureRequest) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def asgi_servers() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[uvicorn.Server, int]]]]:
     """Serve any ASGI app under uvicorn with the hub's WebSocket protocol, on a free port; every server
-    started is stopped on leaving (``serve_asgi``, and fixtures on another event loop, e.g. tests/browser.py)."""
+    started is stopped on leaving (``serve_asgi``, and fixtures on another event loop, e.g.
+    tests/browser.py)."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(app: Any, cfg: Config) -> tuple[uvicorn.Server, int]:
@@ -164,9 +170,9 @@ async def asgi_servers() -> AsyncIterator[Callable[[Any, Config], Awaitable[tupl
     try:
         yield start
     finally:
-        for server, task in running:
+        for server, _task in running:
             server.should_exit = True
-        for server, task in running:
+        for _server, task in running:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, TIMEOUT)
 
@@ -180,7 +186,9 @@ async def serve_asgi() -> AsyncIterator[Callable[[Any, Config], Awaitable[tuple[
 
 @pytest.fixture
 async def make_hub(serve_asgi: Any, websocket_mode: dict[str, Any]) -> AsyncIterator[HubFactory]:
-    async def factory(config: Config | None = None, *, hooks: Hooks | None = None, **overrides: Any) -> RunningHub:
+    async def factory(
+        config: Config | None = None, *, hooks: Hooks | None = None, **overrides: Any
+    ) -> RunningHub:
         if config is not None:
             cfg = dataclasses.replace(config, **websocket_mode) if websocket_mode else config
         else:

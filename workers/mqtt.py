@@ -1,7 +1,10 @@
 """The MQTT bridge: readings from an MQTT broker into channels, and channels out to MQTT topics.
 
-Runs inside a node when ``[mqtt]`` is configured and ``mqtt_enabled`` (the default); run it on one node of
-a hub (``SWITCHBOARD_MQTT_ENABLED=false`` on the others): each bridge publishes what it receives. The
+Its candidates are the nodes with ``[mqtt]`` configured and ``mqtt_enabled`` (the default), and
+``switchboard worker`` processes with ``[mqtt]``; exactly one of them runs it at a time, the one holding
+the bridge's lease (``workers.lease``: in Redis, one per deployment; a process without Redis runs it
+alone), since each bridge would publish every message it receives. The others stand by: they take over
+within a third of ``mqtt_lease_ttl`` when the holder stops, within ``mqtt_lease_ttl`` when it dies. The
 mapping is ``channels.topics`` (routes, the guard on what a topic level may put in a channel name), the
 settings ``hub.ingest.settings.MqttSettings``.
 
@@ -15,10 +18,13 @@ Policies:
   not JSON, one the schema refuses, a topic no channel can be made of: refused, counted
   (``switchboard_mqtt_messages_total{direction="in",result="refused"}``) and logged (one rate-limited line
   each). Bridged publications carry the client info ``{"user": "", "client": "mqtt"}``.
+- **Keys**: a route's ``key`` template makes the reading's key, keyed as a client publish is
+  (``channels.feeds.publication_key``: in a keyed namespace it must agree with the data's ``key_field``
+  member when the data has one), so conflation and the latest value per key hold for bridged feeds.
 - **Retained messages** (what a broker hands a new subscriber) are each topic's last value: published
-  into the channel like any reading (so the channel's history and recovery hold it), once per distinct
-  payload (the same retained message handed again after a reconnect is not published again). (When the
-  broker gets a latest-value table, retained messages are the place to write it.)
+  into the channel like any reading, with its key, so the channel's history and its latest value per key
+  (cache recovery) hold it and a new subscriber gets it at once; once per distinct payload (the same
+  retained message handed again after a reconnect is not published again).
 - **Out**: the publications of every channel a ``[[mqtt.publish]]`` route matches (found as they are
   published to: ``hub.watch``) go to the route's topic with QoS 1, as their data's bytes; never the bridge's
   own publications (no loop). Up to ``max_queue`` wait while the link is down; past it the oldest are
@@ -176,7 +182,7 @@ class MqttBridge:
             return ""
         if isinstance(routed, str):
             return routed
-        name, _key = routed  # the key goes with the reading once publish_to takes one (feeds-sub)
+        name, key = routed
         digest = b""
         if retained:
             digest = hashlib.blake2b(payload, digest_size=16).digest()
@@ -195,7 +201,9 @@ class MqttBridge:
             except (orjson.JSONDecodeError, codec_json.DecodeError) as exc:
                 return f"payload is not JSON ({exc}) and {name!r} is in a JSON namespace"
         try:
-            await self.node.publish_to(self.settings.tenant, channel, opts, data, info=BRIDGE_INFO)
+            await self.node.publish_to(
+                self.settings.tenant, channel, opts, data, info=BRIDGE_INFO, feed_key=key
+            )
         except ClientError as exc:
             return exc.message
         if retained:
@@ -207,6 +215,8 @@ class MqttBridge:
     # ------------------------------------------------------------ out (ChannelTap, on the fan-out path)
 
     def publication(self, key: ChannelKey, pub: Publication) -> None:
+        if self._task is None:  # a standby candidate (or closed): the running bridge sends it
+            return
         if key[0] != self.settings.tenant or (pub.info is not None and pub.info.client == BRIDGE_INFO.client):
             return
         for route in self.settings.publish:

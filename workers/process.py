@@ -1,6 +1,9 @@
 """Running deliveries: in the node (``start_worker``, the embedded default) or as ``switchboard worker``
 (``run``), a process of its own that shares the outbox with the nodes and other workers (the store's lease
-keeps two of them from delivering one task at the same time).
+keeps two of them from delivering one task at the same time). With ``[mqtt]`` (and Redis) the worker is also
+a candidate for the MQTT bridge: it runs a node without HTTP (``Switchboard.start_bridge``) and the bridge
+while it holds the bridge's lease (``workers.lease``); set ``mqtt_enabled = false`` on the web nodes to
+keep the bridge in worker processes.
 
 The worker process builds the hub's composition root (``hub.app.Switchboard``) without serving, for its
 store and settings, so it uses exactly the store the nodes write to (the inbox's, or the outbox's own in
@@ -47,33 +50,50 @@ async def start_worker(config: Config, node: str, store: InboxStore, metrics: Ou
 
 
 async def run(config: Config, *, metrics_port: int = 0) -> None:
-    """``switchboard worker``: deliver until SIGTERM/SIGINT."""
+    """``switchboard worker``: deliver, and be a candidate for the MQTT bridge, until SIGTERM/SIGINT."""
     from hub.app import Switchboard
+    from hub.ingest.metrics import FeedCollector
     from hub.metrics import MetricsServer, build_registry
 
     sb = Switchboard(config)
     store = sb.outbox_store()
+    bridge = config.mqtt is not None and config.mqtt_enabled
+    if bridge and not config.redis_urls:
+        log.warning(
+            "[mqtt] needs redis_urls in a worker (the nodes' broker, and the bridge's lease): no bridge"
+        )
+        bridge = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if store is None:  # idle rather than exit: a platform would restart it again and again
-        log.warning("nothing to deliver: no [[webhooks]] and no [email] configured; idle until stopped")
+    if store is None and not bridge:  # idle rather than exit: a platform would restart it again and again
+        log.warning("nothing to do: no [[webhooks]], no [email], no [mqtt] configured; idle until stopped")
         await stop.wait()
         return
-    await store.open()
     metrics = OutboxMetrics()
+    registry = build_registry(OutboxCollector(metrics))
+    worker: OutboxWorker | None = None
     server = None
-    if metrics_port:
-        server = MetricsServer(build_registry(OutboxCollector(metrics)), config.host, metrics_port)
-        await server.start()
-    worker = await start_worker(config, config.node_name, store, metrics)
     try:
+        if store is not None:
+            await store.open()
+            worker = await start_worker(config, config.node_name, store, metrics)
+        if bridge:
+            await sb.start_bridge()
+            registry.register(FeedCollector(sb.node.feed_metrics))
+        if metrics_port:
+            server = MetricsServer(registry, config.host, metrics_port)
+            await server.start()
         await stop.wait()
     finally:
-        log.info("worker %s stopping", worker.name)
-        await worker.stop()
-        with contextlib.suppress(Exception):
-            await store.close()
+        log.info("worker %s stopping", config.node_name)
+        if bridge:
+            await sb.stop_bridge()
+        if worker is not None:
+            await worker.stop()
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await store.close()
         if server is not None:
             await server.stop()

@@ -11,7 +11,9 @@ Admission is the server API's (``ServerAPI.admit``): the same keys, in ``X-API-K
 apikey <key>`` or InfluxDB's ``Authorization: Token <key>``. A key bound to a tenant writes into that
 tenant only (naming another in ``?tenant=``: 403); an unbound key writes into ``?tenant=`` (default "").
 Ingest is publishing by a server: the namespace must exist, no client permission applies (as the server
-API's ``publish``), and every reading passes ``Node.publish_to`` (its namespace's ``data_schema``).
+API's ``publish``), and every reading passes ``Node.publish_to`` (its namespace's ``data_schema``) with
+its key (JSON lines' ``key``, a line protocol route's ``key``), keyed as a client publish is
+(``channels.feeds.publication_key``), so conflation and the latest value per key hold for ingested feeds.
 
 Policies:
 
@@ -347,8 +349,7 @@ class Ingest:
         except (BadData, codec_json.DecodeError) as exc:
             return str(exc)
         try:
-            # The reading's key goes with it once publish_to takes one (feeds-sub's feed_key).
-            await self.node.publish_to(tenant, name, opts, data)
+            await self.node.publish_to(tenant, name, opts, data, feed_key=reading.key)
         except ClientError as exc:
             return _UNAVAILABLE if exc.code == 100 else exc.message
         return None

@@ -22,6 +22,7 @@ class FeedMetrics:
         "ingest_points",
         "mqtt_up",
         "mqtt_link_changes",
+        "mqtt_bridge_active",
         "mqtt_messages",
         "alert_events",
         "alert_dropped",
@@ -39,6 +40,9 @@ class FeedMetrics:
         self.mqtt_up: int | None = None
         """1 while the MQTT bridge is connected, 0 while it is not; None without a bridge."""
         self.mqtt_link_changes = 0
+        self.mqtt_bridge_active: int | None = None
+        """1 while this process runs the MQTT bridge (it holds the bridge's lease), 0 while another candidate
+        does; None where the bridge is not a candidate."""
         self.mqtt_messages: Counter[tuple[str, str]] = Counter()
         """MQTT messages, by direction (in, out) and result (published, refused, dropped)."""
         self.alert_events: Counter[str] = Counter()
@@ -87,6 +91,12 @@ class FeedCollector(Collector):
                 f"{PREFIX}_mqtt_link_changes",
                 "Times the MQTT bridge's link went up or down.",
                 value=m.mqtt_link_changes,
+            )
+        if m.mqtt_bridge_active is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_mqtt_bridge_active",
+                "1 while this process runs the MQTT bridge (one per deployment, by lease).",
+                value=m.mqtt_bridge_active,
             )
         family = CounterMetricFamily(
             f"{PREFIX}_mqtt_messages",

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.feeds import MAX_KEY_LENGTH, MIN_RATE, BadKey, BadRate, granted_rate, key_pointer, reading_key
+from channels.feeds import (
+    MAX_KEY_LENGTH,
+    MIN_RATE,
+    BadKey,
+    BadRate,
+    granted_rate,
+    key_pointer,
+    publication_key,
+    reading_key,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +59,37 @@ def test_a_nested_key() -> None:
 def test_a_key_that_cannot_be_read(raw: bytes, says: str) -> None:
     with pytest.raises(BadKey, match=says):
         reading_key("/sensor", raw)
+
+
+@pytest.mark.parametrize(
+    ("key_field", "data", "given", "key"),
+    [
+        ("/sensor", {"sensor": "t1"}, None, "t1"),  # as a client publish
+        ("/sensor", {"v": 1}, "t1", "t1"),  # the data names none: the given key
+        ("/sensor", {"sensor": "t1"}, "t1", "t1"),  # both agree
+        ("/sensor", {"sensor": 7}, "7", "7"),
+        ("/sensor", {"sensor": ""}, "t1", "t1"),  # "" is no key
+        ("", {"sensor": "t1"}, "t1", ""),  # an unkeyed namespace: one value per channel
+        ("", b"\xff not json", "t1", ""),
+    ],
+)
+def test_the_key_a_reading_is_published_under(key_field: str, data: Any, given: str | None, key: str) -> None:
+    raw = data if isinstance(data, bytes) else orjson.dumps(data)
+    assert publication_key(key_field, raw, given) == key
+
+
+@pytest.mark.parametrize(
+    ("data", "given", "says"),
+    [
+        ({"sensor": "t2"}, "t1", "'t1' is not the data's /sensor \\('t2'\\)"),
+        ({"sensor": 1.5}, "t1", "got float"),
+        ({"v": 1}, "k" * (MAX_KEY_LENGTH + 1), "at most 255"),
+        ({"v": 1}, 7, "a key is a string"),
+    ],
+)
+def test_a_given_key_that_disagrees_or_is_garbage_is_refused(data: Any, given: Any, says: str) -> None:
+    with pytest.raises(BadKey, match=says):
+        publication_key("/sensor", orjson.dumps(data), given)
 
 
 JSON_VALUES = st.recursive(

@@ -98,15 +98,24 @@ def test_parse_duration_numbers_are_seconds(value: float) -> None:
 
 FEED_DEFAULTS = {"force_recovery_mode": "stream", "max_keys": 1000}
 """Options whose defaults are a mode or a bound, not something opened."""
+STREAM_DEFAULTS = {
+    "stream_max_open": 8,
+    "stream_max_chunk_bytes": 16 * 1024,
+    "stream_max_message_bytes": 256 * 1024,
+    "stream_idle_timeout": 120.0,
+}
+"""The bounds of streamed replies (used only with ``streams``, off by default)."""
 
 
 def test_defaults_are_closed() -> None:
     opts = NamespaceOptions()
     assert not opts.history_enabled
     assert opts.data_format == "json" and not opts.binary
-    assert {
-        f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if getattr(opts, f.name)
-    } == {**FEED_DEFAULTS, "data_format": "json"}
+    assert {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if getattr(opts, f.name)} == {
+        **FEED_DEFAULTS,
+        **STREAM_DEFAULTS,
+        "data_format": "json",
+    }
 
 
 def test_from_mapping() -> None:
@@ -272,3 +281,37 @@ def test_feed_options() -> None:
 def test_bad_feed_options_are_refused_with_a_reason(table: dict[str, object], says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
         NamespaceOptions.from_mapping(table)
+
+
+def test_stream_options_map_onto_stream_limits_and_refuse_what_cannot_work() -> None:
+    opts = NamespaceOptions.from_mapping(
+        {
+            "streams": True,
+            "stream_max_open": "3",
+            "stream_max_message_bytes": 4096,
+            "stream_idle_timeout": "30s",
+        }
+    )
+    limits = opts.stream_limits
+    assert (limits.max_open, limits.max_chunk_bytes, limits.max_message_bytes, limits.idle_timeout) == (
+        3,
+        16 * 1024,
+        4096,
+        30.0,
+    )
+    namespaces = Namespaces(NamespaceOptions(), {"agent": opts})
+    assert namespaces.streams("agent:room") and namespaces.streams("$agent:room")
+    assert not namespaces.streams("room") and not namespaces.streams("chat:room")
+    for bad, message in [
+        ({"stream_max_open": 0}, "stream_max_open"),
+        ({"stream_max_open": True}, "stream_max_open"),
+        ({"stream_max_chunk_bytes": 10**9}, "stream_max_chunk_bytes"),
+        ({"stream_max_message_bytes": "lots"}, "stream_max_message_bytes"),
+        ({"stream_idle_timeout": "soon"}, "duration"),
+        ({"streams": True, "stream_idle_timeout": 0}, "stream_idle_timeout"),
+        ({"streams": True, "data_format": "binary"}, "binary"),
+        ({"streams": True, "allowed_delta_types": ["fossil"]}, "streams"),
+        ({"streams": "yes"}, "true or false"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            NamespaceOptions.from_mapping(bad)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from channels.pattern import compile_pattern
 
-
 _TOKENS = {
     "a": "a",
     "b": "b",

@@ -415,7 +415,6 @@ async def test_script_is_loaded_on_first_use(redis_server: RedisServer, make_sha
     assert await shard.eval(script, ["k"], [b"b"]) == [b"k", b"b"]
 
 
-
 async def test_ordered_scripts_never_run_out_of_order_after_a_script_flush(
     redis_server: RedisServer, make_shards: Any
 ) -> None:
@@ -444,6 +443,7 @@ async def test_ordered_scripts_never_run_out_of_order_after_a_script_flush(
     assert await asyncio.gather(*calls) == [b"0", b"1", b"2"]
     stats = redis_server.command("INFO", "commandstats")
     assert b"cmdstat_eval:" not in stats and b"failed_calls=0" in stats.split(b"cmdstat_evalsha:")[1][:80]
+
 
 async def test_cluster_failover_moves_sharded_subscriptions(make_shards: Any) -> None:
     """A replica takes over a master's slots (CLUSTER FAILOVER): Redis drops the sharded subscriptions of

@@ -21,7 +21,10 @@ from channels.streams import (
     StreamTooLarge,
     StreamView,
     TooManyStreams,
+    after_snapshot,
+    chunk_run,
     coalesce,
+    merge_snapshots,
     parse_chunk,
     stream_of,
 )
@@ -317,3 +320,45 @@ def test_coalescing_joins_runs_of_chunks_and_stops_at_barriers() -> None:
     assert [text_of(p) if stream_of(p) else "plain" for p in out] == ["xy", "z", "plain", "w"]
     assert fields_of(out[0]) == {"id": "a", "seq": 1, "from": 0}
     assert out[2] is plain and out[3] is a2
+
+
+def test_after_a_snapshot_the_chunks_it_covers_are_dropped_and_the_rest_kept() -> None:
+    streams = ChannelStreams()
+    for seq, text in enumerate(["a", "b"]):
+        streams.accept(chunk("m", seq, text), now=0.0)
+    snapshot = streams.snapshot()
+    later = [chunk("m", 1, "b"), chunk("m", 2, "c"), chunk("other", 0, "x"), Publication(b'{"text":"hi"}')]
+    final = streams.accept(chunk("m", 2, "c", final=True), now=0.0).deliver
+    kept = after_snapshot(snapshot, [*later, final])
+    assert kept == [later[1], later[2], later[3], final]
+    assert after_snapshot([], later) == later
+    view = StreamView()
+    for pub in [*snapshot, *kept]:
+        view.feed(pub)
+    assert view.texts == {"m": "abc", "other": "x"} and (view.gaps, view.duplicates) == (0, 0)
+
+
+def test_snapshots_of_several_holders_merge_to_the_furthest_of_each_stream() -> None:
+    one, two = ChannelStreams(), ChannelStreams()
+    for seq, text in enumerate("abc"):
+        one.accept(chunk("m", seq, text), now=0.0)
+    two.accept(chunk("m", 0, "a"), now=0.0)
+    two.accept(chunk("n", 0, "z"), now=0.0)
+    merged = merge_snapshots([two.snapshot(), one.snapshot()])
+    assert sorted((fields_of(p)["id"], text_of(p)) for p in merged) == [("m", "abc"), ("n", "z")]
+
+
+def test_next_expiry_drop_and_chunk_runs() -> None:
+    streams = ChannelStreams(StreamLimits(idle_timeout=10.0))
+    assert streams.next_expiry() is None
+    streams.accept(chunk("m", 0, "a"), now=5.0)
+    streams.accept(chunk("n", 0, "a"), now=7.0)
+    assert streams.next_expiry() == 15.0
+    streams.drop("m")
+    assert streams.next_expiry() == 17.0 and len(streams) == 1
+    with pytest.raises(ChunkOutOfOrder):
+        streams.accept(chunk("m", 1, "b"), now=8.0)  # dropped: its next chunk has no stream to join
+    assert chunk_run(chunk("m", 3, "x")) == "m"
+    assert chunk_run(chunk("m", 3, "x", final=True)) is None
+    assert chunk_run(streams.snapshot()[0]) is None  # from 0: the whole text, never joined
+    assert chunk_run(Publication(b'{"text":"stream"}')) is None

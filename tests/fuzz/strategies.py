@@ -93,10 +93,9 @@ def json_object_text(members: dict[str, str]) -> str:
     return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in members.items()) + "}"
 
 
-bad_utf8 = st.sampled_from(
-    [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x80", b"\xfe\xff"]
-)
+BAD_UTF8 = [b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x80", b"\xfe\xff"]
 """Byte sequences no UTF-8 decoder accepts (overlong, surrogate, past U+10FFFF, truncated, stray)."""
+bad_utf8 = st.sampled_from(BAD_UTF8)
 
 
 T = TypeVar("T")

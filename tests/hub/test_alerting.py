@@ -3,6 +3,7 @@ users are notified, and across two nodes on Redis each event is published exactl
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -41,7 +42,8 @@ RULE = {
 
 
 def alert_config(**overrides: Any) -> Any:
-    cfg = base_config(api_key=KEY, alerts=parse_rules([RULE]), **overrides)
+    overrides.setdefault("alerts", parse_rules([RULE]))
+    cfg = base_config(api_key=KEY, **overrides)
     namespaces = {
         **cfg.namespaces,
         "plant": NamespaceOptions(**HISTORY, allow_publish_for_client=True),
@@ -70,7 +72,7 @@ async def history(http: str, channel: str, key: str = KEY) -> list[Any]:
 async def test_an_alert_fires_once_when_held_long_enough_and_clears_once(
     make_hub: Any, sdk: Any, raw_client: Any
 ) -> None:
-    hub: RunningHub = await make_hub(alert_config())
+    hub: RunningHub = await make_hub(alert_config(alerts_notify="channel"))
     alice, _ = await connected(sdk, hub, token=token("alice"))
     _, inbox = await subscribed(alice, "personal:alerts#alice")
     _, board = await subscribed(alice, "alerts:plant")
@@ -88,7 +90,7 @@ async def test_an_alert_fires_once_when_held_long_enough_and_clears_once(
         "condition": "above",
     }
     assert fired["time"] - fired["since"] >= 1000
-    assert (await inbox.pub()).data == fired  # alice is notified on her personal channel
+    assert (await inbox.pub()).data == fired  # alice is notified on her personal channel (alerts_notify)
 
     # still hot, then inside the hysteresis (above 85): still firing, nothing new; a client's reading counts
     assert "publish" in await device.command("publish", {"channel": "plant:boiler.b7", "data": {"temp": 97}})
@@ -99,6 +101,89 @@ async def test_an_alert_fires_once_when_held_long_enough_and_clears_once(
     assert (await inbox.pub()).data == cleared
     assert [e["kind"] for e in await history(hub.http, "alerts:plant")] == ["fired", "cleared"]
     assert hub.sb.node.feed_metrics.alert_events == {"fired": 1, "cleared": 1}
+
+
+async def test_two_nodes_sharing_the_inbox_notify_each_event_once(
+    make_hub: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """No publish_to, so nothing but the inbox keeps the nodes from notifying twice: both decide and deliver
+    every event, and the store keeps one notification per event (its dedupe key is the event's id)."""
+    rule = {k: v for k, v in RULE.items() if k != "publish_to"} | {"notify": ["alice", "bob"]}
+    hubs: list[RunningHub] = [
+        await make_hub(
+            alert_config(
+                alerts=parse_rules([rule]),
+                redis_urls=[redis_server.url],
+                node_name=name,
+                data_dir=str(tmp_path),  # one SQLite inbox for both (as one PostgreSQL would be)
+            )
+        )
+        for name in ("a", "b")
+    ]
+    for i, temp in enumerate([70, 95, 96]):
+        await publish(hubs[i % 2].http, "plant:boiler.b7", {"temp": temp})
+
+    async def delivered(kind: str) -> bool:
+        return all(h.sb.node.feed_metrics.alert_events[kind] == 1 for h in hubs) and sum(
+            h.sb.node.metrics.inbox_notifications["deduplicated"] for h in hubs
+        ) == (1 if kind == "fired" else 2)
+
+    await eventually(lambda: delivered("fired"))  # held 1 s: each node's clock fires it
+    await publish(hubs[1].http, "plant:boiler.b7", {"temp": 80})  # cleared
+    await eventually(lambda: delivered("cleared"))
+    for user in ("alice", "bob"):
+        items = (await api(hubs[0].http, "inbox_list", {"user": user}))["items"]
+        assert [(i["category"], i["title"]) for i in items] == [
+            ("alert", "boiler-hot cleared"),
+            ("alert", "boiler-hot fired"),
+        ]
+        assert items[1]["data"]["kind"] == "fired" and items[1]["data"]["value"] == 96.0
+        assert "plant:boiler.b7: /temp = 96.0 (above 90.0)" == items[1]["body"]
+
+
+async def test_a_node_that_starts_watching_mid_episode_decides_the_same_event(
+    make_hub: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Node b starts after the episode began (and after a fired it): it sees the channel from its own first
+    reading on, reads the channel's history first, and decides the episode's ``since`` as a did, so its
+    event is the same one (suppressed) and nobody is told twice. Without the history it would begin the
+    series at its first reading and fire a second event 1 s later."""
+
+    def node(name: str) -> Any:
+        return alert_config(redis_urls=[redis_server.url], node_name=name, data_dir=str(tmp_path / name))
+
+    a: RunningHub = await make_hub(node("a"))
+    await publish(a.http, "plant:boiler.b7", {"temp": 70})
+    await publish(a.http, "plant:boiler.b7", {"temp": 95})  # the episode starts on a alone
+
+    async def fired_on_a() -> bool:
+        return len(await history(a.http, "alerts:plant")) == 1
+
+    await eventually(fired_on_a)
+    b: RunningHub = await make_hub(node("b"))
+    await publish(b.http, "plant:boiler.b7", {"temp": 96})  # b announces the channel: both watch it
+
+    async def b_decided() -> bool:
+        return b.sb.node.feed_metrics.alert_events["fired"] == 1
+
+    await eventually(b_decided)
+    await asyncio.sleep(1.5)  # past the rule's 'for' after b's first reading: a second event would be out
+    events = await history(a.http, "alerts:plant")
+    assert [e["kind"] for e in events] == ["fired"], events
+    await publish(b.http, "plant:boiler.b7", {"temp": 80})
+
+    async def cleared() -> bool:
+        return [e["kind"] for e in await history(a.http, "alerts:plant")] == ["fired", "cleared"]
+
+    await eventually(cleared)
+    assert all(h.sb.node.feed_metrics.alert_events["cleared"] == 1 for h in (a, b))
+
+
+async def api(http: str, method: str, params: Any) -> Any:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        response = await client.post(f"{http}/api/{method}", json=params, headers={"X-API-Key": KEY})
+    assert "result" in response.json(), response.text
+    return response.json()["result"]
 
 
 async def test_readings_that_break_off_early_or_are_not_numbers_fire_nothing(make_hub: Any) -> None:
@@ -116,8 +201,13 @@ def test_alert_config_errors_name_the_rule(tmp_path: Path) -> None:
     no_namespace = {**RULE, "publish_to": "nope:x", "notify": []}
     with pytest.raises(ConfigError, match=re.escape("alert rule 'boiler-hot': publish_to 'nope:x': no such")):
         load(tmp_path, no_namespace, '[[namespaces]]\nname = "alerts"\n')
+    channel = 'alerts_notify = "channel"\n[[namespaces]]\nname = "alerts"\n'
     with pytest.raises(ConfigError, match=re.escape("alerts_user_channel 'personal:alerts#{user}': no such")):
-        load(tmp_path, RULE, '[[namespaces]]\nname = "alerts"\n')
+        load(tmp_path, RULE, channel)
+    assert load(tmp_path, RULE, '[[namespaces]]\nname = "alerts"\n').alerts_notify == "inbox"  # no channel
+    for bad in ('"email"', '""', "1", "true"):
+        with pytest.raises(ConfigError, match="alerts_notify"):
+            load(tmp_path, RULE, f'alerts_notify = {bad}\n[[namespaces]]\nname = "alerts"\n')
     with pytest.raises(
         ConfigError, match=re.escape("[[alerts]]: alert rule 'boiler-hot': 'for': not a duration")
     ):

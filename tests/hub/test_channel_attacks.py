@@ -24,6 +24,7 @@ from websockets.frames import Frame, Opcode
 from channels.redis_shards import route_of
 from hub.logs import LIMITED_BURST, LIMITED_RATE
 from tests import nodes as harness
+from tests.attacker import unread_sse_streams
 from tests.conftest import TIMEOUT, RawClient, token
 from tests.hub.test_session import Conn, GatedBroker, make_node
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
@@ -153,17 +154,8 @@ async def test_a_subscribe_stalled_on_its_history_read_cannot_hoard_a_busy_chann
 
 
 def unread_streams(node: HubNode, count: int, channel: str) -> list[socket.socket]:
-    """``count`` uni_sse streams subscribed to ``channel`` (the token's channels) whose client never reads:
-    a 4 KiB receive buffer, and nobody calls ``recv``. The caller closes them."""
-    query = urllib.parse.quote(json.dumps({"token": token("reader", channels=[channel])}))
-    socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        socks.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", node.port))
-        sock.sendall(f"GET /connection/uni_sse?cf_connect={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    return socks
+    """``count`` uni_sse streams subscribed to ``channel`` (the token's channels) whose client never reads."""
+    return unread_sse_streams(node.port, count, token("reader", channels=[channel]))
 
 
 def node_lines(node: HubNode) -> list[str]:

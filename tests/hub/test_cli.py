@@ -51,8 +51,17 @@ async def server_process():
     async def start(*args: str, **env: str) -> tuple[asyncio.subprocess.Process, int]:
         port = _free_port()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hub", "serve", "--port", str(port), *args,
-            cwd=ROOT, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "hub",
+            "serve",
+            "--port",
+            str(port),
+            *args,
+            cwd=ROOT,
+            env=_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         procs.append(proc)
         await _wait_ready(port, proc)
@@ -87,8 +96,13 @@ async def test_dev_mode_serves_and_sigterm_disconnects_with_3001(server_process)
 
 async def test_config_file_and_env_override(server_process, tmp_path):
     cfg = tmp_path / "hub.toml"
-    cfg.write_text('token_hmac_secret_key = "file-secret-file-secret-file-secret!!"\n[channel]\nallow_subscribe_for_client = true\n')
-    proc, port = await server_process("--config", str(cfg), SWITCHBOARD_TOKEN_HMAC_SECRET_KEY="env-secret-env-secret-env-secret-env!")
+    cfg.write_text(
+        'token_hmac_secret_key = "file-secret-file-secret-file-secret!!"\n'
+        "[channel]\nallow_subscribe_for_client = true\n"
+    )
+    proc, port = await server_process(
+        "--config", str(cfg), SWITCHBOARD_TOKEN_HMAC_SECRET_KEY="env-secret-env-secret-env-secret-env!"
+    )
     ws = await websockets.connect(f"ws://127.0.0.1:{port}/connection/websocket", open_timeout=TIMEOUT)
     c = RawClient(ws)
     reply = await c.command("connect", {})
@@ -105,9 +119,27 @@ async def test_config_file_and_env_override(server_process, tmp_path):
 def test_token_command_prints_a_verifiable_jwt():
     secret = "cli-secret-cli-secret-cli-secret-cli!"
     out = subprocess.run(
-        [sys.executable, "-m", "hub", "token", "--user", "42", "--ttl", "60", "--info", '{"name":"Ann"}',
-         "--channels", "news,alerts", "--tenant", "acme"],
-        cwd=ROOT, env=_env(SWITCHBOARD_TOKEN_HMAC_SECRET_KEY=secret), capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "hub",
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "60",
+            "--info",
+            '{"name":"Ann"}',
+            "--channels",
+            "news,alerts",
+            "--tenant",
+            "acme",
+        ],
+        cwd=ROOT,
+        env=_env(SWITCHBOARD_TOKEN_HMAC_SECRET_KEY=secret),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     claims = jwt.decode(out, secret, algorithms=["HS256"])
     assert claims["sub"] == "42" and claims["info"] == {"name": "Ann"}
@@ -119,7 +151,11 @@ def test_bad_config_exits_2(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("no_such_key = 1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--config", str(cfg)], cwd=ROOT, env=_env(), capture_output=True,
-        text=True, timeout=TIMEOUT,
+        [sys.executable, "-m", "hub", "serve", "--config", str(cfg)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 2 and "unknown config key" in proc.stderr

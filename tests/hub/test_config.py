@@ -19,6 +19,8 @@ from hub.config import (
     DEV_PERSONAL_NAMESPACE,
     DEV_PERSONAL_OPTIONS,
     DEV_SECRET,
+    DEV_SENSORS_NAMESPACE,
+    DEV_SENSORS_OPTIONS,
     Config,
     dev_requested,
     load_config,
@@ -118,7 +120,14 @@ def test_dev_mode_when_nothing_is_given() -> None:
     assert (cfg.host, cfg.port) == (Config.host, Config.port)
     # personal channels for the inbox's pushes (the bell demo), closed to clients
     assert cfg.user_subscribe_to_personal and cfg.user_personal_channel_namespace == DEV_PERSONAL_NAMESPACE
-    assert cfg.namespaces == {DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS}
+    # and the sensor dashboard's feed: clients may subscribe, only the hub's simulator publishes
+    assert cfg.namespaces == {
+        DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS,
+        DEV_SENSORS_NAMESPACE: DEV_SENSORS_OPTIONS,
+    }
+    sensors = cfg.namespaces[DEV_SENSORS_NAMESPACE]
+    assert sensors.allow_subscribe_for_anonymous and not sensors.allow_publish_for_client
+    assert sensors.key_field == "/sensor" and sensors.force_recovery_mode == "cache"
     personal = cfg.namespaces[DEV_PERSONAL_NAMESPACE]
     assert personal.history_enabled and not any(
         getattr(personal, f"allow_{op}_for_{who}")
@@ -131,7 +140,8 @@ def test_dev_mode_when_nothing_is_given() -> None:
 def test_dev_mode_leaves_personal_channels_off_when_asked() -> None:
     env = {"SWITCHBOARD_USER_SUBSCRIBE_TO_PERSONAL": "false"}
     cfg = load_config(None, env=env, allow_dev_mode=True)
-    assert cfg.dev_mode and not cfg.user_subscribe_to_personal and cfg.namespaces == {}
+    assert cfg.dev_mode and not cfg.user_subscribe_to_personal
+    assert cfg.namespaces == {DEV_SENSORS_NAMESPACE: DEV_SENSORS_OPTIONS}
 
 
 def test_no_dev_mode_when_the_environment_gives_a_key() -> None:

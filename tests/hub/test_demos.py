@@ -6,6 +6,7 @@ say while the bundles are missing, the development token endpoint (and garbage s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -22,7 +23,13 @@ from hypothesis import strategies as st
 
 from channels.options import NamespaceOptions
 from hub import demos
-from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
+from hub.config import (
+    DEV_PERSONAL_NAMESPACE,
+    DEV_PERSONAL_OPTIONS,
+    DEV_SENSORS_NAMESPACE,
+    DEV_SENSORS_OPTIONS,
+)
+from hub.demo_sensors import SENSORS, SENSORS_CHANNEL, reading
 from hub.demos import (
     DEMOS,
     MAX_DISPLAY_NAME,
@@ -43,6 +50,7 @@ PATHS = (
     "/demo/chat",
     "/demo/editor",
     "/demo/bell",
+    "/demo/sensors",
     "/demo/chat.js",
     "/demo/bell.js",
     "/demo/demo.css",
@@ -443,3 +451,44 @@ async def test_without_development_mode_there_is_no_notify_rpc(make_hub: Any, ra
     client: RawClient = await raw_client(hub, connect={"token": token("alice")})
     reply = await client.command("rpc", {"method": NOTIFY_RPC, "data": {}})
     assert reply["error"]["code"] == 104
+
+
+# ---------------------------------------------------------------- the sensor dashboard's feed
+
+
+async def test_the_sensor_feed_runs_in_development_mode_only_and_gives_each_sensor_its_latest(
+    make_hub: Any, raw_client: Any, tmp_path: Path
+) -> None:
+    assert (await make_hub()).sb.demos.simulator is None  # production: no simulator
+    hub = await make_hub(
+        dev_mode=True,
+        data_dir=str(tmp_path),
+        namespaces={DEV_SENSORS_NAMESPACE: DEV_SENSORS_OPTIONS},
+    )
+    simulator = hub.sb.demos.simulator
+    async with asyncio.timeout(TIMEOUT):
+        await simulator.until(len(SENSORS))  # one reading of each sensor, in turn
+    await simulator.pause()
+    client: RawClient = await raw_client(hub, connect={})
+    reply = await client.command("subscribe", {"channel": SENSORS_CHANNEL})
+    assert reply["subscribe"]["recovered"] is True
+    got = [(await client.push("pub"))["pub"]["data"] for _ in SENSORS]
+    assert {d["sensor"]: d for d in got} == simulator.latest
+    refused = await client.command("publish", {"channel": SENSORS_CHANNEL, "data": {"sensor": "x"}})
+    assert refused["error"]["code"] == 103  # only the hub publishes there
+
+
+async def test_a_development_hub_without_the_sensors_namespace_simulates_nothing(
+    make_hub: Any, tmp_path: Path
+) -> None:
+    hub = await make_hub(dev_mode=True, data_dir=str(tmp_path))  # the tests' config: no sensors namespace
+    assert hub.sb.demos.simulator is not None and hub.sb.demos.simulator._task is None
+
+
+@given(st.integers(0, 10**9), st.floats(0, 4e9))
+def test_simulated_readings_stay_in_each_sensors_range(step: int, now: float) -> None:
+    value = reading(step, now)
+    sensor = SENSORS[step % len(SENSORS)]
+    assert value["sensor"] == sensor.key
+    assert abs(value["value"] - sensor.base) <= sensor.swing * 1.08 + 0.01
+    assert len(orjson.dumps(value)) < 200

@@ -141,7 +141,9 @@ async def test_document_connections_are_pinged_and_closed_when_silent(
     assert 0x9 in seen and int.from_bytes(payload[:2], "big") == 1011, seen
 
 
-async def test_documents_take_updates_up_to_doc_max_update_size(docs_hub: RunningHub, yconnect: YConnect) -> None:
+async def test_documents_take_updates_up_to_doc_max_update_size(
+    docs_hub: RunningHub, yconnect: YConnect
+) -> None:
     """Frames past the channels' client_max_message_size (64 KiB) reach documents in every mode."""
     alice = await yconnect(docs_hub, "large-update")
     bob = await yconnect(docs_hub, "large-update")

@@ -10,23 +10,23 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from pycrdt import Doc, Text
 
+import tests.nodes as harness
 from hub.logs import LIMITED_BURST
 from sync import protocol
 from sync.protocol import AwarenessEntry
 from tests.conftest import TIMEOUT
-from tests.hub.ydocs import RawDocSocket, WsYClient, yclient_at
-from tests.nodes import HubNode, NodesFactory, eventually, make_nodes, user_token  # noqa: F401
+from tests.hub.ydocs import RawDocSocket, WsYClient, flood, text_update, yclient_at
+from tests.nodes import HubNode, NodesFactory, eventually, user_token
 from tests.redis_servers import RedisServer
 from tests.sync.yclient import YClient
+
+make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
 MB = 1024 * 1024
 
@@ -39,13 +39,6 @@ async def clients() -> AsyncIterator[list[WsYClient]]:
     for conn in opened:
         with contextlib.suppress(Exception):
             await conn.close()
-
-
-def text_update(text: str, client_id: int = 7) -> bytes:
-    """A Yjs update inserting ``text`` into the root text ``text`` of an empty document."""
-    doc: Doc[Any] = Doc(client_id=client_id)
-    doc.get("text", type=Text).insert(0, text)
-    return doc.get_update()
 
 
 async def seeded(url: str, size: int, sockets: list[RawDocSocket], clients: list[WsYClient]) -> WsYClient:
@@ -127,7 +120,9 @@ async def test_awareness_cannot_crowd_out_a_document(
     with node.sample_rss() as rss:
         attacker = await RawDocSocket.open(url)
         sockets.append(attacker)
-        attacker.send(*[protocol.awareness(protocol.encode_awareness(entries[i : i + 4])) for i in range(0, 32, 4)])
+        attacker.send(
+            *[protocol.awareness(protocol.encode_awareness(entries[i : i + 4])) for i in range(0, 32, 4)]
+        )
         assert await attacker.close_code() == 4413
 
         # Within the per-state bound: 40 connections x 8 states x 16,000 bytes (5 MB) against the
@@ -164,7 +159,7 @@ async def test_connections_that_do_not_read_hold_at_most_doc_queue_max_size(
     for _ in range(8):
         sockets.append(await RawDocSocket.open(url, rcvbuf=4096))
     with node.sample_rss() as rss:
-        for i in range(60):
+        for _ in range(60):
             editor.text.insert(0, "p" * 512_000)
             await editor.flush()
             del editor.text[0:512_000]
@@ -201,7 +196,8 @@ async def test_late_joiners_that_do_not_read_share_one_copy_of_a_large_document(
 
 
 class SlowStoreNode(HubNode):
-    """A node whose SQLite store waits ``delay`` seconds before every write (tests/hub/slow_store_serve.py)."""
+    """A node whose SQLite store waits ``delay`` seconds before every write
+    (tests/hub/slow_store_serve.py)."""
 
     delay = 0.5
 
@@ -209,28 +205,6 @@ class SlowStoreNode(HubNode):
         serve = super().command()
         assert serve[1:4] == ["-m", "hub", "serve"], serve
         return [sys.executable, "-m", "tests.hub.slow_store_serve", str(self.delay), *serve[3:]]
-
-
-async def flood(sock: RawDocSocket, for_seconds: float, update_size: int = 50_000) -> int:
-    """Send updates (insert ``update_size`` bytes, then delete them) for ``for_seconds``, waiting whenever
-    the socket does not take more; return the bytes sent."""
-    doc: Doc[Any] = Doc(client_id=4242)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    text = doc.get("text", type=Text)
-    sent = 0
-    deadline = time.monotonic() + for_seconds
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(for_seconds):
-            while time.monotonic() < deadline:
-                text.insert(0, "f" * update_size)
-                del text[0:update_size]
-                messages = [protocol.update(u) for u in updates]
-                updates.clear()
-                sock.send(*messages)
-                sent += sum(len(m) for m in messages)
-                await sock.writer.drain()  # blocks while the node does not read (TCP backpressure)
-    return sent
 
 
 async def test_a_slow_store_slows_writers_down_instead_of_growing_the_journal(
@@ -251,7 +225,7 @@ async def test_a_slow_store_slows_writers_down_instead_of_growing_the_journal(
         attacker = await RawDocSocket.open(node.doc_url("flooded"))
         sockets.append(attacker)
         with node.sample_rss() as rss:
-            sent = await flood(attacker, for_seconds=4.0)
+            await flood(attacker, for_seconds=4.0)
             await edit_reaches(other, watcher, "still written")  # slowly, at the store's pace
         assert rss.peak - rss.start < 40 * MB, rss
         assert len(log_lines(node, "document store is behind")) == 1, node.log()
@@ -276,7 +250,7 @@ async def test_a_stopped_redis_slows_writers_down_instead_of_growing_the_queues(
     with node.sample_rss() as rss:
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
-            sent = await flood(attacker, for_seconds=4.0)
+            await flood(attacker, for_seconds=4.0)
         finally:
             os.kill(redis_server.proc.pid, signal.SIGCONT)
         other = await yclient_at(node.doc_url("other"), opened=clients)

@@ -99,7 +99,7 @@ async def test_a_clients_life_reaches_the_webhook_in_order_with_its_payloads(
     assert disconnected["data"]["client"] == client_id and disconnected["data"]["code"] == 3000
     assert len({r.webhook_id for r in receiver.requests}) == 5
     async with asyncio.timeout(TIMEOUT), httpx.AsyncClient() as http:
-        while 'verdict="done"} 5.0' not in (text := (await http.get(f"{hub.http}/metrics")).text):
+        while 'verdict="done"} 5.0' not in (text := (await http.get(f"{hub.http}/metrics")).text):  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # the last attempt is recorded after its answer: poll
     assert 'switchboard_outbox_attempts_total{destination="webhook:main",verdict="done"} 5.0' in text
     assert 'switchboard_outbox_events_total{topic="publication"} 1.0' in text
@@ -152,7 +152,7 @@ async def test_the_server_api_lists_explains_and_replays_deliveries(
     await hub.sb.publish("chat:room", {"n": 2}, tenant="acme")
     await receiver.wait_for(lambda: len(receiver.requests) == 2)
     async with asyncio.timeout(TIMEOUT):
-        while len((await api(hub, "webhook_tasks", {"state": "dead"}))["result"]["tasks"]) < 1:
+        while len((await api(hub, "webhook_tasks", {"state": "dead"}))["result"]["tasks"]) < 1:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # the attempt is recorded after the answer: poll
     listed = (await api(hub, "webhook_tasks", {"state": "dead", "payload": True}))["result"]
     [task] = listed["tasks"]

@@ -16,16 +16,19 @@ from typing import Any
 import pytest
 import websockets
 
+import tests.nodes as harness
 from hub.outbound.routes import Routes, webhook_id
 from hub.outbound.settings import parse_webhooks
 from inbox.inbox import InboxOptions
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.outbox import OutboxEvent, TaskState, Topic
 from tests.conftest import TIMEOUT, RawClient, token
-from tests.nodes import ROOT, HubNode, make_nodes, write_config  # noqa: F401
+from tests.nodes import ROOT, HubNode, write_config
 from tests.redis_servers import RedisServer
 from tests.workers.conftest import SECRET
 from tests.workers.receiver import Receiver
+
+make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
 
 @pytest.fixture
@@ -107,19 +110,23 @@ async def test_a_worker_process_killed_mid_delivery_loses_nothing(tmp_path: Path
         await store.append(
             [OutboxEvent("", Topic.PUBLICATION, {"channel": "chat:a", "n": n}) for n in range(20)]
         )
-        first = subprocess.Popen(worker_command(config, data), cwd=ROOT, env=env, stdout=log, stderr=log)
+        first = subprocess.Popen(  # noqa: ASYNC220 - starting a worker process returns at once
+            worker_command(config, data), cwd=ROOT, env=env, stdout=log, stderr=log
+        )
         procs.append(first)
         await receiver.wait_for(lambda: receiver.in_flight >= 8, timeout=30)  # mid-delivery: 8 in flight
         first.send_signal(signal.SIGKILL)
-        first.wait()
+        await asyncio.to_thread(first.wait)
         stalled = False
-        second = subprocess.Popen(worker_command(config, data), cwd=ROOT, env=env, stdout=log, stderr=log)
+        second = subprocess.Popen(  # noqa: ASYNC220 - starting a worker process returns at once
+            worker_command(config, data), cwd=ROOT, env=env, stdout=log, stderr=log
+        )
         procs.append(second)
         expected = {webhook_id(store.origin, t.event_id) for t in await store.tasks(limit=100)}
         # the killed worker's 8 leases run out (1 s timeout + 5 s margin), then they are delivered too
         await receiver.wait_for(lambda: set(receiver.processed()) == expected, timeout=40)
         async with asyncio.timeout(TIMEOUT):
-            while await store.tasks(state=TaskState.PENDING, limit=1):
+            while await store.tasks(state=TaskState.PENDING, limit=1):  # noqa: ASYNC110 - another process
                 await asyncio.sleep(0.1)  # the second worker records the last attempts: poll the store
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=TIMEOUT) == 0

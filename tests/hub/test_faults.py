@@ -13,7 +13,7 @@ from tests.conftest import TIMEOUT
 async def _wait_until(predicate, what: str) -> None:
     """Wait for server-side state the test cannot get an event for; bounded, never an open-ended sleep."""
     async with asyncio.timeout(TIMEOUT):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - server-side state: no event to wait on
             await asyncio.sleep(0.01)
     assert predicate(), what
 
@@ -50,7 +50,9 @@ def crashing_hooks() -> Hooks:
     return Hooks(on_publish=boom, rpc={"boom": boom})
 
 
-async def test_crashing_application_code_gets_internal_error_and_node_stays_up(make_hub, raw_client, crashing_hooks, caplog):
+async def test_crashing_application_code_gets_internal_error_and_node_stays_up(
+    make_hub, raw_client, crashing_hooks, caplog
+):
     hub = await make_hub(hooks=crashing_hooks)
     c = await raw_client(hub, connect={})
     reply = await c.command("rpc", {"method": "boom", "data": {}})

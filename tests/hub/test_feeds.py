@@ -496,7 +496,10 @@ async def test_an_events_subscriber_that_falls_behind_is_cut_and_told_what_it_lo
         if n % 20 == 0:
             await asyncio.sleep(0)
     code, _ = await slow.closed()
-    assert code == 3008
+    # The node closed it as slow (3008). The close frame queues behind the backlog; a reader too slow to
+    # drain it within ws_uvicorn.SLOW_ABORT_AFTER (a busy machine) sees the abort instead (1006).
+    assert hub.sb.node.metrics.slow_disconnects == 1
+    assert code in (3008, 1006), code
     received = [p["pub"]["offset"] for p in (m["push"] for m in slow._inbox if "push" in m) if "pub" in p]
     last_seen = max(received, default=sub.get("offset", 0))
     back = await connected(raw_client, hub)

@@ -40,8 +40,27 @@ ROUTES = {
     "line_protocol": [
         {"measurements": ["boiler"], "channel": "plant:{measurement}.{tag:host}", "tags_field": "tags"},
         {"measurements": ["cpu"], "channel": "telegraf:{tag:host}", "time_field": ""},
+        {
+            "measurements": ["meter"],
+            "channel": "dash:{measurement}",
+            "key": "{tag:sensor}",
+            "tags_field": "t",
+        },
     ]
 }
+DASH = NamespaceOptions.from_mapping(  # one channel, many sensors: conflated, the latest of each on subscribe
+    {
+        "allow_subscribe_for_client": True,
+        "allow_subscribe_for_anonymous": True,
+        "conflation": "latest",
+        "max_rate": 10,
+        "key_field": "/name",
+        "max_keys": 100,
+        "history_size": 1,
+        "history_ttl": 300,
+        "force_recovery_mode": "cache",
+    }
+)
 
 
 def ingest_config(**overrides: Any) -> Any:
@@ -53,6 +72,7 @@ def ingest_config(**overrides: Any) -> Any:
         "plant": NamespaceOptions(**FEED, data_schema=schema),
         "telegraf": NamespaceOptions(**FEED),
         "cam": NamespaceOptions(**FEED, data_format="binary"),
+        "dash": DASH,
     }
     return dataclasses.replace(cfg, namespaces=namespaces)
 
@@ -113,6 +133,43 @@ async def test_json_lines_and_a_gzipped_body(hub: RunningHub) -> None:
     response = await post(hub, "/ingest/jsonl", body, headers={"Content-Encoding": "gzip"})
     assert response.status_code == 204, response.text
     assert await history(hub, "telegraf:j1") == [{"n": i} for i in range(1, 30, 3)]  # each in line order
+
+
+async def test_ingested_readings_keep_their_keys_so_a_new_dashboard_gets_every_sensors_latest(
+    hub: RunningHub, raw_client: Any
+) -> None:
+    # JSON lines: 40 sensors, 5 rounds, the key given beside the data (the data names no /name: the key
+    # is the line's); one line whose key disagrees with its data's /name is refused, one that agrees taken
+    lines = [
+        {"channel": "dash:hall", "key": f"s{i}", "data": {"label": f"s{i}", "v": r}}
+        for r in range(5)
+        for i in range(40)
+    ]
+    lines += [
+        {"channel": "dash:hall", "key": "s1", "data": {"name": "s2", "v": 99}},
+        {"channel": "dash:hall", "key": "s3", "data": {"name": "s3", "label": "s3", "v": 7}},
+    ]
+    body = b"\n".join(orjson.dumps(line) for line in lines)
+    response = await post(hub, "/ingest/jsonl", body)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["accepted"] == 201 and answer["refused"] == 1
+    assert answer["errors"][0]["line"] == 201 and "is not the data's /name" in answer["errors"][0]["reason"]
+    # line protocol: the route's key (a tag), 20 meters, 3 rounds
+    points = [f"meter,sensor=m{i} kw={r}i {1700000000000 + r}" for r in range(3) for i in range(20)]
+    response = await post(hub, "/ingest/influx", "\n".join(points).encode(), precision="ms")
+    assert response.status_code == 204, response.text
+
+    client: Any = await raw_client(hub, connect={})
+    for channel, count in (("dash:hall", 40), ("dash:meter", 20)):
+        reply = await client.command("subscribe", {"channel": channel})
+        assert reply["subscribe"]["recovered"] is True, reply
+        got = [(await client.push("pub"))["pub"]["data"] for _ in range(count)]
+        if channel == "dash:hall":
+            latest = {d["label"]: d["v"] for d in got}
+            assert latest == {f"s{i}": 7 if i == 3 else 4 for i in range(40)}
+        else:
+            assert {d["t"]["sensor"]: d["kw"] for d in got} == {f"m{i}": 2 for i in range(20)}
 
 
 async def test_influxdb_v2_writes_with_a_token_and_bound_keys_keep_to_their_tenant(hub: RunningHub) -> None:

@@ -22,6 +22,7 @@ from hub.codes import ConfigError
 from hub.config import load_config
 from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
 from hub.logs import LIMITED_BURST
+from tests.attacker import trickle
 from tests.conftest import TIMEOUT
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
 
@@ -59,15 +60,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def scrape(node: HubNode) -> str:
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         return (await http.get(f"{node.http}/metrics")).text
-
-
-async def trickle(writer: asyncio.StreamWriter, every: float = 0.2) -> None:
-    """The attack: one byte of a header every ``every`` seconds, for as long as the node listens."""
-    with contextlib.suppress(ConnectionError):
-        while not writer.is_closing():
-            writer.write(b"x")
-            await writer.drain()
-            await asyncio.sleep(every)  # the attacker's pace, not a wait for the node
 
 
 async def test_requests_whose_headers_never_complete_get_408_and_are_closed(make_nodes: NodesFactory) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from centrifuge import ClientEventHandler, SubscriptionEventHandler
+from centrifuge import ClientEventHandler
 
 from tests.conftest import TIMEOUT, token
 

@@ -18,6 +18,7 @@ import pytest
 
 from hub import sse
 from tests.conftest import TIMEOUT, RunningHub, token
+from tests.fuzz.strategies import ErrorLog
 
 
 @dataclass
@@ -432,8 +433,8 @@ async def _raw_stream(hub: RunningHub, channel: str) -> tuple[Any, Any]:
     await loop.sock_sendall(sock, head + body)
     node = hub.sb.node
     async with asyncio.timeout(TIMEOUT):
-        while not node.registry.fanout:
-            await asyncio.sleep(0.01)  # polling the server's table, not timing the protocol
+        while not node.registry.fanout:  # noqa: ASYNC110 - the server's table: no event to wait on
+            await asyncio.sleep(0.01)  # polling, not timing the protocol
     return sock, next(iter(node.sessions))
 
 
@@ -471,7 +472,33 @@ async def test_a_stream_reader_that_stops_is_closed_as_slow_and_let_go(make_hub:
             break
     assert client._closing and node.metrics.slow_disconnects == 1
     async with asyncio.timeout(TIMEOUT):  # the peer holds the TCP connection open and never reads
-        while client in node.sessions or node.registry.fanout:
+        while client in node.sessions or node.registry.fanout:  # noqa: ASYNC110 - the server's tables
             await asyncio.sleep(0.01)
     assert client.id not in node.registry.clients
     sock.close()
+
+
+async def test_a_stream_cut_as_slow_by_one_burst_ends_its_response(make_hub: Any) -> None:
+    """A burst past ``client_queue_max_size`` within one tick cuts a stream (3008) before any of its sends had
+    to wait for the reader. The old code then neither ended the response nor reset the connection: uvicorn
+    logged "ASGI callable returned without completing response" at ERROR for each such stream (found by
+    tests/hub/test_attack_soak.py: 60 KB publications in batches). Now the connection is reset, as for a
+    stream cut while a send waits: no ERROR line, and the peer sees the connection end."""
+    hub = await make_hub(client_queue_max_size=64 * 1024)
+    errors = ErrorLog()
+    logging.getLogger("uvicorn.error").addHandler(errors)
+    try:
+        sock, client = await _raw_stream(hub, "news")
+        for _ in range(4):  # 120 KB in one tick: nothing was written yet, nothing waits
+            await hub.sb.node.publish("news", {"pad": "y" * 30_000})
+        assert client._closing and client.transport._pending is None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(TIMEOUT):  # to the end of the connection: the response is over
+                while await loop.sock_recv(sock, 65536):
+                    pass
+        sock.close()
+        assert errors.take() == []
+        assert hub.sb.node.metrics.slow_disconnects == 1
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(errors)

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -278,3 +279,38 @@ async def test_the_trimmer_gives_memory_back_once_enough_was_dropped_and_debounc
     trimmer.dropped(50)
     trimmer.cancel()
     assert calls == [1]
+
+
+def _chunk(stream: str, seq: int, text: str) -> Any:
+    from channels.publication import Publication
+
+    return Publication(orjson.dumps({"stream": {"id": stream, "seq": seq}, "text": text}))
+
+
+def _frame(pub: Any) -> bytes:
+    return b"F" + pub.data
+
+
+def test_consecutive_chunks_of_a_stream_go_out_as_one_frame_others_as_queued() -> None:
+    loop, _, transport, writer, slow = make(max_bytes=10_000)
+    a = [_chunk("a", n, f"a{n}") for n in range(3)]
+    b0 = _chunk("b", 0, "b0")
+    writer.push_chunk(_frame(a[0]), ("ch", "a"), a[0], _frame)
+    writer.push_chunk(_frame(a[1]), ("ch", "a"), a[1], _frame)
+    writer.push(b"ordinary")  # a barrier: the next chunk starts a run of its own
+    writer.push_chunk(_frame(a[2]), ("ch", "a"), a[2], _frame)
+    writer.push_chunk(_frame(b0), ("ch", "b"), b0, _frame)  # another stream: its own frame
+    loop.run_once()
+    (written,) = transport.calls
+    joined = orjson.loads(written[0][1:])
+    assert joined == {"stream": {"id": "a", "seq": 1, "from": 0}, "text": "a0a1"}
+    assert written[1:] == [b"ordinary", _frame(a[2]), _frame(b0)]  # alone: the frame as encoded once
+    assert slow == [] and writer.pending == [] and writer.run_stream is None
+
+
+def test_joined_chunks_count_against_the_bound() -> None:
+    _, _, _, writer, slow = make(max_bytes=100)
+    for n in range(10):
+        pub = _chunk("a", n, "x" * 10)
+        writer.push_chunk(_frame(pub), ("ch", "a"), pub, _frame)
+    assert slow == [1] and writer.closed and writer.run_stream is None

@@ -64,7 +64,8 @@ class FakeSocket:
             self.on_drain()
 
     def messages(self) -> list[bytes]:
-        """What the peer receives, reassembled; every message starts with a first part and ends with a last."""
+        """What the peer receives, reassembled; every message starts with a first part and ends with a
+        last."""
         out: list[bytes] = []
         current: list[bytes] | None = None
         for payload, first, last in self.written:
@@ -83,7 +84,11 @@ def make(
     sock = FakeSocket(fragments)
     events: list[str] = []
     writer = StreamingWriter(
-        sock, FlushScheduler(loop), max_bytes, lambda: events.append("slow"), chunk=chunk  # type: ignore[arg-type]
+        sock,
+        FlushScheduler(loop),
+        max_bytes,
+        lambda: events.append("slow"),
+        chunk=chunk,  # type: ignore[arg-type]
     )
     return loop, sock, writer, events
 

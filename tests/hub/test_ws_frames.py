@@ -107,7 +107,8 @@ def test_a_fragmented_message_is_reassembled_by_a_client() -> None:
     payload = payload_of(200_000)
     parts = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
     frames_out = [
-        ws_frames.fragment(part, ws_frames.OP_BINARY, i == 0, i == len(parts) - 1) for i, part in enumerate(parts)
+        ws_frames.fragment(part, ws_frames.OP_BINARY, i == 0, i == len(parts) - 1)
+        for i, part in enumerate(parts)
     ]
     ping = bytes((0x89, 0))
     client = client_protocol()

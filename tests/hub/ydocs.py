@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 import websockets
+from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection
 from websockets.utils import apply_mask
 
+from sync import protocol
 from tests.conftest import TIMEOUT, HubFactory, RunningHub
 from tests.sync.yclient import YClient
 
@@ -248,3 +251,35 @@ async def sockets() -> AsyncIterator[list[RawDocSocket]]:
     yield opened
     for sock in opened:
         sock.abort()
+
+
+def text_update(text: str, client_id: int = 7) -> bytes:
+    """A Yjs update inserting ``text`` into the root text ``text`` of an empty document."""
+    doc: Doc[Any] = Doc(client_id=client_id)
+    doc.get("text", type=Text).insert(0, text)
+    return doc.get_update()
+
+
+async def flood(
+    sock: RawDocSocket, for_seconds: float, update_size: int = 50_000, client_id: int = 4242
+) -> int:
+    """Send updates (insert ``update_size`` bytes, then delete them) for ``for_seconds``, waiting whenever
+    the socket does not take more; return the bytes sent. (Another flood of the same document takes another
+    ``client_id``.)"""
+    doc: Doc[Any] = Doc(client_id=client_id)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text = doc.get("text", type=Text)
+    sent = 0
+    deadline = time.monotonic() + for_seconds
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(for_seconds):
+            while time.monotonic() < deadline:
+                text.insert(0, "f" * update_size)
+                del text[0:update_size]
+                messages = [protocol.update(u) for u in updates]
+                updates.clear()
+                sock.send(*messages)
+                sent += sum(len(m) for m in messages)
+                await sock.writer.drain()  # blocks while the node does not read (TCP backpressure)
+    return sent

@@ -10,11 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tests.presence.test_presence_redis as presence_redis
 from channels.names import ChannelKey
 from channels.redis_shards import RedisShards
 from presence.occupancy import Transition
 from presence.occupancy_redis import RedisOccupancy
-from tests.presence.test_presence_redis import Deployment, deployment  # noqa: F401
+from tests.presence.test_presence_redis import Deployment
+
+deployment = presence_redis.deployment  # the fixture, defined in tests/presence/test_presence_redis.py
 
 Make = Callable[..., Awaitable[RedisOccupancy]]
 

@@ -452,7 +452,9 @@ def test_the_relay_joins_queued_updates_up_to_a_bound_and_keeps_one_sync_reply_p
     link._out = [(UPDATE, update, len(update))] * 10
     relay.backlog = 10 * len(update)
     data, size = link._next_batch()
-    assert size == 4 * len(update) and len(link._out) == 6  # a PUBLISH of about MAX_BATCH_BYTES, not 10 of them
+    assert (
+        size == 4 * len(update) and len(link._out) == 6
+    )  # a PUBLISH of about MAX_BATCH_BYTES, not 10 of them
     reply = [SYNC_REPLY, "me", "other", 1, b"diff", b"sv", []]
     link._out = [(SYNC_REPLY, reply, 4), (UPDATE, update, len(update))]
     relay.backlog = 4 + len(update)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import tests.inbox.conftest as inbox_conftest
 from hub.outbound.routes import Routes
 from hub.outbound.settings import Webhook
 from inbox.inbox import InboxOptions
@@ -18,10 +19,11 @@ from inbox.inbox_postgres import PostgresInbox
 from inbox.inbox_sqlite import SqliteInbox
 from inbox.outbox import RetryPolicy, Topic
 from inbox.preferences import PreferencePolicy
-from tests.inbox.conftest import store_kind  # noqa: F401
 from tests.mqtt_broker import mosquitto  # noqa: F401
 from tests.postgres_servers import fresh_database
 from tests.workers.receiver import Receiver
+
+store_kind = inbox_conftest.store_kind  # the fixture, defined in tests/inbox/conftest.py
 
 SECRET = "whsec_" + base64.b64encode(b"switchboard-webhook-test-key-32b").decode()
 FAST_RETRIES = RetryPolicy(max_attempts=8, base=0.02, cap=0.2)
@@ -39,7 +41,7 @@ def webhook(url: str, name: str = "main", **kw: Any) -> Webhook:
 @pytest.fixture
 async def make_store(
     store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[MakeStore]:  # noqa: F811
+) -> AsyncIterator[MakeStore]:
     """``await make_store(routes, retry=...)``: an open store routing by ``routes``; every call of one test
     opens the same database (another node or process)."""
     opened: list[Store] = []

@@ -88,7 +88,11 @@ class Receiver:
                 seen[r.webhook_id] = r.body["data"]
         return list(seen.values())
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = TIMEOUT,  # noqa: ASYNC109 - the bound of this wait, as asyncio.wait_for's
+    ) -> None:
         async with asyncio.timeout(timeout):
             async with self._changed:
                 await self._changed.wait_for(predicate)

@@ -19,8 +19,8 @@ from hub.outbound.routes import Routes
 from hub.outbound.settings import EmailSettings, parse_email
 from inbox.inbox import InboxStore
 from inbox.model import ALL_CHANNELS, DeliveryChannel, DeliveryState, Notification
-from inbox.preferences import CategoryPolicy, PreferencePolicy
 from inbox.outbox import Task, TaskState, Topic
+from inbox.preferences import CategoryPolicy, PreferencePolicy
 from tests.conftest import TIMEOUT
 from tests.redis_servers import free_port
 from tests.workers.conftest import MakeStore
@@ -103,7 +103,7 @@ async def deliver() -> AsyncIterator[Any]:
 
 async def settle(store: InboxStore) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while await store.tasks(state=TaskState.PENDING, limit=1):
+        while await store.tasks(state=TaskState.PENDING, limit=1):  # noqa: ASYNC110 - no event across the worker
             await asyncio.sleep(0.05)  # the worker's records land in the store: poll it
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiomqtt
 import httpx
+import orjson
 import pytest
 
 from channels.options import NamespaceOptions
@@ -25,6 +26,17 @@ from tests.nodes import eventually
 
 KEY = "mqtt-key"
 FEED = dict(history_size=100, history_ttl=300.0, allow_subscribe_for_client=True)
+DASH = NamespaceOptions.from_mapping(  # one channel, a key per sensor (the topic's level), last values
+    {
+        "allow_subscribe_for_client": True,
+        "conflation": "latest",
+        "max_rate": 10,
+        "key_field": "/sensor",
+        "history_size": 1,
+        "history_ttl": 300,
+        "force_recovery_mode": "cache",
+    }
+)
 
 
 def bridge_config(broker: Mosquitto, **mqtt: Any) -> Any:
@@ -35,6 +47,7 @@ def bridge_config(broker: Mosquitto, **mqtt: Any) -> Any:
         "max_payload": 1024,
         "subscribe": [
             {"topic": "plant/+/temperature", "channel": "sensors:plant.{1}.temperature"},
+            {"topic": "hall/+/reading", "channel": "dash:hall", "key": "{1}"},
             {"topic": "cam/+", "channel": "cam:{1}"},
             {"topic": "any/#", "channel": "raw:any.{#}"},
         ],
@@ -49,6 +62,7 @@ def bridge_config(broker: Mosquitto, **mqtt: Any) -> Any:
         "cam": NamespaceOptions(**FEED, data_format="binary"),
         "commands": NamespaceOptions(**FEED),
         "raw": NamespaceOptions(**FEED),
+        "dash": DASH,
     }
     return dataclasses.replace(cfg, namespaces=namespaces)
 
@@ -121,6 +135,39 @@ async def test_a_retained_message_is_the_channels_last_value(make_hub: Any, mosq
     assert await hub.sb.mqtt.bring_in("plant/p3/temperature", b'{"t": 19.0}', retained=True) == ""
     assert await hub.sb.mqtt.bring_in("plant/p3/temperature", b'{"t": 20.0}', retained=True) is None
     assert await history(hub, "sensors:plant.p3.temperature") == [{"t": 19.0}, {"t": 20.0}]
+
+
+async def test_retained_messages_are_a_new_dashboards_latest_value_of_every_sensor(
+    make_hub: Any, mosquitto: Mosquitto, sdk: Any
+) -> None:
+    # retained before the bridge exists: the broker keeps the last of each topic and hands them over on
+    # subscribe; the key is the topic's level, so two sensors whose payloads name none stay two values
+    async with mqtt_client(mosquitto) as device:
+        for value in (1, 2):
+            for sensor in ("s0", "s1", "s2"):
+                payload = orjson.dumps({"sensor": sensor, "t": value})
+                await device.publish(f"hall/{sensor}/reading", payload, qos=1, retain=True)
+        await device.publish("hall/x8/reading", b'{"t": 8}', qos=1, retain=True)
+        await device.publish("hall/x9/reading", b'{"t": 9}', qos=1, retain=True)
+        await device.publish("hall/x7/reading", b'{"sensor": "s0", "t": 0}', qos=1, retain=True)  # disagrees
+    hub = await bridged(make_hub, mosquitto)
+
+    async def all_in() -> bool:
+        counts = hub.sb.node.feed_metrics.mqtt_messages
+        return counts[("in", "published")] + counts[("in", "refused")] == 6
+
+    await eventually(all_in)
+    assert hub.sb.node.feed_metrics.mqtt_messages[("in", "refused")] == 1  # x7: not the data's /sensor
+    client, _ = await connected(sdk, hub, token=token("dashboard"))
+    sub, rec = await subscribed(client, "dash:hall")
+    got = [(await rec.pub()).data for _ in range(5)]  # at once: cache recovery, no new message needed
+    assert sorted(got, key=str) == sorted(
+        [{"sensor": "s0", "t": 2}, {"sensor": "s1", "t": 2}, {"sensor": "s2", "t": 2}, {"t": 8}, {"t": 9}],
+        key=str,
+    )
+    async with mqtt_client(mosquitto) as device:  # and live from there
+        await device.publish("hall/s1/reading", b'{"sensor": "s1", "t": 3}', qos=1)
+        assert (await rec.pub()).data == {"sensor": "s1", "t": 3}
 
 
 async def test_a_channel_goes_out_to_its_topic_and_the_bridge_never_echoes_itself(

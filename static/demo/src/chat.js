@@ -12,11 +12,17 @@
 //
 // Reconnects are the SDK's: each subscription recovers what it missed from history. When that is not
 // possible (`recovered: false`), a banner asks for a reload instead of showing a room with a hole.
+//
+// Streamed replies (an agent writing token by token; development mode sets `streams` on the namespace):
+// publications whose data has a `stream` member are reassembled by ./lib/streams.js into one message per
+// stream, which grows as chunks arrive and is marked finished by the final one; history holds the
+// finished message once, and a page opened mid-stream is sent the text so far first.
 
 import { Centrifuge } from 'centrifuge'
 import { colorOf, endpoint, fetchToken, identify } from './lib/identity.js'
 import { el, showConnection } from './lib/page.js'
 import { Presence, displayName } from './lib/presence.js'
+import { StreamView, streamFields } from './lib/streams.js'
 
 const HISTORY_ON_OPEN = 50
 const MAX_MESSAGES = 200 // per conversation; older ones leave the page
@@ -44,18 +50,40 @@ class Conversation {
     this.unread = 0
     this.sub = null
     this.recovered = null // while a recovery's publications arrive: how many
+    this.streams = new StreamView() // streamed replies, reassembled
   }
 
   /** Add a message once (history and live delivery may both bring it), keeping MAX_MESSAGES. */
   add (message) {
     message.key = message.offset ? `o${message.offset}` : `s${message.seq}`
     if (this.messages.has(message.key)) return false
+    this.keep(message)
+    return true
+  }
+
+  /** A streamed message: one entry per stream, its text replaced as it grows. True when it is new. */
+  putStream (id, message) {
+    message.key = `r${id}`
+    const known = this.messages.get(message.key)
+    if (known === undefined) {
+      this.keep(message)
+      return true
+    }
+    known.text = message.text
+    known.streaming = message.streaming
+    if (message.offset) known.offset = message.offset // finished: it takes its place in history's order
+    return false
+  }
+
+  keep (message) {
     this.messages.set(message.key, message)
     if (this.messages.size > MAX_MESSAGES) {
       const oldest = this.sorted().slice(0, this.messages.size - MAX_MESSAGES)
-      for (const m of oldest) this.messages.delete(m.key)
+      for (const m of oldest) {
+        this.messages.delete(m.key)
+        if (m.stream) this.streams.forget(m.stream)
+      }
     }
-    return true
   }
 
   sorted () {
@@ -154,7 +182,7 @@ async function loadHistory (conv) {
   try {
     const history = await conv.sub.history({ limit: HISTORY_ON_OPEN, reverse: true })
     let added = false
-    for (const ctx of history.publications) added = addMessage(conv, ctx) || added
+    for (const ctx of history.publications) added = addMessage(conv, ctx) !== null || added
     if (added) render()
   } catch (err) {
     console.warn('history', conv.channel, err)
@@ -173,11 +201,20 @@ async function loadPresence (conv) {
   onPresence(conv)
 }
 
+/** Returns 'new' (a message to show), 'grew' (a streamed message's text changed) or null (nothing). */
 function addMessage (conv, ctx) {
   const data = ctx.data
-  if (!data || typeof data.text !== 'string') return false
+  if (!data || typeof data.text !== 'string') return null
   const user = ctx.info ? ctx.info.user : ''
-  return conv.add({ offset: ctx.offset || 0, seq: seq++, user, name: displayName(ctx.info), text: data.text })
+  const name = displayName(ctx.info)
+  if (streamFields(data) !== null) {
+    const change = conv.streams.feed(data)
+    if (change === null) return null // a duplicate, or a chunk whose start this page never saw
+    const offset = change.final ? ctx.offset || 0 : 0
+    const message = { offset, seq: seq++, user, name, text: change.text, stream: change.id, streaming: !change.final }
+    return conv.putStream(change.id, message) ? 'new' : 'grew'
+  }
+  return conv.add({ offset: ctx.offset || 0, seq: seq++, user, name, text: data.text }) ? 'new' : null
 }
 
 function onPublication (conv, ctx) {
@@ -190,7 +227,12 @@ function onPublication (conv, ctx) {
     }
     return
   }
-  if (!addMessage(conv, ctx)) return
+  const change = addMessage(conv, ctx)
+  if (change === null) return
+  if (change === 'grew') {
+    if (conv === view) renderMessages()
+    return
+  }
   if (conv.recovered !== null) conv.recovered += 1
   if (ctx.info) conv.typing.delete(ctx.info.user)
   if (conv !== view && !(ctx.info && ctx.info.user === me.user)) conv.unread += 1
@@ -337,9 +379,11 @@ function renderMessages () {
   list.replaceChildren(...view.sorted().map((m) => {
     const name = el('span', { className: 'name' }, m.name)
     name.style.color = colorOf(m.user).color
+    const dataset = { testid: 'message', user: m.user }
+    if (m.stream) Object.assign(dataset, { stream: m.stream, streaming: String(m.streaming) })
     return el('li', {
-      className: m.user === me.user ? 'mine' : '',
-      dataset: { testid: 'message', user: m.user }
+      className: [m.user === me.user ? 'mine' : '', m.streaming ? 'streaming' : ''].join(' ').trim(),
+      dataset
     }, name, el('span', { className: 'text' }, m.text))
   }))
   if (atBottom) list.scrollTop = list.scrollHeight

@@ -10,6 +10,9 @@ development mode, each person in a browser context of their own:
 - bell: two pages of one user (two devices) show the same badge and list: a notification sent from one
   appears on both, a mark on one moves the other's badge, the backend's notifications arrive live, the
   list pages through its cursor, and a device that was offline reads its counts again at the reconnect;
+- chat: a streamed reply grows in place and is finished once, also on a page opened mid-stream;
+- sensors: a dashboard opened mid-stream shows the latest value of every sensor at once, from the hub's
+  cache alone (the simulator paused), then stays current with fossil deltas;
 - the landing page leads to the demos.
 
 Each page is saved as a screenshot (tests/browser.py prints where). Pages must log no error: a script
@@ -22,10 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from channels.names import parse_channel
+from channels.publication import ClientInfo
 from hub import demos
-from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
+from hub.config import (
+    DEV_PERSONAL_NAMESPACE,
+    DEV_PERSONAL_OPTIONS,
+    DEV_SENSORS_NAMESPACE,
+    DEV_SENSORS_OPTIONS,
+)
+from hub.demo_sensors import SENSORS
 from inbox.model import Mark, MarkAction
 from tests.conftest import TIMEOUT, RunningHub
 
@@ -91,7 +103,7 @@ async def dev_hub(browser_hubs: Any, tmp_path: Path, **overrides: Any) -> Runnin
         data_dir=str(tmp_path),
         user_subscribe_to_personal=True,
         user_personal_channel_namespace=DEV_PERSONAL_NAMESPACE,
-        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS},
+        namespaces={DEV_PERSONAL_NAMESPACE: DEV_PERSONAL_OPTIONS, DEV_SENSORS_NAMESPACE: DEV_SENSORS_OPTIONS},
         **overrides,
     )
     return hub
@@ -261,6 +273,39 @@ async def test_the_landing_page_leads_to_the_demos(
     assert page.url == f"{hub.http}/demo/chat"
 
 
+async def test_the_sensor_dashboard_shows_every_sensors_latest_value_at_once(
+    browser_hubs: Any, context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    hub = await dev_hub(browser_hubs, tmp_path)
+    simulator = hub.sb.demos.simulator
+    async with asyncio.timeout(TIMEOUT):
+        await simulator.until(3 * len(SENSORS))  # the hub's own feed: several readings of every sensor
+    await simulator.pause()  # nothing new from here: what the page shows comes from the hub's cache
+    latest = {key: reading["value"] for key, reading in simulator.latest.items()}
+    viewer = Person(await context.new_page(), "viewer")
+    await viewer.page.goto(f"{hub.http}/demo/sensors")
+    await viewer.state(state="connected").wait_for()
+    await viewer.page.locator('[data-testid="feed"][data-recovered="true"]').wait_for()
+    for key, value in latest.items():  # each the newest reading, once, without a new one published
+        card = f'[data-testid="sensor"][data-sensor="{key}"]'
+        await viewer.page.locator(f'{card}[data-value="{value}"][data-updates="1"]').wait_for()
+    assert await viewer.page.get_by_test_id("sensor").count() == len(SENSORS)
+    await shot(viewer, artifacts, "sensors-open")
+
+    simulator.resume()  # live: every sensor moves on, and the readings after the first come as deltas
+    await viewer.page.wait_for_function(
+        """(n) => [...document.querySelectorAll('[data-testid=sensor]')]
+            .filter((card) => Number(card.dataset.updates) >= 3).length === n""",
+        arg=len(SENSORS),
+    )
+    await viewer.page.wait_for_function("() => Number(document.getElementById('stats').dataset.deltas) > 0")
+    lines = viewer.page.locator("#chart polyline")
+    assert await lines.count() == len(SENSORS)
+    assert len((await lines.first.get_attribute("points") or "").split()) >= 3
+    await shot(viewer, artifacts, "sensors-live")
+    assert viewer.errors == []
+
+
 class Bell:
     """One device's bell page."""
 
@@ -343,3 +388,52 @@ async def test_the_bell_keeps_every_device_of_a_user_exact(
     for device in (phone, laptop):
         errors = [e for e in device.person.errors if "ERR_INTERNET_DISCONNECTED" not in e]
         assert errors == [], errors
+
+
+async def test_chat_shows_a_streamed_reply_growing_and_finished_once(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A server-side agent streams a reply into a room (development mode sets ``streams``): the page shows
+    one message that grows and is finished once; a page opened mid-stream shows the whole text (it is sent
+    the text so far first); a page opened afterwards has it once, from history."""
+    hub = await dev_hub(browser_hubs, tmp_path)
+    node = hub.sb.node
+    channel = parse_channel("chat.general")
+    opts = node.namespaces.options_for(channel)
+    agent = ClientInfo("agent", "agent-1", orjson.dumps({"name": "Agent"}))
+    words = ["Streamed ", "replies ", "grow ", "in ", "place, ", "then ", "finish."]
+
+    async def say(seq: int) -> None:
+        fields: dict[str, Any] = {"id": "reply-1", "seq": seq}
+        if seq == len(words) - 1:
+            fields["final"] = True
+        data = orjson.dumps({"stream": fields, "text": words[seq]})
+        await node.publish_to("", channel, opts, data, info=agent)
+
+    alice = await join(new_context, hub, "/demo/chat", "Alice")
+    await alice.page.locator('[data-testid="person"][data-user="alice"]').wait_for()  # subscribed
+    reply = '[data-testid="message"][data-stream="reply-1"]'
+    for seq in range(3):
+        await say(seq)
+    await (
+        alice.page.locator(f'{reply}[data-streaming="true"]')
+        .filter(has_text="Streamed replies grow")
+        .wait_for()
+    )
+    await shot(alice, artifacts, "chat-stream-growing")
+    bob = await join(new_context, hub, "/demo/chat", "Bob")  # mid-stream
+    await bob.page.locator(reply).filter(has_text="Streamed replies grow").wait_for()
+    for seq in range(3, len(words)):
+        await say(seq)
+    whole = "".join(words)
+    for person in (alice, bob):
+        await person.page.locator(f'{reply}[data-streaming="false"]').filter(has_text=whole).wait_for()
+        assert await person.page.locator(reply).count() == 1
+    await shot(bob, artifacts, "chat-stream-finished")
+    carol = await join(new_context, hub, "/demo/chat", "Carol")  # afterwards: from history
+    await carol.page.locator(f'{reply}[data-streaming="false"]').filter(has_text=whole).wait_for()
+    assert await carol.page.locator(reply).count() == 1
+    history = await node.broker.history(("", "chat.general"))
+    assert [orjson.loads(p.data)["text"] for p in history.publications] == [whole]
+    for person in (alice, bob, carol):
+        assert person.errors == [], (person.name, person.errors)

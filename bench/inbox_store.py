@@ -1,7 +1,7 @@
 """Inbox benchmark: a user with 100,000 items, and a notify to 10,000 recipients, on SQLite and PostgreSQL.
 
-    nice .venv/bin/python bench/inbox.py                 # both stores, about a minute
-    nice .venv/bin/python bench/inbox.py --stores sqlite --items 20000 --calls 300    # a quick look
+    nice .venv/bin/python bench/inbox_store.py                 # both stores, about a minute
+    nice .venv/bin/python bench/inbox_store.py --stores sqlite --items 20000 --calls 300    # a quick look
 
 For each store, in one run:
 
