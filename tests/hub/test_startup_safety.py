@@ -204,9 +204,11 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 def test_exposures_follow_the_configuration() -> None:
     dev = load_config(None, env={}, allow_dev_mode=True)
-    assert len(exposures(dev)) == 7
+    assert len(exposures(dev)) == 8
     assert any("public development bot secret" in line for line in exposures(dev))
-    with_bot_key = load_config(None, env={"SWITCHBOARD_BOT_TOKEN_HMAC_SECRET_KEY": "b" * 32}, allow_dev_mode=True)
+    with_bot_key = load_config(
+        None, env={"SWITCHBOARD_BOT_TOKEN_HMAC_SECRET_KEY": "b" * 32}, allow_dev_mode=True
+    )
     assert not any("bot secret" in line for line in exposures(with_bot_key))
     closed = conftest.test_config(
         allow_anonymous_connect_without_token=False, api_key="k", channel=NamespaceOptions(), namespaces={}
