@@ -221,6 +221,7 @@ async def test_a_js_person_mentions_the_agent_and_calls_it(dev_hub: RunningHub, 
             "text": expected,
             "replyTo": "bea",
             "bot": True,
+            "gaps": 0,
             "chunks": reply["chunks"],
         }
         assert reply["chunks"] >= 2  # chunks, then the finished message

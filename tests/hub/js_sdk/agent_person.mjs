@@ -1,9 +1,10 @@
 // A person on the official centrifuge-js SDK in the room of examples/agent_assistant.py
 // (tests/examples/test_agent_assistant.py): sees the agent in presence as a bot, mentions it, reassembles
-// its streamed reply (the rule of channels/streams.py's StreamView), then calls its RPC method.
+// its streamed reply (static/demo/src/lib/streams.js, as the chat demo does), then calls its RPC method.
 // Prints one JSON object per line. Usage: node agent_person.mjs <ws url> <token> <room>
 import WebSocket from 'ws';
 import { Centrifuge } from 'centrifuge';
+import { StreamView } from '../../../static/demo/src/lib/streams.js';
 
 const [url, token, channel] = process.argv.slice(2);
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
@@ -11,20 +12,17 @@ setTimeout(() => { out({ event: 'timeout' }); process.exit(1); }, 30000).unref()
 
 const client = new Centrifuge(url, { token, websocket: WebSocket });
 const room = client.newSubscription(channel, { joinLeave: true });
-const texts = new Map(); // stream id -> {seq, text}
+const view = new StreamView(); // the chat demo's reassembly (channels/streams.py's rule)
 let chunks = 0;
 let finished = null;
 const done = new Promise((resolve) => { finished = resolve; });
 room.on('publication', (ctx) => {
-  const fields = ctx.data && ctx.data.stream;
-  if (!fields || ctx.info.user !== 'assistant') return;
+  if (!ctx.data || !ctx.data.stream || ctx.info.user !== 'assistant') return;
   chunks += 1;
-  const from = Number.isInteger(fields.from) ? fields.from : fields.seq;
-  const known = texts.get(fields.id);
-  if (from === 0) texts.set(fields.id, { seq: fields.seq, text: ctx.data.text });
-  else if (known && from === known.seq + 1) texts.set(fields.id, { seq: fields.seq, text: known.text + ctx.data.text });
-  else if (!known || fields.seq > known.seq) out({ event: 'gap', fields });
-  if (fields.final) finished({ text: texts.get(fields.id).text, replyTo: ctx.data.reply_to, bot: ctx.info.connInfo.bot });
+  const change = view.feed(ctx.data);
+  if (change && change.final) {
+    finished({ text: change.text, replyTo: ctx.data.reply_to, bot: ctx.info.connInfo.bot, gaps: view.gaps });
+  }
 });
 const subscribed = new Promise((resolve) => room.on('subscribed', resolve));
 room.subscribe();
