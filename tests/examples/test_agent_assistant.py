@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from centrifuge import Client, JoinContext, PublicationContext, SubscriptionEventHandler
@@ -236,3 +237,33 @@ def test_a_reply_is_cut_into_tokens_that_join_into_it() -> None:
     for text in ["", "one", "  two  words ", "Ann, you said: “é 🙂”.\nnext line"]:
         parts = tokens(text)
         assert "".join(parts) == text and all(len(p.split()) <= 1 for p in parts)
+
+
+async def test_when_someone_types_meanwhile_the_agent_appends_at_the_new_end(
+    dev_hub: RunningHub, agent: Assistant
+) -> None:
+    """The agent's edit carries the version it read; a person's edit between its read and its write makes
+    it stale (409), and the agent appends after what the person wrote instead of inside it."""
+    person = httpx.AsyncClient(base_url=dev_hub.http, timeout=TIMEOUT)
+    typed = []
+
+    async def someone_types_first(request: httpx.Request) -> None:
+        if request.url.path.endswith("/edit") and not typed:
+            typed.append(request)
+            op = {"op": "text.insert", "path": ["text"], "index": 0, "text": "Agenda\n"}
+            assert (await person.post("/doc/race/edit", json={"ops": [op]})).status_code == 200
+
+    agent.http.event_hooks["request"].append(someone_types_first)
+    answers: list[int] = []
+    agent.http.event_hooks["response"].append(lambda r: _record(answers, r))
+    try:
+        await agent.write_lines("race", ["one", "two"])
+        content = (await person.get("/doc/race/content")).json()
+        assert content == {"text": "Agenda\none\ntwo\n"}
+        assert answers == [200, 409, 200, 200]  # content, the stale edit, the rebased one, the next line
+    finally:
+        await person.aclose()
+
+
+async def _record(answers: list[int], response: httpx.Response) -> None:
+    answers.append(response.status_code)
