@@ -44,6 +44,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEV_ENV = ENV_PREFIX + "DEV"
 """``SWITCHBOARD_DEV=1``, as ``--dev``: development mode is allowed on a non-loopback address."""
 DEV_SECRET = "switchboard-development-secret-do-not-use-in-production"
+DEV_BOT_SECRET = "switchboard-development-bot-secret-do-not-use-in-production"
+"""Development mode's ``bot_token_hmac_secret_key``, public like ``DEV_SECRET``: anyone may sign a bot token
+with it, so ``python -m examples.agent_assistant`` joins the demos as a bot with no configuration."""
 
 DEV_CHANNEL_OPTIONS = NamespaceOptions(
     presence=True,
@@ -632,6 +635,8 @@ def load_config(
     if allow_dev_mode and path is None and not has_key:
         cfg.dev_mode = True
         cfg.token_hmac_secret_key = DEV_SECRET
+        if not cfg.bot_token_hmac_secret_key:
+            cfg.bot_token_hmac_secret_key = DEV_BOT_SECRET
         cfg.allow_anonymous_connect_without_token = True
         cfg.doc_anonymous_access = cfg.doc_token_access = "write"
         if not channel_env:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 
 from channels.options import NamespaceOptions
-from hub.config import DEV_ENV, DEV_SECRET, Config
+from hub.config import DEV_BOT_SECRET, DEV_ENV, DEV_SECRET, Config
 
 _OPERATIONS = ("subscribe", "publish", "history", "presence")
 
@@ -71,6 +71,11 @@ def exposures(cfg: Config) -> list[str]:
         lines.append(
             "tokens are signed with the public development secret: anyone can sign a token for any user "
             "in any tenant (and make `switchboard token` print one)"
+        )
+    if cfg.bot_token_hmac_secret_key == DEV_BOT_SECRET:
+        lines.append(
+            "bot tokens are signed with the public development bot secret: anyone can connect as a bot "
+            "(conn_info bot: true) and serve RPC methods under bot_rpc_prefix"
         )
     if not cfg.server_api_keys():
         lines.append(

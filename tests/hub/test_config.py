@@ -14,6 +14,7 @@ import pytest
 from channels.options import NamespaceOptions
 from hub.codes import ConfigError, HubError
 from hub.config import (
+    DEV_BOT_SECRET,
     DEV_CHANNEL_OPTIONS,
     DEV_PERSONAL_NAMESPACE,
     DEV_PERSONAL_OPTIONS,
@@ -112,6 +113,7 @@ def test_dev_mode_when_nothing_is_given() -> None:
     cfg = load_config(None, env={}, allow_dev_mode=True)
     assert cfg.dev_mode
     assert cfg.token_hmac_secret_key == DEV_SECRET
+    assert cfg.bot_token_hmac_secret_key == DEV_BOT_SECRET  # examples/agent_assistant.py joins as a bot
     assert cfg.allow_anonymous_connect_without_token
     assert cfg.channel == DEV_CHANNEL_OPTIONS
     assert cfg.channel.history_enabled and cfg.channel.allow_publish_for_anonymous

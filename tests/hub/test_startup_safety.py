@@ -210,8 +210,14 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 def test_exposures_follow_the_configuration() -> None:
     dev = load_config(None, env={}, allow_dev_mode=True)
     lines = exposures(dev)
-    assert len(lines) == 7, lines  # six kinds of opening, and the demo namespace sensors
+    # six kinds of opening, the development bot key, and the demo namespace sensors
+    assert len(lines) == 8, lines
+    assert any("public development bot secret" in line for line in lines)
     assert lines[-1].startswith("namespace sensors: subscribe allowed to every client"), lines
+    with_bot_key = load_config(
+        None, env={"SWITCHBOARD_BOT_TOKEN_HMAC_SECRET_KEY": "b" * 32}, allow_dev_mode=True
+    )
+    assert not any("bot secret" in line for line in exposures(with_bot_key))
     closed = conftest.test_config(
         allow_anonymous_connect_without_token=False, api_key="k", channel=NamespaceOptions(), namespaces={}
     )

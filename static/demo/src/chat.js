@@ -362,8 +362,9 @@ function renderPeople () {
     const dot = el('span', { className: 'dot' })
     dot.style.background = colorOf(p.user).color
     const label = [dot, p.name, p.user === me.user ? ' (you)' : '']
+    if (p.bot) label.push(el('span', { className: 'badge bot', title: 'a bot', dataset: { testid: 'bot-badge' } }, 'bot'))
     if (p.connections > 1) label.push(el('span', { className: 'muted' }, ` ×${p.connections}`))
-    const attrs = { dataset: { testid: 'person', user: p.user } }
+    const attrs = { dataset: { testid: 'person', user: p.user, bot: String(p.bot) } }
     if (p.user === me.user || !p.user) return el('li', attrs, ...label)
     return el('li', attrs, el('button', {
       type: 'button',

@@ -30,8 +30,10 @@ import pytest
 
 from channels.names import parse_channel
 from channels.publication import ClientInfo
+from examples.agent_assistant import Assistant, Model
 from hub import demos
 from hub.config import (
+    DEV_BOT_SECRET,
     DEV_PERSONAL_NAMESPACE,
     DEV_PERSONAL_OPTIONS,
     DEV_SENSORS_NAMESPACE,
@@ -437,3 +439,44 @@ async def test_chat_shows_a_streamed_reply_growing_and_finished_once(
     assert [orjson.loads(p.data)["text"] for p in history.publications] == [whole]
     for person in (alice, bob, carol):
         assert person.errors == [], (person.name, person.errors)
+
+
+async def test_a_person_in_the_chat_demo_mentions_the_agent_then_watches_it_write_in_the_editor(
+    browser_hubs: Any, new_context: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """Issue 14's "done means", with examples/agent_assistant.py as ``python -m`` runs it beside ``make
+    run`` (development mode's bot key, no token, no API key): the chat shows the agent as a bot, its
+    reply to a mention grows and is finished once; asked to write into a document, it does so line by
+    line while the editor page shows its cursor with its name; the cursor goes after it is done."""
+    hub = await dev_hub(
+        browser_hubs, tmp_path, bot_token_hmac_secret_key=DEV_BOT_SECRET, doc_edit_presence_linger=0.5
+    )
+    agent = Assistant(hub.url, pace=0.02, line_pace=0.3, timeout=TIMEOUT)
+    await agent.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await agent.ready()
+        alice = await join(new_context, hub, "/demo/chat", "Alice")
+        await alice.person("assistant").get_by_test_id("bot-badge").wait_for()
+        await alice.send("@assistant hello there")
+        answer = Model().answer("Alice", "@assistant hello there")
+        reply = alice.page.locator('[data-testid="message"][data-user="assistant"][data-streaming="false"]')
+        await reply.filter(has_text=answer).wait_for()
+        await shot(alice, artifacts, "agent-chat-reply")
+
+        editor = await join(new_context, hub, "/demo/editor?doc=notes", "Alice")  # her other window
+        await alice.send("@assistant write this into notes")
+        caret = editor.page.locator(".cm-ySelectionInfo").filter(has_text="Assistant")
+        await caret.wait_for()
+        await shot(editor, artifacts, "agent-editor-cursor")
+        await (
+            editor.page.locator(".cm-content")
+            .filter(has_text="- Alice: @assistant write this into notes")
+            .wait_for()
+        )
+        await reply.filter(has_text="Done: 4 lines written into “notes”.").wait_for()
+        await caret.wait_for(state="detached")
+        for person in (alice, editor):
+            assert person.errors == [], (person.name, person.errors)
+    finally:
+        await agent.close()

@@ -33,12 +33,13 @@ export class Presence {
     this._apply('leave', info)
   }
 
-  /** Everyone here, one entry per user: {user, name, connections}, by name. */
+  /** Everyone here, one entry per user: {user, name, connections, bot}, by name. */
   people () {
     const byUser = new Map()
-    for (const { user, name } of this.clients.values()) {
-      const entry = byUser.get(user) || { user, name, connections: 0 }
+    for (const { user, name, bot } of this.clients.values()) {
+      const entry = byUser.get(user) || { user, name, connections: 0, bot: false }
       entry.connections += 1
+      entry.bot = entry.bot || bot
       byUser.set(user, entry)
     }
     return [...byUser.values()].sort((a, b) => a.name.localeCompare(b.name))
@@ -51,8 +52,13 @@ export class Presence {
   }
 
   _join (info) {
-    this.clients.set(info.client, { user: info.user, name: displayName(info) })
+    this.clients.set(info.client, { user: info.user, name: displayName(info), bot: isBot(info) })
   }
+}
+
+/** Whether a client info is a bot's: the hub sets connInfo.bot (README "Agents: bots"), never a person's token. */
+export function isBot (info) {
+  return Boolean(info && info.connInfo && info.connInfo.bot === true)
 }
 
 /** The name to show for a client info (publications, presence): its token's name, else its user id. */
