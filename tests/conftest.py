@@ -359,6 +359,23 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
+# --- Browser screenshots (tests/browser.py): where they are, said at the end of the run ---------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A pytest-xdist worker ended: keep where its browser tests saved their screenshots."""
+    from tests.browser import collect_worker_artifacts
+
+    collect_worker_artifacts(node)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from tests.browser import report_artifacts
+
+    report_artifacts(config, terminalreporter)
+
+
 # --- Many nodes (tests/nodes.py): a failed test's report carries the logs of the hub processes it used -----
 
 

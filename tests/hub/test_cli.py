@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,9 @@ import pytest
 import websockets
 
 from tests.conftest import TIMEOUT, RawClient
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -49,7 +43,7 @@ async def server_process():
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str, **env: str) -> tuple[asyncio.subprocess.Process, int]:
-        port = _free_port()
+        port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hub", "serve", "--port", str(port), *args,
             cwd=ROOT, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

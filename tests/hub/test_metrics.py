@@ -4,7 +4,6 @@ prometheus_client's own parser; the fixed-bucket histogram and the bounded names
 from __future__ import annotations
 
 import asyncio
-import socket
 from bisect import bisect_left
 
 import httpx
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.metrics import LABEL_CACHE_SIZE, LATENCY_BUCKETS, OTHER_NAMESPACE, Histogram, Metrics
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.ports import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -98,14 +98,8 @@ async def test_slow_consumer_and_unnamed_namespace(make_hub: HubFactory, raw_cli
     assert value(after, "switchboard_connections", transport="websocket") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_on_a_port_of_its_own(make_hub: HubFactory, raw_client) -> None:
-    port = _free_port()
+    port = free_port()
     hub = await make_hub(metrics_port=port)
     await raw_client(hub, connect={})
     samples = await scrape(f"http://127.0.0.1:{port}/metrics")

@@ -24,7 +24,8 @@ from hub.config import DEV_SECRET, load_config
 from hub.devmode import exposures, is_loopback
 from tests import conftest
 from tests.conftest import TIMEOUT, RawClient
-from tests.hub.test_cli import ROOT, _env, _free_port, server_process  # noqa: F401 - the fixture
+from tests.hub.test_cli import ROOT, _env, server_process  # noqa: F401 - the fixture
+from tests.ports import free_port
 
 FILE_SECRET = "file-secret-file-secret-file-secret-file!"
 ENV_SECRET = "env-secret-env-secret-env-secret-env-secret!"
@@ -34,7 +35,7 @@ def start_refused(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``switchboard serve`` that must refuse to start: it exits by itself (a start that goes on
     serving times out here, and fails the test)."""
     return subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--port", str(_free_port()), *args],
+        [sys.executable, "-m", "hub", "serve", "--port", str(free_port()), *args],
         cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
 
