@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -48,6 +50,18 @@ settings.register_profile(
 )
 settings.register_profile("soak", settings.get_profile("ci"), max_examples=5_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+LOOPBACK_TLS = ssl.create_default_context()
+"""The one TLS context of the suite's httpx clients (``http_client``): httpx builds a context for every
+client it creates, about 70 ms of CPU loading the CA bundle, and the tests' clients speak plain HTTP to
+loopback; helpers that open a client per request (and poll with it) spent most of their time there."""
+
+
+def http_client(**kw: Any) -> httpx.AsyncClient:
+    """``httpx.AsyncClient(**kw)`` sharing ``LOOPBACK_TLS``: what every test uses."""
+    kw.setdefault("verify", LOOPBACK_TLS)
+    return httpx.AsyncClient(**kw)
 
 
 def test_config(**overrides: Any) -> Config:

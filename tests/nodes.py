@@ -35,7 +35,7 @@ from typing import Any, overload
 import httpx
 import pytest
 
-from tests.conftest import SECRET, TIMEOUT, token
+from tests.conftest import SECRET, TIMEOUT, http_client, token
 from tests.ports import free_port
 from tests.redis_servers import RedisCluster, RedisServer
 
@@ -337,7 +337,7 @@ class HubNode:
     # the server API of this node
     async def api(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /api/<method>``; returns the decoded body (``{"result": ...}`` or ``{"error": ...}``)."""
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             response = await http.post(
                 f"{self.http}/api/{method}", json=params or {}, headers={"X-API-Key": API_KEY}
             )

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from channels.alerts import parse_rules
@@ -17,7 +16,7 @@ from channels.options import NamespaceOptions
 from hub.codes import ConfigError
 from hub.config import Config, load_config
 from tests import nodes as harness
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.conftest import test_config as base_config
 from tests.hub.test_sdk_channels import connected, subscribed
 from tests.nodes import API_KEY as NODES_KEY
@@ -52,7 +51,7 @@ def alert_config(**overrides: Any) -> Any:
 
 
 async def publish(http: str, channel: str, data: Any, key: str = KEY) -> None:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         response = await client.post(
             f"{http}/api/publish", json={"channel": channel, "data": data}, headers={"X-API-Key": key}
         )
@@ -60,7 +59,7 @@ async def publish(http: str, channel: str, data: Any, key: str = KEY) -> None:
 
 
 async def history(http: str, channel: str, key: str = KEY) -> list[Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         response = await client.post(
             f"{http}/api/history", json={"channel": channel, "limit": -1}, headers={"X-API-Key": key}
         )
@@ -161,7 +160,7 @@ publish_to = "alerts:plant"
 
 
 async def metric(node: HubNode, name: str) -> str:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         text = (await client.get(f"{node.http}/metrics")).text
     return "\n".join(line for line in text.splitlines() if line.startswith(name))
 

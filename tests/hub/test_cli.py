@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 async def _wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
-    async with httpx.AsyncClient(timeout=2.0) as http, asyncio.timeout(TIMEOUT * 2):
+    async with http_client(timeout=2.0) as http, asyncio.timeout(TIMEOUT * 2):
         while True:
             assert proc.returncode is None, "server exited early"
             try:
@@ -61,7 +61,7 @@ async def server_process():
 
 async def test_dev_mode_serves_and_sigterm_disconnects_with_3001(server_process):
     proc, port = await server_process()
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(f"http://127.0.0.1:{port}/health")).json() == {"status": "ok"}
     clients = []
     for _ in range(3):

@@ -6,20 +6,19 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 
-import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.metrics import LABEL_CACHE_SIZE, LATENCY_BUCKETS, OTHER_NAMESPACE, Histogram, Metrics
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.ports import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 async def scrape(url: str) -> Samples:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         resp = await http.get(url)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
@@ -105,7 +104,7 @@ async def test_metrics_on_a_port_of_its_own(make_hub: HubFactory, raw_client) ->
     samples = await scrape(f"http://127.0.0.1:{port}/metrics")
     assert value(samples, "switchboard_connections", transport="websocket") == 1
     assert any(name.startswith("process_") for name, _ in samples)
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(f"http://127.0.0.1:{port}/other")).status_code == 404
     # A request that is not HTTP gets 400, and the server goes on serving.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -21,13 +21,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from hub import demos
 from hub.config import DEV_PERSONAL_NAMESPACE, DEV_PERSONAL_OPTIONS
 from inbox.model import Mark, MarkAction
-from tests.conftest import TIMEOUT, RunningHub
+from tests.conftest import TIMEOUT, RunningHub, http_client
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("demo_bundles")]
 
@@ -152,7 +151,7 @@ async def test_chat_recovers_what_it_missed_or_asks_for_a_reload(
     dora = await join(new_context, hub, "/demo/chat#recovery", "Dora")
     await dora.person("dora").wait_for()
     channel = "chat.recovery"
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as api:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as api:
 
         async def publish(text: str) -> None:
             r = await api.post("/api/publish", json={"channel": channel, "data": {"text": text}})
