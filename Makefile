@@ -32,8 +32,11 @@ demos:
 $(DEMO)/dist/.built: $(DEMO_SOURCES)
 	cd $(DEMO) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
+# The suite on WORKERS pytest-xdist processes (CI's machine has 2 cores; WORKERS=0 runs it in this one), a
+# test file per worker at a time (--dist loadfile: module-scoped fixtures start once).
+WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -r bench/requirements.txt

@@ -60,7 +60,7 @@ from websockets.frames import Frame, Opcode
 from hub.auth import mint_token
 from sync import protocol
 from sync.protocol import AwarenessEntry
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
 from tests.fuzz.strategies import BAD_UTF8, nested_text
 from tests.hub.test_bad_input import CLOSE_CASES, ERROR_CASES
 from tests.hub.test_token_safety import BAD_TIMES
@@ -308,7 +308,7 @@ async def slow_readers(t: Target, out: Outcomes) -> None:
             )
         streams = unread_sse_streams(t.port, 4, t.token("mallory-slow", channels=[FEED]))
         pad = "x" * 60_000
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             for _ in range(6):
                 body = {"commands": [{"publish": {"channel": FEED, "data": {"pad": pad}}}] * 16}
                 response = await t.api(http, "batch", body)
@@ -399,7 +399,7 @@ async def parallel_batches(t: Target, out: Outcomes) -> None:
     commands = [
         {"publish": {"channel": f"attack-spam-{t.rng.randrange(8)}", "data": {"n": n}}} for n in range(4000)
     ]
-    async with httpx.AsyncClient(timeout=ROUND_TIMEOUT) as http:
+    async with http_client(timeout=ROUND_TIMEOUT) as http:
         response = await t.api(http, "batch", {"commands": commands, "parallel": True})
     out[f"http {response.status_code}"] += 1
     if response.status_code == 200:
@@ -411,7 +411,7 @@ async def parallel_batches(t: Target, out: Outcomes) -> None:
 async def fresh_history(t: Target, out: Outcomes) -> None:
     prefix = f"fresh-{os.getpid()}-{t.rng.randrange(2**40)}"
     commands = [{"history": {"channel": f"{prefix}-{i}", "limit": 1}} for i in range(4000)]
-    async with httpx.AsyncClient(timeout=ROUND_TIMEOUT) as http:
+    async with http_client(timeout=ROUND_TIMEOUT) as http:
         response = await t.api(http, "batch", {"commands": commands})
     out[f"http {response.status_code}"] += 1
     if response.status_code == 200:
@@ -440,7 +440,7 @@ async def api_garbage(t: Target, out: Outcomes) -> None:
         ("batch", b'{"commands": [{"nope": {}}, 5, {"publish": []}]}', {"X-API-Key": t.api_key}),
         ("history", b'{"channel": "x", "limit": 18446744073709551616}', {"X-API-Key": t.api_key}),
     ]
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         for method, body, headers in bodies:
             response = await http.post(f"{t.http}/api/{method}", content=body, headers=headers)
             out[f"http {response.status_code}"] += 1

@@ -30,12 +30,13 @@ import pytest_asyncio
 from hub.app import Switchboard
 from hub.config import Config
 from tests.conftest import RunningHub, asgi_servers, test_config
+from tests.installs import installing
 
 CHROMIUM = "/usr/bin/chromium"
 INSTALL_TIMEOUT = 900
 PAGE_TIMEOUT_MS = 10_000
 """How long a page waits for an element or a text (generous: a busy 2-core machine)."""
-_ARTIFACTS_KEY = pytest.StashKey[Path]()
+_ARTIFACTS_KEY = pytest.StashKey[set[Path]]()
 
 
 def _install_chromium() -> None:
@@ -44,10 +45,12 @@ def _install_chromium() -> None:
             f"{CHROMIUM} is missing and cannot be installed here: run `apt-get install -y chromium` as root"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    wait = ["-o", f"DPkg::Lock::Timeout={INSTALL_TIMEOUT}"]  # another apt-get on the machine: wait for it
+    install = ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", "chromium"]
     try:
         if subprocess.run(install, env=env, capture_output=True, timeout=INSTALL_TIMEOUT).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=INSTALL_TIMEOUT)
+            update = ["apt-get", *wait, "update", "-q"]
+            subprocess.run(update, env=env, capture_output=True, timeout=INSTALL_TIMEOUT)
             done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
             if done.returncode != 0:
                 pytest.fail(f"apt-get install chromium failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -60,7 +63,9 @@ def _install_chromium() -> None:
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     if not os.path.exists(CHROMIUM):
-        _install_chromium()
+        with installing("apt"):  # the other xdist worker may install it at the same time
+            if not os.path.exists(CHROMIUM):
+                _install_chromium()
     return CHROMIUM
 
 
@@ -99,18 +104,29 @@ def artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     base = Path(configured) if configured else tmp_path_factory.getbasetemp()
     folder = base / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
-    request.config.stash[_ARTIFACTS_KEY] = folder
+    request.config.stash.setdefault(_ARTIFACTS_KEY, set()).add(folder)
+    workeroutput = getattr(request.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller prints the summary
+        workeroutput["screenshots"] = str(folder)
     return folder
 
 
+def collect_worker_artifacts(node: Any) -> None:
+    """For the pytest-xdist controller's ``pytest_testnodedown``: where that worker saved screenshots."""
+    folder = node.workeroutput.get("screenshots")
+    if folder:
+        node.config.stash.setdefault(_ARTIFACTS_KEY, set()).add(Path(folder))
+
+
 def report_artifacts(config: pytest.Config, terminalreporter: Any) -> None:
-    """For a conftest's ``pytest_terminal_summary``: say where the screenshots are (once, however many
-    conftests ask)."""
-    folder = config.stash.get(_ARTIFACTS_KEY, None)
-    if folder is not None:
+    """For ``pytest_terminal_summary`` (tests/conftest.py): say where the screenshots are (once; a folder
+    per pytest-xdist worker, or one with ``$SWITCHBOARD_ARTIFACTS``)."""
+    folders = config.stash.get(_ARTIFACTS_KEY, None)
+    if folders:
         del config.stash[_ARTIFACTS_KEY]
-        shots = sorted(p.name for p in folder.glob("*.png"))
-        terminalreporter.write_line(f"browser screenshots ({len(shots)}): {folder}")
+        for folder in sorted(folders):
+            shots = sorted(p.name for p in folder.glob("*.png"))
+            terminalreporter.write_line(f"browser screenshots ({len(shots)}): {folder}")
 
 
 BrowserHubs = Callable[..., Awaitable[RunningHub]]

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -48,6 +50,18 @@ settings.register_profile(
 )
 settings.register_profile("soak", settings.get_profile("ci"), max_examples=5_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+LOOPBACK_TLS = ssl.create_default_context()
+"""The one TLS context of the suite's httpx clients (``http_client``): httpx builds a context for every
+client it creates, about 70 ms of CPU loading the CA bundle, and the tests' clients speak plain HTTP to
+loopback; helpers that open a client per request (and poll with it) spent most of their time there."""
+
+
+def http_client(**kw: Any) -> httpx.AsyncClient:
+    """``httpx.AsyncClient(**kw)`` sharing ``LOOPBACK_TLS``: what every test uses."""
+    kw.setdefault("verify", LOOPBACK_TLS)
+    return httpx.AsyncClient(**kw)
 
 
 def test_config(**overrides: Any) -> Config:
@@ -365,6 +379,23 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- Browser screenshots (tests/browser.py): where they are, said at the end of the run ---------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A pytest-xdist worker ended: keep where its browser tests saved their screenshots."""
+    from tests.browser import collect_worker_artifacts
+
+    collect_worker_artifacts(node)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from tests.browser import report_artifacts
+
+    report_artifacts(config, terminalreporter)
 
 
 # --- Many nodes (tests/nodes.py): a failed test's report carries the logs of the hub processes it used -----

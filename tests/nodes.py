@@ -24,7 +24,6 @@ import contextlib
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,8 @@ from typing import Any, overload
 import httpx
 import pytest
 
-from tests.conftest import SECRET, TIMEOUT, token
+from tests.conftest import SECRET, TIMEOUT, http_client, token
+from tests.ports import free_port
 from tests.redis_servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,13 +113,6 @@ allow_subscribe_for_anonymous = true
 allow_publish_for_client = true
 allow_publish_for_anonymous = true
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _toml_value(value: Any) -> str:
@@ -220,7 +213,7 @@ class HubNode:
         self, name: str, workdir: Path, config: Path, args: Sequence[str] = (), data_dir: Path | None = None
     ) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.config = config
         self.args = list(args)
         self.data_dir = data_dir if data_dir is not None else workdir / f"{name}-data"
@@ -344,7 +337,7 @@ class HubNode:
     # the server API of this node
     async def api(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /api/<method>``; returns the decoded body (``{"result": ...}`` or ``{"error": ...}``)."""
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             response = await http.post(
                 f"{self.http}/api/{method}", json=params or {}, headers={"X-API-Key": API_KEY}
             )

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.redis_servers import free_port
+from tests.ports import free_port
 
 STARTUP_TIMEOUT = 60.0
 """Generous: initdb on a busy 2-core machine takes seconds."""

@@ -20,34 +20,12 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tests.ports import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
 STARTUP_TIMEOUT = 20.0
 """Generous: a busy 2-core machine may take a while to exec a server."""
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(*, cluster_bus: bool = False) -> int:
-    """A loopback port nobody listens on; with ``cluster_bus`` also port + 10000 (Redis Cluster's bus)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port == 6379:
-            continue
-        if not cluster_bus:
-            return port
-        if port + 10000 <= 65535 and _port_free(port + 10000):
-            return port
-    raise RuntimeError("no free port found")
 
 
 def _command(port: int, *args: str, timeout: float = 2.0) -> bytes:

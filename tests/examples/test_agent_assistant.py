@@ -31,7 +31,7 @@ from channels.streams import StreamView
 from examples.agent_assistant import Assistant, Model, tokens
 from hub.auth import mint_token
 from hub.config import DEV_SECRET, Config, load_config
-from tests.conftest import TIMEOUT, HubFactory, RunningHub
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client
 from tests.hub.test_docs_js import NodeFactory, node, node_clients  # noqa: F401  (fixtures)
 from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 (the fixture that installs the SDK)
 
@@ -244,7 +244,7 @@ async def test_when_someone_types_meanwhile_the_agent_appends_at_the_new_end(
 ) -> None:
     """The agent's edit carries the version it read; a person's edit between its read and its write makes
     it stale (409), and the agent appends after what the person wrote instead of inside it."""
-    person = httpx.AsyncClient(base_url=dev_hub.http, timeout=TIMEOUT)
+    person = http_client(base_url=dev_hub.http, timeout=TIMEOUT)
     typed = []
 
     async def someone_types_first(request: httpx.Request) -> None:

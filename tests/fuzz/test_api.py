@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from hub.api import METHODS, ServerAPI
+from tests.conftest import http_client
 from tests.fuzz.strategies import (
     error_log,
     examples,
@@ -123,7 +124,7 @@ class Api:
                 Route("/api/{method}", api.method_endpoint, methods=["POST"]),
             ]
         )
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub")
+        self.http = http_client(transport=httpx.ASGITransport(app=app), base_url="http://hub")
 
     def post(self, path: str, body: bytes) -> httpx.Response:
         async def send() -> httpx.Response:

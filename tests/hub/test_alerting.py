@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from channels.alerts import parse_rules
@@ -18,7 +17,7 @@ from channels.options import NamespaceOptions
 from hub.codes import ConfigError
 from hub.config import Config, load_config
 from tests import nodes as harness
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.conftest import test_config as base_config
 from tests.hub.test_sdk_channels import connected, subscribed
 from tests.nodes import API_KEY as NODES_KEY
@@ -54,7 +53,7 @@ def alert_config(**overrides: Any) -> Any:
 
 
 async def publish(http: str, channel: str, data: Any, key: str = KEY) -> None:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         response = await client.post(
             f"{http}/api/publish", json={"channel": channel, "data": data}, headers={"X-API-Key": key}
         )
@@ -62,7 +61,7 @@ async def publish(http: str, channel: str, data: Any, key: str = KEY) -> None:
 
 
 async def history(http: str, channel: str, key: str = KEY) -> list[Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         response = await client.post(
             f"{http}/api/history", json={"channel": channel, "limit": -1}, headers={"X-API-Key": key}
         )
@@ -180,7 +179,7 @@ async def test_a_node_that_starts_watching_mid_episode_decides_the_same_event(
 
 
 async def api(http: str, method: str, params: Any) -> Any:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         response = await client.post(f"{http}/api/{method}", json=params, headers={"X-API-Key": KEY})
     assert "result" in response.json(), response.text
     return response.json()["result"]
@@ -251,7 +250,7 @@ publish_to = "alerts:plant"
 
 
 async def metric(node: HubNode, name: str) -> str:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         text = (await client.get(f"{node.http}/metrics")).text
     return "\n".join(line for line in text.splitlines() if line.startswith(name))
 

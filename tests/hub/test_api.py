@@ -26,7 +26,7 @@ from hub.config import ApiKey, Config, load_config
 from hub.hooks import Hooks
 from hub.node import Node
 from presence.presence_memory import MemoryPresence
-from tests.conftest import TIMEOUT, RawClient, RunningHub, token
+from tests.conftest import TIMEOUT, RawClient, RunningHub, http_client, token
 from tests.conftest import test_config as hub_config
 from tests.hub.test_transport_http import open_stream
 
@@ -47,7 +47,7 @@ async def hub(make_hub: Any) -> RunningHub:
 
 @pytest.fixture
 async def http(hub: RunningHub) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as client:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as client:
         yield client
 
 
@@ -153,7 +153,7 @@ async def test_subscribe_holds_to_the_client_channel_limit(make_hub, raw_client)
     """A backend cannot subscribe a connection past the limit the client itself is held to (Centrifuge's
     server-side Subscribe refuses it too): that connection is left as it is, the others are subscribed."""
     hub = await make_hub(api_config(client_channel_limit=2))
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         await _subscribe_at_the_limit(hub, http, raw_client)
 
 
@@ -210,7 +210,7 @@ async def test_refresh_sets_expiry_and_expired_disconnects(hub, http, raw_client
 
 
 async def test_refresh_tells_a_unidirectional_client(hub, http) -> None:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as streams:
+    async with http_client(timeout=TIMEOUT) as streams:
         url = hub.http + "/connection/uni_http_stream"
         async with open_stream(streams, "POST", url, json={"token": token("uni")}) as stream:
             assert "connect" in await stream.message()
@@ -223,7 +223,7 @@ async def test_refresh_tells_a_unidirectional_client(hub, http) -> None:
 
 async def test_session_targets_one_stream_of_the_user(hub, http, raw_client) -> None:
     socket: RawClient = await raw_client(hub, connect={"token": token("uni")})
-    async with httpx.AsyncClient(timeout=TIMEOUT) as streams:
+    async with http_client(timeout=TIMEOUT) as streams:
         url = hub.http + "/connection/uni_http_stream"
         async with open_stream(streams, "POST", url, json={"token": token("uni")}) as stream:
             session = (await stream.message())["connect"]["session"]
@@ -420,7 +420,7 @@ async def test_authorization_apikey_header_is_accepted(hub, http) -> None:
 async def test_no_key_configured_means_no_api_unless_development_mode(make_hub) -> None:
     closed = await make_hub(hub_config())
     dev = await make_hub(hub_config(dev_mode=True))
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         resp = await http.post(closed.http + "/api/publish", json={"channel": "news", "data": 1})
         assert resp.status_code == 404
         assert await top_offset(closed, "news") == 0
@@ -460,7 +460,7 @@ async def test_unknown_method_and_get_are_refused(hub, http) -> None:
 
 async def test_body_over_the_limit_is_413_and_nothing_happens(make_hub) -> None:
     hub = await make_hub(api_config(api_max_body_size=1024))
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         big = {"channel": "news", "data": "x" * 2000}
         resp = await http.post("/api/publish", json=big, headers={"X-API-Key": KEY})
         assert resp.status_code == 413

@@ -19,11 +19,9 @@ import json
 import sys
 from typing import Any
 
-import httpx
-
 import tests.nodes as harness
 from tests.attacker import STARTED
-from tests.conftest import SECRET, TIMEOUT
+from tests.conftest import SECRET, TIMEOUT, http_client
 from tests.nodes import API_KEY, ROOT, NodesFactory
 from tests.soak import MB, SOAK_SETTINGS, NormalTraffic
 
@@ -100,7 +98,7 @@ async def test_normal_traffic_notices_nothing_of_every_attack_at_once(make_nodes
         assert outcomes["parallel_batches"]["published"] >= 4000
         assert outcomes["fresh_history"]["empty"] >= 4000
 
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             assert (await http.get(f"{node.http}/ready")).status_code == 200
         assert (await node.api("publish", {"channel": "after", "data": {}}))["result"] is not None
         lines = node.log().splitlines()

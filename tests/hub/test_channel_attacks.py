@@ -15,7 +15,6 @@ import time
 import urllib.parse
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import websockets
@@ -25,7 +24,7 @@ from channels.redis_shards import route_of
 from hub.logs import LIMITED_BURST, LIMITED_RATE
 from tests import nodes as harness
 from tests.attacker import unread_sse_streams
-from tests.conftest import TIMEOUT, RawClient, token
+from tests.conftest import TIMEOUT, RawClient, http_client, token
 from tests.hub.test_session import Conn, GatedBroker, make_node
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
 from tests.redis_proxy import Proxy
@@ -37,7 +36,7 @@ MB = 1024 * 1024
 
 
 async def api_batch(node: HubNode, commands: list[dict[str, Any]], *, parallel: bool = False) -> list[Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT * 3) as http:
+    async with http_client(timeout=TIMEOUT * 3) as http:
         response = await http.post(
             f"{node.http}/api/batch",
             content=orjson.dumps({"commands": commands, "parallel": parallel}),
@@ -171,7 +170,7 @@ async def test_logs_never_carry_control_characters_from_input(
     the node's log is printable, in both formats, and the forged line is an escaped part of a real one."""
     [node] = await make_nodes(1, log_format=log_format)
     hostile = "x\x1b[2J\r\nFAKE 2025-01-01 ERROR forged\x9b\u2028"
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         url = node.http + "/api/" + urllib.parse.quote(hostile)
         response = await http.post(url, json={}, headers={"X-API-Key": API_KEY})
         assert response.json()["error"]["code"] == 104

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,10 @@ import jwt
 import pytest
 import websockets
 
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -33,7 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 async def _wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
-    async with httpx.AsyncClient(timeout=2.0) as http, asyncio.timeout(TIMEOUT * 2):
+    async with http_client(timeout=2.0) as http, asyncio.timeout(TIMEOUT * 2):
         while True:
             assert proc.returncode is None, "server exited early"
             try:
@@ -49,7 +43,7 @@ async def server_process():
     procs: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str, **env: str) -> tuple[asyncio.subprocess.Process, int]:
-        port = _free_port()
+        port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -76,7 +70,7 @@ async def server_process():
 
 async def test_dev_mode_serves_and_sigterm_disconnects_with_3001(server_process):
     proc, port = await server_process()
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(f"http://127.0.0.1:{port}/health")).json() == {"status": "ok"}
     clients = []
     for _ in range(3):

@@ -31,7 +31,7 @@ from hub.control import LocalControl, RedisControl, Target
 from hub.hooks import Hooks
 from hub.node import Node
 from presence.presence_memory import MemoryPresence
-from tests.conftest import TIMEOUT, RawClient, RunningHub, token
+from tests.conftest import TIMEOUT, RawClient, RunningHub, http_client, token
 from tests.hub.test_api import ACME_KEY, Sink, api_config, call, result, subscriber
 from tests.hub.test_js_sdk import centrifuge_js  # noqa: F401 (a fixture)
 from tests.hub.test_transport_http import open_stream
@@ -80,7 +80,7 @@ async def two(make_hub: Any, join: Join) -> tuple[RunningHub, RunningHub]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         yield client
 
 

@@ -41,7 +41,7 @@ from hub.demos import (
     user_id,
 )
 from hub.logs import LIMITED_BURST
-from tests.conftest import SECRET, TIMEOUT, RawClient, RunningHub, token
+from tests.conftest import SECRET, TIMEOUT, RawClient, RunningHub, http_client, token
 
 PATHS = (
     "/",
@@ -73,7 +73,7 @@ async def dev_hub(make_hub: Any, tmp_path: Path) -> RunningHub:
 
 @pytest.fixture
 async def dev_http(dev_hub: RunningHub) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=dev_hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=dev_hub.http, timeout=TIMEOUT) as http:
         yield http
 
 
@@ -96,7 +96,7 @@ async def test_without_development_mode_there_is_no_landing_page_no_demo_and_no_
     make_hub: Any, raw_client: Any
 ) -> None:
     hub = await make_hub()
-    async with httpx.AsyncClient(base_url=hub.http) as http:
+    async with http_client(base_url=hub.http) as http:
         for path in PATHS:
             r = await http.get(path)
             assert r.status_code == 404, path
@@ -114,7 +114,7 @@ async def test_without_development_mode_there_is_no_landing_page_no_demo_and_no_
 async def test_landing_page_links_every_demo_and_the_console(dev_hub: RunningHub) -> None:
     for demo in DEMOS:
         fake_bundle(dev_hub, demo.name)
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         r = await http.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in r.headers["content-security-policy"]
@@ -131,7 +131,7 @@ async def test_landing_page_links_every_demo_and_the_console(dev_hub: RunningHub
 async def test_missing_bundles_say_what_to_run(dev_hub: RunningHub) -> None:
     for built in DEMOS[1:]:
         fake_bundle(dev_hub, built.name)
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         landing = await http.get("/")
         chat = await http.get("/demo/chat")
         editor = await http.get("/demo/editor")
@@ -143,7 +143,7 @@ async def test_missing_bundles_say_what_to_run(dev_hub: RunningHub) -> None:
     assert editor.status_code == 200 and 'src="editor.js"' in editor.text
 
     fake_bundle(dev_hub, "chat")  # a build made while the hub runs shows on the next request
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         assert (await http.get("/demo/chat")).status_code == 200
         assert "build-note" not in (await http.get("/")).text
 
@@ -151,7 +151,7 @@ async def test_missing_bundles_say_what_to_run(dev_hub: RunningHub) -> None:
 async def test_files_come_from_the_demo_folders_only(dev_hub: RunningHub) -> None:
     fake_bundle(dev_hub, "chat", "console.log('chat')\n")
     (dev_hub.sb.demos.folder / "dist" / "chat.js.map").write_text("{}")
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         js = await http.get("/demo/chat.js")
         assert js.status_code == 200 and js.text == "console.log('chat')\n"
         assert js.headers["content-type"].startswith("text/javascript")
@@ -177,7 +177,7 @@ async def test_files_come_from_the_demo_folders_only(dev_hub: RunningHub) -> Non
 
 
 async def test_one_address_per_page(dev_hub: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         for path, target in (("/demo", "/"), ("/demo/", "/"), ("/demo/chat/", "/demo/chat")):
             r = await http.get(path)
             assert (r.status_code, r.headers["location"]) == (307, target), path
@@ -201,7 +201,7 @@ async def test_one_address_per_page(dev_hub: RunningHub) -> None:
 async def test_a_token_names_its_user_and_shows_the_name_to_others(
     dev_hub: RunningHub, raw_client: Any, name: str, user: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         r = await token_for(http, name)
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
@@ -248,13 +248,13 @@ BAD_NAMES: list[Any] = [
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 async def test_bad_names_are_refused_with_a_reason(dev_hub: RunningHub, name: Any) -> None:
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         r = await token_for(http, name)
     assert r.status_code == 400 and r.json()["error"]
 
 
 async def test_bad_token_requests_are_refused_with_a_reason(dev_hub: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=dev_hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=dev_hub.http, timeout=TIMEOUT) as http:
         post = http.post
         cases = [
             (await http.get("/demo/token"), 405),
@@ -290,7 +290,7 @@ async def test_an_oversized_body_without_a_length_is_cut_at_the_bound(dev_hub: R
         for _ in range(100):
             yield b"x" * 1024
 
-    async with httpx.AsyncClient(base_url=dev_hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=dev_hub.http, timeout=TIMEOUT) as http:
         r = await http.post("/demo/token", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
 
@@ -321,7 +321,7 @@ async def test_garbage_never_gets_a_server_error(dev_http: httpx.AsyncClient, bo
 async def test_typing_reaches_the_subscribers_and_is_never_stored(
     dev_hub: RunningHub, raw_client: Any
 ) -> None:
-    async with httpx.AsyncClient(base_url=dev_hub.http) as http:
+    async with http_client(base_url=dev_hub.http) as http:
         alice_token = (await token_for(http, "Alice")).json()["token"]
     alice: RawClient = await raw_client(dev_hub, connect={"token": alice_token})
     bob: RawClient = await raw_client(dev_hub, connect={})
@@ -355,7 +355,7 @@ async def test_typing_with_bad_data_is_a_bad_request(dev_hub: RunningHub, raw_cl
 async def test_typing_needs_a_subscription_and_the_right_to_publish(make_hub: Any, raw_client: Any) -> None:
     listen_only = NamespaceOptions(allow_subscribe_for_client=True, allow_subscribe_for_anonymous=True)
     hub = await make_hub(dev_mode=True, namespaces={"news": listen_only})
-    async with httpx.AsyncClient(base_url=hub.http) as http:
+    async with http_client(base_url=hub.http) as http:
         carol_token = (await token_for(http, "Carol")).json()["token"]
     carol: RawClient = await raw_client(hub, connect={"token": carol_token})
     for channel in ("chat.room", "dm#alice,bob", "", "x" * 300):  # not subscribed (or cannot be)
@@ -385,7 +385,7 @@ async def test_notify_stores_a_sample_for_the_caller_and_every_device_gets_it(
     make_hub: Any, tmp_path: Path, raw_client: Any
 ) -> None:
     hub = await personal_dev_hub(make_hub, tmp_path)
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         body = (await token_for(http, "Alice")).json()
     assert body["personal"] == "personal:#alice"
     phone: RawClient = await raw_client(hub, connect={"token": body["token"]})
@@ -416,7 +416,7 @@ async def test_notify_is_bounded_per_user_and_refuses_garbage_and_anonymous_call
     monkeypatch.setattr(demos, "NOTIFY_BURST", 3)
     monkeypatch.setattr(demos, "NOTIFY_RATE", 0.001)  # no refill while the test runs
     hub = await personal_dev_hub(make_hub, tmp_path)
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         alice_token = (await token_for(http, "Alice")).json()["token"]
         bob_token = (await token_for(http, "Bob")).json()["token"]
     alice: RawClient = await raw_client(hub, connect={"token": alice_token})

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 from pycrdt import Map, Text
 
 from sync import protocol
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.hub.ydocs import RawDocSocket, YConnect, doc_url
 from tests.sync.yclient import YClient
 
@@ -108,7 +107,7 @@ async def test_server_side_edits_reach_clients_and_content_reads_them(
         with doc.transaction():
             doc.get("meta", type=Map)["title"] = "Bots"
     assert await docs_hub.sb.documents.content("bot") == {"text": "from a bot", "meta": {"title": "Bots"}}
-    async with httpx.AsyncClient(base_url=docs_hub.http) as http:
+    async with http_client(base_url=docs_hub.http) as http:
         response = await http.get("/doc/bot/content")
     assert response.status_code == 200
     assert response.json() == {"text": "from a bot", "meta": {"title": "Bots"}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 import websockets
@@ -13,7 +12,7 @@ from pycrdt import Text
 
 from hub.config import ApiKey
 from sync import protocol
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.hub.ydocs import YConnect, doc_url
 
 
@@ -105,7 +104,7 @@ async def test_tenant_comes_from_the_token(closed_hub: RunningHub, yconnect: YCo
 async def test_content_endpoint_authorization(closed_hub: RunningHub) -> None:
     await closed_hub.sb.documents.transact("memo", lambda doc: doc.get("text", type=Text).insert(0, "hi"))
     reader = token("r", docs={"read": ["memo"]})
-    async with httpx.AsyncClient(base_url=closed_hub.http) as http:
+    async with http_client(base_url=closed_hub.http) as http:
         assert (await http.get("/doc/memo/content")).status_code == 401
         assert (await http.get("/doc/memo/content", params={"token": "junk"})).status_code == 401
         no_access = token("x", docs={"read": []})
@@ -124,7 +123,7 @@ async def test_content_endpoint_with_the_server_api_key(make_hub: HubFactory, tm
     docs = hub.sb.documents
     await docs.transact("memo", lambda doc: doc.get("text", type=Text).insert(0, "acme memo"), tenant="acme")
     await docs.transact("memo", lambda doc: doc.get("text", type=Text).insert(0, "default memo"))
-    async with httpx.AsyncClient(base_url=hub.http) as http:
+    async with http_client(base_url=hub.http) as http:
         unbound = {"X-API-Key": "any-tenant-key"}
         assert (await http.get("/doc/memo/content", headers=unbound)).json() == {"text": "default memo"}
         in_acme = await http.get("/doc/memo/content", headers=unbound, params={"tenant": "acme"})

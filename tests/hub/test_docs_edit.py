@@ -17,7 +17,7 @@ from hub.config import ApiKey
 from sync.agents import RENEW_INTERVAL, Agent
 from sync.edit import StaleVersion
 from sync.version import Version
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.hub.test_docs_js import NodeFactory, node, node_clients  # noqa: F401  (fixtures)
 from tests.hub.ydocs import WsYClient, YConnect
 
@@ -35,7 +35,7 @@ async def edit_hub(make_hub: HubFactory, tmp_path: Path) -> RunningHub:
 
 @pytest.fixture
 async def http(edit_hub: RunningHub) -> Any:
-    async with httpx.AsyncClient(base_url=edit_hub.http, timeout=TIMEOUT) as client:
+    async with http_client(base_url=edit_hub.http, timeout=TIMEOUT) as client:
         yield client
 
 
@@ -284,7 +284,7 @@ async def test_who_may_edit(make_hub: HubFactory, tmp_path: Path) -> None:
         data_dir=str(tmp_path), api_keys=[ApiKey("bound-key", tenant="acme"), ApiKey("free-key")]
     )
     op = {"op": "text.insert", "path": ["text"], "index": 0, "text": "x"}
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         assert (await edit(http, "d", {"ops": [op]}, tok=None)).status_code == 401
         assert (await edit(http, "d", {"ops": [op]}, tok="junk")).status_code == 401
         reader = token("r", docs={"read": ["d"]})
@@ -373,7 +373,7 @@ async def test_an_edit_past_the_document_size_limit_is_refused_whole(
     make_hub: HubFactory, tmp_path: Path
 ) -> None:
     hub = await make_hub(data_dir=str(tmp_path), doc_max_document_size=4096, doc_token_access="write")
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as http:
         op = {"op": "text.insert", "path": ["text"], "index": 0, "text": "y" * 3000}
         assert (await edit(http, "big", {"ops": [op]}, tok=token("w"))).status_code == 200
         r = await edit(http, "big", {"ops": [op]}, tok=token("w"))

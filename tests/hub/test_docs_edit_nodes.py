@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from pycrdt import Doc, Text
 
 from channels.redis_shards import RedisShards
 from sync.store_redis import RedisDocumentStore
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, http_client
 from tests.hub.ydocs import YConnect
 from tests.nodes import NodesFactory, eventually, make_nodes  # noqa: F401  (fixture)
 from tests.redis_servers import RedisServer
@@ -28,7 +27,7 @@ async def test_an_edit_on_a_non_writer_node_is_stored_and_seen_on_the_writer(
     person.text.insert(0, "by ann")
     await person.flush()
     op = {"op": "text.insert", "path": ["text"], "index": 6, "text": " and the agent"}
-    async with httpx.AsyncClient(base_url=other.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=other.http, timeout=TIMEOUT) as http:
 
         async def caught_up() -> bool:  # the other node loads the document (not its writer) and syncs
             return (await http.get("/doc/shared/content")).json() == {"text": "by ann"}

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import os
 import random
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from pycrdt import Text
 
 from tests.conftest import TIMEOUT, RunningHub
 from tests.hub.ydocs import WsYClient, YConnect
+from tests.installs import installing
 
 pytestmark = pytest.mark.all_websocket_modes
 
@@ -37,9 +36,7 @@ def node_clients() -> Path:
         pytest.fail("node and npm are needed for the Yjs client tests")
     digest = hashlib.sha256((JS_DIR / "package-lock.json").read_bytes()).hexdigest()
     stamp = JS_DIR / "node_modules" / ".switchboard-lock-sha256"
-    lock_path = Path(tempfile.gettempdir()) / "switchboard-npm-ci.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other test runs on this machine may install at the same time
+    with installing(JS_DIR):  # the other xdist worker, or another test run, may install at the same time
         if not stamp.exists() or stamp.read_text() != digest:
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600)
             stamp.write_text(digest)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 import websockets
 
 from examples import embed_starlette
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
 
 
 @pytest.fixture
@@ -76,7 +75,7 @@ async def test_host_endpoint_publishes_into_the_hub(embedded):
     bob = await _client(embedded, "bob")
     await bob.command("connect", {})
     await bob.command("subscribe", {"channel": "team:red"})
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         resp = await http.post(
             f"http://127.0.0.1:{embedded}/announce", json={"team": "red", "text": "standup"}
         )
@@ -94,7 +93,7 @@ async def test_streams_work_behind_the_host_apps_middleware(embedded):
 
     connect = json.dumps({"id": 1, "connect": {}}).encode()
     base = f"http://127.0.0.1:{embedded}/realtime"
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         async with http.stream(
             "POST", base + "/connection/http_stream", content=connect, headers={"X-User": "bob"}
         ) as stream:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pycrdt import Text
 
@@ -19,7 +18,7 @@ from hub.config import ApiKey, Config
 from hub.outbound import tap as tap_module
 from hub.outbound.settings import parse_webhooks
 from sync.content import document_json
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.conftest import test_config as hub_config
 from tests.workers.conftest import SECRET
 from tests.workers.receiver import Receiver
@@ -48,7 +47,7 @@ def hooked(receiver: Receiver, tmp_path: Path, events: list[str], **kw: Any) -> 
 
 
 async def api(hub: RunningHub, method: str, params: dict[str, Any], key: str = API_KEY) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.post(f"{hub.http}/api/{method}", json=params, headers={"X-API-Key": key})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -98,7 +97,7 @@ async def test_a_clients_life_reaches_the_webhook_in_order_with_its_payloads(
     }
     assert disconnected["data"]["client"] == client_id and disconnected["data"]["code"] == 3000
     assert len({r.webhook_id for r in receiver.requests}) == 5
-    async with asyncio.timeout(TIMEOUT), httpx.AsyncClient() as http:
+    async with asyncio.timeout(TIMEOUT), http_client() as http:
         while 'verdict="done"} 5.0' not in (text := (await http.get(f"{hub.http}/metrics")).text):  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # the last attempt is recorded after its answer: poll
     assert 'switchboard_outbox_attempts_total{destination="webhook:main",verdict="done"} 5.0' in text

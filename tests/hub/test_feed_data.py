@@ -9,14 +9,13 @@ import dataclasses
 import logging
 from typing import Any
 
-import httpx
 import pytest
 from centrifuge import Client, ReplyError
 
 from channels.options import NamespaceOptions
 from channels.schema import DataSchema
 from hub import wire
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.conftest import test_config as base_config
 from tests.hub.test_sdk_channels import Rec
 
@@ -52,7 +51,7 @@ async def feeds(make_hub: Any) -> RunningHub:
 
 
 async def api(hub: RunningHub, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.post(f"{hub.http}/api/{method}", json=params, headers={"X-API-Key": API_KEY})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()

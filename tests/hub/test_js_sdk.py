@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningHub, token
+from tests.installs import installing
 
 JS = Path(__file__).parent / "js_sdk"
 
@@ -23,11 +24,12 @@ JS = Path(__file__).parent / "js_sdk"
 def _npm_ci() -> None:
     stamp = JS / "node_modules" / ".package-lock.json"
     lock = JS / "package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True, timeout=300
-    )
+    with installing(JS):  # the other xdist worker may install at the same time
+        if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+            return
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True, timeout=300
+        )
 
 
 @pytest.fixture(scope="session")

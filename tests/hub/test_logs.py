@@ -15,7 +15,6 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import websockets
@@ -23,7 +22,7 @@ import websockets
 from hub import logs
 from hub.hooks import Hooks
 from hub.logs import LineLimiter, clean, log_limited, make_handler
-from tests.conftest import TIMEOUT, HubFactory, RawClient, token
+from tests.conftest import TIMEOUT, HubFactory, RawClient, http_client, token
 from tests.hub.test_cli import server_process  # noqa: F401  (the fixture: a real `switchboard serve`)
 
 REQUIRED = ("time", "level", "logger", "message")
@@ -105,7 +104,7 @@ async def test_emulation_commands_log_as_their_session(make_hub: HubFactory, cap
     hub = await make_hub(hooks=hooks_that_log())
     connect = orjson.dumps({"id": 1, "connect": {"token": token("carol")}})
     async with (
-        httpx.AsyncClient(timeout=TIMEOUT) as http,
+        http_client(timeout=TIMEOUT) as http,
         http.stream("POST", hub.http + "/connection/http_stream", content=connect) as response,
     ):
         lines = response.aiter_lines()

@@ -20,14 +20,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 from channels.redis_shards import RedisShards, route_of
 from tests import conftest
 from tests import nodes as harness
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
 from tests.hub import ydocs
 from tests.hub.test_sdk_channels import connected, subscribed
 from tests.hub.test_sdk_recovery import pubs_until
@@ -521,7 +520,7 @@ async def test_sse_subscriber_is_told_when_redis_lost_its_stream(hub3: NodeSet, 
         reply = await publisher.command("publish", {"channel": channel, "data": data})
         return "publish" in reply
 
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         async with open_stream(http, "GET", hub3[1].http + "/connection/uni_sse", params=params) as stream:
             connect = await stream.event()
             assert connect is not None and channel in connect.json()["connect"]["subs"]

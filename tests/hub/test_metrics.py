@@ -4,22 +4,21 @@ prometheus_client's own parser; the fixed-bucket histogram and the bounded names
 from __future__ import annotations
 
 import asyncio
-import socket
 from bisect import bisect_left
 
-import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.metrics import LABEL_CACHE_SIZE, LATENCY_BUCKETS, OTHER_NAMESPACE, Histogram, Metrics
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
+from tests.ports import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 async def scrape(url: str) -> Samples:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         resp = await http.get(url)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
@@ -98,20 +97,14 @@ async def test_slow_consumer_and_unnamed_namespace(make_hub: HubFactory, raw_cli
     assert value(after, "switchboard_connections", transport="websocket") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_on_a_port_of_its_own(make_hub: HubFactory, raw_client) -> None:
-    port = _free_port()
+    port = free_port()
     hub = await make_hub(metrics_port=port)
     await raw_client(hub, connect={})
     samples = await scrape(f"http://127.0.0.1:{port}/metrics")
     assert value(samples, "switchboard_connections", transport="websocket") == 1
     assert any(name.startswith("process_") for name, _ in samples)
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(f"http://127.0.0.1:{port}/other")).status_code == 404
     # A request that is not HTTP gets 400, and the server goes on serving.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

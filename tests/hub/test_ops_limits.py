@@ -7,14 +7,13 @@ import json
 import logging
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.limits import CommandLimiter, TokenBucket, Verdict
-from tests.conftest import TIMEOUT, HubFactory, token
+from tests.conftest import TIMEOUT, HubFactory, http_client, token
 from tests.hub.test_limits import wait_for
 
 # ---------------------------------------------------------------- the bucket (sans-I/O)
@@ -162,7 +161,7 @@ async def test_user_connection_limit_on_a_stream_ends_it_with_3504(
     await raw_client(hub, connect={"token": token("carol", channels=["chat:room"])})
     body = {"token": token("carol", channels=["chat:room"])}
     async with (
-        httpx.AsyncClient(timeout=TIMEOUT) as http,
+        http_client(timeout=TIMEOUT) as http,
         http.stream("POST", hub.http + "/connection/uni_http_stream", json=body) as response,
     ):
         lines = [json.loads(line) async for line in response.aiter_lines() if line.strip()]

@@ -15,7 +15,7 @@ from channels.names import ChannelKey
 from channels.publication import Publication, StreamPosition
 from hub.app import Switchboard
 from hub.positions import ChannelPositions
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.conftest import test_config as hub_config
 
 KEY = ("", "chat:room")
@@ -138,11 +138,9 @@ async def test_a_gap_makes_positioned_subscribers_resubscribe_and_spares_the_oth
 
 
 async def test_a_unidirectional_client_is_disconnected_with_3010(hub: RunningHub) -> None:
-    import httpx
-
     node = hub.sb.node
     async with (
-        httpx.AsyncClient(timeout=TIMEOUT) as http,
+        http_client(timeout=TIMEOUT) as http,
         http.stream("POST", f"{hub.http}/connection/uni_http_stream", json={}) as resp,
     ):
         lines = resp.aiter_lines()

@@ -14,13 +14,12 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SECRET, TIMEOUT, RawClient, token
+from tests.conftest import SECRET, TIMEOUT, RawClient, http_client, token
 from tests.hub.test_transport_http import _emulate, open_stream
 from tests.nodes import API_KEY, HubNode, NodeSet
 
@@ -146,7 +145,7 @@ async def test_the_emulation_transport_is_guarded_the_same(nodes: NodeSet) -> No
     node = nodes[0]
     connect = json.dumps({"id": 1, "connect": {"token": token("eve")}})
     async with (
-        httpx.AsyncClient(timeout=TIMEOUT) as http,
+        http_client(timeout=TIMEOUT) as http,
         open_stream(http, "POST", f"{node.http}/connection/http_stream", content=connect.encode()) as stream,
     ):
         result = (await stream.message())["connect"]

@@ -7,13 +7,12 @@ import os
 import signal
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
 import tests.conftest as conftest
 import tests.nodes as harness
-from tests.conftest import TIMEOUT, RawClient
+from tests.conftest import TIMEOUT, RawClient, http_client
 from tests.nodes import HubNode, NodesFactory, eventually, user_token
 from tests.redis_servers import RedisServer
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 async def ready(node: HubNode) -> tuple[int, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.get(f"{node.http}/ready")
     return response.status_code, response.json()
 

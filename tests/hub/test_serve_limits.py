@@ -23,9 +23,9 @@ from hub.config import load_config
 from hub.listener import HEALTHY, NOT_READY, UNAVAILABLE, triage_answer
 from hub.logs import LIMITED_BURST
 from tests.attacker import trickle
-from tests.conftest import TIMEOUT
-from tests.hub.test_cli import _free_port
+from tests.conftest import TIMEOUT, http_client
 from tests.nodes import API_KEY, HubNode, NodesFactory, eventually
+from tests.ports import free_port
 
 make_nodes = harness.make_nodes  # the fixture, defined in tests/nodes.py
 
@@ -59,7 +59,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 async def scrape(node: HubNode) -> str:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         return (await http.get(f"{node.http}/metrics")).text
 
 
@@ -116,7 +116,7 @@ async def test_past_the_limit_of_unfinished_requests_the_oldest_is_cut_and_new_o
     (node,) = await make_nodes(1, http_max_unfinished_requests=10, http_header_timeout=60.0)
     idle = [await raw(node) for _ in range(10)]  # ten slow requests: the limit is full
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             response = await http.get(f"{node.http}/health")  # the eleventh connection
         assert response.status_code == 200
         assert status_of(await answer_and_close(idle[0][0])) == 503  # the longest-arriving one made room
@@ -137,7 +137,7 @@ async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_re
     try:
         for _ in range(300):  # more than the node can hold: it runs out while accepting them
             idle.append(await raw(node))
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             health = await http.get(f"{node.http}/health")
             ready = await http.get(f"{node.http}/ready")
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
@@ -158,7 +158,7 @@ async def test_a_node_out_of_descriptors_says_so_and_still_answers_health_and_re
         return False
 
     await eventually(counted)  # the node gets its descriptors back as it sees the connections close
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(f"{node.http}/ready")).status_code == 200
 
 
@@ -166,7 +166,7 @@ async def test_the_metrics_port_out_of_descriptors_says_so_too(make_nodes: Nodes
     """The metrics port accepts as the main one does: out of descriptors, a rate-limited line in the node's
     log and a count in ``switchboard_accept_errors_total`` (before: a traceback a second from the event
     loop, outside the log's format, counted nowhere)."""
-    port = _free_port()
+    port = free_port()
     (node,) = await make_nodes(1, max_descriptors=256, metrics_port=port)
     idle = []
     try:
@@ -185,7 +185,7 @@ async def test_the_metrics_port_out_of_descriptors_says_so_too(make_nodes: Nodes
 
     async def counted() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            async with http_client(timeout=TIMEOUT) as http:
                 text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
             return metric(text, "switchboard_accept_errors_total", errno="EMFILE") >= 1
         return False
@@ -197,7 +197,7 @@ async def test_the_metrics_port_out_of_descriptors_says_so_too(make_nodes: Nodes
 async def test_post_only_streams_refuse_get_with_405(make_nodes: NodesFactory, path: str) -> None:
     (node,) = await make_nodes(1)
     connect = orjson.dumps({"token": ""}).decode()
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.get(f"{node.http}{path}", params={"cf_connect": connect})
     assert response.status_code == 405
     assert response.headers["allow"] == "POST, OPTIONS"

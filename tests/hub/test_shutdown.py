@@ -12,14 +12,13 @@ import signal
 import time
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import websockets
 
 from channels.publication import Publication
 from hub.hooks import Hooks
-from tests.conftest import TIMEOUT, HubFactory, RawClient
+from tests.conftest import TIMEOUT, HubFactory, RawClient, http_client
 from tests.hub.test_cli import server_process  # noqa: F401  (the fixture: a real `switchboard serve`)
 
 SUBSCRIBERS = 200
@@ -86,7 +85,7 @@ async def test_sigterm_disconnects_everyone_with_3001_in_batches_and_exits_0(
 
     async def read_stream() -> None:
         async with (
-            httpx.AsyncClient(timeout=TIMEOUT) as http,
+            http_client(timeout=TIMEOUT) as http,
             http.stream("POST", f"http://127.0.0.1:{port}/connection/uni_http_stream", json={}) as response,
         ):
             async for line in response.aiter_lines():
@@ -184,7 +183,7 @@ async def test_drain_finishes_the_command_in_flight_and_flushes_buffered_writes(
     assert await idle.closed() == (3001, "shutdown")
 
     # While draining: /ready says so, and a newcomer is turned away with 3001.
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         assert (await http.get(hub.http + "/ready")).status_code == 503
     late = await raw_client(hub)  # closed right after the handshake, before any command
     assert await late.closed() == (3001, "shutdown")

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 import websockets
@@ -23,8 +22,9 @@ from channels.options import NamespaceOptions
 from hub.config import DEV_SECRET, load_config
 from hub.devmode import exposures, is_loopback
 from tests import conftest
-from tests.conftest import TIMEOUT, RawClient
-from tests.hub.test_cli import ROOT, _env, _free_port, server_process  # noqa: F401 - the fixture
+from tests.conftest import TIMEOUT, RawClient, http_client
+from tests.hub.test_cli import ROOT, _env, server_process  # noqa: F401 - the fixture
+from tests.ports import free_port
 
 FILE_SECRET = "file-secret-file-secret-file-secret-file!"
 ENV_SECRET = "env-secret-env-secret-env-secret-env-secret!"
@@ -34,7 +34,7 @@ def start_refused(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``switchboard serve`` that must refuse to start: it exits by itself (a start that goes on
     serving times out here, and fails the test)."""
     return subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--port", str(_free_port()), *args],
+        [sys.executable, "-m", "hub", "serve", "--port", str(free_port()), *args],
         cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
 
@@ -135,7 +135,7 @@ async def test_development_mode_on_a_public_address_when_asked(server_process, a
     env = {} if ask == "--dev" else {ask: "1"}
     proc, port = await server_process("--host", "0.0.0.0", *(["--dev"] if ask == "--dev" else []), **env)
     assert "connect" in await connect(port, {})  # anonymous, as the log says
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:  # the server API without a key, as it says
+    async with http_client(timeout=TIMEOUT) as http:  # the server API without a key, as it says
         reply = await http.post(f"http://127.0.0.1:{port}/api/publish", json={"channel": "x", "data": {}})
     assert reply.status_code == 200 and "result" in reply.json()
     output = await read_output(proc)
@@ -154,7 +154,7 @@ async def test_development_mode_with_an_api_key_says_the_api_is_closed(server_pr
     """The lines are read from the configuration: an API key from the environment closes the API even in
     development mode, and the log does not claim otherwise."""
     proc, port = await server_process(SWITCHBOARD_API_KEY="an-api-key-from-the-platform")
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         reply = await http.post(f"http://127.0.0.1:{port}/api/info", json={})
     assert reply.status_code == 401
     output = await read_output(proc)
@@ -178,7 +178,7 @@ async def test_procfile_production_start_from_the_environment(server_process) ->
     )
     assert (await connect(port, {}))["error"]["code"] == 101
     assert "connect" in await connect(port, {"token": jwt.encode({"sub": "ann"}, ENV_SECRET, "HS256")})
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         base = f"http://127.0.0.1:{port}/api/info"
         assert (await http.post(base, json={})).status_code == 401
         assert (await http.post(base, json={}, headers={"X-API-Key": api_key})).status_code == 200

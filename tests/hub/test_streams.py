@@ -10,7 +10,6 @@ import dataclasses
 import itertools
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +19,7 @@ from channels.options import NamespaceOptions
 from channels.publication import Publication
 from channels.streams import StreamView
 from tests import nodes as harness
-from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
+from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.conftest import test_config as suite_config
 from tests.nodes import eventually
 from tests.redis_servers import RedisServer
@@ -75,7 +74,7 @@ async def pubs_until_final(client: Any, stream: str) -> list[dict[str, Any]]:
 
 
 async def api(hub: RunningHub, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         reply = await http.post(
             f"{hub.http}/api/{method}", json=params, headers={"Authorization": f"apikey {API_KEY}"}
         )

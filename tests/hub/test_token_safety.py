@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import jwt
 import orjson
 import pytest
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 
 from hub.auth import MAX_NUMERIC_DATE, TokenError, TokenVerifier
 from sync import protocol
-from tests.conftest import SECRET, TIMEOUT, RawClient, token
+from tests.conftest import SECRET, TIMEOUT, RawClient, http_client, token
 from tests.nodes import HubNode, NodeSet, module_nodes
 
 BAD_TIMES: list[Any] = [
@@ -139,7 +138,7 @@ async def test_require_exp_refuses_tokens_without_exp(strict: NodeSet) -> None:
     reason, code = await document_outcome(exp_node, token("ann"))
     assert code == 4401 and "exp" in reason
     assert await document_outcome(exp_node, token("ann", ttl=600)) == ("sync", 0)
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:  # the document read endpoint: the same verifier
+    async with http_client(timeout=TIMEOUT) as http:  # the document read endpoint: the same verifier
         response = await http.get(f"{exp_node.http}/doc/notes/content", params={"token": token("ann")})
     assert response.status_code == 401
     assert_no_crash(exp_node)
@@ -238,7 +237,7 @@ async def test_token_channels_over_the_limit_refuse_the_connection(plain: NodeSe
     node = plain[0]
     many = token("ann", channels=["a", "b", "c", "d", "e"])
     assert await connect_outcome(node, many) == ("closed", (3505, "channel limit"))
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:  # a unidirectional stream: the disconnect push
+    async with http_client(timeout=TIMEOUT) as http:  # a unidirectional stream: the disconnect push
         async with http.stream(
             "POST", f"{node.http}/connection/uni_http_stream", json={"token": many}
         ) as response:

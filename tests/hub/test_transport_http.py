@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from hub import sse
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.fuzz.strategies import ErrorLog
 
 
@@ -82,7 +82,7 @@ class Stream:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with http_client(timeout=TIMEOUT) as client:
         yield client
 
 

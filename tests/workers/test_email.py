@@ -22,7 +22,7 @@ from inbox.model import ALL_CHANNELS, DeliveryChannel, DeliveryState, Notificati
 from inbox.outbox import Task, TaskState, Topic
 from inbox.preferences import CategoryPolicy, PreferencePolicy
 from tests.conftest import TIMEOUT
-from tests.redis_servers import free_port
+from tests.ports import free_port
 from tests.workers.conftest import MakeStore
 from workers.email import EmailSender, Undeliverable, render
 from workers.outbox import OutboxWorker

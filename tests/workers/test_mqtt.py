@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
-import httpx
 import orjson
 import pytest
 
 from channels.options import NamespaceOptions
 from channels.schema import DataSchema
 from hub.ingest.settings import parse_mqtt
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.conftest import test_config as base_config
 from tests.hub.test_sdk_channels import connected, subscribed
 from tests.mqtt_broker import Mosquitto
@@ -81,7 +80,7 @@ async def bridged(make_hub: Any, broker: Mosquitto, **mqtt: Any) -> RunningHub:
 
 
 async def history(hub: RunningHub, channel: str) -> list[Any]:
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.post(
             f"{hub.http}/api/history", json={"channel": channel, "limit": -1}, headers={"X-API-Key": KEY}
         )
@@ -176,7 +175,7 @@ async def test_a_channel_goes_out_to_its_topic_and_the_bridge_never_echoes_itsel
     hub = await bridged(make_hub, mosquitto)
     async with mqtt_client(mosquitto) as device:
         await device.subscribe("plant/+/command", qos=1)
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        async with http_client(timeout=TIMEOUT) as http:
             for n in (1, 2):
                 response = await http.post(
                     f"{hub.http}/api/publish",
@@ -223,7 +222,7 @@ async def test_after_a_broker_restart_the_bridge_reconnects_and_subscribes_again
             return await history(hub, "sensors:plant.p9.temperature") == [{"t": 30}]
 
         await eventually(delivered)
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         text = (await http.get(f"{hub.http}/metrics")).text
     assert "switchboard_mqtt_link_up 1.0" in text
 

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from hub.codes import ConfigError
 from hub.config import load_config
-from tests.conftest import TIMEOUT, RunningHub
+from tests.conftest import TIMEOUT, RunningHub, http_client
 from tests.mqtt_broker import Mosquitto
 from tests.nodes import ROOT, STARTUP_TIMEOUT, eventually
 from tests.redis_servers import RedisServer
@@ -75,7 +74,7 @@ async def test_two_candidates_one_bridges_and_the_other_takes_over_when_it_dies(
     await eventually(two)
     await asyncio.sleep(TTL)  # a second bridge would have published it twice by now
     assert await history(other, "sensors:plant.p2.temperature") == [{"t": 2}]
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         text = (await http.get(f"{other.http}/metrics")).text
     assert "switchboard_mqtt_bridge_active 1.0" in text
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.admin.console import ACTIONS
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 
 ADMIN = "admin-password-for-tests"
 READONLY = "readonly-password-for-tests"
@@ -53,7 +53,7 @@ async def clients() -> AsyncIterator[list[httpx.AsyncClient]]:
 
 
 async def sign_in(hub: RunningHub, clients: list[httpx.AsyncClient], password: str = ADMIN) -> Session:
-    http = httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT)
+    http = http_client(base_url=hub.http, timeout=TIMEOUT)
     clients.append(http)
     r = await http.post("/admin/api/login", json={"password": password})
     assert r.status_code == 200, r.text
@@ -65,14 +65,14 @@ async def sign_in(hub: RunningHub, clients: list[httpx.AsyncClient], password: s
 
 async def test_console_is_404_everywhere_unless_configured(make_hub: Any) -> None:
     hub = await make_hub()
-    async with httpx.AsyncClient(base_url=hub.http) as http:
+    async with http_client(base_url=hub.http) as http:
         for path in ("/admin", "/admin/", "/admin/app.js", "/admin/api/session", "/admin/api/events"):
             assert (await http.get(path)).status_code == 404, path
         assert (await http.post("/admin/api/login", json={"password": "x"})).status_code == 404
 
 
 async def test_pages_are_served_with_a_strict_policy_and_nothing_else(console: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=console.http) as http:
+    async with http_client(base_url=console.http) as http:
         r = await http.get("/admin")
         assert r.status_code == 307 and r.headers["location"] == "admin/"
         r = await http.get("/admin/")
@@ -91,7 +91,7 @@ async def test_pages_are_served_with_a_strict_policy_and_nothing_else(console: R
 
 
 async def test_sign_in_sets_a_strict_cookie_and_the_session_answers(console: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=console.http) as http:
+    async with http_client(base_url=console.http) as http:
         assert (await http.get("/admin/api/session")).status_code == 401
         r = await http.post("/admin/api/login", json={"password": "wrong"})
         assert (r.status_code, r.json()) == (401, {"error": "wrong password"})
@@ -108,7 +108,7 @@ async def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(make_hub: Any, tm
     from starlette.requests import Request
 
     hub = await make_hub(admin_password=ADMIN, admin_trust_proxy_headers=True, data_dir=str(tmp_path))
-    async with httpx.AsyncClient(base_url=hub.http) as http:
+    async with http_client(base_url=hub.http) as http:
         r = await http.post(
             "/admin/api/login", json={"password": ADMIN}, headers={"x-forwarded-proto": "https"}
         )
@@ -123,7 +123,7 @@ async def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(make_hub: Any, tm
 
 
 async def test_failed_sign_ins_are_throttled_with_retry_after(console: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=console.http) as http:
+    async with http_client(base_url=console.http) as http:
         for _ in range(5):
             assert (await http.post("/admin/api/login", json={"password": "guess"})).status_code == 401
         r = await http.post("/admin/api/login", json={"password": ADMIN})
@@ -132,7 +132,7 @@ async def test_failed_sign_ins_are_throttled_with_retry_after(console: RunningHu
 
 
 async def test_a_burst_of_parallel_guesses_is_throttled_too(console: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=console.http, timeout=TIMEOUT) as http:
+    async with http_client(base_url=console.http, timeout=TIMEOUT) as http:
         answers = await asyncio.gather(
             *(http.post("/admin/api/login", json={"password": f"guess-{i}"}) for i in range(40))
         )
@@ -145,7 +145,7 @@ async def test_logout_revokes_the_cookie(console: RunningHub, clients: list[http
     kept = dict(s.http.cookies)
     r = await s.http.post("/admin/api/logout", headers={"x-csrf-token": s.csrf})
     assert r.status_code == 200 and "Max-Age=0" in r.headers["set-cookie"]
-    async with httpx.AsyncClient(base_url=console.http, cookies=kept) as replay:  # a copy kept by a thief
+    async with http_client(base_url=console.http, cookies=kept) as replay:  # a copy kept by a thief
         assert (await replay.get("/admin/api/nodes")).status_code == 401
 
 
@@ -192,7 +192,7 @@ async def test_read_only_sessions_read_but_every_action_is_refused_and_audited(
 
 
 async def test_every_read_needs_a_session(console: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=console.http) as http:
+    async with http_client(base_url=console.http) as http:
         for path in (
             "nodes",
             "channels",
@@ -448,9 +448,9 @@ async def test_garbage_parameters_and_bodies(console: RunningHub, clients: list[
     huge = b'{"action": "publish", "data": "' + b"x" * 70000 + b'"}'
     r = await s.http.post("/admin/api/action", content=huge, headers={"x-csrf-token": s.csrf})
     assert (r.status_code, r.json()) == (400, {"error": "body larger than 65536 bytes"})
-    async with httpx.AsyncClient(base_url=console.http) as http:
+    async with http_client(base_url=console.http) as http:
         for body in (b"", b"[]", b"not json", b'{"password": 5}', b'{"password": "' + b"p" * 5000 + b'"}'):
             r = await http.post("/admin/api/login", content=body)
             assert r.status_code in (400, 401), (body[:20], r.status_code)
-    async with httpx.AsyncClient(base_url=console.http, cookies={"sb_admin": "x" * 5000}) as http:
+    async with http_client(base_url=console.http, cookies={"sb_admin": "x" * 5000}) as http:
         assert (await http.get("/admin/api/nodes")).status_code == 401

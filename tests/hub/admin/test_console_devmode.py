@@ -8,10 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
-import httpx
-
 from hub.admin.auth import ADMIN, PasswordHash, check_password, credentials
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, http_client
 
 
 async def test_development_mode_logs_a_one_time_password_that_signs_in(
@@ -27,7 +25,7 @@ async def test_development_mode_logs_a_one_time_password_that_signs_in(
                 break
     password = line.rsplit(": ", 1)[1].strip()
     assert f"http://127.0.0.1:{port}/admin" in line and len(password) >= 16
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as http:
+    async with http_client(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as http:
         assert (await http.post("/admin/api/login", json={"password": "guess"})).status_code == 401
         r = await http.post("/admin/api/login", json={"password": password})
         assert r.status_code == 200 and r.json()["role"] == "admin"

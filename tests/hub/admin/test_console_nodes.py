@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
-from tests.conftest import TIMEOUT, token
+from tests.conftest import TIMEOUT, http_client, token
 
 ADMIN = "admin-password-for-tests"
 
@@ -20,7 +18,7 @@ async def test_two_nodes_one_console(
     common = {"redis_urls": [redis_server.url], "node_info_interval": 0.2, "admin_password": ADMIN}
     a = await make_hub(node_name="a", data_dir=str(tmp_path / "a"), **common)
     b = await make_hub(node_name="b", data_dir=str(tmp_path / "b"), **common)
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         r = await http.post(f"{a.http}/admin/api/login", json={"password": ADMIN})
         csrf = r.json()["csrf"]
 
@@ -61,7 +59,5 @@ async def test_two_nodes_one_console(
         ).status_code == 200
         http.cookies.clear()
         # A copy of the cookie kept elsewhere is refused by every node, not only the one that signed out.
-        async with httpx.AsyncClient(
-            cookies={"sb_admin": r.request.headers["cookie"].split("=", 1)[1]}
-        ) as thief:
+        async with http_client(cookies={"sb_admin": r.request.headers["cookie"].split("=", 1)[1]}) as thief:
             assert (await thief.get(f"{c.http}/admin/api/nodes")).status_code == 401

@@ -16,7 +16,7 @@ import pytest
 
 from hub.outbound.settings import parse_webhooks
 from inbox.model import Mark, MarkAction
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, http_client
 from tests.hub.admin.test_console_api import ADMIN, READONLY, Session, clients, sign_in  # noqa: F401
 from tests.nodes import eventually
 from tests.workers.conftest import SECRET
@@ -151,7 +151,7 @@ async def test_without_webhooks_the_view_says_nothing_goes_out(
 
 
 async def test_every_new_read_needs_a_session(hooked: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=hooked.http) as http:
+    async with http_client(base_url=hooked.http) as http:
         for path in ("notifications", "deliveries", "delivery?task_id=1", "inbox?user=a"):
             assert (await http.get(f"/admin/api/{path}")).status_code == 401, path
         replay = await http.post("/admin/api/action", json={"action": "replay", "all": True})

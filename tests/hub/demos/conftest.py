@@ -21,8 +21,8 @@ from tests.browser import (  # noqa: F401
     browser_hubs,
     chromium_path,
     context,
-    report_artifacts,
 )
+from tests.installs import installing
 
 NPM_TIMEOUT = 600
 
@@ -51,12 +51,13 @@ def demo_bundles() -> Path:
     folder = demo_folder()
     lock = folder / "package-lock.json"
     installed = folder / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        _npm(folder, "ci")
     built = folder / "dist" / ".built"
-    sources = [lock, folder / "build.mjs", *folder.glob("src/**/*.js")]
-    if not built.exists() or built.stat().st_mtime < _newest(sources):
-        _npm(folder, "run", "build")
+    with installing(folder):  # the other xdist worker may build at the same time
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            _npm(folder, "ci")
+        sources = [lock, folder / "build.mjs", *folder.glob("src/**/*.js")]
+        if not built.exists() or built.stat().st_mtime < _newest(sources):
+            _npm(folder, "run", "build")
     return built.parent
 
 
@@ -74,7 +75,3 @@ async def new_context(browser: Any) -> AsyncIterator[Callable[[], Awaitable[Any]
     yield make
     for ctx in opened:
         await ctx.close()
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    report_artifacts(config, terminalreporter)

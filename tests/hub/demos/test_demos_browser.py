@@ -24,7 +24,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -41,7 +40,7 @@ from hub.config import (
 )
 from hub.demo_sensors import SENSORS
 from inbox.model import Mark, MarkAction
-from tests.conftest import TIMEOUT, RunningHub
+from tests.conftest import TIMEOUT, RunningHub, http_client
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("demo_bundles")]
 
@@ -166,7 +165,7 @@ async def test_chat_recovers_what_it_missed_or_asks_for_a_reload(
     dora = await join(new_context, hub, "/demo/chat#recovery", "Dora")
     await dora.person("dora").wait_for()
     channel = "chat.recovery"
-    async with httpx.AsyncClient(base_url=hub.http, timeout=TIMEOUT) as api:
+    async with http_client(base_url=hub.http, timeout=TIMEOUT) as api:
 
         async def publish(text: str) -> None:
             r = await api.post("/api/publish", json={"channel": channel, "data": {"text": text}})

@@ -10,12 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from centrifuge import ClientEventHandler
 
 from hub.config import ApiKey
-from tests.conftest import TIMEOUT, HubFactory, RawClient, RunningHub, test_config, token
+from tests.conftest import TIMEOUT, HubFactory, RawClient, RunningHub, http_client, test_config, token
 from tests.postgres_servers import fresh_database
 
 API_KEY = "inbox-test-key"
@@ -63,7 +62,7 @@ async def inbox_hub(make_hub: HubFactory, database_url: str, tmp_path: Path) -> 
 
 async def api(hub: RunningHub, method: str, params: Any = None, *, key: str = API_KEY) -> dict[str, Any]:
     """``POST /api/<method>``: the decoded body (``{"result": ...}`` or ``{"error": ...}``)."""
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         response = await http.post(f"{hub.http}/api/{method}", json=params or {}, headers={"X-API-Key": key})
     assert response.status_code == 200, (response.status_code, response.text)
     body: dict[str, Any] = response.json()

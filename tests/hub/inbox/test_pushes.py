@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
-from tests.conftest import TIMEOUT, RunningHub, token
+from tests.conftest import TIMEOUT, RunningHub, http_client, token
 from tests.hub.inbox.conftest import Badge, InboxHubFactory, api, personal_push, result, rpc_data, user
 from tests.nodes import eventually
 
@@ -165,7 +163,7 @@ async def test_delivered_means_a_connected_device_got_the_push_and_opt_outs_are_
     assert status["summary"]["in_app"] == {"delivered": 1, "sent": 1, "skipped": 1}
     await rpc_data(alice, "inbox.mark", {"action": "read", "all": True})
     assert (await _in_app(hub, nid))["alice"] == "read"
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with http_client(timeout=TIMEOUT) as http:
         metrics = (await http.get(f"{hub.http}/metrics")).text
     for line in (
         'switchboard_inbox_notifications_total{outcome="created"} 2.0',
