@@ -273,7 +273,26 @@ def test_damaged_commands_are_decoded_as_the_oracle_does_or_refused(
             for why in ("expected a varint", "expected length-delimited", "wire type 3", "wire type 4")
         ), exc
     else:
-        assert got == expected
+        assert oracle_fields(got, pb.Command.DESCRIPTOR) == expected
+
+
+def oracle_fields(values: dict[str, Any], desc: Descriptor) -> dict[str, Any]:
+    """``values`` without the fields the oracle's older schema lacks: our tables follow the current
+    client.proto (ConnectRequest's ``dict`` = 8 and ``profile`` = 9 are newer than centrifuge-python's
+    copy), so a damaged byte that turns into such a field is a known field to ours and an unknown one,
+    skipped, to the oracle."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        field = desc.fields_by_name.get(name)
+        if field is None:
+            continue
+        if field.message_type is not None and not _is_map(field):
+            if field.is_repeated:
+                value = [oracle_fields(v, field.message_type) for v in value]
+            else:
+                value = oracle_fields(value, field.message_type)
+        out[name] = value
+    return out
 
 
 @given(st.binary(max_size=64))
