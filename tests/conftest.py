@@ -36,6 +36,10 @@ SECRET = "test-secret-of-at-least-32-bytes-length!"
 TIMEOUT = 10.0
 """Generous: the suite must pass on a busy 2-core machine."""
 
+START_TIMEOUT = 3 * TIMEOUT
+"""For a ``python -m hub`` process to start, or refuse to, and exit: importing the hub alone is 2.5 s of
+CPU, and took 17 s at a load average of 20 (two test workers and their nodes on two cores)."""
+
 OPEN = DEV_CHANNEL_OPTIONS
 """Everything allowed to everyone, with presence, forced join/leave, history and recovery."""
 

@@ -35,13 +35,13 @@ from typing import Any, overload
 import httpx
 import pytest
 
-from tests.conftest import SECRET, TIMEOUT, http_client, token
+from tests.conftest import SECRET, START_TIMEOUT, TIMEOUT, http_client, token
 from tests.ports import free_port
 from tests.redis_servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "nodes-api-key"
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = START_TIMEOUT
 """Generous: three interpreters importing the hub at once on a busy 2-core machine."""
 
 PRESENCE_TTL = 2.0

@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from tests.conftest import TIMEOUT, RawClient, http_client
+from tests.conftest import START_TIMEOUT, TIMEOUT, RawClient, http_client
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +150,7 @@ def test_bad_config_exits_2(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=START_TIMEOUT,
     )
     assert proc.returncode == 2 and "unknown config key" in proc.stderr
 

@@ -22,7 +22,7 @@ from channels.options import NamespaceOptions
 from hub.config import DEV_SECRET, load_config
 from hub.devmode import exposures, is_loopback
 from tests import conftest
-from tests.conftest import TIMEOUT, RawClient, http_client
+from tests.conftest import START_TIMEOUT, TIMEOUT, RawClient, http_client
 from tests.hub.test_cli import ROOT, _env, server_process  # noqa: F401 - the fixture
 from tests.ports import free_port
 
@@ -35,7 +35,7 @@ def start_refused(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     serving times out here, and fails the test)."""
     return subprocess.run(
         [sys.executable, "-m", "hub", "serve", "--port", str(free_port()), *args],
-        cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=START_TIMEOUT,
     )  # fmt: skip
 
 
@@ -98,13 +98,13 @@ def test_token_command_reads_switchboard_config(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "hub", "token", "--user", "ann"],
         cwd=ROOT, env=_env(SWITCHBOARD_CONFIG=str(closed_config(tmp_path))), capture_output=True, text=True,
-        check=True, timeout=TIMEOUT,
+        check=True, timeout=START_TIMEOUT,
     ).stdout.strip()  # fmt: skip
     assert jwt.decode(out, FILE_SECRET, algorithms=["HS256"])["sub"] == "ann"  # not the dev secret
     missing = subprocess.run(
         [sys.executable, "-m", "hub", "token", "--user", "ann"],
         cwd=ROOT, env=_env(SWITCHBOARD_CONFIG=str(tmp_path / "missing.toml")), capture_output=True, text=True,
-        timeout=TIMEOUT,
+        timeout=START_TIMEOUT,
     )  # fmt: skip
     assert missing.returncode == 2 and "missing.toml" in missing.stderr
 
