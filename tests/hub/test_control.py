@@ -43,6 +43,14 @@ INTERVAL = 0.2
 Join = Callable[..., Awaitable[RedisControl]]
 
 
+def adopt(node: Any, control: RedisControl) -> None:
+    """Make ``control`` the running node's control channel, answering what the node's services asked its
+    first one to answer when they started (stream snapshots, bots): the app gives a node its Redis control
+    before it starts; these tests swap it in afterwards."""
+    control.handlers.update(node.control.handlers)
+    node.control = control
+
+
 @pytest.fixture
 async def join(redis_server: RedisServer) -> AsyncIterator[Join]:
     """Give a running hub a control channel over ``redis_server`` (what the app does with redis_urls)."""
@@ -52,7 +60,7 @@ async def join(redis_server: RedisServer) -> AsyncIterator[Join]:
         shards = RedisShards([redis_server.url], prefix="test")
         await shards.start()
         control = RedisControl(hub.sb.node, shards, node_info_interval=interval, survey_timeout=TIMEOUT / 2)
-        hub.sb.node.control = control
+        adopt(hub.sb.node, control)
         await control.start()
         joined.append((control, shards))
         return control
@@ -499,7 +507,7 @@ async def test_operations_and_surveys_over_a_redis_cluster(
             control = RedisControl(
                 hub.sb.node, shards, node_info_interval=INTERVAL, survey_timeout=TIMEOUT / 2
             )
-            hub.sb.node.control = control
+            adopt(hub.sb.node, control)
             await control.start()
             stack.push_async_callback(control.close)
             controls.append(control)
