@@ -69,7 +69,9 @@ async def _garbage(sb: Switchboard, calls: list[tuple[bool, str, Any]]) -> None:
             await session.handle_frame(orjson.dumps({"id": n, "rpc": {"method": method, "data": data}}))
             sent[from_bot].append(n)
         async with asyncio.timeout(5):  # calls routed to a bot end by 0.05 s (nobody answers them)
-            await asyncio.gather(*bot._later, *person._later, return_exceptions=True)  # replies written first
+            # replies written first (a session makes its set of such calls at its first)
+            later = [*(bot._later or ()), *(person._later or ())]
+            await asyncio.gather(*later, return_exceptions=True)
         sb.node.scheduler.flush()
         for from_bot, sink in sinks.items():
             answers = _replies(sink)
