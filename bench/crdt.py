@@ -349,6 +349,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--probe-cap-rate", type=float, default=20.0, help="edits/s per client in the probe")
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument(
+        "--scenarios",
+        default="",
+        help="main phase: only these driver scenarios (comma list, e.g. latejoin,capacity; default all five)",
+    )
     parser.add_argument("--quick", action="store_true", help="10 rooms x 5 clients, small docs: a smoke run")
     parser.add_argument("--quiet-max", type=int, default=60, help="s to wait for an idle machine per run")
     parser.add_argument("--noise-cores", type=float, default=0.5)
@@ -402,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ROOT / "bench" / "results" / time.strftime("crdt-%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=True)
         main_args = QUICK_MAIN if args.quick else MAIN_ARGS
+        if args.scenarios:  # the driver takes the last --scenarios it is given
+            main_args = [*main_args, "--scenarios", args.scenarios]
         probe_args = [*(QUICK_PROBE if args.quick else PROBE_ARGS), "--cap-rate", f"{args.probe_cap_rate:g}"]
         run_phase("main", out, peers, main_args, args)
         maybe_repeat("main", out, main_args, args)
