@@ -13,6 +13,7 @@ import pytest
 from hub.outbound.routes import Routes, webhook_id
 from inbox.inbox import InboxStore
 from inbox.outbox import OutboxEvent, RetryPolicy, TaskState, Topic, Verdict
+from tests.conftest import TIMEOUT
 from tests.workers.conftest import MakeStore, webhook
 from tests.workers.receiver import Receiver
 from workers.outbox import OutboxWorker
@@ -159,7 +160,9 @@ async def test_too_many_failures_make_a_dead_letter_and_a_replay_delivers_it_wit
 async def test_two_workers_on_one_outbox_deliver_every_event_exactly_once(
     make_store: MakeStore, receiver: Receiver, workers: Workers
 ) -> None:
-    hook = webhook(receiver.url, max_concurrency=3)
+    # A generous timeout: a delivery cut off at the suite's 0.5 s on a busy machine is a failure, retried
+    # (the same webhook-id again, as at-least-once allows), and this test is about sharing without one.
+    hook = webhook(receiver.url, max_concurrency=3, timeout=TIMEOUT)
     routes = Routes([hook])
     first, second = await make_store(routes), await make_store(routes)  # two nodes (or processes)
     await first.append(publications(30))
