@@ -41,8 +41,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import fanout  # noqa: E402
+import joins  # noqa: E402
 
-sys.path.insert(0, ROOT)  # before bench/ (fanout puts it first): bench/inbox.py is not the inbox package
+sys.path.insert(0, ROOT)  # before bench/ (fanout puts it first): our packages before any bench file
 
 RESULTS = os.path.join(HERE, "results")
 CONFIG = """\
@@ -54,19 +55,8 @@ log_level = "warning"
 # a connection closed for that (3012) would be counted in the memory per connection all the same.
 client_pong_timeout = "60s"
 
-[channel]
-presence = true
-join_leave = true
-force_push_join_leave = false
-history_size = 100
-history_ttl = 300
-allow_subscribe_for_client = true
-allow_subscribe_for_anonymous = true
-allow_publish_for_client = true
-allow_publish_for_anonymous = true
-allow_presence_for_client = true
-allow_presence_for_anonymous = true
 """
+CONFIG += joins.ROOM
 
 
 def write_config() -> str:
