@@ -1,27 +1,28 @@
 """Late join, split: the server's part of syncing a fresh client to a large document, beside the
-y-websocket server.
+y-websocket server and the hub before issue 15.
 
 ``bench/crdt.py``'s late-join figure is the harness's time to the provider's ``synced`` event. That
 includes the client applying the whole document, which for the 50,000-edit document (1.8 MB) costs Yjs
 itself about as much as the issue's 100 ms goal on this machine, whatever the server does. This script
-measures the two parts apart, for the hub and for the y-websocket server (the shared harness's
-``start_yws.sh``), in one run:
+measures the two parts apart, for the hub, the anchor's hub and the y-websocket server (the shared
+harness's ``start_yws.sh``), in one run:
 
 1. builds the document as the harness's driver does (50,000 24-character tokens, each inserted at a
    random token boundary in its own transaction, one Yjs client) with the harness's Node packages, and
    times ``Y.applyUpdate`` of its full update into a fresh ``Y.Doc`` (the client's floor, no server);
-2. starts both servers, uploads the document to a room of each (a y-protocols update message) and waits
-   until a probe's sync step 2 holds all of it;
+2. starts the servers (the hub, the hub of ``--anchor``, default 902dc77, before issue 15's work, and
+   the y-websocket server), uploads the document to a room of each (a y-protocols update message) and
+   waits until a probe's sync step 2 holds all of it;
 3. ``--joiners`` sequential late joins per server, the servers alternated: a raw y-protocols client
    opens the socket, sends sync step 1 with an empty state vector, and waits for the whole sync step 2
    (not applying it): *open* is the WebSocket handshake, *step 2* the server's answer, *server part*
-   both;
+   both; ``--gap`` seconds between rounds spread the joins over time, as late joiners come;
 4. a burst: ``--burst`` clients join one room at the same moment (the cache that encodes the state once
    for many joiners), time to each one's step 2;
 5. server CPU per sequential join (``/proc``), and the target: the server part of a late join at p50
    <= 100 ms.
 
-Every wait is bounded (``--timeout``); both servers are stopped by pid at the end.
+Every wait is bounded (``--timeout``); every server is stopped by pid at the end.
 
     .venv/bin/python bench/latejoin.py                       # 50,000 edits, 15 joins, a burst of 20
     .venv/bin/python bench/latejoin.py --edits 5000 --joiners 5 --burst 5   # smoke run
@@ -49,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procstat  # noqa: E402
 from crdt import DEFAULT_HARNESS, HUB_CONFIG  # noqa: E402
 from fanout import free_port, stop_server, wait_ready  # noqa: E402
+from memory import anchor_checkout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,10 +156,10 @@ UPLOADED: list[websockets.ClientConnection] = []
 
 
 def start(
-    argv: list[str], port: int, log: Path, ready, env: dict[str, str] | None = None
+    argv: list[str], port: int, log: Path, ready, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.Popen:
-    """Start a server; ``ready(proc, port, timeout)`` says None once it serves, else why not."""
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    """Start a server in ``cwd``; ``ready(proc, port, timeout)`` says None once it serves, else why not."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     why = ready(proc, port, 30)
     if why:
         stop_server(proc)
@@ -198,7 +200,9 @@ async def measure(
         results[name]["upload_s"] = await upload(template.format(room=room), update, chars, a.timeout)
     cpu0 = {name: procstat.cpu(pid) for name, (_, pid) in peers.items()}
     cpu_s = dict.fromkeys(peers, 0.0)
-    for _ in range(a.joiners):
+    for n in range(a.joiners):
+        if n and a.gap:
+            await asyncio.sleep(a.gap)  # joiners spread over time: each server's caches may expire between
         for name, (template, pid) in peers.items():
             before = procstat.cpu(pid)
             opened, step2, got = await join(template.format(room=room), a.timeout)
@@ -227,9 +231,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--edits", type=int, default=50_000)
     p.add_argument("--joiners", type=int, default=15, help="sequential late joins per server")
+    p.add_argument("--gap", type=float, default=0.0, help="seconds between rounds of sequential joins")
     p.add_argument("--burst", type=int, default=20, help="clients joining one room at once (0: none)")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=7919)
+    p.add_argument(
+        "--anchor",
+        default="902dc77",
+        help="also run this commit's hub (its tree exported under bench/results/); '' for none",
+    )
     p.add_argument("--harness", type=Path, default=Path(os.environ.get("CRDT_HARNESS", DEFAULT_HARNESS)))
     p.add_argument("--node-dir", type=Path, default=Path(os.environ.get("CRDT_NODE_DIR", "/tmp/crdt-node")))
     a = p.parse_args()
@@ -250,28 +260,21 @@ def main() -> int:
         )
         doc = json.loads(built.stdout)
         update = update_file.read_bytes()
-        config = work / "hub.toml"
-        config.write_text(HUB_CONFIG.format(data_dir=work / "hub-data", queue=""))
-        hub_port, yws_port = free_port(), free_port()
-        hub = start(
-            [sys.executable, "-m", "hub", "serve", "--port", str(hub_port), "--config", str(config)],
-            hub_port,
-            work / "hub.log",
-            wait_ready,
-        )
-        procs.append(hub)
-        yws = start(
-            ["bash", str(a.harness / "start_yws.sh"), str(yws_port)],
-            yws_port,
-            work / "yws.log",
-            wait_listening,
-            env,
-        )
-        procs.append(yws)
-        peers = {
-            "hub": (f"ws://127.0.0.1:{hub_port}/doc/{{room}}", hub.pid),
-            "y-websocket-server": (f"ws://127.0.0.1:{yws_port}/{{room}}", yws.pid),
-        }
+        peers: dict[str, tuple[str, int]] = {}
+        hubs = {"hub": ROOT}
+        if a.anchor:
+            hubs[f"hub {a.anchor} (anchor)"] = Path(anchor_checkout(a.anchor))
+        for n, (name, tree) in enumerate(hubs.items()):
+            config = work / f"hub{n}.toml"
+            config.write_text(HUB_CONFIG.format(data_dir=work / f"hub{n}-data", queue=""))
+            port = free_port()
+            argv = [sys.executable, "-m", "hub", "serve", "--port", str(port), "--config", str(config)]
+            procs.append(start(argv, port, work / f"hub{n}.log", wait_ready, cwd=tree))
+            peers[name] = (f"ws://127.0.0.1:{port}/doc/{{room}}", procs[-1].pid)
+        port = free_port()
+        argv = ["bash", str(a.harness / "start_yws.sh"), str(port)]
+        procs.append(start(argv, port, work / "yws.log", wait_listening, env))
+        peers["y-websocket-server"] = (f"ws://127.0.0.1:{port}/{{room}}", procs[-1].pid)
         load = os.getloadavg()
         results = asyncio.run(measure(peers, a, update, doc["chars"]))
     finally:
@@ -299,12 +302,15 @@ def main() -> int:
             f"| {name} | {ms(r['open'])} | {ms(r['step2'])} | {ms(r['total'])} | "
             f"{r['cpu_ms_per_join']:.1f} | {burst} | {r['upload_s']:.2f} |"
         )
-    hub, peer = results["hub"], results["y-websocket-server"]
-    p50, peer_p50 = statistics.median(hub["total"]), statistics.median(peer["total"])
-    print(
-        f"\nhub / y-websocket-server, server part p50: {p50 / peer_p50:.2f}x; CPU per join: "
-        f"{hub['cpu_ms_per_join'] / max(peer['cpu_ms_per_join'], 1e-9):.2f}x"
-    )
+    hub = results["hub"]
+    p50 = statistics.median(hub["total"])
+    print()
+    for name, other in results.items():
+        if name != "hub":
+            print(
+                f"hub / {name}: server part p50 {p50 / statistics.median(other['total']):.2f}x, CPU per join "
+                f"{hub['cpu_ms_per_join'] / max(other['cpu_ms_per_join'], 1e-9):.2f}x"
+            )
     verdict = "PASS" if p50 <= 0.100 else "FAIL"
     print(f"{verdict}: the server part of a late join, p50 {p50 * 1e3:.1f} ms <= 100 ms")
     end_to_end = p50 + statistics.median(apply) / 1e3
