@@ -35,14 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import anchor_checkout  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HARNESS = ROOT.parent / "shared" / "bench" / "crdt"
-PEERS = ("yws", "hocuspocus", "pycrdt", "custom")
+PEERS = ("yws", "hocuspocus", "pycrdt", "custom", "anchor")
 NAMES = {
     "yws": "y-websocket-server",
     "hocuspocus": "Hocuspocus",
     "pycrdt": "pycrdt-websocket",
     "custom": "hub",
+    "anchor": "hub (anchor)",  # --anchor REV: that commit's hub, run as a second "custom" peer
 }
 
 # The issue's scale (RESULTS.md "Large scale"): 500 clients x 10 edits/s = 5,000 updates/s offered.
@@ -107,7 +111,9 @@ def run_phase(
     driver_args: list[str],
     args: argparse.Namespace,
 ) -> Path:
-    """One ``run_all.sh`` run of ``peers``; returns the folder with ``<peer>.json``."""
+    """One ``run_all.sh`` run of ``peers``; returns the folder with ``<peer>.json``. ``anchor`` is the hub of
+    ``--anchor``: ``run_all.sh`` knows one custom server, so it runs right after the others as a second
+    ``custom`` run of its own, and its ``custom.json`` is kept as ``anchor.json``."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     data_dir = folder / "hub-data"
@@ -115,6 +121,30 @@ def run_phase(
     config = folder / "hub.toml"
     queue = QUEUE_NOTE.format(size=args.hub_queue_bytes) if args.hub_queue_bytes else ""
     config.write_text(HUB_CONFIG.format(data_dir=data_dir, queue=queue))
+    hub = f"{args.switchboard} serve --host 127.0.0.1 --port {{port}} --config {config}"
+    others = [p for p in peers if p != "anchor"]
+    if others:
+        run_all(name, folder, others, driver_args, args, hub)
+    if "anchor" in peers:
+        anchor_folder = folder / "anchor-run"
+        anchor_folder.mkdir(exist_ok=True)
+        anchor_config = anchor_folder / "hub.toml"
+        anchor_config.write_text(HUB_CONFIG.format(data_dir=anchor_folder / "hub-data", queue=queue))
+        # The anchor's tree first on sys.path (``python -m`` from there), this venv's packages behind it.
+        python = args.switchboard.parent / "python"
+        anchor = (
+            f"env -C {args.anchor_tree} {python} -m hub serve --host 127.0.0.1 --port {{port}} "
+            f"--config {anchor_config}"
+        )
+        run_all(f"{name} (anchor {args.anchor})", anchor_folder, ["custom"], driver_args, args, anchor)
+        if (anchor_folder / "custom.json").is_file():
+            shutil.copyfile(anchor_folder / "custom.json", folder / "anchor.json")
+    return folder
+
+
+def run_all(
+    name: str, folder: Path, peers: list[str], driver_args: list[str], args: argparse.Namespace, hub: str
+) -> None:
     env = dict(os.environ)
     env.update(
         PEERS=" ".join(peers),
@@ -123,7 +153,7 @@ def run_phase(
         QUIET_MAX=str(args.quiet_max),
         CRDT_NODE_DIR=str(args.node_dir),
         CRDT_VENV=str(args.venv),
-        CUSTOM_START=f"{args.switchboard} serve --host 127.0.0.1 --port {{port}} --config {config}",
+        CUSTOM_START=hub,
         CUSTOM_URL="ws://127.0.0.1:{port}/doc/{room}",
         CUSTOM_PROTO="yws",
     )
@@ -132,7 +162,6 @@ def run_phase(
     started = time.monotonic()
     result = subprocess.run(command, cwd=args.harness, env=env, stdout=subprocess.DEVNULL, check=False)
     log(f"{name}: done in {time.monotonic() - started:.0f} s (rc {result.returncode}), results in {folder}")
-    return folder
 
 
 # ---------------------------------------------------------------- reading results
@@ -339,6 +368,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--venv", type=Path, default=Path(env("CRDT_VENV", "/tmp/crdt-venv")))
     parser.add_argument("--switchboard", type=Path, default=ROOT / ".venv" / "bin" / "switchboard")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/crdt-<time>")
+    parser.add_argument(
+        "--anchor",
+        default="",
+        help="also run this commit's hub (its tree exported under bench/results/), e.g. 902dc77",
+    )
     parser.add_argument("--peers", default=" ".join(PEERS), help="subset of: " + " ".join(PEERS))
     parser.add_argument("--base-port", type=int, default=12400)
     parser.add_argument(
@@ -384,8 +418,8 @@ def maybe_repeat(phase: str, out: Path, driver_args: list[str], args: argparse.N
     for peer in noisy:
         cores, steal = runs[peer].noise()
         log(f"{phase}: {NAMES[peer]} was noisy ({cores:.2f} other cores, {steal:.0f}% steal)")
-    if "custom" in noisy or "yws" in noisy:  # the targets compare these two: repeat them together
-        noisy = sorted(set(noisy) | ({"custom", "yws"} & set(runs)), key=PEERS.index)
+    if {"custom", "yws", "anchor"} & set(noisy):  # the targets compare these: repeat them together
+        noisy = sorted(set(noisy) | ({"custom", "yws", "anchor"} & set(runs)), key=PEERS.index)
     run_phase(f"{phase}-repeat", out, noisy, driver_args, args)
 
 
@@ -404,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 log(problem)
             return 2
+        if args.anchor:
+            args.anchor_tree = anchor_checkout(args.anchor)
+            peers.append("anchor")
+            NAMES["anchor"] = f"hub {args.anchor} (anchor)"
         out = args.out or ROOT / "bench" / "results" / time.strftime("crdt-%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=True)
         main_args = QUICK_MAIN if args.quick else MAIN_ARGS
