@@ -67,9 +67,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
+import orjson
 from pycrdt import Doc
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from hub import docs_edit, wire
 from hub.api import authenticate, presented_key
@@ -346,6 +347,17 @@ class DocPeer:
         self.transport.close(STORAGE, "write error")
 
 
+def _encoded_content(doc: Doc[Any]) -> tuple[bytes, str]:
+    """A document's JSON content and its version (``Documents.read_encoded``, kept by ``DocRoom.derived``)."""
+    return orjson.dumps(document_json(doc)), document_version(doc).encode()
+
+
+def _etags(if_none_match: str) -> set[str]:
+    """The entity tags an ``If-None-Match`` names, weak ones as strong: RFC 9110 13.1.2 compares them
+    weakly. ``*`` matches any current content."""
+    return {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+
+
 def doc_name(path: str) -> str:
     return path[len(DOC_PREFIX) :]
 
@@ -555,14 +567,14 @@ class Documents:
         response = await self._content_response(request, name)
         await response(scope, receive, send)
 
-    async def _content_response(self, request: Request, name: str) -> JSONResponse:
+    async def _content_response(self, request: Request, name: str) -> Response:
         if request.method not in ("GET", "HEAD"):
             return JSONResponse({"error": "method not allowed"}, status_code=405)
         access = self.http_access(request, name)
         if isinstance(access, JSONResponse):
             return access
         try:
-            content, version = await self.read(name, tenant=access.tenant)
+            body, version = await self.read_encoded(name, tenant=access.tenant)
         except SyncError as exc:
             log_limited(
                 log,
@@ -572,7 +584,12 @@ class Documents:
                 exc.reason,
             )
             return JSONResponse({"error": exc.reason}, status_code=503)
-        return JSONResponse(content, headers={"ETag": f'"{version}"'})
+        etag = f'"{version}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        asked = _etags(request.headers.get("if-none-match", ""))
+        if etag in asked or "*" in asked:
+            return Response(status_code=304, headers=headers)  # RFC 9110 15.4.5: unchanged since that read
+        return Response(body, media_type="application/json", headers=headers)
 
     def http_access(self, request: Request, name: str, write: bool = False) -> Access | JSONResponse:
         """Who a document's HTTP request is (``/content``, ``/edit``), or the refusal to answer: the token
@@ -635,9 +652,16 @@ class Documents:
     async def read(self, name: str, *, tenant: str = "") -> tuple[dict[str, Any], str]:
         """The document's current content as JSON (``sync.content``) and its version (``sync.version``),
         read together: the version is exactly that content's."""
+        body, version = await self.read_encoded(name, tenant=tenant)
+        return orjson.loads(body), version
+
+    async def read_encoded(self, name: str, *, tenant: str = "") -> tuple[bytes, str]:
+        """``read``'s content as JSON bytes, and its version. Computed once per state of the document
+        (``DocRoom.derived``): agents polling ``/content`` of a large document that nobody edits cost no
+        encoding of it."""
         room = await self.rooms.acquire((tenant, name))
         try:
-            return document_json(room.doc), document_version(room.doc).encode()
+            return room.derived(_encoded_content)
         finally:
             self.rooms.release(room)
 

@@ -196,7 +196,9 @@ class DocRoom:
         self._full_state: bytes | None = None
         """The sync step 2 of the whole document, while it is current (see ``_answer_step1``)."""
         self._full_state_used = 0.0
-        """Monotonic second the full-state answer was last built or sent."""
+        """Monotonic second the full-state answer (or a ``derived`` answer) was last built or sent."""
+        self._derived: dict[Callable[[Doc[Any]], Any], Any] | None = None
+        """Answers computed from the document as it is now (``derived``), dropped with ``_full_state``."""
         self._sender: Peer | None = None
         self._integrated: bytes | None = None
         """The update the last transaction emitted (see ``_apply``)."""
@@ -414,6 +416,7 @@ class DocRoom:
         if update == EMPTY_UPDATE or self.closed:
             return
         self._full_state = None
+        self._derived = None
         self._integrated = update
         self.size += len(update)
         sender = self._sender
@@ -598,10 +601,26 @@ class DocRoom:
     # ---------------------------------------------------------------- upkeep
 
     def forget_full_state(self, now: float | None = None) -> None:
-        """Drop the shared full-state answer if no joiner asked for it for ``FULL_STATE_KEEP`` seconds before
-        ``now`` (None: drop it now). The peers still sending it keep their reference."""
+        """Drop the shared full-state answer and the ``derived`` ones if nobody asked for them for
+        ``FULL_STATE_KEEP`` seconds before ``now`` (None: drop them now). The peers still sending the full
+        state keep their reference."""
         if now is None or now - self._full_state_used >= FULL_STATE_KEEP:
             self._full_state = None
+            self._derived = None
+
+    def derived(self, make: Callable[[Doc[Any]], T]) -> T:
+        """``make(doc)`` for the document as it is now, computed once and kept while the document is
+        unchanged (dropped at its next change, or like the full state when unused): for an answer many
+        readers ask of a document that changes less often than it is read (its JSON content and version,
+        which cost an encoding and a copy of the whole document). ``make`` is the key: pass one function,
+        not a new lambda each time; what it returns is shared, so it should be immutable (bytes)."""
+        self._full_state_used = time.monotonic()
+        if self._derived is None:
+            self._derived = {}
+        elif make in self._derived:
+            return self._derived[make]  # type: ignore[no-any-return]
+        value = self._derived[make] = make(self.doc)
+        return value
 
     def expire_awareness(self, now: float) -> None:
         removed = self.awareness.expire(now)

@@ -82,6 +82,32 @@ async def test_text_ops_reach_a_connected_client_and_the_content(
     assert edited == {"op": 0, "path": ["text"], "start": 6, "end": 8}  # UTF-16: the emoji counts 2
 
 
+async def test_content_answers_304_to_its_own_etag_until_the_document_changes(
+    edit_hub: RunningHub, http: httpx.AsyncClient
+) -> None:
+    """/content is computed once per state of the document; an agent polling with If-None-Match gets 304
+    while nothing changed, the new content and version after any edit; garbage in the header is no match."""
+    auth = {"Authorization": f"Bearer {WRITER}"}
+    assert (
+        await edit(http, "poll", {"ops": [{"op": "text.insert", "path": ["text"], "index": 0, "text": "a"}]})
+    ).is_success
+    first = await http.get("/doc/poll/content", headers=auth)
+    assert first.status_code == 200 and first.json() == {"text": "a"}
+    assert first.headers["content-type"] == "application/json"
+    etag = first.headers["etag"]
+    for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+        again = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": header})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, header
+    for header in ('"nope"', "garbage;=<>", ",,,", etag[1:-1], "W/"):
+        other = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": header})
+        assert other.status_code == 200 and other.json() == {"text": "a"}, header
+    r = await edit(http, "poll", {"ops": [{"op": "text.insert", "path": ["text"], "index": 1, "text": "b"}]})
+    changed = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json() == {"text": "ab"}
+    assert changed.headers["etag"] == f'"{r.json()["version"]}"' != etag
+    assert (await http.get("/doc/poll/content", headers={"If-None-Match": etag})).status_code == 401
+
+
 async def test_map_array_and_xml_ops_on_nested_paths(
     edit_hub: RunningHub, http: httpx.AsyncClient, yconnect: YConnect
 ) -> None:

@@ -494,6 +494,33 @@ async def test_the_full_state_of_an_unchanged_document_outlives_the_clock_while_
         assert second == first
 
 
+async def test_a_derived_answer_is_computed_once_per_state_of_the_document(tmp_path: Path) -> None:
+    """``derived`` (the content read of /content) runs its function once while the document is unchanged,
+    again after any change (a peer's update or a server-side transaction), and after ``forget_full_state``."""
+    calls: list[str] = []
+
+    def text_of(doc: Doc) -> str:
+        calls.append(str(doc.get("text", type=Text)))
+        return calls[-1]
+
+    async with rooms_at(tmp_path / "d.sqlite3") as rooms:
+        room = await rooms.acquire(KEY)
+        alice = YClient(1)
+        la = connect(room, alice)
+        alice.text.insert(0, "one")
+        await pump(room, [la])
+        assert [room.derived(text_of) for _ in range(3)] == ["one"] * 3
+        assert calls == ["one"]
+        alice.text.insert(3, " two")
+        await pump(room, [la])
+        assert room.derived(text_of) == "one two"
+        await rooms.transact(KEY, lambda doc: doc.get("text", type=Text).insert(0, "zero "))
+        assert room.derived(text_of) == room.derived(text_of) == "zero one two"
+        room.forget_full_state(now=None)
+        assert room.derived(text_of) == "zero one two"
+        assert calls == ["one", "one two", "zero one two", "zero one two"]
+
+
 async def test_awareness_bounds(tmp_path: Path) -> None:
     """A state past max_state_size ends its peer (LimitExceeded); past the per-connection count or the
     document's total, entries are refused with a notice, and the others are kept."""
