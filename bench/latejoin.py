@@ -52,6 +52,8 @@ from crdt import DEFAULT_HARNESS, HUB_CONFIG  # noqa: E402
 from fanout import free_port, stop_server, wait_ready  # noqa: E402
 from memory import anchor_checkout  # noqa: E402
 
+from sync import protocol  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in Node with the harness's packages: builds the driver's late-join document, writes its update, times
@@ -84,39 +86,7 @@ for (let k = 0; k < 5; k++) {
 console.log(JSON.stringify({ bytes: update.length, chars: text.length, apply_ms: apply }))
 """
 
-SYNC, STEP1, STEP2, UPDATE = 0, 0, 1, 2
-
-
-def varuint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def sync_message(kind: int, payload: bytes) -> bytes:
-    return bytes([SYNC, kind]) + varuint(len(payload)) + payload
-
-
-def step2_payload(frame: bytes | str) -> bytes | None:
-    """The update inside a sync step 2 frame, None for any other frame."""
-    if isinstance(frame, str) or len(frame) < 2 or frame[0] != SYNC or frame[1] != STEP2:
-        return None
-    size, pos = read_varuint(frame, 2)
-    return frame[pos : pos + size]
+STEP2 = b"\x00\x01"  # y-protocols: message sync (0), sync step 2 (1)
 
 
 async def join(url: str, limit: float) -> tuple[float, float, bytes]:
@@ -124,11 +94,14 @@ async def join(url: str, limit: float) -> tuple[float, float, bytes]:
     t0 = time.perf_counter()
     async with websockets.connect(url, max_size=None, compression=None, open_timeout=limit) as ws:
         opened = time.perf_counter()
-        await ws.send(sync_message(STEP1, b"\x00"))  # an empty state vector: "send me everything"
+        await ws.send(protocol.sync_step1(b"\x00"))  # an empty state vector: "send me everything"
         async with asyncio.timeout(limit):
-            while (update := step2_payload(await ws.recv())) is None:
+            while not isinstance(frame := await ws.recv(), bytes) or frame[:2] != STEP2:
                 pass
-        return opened - t0, time.perf_counter() - opened, update
+        answered = time.perf_counter()
+    step2 = protocol.decode(frame)
+    assert isinstance(step2, protocol.SyncStep2)
+    return opened - t0, answered - opened, step2.update
 
 
 def text_length(update: bytes) -> int:
@@ -141,7 +114,7 @@ async def upload(url: str, update: bytes, chars: int, limit: float) -> float:
     """Send the document as one update, keep the writer connected; seconds until a probe's step 2 has it."""
     t0 = time.perf_counter()
     writer = await websockets.connect(url, max_size=None, compression=None)
-    await writer.send(sync_message(UPDATE, update))
+    await writer.send(protocol.update(update))
     end = t0 + limit
     while time.perf_counter() < end:
         *_, got = await join(url, limit)
