@@ -38,6 +38,16 @@ async def rooms_at(path: Path, **kw: object) -> AsyncIterator[DocumentRooms]:
         await rooms.close()
 
 
+async def writing(rooms: DocumentRooms, text: str) -> tuple[DocRoom, YClient, Link]:
+    """The room of ``KEY``, and alice connected to it, whose ``text`` it holds."""
+    room = await rooms.acquire(KEY)
+    alice = YClient(1)
+    la = connect(room, alice)
+    alice.text.insert(0, text)
+    await pump(room, [la])
+    return room, alice, la
+
+
 async def test_two_clients_sync_and_edits_are_relayed(tmp_path: Path) -> None:
     async with rooms_at(tmp_path / "d.sqlite3") as rooms:
         room = await rooms.acquire(KEY)
@@ -240,11 +250,7 @@ async def test_compaction_keeps_content_and_an_old_client_gets_no_duplicates(tmp
 
 async def test_unload_after_the_grace_period_and_reload(tmp_path: Path) -> None:
     async with rooms_at(tmp_path / "d.sqlite3", unload_delay=0.05) as rooms:
-        room = await rooms.acquire(KEY)
-        alice = YClient(1)
-        la = connect(room, alice)
-        alice.text.insert(0, "persisted")
-        await pump(room, [la])
+        room, alice, la = await writing(rooms, "persisted")
         unloaded = asyncio.Event()
         rooms.on_unload = lambda key: unloaded.set()
         room.leave(la)
@@ -436,11 +442,7 @@ async def test_a_step_1_while_the_last_answer_is_on_its_way_is_coalesced(tmp_pat
 async def test_new_clients_share_one_answer_until_the_document_changes(tmp_path: Path) -> None:
     """A step 1 with an empty state vector (a new client) is answered with the full state, built once."""
     async with rooms_at(tmp_path / "d.sqlite3") as rooms:
-        room = await rooms.acquire(KEY)
-        alice = YClient(1)
-        la = connect(room, alice)
-        alice.text.insert(0, "shared state")
-        await pump(room, [la])
+        room, alice, la = await writing(rooms, "shared state")
         answers = []
         for n in range(3):
             link = connect(room, YClient(10 + n))
@@ -468,11 +470,7 @@ async def test_the_full_state_of_an_unchanged_document_outlives_the_clock_while_
     seconds."""
     monkeypatch.setattr("sync.room.FULL_STATE_KEEP", keep)
     async with rooms_at(tmp_path / "d.sqlite3", keepalive_interval=0.02) as rooms:
-        room = await rooms.acquire(KEY)
-        alice = YClient(1)
-        la = connect(room, alice)
-        alice.text.insert(0, "kept")
-        await pump(room, [la])
+        room, alice, la = await writing(rooms, "kept")
 
         async def full_state() -> bytes:
             link = connect(room, YClient(10))
@@ -504,11 +502,7 @@ async def test_a_derived_answer_is_computed_once_per_state_of_the_document(tmp_p
         return calls[-1]
 
     async with rooms_at(tmp_path / "d.sqlite3") as rooms:
-        room = await rooms.acquire(KEY)
-        alice = YClient(1)
-        la = connect(room, alice)
-        alice.text.insert(0, "one")
-        await pump(room, [la])
+        room, alice, la = await writing(rooms, "one")
         assert [room.derived(text_of) for _ in range(3)] == ["one"] * 3
         assert calls == ["one"]
         alice.text.insert(3, " two")
