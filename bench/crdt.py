@@ -388,6 +388,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="main phase: only these driver scenarios (comma list, e.g. latejoin,capacity; default all five)",
     )
+    parser.add_argument(
+        "--driver",
+        default="",
+        help="more driver options for the main phase, appended (the driver takes the last of each), e.g. "
+        "'--edits 100' for a 10 s capacity phase",
+    )
     parser.add_argument("--quick", action="store_true", help="10 rooms x 5 clients, small docs: a smoke run")
     parser.add_argument("--quiet-max", type=int, default=60, help="s to wait for an idle machine per run")
     parser.add_argument("--noise-cores", type=float, default=0.5)
@@ -447,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         main_args = QUICK_MAIN if args.quick else MAIN_ARGS
         if args.scenarios:  # the driver takes the last --scenarios it is given
             main_args = [*main_args, "--scenarios", args.scenarios]
+        main_args = [*main_args, *args.driver.split()]
         probe_args = [*(QUICK_PROBE if args.quick else PROBE_ARGS), "--cap-rate", f"{args.probe_cap_rate:g}"]
         run_phase("main", out, peers, main_args, args)
         maybe_repeat("main", out, main_args, args)
