@@ -205,12 +205,14 @@ async def test_a_presence_refresh_that_cannot_reach_redis_is_a_warning_and_the_n
 ) -> None:
     """Issue 15: in a connect storm a node's periodic presence refresh timed out and was logged as an ERROR
     with a traceback. Redis now stalls past the refresh's budget: the node logs one warning saying what was
-    not refreshed and what happens to it, no error; once Redis answers, the next refresh renews the entry
-    and presence is served as before."""
+    not refreshed and what happens to it, no error; a subscribe meanwhile is refused as temporary (100, the
+    SDKs retry it); once Redis answers, the next refresh renews the entry and presence is served as
+    before."""
     caplog.set_level(logging.INFO, logger="switchboard")
     hub = await make_hub(redis_urls=[redis_server.url], node_name="solo", redis_connect_timeout=0.3)
     node = hub.sb.node
     alice = await raw_client(hub, connect={"token": token("alice")})
+    bob = await raw_client(hub, connect={"token": token("bob")})
     assert "error" not in await alice.command("subscribe", {"channel": "chat:room"})
     members = (await alice.command("presence", {"channel": "chat:room"}))["presence"]["presence"]
     (client_id,) = members
@@ -235,8 +237,12 @@ async def test_a_presence_refresh_that_cannot_reach_redis_is_a_warning_and_the_n
         assert redis_server.command("CLIENT", "PAUSE", str(int(TIMEOUT * 4000)), "WRITE").startswith(b"+OK")
         try:
             await refresh()
+            # A subscribe meanwhile fails as temporary (the SDKs subscribe again, with backoff)
+            refused = await bob.command("subscribe", {"channel": "chat:room"})
+            assert refused["error"]["code"] == 100 and refused["error"].get("temporary") is True, refused
         finally:
             assert redis_server.command("CLIENT", "UNPAUSE").startswith(b"+OK")
+        assert "error" not in await bob.command("subscribe", {"channel": "chat:room"})
         warnings = [
             r.getMessage()
             for r in caplog.records
@@ -249,6 +255,6 @@ async def test_a_presence_refresh_that_cannot_reach_redis_is_a_warning_and_the_n
         after = await r.zscore(zkey, client_id)
         assert after is not None and after > before
         members = (await alice.command("presence", {"channel": "chat:room"}))["presence"]["presence"]
-        assert list(members) == [client_id] and members[client_id]["user"] == "alice"
+        assert members[client_id]["user"] == "alice" and len(members) == 2  # and bob
     finally:
         await r.aclose()
