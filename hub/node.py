@@ -724,8 +724,8 @@ class Node:
         once: a refresh still retrying when the next one is due (Redis slow or away) skips that one.
 
         A refresh that could not reach Redis for some entries (after its own retries) is a warning, not an
-        error: those entries expire after ``presence_ttl`` unless the next refresh gets through, and each
-        client's presence comes back at the latest when it resubscribes."""
+        error: those entries expire after ``presence_ttl`` unless the next refresh gets through, and the
+        first refresh that does brings back any that expired meanwhile."""
         if self._presence_refresh is not None and not self._presence_refresh.done():
             return  # the last refresh is still running: never two at once
         cfg = self.config
