@@ -895,6 +895,8 @@ class Client:
         offset = 0
         recovered: list[Publication] = []
         snapshot: list[Publication] = []
+        adding = False
+        """The presence add was sent (it may have landed even if it failed)."""
         try:
             if positioned:
                 # Cache mode: every subscribe recovers (Centrifuge's AutoCacheRecover), so a dashboard shows
@@ -945,11 +947,12 @@ class Client:
             if self._abandoned(sub):
                 raise codes.error_internal()
             if opts.presence:
+                adding = True
                 await node.presence.add(key, info)
                 if self._abandoned(sub):
                     raise codes.error_internal()  # the rollback takes the presence entry out again
         except BaseException:
-            await self._rollback_async(sub)
+            await self._rollback_async(sub, presence=adding)
             raise
         if expires_at:
             result["expires"] = True
@@ -1049,15 +1052,21 @@ class Client:
                 self.events.forget(sub.channel.raw)
         self.node.registry.cancel_subscribe(sub.key, self)
 
-    async def _rollback_async(self, sub: Subscription) -> None:
+    async def _rollback_async(self, sub: Subscription, *, presence: bool = True) -> None:
+        """Undo a subscription being set up, and its presence entry if ``presence`` (its add was sent).
+        With Redis away this is best effort, as leaving is (``_after_detach``): a warning, and the entry
+        expires by itself; anything else is a bug (an error with its traceback). Issue 15: in a connect
+        storm every subscribe refused for a Redis timeout logged an ERROR with a traceback here, and waited
+        another Redis timeout for a remove of an entry it had never added."""
         self._rollback(sub)
         try:
-            await self.node.release_channel(sub.key)  # if that was the node's last subscriber of the channel
+            # if that was the node's last subscriber of the channel
+            await self._best_effort(self.node.release_channel(sub.key), "broker unsubscribe")
         except Exception:
             log.exception("broker unsubscribe failed during rollback", extra=self._log_extra())
-        if sub.options.presence:
+        if presence and sub.options.presence:
             try:
-                await self.node.presence.remove(sub.key, self.id)
+                await self._best_effort(self.node.presence.remove(sub.key, self.id), "presence remove")
             except Exception:
                 log.exception("presence remove failed during rollback", extra=self._log_extra())
 

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +42,7 @@ from hub.watch import Watch
 from hub.wheel import TimerWheel
 from hub.wire import CODECS, FEED, JSON_EVENTS, JSON_UNI, PROTOBUF, binary_data, json_view
 from hub.writer import Backlog, FlushScheduler, SlotClock, Transport
-from presence.presence import PresenceManager
+from presence.presence import PresenceManager, PresenceUnavailable
 
 if TYPE_CHECKING:
     from hub.bots.service import Bots
@@ -720,27 +720,43 @@ class Node:
 
     def _refresh_presence(self) -> None:
         """Re-add every presence entry of this node's connections, so that a shared presence backend keeps
-        them past its ttl while they live (and drops them within it when this node dies)."""
+        them past its ttl while they live (and drops them within it when this node dies). Never two at
+        once: a refresh still retrying when the next one is due (Redis slow or away) skips that one.
+
+        A refresh that could not reach Redis for some entries (after its own retries) is a warning, not an
+        error: those entries expire after ``presence_ttl`` unless the next refresh gets through, and the
+        first refresh that does brings back any that expired meanwhile."""
         if self._presence_refresh is not None and not self._presence_refresh.done():
             return  # the last refresh is still running: never two at once
+        cfg = self.config
 
         async def refresh() -> None:
-            # The snapshot is taken in the same step as the call starts: a removal between the two would
-            # otherwise be undone by the refresh for a whole ttl.
-            entries = [
-                (sub.key, sub.info)
-                for client in self.sessions
-                for sub in client.subs.values()
-                if sub.active and sub.options.presence
-            ]
-            if not entries:
-                return
             try:
-                await self.presence.refresh(entries)
+                await self.presence.refresh(self._presence_entries())
+            except PresenceUnavailable as exc:
+                log_limited(
+                    log,
+                    logging.WARNING,
+                    "%s; they expire %g s (presence_ttl) after their last refresh unless the next refresh"
+                    " (every %g s) gets through",
+                    exc,
+                    cfg.presence_ttl,
+                    cfg.presence_update_interval,
+                )
             except Exception:
-                log.exception("presence refresh of %d entries failed", len(entries))
+                log.exception("presence refresh failed")
 
         self._presence_refresh = asyncio.get_running_loop().create_task(refresh())
+
+    def _presence_entries(self) -> Iterator[tuple[ChannelKey, ClientInfo]]:
+        """Every presence entry of this node's connections, read lazily: the presence backend reads them
+        only once its refresh began (so a removal at any point wins over the re-add, see
+        ``PresenceManager.refresh``) and lets the loop go between slices of them. The sessions are those
+        of the first read, each one's active subscriptions with presence those of when it is reached."""
+        for client in list(self.sessions):
+            for sub in list(client.subs.values()):
+                if sub.active and sub.options.presence:
+                    yield sub.key, sub.info
 
     # -- server API --
 

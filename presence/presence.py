@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,9 +41,13 @@ class PresenceManager(Protocol):
 
     async def stats(self, key: ChannelKey) -> PresenceStats: ...
 
-    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+    async def refresh(self, entries: Iterable[tuple[ChannelKey, ClientInfo]]) -> None:
         """Re-add many entries at once: the owning node calls it every ``presence_update_interval`` so
-        that live entries never expire, while a dead node's entries do."""
+        that live entries never expire, while a dead node's entries do. ``entries`` may be read lazily,
+        a slice at a time with the loop let go between (a generator over the node's sessions), and only
+        after the call began: a removal at any point of the reading wins over the re-add (see
+        ``presence_redis.RedisPresence.refresh``). Raises PresenceUnavailable when some entries could not
+        be refreshed (those expire by themselves unless a later refresh reaches them)."""
 
     async def purge(self, owner: str) -> int:
         """Remove every entry the instance ``owner`` added (a node that died without removing its own):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from channels.names import ChannelKey
 from channels.publication import ClientInfo
@@ -33,7 +33,7 @@ class MemoryPresence:
         members = self._channels.get(key, {})
         return PresenceStats(len(members), len({info.user for info in members.values()}))
 
-    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+    async def refresh(self, entries: Iterable[tuple[ChannelKey, ClientInfo]]) -> None:
         """Nothing to do: entries of one process never expire, its removals are certain."""
 
     async def purge(self, owner: str) -> int:

@@ -50,9 +50,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
+import random
+import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +68,8 @@ from channels.publication import ClientInfo
 from channels.redis_shards import DOWN_ERRORS, RedisShards, Shard, route_of
 from channels.redis_shards import Script as ShardScript
 from presence.presence import PresenceStats, PresenceUnavailable
+
+log = logging.getLogger("switchboard.presence")
 
 _CLEAN = """
 local function now()
@@ -177,6 +182,12 @@ PIPELINE_CALLS = 20
 PIPELINE_ENTRIES = 2000
 """At most this many script calls / entries per round trip: encoding and parsing a pipeline runs on the
 event loop without a break, so a node refreshing 10,000 entries must not stall its clients for all of it."""
+REFRESH_SLICE = 2000
+"""Entries a refresh reads from its caller (and groups) between two lets-go of the loop: reading 100,000
+entries at once held the loop ~100 ms, and building their index members another ~40 ms."""
+RETRY_MIN = 0.1
+RETRY_MAX = 2.0
+"""Backoff (seconds, doubling, with jitter) between a refresh's retries of the round trips that failed."""
 
 
 class Script(ShardScript):
@@ -212,6 +223,38 @@ class _Call:
     args: list[Any]
     channels: int = 0
     entries: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One round trip of a refresh: calls of one script to one shard."""
+
+    script: Script
+    calls: list[_Call]
+
+    @property
+    def entries(self) -> int:
+        return sum(call.entries for call in self.calls)
+
+    def halves(self) -> list[_Batch]:
+        """This round trip as two smaller ones (one, if it is a single call)."""
+        half = (len(self.calls) + 1) // 2
+        return [_Batch(self.script, part) for part in (self.calls[:half], self.calls[half:]) if part]
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one refresh's lanes (a shard's channels, the owner index) share."""
+
+    deadline: float
+    """time.monotonic() past which a failed round trip is given up on."""
+    retries: int = 0
+    missed: int = 0
+    """Entries not refreshed in their channel."""
+    index_missed: int = 0
+    """Entries not listed in the owner index."""
+    error: PresenceUnavailable | None = None
+    """The last failure."""
 
 
 def _pack(info: ClientInfo) -> bytes:
@@ -253,11 +296,18 @@ class RedisPresence:
     (an add whose reply was lost may or may not have happened; the next refresh settles it).
     """
 
-    def __init__(self, shards: RedisShards, *, ttl: float, node_id: str = "") -> None:
+    def __init__(
+        self, shards: RedisShards, *, ttl: float, node_id: str = "", refresh_budget: float | None = None
+    ) -> None:
         if not ttl > 0:
             raise ValueError("presence ttl must be positive")
         self.shards = shards
         self.ttl = ttl
+        self.refresh_budget = ttl / 3 if refresh_budget is None else refresh_budget
+        """Seconds a refresh keeps retrying what failed (see refresh). A third of the ttl by default: with the
+        hub's defaults (ttl 60 s, a refresh every 25 s) a refresh gives up before the next one is due, and
+        that one, with the sessions read anew, still reaches Redis before the entries expire if Redis answers
+        by then."""
         self.owner = f"{node_id}/{uuid.uuid4().hex[:12]}"
         """This instance's entries are listed under this name (see Owners in the module docstring)."""
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
@@ -328,61 +378,118 @@ class RedisPresence:
         clients, users = await self._run(_stats, key, [])
         return PresenceStats(int(clients), int(users))
 
-    async def refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+    async def refresh(self, entries: Iterable[tuple[ChannelKey, ClientInfo]]) -> None:
         """Re-add every entry: per shard, one script call per up to CALL_CHANNELS channels (standalone) or
         per hash slot (cluster), pipelined up to PIPELINE_CALLS calls / PIPELINE_ENTRIES entries to a round
-        trip (10,000 entries of one shard: 5 round trips, not 10,000).
+        trip (10,000 entries of one shard: 5 round trips, not 10,000), and the owner index likewise
+        (INDEX_CHUNK members a call), each shard and the index at once, on pooled connections of their
+        own: a slow refresh never holds up the node's other commands on the shared one (``Shard.eval``),
+        nor does its timeout fail them.
 
-        Every shard is attempted; if any could not be reached, PresenceUnavailable is raised afterwards
-        (the reachable shards were refreshed).
+        ``entries`` is read REFRESH_SLICE at a time, the loop let go between slices, and the round trips
+        are encoded one at a time as they go out: 100,000 entries never hold the loop for long.
 
-        A refresh can race a removal of this node: the caller snapshots its entries, a client leaves and is
-        removed, then the refresh's re-add lands and brings the entry back for a whole ttl. So an entry of
-        this batch removed (through this instance) while the refresh was in flight, and not added again
-        since, is removed once more after it: a removal always wins over a concurrent refresh. For that the
-        caller takes its snapshot of ``entries`` and calls ``refresh`` in one step, with no await between.
+        Failures: a round trip that fails because Redis cannot be reached or does not answer in time
+        (any of DOWN_ERRORS: a server restarting, or one too busy to answer within ``connect_timeout``, as
+        in a connect storm) is tried again, split in halves, after a backoff (RETRY_MIN doubling to
+        RETRY_MAX, with jitter), until ``refresh_budget`` seconds after the refresh began; the rest of
+        the shard's round trips wait behind it. The first failure of a refresh is logged once (a
+        warning); what is still not refreshed when the budget is spent is given up on, and
+        PresenceUnavailable is raised at the end saying how many entries that is (every shard is
+        attempted; the reachable ones were refreshed). Those entries expire ``ttl`` after their last
+        add unless the next refresh reaches their Redis first. A script error (a bug) is not retried.
+
+        A refresh can race a removal of this node: the caller reads a client's entry, the client leaves
+        and is removed, then the refresh's re-add lands and brings the entry back for a whole ttl. So an
+        entry of this batch removed (through this instance) while the refresh was in flight, and not added
+        again since, is removed once more after it, also when the refresh failed in part: a removal always
+        wins over a concurrent refresh. For that the refresh is registered before ``entries`` is read, and
+        the caller hands over what it has not read yet (a generator over its sessions), or a list it built
+        in the same step as the call, with no await between: an entry read before the registration and
+        removed before it would come back.
         """
         removed: set[tuple[ChannelKey, str]] = set()
         token = next(self._refresh_ids)
         self._removed_during_refresh[token] = removed
         try:
-            await self._refresh(entries)
+            taken: dict[ChannelKey, dict[str, ClientInfo]] = {}
+            failure: Exception | None = None
+            try:
+                await self._refresh(entries, taken)
+            except Exception as exc:  # the removals below run all the same; re-raised after them
+                failure = exc
             # The set stays registered while the removals run: an add during their awaits takes its entry
             # out (it is live again), so nothing is removed that came back after being computed here.
-            removed &= {(key, info.client) for key, info in entries}
+            removed.difference_update([(k, c) for k, c in removed if c not in taken.get(k, ())])
             while removed:
                 key, client_id = removed.pop()
                 await self._remove(key, client_id)  # not self.remove: it would re-record it here
+            if failure is not None:
+                raise failure
         finally:
             del self._removed_during_refresh[token]
 
-    async def _refresh(self, entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
-        by_channel: dict[ChannelKey, list[ClientInfo]] = {}
-        for key, info in entries:
-            by_channel.setdefault(key, []).append(info)
-        by_shard: dict[int, tuple[Shard, list[tuple[list[str], list[ClientInfo]]]]] = {}
-        for key, infos in by_channel.items():
-            shard, keys = self._where(key)
-            by_shard.setdefault(shard.index, (shard, []))[1].append((keys, infos))
+    async def _refresh(
+        self, entries: Iterable[tuple[ChannelKey, ClientInfo]], taken: dict[ChannelKey, dict[str, ClientInfo]]
+    ) -> None:
+        """Read ``entries`` into ``taken`` (by channel, then client id), then send them (see refresh)."""
+        started = time.monotonic()
+        lanes: dict[int, tuple[Shard, list[tuple[list[str], dict[str, ClientInfo]]]]] = {}
+        for n, (key, info) in enumerate(entries, 1):
+            members = taken.get(key)
+            if members is None:
+                members = taken[key] = {}
+                shard, keys = self._where(key)
+                lanes.setdefault(shard.index, (shard, []))[1].append((keys, members))
+            members[info.client] = info
+            if n % REFRESH_SLICE == 0:
+                await asyncio.sleep(0)  # let the loop go: the caller's sessions may change meanwhile
+        if not taken:
+            return
+        total = sum(len(members) for members in taken.values())
+        run = _Run(started + self.refresh_budget)
+        index_shard, index, _ = self._index(self.owner)
         results = await asyncio.gather(
-            *(self._refresh_shard(shard, channels) for shard, channels in by_shard.values()),
-            self._own([_member(key, info.client) for key, info in entries]),
+            *(
+                self._send_lane(
+                    run, shard, self._channel_batches(shard, channels), sum(len(m) for _, m in channels)
+                )
+                for shard, channels in lanes.values()
+            ),
+            self._send_lane(run, index_shard, self._index_batches(index, taken), total, index=True),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        if run.missed or run.index_missed:
+            given_up = [f"{run.missed} of {total} entries not refreshed"] if run.missed else []
+            if run.index_missed:
+                given_up.append(f"{run.index_missed} of {total} not listed in the owner index")
+            raise PresenceUnavailable(
+                f"presence refresh: {' and '.join(given_up)} within {self.refresh_budget:g} s ({run.error})"
+            )
+        if run.retries:
+            log.info(
+                "presence refresh: all %d entries refreshed after %d retried round trips (%.1f s)",
+                total,
+                run.retries,
+                time.monotonic() - started,
+            )
 
-    async def _refresh_shard(self, shard: Shard, channels: list[tuple[list[str], list[ClientInfo]]]) -> None:
-        """Channels batched into script calls (standalone: any channels of the shard together; cluster: only
-        channels sharing a hash slot), the calls sent as soon as a pipeline's worth is ready, so encoding
-        the next batch overlaps Redis working on this one and the loop is never held for the whole refresh."""
+    def _channel_batches(
+        self, shard: Shard, channels: list[tuple[list[str], dict[str, ClientInfo]]]
+    ) -> Iterator[_Batch]:
+        """The round trips of one shard's channels: batched into script calls (standalone: any channels of
+        the shard together; cluster: only channels sharing a hash slot), a round trip yielded as soon as
+        it is full, so it is encoded just before it goes out and the loop is never held for all of them."""
         open_calls: dict[int, _Call] = {}
         """The call still filling, per group: the one shard in standalone mode, the slot in a cluster."""
         pending: list[_Call] = []
         pending_entries = 0
-        for keys, infos in channels:
+        for keys, members in channels:
             group = key_slot(keys[0].encode()) if shard.cluster else 0
+            infos = list(members.values())
             for start in range(0, len(infos), CALL_ENTRIES):
                 chunk = infos[start : start + CALL_ENTRIES]
                 call = open_calls.get(group)
@@ -397,32 +504,84 @@ class RedisPresence:
                 call.entries += len(chunk)
                 pending_entries += len(chunk)
                 if len(pending) >= PIPELINE_CALLS or pending_entries >= PIPELINE_ENTRIES:
-                    await self._send(shard, pending)
+                    yield _Batch(_add, pending)
                     pending, pending_entries = [], 0
                     open_calls.clear()
         if pending:
-            await self._send(shard, pending)
+            yield _Batch(_add, pending)
 
-    async def _send(self, shard: Shard, calls: list[_Call]) -> None:
+    def _index_batches(self, index: str, taken: dict[ChannelKey, dict[str, ClientInfo]]) -> Iterator[_Batch]:
+        """The round trips listing every entry in this instance's index: INDEX_CHUNK members a call, up to
+        PIPELINE_ENTRIES members a round trip, each built just before it goes out."""
+        members = (_member(key, client) for key, clients in taken.items() for client in clients)
+        calls_per_trip = max(1, PIPELINE_ENTRIES // INDEX_CHUNK)
+        while True:
+            calls: list[_Call] = []
+            for _ in range(calls_per_trip):
+                chunk = list(itertools.islice(members, INDEX_CHUNK))
+                if not chunk:
+                    break
+                calls.append(_Call([index], [self.ttl, self._ttl_ms, *chunk], entries=len(chunk)))
+            if not calls:
+                return
+            yield _Batch(_own, calls)
+
+    async def _send_lane(
+        self, run: _Run, shard: Shard, batches: Iterator[_Batch], entries: int, *, index: bool = False
+    ) -> None:
+        """Send ``batches`` (``entries`` in all) to ``shard`` one round trip after the other, retrying
+        those that fail (see refresh); what is given up on is counted in ``run``."""
+        retry: list[_Batch] = []
+        """Failed round trips to send again, the next one last."""
+        delay = RETRY_MIN
+        sent = 0
+        while True:
+            batch = retry.pop() if retry else next(batches, None)
+            if batch is None:
+                return
+            try:
+                await self._send(shard, batch)
+            except PresenceUnavailable as exc:
+                if run.error is None:
+                    log.warning(
+                        "presence refresh: %s; retrying what failed for up to %g s", exc, self.refresh_budget
+                    )
+                run.error = exc
+                if time.monotonic() + delay > run.deadline:
+                    if index:
+                        run.index_missed += entries - sent
+                    else:
+                        run.missed += entries - sent
+                    return
+                run.retries += 1
+                retry += reversed(batch.halves())
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # backoff with jitter
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            sent += batch.entries
+            delay = RETRY_MIN
+
+    async def _send(self, shard: Shard, batch: _Batch) -> None:
+        script, calls = batch.script, batch.calls
         try:
-            results = await self._pipeline(shard, _add.sha, calls)
+            results = await self._pipeline(shard, "EVALSHA", script.sha, calls)
             # NOSCRIPT only after Redis lost its script cache (a restart): resend those with the text
             missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, rexc.NoScriptError)]
             if missing:
                 results = [r for r in results if not isinstance(r, rexc.NoScriptError)]
-                results += await self._pipeline(shard, _add.text, missing)
+                results += await self._pipeline(shard, "EVAL", script.text, missing)
         except DOWN_ERRORS as exc:
-            raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {exc}") from exc
+            raise PresenceUnavailable(f"redis {shard.name}: {exc or type(exc).__name__}") from exc
         for result in results:
             if isinstance(result, DOWN_ERRORS):
-                raise PresenceUnavailable(f"presence refresh: redis {shard.name}: {result}") from result
+                raise PresenceUnavailable(f"redis {shard.name}: {result}") from result
             if isinstance(result, Exception):
                 raise result
 
     @staticmethod
-    async def _pipeline(shard: Shard, script: str, calls: list[_Call]) -> list[Any]:
-        """EVALSHA (``script`` is a sha) or EVAL (``script`` is the text) of the add script, for each call."""
-        command = "EVAL" if script == _add.text else "EVALSHA"
+    async def _pipeline(shard: Shard, command: str, script: str, calls: list[_Call]) -> list[Any]:
+        """``command`` (EVALSHA with a sha, EVAL with the text) of ``script`` for each call, in one round
+        trip on a pooled connection of ``shard`` (a failed one is dropped by redis-py, not reused)."""
         r: Any = shard.redis
         pipe = r.pipeline(transaction=False) if not shard.cluster else r.pipeline()
         for call in calls:

@@ -4,11 +4,15 @@ comes back. Many-node behaviour is in test_many_nodes*.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
+import pytest
+import redis.asyncio as aioredis
 
 from channels.redis_shards import route_of
+from presence.presence_redis import RedisPresence
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, token
 from tests.redis_proxy import Proxy
 from tests.redis_servers import RedisServer
@@ -194,3 +198,63 @@ async def test_a_sessions_publishes_are_pipelined_in_order(
         assert answered == list(range(100, 119))  # in command order, the last one taken above
     finally:
         await proxy.close()
+
+
+async def test_a_presence_refresh_that_cannot_reach_redis_is_a_warning_and_the_next_one_renews(
+    make_hub: HubFactory, raw_client: Any, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: in a connect storm a node's periodic presence refresh timed out and was logged as an ERROR
+    with a traceback. Redis now stalls past the refresh's budget: the node logs one warning saying what was
+    not refreshed and what happens to it, no error; a subscribe meanwhile is refused as temporary (100, the
+    SDKs retry it); once Redis answers, the next refresh renews the entry and presence is served as
+    before."""
+    caplog.set_level(logging.INFO, logger="switchboard")
+    hub = await make_hub(redis_urls=[redis_server.url], node_name="solo", redis_connect_timeout=0.3)
+    node = hub.sb.node
+    alice = await raw_client(hub, connect={"token": token("alice")})
+    bob = await raw_client(hub, connect={"token": token("bob")})
+    assert "error" not in await alice.command("subscribe", {"channel": "chat:room"})
+    members = (await alice.command("presence", {"channel": "chat:room"}))["presence"]["presence"]
+    (client_id,) = members
+    presence = node.presence
+    assert isinstance(presence, RedisPresence)
+    presence.refresh_budget = 0.3  # a node's is presence_ttl / 3
+    zkey = presence.shards.key("presence_exp", route_of("", "chat:room"))
+    r = aioredis.Redis.from_url(redis_server.url)
+
+    async def refresh() -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while node._presence_refresh is not None and not node._presence_refresh.done():  # noqa: SLF001
+                await node._presence_refresh  # noqa: SLF001 - the one the node began at its start
+            node._refresh_presence()  # noqa: SLF001 - what the session clock calls every update interval
+            assert node._presence_refresh is not None  # noqa: SLF001
+            await node._presence_refresh  # noqa: SLF001
+
+    try:
+        await refresh()
+        before = await r.zscore(zkey, client_id)
+        assert before is not None
+        assert redis_server.command("CLIENT", "PAUSE", str(int(TIMEOUT * 4000)), "WRITE").startswith(b"+OK")
+        try:
+            await refresh()
+            # A subscribe meanwhile fails as temporary (the SDKs subscribe again, with backoff)
+            refused = await bob.command("subscribe", {"channel": "chat:room"})
+            assert refused["error"]["code"] == 100 and refused["error"].get("temporary") is True, refused
+        finally:
+            assert redis_server.command("CLIENT", "UNPAUSE").startswith(b"+OK")
+        assert "error" not in await bob.command("subscribe", {"channel": "chat:room"})
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "switchboard.node" and r.levelno == logging.WARNING
+        ]
+        assert len(warnings) == 1 and "1 of 1 entries not refreshed" in warnings[0], warnings
+        assert "expire 60 s (presence_ttl) after their last refresh" in warnings[0]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        await refresh()
+        after = await r.zscore(zkey, client_id)
+        assert after is not None and after > before
+        members = (await alice.command("presence", {"channel": "chat:room"}))["presence"]["presence"]
+        assert members[client_id]["user"] == "alice" and len(members) == 2  # and bob
+    finally:
+        await r.aclose()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +22,15 @@ from channels.names import ChannelKey
 from channels.publication import ClientInfo
 from channels.redis_shards import RedisShards, route_of
 from presence.presence import PresenceStats, PresenceUnavailable
-from presence.presence_redis import RedisPresence
+from presence.presence_redis import REFRESH_SLICE, RedisPresence
 from tests.conftest import TIMEOUT
 from tests.presence.cases import CASES, ROOM, ROOM_B, Case, Op, check_against_model, ops_strategy
 from tests.redis_servers import RedisCluster, RedisServer
 
 LONG_TTL = 60.0
 """Nothing expires during a test that is not about expiry."""
+REFRESH_BUDGET = 0.5
+"""A refresh that cannot reach a Redis stopped by the test gives up soon (a node's gives up after ttl / 3)."""
 
 
 @dataclass
@@ -63,11 +66,18 @@ async def make_node() -> AsyncIterator[NodeFactory]:
     """``await make_node(urls, cluster=..., ttl=...)``: a RedisPresence over its own, started RedisShards."""
     opened: list[RedisShards] = []
 
-    async def make(urls: Sequence[str], *, cluster: bool = False, ttl: float = LONG_TTL) -> RedisPresence:
-        shards = RedisShards(urls, cluster=cluster, connect_timeout=2.0)
+    async def make(
+        urls: Sequence[str],
+        *,
+        cluster: bool = False,
+        ttl: float = LONG_TTL,
+        connect_timeout: float = 2.0,
+        refresh_budget: float = REFRESH_BUDGET,
+    ) -> RedisPresence:
+        shards = RedisShards(urls, cluster=cluster, connect_timeout=connect_timeout)
         opened.append(shards)
         await shards.start()
-        return RedisPresence(shards, ttl=ttl)
+        return RedisPresence(shards, ttl=ttl, refresh_budget=refresh_budget)
 
     yield make
     for shards in opened:
@@ -311,10 +321,10 @@ async def test_removal_during_refresh_wins(redis_server: RedisServer, make_node:
     started, proceed = asyncio.Event(), asyncio.Event()
     real_refresh = p._refresh  # noqa: SLF001 - hold the refresh's Redis calls until the removal is done
 
-    async def held(entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
+    async def held(entries: Iterable[tuple[ChannelKey, ClientInfo]], taken: Any) -> None:
         started.set()
         await proceed.wait()
-        await real_refresh(entries)
+        await real_refresh(entries, taken)
 
     p._refresh = held  # type: ignore[method-assign]  # noqa: SLF001
     c3 = ClientInfo("carol", "c3")
@@ -345,8 +355,10 @@ async def test_a_client_back_during_the_re_removal_stays(
     real_refresh, real_run = p._refresh, p._run  # noqa: SLF001
     state: dict[str, Any] = {"left": False, "back": None}
 
-    async def refresh_then_leave(entries: Sequence[tuple[ChannelKey, ClientInfo]]) -> None:
-        await real_refresh(entries)  # its re-adds landed; now both clients leave, still inside the refresh
+    async def refresh_then_leave(entries: Iterable[tuple[ChannelKey, ClientInfo]], taken: Any) -> None:
+        await real_refresh(
+            entries, taken
+        )  # its re-adds landed; now both clients leave, still inside the refresh
         await p.remove(ROOM, "c1")
         await p.remove(ROOM, "c2")
         state["left"] = True
@@ -457,3 +469,147 @@ async def test_one_shard_down_the_others_still_refreshed(
         assert list(await p.get(key)) == [f"c-{key[1]}"]
     with pytest.raises(PresenceUnavailable):
         await p.get(next(key for key in keys if key not in alive))
+
+
+# -- a refresh while Redis stalls (issue 15: a node's refresh failed in a connect storm) -------------------
+
+STALL_TIMEOUT = 0.3
+"""The nodes' Redis timeout in the stall tests: a paused Redis fails a round trip after this long."""
+
+
+class Warned(logging.Handler):
+    """Records the presence log lines; ``first`` is set at the first warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.first = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if record.levelno >= logging.WARNING:
+            self.first.set()
+
+
+@pytest.fixture
+def warned() -> Iterator[Warned]:
+    handler = Warned()
+    logger = logging.getLogger("switchboard.presence")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def stalled(server: RedisServer) -> Iterator[None]:
+    """Redis holds every write and script (CLIENT PAUSE WRITE) until the block ends; reads still answer."""
+    assert server.command("CLIENT", "PAUSE", str(int(TIMEOUT * 4000)), "WRITE").startswith(b"+OK")
+    try:
+        yield
+    finally:
+        assert server.command("CLIENT", "UNPAUSE").startswith(b"+OK")
+
+
+async def expire_at(p: RedisPresence, redis_url: str, keys: Sequence[ChannelKey]) -> list[float]:
+    """Every entry's expire-at time in ``keys``, read straight from Redis."""
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        scores: list[float] = []
+        for key in keys:
+            zkey = p.shards.key("presence_exp", route_of(*key))
+            scores += [score for _, score in await r.zrange(zkey, 0, -1, withscores=True)]
+        return scores
+    finally:
+        await r.aclose()
+
+
+STALL_KEYS: list[ChannelKey] = [("", f"room{i}") for i in range(3)]
+STALL_ENTRIES = [(key, ClientInfo("u", f"{key[1]}-{n}")) for key in STALL_KEYS for n in range(1500)]
+"""4,500 entries: three round trips of channel entries and three of the owner index."""
+
+
+async def test_a_refresh_rides_out_a_stalled_redis(
+    redis_server: RedisServer, make_node: NodeFactory, warned: Warned
+) -> None:
+    """Redis stops answering in the middle of a refresh (a connect storm's backlog, a failover): the round
+    trips that fail are sent again, with smaller batches and backoff, and once Redis answers every entry is
+    renewed. One warning says what failed; nothing is raised."""
+    p = await make_node([redis_server.url], connect_timeout=STALL_TIMEOUT, refresh_budget=TIMEOUT * 2)
+    await p.refresh(STALL_ENTRIES)
+    before = await expire_at(p, redis_server.url, STALL_KEYS)
+    assert len(before) == len(STALL_ENTRIES)
+    with stalled(redis_server):
+        refresh = asyncio.create_task(p.refresh(STALL_ENTRIES))
+        async with asyncio.timeout(TIMEOUT):
+            await warned.first.wait()  # a round trip timed out
+    async with asyncio.timeout(TIMEOUT * 2):
+        await refresh
+    after = await expire_at(p, redis_server.url, STALL_KEYS)
+    assert len(after) == len(STALL_ENTRIES) and min(after) > max(before)  # every entry renewed
+    assert [r.levelno for r in warned.records if r.levelno >= logging.WARNING] == [logging.WARNING]
+    assert "presence refresh: redis" in warned.records[0].getMessage()
+    assert "all 4500 entries refreshed after" in warned.records[-1].getMessage()  # the info line at the end
+
+
+async def test_a_refresh_gives_up_after_its_budget_and_the_next_one_renews(
+    redis_server: RedisServer, make_node: NodeFactory, warned: Warned
+) -> None:
+    """Redis stalls longer than the refresh's budget: the refresh raises PresenceUnavailable saying how many
+    entries it did not refresh (the node logs it as a warning); the next refresh renews them."""
+    p = await make_node([redis_server.url], connect_timeout=STALL_TIMEOUT, refresh_budget=STALL_TIMEOUT)
+    await p.refresh(STALL_ENTRIES)
+    before = await expire_at(p, redis_server.url, STALL_KEYS)
+    with stalled(redis_server):
+        with pytest.raises(
+            PresenceUnavailable, match=r"4500 of 4500 entries not refreshed.*4500 of 4500 not listed"
+        ):
+            async with asyncio.timeout(TIMEOUT):
+                await p.refresh(STALL_ENTRIES)
+    await p.refresh(STALL_ENTRIES)
+    after = await expire_at(p, redis_server.url, STALL_KEYS)
+    assert len(after) == len(STALL_ENTRIES) and min(after) > max(before)
+    assert not [r for r in warned.records if r.levelno > logging.WARNING]
+
+
+async def test_entries_are_read_a_slice_at_a_time_and_a_removal_meanwhile_wins(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    """A refresh reads its entries lazily (a node's 100,000 would hold the loop ~100 ms read at once), the
+    loop let go between slices; a client read in the first slice and removed while the rest are read is not
+    brought back by the refresh."""
+    p = await make_node([redis_server.url])
+    infos = [ClientInfo("u", f"c{n}") for n in range(2 * REFRESH_SLICE + 1)]
+    await p.refresh([(ROOM, info) for info in infos])
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    read_at: list[int] = []
+    removal: list[asyncio.Task[None]] = []
+
+    def entries() -> Iterator[tuple[ChannelKey, ClientInfo]]:
+        for n, info in enumerate(infos):
+            if n == REFRESH_SLICE:  # c0 was read in the first slice; it leaves now
+                removal.append(asyncio.get_running_loop().create_task(p.remove(ROOM, "c0")))
+            read_at.append(ticks)
+            yield ROOM, info
+
+    ticker = asyncio.create_task(tick())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.sleep(0)  # the ticker runs once before the refresh starts
+            await p.refresh(entries())
+            await removal[0]
+    finally:
+        ticker.cancel()
+    assert read_at[0] < read_at[-1]  # the loop ran between the first entry read and the last
+    present = await p.get(ROOM)
+    assert "c0" not in present and len(present) == len(infos) - 1
