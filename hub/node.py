@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 import uuid
@@ -658,7 +659,9 @@ class Node:
         at the second its next one falls due. An idle connection is looked at about once a ping interval."""
         cfg = self.config
         if now >= self._next_presence_refresh:
-            self._next_presence_refresh = now + cfg.presence_update_interval
+            # 90-100 % of the interval: nodes started together (a deploy) drift apart instead of sending
+            # every node's refresh to Redis in the same second for as long as they run.
+            self._next_presence_refresh = now + cfg.presence_update_interval * random.uniform(0.9, 1.0)
             self._refresh_presence()
         for client in self.wheel.take(now):
             due = self._check_session(client, now, wall)
