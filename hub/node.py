@@ -658,7 +658,8 @@ class Node:
         missing pongs, expired tokens and subscriptions and handshake deadlines looked at; each is put back
         at the second its next one falls due. An idle connection is looked at about once a ping interval."""
         cfg = self.config
-        if now >= self._next_presence_refresh:
+        refreshing = self._presence_refresh is not None and not self._presence_refresh.done()
+        if now >= self._next_presence_refresh and not refreshing:  # else at the first tick after it ended
             # 90-100 % of the interval: nodes started together (a deploy) drift apart instead of sending
             # every node's refresh to Redis in the same second for as long as they run.
             self._next_presence_refresh = now + cfg.presence_update_interval * random.uniform(0.9, 1.0)

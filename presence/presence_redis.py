@@ -292,8 +292,9 @@ class RedisPresence:
     """The PresenceManager over ``shards``; entries expire ``ttl`` seconds after their last add/refresh.
 
     ``shards`` is shared with the rest of the hub and owned by whoever built it: ``close()`` leaves it open.
-    Every method raises PresenceUnavailable when the channel's Redis cannot be reached; nothing is retried
-    (an add whose reply was lost may or may not have happened; the next refresh settles it).
+    Every method raises PresenceUnavailable when the channel's Redis cannot be reached. Only ``refresh``
+    retries (within its budget); an add or a remove is not (one whose reply was lost may or may not have
+    happened; the next refresh settles it).
     """
 
     def __init__(
@@ -402,28 +403,41 @@ class RedisPresence:
         A refresh can race a removal of this node: the caller reads a client's entry, the client leaves
         and is removed, then the refresh's re-add lands and brings the entry back for a whole ttl. So an
         entry of this batch removed (through this instance) while the refresh was in flight, and not added
-        again since, is removed once more after it, also when the refresh failed in part: a removal always
-        wins over a concurrent refresh. For that the refresh is registered before ``entries`` is read, and
-        the caller hands over what it has not read yet (a generator over its sessions), or a list it built
-        in the same step as the call, with no await between: an entry read before the registration and
-        removed before it would come back.
+        again since, is removed once more after it, also when the refresh failed in part or was cancelled
+        (a node stopping): a removal always wins over a concurrent refresh. A re-removal that cannot reach
+        its shard skips that shard's others (each would wait a timeout; their entries expire by
+        themselves) and the rest still run; the refresh's own failure, if any, is the one raised.
+
+        For the rule to hold, the refresh is registered before ``entries`` is read, and the caller hands
+        over what it has not read yet (a generator over its sessions), or a list it built in the same step
+        as the call, with no await between: an entry read before the registration and removed before it
+        would come back.
         """
         removed: set[tuple[ChannelKey, str]] = set()
         token = next(self._refresh_ids)
         self._removed_during_refresh[token] = removed
         try:
             taken: dict[ChannelKey, dict[str, ClientInfo]] = {}
-            failure: Exception | None = None
+            failure: BaseException | None = None
             try:
                 await self._refresh(entries, taken)
-            except Exception as exc:  # the removals below run all the same; re-raised after them
+            except (Exception, asyncio.CancelledError) as exc:  # the removals below run all the same
                 failure = exc
             # The set stays registered while the removals run: an add during their awaits takes its entry
             # out (it is live again), so nothing is removed that came back after being computed here.
             removed.difference_update([(k, c) for k, c in removed if c not in taken.get(k, ())])
+            down: set[int] = set()
+            """Shards a re-removal just failed on: their other re-removals would each wait a timeout."""
             while removed:
                 key, client_id = removed.pop()
-                await self._remove(key, client_id)  # not self.remove: it would re-record it here
+                shard = self._where(key)[0].index
+                if shard in down:
+                    continue  # that entry expires by itself (its re-add most likely failed as well)
+                try:
+                    await self._remove(key, client_id)  # not self.remove: it would re-record it here
+                except PresenceUnavailable as exc:  # that shard is away: the others' removals still run
+                    down.add(shard)
+                    failure = failure or exc
             if failure is not None:
                 raise failure
         finally:

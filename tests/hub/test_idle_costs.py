@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import websockets
 
+from channels.names import ChannelKey
+from channels.publication import ClientInfo
 from tests.conftest import TIMEOUT, HubFactory, RawClient
 
 N = 20
@@ -72,3 +75,37 @@ async def test_a_clock_pass_looks_only_at_the_sessions_due(make_hub: HubFactory,
     finally:
         for r in readers:
             r.cancel()
+
+
+async def test_a_refresh_skipped_because_the_last_one_still_runs_is_not_put_off_a_whole_interval(
+    make_hub: HubFactory,
+) -> None:
+    """With the defaults a refresh that meets a stalled Redis runs up to its budget (ttl / 3 = 20 s) plus a
+    last try (a backoff up to 2 s and a round trip up to redis_connect_timeout = 5 s), ~27 s, while the next
+    one falls due after 22.5-25 s (the jitter): that one is skipped, and the one after must not come a whole
+    interval later (45-50 s after the failed one), past the entries' ttl (60 s after the refresh before).
+    Before (review of the issue-15 rework) the one after came a whole interval later; now it runs at the
+    first tick after the long one ended."""
+    hub = await make_hub()
+    node = hub.sb.node
+    interval = node.config.presence_update_interval
+    started: list[int] = []
+    gate = asyncio.Event()
+
+    async def slow_refresh(entries: Iterable[tuple[ChannelKey, ClientInfo]]) -> None:
+        started.append(1)
+        await gate.wait()  # Redis stalled: this refresh still retries when the next one is due
+
+    node.presence.refresh = slow_refresh  # type: ignore[method-assign]
+    t0 = time.monotonic() + 1000.0  # past anything the node's own clock scheduled
+    node.tick(t0, time.time())
+    await asyncio.sleep(0)
+    assert len(started) == 1
+    node.tick(t0 + interval, time.time())  # due again; the first still runs: skipped
+    await asyncio.sleep(0)
+    gate.set()
+    assert node._presence_refresh is not None  # noqa: SLF001
+    await node._presence_refresh  # noqa: SLF001
+    node.tick(t0 + interval + 1.0, time.time())  # the next tick after the long refresh ended
+    await asyncio.sleep(0)
+    assert len(started) == 2, "the skipped refresh waits another whole interval"

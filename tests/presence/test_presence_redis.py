@@ -613,3 +613,74 @@ async def test_entries_are_read_a_slice_at_a_time_and_a_removal_meanwhile_wins(
     assert read_at[0] < read_at[-1]  # the loop ran between the first entry read and the last
     present = await p.get(ROOM)
     assert "c0" not in present and len(present) == len(infos) - 1
+
+
+async def test_removals_during_a_refresh_win_also_when_one_shard_is_down(
+    redis_two: list[RedisServer], make_node: NodeFactory
+) -> None:
+    """Clients on both shards leave while a refresh is in flight; then shard 1 goes down. The refresh
+    re-adds shard 0's entries (they come back), fails for shard 1, and must remove shard 0's again.
+    Before (review of the issue-15 rework), the re-removals stopped at the first that raised (one for
+    shard 1), so shard 0's entries popped after it stayed in Redis for a whole ttl."""
+    p = await make_node([s.url for s in redis_two])
+    keys: list[ChannelKey] = [("", f"room{i}") for i in range(40)]
+    entries = [(key, ClientInfo("alice", f"c-{key[1]}")) for key in keys]
+    for key, info in entries:
+        await p.add(key, info)
+    alive = [key for key in keys if p.shards.shard_for(route_of(*key)).index == 0]
+    assert 0 < len(alive) < len(keys)
+    started, proceed = asyncio.Event(), asyncio.Event()
+    real_refresh = p._refresh  # noqa: SLF001
+
+    async def held(entries: Iterable[tuple[ChannelKey, ClientInfo]], taken: Any) -> None:
+        started.set()
+        await proceed.wait()
+        await real_refresh(entries, taken)
+
+    p._refresh = held  # type: ignore[method-assign]  # noqa: SLF001
+    refresh = asyncio.create_task(p.refresh(entries))
+    async with asyncio.timeout(TIMEOUT):
+        await started.wait()
+        for key, info in entries:  # every client leaves (as the node does, best effort)
+            try:
+                await p.remove(key, info.client)
+            except PresenceUnavailable:
+                pass
+        redis_two[1].stop()  # shard 1 goes away before the refresh's round trips
+        proceed.set()
+        with pytest.raises(PresenceUnavailable):
+            await refresh
+    ghosts = {key[1]: await p.get(key) for key in alive}
+    assert not any(ghosts.values()), f"re-added after their removal: {[k for k, v in ghosts.items() if v]}"
+
+
+async def test_a_refresh_cancelled_by_node_stop_leaves_no_entry_it_brought_back(
+    redis_server: RedisServer, make_node: NodeFactory
+) -> None:
+    """Node.stop drains (every client leaves: removals recorded by the refresh in flight), then cancels
+    the refresh while it still retries. Before (review of the issue-15 rework), the re-removals ran only
+    when the refresh ended normally, so a re-add that landed after the removal was never undone and the
+    departed client stayed listed for a ttl (one node: nobody purges its owner)."""
+    p = await make_node([redis_server.url])
+    c1 = ClientInfo("alice", "c1")
+    await p.add(ROOM, c1)
+    removed, stuck = asyncio.Event(), asyncio.Event()
+    real_refresh = p._refresh  # noqa: SLF001
+
+    async def slow(entries: Iterable[tuple[ChannelKey, ClientInfo]], taken: Any) -> None:
+        await removed.wait()  # the drain's removal lands first...
+        await real_refresh(entries, taken)  # ...then the refresh's re-add (a retried round trip)
+        stuck.set()
+        await asyncio.Event().wait()  # another lane still retrying when the node stops
+
+    p._refresh = slow  # type: ignore[method-assign]  # noqa: SLF001
+    refresh = asyncio.create_task(p.refresh([(ROOM, c1)]))
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.sleep(0)
+        await p.remove(ROOM, "c1")
+        removed.set()
+        await stuck.wait()
+        refresh.cancel()  # Node.stop
+        with pytest.raises(asyncio.CancelledError):
+            await refresh
+    assert await p.get(ROOM) == {}, "a client gone before the stop is still listed"
