@@ -586,7 +586,7 @@ class Documents:
             return JSONResponse({"error": exc.reason}, status_code=503)
         etag = f'"{version}"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        asked = _etags(request.headers.get("if-none-match", ""))
+        asked = _etags(",".join(request.headers.getlist("if-none-match")))  # RFC 9110 5.3: lines are a list
         if etag in asked or "*" in asked:
             return Response(status_code=304, headers=headers)  # RFC 9110 15.4.5: unchanged since that read
         return Response(body, media_type="application/json", headers=headers)

@@ -50,8 +50,6 @@ from inbox.inbox import InboxStore
 from inbox.outbox import MAX_APPEND, OutboxEvent, Topic
 from presence.occupancy import Occupancy, Transition
 from presence.presence import PresenceUnavailable
-from sync.content import document_json
-from sync.version import document_version
 
 if TYPE_CHECKING:
     from hub.client import Client
@@ -336,17 +334,11 @@ class EventTap:
     async def _document_event(self, key: DocKey) -> None:
         if self.documents is None:
             return
-        rooms = self.documents.rooms
-        try:
-            room = await rooms.acquire(key)
+        try:  # the content read of /content, kept for the readers after this one while unchanged
+            content, version = await self.documents.read_encoded(key[1], tenant=key[0])
         except Exception as exc:  # the store failed: the change is not reported
             self._warn("document", f"document {key[1]!r} not read for its change event: {exc}")
             return
-        try:
-            content = orjson.dumps(document_json(room.doc))
-            version = document_version(room.doc).encode()
-        finally:
-            rooms.release(room)
         payload: dict[str, Any] = {"document": key[1], "version": version}
         if len(content) > MAX_CONTENT_BYTES:
             payload.update(content_omitted=True, size=len(content))

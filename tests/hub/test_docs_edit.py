@@ -98,6 +98,8 @@ async def test_content_answers_304_to_its_own_etag_until_the_document_changes(
     for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
         again = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": header})
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, header
+    two_lines = [("Authorization", f"Bearer {WRITER}"), ("If-None-Match", '"nope"'), ("If-None-Match", etag)]
+    assert (await http.get("/doc/poll/content", headers=two_lines)).status_code == 304  # one list, two lines
     for header in ('"nope"', "garbage;=<>", ",,,", etag[1:-1], "W/"):
         other = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": header})
         assert other.status_code == 200 and other.json() == {"text": "a"}, header
