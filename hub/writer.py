@@ -176,6 +176,10 @@ class FlushScheduler:
                     log.exception("closing a failed connection failed too")
 
 
+def _ended() -> None:
+    pass
+
+
 class Writer:
     __slots__ = (
         "transport",
@@ -325,6 +329,7 @@ class Writer:
         self.slots = None
         self.run_stream = self.run_pubs = self.run_encode = None
         self.scheduler.backlog.leave(self, dropped=True)
+        self.on_slow = self.on_write_error = _ended
 
     def backlog(self) -> int:
         """What this connection has waiting, as last measured: unsent by the transport at the last flush,
