@@ -15,7 +15,8 @@ from typing import Any
 
 import websockets
 
-from tests.conftest import TIMEOUT, HubFactory, RawClient, http_client, token
+from tests.conftest import TIMEOUT, HubFactory, RawClient, RunningHub, http_client, token
+from tests.hub.ydocs import YConnect
 
 N = 20
 
@@ -127,4 +128,22 @@ async def test_a_session_that_has_gone_is_freed_without_the_cycle_collector(make
                 (session,) = node.registry.clients.values()
                 ref = weakref.ref(session)
                 del session
+        await _freed(ref)
+
+
+async def test_a_document_connection_that_has_gone_is_freed_without_the_cycle_collector(
+    docs_hub: RunningHub, yconnect: YConnect
+) -> None:
+    """As sessions: the document connection's writer held it in a cycle (its callbacks), and the journal's
+    writer task kept the last batch's callbacks (holding the connection) until the next batch."""
+    with _no_cycle_collector():
+        alice = await yconnect(docs_hub, "notes")
+        (gone,) = docs_hub.sb.documents.peers
+        ref = weakref.ref(gone)
+        del gone
+        bob = await yconnect(docs_hub, "notes")
+        alice.text.insert(0, "hi")
+        await alice.flush()
+        await bob.until(lambda: str(bob.text) == "hi")
+        await alice.close()
         await _freed(ref)
