@@ -185,6 +185,16 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.config.ws_per_message_deflate:
                 scope["extensions"][RAW_EXTENSION] = self
 
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        # The application has returned (a document connection; a session hands over earlier, in
+        # ``serve_messages``, and drops the scope there): the scope's extensions, this protocol itself, would
+        # keep it in a cycle with its scope until a full collection.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(OPTIONS_EXTENSION, None)
+            scope["extensions"].pop(RAW_EXTENSION, None)
+
     def limit_message_size(self, max_size: int) -> None:
         self.conn.max_message_size = max_size
 

@@ -73,12 +73,14 @@ async def test_a_session_that_has_gone_is_freed_without_the_cycle_collector(make
 async def test_a_document_connection_that_has_gone_is_freed_without_the_cycle_collector(
     docs_hub: RunningHub, yconnect: YConnect
 ) -> None:
-    """As sessions: the document connection's writer held it in a cycle (its callbacks), and the journal's
-    writer task kept the last batch's callbacks (holding the connection) until the next batch."""
+    """As sessions: the document connection's writer held it in a cycle (its callbacks), the journal's
+    writer task kept the last batch's callbacks (holding the connection) until the next batch, and the
+    WebSocket protocol was in a cycle with its ASGI scope (whose extensions are the protocol)."""
     with _no_cycle_collector():
         alice = await yconnect(docs_hub, "notes")
         (gone,) = docs_hub.sb.documents.peers
         ref = weakref.ref(gone)
+        protocol = weakref.ref(gone.transport._raw)  # uvicorn's WebSocket protocol (ours)
         del gone
         bob = await yconnect(docs_hub, "notes")
         alice.text.insert(0, "hi")
@@ -86,3 +88,4 @@ async def test_a_document_connection_that_has_gone_is_freed_without_the_cycle_co
         await bob.until(lambda: str(bob.text) == "hi")
         await alice.close()
         await _freed(ref)
+        await _freed(protocol)
