@@ -209,6 +209,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._end()
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The connection is the WebSocket protocol's from here on, and this one's ``connection_lost`` (where
+        # uvicorn drops the parser) never comes: the parser, which holds bound methods of this protocol,
+        # would keep the two (and the handshake's scope) in a cycle until a full collection.
+        self.parser = None  # type: ignore[assignment]
+
 
 def http_protocol(guard: HttpGuard) -> type[GuardedHttpProtocol]:
     """A protocol class for uvicorn's ``http=`` whose connections share ``guard``."""

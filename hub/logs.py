@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -44,7 +45,10 @@ FIELDS = ("client", "user", "tenant", "transport")
 SessionFields = Callable[[], dict[str, Any]]
 """Returns the session's current fields (the user and tenant change at connect)."""
 
-_Bound = tuple[SessionFields, "asyncio.Task[Any] | None"]
+_Bound = tuple["weakref.WeakMethod[SessionFields]", "weakref.ref[asyncio.Task[Any]] | None"]
+"""The bound session's fields and the task that bound them, both held weakly: whatever is created in the
+task's context (a ``call_later`` handle, even cancelled, a task spawned from it) keeps a copy of the binding
+until it runs, and a session that has gone must not live on in it (nor its task in its own context)."""
 _session: contextvars.ContextVar[_Bound | None] = contextvars.ContextVar("switchboard_session", default=None)
 
 
@@ -56,8 +60,10 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 def bind_session(fields: SessionFields) -> contextvars.Token[Any]:
-    """From now on, records logged by the current task carry ``fields()``; ``unbind_session`` undoes it."""
-    return _session.set((fields, _current_task()))
+    """From now on, records logged by the current task carry ``fields()`` (a bound method of the session,
+    held weakly: once the session is gone, nothing is added); ``unbind_session`` undoes it."""
+    task = _current_task()
+    return _session.set((weakref.WeakMethod(fields), None if task is None else weakref.ref(task)))
 
 
 def unbind_session(token: contextvars.Token[Any]) -> None:
@@ -70,8 +76,11 @@ class SessionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "client"):
             bound = _session.get()
-            if bound is not None and bound[1] is not None and bound[1] is _current_task():
-                for name, value in bound[0]().items():
+            fields = None
+            if bound is not None and bound[1] is not None and bound[1]() is _current_task():
+                fields = bound[0]()  # None once the session is gone
+            if fields is not None:
+                for name, value in fields().items():
                     if not hasattr(record, name):
                         setattr(record, name, value)
         return True

@@ -176,6 +176,12 @@ class FlushScheduler:
                     log.exception("closing a failed connection failed too")
 
 
+def session_over() -> None:
+    """What a closed writer holds instead of its session's callbacks (``on_slow``, ``on_write_error``): they
+    are bound methods of the session, which holds the writer, a cycle that only the cycle collector would
+    free once the connection is gone. A closed writer never calls them."""
+
+
 class Writer:
     __slots__ = (
         "transport",
@@ -325,6 +331,7 @@ class Writer:
         self.slots = None
         self.run_stream = self.run_pubs = self.run_encode = None
         self.scheduler.backlog.leave(self, dropped=True)
+        self.on_slow = self.on_write_error = session_over
 
     def backlog(self) -> int:
         """What this connection has waiting, as last measured: unsent by the transport at the last flush,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from hub.writer import FlushScheduler
+from hub.writer import FlushScheduler, session_over
 
 STREAM_CHUNK = 65536
 """Bytes handed to a socket at a time while it has not drained (and the size of a fragment)."""
@@ -226,6 +226,7 @@ class StreamingWriter:
         self.queue.clear()
         self.queued = 0
         reason()
+        self.on_slow = self.on_write_error = session_over
 
     def close(self) -> None:
         """Hand over what the socket takes now (e.g. a last auth message), drop the rest, take no more."""
@@ -234,3 +235,4 @@ class StreamingWriter:
             self.closed = True
             self.queue.clear()
             self.queued = 0
+        self.on_slow = self.on_write_error = session_over

@@ -98,6 +98,22 @@ class _NoWait:
 _NO_WAIT = _NoWait()
 
 
+class _Ended:
+    """Stands in for the relay once the session is over: events that still come (a disconnect after the one
+    that ended it) go nowhere, and the protocol is no longer in a cycle with a bound method of its own."""
+
+    __slots__ = ()
+
+    def put_nowait(self, event: Any) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_ENDED = _Ended()
+
+
 def _fresh_parser(conn: ServerProtocol) -> None:
     """websockets' ``ServerProtocol.parse`` keeps the handshake request (a local of its generator's frame,
     2-3 KB with its headers) for the connection's life, since it goes on to parse frames. Waiting at a frame
@@ -169,6 +185,16 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.config.ws_per_message_deflate:
                 scope["extensions"][RAW_EXTENSION] = self
 
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        # The application has returned (a document connection; a session hands over earlier, in
+        # ``serve_messages``, and drops the scope there): the scope's extensions, this protocol itself, would
+        # keep it in a cycle with its scope until a full collection.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(OPTIONS_EXTENSION, None)
+            scope["extensions"].pop(RAW_EXTENSION, None)
+
     def limit_message_size(self, max_size: int) -> None:
         self.conn.max_message_size = max_size
 
@@ -210,6 +236,9 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.on_drain = None
         super().connection_lost(exc)
+        # Nothing is parsed any more: websockets' parser is a generator whose frame holds its protocol (a
+        # cycle, with the reader and its buffer, that only a full collection would free).
+        self.conn.parser.close()
 
     def close_with(self, code: int, reason: str) -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():
@@ -294,6 +323,7 @@ class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
         self._held = None
         if self._ending:
             self._handler = None  # the session is over: no cycle through it
+            self.queue = _ENDED  # type: ignore[assignment]  # nor through the relay's bound method
             if self.close_timer is None:
                 self.transport.close()  # as uvicorn does once the app returned
         elif self.read_paused:

@@ -175,6 +175,9 @@ class Journal:
                 self._finished += 1
                 progress, self._progress = self._progress, asyncio.Event()
                 progress.set()
+                # Done with the batch: its updates and callbacks (which hold rooms and connections) must not
+                # stay in this frame until the next one, for ever on a document store that has gone idle.
+                del ops, callbacks
 
     @staticmethod
     def _call(callbacks: list[Waiter]) -> None:
