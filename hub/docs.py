@@ -585,7 +585,8 @@ class Documents:
             )
             return JSONResponse({"error": exc.reason}, status_code=503)
         etag = f'"{version}"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        # Per user and tenant (the token or key may come in the query or X-API-Key): no shared cache keeps it.
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         asked = _etags(",".join(request.headers.getlist("if-none-match")))  # RFC 9110 5.3: lines are a list
         if etag in asked or "*" in asked:
             return Response(status_code=304, headers=headers)  # RFC 9110 15.4.5: unchanged since that read
@@ -657,8 +658,9 @@ class Documents:
 
     async def read_encoded(self, name: str, *, tenant: str = "") -> tuple[bytes, str]:
         """``read``'s content as JSON bytes, and its version. Computed once per state of the document
-        (``DocRoom.derived``): agents polling ``/content`` of a large document that nobody edits cost no
-        encoding of it."""
+        (``DocRoom.derived``) while it is open on this node: agents polling ``/content`` of a large
+        document that nobody edits cost no encoding of it while someone has it open (or the polls come
+        within ``doc_unload_delay`` of each other; else each one loads it from the store)."""
         room = await self.rooms.acquire((tenant, name))
         try:
             return room.derived(_encoded_content)

@@ -166,11 +166,12 @@ async def rebase(documents: Documents, name: str, tenant: str, stale: StaleVersi
     """The 409: the document's content and version now, read together (not ``stale.current``, which
     another change may have passed meanwhile)."""
     try:
-        content, version = await documents.read(name, tenant=tenant)
+        content, version = await documents.read_encoded(name, tenant=tenant)
     except SyncError as exc:
         return refuse(name, 503, exc.reason)
     log_limited(log, logging.INFO, "edit of document %r refused (409): %s", name, stale.reason)
-    return JSONResponse({"error": stale.reason, "version": version, "content": content}, status_code=409)
+    body = orjson.dumps({"error": stale.reason, "version": version, "content": orjson.Fragment(content)})
+    return Response(body, status_code=409, media_type="application/json")
 
 
 def refuse(name: str, status: int, message: str, op: int | None = None) -> JSONResponse:

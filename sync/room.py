@@ -196,9 +196,11 @@ class DocRoom:
         self._full_state: bytes | None = None
         """The sync step 2 of the whole document, while it is current (see ``_answer_step1``)."""
         self._full_state_used = 0.0
-        """Monotonic second the full-state answer (or a ``derived`` answer) was last built or sent."""
+        """Monotonic second the full-state answer was last built or sent."""
         self._derived: dict[Callable[[Doc[Any]], Any], Any] | None = None
-        """Answers computed from the document as it is now (``derived``), dropped with ``_full_state``."""
+        """Answers computed from the document as it is now (``derived``); dropped at its next change."""
+        self._derived_used = 0.0
+        """Monotonic second a ``derived`` answer was last asked for."""
         self._sender: Peer | None = None
         self._integrated: bytes | None = None
         """The update the last transaction emitted (see ``_apply``)."""
@@ -601,11 +603,12 @@ class DocRoom:
     # ---------------------------------------------------------------- upkeep
 
     def forget_full_state(self, now: float | None = None) -> None:
-        """Drop the shared full-state answer and the ``derived`` ones if nobody asked for them for
-        ``FULL_STATE_KEEP`` seconds before ``now`` (None: drop them now). The peers still sending the full
-        state keep their reference."""
+        """Drop the shared full-state answer, and the ``derived`` ones, each if nobody asked for it for
+        ``FULL_STATE_KEEP`` seconds before ``now`` (None: drop them now): a reader polling one does not
+        keep the other alive. The peers still sending the full state keep their reference."""
         if now is None or now - self._full_state_used >= FULL_STATE_KEEP:
             self._full_state = None
+        if now is None or now - self._derived_used >= FULL_STATE_KEEP:
             self._derived = None
 
     def derived(self, make: Callable[[Doc[Any]], T]) -> T:
@@ -614,7 +617,7 @@ class DocRoom:
         readers ask of a document that changes less often than it is read (its JSON content and version,
         which cost an encoding and a copy of the whole document). ``make`` is the key: pass one function,
         not a new lambda each time; what it returns is shared, so it should be immutable (bytes)."""
-        self._full_state_used = time.monotonic()
+        self._derived_used = time.monotonic()
         if self._derived is None:
             self._derived = {}
         elif make in self._derived:

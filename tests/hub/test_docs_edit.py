@@ -94,6 +94,7 @@ async def test_content_answers_304_to_its_own_etag_until_the_document_changes(
     first = await http.get("/doc/poll/content", headers=auth)
     assert first.status_code == 200 and first.json() == {"text": "a"}
     assert first.headers["content-type"] == "application/json"
+    assert first.headers["cache-control"] == "private, no-cache"  # per user: revalidated, never shared
     etag = first.headers["etag"]
     for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
         again = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": header})
