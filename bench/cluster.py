@@ -185,25 +185,7 @@ def pick_prefix(urls: list[str], channels: int) -> tuple[str, list[int]]:
 
 def node_argv(port: int, name: str, redis_urls: list[str], data_dir: str, a) -> list[str]:
     """The command line of one node (run with cwd and PYTHONPATH at the hub's checkout)."""
-    argv = [
-        PY,
-        "-m",
-        "hub",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--config",
-        a.hub_config_path,
-        "--node-name",
-        name,
-        "--data-dir",
-        data_dir,
-    ]
-    for url in redis_urls:
-        argv += ["--redis", url]
-    return argv
+    return fanout.hub_argv(port, a.hub_config_path, node_name=name, data_dir=data_dir, redis_urls=redis_urls)
 
 
 def run_cell(

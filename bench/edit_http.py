@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import procstat  # noqa: E402
-from fanout import free_port, stop_server, wait_ready  # noqa: E402
+from fanout import free_port, hub_argv, stop_server, wait_ready  # noqa: E402
 
 KEY = "bench-edit-key"
 DOC = "bench-doc"
@@ -140,18 +140,7 @@ def main() -> int:
     with open(config, "w") as f:
         f.write(f'api_key = "{KEY}"\ndoc_anonymous_access = "read"\nlog_level = "warning"\n')
     hub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            config,
-            "--data-dir",
-            workdir,
-        ],
+        hub_argv(port, config, data_dir=workdir),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(workdir, "hub.log"), "wb"),

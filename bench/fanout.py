@@ -44,6 +44,7 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -188,12 +189,31 @@ def hub_token_secret(a) -> str:
         return str(tomllib.load(f).get("token_hmac_secret_key") or "")
 
 
+def hub_argv(
+    port: int,
+    config: str | None = None,
+    *,
+    node_name: str | None = None,
+    data_dir: str | None = None,
+    redis_urls: Sequence[str] = (),
+) -> list[str]:
+    """``switchboard serve`` on 127.0.0.1:``port`` as ``python -m hub``: the hub of the checkout the process
+    runs in (start it with ``cwd`` there), with what is given. Every bench starts its hubs with this."""
+    argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if config:
+        argv += ["--config", config]
+    if node_name:
+        argv += ["--node-name", node_name]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    for url in redis_urls:
+        argv += ["--redis", url]
+    return argv
+
+
 def server_argv(variant: str, port: int, a) -> list[str]:
     if variant.startswith("hub"):
-        argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        if a.hub_config_path:
-            argv += ["--config", a.hub_config_path]
-        return argv
+        return hub_argv(port, a.hub_config_path)
     if variant == "baseline":
         return [
             PY,

@@ -559,7 +559,7 @@ def main() -> None:
         port = fanout.free_port()
         log = open(os.path.join(RESULTS, f"hub-feeds-{name}.log"), "wb")  # noqa: SIM115 - closed below
         server = subprocess.Popen(
-            [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config],
+            fanout.hub_argv(port, config),
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

@@ -50,7 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import procstat  # noqa: E402
-from fanout import free_port, stop_server, wait_ready  # noqa: E402
+from fanout import free_port, hub_argv, stop_server, wait_ready  # noqa: E402
 
 KEY = "bench-ingest-key"
 HOSTS = 100
@@ -223,18 +223,7 @@ def main() -> int:
         f.write(hub_config(mqtt_port))
     time.sleep(0.3)  # mosquitto starts listening (the hub's bridge reconnects anyway)
     hub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            config,
-            "--data-dir",
-            workdir,
-        ],
+        hub_argv(port, config, data_dir=workdir),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(workdir, "hub.log"), "wb"),

@@ -348,12 +348,12 @@ def run_cell(server: str, root: str, broker: str, redis, a, logdir: str, config_
     bg, waited = fo.wait_quiet(a.quiet_threshold, a.quiet_wait)
     cell.update({"bg_cores_before": bg, "quiet_wait_s": waited, "load_before": os.getloadavg()})
     port = fo.free_port()
-    argv = [PY, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config_path]
     data_dir = tempfile.mkdtemp(prefix="bench-joins-")
-    argv += ["--data-dir", data_dir]
     if redis is not None:
         redis.reset()
-        argv += ["--redis", redis.url]
+    argv = fo.hub_argv(
+        port, config_path, data_dir=data_dir, redis_urls=[redis.url] if redis is not None else []
+    )
     log_path = os.path.join(logdir, f"{server}-{broker}.log")
     t0 = time.monotonic()
     env = dict(os.environ, PYTHONPATH=root)

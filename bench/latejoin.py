@@ -49,7 +49,7 @@ import websockets
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procstat  # noqa: E402
 from crdt import DEFAULT_HARNESS, HUB_CONFIG  # noqa: E402
-from fanout import free_port, stop_server, wait_ready  # noqa: E402
+from fanout import free_port, hub_argv, stop_server, wait_ready  # noqa: E402
 from memory import anchor_checkout  # noqa: E402
 
 from sync import protocol  # noqa: E402
@@ -241,7 +241,7 @@ def main() -> int:
             config = work / f"hub{n}.toml"
             config.write_text(HUB_CONFIG.format(data_dir=work / f"hub{n}-data", queue=""))
             port = free_port()
-            argv = [sys.executable, "-m", "hub", "serve", "--port", str(port), "--config", str(config)]
+            argv = hub_argv(port, str(config))
             procs.append(start(argv, port, work / f"hub{n}.log", wait_ready, cwd=tree))
             peers[name] = (f"ws://127.0.0.1:{port}/doc/{{room}}", procs[-1].pid)
         port = free_port()

@@ -308,24 +308,13 @@ def run(a: argparse.Namespace) -> int:
             logs.append(log)
             nodes.append(
                 subprocess.Popen(
-                    [
-                        PY,
-                        "-m",
-                        "hub",
-                        "serve",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--config",
+                    fanout.hub_argv(
+                        port,
                         cfg_path,
-                        "--node-name",
-                        f"n{k + 1}",
-                        "--data-dir",
-                        tempfile.mkdtemp(prefix=f"many-n{k + 1}-"),
-                        "--redis",
-                        redis.url,
-                    ],
+                        node_name=f"n{k + 1}",
+                        data_dir=tempfile.mkdtemp(prefix=f"many-n{k + 1}-"),
+                        redis_urls=[redis.url],
+                    ),
                     cwd=ROOT,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -427,24 +427,13 @@ class Node:
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix=f"soak-{name}-")
         self.log_path = os.path.join(logdir, f"{name}.log")
-        argv = [
-            PY,
-            "-m",
-            "hub",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--config",
+        argv = fanout.hub_argv(
+            self.port,
             config,
-            "--node-name",
-            name,
-            "--data-dir",
-            self.data_dir,
-        ]
-        if redis_url:
-            argv += ["--redis", redis_url]
+            node_name=name,
+            data_dir=self.data_dir,
+            redis_urls=[redis_url] if redis_url else [],
+        )
         with open(self.log_path, "w") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
