@@ -92,7 +92,7 @@ from sync.relay import DocumentRelay
 from sync.room import AWARENESS_REFUSED, COALESCED, DocRoom, RoomLimits, WriteRefused
 from sync.rooms import DocumentRooms
 from sync.store import DocKey, DocumentStore, StoreError
-from sync.version import document_version
+from sync.version import document_version, tag_of
 
 log = logging.getLogger("switchboard.docs")
 
@@ -347,9 +347,11 @@ class DocPeer:
         self.transport.close(STORAGE, "write error")
 
 
-def _encoded_content(doc: Doc[Any]) -> tuple[bytes, str]:
-    """A document's JSON content and its version (``Documents.read_encoded``, kept by ``DocRoom.derived``)."""
-    return orjson.dumps(document_json(doc)), document_version(doc).encode()
+def _encoded_content(doc: Doc[Any]) -> tuple[bytes, str, str]:
+    """A document's JSON content, its version and the version's tag (``Documents.read_encoded``, kept by
+    ``DocRoom.derived``)."""
+    version = document_version(doc).encode()
+    return orjson.dumps(document_json(doc)), version, tag_of(version)
 
 
 def _etags(if_none_match: str) -> set[str]:
@@ -574,7 +576,7 @@ class Documents:
         if isinstance(access, JSONResponse):
             return access
         try:
-            body, version = await self.read_encoded(name, tenant=access.tenant)
+            body, _, tag = await self.read_encoded(name, tenant=access.tenant)
         except SyncError as exc:
             log_limited(
                 log,
@@ -584,7 +586,7 @@ class Documents:
                 exc.reason,
             )
             return JSONResponse({"error": exc.reason}, status_code=503)
-        etag = f'"{version}"'
+        etag = f'"{tag}"'  # the version's tag: a version grows with every editor, a header must not
         # Per user and tenant (the token or key may come in the query or X-API-Key): no shared cache keeps it.
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         asked = _etags(",".join(request.headers.getlist("if-none-match")))  # RFC 9110 5.3: lines are a list
@@ -653,11 +655,12 @@ class Documents:
     async def read(self, name: str, *, tenant: str = "") -> tuple[dict[str, Any], str]:
         """The document's current content as JSON (``sync.content``) and its version (``sync.version``),
         read together: the version is exactly that content's."""
-        body, version = await self.read_encoded(name, tenant=tenant)
+        body, version, _ = await self.read_encoded(name, tenant=tenant)
         return orjson.loads(body), version
 
-    async def read_encoded(self, name: str, *, tenant: str = "") -> tuple[bytes, str]:
-        """``read``'s content as JSON bytes, and its version. Computed once per state of the document
+    async def read_encoded(self, name: str, *, tenant: str = "") -> tuple[bytes, str, str]:
+        """``read``'s content as JSON bytes, its version, and the version's fixed-size tag (``sync.version``:
+        what ``/content`` sends as its ETag). Computed once per state of the document
         (``DocRoom.derived``) while it is open on this node: agents polling ``/content`` of a large
         document that nobody edits cost no encoding of it while someone has it open (or the polls come
         within ``doc_unload_delay`` of each other; else each one loads it from the store)."""

@@ -166,7 +166,7 @@ async def rebase(documents: Documents, name: str, tenant: str, stale: StaleVersi
     """The 409: the document's content and version now, read together (not ``stale.current``, which
     another change may have passed meanwhile)."""
     try:
-        content, version = await documents.read_encoded(name, tenant=tenant)
+        content, version, _ = await documents.read_encoded(name, tenant=tenant)
     except SyncError as exc:
         return refuse(name, 503, exc.reason)
     log_limited(log, logging.INFO, "edit of document %r refused (409): %s", name, stale.reason)

@@ -49,7 +49,9 @@ counts its text once per match, a rewritten JSON value its whole size); steps in
 values; matches one op replaces.
 
 Versions. ``if_version`` (see ``sync.version``) refuses the whole edit with ``StaleVersion`` unless the
-document is exactly at that version (no insert and no deletion since). Every result carries the new version.
+document is exactly at that version (no insert and no deletion since); it may also be the version's tag
+(``Version.tag``, the /content ETag), which tells only "the same" from "changed". Every result carries the
+new version.
 
 Atomicity. The whole list is checked before anything is applied: the shape of every op, the sizes, then a
 dry run against a shadow of the document (the parts the ops touch, read from it lazily, changed only in
@@ -105,7 +107,7 @@ from sync.edit_nodes import (
 )
 from sync.protocol import LimitExceeded, SyncError
 from sync.update import ARRAY, MAP, TEXT
-from sync.version import Relation, Version, compare, document_version
+from sync.version import Relation, Version, compare, document_version, is_tag
 
 MAX_SAFE_INTEGER = 2**53 - 1
 EMPTY_UPDATE = b"\x00\x00"
@@ -282,12 +284,15 @@ def apply_edit(
     if unit not in UNITS:
         raise InvalidEdit(f"unit must be one of {', '.join(UNITS)}")
     if if_version is not None:
-        try:
-            seen = Version.decode(if_version)
-        except ValueError as exc:
-            raise InvalidEdit(f"if_version: {exc}") from None
         now = document_version(doc)
-        relation = compare(now, seen)
+        if isinstance(if_version, str) and is_tag(if_version):  # a /content ETag: same or changed
+            relation = Relation.SAME if now.tag() == if_version else Relation.CHANGED
+        else:
+            try:
+                seen = Version.decode(if_version)
+            except ValueError as exc:
+                raise InvalidEdit(f"if_version: {exc}") from None
+            relation = compare(now, seen)
         if relation is Relation.BEHIND:
             raise StaleVersion("this replica has not yet received every change of if_version", now.encode())
         if relation is Relation.CHANGED:

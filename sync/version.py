@@ -13,6 +13,12 @@ clock ranges sorted and merged). Both halves are computed from pycrdt's snapshot
 snapshot encoding: delete set, then state vector), so equal documents have equal versions on every node,
 however each of them received its updates.
 
+A version grows with every client id that ever edited (about 12 characters each, and every page load of an
+editor is a new id), so it is sent as an HTTP header only as its **tag** (``Version.tag``): ``t`` and a
+base64url BLAKE2b digest (16 bytes) of the version string, 23 characters whatever the version. A tag is
+accepted as ``if_version`` too; it can only say "same" or "changed" (not "behind"), since it holds no state
+vector. A tag has no ``.``, a version always has one, so the two never mix up.
+
 "Changed since version V" means precisely: the document's state vector differs from V's (somebody
 inserted, or this replica has not yet received everything V had seen) or, with equal state vectors, its
 delete set differs (somebody deleted). ``compare`` tells these cases apart so that a refusal can say
@@ -35,6 +41,10 @@ from sync.protocol import ProtocolError, Reader, var_uint
 from sync.update import read_delete_set
 
 DIGEST_SIZE = 12
+TAG_PREFIX = "t"
+TAG_DIGEST_SIZE = 16
+TAG_LENGTH = len(TAG_PREFIX) + 22
+"""A tag: the prefix, then 16 bytes in unpadded base64url."""
 MAX_VERSION_LENGTH = 64 * 1024
 """Longest version string accepted (a state vector of a few thousand clients)."""
 
@@ -57,6 +67,10 @@ class Version:
     def encode(self) -> str:
         return f"{base64.b64encode(encode_state_vector(self.state)).decode()}.{_b64(self.deletions)}"
 
+    def tag(self) -> str:
+        """The fixed-size tag of this version (see the module docstring): for an HTTP ``ETag``."""
+        return tag_of(self.encode())
+
     @classmethod
     def decode(cls, raw: Any) -> Version:
         """Parse a version string; raise ``ValueError`` with a short reason for anything else."""
@@ -75,6 +89,17 @@ class Version:
         if len(digest) != DIGEST_SIZE:
             raise ValueError("malformed version")
         return cls(state, digest)
+
+
+def tag_of(encoded: str) -> str:
+    """The tag of an encoded version (``Version.tag``)."""
+    digest = hashlib.blake2b(encoded.encode(), digest_size=TAG_DIGEST_SIZE).digest()
+    return TAG_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def is_tag(raw: str) -> bool:
+    """Whether ``raw`` has the shape of a tag (a version always holds a ``.``)."""
+    return len(raw) == TAG_LENGTH and raw.startswith(TAG_PREFIX) and "." not in raw
 
 
 def document_version(doc: Doc[Any]) -> Version:

@@ -582,7 +582,7 @@ class Console:
         out: dict[str, Any] = {"tenant": tenant, "name": name, "open_on": holders}
         if request.query_params.get("content") == "1":
             try:
-                content, _ = await self.documents.read_encoded(name, tenant=tenant)
+                content, _, _ = await self.documents.read_encoded(name, tenant=tenant)
             except SyncError as exc:
                 out["content_error"] = exc.reason
             else:

@@ -335,7 +335,7 @@ class EventTap:
         if self.documents is None:
             return
         try:  # the content read of /content, kept for the readers after this one while unchanged
-            content, version = await self.documents.read_encoded(key[1], tenant=key[0])
+            content, version, _ = await self.documents.read_encoded(key[1], tenant=key[0])
         except Exception as exc:  # the store failed: the change is not reported
             self._warn("document", f"document {key[1]!r} not read for its change event: {exc}")
             return

@@ -16,7 +16,7 @@ from pycrdt import Array, Map, Text, XmlElement, XmlFragment, XmlText
 from hub.config import ApiKey
 from sync.agents import RENEW_INTERVAL, Agent
 from sync.edit import StaleVersion
-from sync.version import Version
+from sync.version import Version, tag_of
 from tests.conftest import TIMEOUT, HubFactory, RunningHub, http_client, token
 from tests.hub.test_docs_js import NodeFactory, node, node_clients  # noqa: F401  (fixtures)
 from tests.hub.ydocs import WsYClient, YConnect
@@ -77,7 +77,7 @@ async def test_text_ops_reach_a_connected_client_and_the_content(
         await person.until(lambda expected=expected: str(person.text) == expected)
         content = await http.get("/doc/notes/content", headers={"Authorization": f"Bearer {WRITER}"})
         assert content.json() == {"text": expected}
-        assert content.headers["etag"] == f'"{r.json()["version"]}"'  # the version of exactly that content
+        assert content.headers["etag"] == f'"{tag_of(r.json()["version"])}"'  # of exactly that content
     (edited,) = r.json()["ranges"]
     assert edited == {"op": 0, "path": ["text"], "start": 6, "end": 8}  # UTF-16: the emoji counts 2
 
@@ -107,7 +107,13 @@ async def test_content_answers_304_to_its_own_etag_until_the_document_changes(
     r = await edit(http, "poll", {"ops": [{"op": "text.insert", "path": ["text"], "index": 1, "text": "b"}]})
     changed = await http.get("/doc/poll/content", headers={**auth, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.json() == {"text": "ab"}
-    assert changed.headers["etag"] == f'"{r.json()["version"]}"' != etag
+    assert changed.headers["etag"] == f'"{tag_of(r.json()["version"])}"' != etag
+    # The ETag works as if_version: stale now (409 with the full version), current after the re-read.
+    insert = {"op": "text.insert", "path": ["text"], "index": 0, "text": "c"}
+    stale = await edit(http, "poll", {"ops": [insert], "if_version": etag.strip('"')})
+    assert stale.status_code == 409 and stale.json()["version"] == r.json()["version"]
+    current = await edit(http, "poll", {"ops": [insert], "if_version": changed.headers["etag"].strip('"')})
+    assert current.status_code == 200, current.text
     assert (await http.get("/doc/poll/content", headers={"If-None-Match": etag})).status_code == 401
 
 

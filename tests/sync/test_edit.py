@@ -293,6 +293,17 @@ def test_if_version_refuses_an_edit_after_any_change_even_a_deletion() -> None:
     edit(doc, _insert(["body"], 0, "2"), if_version=error.current)  # rebased on the current version: applied
 
 
+def test_if_version_takes_the_version_s_tag_which_says_same_or_changed() -> None:
+    doc = sample()
+    tag = document_version(doc).tag()
+    result = edit(doc, _insert(["body"], 0, "1"), if_version=tag)  # same: applied
+    error = refused(doc, [_insert(["body"], 0, "2")], StaleVersion, if_version=tag)  # changed since
+    assert isinstance(error, StaleVersion) and "changed since" in error.reason
+    assert error.current == result.version == document_version(doc).encode()  # the full version to rebase on
+    edit(doc, _insert(["body"], 0, "2"), if_version=Version.decode(error.current).tag())
+    refused(doc, [_insert(["body"], 0, "3")], StaleVersion, if_version="t" + "A" * 22)  # well-formed, wrong
+
+
 def test_if_version_ahead_of_this_replica_is_refused_as_behind() -> None:
     doc = sample()
     ahead = received(doc)

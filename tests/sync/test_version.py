@@ -17,6 +17,8 @@ from sync.version import (
     decode_state_vector,
     document_version,
     encode_state_vector,
+    is_tag,
+    tag_of,
 )
 
 
@@ -56,6 +58,26 @@ def test_version_strings_round_trip() -> None:
     assert base64.b64decode(state) == encode_state_vector(version.state)
     assert len(digest) == 16
     assert Version.decode(text) == version
+
+
+def test_a_tag_is_23_characters_whatever_the_version_and_never_taken_for_one() -> None:
+    """A version grows with every client id that edited (2,000 editors: 16 KB and more, past what a stock
+    proxy takes in a header); its tag, the /content ETag, does not."""
+    doc: Doc[Any] = Doc()
+    tags = set()
+    for client in range(1, 2001):
+        other: Doc[Any] = Doc(client_id=10**9 + client * 1_000_003)  # 32-bit ids, as a browser's
+        other.get("t", type=Text).insert(0, "x")
+        doc.apply_update(other.get_update())
+        if client in (1, 2, 2000):
+            version = document_version(doc)
+            tag = version.tag()
+            assert len(tag) == 23 and is_tag(tag) and tag == tag_of(version.encode())
+            assert not is_tag(version.encode())  # a version always has its "."
+            tags.add(tag)
+    assert len(version.encode()) > 15_000 and len(tags) == 3
+    for garbage in ("", "t", "t" * 23, "x" * 23, "t" + "." * 22, "t" + "A" * 21):
+        assert is_tag(garbage) == (garbage == "t" * 23)  # only the shape is judged: a wrong tag is "changed"
 
 
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 20), st.booleans()), max_size=30), st.randoms())
