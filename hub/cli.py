@@ -70,6 +70,7 @@ def uvicorn_config(app: Any, cfg: Config, metrics: Metrics | None = None) -> Any
         log_config=None,  # uvicorn's lines go through our handler (hub.logs), in our format
         access_log=False,
         timeout_graceful_shutdown=max(1, round(cfg.shutdown_timeout)),
+        timeout_keep_alive=cfg.http_keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later)
         backlog=4096,
     )
 

@@ -109,6 +109,7 @@ _DURATIONS = {
     "redis_connect_timeout",
     "http_header_timeout",
     "http_body_timeout",
+    "http_keep_alive_timeout",
     "admin_session_ttl",
     "outbox_retry_base",
     "outbox_retry_cap",
@@ -235,6 +236,10 @@ class Config:
     """Seconds a connection has to deliver a request's headers (hub.http_uvicorn); then 408 and close."""
     http_body_timeout: float = 30.0
     """Seconds a request has to deliver its whole body once its headers are in; then 408 and close."""
+    http_keep_alive_timeout: float = 5.0
+    """Seconds an HTTP connection may stay idle between requests before the node closes it (uvicorn's
+    ``timeout_keep_alive``). Behind a load balancer that reuses connections, set it above the balancer's
+    own idle timeout, or the balancer may send a request into a connection the node is closing (a 502)."""
     http_max_unfinished_requests: int = 1000
     """Connections whose request (headers or body) is still arriving, at most, on this node; past it: 503."""
     api_batch_max_parallel: int = 32
@@ -654,6 +659,10 @@ def load_config(
 DOC_ACCESS = ("none", "read", "write")
 
 
+MAX_KEEP_ALIVE = 3600.0
+"""Longest ``http_keep_alive_timeout``: an idle connection holds a descriptor for that long."""
+
+
 def _require_positive(cfg: Config, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) <= 0:
@@ -760,6 +769,8 @@ def validate(cfg: Config) -> None:
     if not cfg.redis_prefix or any(c in cfg.redis_prefix for c in "{} "):
         raise ConfigError("redis_prefix must be non-empty, without braces or spaces")
     _require_positive(cfg, "http_header_timeout", "http_body_timeout", "http_max_unfinished_requests")
+    if not 0 < cfg.http_keep_alive_timeout <= MAX_KEEP_ALIVE:
+        raise ConfigError(f"http_keep_alive_timeout must be above 0 and at most {MAX_KEEP_ALIVE:g} s")
     if cfg.shutdown_batch_size < 1:
         raise ConfigError("shutdown_batch_size must be positive")
     _validate_outbox(cfg)

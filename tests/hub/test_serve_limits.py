@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -86,6 +87,22 @@ async def test_requests_whose_headers_never_complete_get_408_and_are_closed(make
     assert node.log().count("not complete within 1 s: 408") == 3
     assert metric(await scrape(node), "switchboard_http_refused_total", reason="header_timeout") == 3
     assert (await node.api("publish", {"channel": "after", "data": {}}))["result"] is not None
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_http_keep_alive_timeout(
+    make_nodes: NodesFactory,
+) -> None:
+    (node,) = await make_nodes(1, http_keep_alive_timeout=1.5)
+    reader, writer = await raw(node)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        while await reader.read(65536):  # the rest of the answer, then the node's close (EOF)
+            pass
+    idle = time.monotonic() - answered
+    assert 1.4 <= idle < 4.8, idle  # kept for the timeout, then closed: before uvicorn's default 5 s
+    writer.close()
 
 
 async def test_a_body_trickled_a_byte_at_a_time_gets_408_within_the_body_timeout(
@@ -233,12 +250,18 @@ def test_the_http_limits_are_read_from_file_and_environment_and_checked(tmp_path
     defaults = load_config(None, env={})
     assert (defaults.http_header_timeout, defaults.http_body_timeout) == (10.0, 30.0)
     assert defaults.http_max_unfinished_requests == 1000
+    assert defaults.http_keep_alive_timeout == 5.0
+    path.write_text('http_keep_alive_timeout = "75s"\n')
+    assert load_config(path, env={}).http_keep_alive_timeout == 75.0  # above an ALB's 60 s
     for bad in (
         "http_header_timeout = 0",
         "http_body_timeout = -1",
         "http_header_timeout = 'soon'",
         "http_max_unfinished_requests = 0",
         "http_max_unfinished_requests = 'many'",
+        "http_keep_alive_timeout = 0",
+        "http_keep_alive_timeout = '2h'",
+        "http_keep_alive_timeout = 'idle'",
     ):
         path.write_text(bad + "\n")
         with pytest.raises(ConfigError):
