@@ -306,9 +306,10 @@ class RedisPresence:
         self.ttl = ttl
         self.refresh_budget = ttl / 3 if refresh_budget is None else refresh_budget
         """Seconds a refresh keeps retrying what failed (see refresh). A third of the ttl by default: with the
-        hub's defaults (ttl 60 s, a refresh every 25 s) a refresh gives up before the next one is due, and
-        that one, with the sessions read anew, still reaches Redis before the entries expire if Redis answers
-        by then."""
+        hub's defaults (ttl 60 s, a refresh every 22.5-25 s) a refresh that meets a stalled Redis ends about
+        when the next one is due (its last try may take a Redis timeout longer), and the node starts that one
+        as soon as it has ended (``Node.tick``), with the sessions read anew, in time to reach Redis before
+        the entries expire if Redis answers by then."""
         self.owner = f"{node_id}/{uuid.uuid4().hex[:12]}"
         """This instance's entries are listed under this name (see Owners in the module docstring)."""
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
@@ -332,12 +333,12 @@ class RedisPresence:
             self.shards.key("presence_purge", route),
         )
 
-    async def _own(self, members: Sequence[bytes]) -> None:
-        """List ``members`` in this instance's index (or renew them), INDEX_CHUNK to a call."""
+    async def _own(self, member: bytes) -> None:
+        """List ``member`` in this instance's index (or renew it); a refresh lists its entries in batches of
+        its own (``_index_batches``)."""
         shard, index, _ = self._index(self.owner)
         try:
-            for start in range(0, len(members), INDEX_CHUNK):
-                await _own(shard, [index], [self.ttl, self._ttl_ms, *members[start : start + INDEX_CHUNK]])
+            await _own(shard, [index], [self.ttl, self._ttl_ms, member])
         except DOWN_ERRORS as exc:
             raise PresenceUnavailable(f"presence index: redis {shard.name}: {exc}") from exc
 
@@ -363,7 +364,7 @@ class RedisPresence:
             removed.discard((key, info.client))  # back again: a refresh in flight must not remove it after
         await _with_index(
             self._run(_add, key, [self.ttl, self._ttl_ms, 1, info.client, _pack(info)]),
-            self._own([_member(key, info.client)]),
+            self._own(_member(key, info.client)),
         )
 
     async def remove(self, key: ChannelKey, client_id: str) -> None:
