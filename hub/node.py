@@ -658,8 +658,8 @@ class Node:
         missing pongs, expired tokens and subscriptions and handshake deadlines looked at; each is put back
         at the second its next one falls due. An idle connection is looked at about once a ping interval."""
         cfg = self.config
-        refreshing = self._presence_refresh is not None and not self._presence_refresh.done()
-        if now >= self._next_presence_refresh and not refreshing:  # else at the first tick after it ended
+        # A refresh due while the last one still runs starts at the first tick after that one ended.
+        if now >= self._next_presence_refresh and not self._refreshing():
             # 90-100 % of the interval: nodes started together (a deploy) drift apart instead of sending
             # every node's refresh to Redis in the same second for as long as they run.
             self._next_presence_refresh = now + cfg.presence_update_interval * random.uniform(0.9, 1.0)
@@ -725,12 +725,13 @@ class Node:
     def _refresh_presence(self) -> None:
         """Re-add every presence entry of this node's connections, so that a shared presence backend keeps
         them past its ttl while they live (and drops them within it when this node dies). Never two at
-        once: a refresh still retrying when the next one is due (Redis slow or away) skips that one.
+        once: when a refresh still retries as the next one falls due (Redis slow or away), the session clock
+        starts that one at its first tick after this one ended (``tick``).
 
         A refresh that could not reach Redis for some entries (after its own retries) is a warning, not an
         error: those entries expire after ``presence_ttl`` unless the next refresh gets through, and the
         first refresh that does brings back any that expired meanwhile."""
-        if self._presence_refresh is not None and not self._presence_refresh.done():
+        if self._refreshing():
             return  # the last refresh is still running: never two at once
         cfg = self.config
 
@@ -751,6 +752,10 @@ class Node:
                 log.exception("presence refresh failed")
 
         self._presence_refresh = asyncio.get_running_loop().create_task(refresh())
+
+    def _refreshing(self) -> bool:
+        """Whether a presence refresh is still running."""
+        return self._presence_refresh is not None and not self._presence_refresh.done()
 
     def _presence_entries(self) -> Iterator[tuple[ChannelKey, ClientInfo]]:
         """Every presence entry of this node's connections, read lazily: the presence backend reads them
