@@ -284,15 +284,17 @@ def apply_edit(
     if unit not in UNITS:
         raise InvalidEdit(f"unit must be one of {', '.join(UNITS)}")
     if if_version is not None:
-        now = document_version(doc)
-        if isinstance(if_version, str) and is_tag(if_version):  # a /content ETag: same or changed
-            relation = Relation.SAME if now.tag() == if_version else Relation.CHANGED
-        else:
+        seen: Version | None = None  # None: a tag (a /content ETag), which says only same or changed
+        if not (isinstance(if_version, str) and is_tag(if_version)):
             try:
-                seen = Version.decode(if_version)
+                seen = Version.decode(if_version)  # judged before the document's version is read
             except ValueError as exc:
                 raise InvalidEdit(f"if_version: {exc}") from None
+        now = document_version(doc)
+        if seen is not None:
             relation = compare(now, seen)
+        else:
+            relation = Relation.SAME if now.tag() == if_version else Relation.CHANGED
         if relation is Relation.BEHIND:
             raise StaleVersion("this replica has not yet received every change of if_version", now.encode())
         if relation is Relation.CHANGED:
